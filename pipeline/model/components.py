@@ -1,0 +1,184 @@
+"""Building blocks of the emotion2vec encoder (model-spec §4).
+
+Shapes: B batch, N samples, C CNN channels, T frames, T' = T + extra tokens, D model dim,
+H heads, Dh = D / H. Module attribute names and `nn.Sequential` positions reproduce the official
+state-dict keys exactly; `nn.Identity` placeholders hold the positions of parameter-free layers
+(dropout, transposes) so the keys line up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ConvSpec
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype, cast back (the reference's
+    `Fp32LayerNorm`; in float32 it is exactly `nn.LayerNorm`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def conv_output_lengths(lengths: Tensor, spec: ConvSpec) -> Tensor:
+    """Frames produced from `lengths` samples by the unpadded CNN: L <- floor((L - k) / s) + 1 per layer."""
+    out = lengths.clone()
+    for _, k, s in spec:
+        out = torch.div(out - k, s, rounding_mode="floor") + 1
+    return out.clamp_min(0)
+
+
+class FeatureExtractor(nn.Module):
+    """`local_encoder`: 7 unpadded convs, each Conv1d(bias=False) -> LayerNorm over channels -> GELU.
+
+    Valid frames only ever see valid samples (no conv padding), so nothing here needs a mask.
+    """
+
+    def __init__(self, spec: ConvSpec):
+        super().__init__()
+        layers = []
+        in_ch = 1
+        for ch, k, s in spec:
+            layers.append(
+                nn.Sequential(
+                    nn.Conv1d(in_ch, ch, kernel_size=k, stride=s, bias=False),  # .0
+                    nn.Identity(),  # .1 dropout (p=0)
+                    nn.Sequential(nn.Identity(), Fp32LayerNorm(ch)),  # .2.1 (transposes around it)
+                )
+            )
+            in_ch = ch
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        x = wav.unsqueeze(1)  # [B, 1, N]
+        for layer in self.conv_layers:
+            x = layer[0](x)  # [B, C, T_i]
+            x = layer[2][1](x.transpose(1, 2)).transpose(1, 2)  # LN over C
+            x = F.gelu(x)
+        return x  # [B, C, T]
+
+
+class PositionalConv(nn.Sequential):
+    """`relative_positional_encoder`: a chain of grouped convs, each -> LayerNorm (no affine) -> GELU.
+
+    A `Sequential` so the keys are `relative_positional_encoder.{1..depth}.0.*` as in the
+    checkpoints (index 0 is the reference's outer transpose). Single-utterance inference sees zeros
+    beyond the end of the clip at every conv; to make a padded batch give the same numbers, padded
+    frames are zeroed before every conv (model-spec §5).
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int, depth: int):
+        super().__init__(
+            nn.Identity(),
+            *[
+                nn.Sequential(nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups))
+                for _ in range(depth)
+            ],
+        )
+        self.kernel = kernel
+
+    def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:  # type: ignore[override]
+        # x [B, T, D]; keep [B, T] (True = valid frame) or None when nothing is padded
+        x = x.transpose(1, 2)  # [B, D, T]
+        keep3 = None if keep is None else keep.unsqueeze(1).to(x.dtype)  # [B, 1, T]
+        for layer in list(self)[1:]:
+            if keep3 is not None:
+                x = x * keep3
+            x = layer[0](x)
+            if self.kernel % 2 == 0:  # SamePad: an even kernel makes one frame too many
+                x = x[..., :-1]
+            x = F.layer_norm(x.transpose(1, 2).float(), (x.shape[1],), eps=1e-5).to(x.dtype).transpose(1, 2)
+            x = F.gelu(x)
+        return x.transpose(1, 2)  # [B, T, D]
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi head slopes: 2^(-8k/n) for a power-of-two n; otherwise the slopes of the nearest
+    lower power of two followed by every second slope of the doubled count (model-spec §4.5)."""
+
+    def pow2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        return pow2(num_heads)
+    p = 2 ** math.floor(math.log2(num_heads))
+    return pow2(p) + alibi_slopes(2 * p)[0::2][: num_heads - p]
+
+
+def alibi_bias(num_frames: int, scale: Tensor, num_extra: int, device: torch.device) -> Tensor:
+    """ALiBi bias [1, H, T', T'] in float32: (slope_h * -|i - j|) * clamp(scale_h, 0) between audio
+    frames, 0 in the rows and columns of the extra tokens. `scale` is the `alibi_scale` parameter
+    [1, 1, H or 1, 1, 1]."""
+    heads = scale.shape[2]
+    slopes = torch.tensor(alibi_slopes(heads), dtype=torch.float32, device=device)  # [H]
+    pos = torch.arange(num_frames, device=device)
+    dist = -(pos.unsqueeze(0) - pos.unsqueeze(1)).abs()  # [T, T]
+    bias = slopes.view(-1, 1, 1) * dist.unsqueeze(0)  # [H, T, T]
+    bias = bias.unsqueeze(0) * scale.clamp_min(0).squeeze(0).float()  # [1, H, T, T]
+    return F.pad(bias, (num_extra, 0, num_extra, 0))  # [1, H, T', T']
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; ALiBi and the key mask arrive as one
+    additive float mask and go through `scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, D = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads)  # [B, T', 3, H, Dh]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T', Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T', Dh]
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class AltBlock(nn.Module):
+    """Post-LN transformer block: x = norm1(x + attn(x)); x = norm2(x + mlp(x))."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, eps: float):
+        super().__init__()
+        self.norm1 = Fp32LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = Fp32LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, ffn_dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        r = self.norm1(x + self.attn(x, mask))
+        return self.norm2(r + self.mlp(r))
+
+
+class BlockEncoder(nn.Module):
+    """`context_encoder` (the "prenet"): LayerNorm at the input, then its blocks."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, depth: int, eps: float):
+        super().__init__()
+        self.norm = Fp32LayerNorm(dim, eps=eps)
+        self.blocks = nn.ModuleList(AltBlock(dim, num_heads, ffn_dim, eps) for _ in range(depth))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = self.norm(x)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return x

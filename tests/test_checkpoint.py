@@ -1,0 +1,154 @@
+"""Every published layout loads through the same strict loader and gives identical outputs."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from pipeline.model import CheckpointError, load_bundle
+from pipeline.model.random_init import copy_reference_files, random_model, tiny, write_checkpoint
+
+from .conftest import random_clips
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny(num_heads=6, embed_dim=48), seed=7)
+
+
+def run(bundle, clip):
+    with torch.no_grad():
+        return bundle.model(torch.from_numpy(clip)[None])
+
+
+def test_all_layouts_load_and_agree(tmp_path, model):
+    clip = random_clips([20_000])[0]
+    outs = {}
+    for layout in ("hub", "bare", "safetensors", "fairseq"):
+        b = load_bundle(write_checkpoint(model, tmp_path / layout, layout))
+        assert len(b.weights_sha256) == 64 and b.sample_rate == 16_000 and b.normalize
+        outs[layout] = run(b, clip)
+    ref = outs["hub"]
+    assert ref.scores is not None
+    for layout, out in outs.items():
+        assert torch.equal(out.frames, ref.frames), layout
+    assert outs["fairseq"].scores is None  # the pre-training checkpoint has no head
+    assert outs["bare"].scores is not None and torch.equal(outs["bare"].scores, ref.scores)
+
+
+def test_bundle_carries_the_preprocessing_contract(tmp_path, model):
+    b = load_bundle(write_checkpoint(model, tmp_path, "hub"))
+    assert b.labels == [
+        "angry",
+        "disgusted",
+        "fearful",
+        "happy",
+        "neutral",
+        "other",
+        "sad",
+        "surprised",
+        "unknown",
+    ]
+    assert b.embed_dim == 48 and b.masked_labels == []
+    assert b.fingerprint()["weights_sha256"] == b.weights_sha256
+
+
+def test_unprefixed_and_state_dict_wrapped_hub_files(tmp_path, model):
+    d = write_checkpoint(model, tmp_path / "a", "hub", prefix="")
+    sd = torch.load(d / "model.pt", weights_only=True)["model"]
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, d / "model.pt")
+    clip = random_clips([9_000])[0]
+    ref = run(load_bundle(write_checkpoint(model, tmp_path / "b", "hub")), clip)
+    assert torch.equal(run(load_bundle(d), clip).frames, ref.frames)
+
+
+def test_4d_alibi_scale_is_upgraded(tmp_path, model):
+    path = write_checkpoint(model, tmp_path, "bare")
+    sd = torch.load(path, weights_only=True)
+    sd["modality_encoders.AUDIO.alibi_scale"] = sd["modality_encoders.AUDIO.alibi_scale"].squeeze(0)
+    assert sd["modality_encoders.AUDIO.alibi_scale"].dim() == 4
+    torch.save(sd, path)
+    b = load_bundle(path)
+    assert torch.equal(
+        b.model.modality_encoders["AUDIO"].alibi_scale, model.modality_encoders["AUDIO"].alibi_scale
+    )
+
+
+def test_missing_key_is_named(tmp_path, model):
+    path = write_checkpoint(model, tmp_path, "bare")
+    sd = torch.load(path, weights_only=True)
+    del sd["blocks.1.mlp.fc2.bias"]
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): blocks\.1\.mlp\.fc2\.bias"):
+        load_bundle(path)
+
+
+def test_unknown_key_is_named_and_shape_mismatch_reported(tmp_path, model):
+    path = write_checkpoint(model, tmp_path, "bare")
+    sd = torch.load(path, weights_only=True)
+    sd["blocks.2.attn.qkv.weight"] = torch.zeros(3)  # a block the config does not have
+    sd["proj.bias"] = torch.zeros(5)
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as e:
+        load_bundle(path)
+    assert "unexpected keys (1): blocks.2.attn.qkv.weight" in str(e.value)
+    assert "proj.bias" in str(e.value)
+
+
+def test_config_that_disagrees_with_weights_fails_loudly(tmp_path, model):
+    """The published large config beside tiny weights: shapes disagree, nothing loads silently."""
+    d = write_checkpoint(model, tmp_path, "hub")
+    copy_reference_files(tmp_path / "large")
+    (tmp_path / "large" / "model.pt").write_bytes((d / "model.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_bundle(tmp_path / "large")
+
+
+def test_legacy_fairseq_pickle_with_omegaconf_config_loads_without_fairseq(tmp_path, model):
+    """Old fairseq checkpoints pickle an omegaconf DictConfig (and enums) as `cfg`: weights_only
+    refuses them, the restricted unpickler reads them as inert data."""
+    from omegaconf import OmegaConf
+
+    src = write_checkpoint(model, tmp_path / "fs", "fairseq")
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["cfg"] = OmegaConf.create(ckpt["cfg"])
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(legacy, weights_only=True)
+    clip = random_clips([12_000])[0]
+    assert torch.equal(run(load_bundle(legacy), clip).frames, run(load_bundle(src), clip).frames)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path, model):
+    marker = tmp_path / "pwned"
+    path = write_checkpoint(model, tmp_path, "bare")
+    sd = torch.load(path, weights_only=True)
+    torch.save({"model": sd, "cfg": {"model": _Exploit(marker)}}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load.*(posix|os)\.system"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "config.yaml").write_text("model_conf: {}\n")
+    (tmp_path / "model.pt").write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="model.pt"):
+        load_bundle(tmp_path / "model.pt")
+
+
+def test_head_without_tokens_of_other_size_is_an_error(tmp_path):
+    m = random_model(tiny(num_heads=4, embed_dim=32, num_classes=5), seed=1)
+    path = write_checkpoint(m, tmp_path, "bare", tokens=["a", "b", "c", "d", "e"])
+    (tmp_path / "tokens.txt").unlink()
+    with pytest.raises(CheckpointError, match="5 classes but there is no tokens.txt"):
+        load_bundle(path)

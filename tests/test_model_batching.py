@@ -1,0 +1,87 @@
+"""A clip's outputs must not depend on what it is batched with (model-spec §5)."""
+
+import pytest
+import torch
+
+from pipeline.model import InputTooShortError, load_bundle
+
+from .conftest import random_clips
+
+
+def pad(clips):
+    n = max(len(c) for c in clips)
+    batch = torch.zeros(len(clips), n)
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = torch.from_numpy(c)
+    return batch, torch.tensor([len(c) for c in clips])
+
+
+def single(model, clip):
+    with torch.no_grad():
+        return model(torch.from_numpy(clip)[None])
+
+
+@pytest.mark.parametrize("lengths", [[400, 16_000], [48_000, 3_333, 17_001, 401, 9_000], [12_345] * 3])
+def test_padded_batch_equals_one_at_a_time(tiny_model_dir, lengths):
+    model = load_bundle(tiny_model_dir).model
+    clips = random_clips(lengths, seed=len(lengths))
+    wav, lens = pad(clips)
+    with torch.no_grad():
+        out = model(wav, lens)
+    for i, clip in enumerate(clips):
+        ref = single(model, clip)
+        T = ref.frames.shape[1]
+        assert int(out.frame_lengths[i]) == T
+        assert (out.frames[i, :T] - ref.frames[0]).abs().max() <= 1e-4
+        assert torch.all(out.frames[i, T:] == 0)  # padding frames are zeroed
+        assert (out.embedding[i] - ref.embedding[0]).abs().max() <= 1e-4
+        assert (out.scores[i] - ref.scores[0]).abs().max() <= 1e-4
+
+
+def test_padding_without_the_mask_would_leak(tiny_model_dir):
+    """Guard for the test above: the same batch run as separate un-masked rows differs, so the
+    equality really comes from the masking and not from the clips being insensitive to padding."""
+    model = load_bundle(tiny_model_dir).model
+    clips = random_clips([48_000, 9_000], seed=1)
+    wav, _ = pad(clips)
+    with torch.no_grad():
+        unmasked = model(wav[1:2])  # the short clip with 39k samples of zeros treated as audio
+    ref = single(model, clips[1])
+    T = ref.frames.shape[1]
+    assert (unmasked.frames[0, :T] - ref.frames[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.15), (torch.float16, 0.02)])
+def test_half_precision_batches_stay_close(tiny_model_dir, dtype, tol):
+    ref_model = load_bundle(tiny_model_dir).model
+    model = load_bundle(tiny_model_dir, dtype=dtype).model
+    clips = random_clips([16_000, 7_777, 30_000], seed=2)
+    wav, lens = pad(clips)
+    with torch.no_grad():
+        out = model(wav, lens)
+        ref = ref_model(wav, lens)
+    assert out.frames.dtype == dtype and out.embedding.dtype == torch.float32
+    assert torch.isfinite(out.frames.float()).all()
+    scale = ref.frames.abs().max()
+    assert (out.frames.float() - ref.frames).abs().max() <= tol * scale
+    assert (out.scores - ref.scores).abs().max() <= tol
+    # and in half precision a padded batch still matches its own single-clip runs
+    for i, clip in enumerate(clips):
+        with torch.no_grad():
+            one = model(torch.from_numpy(clip)[None])
+        T = one.frames.shape[1]
+        assert (out.frames[i, :T].float() - one.frames[0].float()).abs().max() <= tol * scale
+
+
+def test_too_short_input_raises_a_clear_error(tiny_model_dir):
+    model = load_bundle(tiny_model_dir).model
+    wav, lens = pad(random_clips([16_000, 399]))
+    with pytest.raises(InputTooShortError, match="utterance 1 has 399 samples.*at least 400"):
+        model(wav, lens)
+
+
+def test_silence_gives_finite_features(tiny_model_dir):
+    model = load_bundle(tiny_model_dir).model
+    with torch.no_grad():
+        out = model(torch.zeros(2, 8_000), torch.tensor([8_000, 4_000]))
+    assert torch.isfinite(out.frames).all() and torch.isfinite(out.scores).all()
