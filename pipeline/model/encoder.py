@@ -141,9 +141,14 @@ class Emotion2vec(nn.Module):
 
         denom = frame_lengths.clamp_min(1).unsqueeze(1).to(torch.float32)
         embedding = frames.float().sum(dim=1) / denom  # [B, D]
-        logits = scores = None
-        if self.proj is not None:
-            logits = F.linear(embedding, self.proj.weight.float(), self.proj.bias.float())  # [B, C]
-            logits = logits.masked_fill(self.label_mask, float("-inf"))
-            scores = logits.softmax(dim=-1)
+        logits, scores = self.classify(embedding)
         return Emotion2vecOutput(frames, frame_lengths, embedding, logits, scores)
+
+    def classify(self, embedding: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Utterance embedding [B, D] -> (logits, softmax scores) [B, C] in float32, masked labels
+        at -inf / 0; (None, None) for head-less models."""
+        if self.proj is None:
+            return None, None
+        logits = F.linear(embedding.float(), self.proj.weight.float(), self.proj.bias.float())  # [B, C]
+        logits = logits.masked_fill(self.label_mask, float("-inf"))
+        return logits, logits.softmax(dim=-1)

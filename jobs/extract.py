@@ -1,0 +1,40 @@
+"""Extract emotion2vec features and labels for a manifest.
+
+    python jobs/extract.py --config configs/local.yaml [--set key.path=value ...]
+    ray job submit --working-dir . -- python jobs/extract.py --config configs/cluster-gpu.yaml
+
+Exit codes: 0 done (some rows may be error rows), 2 bad config / manifest / model / output,
+3 done but the error fraction exceeded output.max_error_fraction.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.run import JobError, run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="job YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--log-level", default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = run(cfg)
+    except (ConfigError, JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.exit_code:
+        print(f"error: {result.message}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The job config: YAML -> typed, validated `JobConfig` (unknown keys are errors).
+
+`load_config(path, overrides)` reads a YAML file, applies `--set key.path=value` overrides (values
+parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`) and validates. Every
+problem is reported as `ConfigError` naming the key path, e.g. `input.manifest: field required`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    manifest: str = Field(description="manifest path or s3:// URI")
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp"] = "auto"
+    audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
+    id_column: str | None = Field(None, description="default: the first of id, key, utt_id")
+    path_column: str | None = Field(
+        None, description="default: the first of path, audio_filepath, wav, source"
+    )
+    limit: int | None = Field(None, ge=1, description="process only the first N manifest rows")
+
+
+class ModelConfig(_Section):
+    source: str = "emotion2vec_plus_base"
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache_dir: str | None = None
+    offline: bool | None = Field(None, description="only use the local hub cache (default: HF_HUB_OFFLINE)")
+    num_actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or 1 on CPU)")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(1.0, gt=0, le=1)
+    torch_threads: int | None = Field(None, ge=1, description="default: cpus_per_actor, rounded up")
+    batch_seconds: float = Field(
+        60.0, gt=0, description="padded audio per forward pass, in seconds (batch size x longest clip)"
+    )
+    max_batch_size: int = Field(32, ge=1)
+    rows_per_call: int = Field(64, ge=1, description="rows handed to an actor per call (packed inside)")
+
+
+class AudioConfig(_Section):
+    max_chunk_s: float = Field(
+        30.0, gt=0.025, description="longer clips are processed in windows of this length"
+    )
+    decode_batch_size: int = Field(16, ge=1, description="rows per decode task call")
+    decode_tasks: int | None = Field(
+        None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
+    )
+
+
+class OutputConfig(_Section):
+    path: str
+    frames: bool = False
+    mode: Literal["resume", "overwrite", "error_if_exists"] = "resume"
+    max_error_fraction: float = Field(0.1, ge=0, le=1)
+    rows_per_file: int = Field(2000, ge=1, description="upper bound of rows in one Parquet file")
+    max_file_mb: float = Field(256.0, gt=0, description="approximate upper bound of one Parquet file")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class StorageConfig(_Section):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    region: str | None = None
+    anonymous: bool = False
+    profile: str | None = Field(None, description="AWS profile name (credentials stay in the AWS chain)")
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 60.0
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="cluster to join; default RAY_ADDRESS (set by `ray job submit`), else a local Ray"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+    progress_interval_s: float = Field(5.0, gt=0)
+
+
+class JobConfig(_Section):
+    input: InputConfig
+    model: ModelConfig = ModelConfig()
+    audio: AudioConfig = AudioConfig()
+    output: OutputConfig
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _not_none(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @model_validator(mode="after")
+    def _paths_not_blank(self) -> JobConfig:
+        if not self.input.manifest.strip():
+            raise ValueError("input.manifest is empty")
+        if not self.output.path.strip():
+            raise ValueError("output.path is empty")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data for `_run.json` and logs (holds no secrets: credentials never
+        enter the config, they come from the AWS chain)."""
+        return self.model_dump(mode="json")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """`a.b.c=value` -> data["a"]["b"]["c"] = yaml(value)."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected key.path=value")
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML: {e}") from e
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(err) for err in e.errors())) from None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {err['msg']}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (input, model, output, ...)")
+        data = loaded or {}
+    for o in overrides:
+        apply_override(data, o)
+    return parse_config(data, where)

@@ -1,0 +1,221 @@
+"""The model stage: a Ray Data callable class that loads the model once and turns decoded rows
+into emotion rows.
+
+Per call it receives a block of rows (Arrow) with a `waveform` column (16 kHz mono float32, null
+for rows that already failed). Long clips are cut into `audio.max_chunk_s` windows; all windows of
+the block are packed by length under the padded-samples budget, run as padded batches (whose
+results equal one-at-a-time inference), and reassembled per row. It returns exactly one row per
+input row, in input order, with the waveform dropped and the model columns added. A batch that
+fails is retried clip by clip, so one bad clip becomes one error row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
+from .batching import collate, pack
+from .model import ModelBundle, load_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[dtype]
+
+
+@dataclass
+class RowResult:
+    frames: np.ndarray  # [T, D] float32
+    embedding: np.ndarray  # [D] float32
+    scores: np.ndarray | None  # [C] float32
+
+
+def waveforms(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
+    """A (large_)list<float32> column -> one zero-copy numpy view per row (None for nulls)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    values = arr.values.to_numpy(zero_copy_only=False)
+    offsets = arr.offsets.to_numpy()
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(arr))]
+
+
+class EmotionPredictor:
+    def __init__(
+        self,
+        *,
+        source: str,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        offline: bool | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        weights_sha256: str | None = None,
+        frames: bool = False,
+        max_chunk_s: float = 30.0,
+        batch_seconds: float = 60.0,
+        max_batch_size: int = 32,
+        torch_threads: int | None = None,
+    ):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.bundle: ModelBundle = load_model(
+            source,
+            revision=revision,
+            device=self.device,
+            dtype=self.dtype,
+            cache_dir=cache_dir,
+            offline=offline,
+        )
+        if weights_sha256 and self.bundle.weights_sha256 != weights_sha256:
+            raise RuntimeError(
+                f"model {source}: weights on this worker (sha256 {self.bundle.weights_sha256[:12]}) differ from the "
+                f"driver's ({weights_sha256[:12]}); pin model.revision"
+            )
+        self.frames = frames
+        self.max_chunk = max(MIN_SAMPLES, int(max_chunk_s * TARGET_SR))
+        self.budget = max(MIN_SAMPLES, int(batch_seconds * TARGET_SR))
+        self.max_batch_size = max_batch_size
+        self.labels = self.bundle.labels
+        self.model_seconds = 0.0
+
+    # -- model work ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """-> per clip (frames [T, D] float32, embedding [D] float32)."""
+        wav, lengths = collate(clips, pin_memory=self.device.startswith("cuda"))
+        wav = wav.to(self.device, non_blocking=True)
+        out = self.bundle.model(wav, lengths.to(self.device))
+        frames = out.frames.float().cpu().numpy()
+        emb = out.embedding.cpu().numpy()
+        fl = out.frame_lengths.cpu().tolist()
+        return [(frames[i, : fl[i]], emb[i]) for i in range(len(clips))]
+
+    def _run_items(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+        results: list[tuple[np.ndarray, np.ndarray] | Exception] = [None] * len(items)  # type: ignore[list-item]
+        for group in pack([len(x) for x in items], self.budget, self.max_batch_size):
+            try:
+                outs = self._forward([items[i] for i in group])
+            except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
+                if len(group) == 1:
+                    results[group[0]] = e
+                    continue
+                log.warning(
+                    "batch of %d failed (%s: %s); retrying clip by clip", len(group), type(e).__name__, e
+                )
+                outs = []
+                for i in group:
+                    try:
+                        outs.append(self._forward([items[i]])[0])
+                    except Exception as e1:  # noqa: BLE001
+                        outs.append(e1)  # type: ignore[arg-type]
+            for i, o in zip(group, outs, strict=True):
+                results[i] = o
+        return results
+
+    @torch.inference_mode()
+    def predict(self, clips: list[np.ndarray | None]) -> list[RowResult | Exception | None]:
+        """Clips (None = skip) -> one result per clip: RowResult, the exception, or None."""
+        items: list[np.ndarray] = []
+        owner: list[int] = []
+        for r, clip in enumerate(clips):
+            if clip is None:
+                continue
+            for start, end in chunk_bounds(len(clip), self.max_chunk):
+                items.append(clip[start:end])
+                owner.append(r)
+        t0 = time.perf_counter()
+        outs = self._run_items(items)
+        self.model_seconds += time.perf_counter() - t0
+
+        per_row: dict[int, list[tuple[np.ndarray, np.ndarray] | Exception]] = {}
+        for r, o in zip(owner, outs, strict=True):
+            per_row.setdefault(r, []).append(o)
+        results: list[RowResult | Exception | None] = [None] * len(clips)
+        for r, parts in per_row.items():
+            err = next((p for p in parts if isinstance(p, Exception)), None)
+            if err is not None:
+                results[r] = err
+                continue
+            frames = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+            # the whole-clip embedding is the mean of all frames, windows weighted by their frames
+            emb = parts[0][1] if len(parts) == 1 else frames.mean(axis=0, dtype=np.float32)
+            _, scores = self.bundle.model.classify(torch.from_numpy(emb[None]).to(self.device))
+            results[r] = RowResult(frames, emb, None if scores is None else scores[0].cpu().numpy())
+        return results
+
+    # -- Ray Data entry point -----------------------------------------------------------------
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        clips = waveforms(batch["waveform"])
+        results = self.predict(clips)
+        D = self.bundle.embed_dim
+        C = len(self.labels) or 9
+
+        errors = batch["error"].to_pylist()
+        num_frames = np.zeros(n, np.int32)
+        emb = np.zeros((n, D), np.float32)
+        scores = np.zeros((n, C), np.float32)
+        labels: list[str | None] = [None] * n
+        ok = np.zeros(n, bool)
+        frame_parts: list[np.ndarray] = []
+        frame_counts = np.zeros(n, np.int64)
+        for i, res in enumerate(results):
+            if isinstance(res, Exception):
+                errors[i] = f"model: {type(res).__name__}: {res}"
+            elif isinstance(res, RowResult):
+                ok[i] = True
+                num_frames[i] = len(res.frames)
+                emb[i] = res.embedding
+                if res.scores is not None:
+                    scores[i] = res.scores
+                    labels[i] = self.labels[int(np.argmax(res.scores))]
+                if self.frames:
+                    frame_parts.append(res.frames.astype(np.float16))
+                    frame_counts[i] = len(res.frames)
+        has_scores = ok & bool(self.labels)
+        mask = pa.array(~ok)
+        cols = {
+            "num_frames": pa.array(num_frames, pa.int32(), mask=~ok),
+            "label": pa.array(labels, pa.string()),
+            "scores": _fixed(scores, C, ~has_scores),
+            "embedding": _fixed(emb, D, ~ok),
+        }
+        if self.frames:
+            flat = np.concatenate(frame_parts) if frame_parts else np.zeros((0, D), np.float16)
+            inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float16()), D)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
+            cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
+        out = batch.drop_columns(["waveform"])
+        out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+        for name, arr in cols.items():
+            out = out.append_column(name, arr)
+        return out
+
+
+def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:
+    """[n, width] float32 -> fixed_size_list<float32, width>, null where null_mask."""
+    flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(null_mask, pa.bool_()))
