@@ -83,15 +83,26 @@ def validate(samples: np.ndarray, min_samples: int = MIN_SAMPLES) -> None:
         raise AudioError("contains non-finite samples (NaN/Inf)")
 
 
+HOP = 320  # samples between frames (20 ms): the CNN's total stride
+
+
 def chunk_bounds(
-    num_samples: int, max_chunk_samples: int, min_samples: int = MIN_SAMPLES
+    num_samples: int, max_chunk_samples: int, min_samples: int = MIN_SAMPLES, hop: int = HOP
 ) -> list[tuple[int, int]]:
-    """[start, end) windows covering [0, num_samples) in order, each at most `max_chunk_samples`,
-    except that a last window shorter than `min_samples` is merged into the one before it."""
+    """[start, end) windows for a clip too long to run at once.
+
+    Windows start at multiples of W = `max_chunk_samples` rounded down to a multiple of `hop`, and
+    each but the last reaches `min_samples - hop` samples past the next start, so it yields exactly
+    W / hop frames that sit on the whole clip's frame grid: concatenating the windows' frames gives
+    floor((N - 400) / 320) + 1 frames with frame i at 20 ms * i, as for the unsplit clip. A last
+    window shorter than `min_samples` is merged into the one before it. One window when the clip fits.
+    """
     if num_samples <= max_chunk_samples:
         return [(0, num_samples)]
-    bounds = [(s, min(s + max_chunk_samples, num_samples)) for s in range(0, num_samples, max_chunk_samples)]
+    w = max(hop, max_chunk_samples // hop * hop)
+    overlap = min_samples - hop
+    bounds = [(s, min(s + w + overlap, num_samples)) for s in range(0, num_samples, w)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_samples:
-        last = bounds.pop()
-        bounds[-1] = (bounds[-1][0], last[1])
+        bounds.pop()
+        bounds[-1] = (bounds[-1][0], num_samples)
     return bounds

@@ -22,6 +22,7 @@ import torch
 from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, load_model
+from .schema import segments_type
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class RowResult:
     frames: np.ndarray  # [T, D] float32
     embedding: np.ndarray  # [D] float32
     scores: np.ndarray | None  # [C] float32
+    windows: list[tuple[float, float]]  # [start_s, end_s) of each window (one for short clips)
+    window_scores: np.ndarray | None  # [S, C] float32, one row per window
 
 
 def waveforms(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
@@ -139,30 +142,40 @@ class EmotionPredictor:
         """Clips (None = skip) -> one result per clip: RowResult, the exception, or None."""
         items: list[np.ndarray] = []
         owner: list[int] = []
+        bounds: list[tuple[int, int]] = []
         for r, clip in enumerate(clips):
             if clip is None:
                 continue
             for start, end in chunk_bounds(len(clip), self.max_chunk):
                 items.append(clip[start:end])
                 owner.append(r)
+                bounds.append((start, end))
         t0 = time.perf_counter()
         outs = self._run_items(items)
         self.model_seconds += time.perf_counter() - t0
 
-        per_row: dict[int, list[tuple[np.ndarray, np.ndarray] | Exception]] = {}
-        for r, o in zip(owner, outs, strict=True):
-            per_row.setdefault(r, []).append(o)
+        per_row: dict[int, list[int]] = {}
+        for k, r in enumerate(owner):
+            per_row.setdefault(r, []).append(k)
         results: list[RowResult | Exception | None] = [None] * len(clips)
-        for r, parts in per_row.items():
-            err = next((p for p in parts if isinstance(p, Exception)), None)
+        for r, ks in per_row.items():
+            err = next((outs[k] for k in ks if isinstance(outs[k], Exception)), None)
             if err is not None:
                 results[r] = err
                 continue
+            parts = [outs[k] for k in ks]
             frames = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-            # the whole-clip embedding is the mean of all frames, windows weighted by their frames
+            # the whole-clip embedding is the mean of all frames: windows weighted by their frames
             emb = parts[0][1] if len(parts) == 1 else frames.mean(axis=0, dtype=np.float32)
-            _, scores = self.bundle.model.classify(torch.from_numpy(emb[None]).to(self.device))
-            results[r] = RowResult(frames, emb, None if scores is None else scores[0].cpu().numpy())
+            # row 0: the whole clip; rows 1..S: each window (only when there are several)
+            embs = np.stack([emb] + ([p[1] for p in parts] if len(parts) > 1 else []))
+            _, scores = self.bundle.model.classify(torch.from_numpy(embs).to(self.device))
+            scores = None if scores is None else scores.cpu().numpy()
+            # a window's segment ends where the next begins (windows overlap by 80 samples, see chunk_bounds)
+            edges = [bounds[k][0] for k in ks] + [bounds[ks[-1]][1]]
+            windows = [(edges[j] / TARGET_SR, edges[j + 1] / TARGET_SR) for j in range(len(ks))]
+            window_scores = None if scores is None else (scores[:1] if len(parts) == 1 else scores[1:])
+            results[r] = RowResult(frames, emb, None if scores is None else scores[0], windows, window_scores)
         return results
 
     # -- Ray Data entry point -----------------------------------------------------------------
@@ -180,6 +193,7 @@ class EmotionPredictor:
         scores = np.zeros((n, C), np.float32)
         labels: list[str | None] = [None] * n
         ok = np.zeros(n, bool)
+        segments: list[list[dict] | None] = [None] * n
         frame_parts: list[np.ndarray] = []
         frame_counts = np.zeros(n, np.int64)
         for i, res in enumerate(results):
@@ -192,6 +206,17 @@ class EmotionPredictor:
                 if res.scores is not None:
                     scores[i] = res.scores
                     labels[i] = self.labels[int(np.argmax(res.scores))]
+                segments[i] = [
+                    {
+                        "start_s": a,
+                        "end_s": b,
+                        "label": None
+                        if res.window_scores is None
+                        else self.labels[int(np.argmax(res.window_scores[j]))],
+                        "scores": None if res.window_scores is None else res.window_scores[j].tolist(),
+                    }
+                    for j, (a, b) in enumerate(res.windows)
+                ]
                 if self.frames:
                     frame_parts.append(res.frames.astype(np.float16))
                     frame_counts[i] = len(res.frames)
@@ -202,6 +227,7 @@ class EmotionPredictor:
             "label": pa.array(labels, pa.string()),
             "scores": _fixed(scores, C, ~has_scores),
             "embedding": _fixed(emb, D, ~ok),
+            "segments": pa.array(segments, segments_type(C)),
         }
         if self.frames:
             flat = np.concatenate(frame_parts) if frame_parts else np.zeros((0, D), np.float16)

@@ -101,6 +101,7 @@ class Progress:
     files: int = 0
     start: float = field(default_factory=time.monotonic)
     _last: float = 0.0
+    _finished: bool = False
 
     def update(self, summary: pa.Table) -> None:
         self.rows += int(pc.sum(summary["rows"]).as_py() or 0)
@@ -109,8 +110,9 @@ class Progress:
         self.audio_s += float(pc.sum(summary["audio_s"]).as_py() or 0.0)
         self.files += summary.num_rows
         now = time.monotonic()
-        if now - self._last >= self.interval_s or self.rows >= self.total:
-            self._last = now
+        finished = self.rows >= self.total
+        if now - self._last >= self.interval_s or (finished and not self._finished):
+            self._last, self._finished = now, finished
             print(self.line(), file=self.stream, flush=True)
 
     def line(self) -> str:
@@ -189,6 +191,9 @@ def _prepare_output(
                 f"(model {previous.get('source')}, sha256 {str(previous.get('weights_sha256'))[:12]}); "
                 f"set output.mode: overwrite or choose another output.path"
             )
+    removed = storage.remove_stale_temp_files(out)
+    if removed:
+        log.warning("removed %d unfinished temp files left by an earlier run in %s", removed, out)
     dedupe(storage, out)  # repair anything a crashed run left behind before trusting the ids
     done = scan_ids(storage, out)
     ok_ids = done.filter(pc.is_null(done["error"]))["id"]
@@ -244,13 +249,15 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         placement = plan_placement(cfg, ray.cluster_resources())
         progress = Progress(todo.num_rows, cfg.ray.progress_interval_s, stream)
         per_node: dict[str, int] = {}
+        written: set[str] = set()
         if todo.num_rows:
             ds = build_dataset(cfg, todo, storage, schema, placement, weights_sha)
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 progress.update(summary)
+                written.update(summary["file"].to_pylist())
                 for node, rows in zip(summary["node"].to_pylist(), summary["rows"].to_pylist(), strict=True):
                     per_node[node] = per_node.get(node, 0) + rows
-        report = dedupe(storage, cfg.output.path)
+        report = dedupe(storage, cfg.output.path, newer=written)
         totals = scan_ids(storage, cfg.output.path)
     finally:
         if started_ray:

@@ -21,8 +21,24 @@ OUTPUT_COLUMNS = (
     "label",
     "scores",
     "embedding",
+    "segments",
     "frames",
 )
+
+
+def segments_type(num_classes: int) -> pa.DataType:
+    """Emotion over time: one entry per processing window (`audio.max_chunk_s`); a clip that fits
+    in one window has one segment covering it."""
+    return pa.list_(
+        pa.struct(
+            [
+                pa.field("start_s", pa.float32()),
+                pa.field("end_s", pa.float32()),
+                pa.field("label", pa.string()),
+                pa.field("scores", pa.list_(pa.float32(), num_classes or 9)),
+            ]
+        )
+    )
 
 
 def output_schema(
@@ -43,6 +59,7 @@ def output_schema(
         pa.field("label", pa.string()),
         pa.field("scores", pa.list_(pa.float32(), num_classes or 9)),
         pa.field("embedding", pa.list_(pa.float32(), embed_dim)),
+        pa.field("segments", segments_type(num_classes)),
     ]
     if frames:
         fields.append(pa.field("frames", pa.list_(pa.list_(pa.float16(), embed_dim))))

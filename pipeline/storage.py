@@ -33,6 +33,9 @@ def join(base: str, rel: str) -> str:
     return os.path.normpath(os.path.join(os.path.expanduser(base), rel))
 
 
+TMP_SUFFIX = ".inprogress"
+
+
 @dataclass
 class Storage:
     endpoint_url: str | None = None
@@ -127,7 +130,8 @@ class Storage:
             return
         d = posixpath.dirname(path)
         fs.create_dir(d, recursive=True)
-        tmp = posixpath.join(d, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        # hidden and not ending in .parquet: invisible to datasets and globs until renamed
+        tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         fs.move(tmp, path)
@@ -149,6 +153,23 @@ class Storage:
                 continue
             out.append(join(uri, rel) if is_s3(uri) else fi.path)
         return sorted(out)
+
+    def remove_stale_temp_files(self, uri: str) -> int:
+        """Delete temp files a killed writer left in the directory `uri` (local only: S3 writes
+        leave no partial objects). Returns how many."""
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.S3FileSystem) or fs.get_file_info(path).type != pafs.FileType.Directory:
+            return 0
+        stale = [
+            fi.path
+            for fi in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if fi.type == pafs.FileType.File
+            and fi.base_name.startswith(".")
+            and fi.base_name.endswith(TMP_SUFFIX)
+        ]
+        for p in stale:
+            fs.delete_file(p)
+        return len(stale)
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)

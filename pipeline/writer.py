@@ -137,9 +137,10 @@ class DedupeReport:
     files_rewritten: int
 
 
-def dedupe(storage: Storage, output: str) -> DedupeReport:
+def dedupe(storage: Storage, output: str, newer: set[str] = frozenset()) -> DedupeReport:
     """Prove that ids are unique across the output; repair duplicates by keeping one row per id
-    (ok over error, then the first file in name order) and rewriting the files that lose rows."""
+    and rewriting the files that lose rows. The row kept: an ok row over an error row, then a row
+    in one of the `newer` files (names written by the current run), then the first file by name."""
     t = scan_ids(storage, output)
     n = t.num_rows
     if n == 0:
@@ -149,7 +150,9 @@ def dedupe(storage: Storage, output: str) -> DedupeReport:
     if len(dup_ids) == 0:
         return DedupeReport(n, n, 0, 0)
     sub = t.filter(pc.is_in(t["id"], value_set=dup_ids)).to_pylist()
-    sub.sort(key=lambda r: (r["id"], r["error"] is not None, r["file"]))
+    sub.sort(
+        key=lambda r: (r["id"], r["error"] is not None, r["file"].rsplit("/", 1)[-1] not in newer, r["file"])
+    )
     drop: dict[str, list[str]] = {}  # file -> ids to remove from it
     seen: set[str] = set()
     for r in sub:

@@ -104,3 +104,32 @@ def s3_bucket(s3_server):
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     return client, name
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes whose session id is `sid` (a process started with start_new_session/setsid and
+    everything it spawned that did not leave the session)."""
+    from pathlib import Path
+
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
+            pids.append(int(p.name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    import signal
+
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -124,10 +124,25 @@ def test_silence_is_valid():
     [
         (1000, 1000, [(0, 1000)]),
         (999, 1000, [(0, 999)]),
-        (3000, 1000, [(0, 1000), (1000, 2000), (2000, 3000)]),
-        (2100, 1000, [(0, 1000), (1000, 2100)]),  # 100-sample tail merged
-        (2400, 1000, [(0, 1000), (1000, 2000), (2000, 2400)]),  # 400 is long enough
+        (3400, 960, [(0, 1040), (960, 2000), (1920, 2960), (2880, 3400)]),
+        (3200, 960, [(0, 1040), (960, 2000), (1920, 3200)]),  # tail of 320 merged
+        (2000, 960, [(0, 1040), (960, 2000)]),  # tail [1920, 2000) is too short: merged
+        (2000, 1000, [(0, 1040), (960, 2000)]),  # windows round down to whole frames (960)
     ],
 )
 def test_chunk_bounds(n, w, expected):
     assert chunk_bounds(n, w) == expected
+
+
+@pytest.mark.parametrize("n", [16_000 * 61 + 123, 16_000 * 30, 16_000 * 90 + 399, 16_000 * 90 + 400])
+def test_windows_tile_the_frame_grid_of_the_whole_clip(n):
+    """Frames of the windows, concatenated, are exactly the frames of the unsplit clip: same count,
+    same start times."""
+
+    def frames(a, b):
+        return [(a + 320 * t) for t in range((b - a - 400) // 320 + 1)]
+
+    windows = chunk_bounds(n, 16_000 * 30)
+    starts = [f for a, b in windows for f in frames(a, b)]
+    assert starts == frames(0, n)
+    assert all(b - a >= 400 for a, b in windows)

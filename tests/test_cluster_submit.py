@@ -3,7 +3,6 @@ its own process session (never `ray stop`: other Ray instances may share the mac
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,25 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, kill_session
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
-            pids.append(int(p.name))
-    return pids
 
 
 @pytest.fixture
@@ -101,11 +85,7 @@ def head_node(tmp_path):
     try:
         yield address, env, gcs
     finally:
-        for pid in session_pids(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(sid)
         subprocess.run(["rm", "-rf", temp], check=False)
 
 

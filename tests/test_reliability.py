@@ -1,0 +1,257 @@
+"""Dirty corpora and dying jobs: every manifest row ends up in the output exactly once."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import soundfile as sf
+
+from pipeline.model.random_init import random_model, tiny, write_checkpoint
+
+from .conftest import kill_session, session_pids
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "samples" / "demo"
+sys.path.insert(0, str(ROOT / "jobs"))
+import extract  # noqa: E402
+
+
+def job_config(tmp_path, manifest, model, out, extra=""):
+    cfg = tmp_path / f"job-{abs(hash((str(manifest), str(out), extra))) % 10**8}.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {manifest}\n"
+        f"model:\n  source: {model}\n  device: cpu\n  rows_per_call: 4\n"
+        f"audio:\n  decode_batch_size: 4\n"
+        f"output:\n  path: {out}\n" + extra
+    )
+    return cfg
+
+
+def rows_of(out):
+    return {r["id"]: r for r in pads.dataset(str(out), format="parquet").to_table().to_pylist()}
+
+
+def assert_exactly_once(out, ids):
+    n, distinct = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT id) FROM read_parquet('{out}/**/*.parquet')"
+    ).fetchall()[0]
+    assert (n, distinct) == (len(ids), len(ids))
+    assert set(rows_of(out)) == set(ids)
+
+
+def repeated_manifest(tmp_path, copies):
+    """The demo corpus referenced `copies` times under distinct ids (a bigger corpus, same audio)."""
+    base = [json.loads(line) for line in (DEMO / "manifest.jsonl").read_text().splitlines()]
+    rows = [{**r, "id": f"{r['id']}-{k}", "path": str(DEMO / r["path"])} for k in range(copies) for r in base]
+    m = tmp_path / "big.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return m, [r["id"] for r in rows]
+
+
+def wav(path, x, sr=16000, subtype="FLOAT"):
+    sf.write(str(path), x, sr, format="WAV", subtype=subtype)
+    return path
+
+
+def test_bad_inputs_become_error_rows(ray_session, tiny_model_dir, tmp_path):
+    d = tmp_path / "dirty"
+    d.mkdir()
+    good = DEMO / "clips" / "000_calm.flac"
+    flac = good.read_bytes()
+    files = {
+        "good1": good,
+        "good2": DEMO / "clips" / "003_angry.mp3",
+        "silence": wav(d / "silence.wav", np.zeros(16000, np.float32), subtype="PCM_16"),
+        "empty": d / "empty.wav",
+        "header_only": wav(d / "header.wav", np.zeros(0, np.float32)),
+        "truncated": d / "truncated.flac",
+        "not_audio": d / "notes.wav",
+        "m4a": d / "voice.m4a",
+        "short": wav(d / "short.wav", np.zeros(300, np.float32)),
+        "nan": wav(d / "nan.wav", np.r_[np.zeros(2000), np.nan, np.zeros(2000)].astype(np.float32)),
+        "missing": d / "no-such-file.wav",
+        "directory": d,
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(flac[:60])
+    files["not_audio"].write_text("these are meeting notes, not audio\n" * 20)
+    files["m4a"].write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + b"\x00" * 2000)
+    lines = [json.dumps({"id": k, "path": str(v), "note": k}) for k, v in files.items()]
+    lines.append(json.dumps({"id": "no_path", "path": None, "note": "no_path"}))
+    m = tmp_path / "dirty.jsonl"
+    m.write_text("\n".join(lines))
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\n")
+    assert extract.main(["--config", str(cfg)]) == 0
+
+    rows = rows_of(out)
+    assert_exactly_once(out, list(files) + ["no_path"])
+    for k in ("good1", "good2", "silence"):
+        assert rows[k]["error"] is None, rows[k]["error"]
+        assert np.isfinite(rows[k]["embedding"]).all() and np.isfinite(rows[k]["scores"]).all()
+    expect = {
+        "empty": "decode: AudioError: .*empty.wav: empty file",
+        "header_only": "decode: AudioError: .*header.wav: no samples",
+        "truncated": "decode: AudioError: .*truncated.flac",
+        "not_audio": "decode: AudioError: .*notes.wav: unsupported or unrecognised",
+        "m4a": "decode: AudioError: .*voice.m4a: unsupported or unrecognised",
+        "short": "decode: AudioError: .*short.wav: too short: 300 samples",
+        "nan": "decode: AudioError: .*nan.wav: contains non-finite",
+        "missing": "fetch: FileNotFoundError: .*no-such-file.wav",
+        "directory": "fetch: IsADirectoryError: .*dirty",
+        "no_path": "input: ValueError: the manifest row has no audio path",
+    }
+    import re
+
+    for k, pattern in expect.items():
+        assert rows[k]["error"] and re.match(pattern, rows[k]["error"]), (k, rows[k]["error"])
+        assert rows[k]["embedding"] is None and rows[k]["label"] is None and rows[k]["note"] == k
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"] == {"input": 13, "ok": 3, "error": 10, "skipped": 0}
+
+
+def test_error_rows_are_retried_and_replaced_on_resume(ray_session, tiny_model_dir, tmp_path):
+    audio = tmp_path / "late.flac"
+    m = tmp_path / "m.jsonl"
+    m.write_text(
+        json.dumps({"id": "a", "path": str(DEMO / "clips/000_calm.flac")})
+        + "\n"
+        + json.dumps({"id": "late", "path": str(audio)})
+    )
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\n")
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert rows_of(out)["late"]["error"].startswith("fetch: FileNotFoundError")
+    audio.write_bytes((DEMO / "clips/004_calm.flac").read_bytes())  # the file arrives
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ["a", "late"])
+    assert rows_of(out)["late"]["error"] is None
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"] == {"input": 2, "ok": 1, "error": 0, "skipped": 1}
+    assert run["output_totals"]["duplicates_removed"] == 1
+
+
+def test_resume_with_another_model_is_refused_and_overwrite_replaces(
+    ray_session, tiny_model_dir, tmp_path, capsys
+):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"id": "a", "path": str(DEMO / "clips/000_calm.flac")}))
+    out = tmp_path / "out"
+    assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
+    other = write_checkpoint(random_model(tiny(), seed=99), tmp_path / "other", "hub")
+    cfg = job_config(tmp_path, m, other, out)
+    assert extract.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "different weights_sha256" in err and "output.mode: overwrite" in err
+    assert extract.main(["--config", str(cfg), "--set", "output.mode=overwrite"]) == 0
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"]["ok"] == 1 and run["model"]["source"] == str(other)
+    assert len(rows_of(out)["a"]["embedding"]) == 32
+    assert extract.main(["--config", str(cfg), "--set", "output.mode=error_if_exists"]) == 2
+
+
+def test_ten_minute_file_in_windows(ray_session, tiny_model_dir, tmp_path):
+    speech, sr = sf.read(str(DEMO / "clips" / "000_calm.flac"), dtype="float32")
+    n = 600 * sr + 1234
+    long = np.resize(speech, n)
+    wav(tmp_path / "long.wav", long, subtype="PCM_16")
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,path\nlong,{tmp_path / 'long.wav'}\nshort,{DEMO / 'clips/001_excited.wav'}\n")
+    out = tmp_path / "out"
+    assert (
+        extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out, "  frames: true\n"))]) == 0
+    )
+    r = rows_of(out)["long"]
+    assert r["error"] is None and abs(r["duration_s"] - n / sr) < 1e-3
+    assert r["num_frames"] == (n - 400) // 320 + 1 == len(r["frames"])
+    segs = r["segments"]
+    assert len(segs) == 21 and segs[0]["start_s"] == 0 and abs(segs[-1]["end_s"] - n / sr) < 1e-3
+    assert all(abs(a["end_s"] - b["start_s"]) < 1e-6 for a, b in zip(segs, segs[1:], strict=False))
+    assert all(s["label"] and abs(sum(s["scores"]) - 1) < 1e-4 for s in segs)
+    # the utterance embedding is the mean of all frames of the clip
+    frames = np.array(r["frames"], dtype=np.float32)
+    np.testing.assert_allclose(frames.mean(0), r["embedding"], atol=2e-3 * np.abs(frames).max())
+    assert len(rows_of(out)["short"]["segments"]) == 1
+
+
+def start_job(cfg, tmp_path, name):
+    log = open(tmp_path / f"{name}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    return proc, log
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
+    m, ids = repeated_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    proc, _ = start_job(cfg, tmp_path, "first")
+    try:
+        wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
+    finally:
+        kill_session(proc.pid)  # driver, raylet, GCS and workers: SIGKILL, no cleanup
+        proc.wait()
+    landed = len(list(out.glob("*.parquet")))
+    assert landed >= 1 and not (out / "_run.json").exists()
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, ids)
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"]["skipped"] > 0 and run["rows"]["skipped"] + run["rows"]["ok"] == len(ids)
+    assert not list(out.glob(".*.inprogress"))
+
+
+@pytest.mark.slow
+def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
+    m, ids = repeated_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    proc, log = start_job(cfg, tmp_path, "job")
+
+    def model_worker():
+        for pid in session_pids(proc.pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "EmotionPredictor" in cmd:
+                return pid
+        return None
+
+    try:
+        wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
+        victim = model_worker()
+        assert victim is not None, "no model actor process found"
+        os.kill(victim, 9)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    finally:
+        kill_session(proc.pid)
+        log.close()
+    assert_exactly_once(out, ids)
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"]["ok"] == len(ids) and run["rows"]["error"] == 0
