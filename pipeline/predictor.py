@@ -23,6 +23,7 @@ from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, load_model
 from .schema import segments_type
+from .writer import MODEL_NODE_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class EmotionPredictor:
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
         self.model_seconds = 0.0
+        self.node = _node_id()
 
     # -- model work ---------------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class EmotionPredictor:
             inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float16()), D)
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
+        cols[MODEL_NODE_COLUMN] = pa.array([self.node] * n, pa.string())
         out = batch.drop_columns(["waveform"])
         out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         for name, arr in cols.items():
@@ -245,3 +248,12 @@ def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:
     """[n, width] float32 -> fixed_size_list<float32, width>, null where null_mask."""
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(null_mask, pa.bool_()))
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return "local"

@@ -9,6 +9,7 @@ then consumes only the small per-file summaries: progress, counts and `_run.json
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -255,8 +256,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 progress.update(summary)
                 written.update(summary["file"].to_pylist())
-                for node, rows in zip(summary["node"].to_pylist(), summary["rows"].to_pylist(), strict=True):
-                    per_node[node] = per_node.get(node, 0) + rows
+                for counts in summary["model_nodes"].to_pylist():
+                    for node, rows in json.loads(counts).items():
+                        per_node[node] = per_node.get(node, 0) + rows
         report = dedupe(storage, cfg.output.path, newer=written)
         totals = scan_ids(storage, cfg.output.path)
     finally:
@@ -286,7 +288,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         "error_fraction": round(err_frac, 6),
         "placement": placement.__dict__,
         "ray": ray_info,
-        "rows_per_node": per_node,
+        "rows_per_model_node": per_node,
         "model": {
             **fingerprint,
             "dtype": str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", ""),

@@ -30,6 +30,7 @@ from .storage import Storage, join
 log = logging.getLogger(__name__)
 
 RUN_FILE = "_run.json"
+MODEL_NODE_COLUMN = "_model_node"  # set by the model stage: which Ray node ran each row
 
 
 def shard_name(ids: list[str]) -> str:
@@ -62,8 +63,15 @@ def write_shard(
     n = table.num_rows
     parts = max(1, math.ceil(table.nbytes / (max_file_mb * 1e6)))
     step = max(1, math.ceil(n / parts))
-    summary: dict[str, list[Any]] = {"file": [], "rows": [], "ok": [], "error": [], "audio_s": [], "node": []}
-    node = _node_id()
+    summary: dict[str, list[Any]] = {
+        "file": [],
+        "rows": [],
+        "ok": [],
+        "error": [],
+        "audio_s": [],
+        "model_nodes": [],
+    }
+    nodes = batch[MODEL_NODE_COLUMN] if MODEL_NODE_COLUMN in batch.column_names else None
     for start in range(0, n, step):
         part = table.slice(start, step)
         ids = part["id"].to_pylist()
@@ -76,17 +84,17 @@ def write_shard(
         summary["ok"].append(n_rows - n_err)
         summary["error"].append(n_err)
         summary["audio_s"].append(float(pc.sum(part["duration_s"]).as_py() or 0.0))
-        summary["node"].append(node)
+        counts = (
+            {}
+            if nodes is None
+            else {
+                r["values"]: r["counts"]
+                for r in pc.value_counts(nodes.slice(start, step)).to_pylist()
+                if r["values"]
+            }
+        )
+        summary["model_nodes"].append(json.dumps(counts))
     return pa.table(summary)
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray
-        return "local"
 
 
 # -- reading back -------------------------------------------------------------------------------

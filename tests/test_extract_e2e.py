@@ -122,6 +122,7 @@ def test_mixed_corpus_every_row_once_and_equal_to_single_inference(
     assert run["rows"] == {"input": len(CLIPS), "ok": len(CLIPS), "error": 0, "skipped": 0}
     assert run["model"]["weights_sha256"] == bundle.weights_sha256
     assert run["audio_hours"] > 0 and run["throughput"]["rows_per_s"] > 0
+    assert sum(run["rows_per_model_node"].values()) == len(CLIPS)
     md = pads.dataset(str(out), format="parquet").schema.metadata[b"emotion2vec_pipeline"]
     meta = json.loads(md)
     assert meta["embed_dim"] == 48 and meta["frame_rate"] == 50 and meta["labels"][0] == "angry"
