@@ -1,16 +1,23 @@
 """Pure audio functions: encoded bytes -> float32 mono 16 kHz samples, validation, windows.
 
-No Ray, no storage: bytes in, arrays out. Decoding is soundfile's (libsndfile: wav 16/24/32-bit
-int and float, flac, ogg/vorbis, ogg/opus, mp3); channels are averaged; other sample rates are
-resampled with `torchaudio.functional.resample` at its defaults, the resampler the FunASR
-reference uses, so results match it on non-16 kHz input. Every failure is an `AudioError` whose
-message says what is wrong; the caller adds the stage and the file.
+Contract: no Ray, no storage, no file system; bytes in, arrays out.
+
+- `decode` reads with soundfile (libsndfile 1.2: wav 16/24/32-bit int and float, flac, ogg/vorbis,
+  ogg/opus, mp3; the format is detected from the content, not the name), averages the channels and
+  resamples other rates with `torchaudio.functional.resample` at its defaults (`RESAMPLER`), the
+  resampler the FunASR reference uses, so results match it on non-16 kHz input. Float32 throughout.
+- Every failure is an `AudioError` (a `ValueError`) whose message says what is wrong; the caller
+  prefixes the stage and the file. Silence is valid audio.
+- A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
+  flac/ogg/opus data raises.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import numpy as np
 import soundfile as sf
@@ -20,6 +27,16 @@ import torchaudio
 TARGET_SR = 16_000
 MIN_SAMPLES = 400  # emotion2vec's CNN receptive field at 16 kHz (25 ms)
 RESAMPLER = "torchaudio.functional.resample(sinc_interp_hann, lowpass_filter_width=6, rolloff=0.99)"
+HOP = 320  # samples between frames (20 ms): the CNN's total stride
+
+MIN_SOURCE_SR = 1_000  # below this a file is not audio we can use
+# The resampling kernel is about (new/g) x (orig/g) float32 weights, g = gcd(orig, 16000): 16 x 3 for
+# 48 kHz, 160 x 441 for 44.1 kHz, but 16000 x 11127 (~700 MB) for an odd rate such as 11127 Hz.
+MAX_KERNEL_ELEMENTS = 1 << 25  # 128 MiB of float32
+
+SUPPORTED = "wav, flac, ogg/vorbis, ogg/opus, mp3"
+# libsndfile log lines that explain why a file yielded nothing
+_LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
 
 
 class AudioError(ValueError):
@@ -28,8 +45,10 @@ class AudioError(ValueError):
 
 @dataclass
 class DecodedAudio:
+    """A decoded clip: model-ready samples plus what the source file was."""
+
     samples: np.ndarray  # [N] float32 mono at 16 kHz, all finite
-    sample_rate: int  # of the source file
+    sample_rate: int  # of the source file, Hz
     channels: int  # of the source file
 
     @property
@@ -38,41 +57,37 @@ class DecodedAudio:
 
 
 def decode(data: bytes, name: str = "") -> DecodedAudio:
-    """Encoded audio -> validated 16 kHz mono float32."""
+    """Encoded audio bytes -> validated 16 kHz mono float32. `name` is only used in messages."""
     if len(data) == 0:
         raise AudioError("empty file (0 bytes)")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            sr, ch, frames = f.samplerate, f.channels, f.frames
-            x = f.read(dtype="float32", always_2d=True)  # [frames, channels]
-    except sf.LibsndfileError as e:
-        msg = str(e)
-        if "unknown format" in msg.lower() or "format not recognised" in msg.lower():
-            raise AudioError(f"unsupported or unrecognised audio format ({msg})") from None
-        raise AudioError(f"cannot decode: {msg}") from None
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
-    if x.shape[0] == 0:
-        raise AudioError(f"no samples (header says {frames} frames at {sr} Hz)")
-    if sr <= 0:
-        raise AudioError(f"invalid sample rate {sr}")
-    if not np.isfinite(x).all():
+    x, sr = _read(data, name)  # [frames, channels] float32
+    channels = x.shape[1]
+    if len(x) == 0:
+        raise AudioError(f"no samples decoded (header: 0 frames at {sr} Hz, {channels} channel(s))")
+    mono = _downmix(x)  # [frames]
+    del x  # for multichannel input, free the interleaved copy before resampling
+    if not np.isfinite(mono).all():
         raise AudioError("contains non-finite samples (NaN/Inf)")
-    samples = to_mono_16k(x, sr)
+    samples = to_mono_16k(mono, sr)
     validate(samples)
-    return DecodedAudio(samples, int(sr), int(ch))
+    return DecodedAudio(samples, sr, channels)
 
 
 def to_mono_16k(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """[frames] or [frames, channels] float -> [N] float32 mono at 16 kHz."""
-    mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else np.asarray(x, np.float32)
+    """[frames] or [frames, channels] float -> [N] float32 mono at 16 kHz, N = ceil(frames * 16000 / sr).
+
+    Channels are averaged; other rates go through `torchaudio.functional.resample` with its defaults.
+    Raises `AudioError` for a sample rate that cannot be resampled sanely.
+    """
+    mono = _downmix(x) if x.ndim == 2 else np.ascontiguousarray(x, np.float32)
     if sample_rate == TARGET_SR:
-        return np.ascontiguousarray(mono, np.float32)
-    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate, TARGET_SR)
-    return out.numpy()
+        return mono
+    _check_rate(sample_rate)
+    return torchaudio.functional.resample(torch.from_numpy(mono), sample_rate, TARGET_SR).numpy()
 
 
 def validate(samples: np.ndarray, min_samples: int = MIN_SAMPLES) -> None:
+    """Raise `AudioError` unless `samples` ([N] at 16 kHz) are long enough for the model and finite."""
     n = len(samples)
     if n < min_samples:
         raise AudioError(
@@ -83,19 +98,16 @@ def validate(samples: np.ndarray, min_samples: int = MIN_SAMPLES) -> None:
         raise AudioError("contains non-finite samples (NaN/Inf)")
 
 
-HOP = 320  # samples between frames (20 ms): the CNN's total stride
-
-
 def chunk_bounds(
     num_samples: int, max_chunk_samples: int, min_samples: int = MIN_SAMPLES, hop: int = HOP
 ) -> list[tuple[int, int]]:
-    """[start, end) windows for a clip too long to run at once.
+    """[start, end) windows, in order, for a clip too long to run at once; one window when it fits.
 
     Windows start at multiples of W = `max_chunk_samples` rounded down to a multiple of `hop`, and
-    each but the last reaches `min_samples - hop` samples past the next start, so it yields exactly
+    each but the last reaches `min_samples - hop` (80) samples past the next start, so it yields exactly
     W / hop frames that sit on the whole clip's frame grid: concatenating the windows' frames gives
     floor((N - 400) / 320) + 1 frames with frame i at 20 ms * i, as for the unsplit clip. A last
-    window shorter than `min_samples` is merged into the one before it. One window when the clip fits.
+    window shorter than `min_samples` is merged into the one before it.
     """
     if num_samples <= max_chunk_samples:
         return [(0, num_samples)]
@@ -106,3 +118,54 @@ def chunk_bounds(
         bounds.pop()
         bounds[-1] = (bounds[-1][0], num_samples)
     return bounds
+
+
+def _read(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """bytes -> ([frames, channels] float32, sample rate); any decoder failure is an `AudioError`."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sr = f.samplerate
+            x = f.read(dtype="float32", always_2d=True)
+            if len(x) == 0:
+                problems = [ln.strip() for ln in f.extra_info.splitlines() if _is_problem(ln)]
+                if problems:
+                    raise AudioError(
+                        f"corrupt or truncated audio: no samples decoded ({'; '.join(problems)})"
+                    )
+    except AudioError:
+        raise
+    except sf.LibsndfileError as e:
+        raise AudioError(_libsndfile_message(e.error_string, name)) from None
+    except Exception as e:  # noqa: BLE001 - whatever the C decoder or its wrapper throws is bad input
+        raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
+    return x, int(sr)
+
+
+def _is_problem(log_line: str) -> bool:
+    """A libsndfile log line that reports damage (e.g. "data : 61812 (should be 1)")."""
+    low = log_line.lower()
+    return any(word in low for word in _LOG_PROBLEMS)
+
+
+def _libsndfile_message(error: str, name: str) -> str:
+    """libsndfile's error string (without soundfile's "Error opening <BytesIO at 0x...>" prefix) -> message."""
+    error = error.strip()
+    if "format not recognised" in error.lower():
+        ext = PurePosixPath(name).suffix.lower()
+        which = f" {ext!r}" if ext else ""
+        return f"unsupported or unrecognised audio format{which}: libsndfile reads {SUPPORTED}"
+    return f"corrupt or truncated audio: {error}"
+
+
+def _downmix(x: np.ndarray) -> np.ndarray:
+    """[frames, channels] -> [frames] float32, the mean over channels (a view when mono)."""
+    if x.shape[1] == 1 and x.dtype == np.float32:
+        return np.ascontiguousarray(x[:, 0])
+    return x.mean(axis=1, dtype=np.float32)
+
+
+def _check_rate(sample_rate: int) -> None:
+    """Raise `AudioError` for a source rate too low to be audio or too odd to resample in sane memory."""
+    g = math.gcd(sample_rate, TARGET_SR)
+    if sample_rate < MIN_SOURCE_SR or (sample_rate // g) * (TARGET_SR // g) > MAX_KERNEL_ELEMENTS:
+        raise AudioError(f"unsupported sample rate {sample_rate} Hz: cannot resample it to 16 kHz sanely")

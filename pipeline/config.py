@@ -44,8 +44,11 @@ class ModelConfig(_Section):
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(1.0, gt=0, le=1)
     torch_threads: int | None = Field(None, ge=1, description="default: cpus_per_actor, rounded up")
-    batch_seconds: float = Field(
-        60.0, gt=0, description="padded audio per forward pass, in seconds (batch size x longest clip)"
+    batch_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="padded audio per forward pass in seconds (batch size x longest clip); "
+        "default 16 on CPU, where padding costs more than batching gains, 600 on GPU",
     )
     max_batch_size: int = Field(32, ge=1)
     rows_per_call: int = Field(64, ge=1, description="rows handed to an actor per call (packed inside)")

@@ -7,16 +7,20 @@ error) to a block of manifest rows. No exception escapes for a bad row: every fa
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from .audio import decode
 from .storage import Storage
+from .writer import DECODE_TIME_COLUMN
 
 
 def decode_batch(batch: pa.Table, storage: Storage) -> pa.Table:
     torch.set_num_threads(1)  # resampling is cheap; leave the cores to the model actors
+    t0 = time.perf_counter()
     n = batch.num_rows
     paths = batch["path"].to_pylist()
     errors: list[str | None] = [None] * n
@@ -58,6 +62,7 @@ def decode_batch(batch: pa.Table, storage: Storage) -> pa.Table:
         ("sample_rate", pa.array(rate, pa.int32(), mask=~known)),
         ("channels", pa.array(channels, pa.int32(), mask=~known)),
         ("waveform", wave),
+        (DECODE_TIME_COLUMN, pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())),
     ):
         out = out.append_column(name, arr)
     return out

@@ -23,10 +23,12 @@ from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, load_model
 from .schema import segments_type
-from .writer import MODEL_NODE_COLUMN
+from .writer import MODEL_NODE_COLUMN, MODEL_TIME_COLUMN
 
 log = logging.getLogger(__name__)
 
+# padded audio per forward pass when model.batch_seconds is not set (bench/RESULTS.md)
+DEFAULT_BATCH_SECONDS = {"cpu": 16.0, "cuda": 600.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -75,7 +77,7 @@ class EmotionPredictor:
         weights_sha256: str | None = None,
         frames: bool = False,
         max_chunk_s: float = 30.0,
-        batch_seconds: float = 60.0,
+        batch_seconds: float | None = None,
         max_batch_size: int = 32,
         torch_threads: int | None = None,
     ):
@@ -98,6 +100,8 @@ class EmotionPredictor:
             )
         self.frames = frames
         self.max_chunk = max(MIN_SAMPLES, int(max_chunk_s * TARGET_SR))
+        if batch_seconds is None:
+            batch_seconds = DEFAULT_BATCH_SECONDS["cuda" if self.device.startswith("cuda") else "cpu"]
         self.budget = max(MIN_SAMPLES, int(batch_seconds * TARGET_SR))
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
@@ -184,6 +188,7 @@ class EmotionPredictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
+        t0 = time.perf_counter()
         clips = waveforms(batch["waveform"])
         results = self.predict(clips)
         D = self.bundle.embed_dim
@@ -237,6 +242,7 @@ class EmotionPredictor:
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
         cols[MODEL_NODE_COLUMN] = pa.array([self.node] * n, pa.string())
+        cols[MODEL_TIME_COLUMN] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
         out = batch.drop_columns(["waveform"])
         out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         for name, arr in cols.items():

@@ -251,11 +251,14 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         progress = Progress(todo.num_rows, cfg.ray.progress_interval_s, stream)
         per_node: dict[str, int] = {}
         written: set[str] = set()
+        stage_s = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}  # summed over workers
         if todo.num_rows:
             ds = build_dataset(cfg, todo, storage, schema, placement, weights_sha)
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 progress.update(summary)
                 written.update(summary["file"].to_pylist())
+                for key in stage_s:
+                    stage_s[key] += float(pc.sum(summary[key]).as_py() or 0.0)
                 for counts in summary["model_nodes"].to_pylist():
                     for node, rows in json.loads(counts).items():
                         per_node[node] = per_node.get(node, 0) + rows
@@ -286,6 +289,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
             "audio_s_per_s": round(progress.audio_s / wall, 3) if wall else None,
         },
         "error_fraction": round(err_frac, 6),
+        "stage_seconds": {k: round(v, 3) for k, v in stage_s.items()},
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": per_node,

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,10 @@ from .storage import Storage, join
 log = logging.getLogger(__name__)
 
 RUN_FILE = "_run.json"
-MODEL_NODE_COLUMN = "_model_node"  # set by the model stage: which Ray node ran each row
+# Private columns the stages add for the run summary; never written to the output files.
+MODEL_NODE_COLUMN = "_model_node"  # which Ray node ran the model on each row
+DECODE_TIME_COLUMN = "_decode_s"  # per-row share of its decode call's wall time
+MODEL_TIME_COLUMN = "_model_s"  # per-row share of its model call's wall time
 
 
 def shard_name(ids: list[str]) -> str:
@@ -59,42 +63,49 @@ def write_shard(
     max_file_mb: float = 128.0,
 ) -> pa.Table:
     """Write one block of result rows as one or more Parquet files; return one summary row per file."""
+    t0 = time.perf_counter()
     table = batch.select(schema.names).cast(schema)
     n = table.num_rows
     parts = max(1, math.ceil(table.nbytes / (max_file_mb * 1e6)))
     step = max(1, math.ceil(n / parts))
-    summary: dict[str, list[Any]] = {
-        "file": [],
-        "rows": [],
-        "ok": [],
-        "error": [],
-        "audio_s": [],
-        "model_nodes": [],
-    }
-    nodes = batch[MODEL_NODE_COLUMN] if MODEL_NODE_COLUMN in batch.column_names else None
+    rows: list[dict[str, Any]] = []
     for start in range(0, n, step):
         part = table.slice(start, step)
-        ids = part["id"].to_pylist()
-        name = shard_name(ids)
+        name = shard_name(part["id"].to_pylist())
         storage.write_bytes_atomic(join(output, name), _to_bytes(part, compression))
-        n_rows = part.num_rows
         n_err = int(pc.sum(pc.is_valid(part["error"])).as_py() or 0)
-        summary["file"].append(name)
-        summary["rows"].append(n_rows)
-        summary["ok"].append(n_rows - n_err)
-        summary["error"].append(n_err)
-        summary["audio_s"].append(float(pc.sum(part["duration_s"]).as_py() or 0.0))
-        counts = (
-            {}
-            if nodes is None
-            else {
-                r["values"]: r["counts"]
-                for r in pc.value_counts(nodes.slice(start, step)).to_pylist()
-                if r["values"]
+        rows.append(
+            {
+                "file": name,
+                "rows": part.num_rows,
+                "ok": part.num_rows - n_err,
+                "error": n_err,
+                "audio_s": float(pc.sum(part["duration_s"]).as_py() or 0.0),
+                "model_nodes": json.dumps(_counts(batch, MODEL_NODE_COLUMN, start, step)),
+                "decode_s": _sum(batch, DECODE_TIME_COLUMN, start, step),
+                "model_s": _sum(batch, MODEL_TIME_COLUMN, start, step),
             }
         )
-        summary["model_nodes"].append(json.dumps(counts))
-    return pa.table(summary)
+    total = time.perf_counter() - t0
+    for r in rows:
+        r["write_s"] = total * r["rows"] / max(n, 1)
+    return pa.Table.from_pylist(rows)
+
+
+def _sum(batch: pa.Table, column: str, start: int, length: int) -> float:
+    if column not in batch.column_names:
+        return 0.0
+    return float(pc.sum(batch[column].slice(start, length)).as_py() or 0.0)
+
+
+def _counts(batch: pa.Table, column: str, start: int, length: int) -> dict[str, int]:
+    if column not in batch.column_names:
+        return {}
+    return {
+        r["values"]: r["counts"]
+        for r in pc.value_counts(batch[column].slice(start, length)).to_pylist()
+        if r["values"]
+    }
 
 
 # -- reading back -------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""Shared helpers for the benchmarks (run by hand; numbers go to bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# model-spec §10: forward GFLOPs per second of audio (short clips), base and large
+GFLOP_PER_AUDIO_S = {768: 15.0, 1024: 22.5}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def base_model_dir(out: Path, seed: int = 0) -> Path:
+    """A random-init emotion2vec+ base-size model (D=768, 4+8 blocks, 9-way head) in the hub layout."""
+    from pipeline.model.config import base
+    from pipeline.model.random_init import random_model, write_checkpoint
+
+    if not (out / "model.pt").exists():
+        write_checkpoint(random_model(base(num_classes=9), seed=seed), out, "hub")
+    return out
+
+
+def corpus(out: Path, n: int, min_s: float = 1.0, max_s: float = 20.0, seed: int = 0) -> tuple[Path, float]:
+    """`n` speech clips of min_s..max_s seconds (espeak-ng sentences joined), manifest.jsonl; cached."""
+    import random
+
+    import numpy as np
+    import soundfile as sf
+
+    from pipeline.samples import SENTENCES, STYLES, VOICES, synthesize
+
+    manifest = out / "manifest.jsonl"
+    if manifest.exists():
+        rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+        if len(rows) == n:
+            return manifest, sum(r["duration"] for r in rows)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pieces = []
+    for i, text in enumerate(SENTENCES):
+        style = list(STYLES)[i % len(STYLES)]
+        p = synthesize(
+            text,
+            out / "pieces" / f"{i}.wav",
+            voice=VOICES[i % len(VOICES)],
+            pitch=STYLES[style][0],
+            speed=STYLES[style][1],
+        )
+        pieces.append(sf.read(str(p), dtype="float32")[0])
+    rows, total = [], 0.0
+    for i in range(n):
+        target = rng.uniform(min_s, max_s)
+        x = np.concatenate([pieces[rng.randrange(len(pieces))] for _ in range(int(target) + 2)])[
+            : int(target * 16000)
+        ]
+        path = out / "clips" / f"{i:05d}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), x, 16000)
+        rows.append({"id": f"c{i:05d}", "path": f"clips/{i:05d}.flac", "duration": len(x) / 16000})
+        total += len(x) / 16000
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest, total
+
+
+def session_rss(sid: int) -> int:
+    """Summed resident memory (bytes) of every process in session `sid` (a job started with
+    start_new_session=True and everything it spawned: raylet, GCS, workers)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) != sid:
+                continue
+            total += int((p / "statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class PeakRSS:
+    """Samples `session_rss` in a thread; `.peak` is the highest sum seen."""
+
+    def __init__(self, sid: int, period_s: float = 0.25):
+        self.sid, self.period, self.peak = sid, period_s, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, session_rss(self.sid))
+            time.sleep(self.period)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, int, dict]:
+    """Run jobs/extract.py in a subprocess (own embedded Ray); -> (exit code, wall s, peak RSS bytes of
+    the whole process tree incl. Ray, _run.json)."""
+    import yaml
+
+    cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(config)]
+    for o in overrides:
+        cmd += ["--set", o]
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        with PeakRSS(proc.pid) as mem:
+            rc = proc.wait()
+    wall = time.time() - t0
+    cfg = yaml.safe_load(config.read_text())
+    out = cfg["output"]["path"]
+    for o in overrides:
+        if o.startswith("output.path="):
+            out = o.split("=", 1)[1]
+    run = json.loads((Path(out) / "_run.json").read_text()) if (Path(out) / "_run.json").exists() else {}
+    return rc, wall, mem.peak, run

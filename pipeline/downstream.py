@@ -1,0 +1,586 @@
+"""Downstream classifiers on the job's Parquet output: the emotion2vec IEMOCAP recipe (model-spec §11).
+
+    from pipeline.downstream import TrainConfig, train
+    result = train(TrainConfig(features="outputs/iemocap", label_column="emotion",
+                               fold_column="session", output="outputs/iemocap-probe",
+                               label_map={"exc": "hap"}, labels=["ang", "hap", "neu", "sad"]))
+    result["mean"]   # {"wa": .., "ua": .., "wf1": ..}   fractions in [0, 1]
+
+The default recipe is the paper's: frame features `[T, D]` -> Linear(D, 256) -> ReLU -> masked mean over
+time (padding zeroed, divided by the valid count) -> Linear(256, C); CrossEntropyLoss; RMSprop(lr 5e-4,
+momentum 0.9); CyclicLR(5e-4 .. 1e-3, step_size_up 10, PyTorch defaults otherwise) stepped once per epoch;
+100 epochs; batches of 128 zero-padded clips, shuffled; `torch.manual_seed(seed)` once at the start.
+Leave-one-group-out over `fold_column`: each group in turn is the test set, the other groups are split
+80/20 at random (`random_split`) into train / validation, and the checkpoint with the best validation WA
+(strict improvement) is evaluated on the held-out group. The random draws happen in the reference's order
+(split, model init, one shuffle per epoch), so with the same row order the same seed gives the same split.
+
+`input="utterance"` trains a linear probe, Linear(D, C), on the `embedding` column (the only choice when
+the output was written without `output.frames`; `auto` picks it then).
+
+Rows are skipped, and counted, when they are error rows, have no label or a label outside the label set
+(after `label_map`), have no group, or (frames) have no frames. Frames are read column-wise: the
+`list<fixed_size_list<float16, D>>` column becomes one `[sum T, D]` float16 array plus per-row offsets;
+padded float32 batches are gathered from it with index arithmetic, never a Python loop over frames.
+
+Metrics (our own code, no sklearn): WA = accuracy; UA = mean recall over the classes present in the test
+set; WF1 = support-weighted F1 with tp/fp/fn counted per class, as the reference does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import ConfigError, StorageConfig
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+class TrainConfig(BaseModel):
+    """Everything `jobs/train_downstream.py` takes; YAML keys and CLI flags share these names
+    (`label_column` in YAML is `--label-column` on the command line). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    features: str = Field(description="the extraction output: a directory or s3:// prefix of Parquet files")
+    label_column: str = Field(description="gold label column (a passthrough manifest column)")
+    fold_column: str = Field(description="group column for leave-one-group-out (session, speaker, fold)")
+    output: str = Field(description="local directory for metrics.json and confusion.png")
+    input: Literal["auto", "frames", "utterance"] = Field(
+        "auto", description="frames: the paper's recipe; utterance: linear probe on `embedding`"
+    )
+    epochs: int = Field(100, ge=1)
+    seed: int = 42
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(5e-4, gt=0, description="RMSprop lr and CyclicLR base_lr")
+    max_lr: float = Field(1e-3, gt=0, description="CyclicLR max_lr")
+    step_size_up: int = Field(10, ge=1, description="CyclicLR step_size_up (in epochs)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    hidden_dim: int = Field(256, ge=1, description="width of the frame model's first layer")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the non-test rows for validation")
+    label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label, e.g. exc: hap")
+    labels: list[str] | None = Field(None, description="label set and order (default: sorted labels seen)")
+    order_by: str = Field("id", description="row order before the random split (reproducibility)")
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _split_labels(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("need at least two labels")
+            if len(set(v)) != len(v):
+                raise ValueError("labels repeat")
+        return v
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _parse_label_map(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list | tuple):
+            out = {}
+            for item in v:
+                src, sep, dst = str(item).partition("=")
+                if not sep or not src.strip() or not dst.strip():
+                    raise ValueError(f"{item!r}: expected RAW=LABEL")
+                out[src.strip()] = dst.strip()
+            return out
+        return v
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (optional) + overrides (CLI values that were given) -> validated `TrainConfig`.
+    Problems raise `ConfigError` naming the key."""
+    data: dict[str, Any] = {}
+    where = "train config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys (features, label_column, ...)")
+        data = dict(loaded or {})
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            kind = err.get("type", "")
+            if kind == "extra_forbidden":
+                msgs.append(f"{loc}: unknown key")
+            elif kind == "missing":
+                msgs.append(f"{loc}: required key is missing")
+            else:
+                msgs.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
+
+
+# -- reading the output ---------------------------------------------------------------------------
+
+
+def open_output(uri: str, storage: Storage | None = None) -> pads.Dataset:
+    """The Parquet files under `uri` (local directory or s3:// prefix; `_run.json`, hidden and temp
+    files excluded) as one pyarrow dataset."""
+    storage = storage or Storage()
+    files = storage.list_files(uri, ".parquet")
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {uri}")
+    fs, _ = storage.resolve(uri)
+    return pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet")
+
+
+def frames_to_numpy(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`list<fixed_size_list<float16, D>>` -> (values [sum T, D] in the stored dtype, lengths [N]).
+    Column-wise: one flatten per chunk, no per-row or per-frame Python work. Null rows have length 0."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    dim = column.type.value_type.list_size
+    values, lengths = [], []
+    for chunk in chunks:
+        lengths.append(pc.fill_null(pc.list_value_length(chunk), 0).to_numpy().astype(np.int64))
+        inner = chunk.flatten()  # FixedSizeListArray over this chunk's (sliced) rows, nulls dropped
+        values.append(inner.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))  # [T_chunk, D]
+    if not values:
+        return np.zeros((0, dim), np.float16), np.zeros(0, np.int64)
+    return (values[0] if len(values) == 1 else np.concatenate(values)), np.concatenate(lengths)
+
+
+def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """`fixed_size_list<float32, D>` -> [N, D] float32 (no nulls expected: filter error rows first)."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if col.null_count:
+        raise ValueError("embedding column has nulls (error rows?)")
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+@dataclass
+class FeatureSet:
+    """Rows kept for training, in `order_by` order.
+
+    frames: feats [sum T, D] float16 (file order), offsets [N] into it, lengths [N] (frames per row).
+    utterance: feats [N, D] float32, offsets = arange(N), lengths = 1."""
+
+    kind: str
+    ids: list[str]
+    y: np.ndarray  # [N] int64 index into label_names
+    groups: np.ndarray  # [N] group value per row (object)
+    feats: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    label_names: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.feats.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_features(cfg: TrainConfig) -> FeatureSet:
+    storage = Storage.from_config(cfg.storage)
+    ds = open_output(cfg.features, storage)
+    names = set(ds.schema.names)
+    for key, col in (("label_column", cfg.label_column), ("fold_column", cfg.fold_column)):
+        if col not in names:
+            raise ConfigError(f"{key}: no column {col!r} in {cfg.features} (columns: {sorted(names)})")
+    kind = cfg.input
+    if kind == "auto":
+        kind = "frames" if "frames" in names else "utterance"
+    feature_col = "frames" if kind == "frames" else "embedding"
+    if feature_col not in names:
+        raise ConfigError(
+            f"input: {kind} needs the {feature_col!r} column, which {cfg.features} lacks"
+            + (
+                " (run the extraction with output.frames: true, or use --input utterance)"
+                if kind == "frames"
+                else ""
+            )
+        )
+    order_col = cfg.order_by if cfg.order_by in names else "id"
+
+    # pass 1: the small columns, to decide which rows to keep
+    light_cols = list(dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col]))
+    if kind == "frames":
+        light_cols.append("num_frames")
+    light = ds.to_table(columns=light_cols)
+    n_rows = light.num_rows
+    ok = pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+    raw = light[cfg.label_column].cast(pa.string()).to_pylist()
+    mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
+    label_names = cfg.labels or sorted(
+        {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
+    )
+    index = {name: i for i, name in enumerate(label_names)}
+    has_label = np.array([m is not None for m in mapped], bool)
+    in_set = np.array([m in index for m in mapped], bool)
+    has_group = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
+    has_frames = np.ones(n_rows, bool)
+    if kind == "frames":
+        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
+    skipped = {
+        "error": int((~ok).sum()),
+        "no_label": int((ok & ~has_label).sum()),
+        "label_not_in_set": int((ok & has_label & ~in_set).sum()),
+        "no_group": int((ok & in_set & ~has_group).sum()),
+        "no_frames": int((ok & in_set & has_group & ~has_frames).sum()),
+    }
+    keep = ok & in_set & has_group & has_frames
+    kept = light.filter(pa.array(keep))
+    order = pc.sort_indices(kept, sort_keys=[(order_col, "ascending"), ("id", "ascending")])
+    kept = kept.take(order)
+    ids = kept["id"].to_pylist()
+    y = np.array(
+        [index[cfg.label_map.get(r, r)] for r in kept[cfg.label_column].cast(pa.string()).to_pylist()]
+    )
+    groups = np.array(kept[cfg.fold_column].to_pylist(), dtype=object)
+    if not ids:
+        raise ValueError(f"no usable rows in {cfg.features} (skipped: {skipped})")
+
+    # pass 2: the feature column of the kept rows only, then index them into `ids` order
+    heavy = ds.to_table(columns=["id", feature_col], filter=pc.field("id").isin(pa.array(ids, pa.string())))
+    pos = pc.index_in(heavy["id"], value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
+    if heavy.num_rows != len(ids) or len(set(pos.tolist())) != len(ids):
+        raise ValueError(f"ids are not unique in {cfg.features}")
+    if kind == "frames":
+        feats, file_lengths = frames_to_numpy(heavy[feature_col])  # [sum T, D] float16, [N]
+        file_offsets = np.concatenate([[0], np.cumsum(file_lengths)[:-1]]).astype(np.int64)
+        inv = np.empty(len(ids), np.int64)
+        inv[pos] = np.arange(len(ids))  # inv[k] = heavy row of the k-th kept id
+        offsets, lengths = file_offsets[inv], file_lengths[inv]
+    else:
+        emb = embeddings_to_numpy(heavy[feature_col])  # [N, D] in heavy order
+        feats = np.empty_like(emb)
+        feats[pos] = emb
+        offsets, lengths = np.arange(len(ids), dtype=np.int64), np.ones(len(ids), np.int64)
+    return FeatureSet(kind, ids, y.astype(np.int64), groups, feats, offsets, lengths, label_names, skipped)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def frame_model(input_dim: int, num_classes: int, hidden_dim: int = 256):
+    """The recipe's `BaseModel`: Linear(D, H) -> ReLU -> masked mean over T -> Linear(H, C)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class FrameClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre_net = nn.Linear(input_dim, hidden_dim)  # created first: the reference's init order
+            self.post_net = nn.Linear(hidden_dim, num_classes)
+            self.activate = nn.ReLU()
+
+        def forward(self, x, padding_mask):  # x [B, T, D], padding_mask [B, T] True at padding
+            h = self.activate(self.pre_net(x))  # [B, T, H]
+            valid = (~padding_mask).unsqueeze(-1).to(h.dtype)  # [B, T, 1]
+            h = (h * valid).sum(dim=1) / valid.sum(dim=1)  # [B, H]
+            return self.post_net(h)  # [B, C]
+
+    return FrameClassifier()
+
+
+def linear_probe(input_dim: int, num_classes: int):
+    torch = _torch()
+
+    class LinearProbe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(input_dim, num_classes)
+
+        def forward(self, x, padding_mask=None):  # x [B, D]
+            return self.linear(x)  # [B, C]
+
+    return LinearProbe()
+
+
+def collate_frames(fs: FeatureSet, idx: np.ndarray):
+    """Rows `idx` -> (x [B, T, D] float32 zero-padded, padding_mask [B, T] bool, y [B])."""
+    torch = _torch()
+    idx = np.asarray(idx, np.int64)
+    lens = fs.lengths[idx]  # [B]
+    b, t = len(idx), int(lens.max())
+    total = int(lens.sum())
+    row = np.repeat(np.arange(b), lens)  # [sum L] destination row of each frame
+    start = np.cumsum(lens) - lens
+    pos = np.arange(total) - np.repeat(start, lens)  # [sum L] time index within its row
+    src = np.repeat(fs.offsets[idx], lens) + pos  # [sum L] source frame in fs.feats
+    x = np.zeros((b, t, fs.dim), np.float32)
+    x[row, pos] = fs.feats[src]
+    mask = np.arange(t)[None, :] >= lens[:, None]  # [B, T]
+    return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(fs.y[idx])
+
+
+def collate_utterances(fs: FeatureSet, idx: np.ndarray):
+    torch = _torch()
+    idx = np.asarray(idx, np.int64)
+    return torch.from_numpy(fs.feats[fs.offsets[idx]]), None, torch.from_numpy(fs.y[idx])
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """[C, C] counts, rows = true class, columns = predicted class."""
+    y_true = np.asarray(y_true, np.int64)
+    y_pred = np.asarray(y_pred, np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """WA, UA (mean recall over classes with support), WF1 (support-weighted F1) as fractions, and n."""
+    cm = np.asarray(cm, np.float64)
+    n = cm.sum()
+    if n == 0:
+        return {"wa": math.nan, "ua": math.nan, "wf1": math.nan, "n": 0}
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)  # true count per class
+    predicted = cm.sum(axis=0)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "wa": float(tp.sum() / n),
+        "ua": float(recall[present].mean()),
+        "wf1": float((f1 * support).sum() / n),
+        "n": int(n),
+    }
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def _predict(model, fs: FeatureSet, idx: np.ndarray, batch_size: int, device) -> np.ndarray:
+    torch = _torch()
+    collate = collate_frames if fs.kind == "frames" else collate_utterances
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            x, mask, _ = collate(fs, idx[s : s + batch_size])
+            logits = model(x.to(device), None if mask is None else mask.to(device))
+            out.append(logits.argmax(dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def train_fold(cfg: TrainConfig, fs: FeatureSet, train_val: np.ndarray, test: np.ndarray, device) -> dict:
+    """One leave-one-group-out fold: split, train, keep the best-validation checkpoint, test."""
+    torch = _torch()
+    from torch.utils.data import DataLoader, random_split
+
+    n_train = int((1 - cfg.val_fraction) * len(train_val))
+    n_val = len(train_val) - n_train
+    # same draw as the reference: random_split over the train+val rows, then model init, then shuffles
+    train_sub, val_sub = random_split(range(len(train_val)), [n_train, n_val])
+    train_idx = train_val[np.asarray(list(train_sub), np.int64)]
+    val_idx = train_val[np.asarray(list(val_sub), np.int64)]
+    if n_val == 0:  # too few rows to hold any out: select on the training rows
+        val_idx = train_idx
+
+    c = len(fs.label_names)
+    if fs.kind == "frames":
+        model = frame_model(fs.dim, c, cfg.hidden_dim)
+    else:
+        model = linear_probe(fs.dim, c)
+    model = model.to(device)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=cfg.lr, max_lr=cfg.max_lr, step_size_up=cfg.step_size_up
+    )
+    criterion = torch.nn.CrossEntropyLoss()
+    collate = collate_frames if fs.kind == "frames" else collate_utterances
+    loader = DataLoader(
+        train_idx.tolist(), batch_size=cfg.batch_size, shuffle=True, collate_fn=lambda b: collate(fs, b)
+    )
+
+    best_wa, best_epoch, best_state = -1.0, -1, None
+    losses = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        total, batches = 0.0, 0
+        for x, mask, y in loader:
+            optimizer.zero_grad()
+            logits = model(x.to(device), None if mask is None else mask.to(device))
+            loss = criterion(logits, y.to(device))
+            loss.backward()
+            optimizer.step()
+            total += float(loss.item())
+            batches += 1
+        scheduler.step()
+        losses.append(total / max(batches, 1))
+        pred = _predict(model, fs, val_idx, cfg.batch_size, device)
+        val_wa = float((pred == fs.y[val_idx]).mean())
+        if val_wa > best_wa:  # strict improvement, as the reference
+            best_wa, best_epoch = val_wa, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    pred = _predict(model, fs, test, cfg.batch_size, device)
+    cm = confusion_matrix(fs.y[test], pred, c)
+    return {
+        "confusion": cm,
+        "n_train": int(len(train_idx)),
+        "n_val": int(n_val),
+        "best_epoch": best_epoch + 1,
+        "best_val_wa": best_wa,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+def _json_value(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[str, Any]:
+    """Run the leave-one-group-out recipe and write `metrics.json` + `confusion.png` into cfg.output.
+    Returns the metrics dict."""
+    torch = _torch()
+    t0 = time.perf_counter()
+    fs = fs or load_features(cfg)
+    device = torch.device(
+        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    group_values = sorted(set(fs.groups.tolist()), key=lambda g: (str(type(g)), g))
+    if len(group_values) < 2:
+        raise ValueError(
+            f"{cfg.fold_column}: leave-one-group-out needs at least 2 groups, found {group_values}"
+        )
+    skipped_total = sum(fs.skipped.values())
+    log_fn(
+        f"{len(fs)} rows ({fs.kind}, D={fs.dim}, {len(fs.label_names)} classes {fs.label_names}, "
+        f"{len(group_values)} groups); skipped {skipped_total}: "
+        + ", ".join(f"{k} {v}" for k, v in fs.skipped.items() if v)
+    )
+
+    torch.manual_seed(cfg.seed)  # once, at the start (the reference's order of draws follows)
+    folds, total_cm = [], np.zeros((len(fs.label_names),) * 2, np.int64)
+    for g in group_values:
+        is_test = fs.groups == g
+        test = np.flatnonzero(is_test)
+        train_val = np.flatnonzero(~is_test)
+        res = train_fold(cfg, fs, train_val, test, device)
+        m = metrics_from_confusion(res["confusion"])
+        total_cm += res["confusion"]
+        folds.append(
+            {"fold": _json_value(g), **m}
+            | {
+                k: res[k]
+                for k in ("n_train", "n_val", "best_epoch", "best_val_wa", "first_loss", "last_loss")
+            }
+        )
+        log_fn(
+            f"fold {g}: test WA {100 * m['wa']:.2f} UA {100 * m['ua']:.2f} WF1 {100 * m['wf1']:.2f} "
+            f"(n={m['n']}, best epoch {res['best_epoch']}, val WA {100 * res['best_val_wa']:.2f})"
+        )
+    mean = {k: float(np.mean([f[k] for f in folds])) for k in ("wa", "ua", "wf1")}
+    log_fn(
+        f"mean over {len(folds)} folds: WA {100 * mean['wa']:.2f} UA {100 * mean['ua']:.2f} WF1 {100 * mean['wf1']:.2f}"
+    )
+    result = {
+        "folds": folds,
+        "mean": mean,
+        "labels": fs.label_names,
+        "input": fs.kind,
+        "rows": {"used": len(fs), "skipped": skipped_total},
+        "skipped": fs.skipped,
+        "confusion": total_cm.tolist(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "config": cfg.model_dump(mode="json"),
+    }
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot_confusion(total_cm, fs.label_names, out / "confusion.png", title=_title(cfg, fs, mean))
+    return result
+
+
+def _title(cfg: TrainConfig, fs: FeatureSet, mean: dict[str, float]) -> str:
+    return (
+        f"{fs.kind} model, leave-one-{cfg.fold_column}-out, summed over folds\n"
+        f"mean WA {100 * mean['wa']:.1f}  UA {100 * mean['ua']:.1f}  WF1 {100 * mean['wf1']:.1f}"
+    )
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
+    """Counts annotated, colour = row-normalised share (recall per true class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    c = len(labels)
+    fig, ax = plt.subplots(figsize=(1.1 * c + 3, 1.0 * c + 2.5), dpi=120)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(c):
+        for j in range(c):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{100 * share[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
+    ax.set_xticks(range(c), labels, rotation=45, ha="right")
+    ax.set_yticks(range(c), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

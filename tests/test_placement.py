@@ -1,0 +1,52 @@
+"""Device and pool decisions from cluster resources, and the GPU path (skipped without a GPU)."""
+
+import pytest
+import torch
+
+from pipeline.config import parse_config
+from pipeline.run import JobError, plan_placement
+
+
+def cfg(**model):
+    return parse_config({"input": {"manifest": "m.jsonl"}, "output": {"path": "o"}, "model": model})
+
+
+def test_gpu_cluster_gets_one_actor_per_gpu_or_more_with_fractions():
+    p = plan_placement(cfg(), {"CPU": 32.0, "GPU": 4.0})
+    assert (p.device, p.num_actors, p.num_gpus) == ("cuda", 4, 1.0)
+    p = plan_placement(cfg(gpus_per_actor=0.5), {"CPU": 32.0, "GPU": 4.0})
+    assert (p.num_actors, p.num_gpus) == (8, 0.5)
+
+
+def test_cpu_cluster_leaves_room_for_decode_and_write():
+    p = plan_placement(cfg(), {"CPU": 2.0})
+    assert (p.device, p.num_actors, p.num_gpus, p.torch_threads) == ("cpu", 1, 0.0, 2)
+    p = plan_placement(cfg(cpus_per_actor=4), {"CPU": 16.0})
+    assert (p.num_actors, p.torch_threads) == (3, 5)
+    assert plan_placement(cfg(device="cpu"), {"CPU": 8.0, "GPU": 1.0}).device == "cpu"
+
+
+def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
+    with pytest.raises(JobError, match="no GPUs"):
+        plan_placement(cfg(device="cuda"), {"CPU": 8.0})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 0.1), (torch.float16, 0.02)])
+def test_gpu_matches_cpu_float32(tiny_model_dir, dtype, tol):
+    from pipeline.batching import collate
+    from pipeline.model import load_bundle
+
+    from .conftest import random_clips
+
+    clips = random_clips([16_000, 48_000, 7_777], seed=4)
+    wav, lengths = collate(clips)
+    ref = load_bundle(tiny_model_dir).model
+    gpu = load_bundle(tiny_model_dir, device="cuda", dtype=dtype).model
+    with torch.inference_mode():
+        a = ref(wav, lengths)
+        b = gpu(wav.cuda(), lengths.cuda())
+    scale = a.frames.abs().max()
+    assert (b.frames.float().cpu() - a.frames).abs().max() <= tol * scale
+    assert (b.scores.cpu() - a.scores).abs().max() <= tol
