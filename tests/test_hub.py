@@ -55,3 +55,14 @@ def test_missing_model_offline_says_how_to_predownload(tmp_path):
 def test_unknown_local_path_lists_the_short_names(tmp_path):
     with pytest.raises(ModelSourceError, match="emotion2vec_plus_large"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_modelscope_id_resolves_from_a_populated_modelscope_cache(tmp_path):
+    """FunASR-style ids go to ModelScope; its client finds `{cache}/{owner}/{name}`."""
+    model = random_model(tiny(), seed=4)
+    write_checkpoint(model, tmp_path / "iic" / "emotion2vec_plus_seed", "hub")
+    bundle = load_model("iic/emotion2vec_plus_seed", cache_dir=str(tmp_path), offline=True)
+    assert bundle.weights_path == str(tmp_path / "iic" / "emotion2vec_plus_seed" / "model.pt")
+    assert bundle.source == "ms:iic/emotion2vec_plus_seed"
+    with pytest.raises(ModelSourceError, match="modelscope download --model iic/emotion2vec_base_finetuned"):
+        load_model("emotion2vec_base_finetuned", cache_dir=str(tmp_path / "empty"), offline=True)

@@ -57,12 +57,22 @@ class FeatureExtractor(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
 
     def forward(self, wav: Tensor) -> Tensor:
-        x = wav.unsqueeze(1)  # [B, 1, N]
+        """wav [B, N] -> features [B, T, C] (time-major, ready for the projection).
+
+        Each conv runs as unfold + matmul in a time-major layout: the same arithmetic as Conv1d
+        (up to summation order), but the LayerNorm over channels then works on contiguous rows,
+        with none of the transposes a [B, C, T] layout needs around it (those copies cost about as
+        much as the layer-0 conv on CPU)."""
+        x = wav.unsqueeze(-1)  # [B, N, 1]
         for layer in self.conv_layers:
-            x = layer[0](x)  # [B, C, T_i]
-            x = layer[2][1](x.transpose(1, 2)).transpose(1, 2)  # LN over C
-            x = F.gelu(x)
-        return x  # [B, C, T]
+            conv: nn.Conv1d = layer[0]
+            c_out, c_in, k = conv.weight.shape
+            s = conv.stride[0]
+            cols = x.unfold(1, k, s)  # [B, T_i, C_in, k] (a view)
+            cols = cols.reshape(x.shape[0], cols.shape[1], c_in * k)  # im2col copy
+            x = cols @ conv.weight.view(c_out, c_in * k).t()  # [B, T_i, C_out]
+            x = F.gelu(layer[2][1](x))  # LN over C
+        return x  # [B, T, C]
 
 
 class PositionalConv(nn.Sequential):

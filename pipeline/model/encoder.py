@@ -114,13 +114,13 @@ class Emotion2vec(nn.Module):
         enc = self.modality_encoders["AUDIO"]
         E = enc.num_extra_tokens
 
-        x = enc.local_encoder(wav.to(self.dtype))  # [B, C, T]
-        T = x.shape[-1]
+        x = enc.local_encoder(wav.to(self.dtype))  # [B, T, C]
+        T = x.shape[1]
         frame_lengths = self.frame_lengths(lengths)  # [B]
         valid = torch.arange(T, device=x.device).unsqueeze(0) < frame_lengths.unsqueeze(1)  # [B, T]
         padded = not bool(valid.all())
 
-        y = enc.project_features(x.transpose(1, 2))  # [B, T, D]
+        y = enc.project_features(x)  # [B, T, D]
         if padded:
             y = y * valid.unsqueeze(-1).to(y.dtype)
         x = y + enc.relative_positional_encoder(y, valid if padded else None)  # [B, T, D]

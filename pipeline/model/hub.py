@@ -82,9 +82,7 @@ def resolve(
                 f"(use hf:owner/name, ms:owner/name or one of: {known})"
             )
         return p, ref
-    if ref.hub == "hf":
-        return _hf_download(ref, cache_dir, offline), ref
-    return _ms_download(ref, cache_dir, offline), ref
+    return _snapshot(ref, cache_dir, offline), ref
 
 
 def _how_to(ref: ModelRef) -> str:
@@ -102,38 +100,23 @@ def _how_to(ref: ModelRef) -> str:
     )
 
 
-def _hf_download(ref: ModelRef, cache_dir: str | None, offline: bool) -> Path:
-    from huggingface_hub import snapshot_download
-
+def _snapshot(ref: ModelRef, cache_dir: str | None, offline: bool) -> Path:
+    """Download (or find in the cache) a whole model repo with the hub's own client."""
+    if ref.hub == "hf":
+        from huggingface_hub import snapshot_download
+    else:
+        try:
+            from modelscope.hub.snapshot_download import snapshot_download
+        except ImportError as e:
+            raise ModelSourceError(
+                f"model {ref}: ModelScope sources need the `modelscope` package: "
+                f"pip install 'emotion2vec-pipeline[hub]'; or {_how_to(ref)}"
+            ) from e
     try:
         path = snapshot_download(
             ref.repo, revision=ref.revision, cache_dir=cache_dir, local_files_only=offline
         )
     except Exception as e:  # noqa: BLE001 - any hub failure ends the same way for the user
-        mode = (
-            "offline mode, not in the local cache"
-            if offline
-            else "not in the local cache and the hub is unreachable"
-        )
-        raise ModelSourceError(
-            f"model {ref}: {mode} ({type(e).__name__}: {_short(e)}); {_how_to(ref)}"
-        ) from e
-    return Path(path)
-
-
-def _ms_download(ref: ModelRef, cache_dir: str | None, offline: bool) -> Path:
-    try:
-        from modelscope.hub.snapshot_download import snapshot_download
-    except ImportError as e:
-        raise ModelSourceError(
-            f"model {ref}: ModelScope sources need the `modelscope` package: pip install 'emotion2vec-pipeline[hub]'; "
-            f"or {_how_to(ref)}"
-        ) from e
-    try:
-        path = snapshot_download(
-            ref.repo, revision=ref.revision, cache_dir=cache_dir, local_files_only=offline
-        )
-    except Exception as e:  # noqa: BLE001
         mode = (
             "offline mode, not in the local cache"
             if offline
