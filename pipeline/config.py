@@ -139,14 +139,19 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"--set {override!r}: value is not valid YAML: {e}") from e
 
 
-def parse_config(data: dict[str, Any], where: str = "config") -> JobConfig:
+def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    """Validate `data` against a pydantic model; errors become one `ConfigError` naming each key."""
     try:
-        return JobConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{where}: " + "; ".join(_describe(err) for err in e.errors())) from None
 
 
-def _describe(err: dict[str, Any]) -> str:
+def parse_config(data: dict[str, Any], where: str = "config") -> JobConfig:
+    return validate(JobConfig, data, where)
+
+
+def _describe(err: Any) -> str:
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
@@ -156,21 +161,22 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{loc}: {err['msg']}"
 
 
+def read_yaml_mapping(path: str | Path, what: str = "sections (input, model, output, ...)") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file -> {}); problems raise `ConfigError`."""
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what}")
+    return dict(loaded or {})
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections (input, model, output, ...)")
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
     for o in overrides:
         apply_override(data, o)
-    return parse_config(data, where)
+    return parse_config(data, str(path) if path is not None else "config")
