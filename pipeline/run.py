@@ -362,7 +362,11 @@ def build_dataset(
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=placement.num_actors),
+        # On GPUs start the whole pool at once (every GPU busy from the start); on CPU start with one
+        # actor and let Ray Data grow the pool within the CPUs the other stages leave.
+        compute=ray.data.ActorPoolStrategy(
+            min_size=placement.num_actors if placement.device == "cuda" else 1, max_size=placement.num_actors
+        ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
     )

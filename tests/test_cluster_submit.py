@@ -65,24 +65,23 @@ def head_node(tmp_path):
     leader = subprocess.Popen(
         ["setsid", "--wait", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    # setsid --wait: the leader's pid is the new session id
-    sid = leader.pid
-    out, _ = leader.communicate(timeout=120)
-    assert leader.returncode == 0, out[-3000:]
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 60
-    while True:  # the job server answers a few seconds after `ray start` returns
-        r = subprocess.run(
-            [os.path.join(bindir, "ray"), "job", "list", "--address", address],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode == 0:
-            break
-        assert time.time() < deadline, r.stderr[-2000:]
-        time.sleep(1)
-    try:
+    sid = leader.pid  # setsid --wait: the leader's pid is the new session id
+    try:  # whatever fails from here on, the cluster is killed
+        out, _ = leader.communicate(timeout=120)
+        assert leader.returncode == 0, out[-3000:]
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 60
+        while True:  # the job server answers a few seconds after `ray start` returns
+            r = subprocess.run(
+                [os.path.join(bindir, "ray"), "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode == 0:
+                break
+            assert time.time() < deadline, r.stderr[-2000:]
+            time.sleep(1)
         yield address, env, gcs
     finally:
         kill_session(sid)
