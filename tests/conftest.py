@@ -55,12 +55,21 @@ def ray_session():
     ray.shutdown()
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
+    """A free TCP port, never one this test session already handed out: the OS may give the same
+    ephemeral port to two quick calls, and Ray refuses a node whose components share a port."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
