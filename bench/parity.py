@@ -23,16 +23,27 @@ LENGTHS = [400, 719, 16_000, 27_777, 80_000, 160_000]
 
 def clips(seed=0):
     rng = np.random.default_rng(seed)
-    return [(0.3 * np.sin(np.arange(n) / 16000 * 2 * np.pi * rng.uniform(90, 300)) + 0.05 * rng.standard_normal(n)).astype(np.float32) for n in LENGTHS]
+    return [
+        (
+            0.3 * np.sin(np.arange(n) / 16000 * 2 * np.pi * rng.uniform(90, 300))
+            + 0.05 * rng.standard_normal(n)
+        ).astype(np.float32)
+        for n in LENGTHS
+    ]
 
 
 def main():
     from funasr import AutoModel
 
     print(machine())
-    print("| model | vs FunASR: frames | embedding | scores | padded batch vs single (fp32): frames | embedding | scores | bf16 batch vs fp32: frames (rel) | scores |")
+    print(
+        "| model | vs FunASR: frames | embedding | scores | padded batch vs single (fp32): frames | embedding | scores | bf16 batch vs fp32: frames (rel) | scores |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, cfg in [("tiny D=48 H=6", tiny(num_heads=6, embed_dim=48)), ("base D=768 H=12", base(num_classes=9))]:
+    for name, cfg in [
+        ("tiny D=48 H=6", tiny(num_heads=6, embed_dim=48)),
+        ("base D=768 H=12", base(num_classes=9)),
+    ]:
         with tempfile.TemporaryDirectory() as tmp:
             d = write_checkpoint(random_model(cfg, seed=1), Path(tmp), "hub")
             am = AutoModel(model=str(d), disable_update=True, device="cpu", ncpu=2, log_level="ERROR")
@@ -61,7 +72,10 @@ def main():
                 diffs[5] = max(diffs[5], (ob.scores[i] - o.scores[0]).abs().max().item())
             rel = ((obf.frames.float() - ob.frames).abs().max() / ob.frames.abs().max()).item()
             sc = (obf.scores - ob.scores).abs().max().item()
-            print(f"| {name} | " + " | ".join(f"{x:.1e}" for x in diffs) + f" | {rel:.3f} | {sc:.3f} |", flush=True)
+            print(
+                f"| {name} | " + " | ".join(f"{x:.1e}" for x in diffs) + f" | {rel:.3f} | {sc:.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

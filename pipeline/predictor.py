@@ -105,7 +105,6 @@ class EmotionPredictor:
         self.budget = max(MIN_SAMPLES, int(batch_seconds * TARGET_SR))
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
-        self.model_seconds = 0.0
         self.node = _node_id()
 
     # -- model work ---------------------------------------------------------------------------
@@ -156,9 +155,7 @@ class EmotionPredictor:
                 items.append(clip[start:end])
                 owner.append(r)
                 bounds.append((start, end))
-        t0 = time.perf_counter()
         outs = self._run_items(items)
-        self.model_seconds += time.perf_counter() - t0
 
         per_row: dict[int, list[int]] = {}
         for k, r in enumerate(owner):
