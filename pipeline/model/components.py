@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .config import ConvSpec
 
 
@@ -59,19 +60,13 @@ class FeatureExtractor(nn.Module):
     def forward(self, wav: Tensor) -> Tensor:
         """wav [B, N] -> features [B, T, C] (time-major, ready for the projection).
 
-        Each conv runs as unfold + matmul in a time-major layout: the same arithmetic as Conv1d
-        (up to summation order), but the LayerNorm over channels then works on contiguous rows,
-        with none of the transposes a [B, C, T] layout needs around it (those copies cost about as
-        much as the layer-0 conv on CPU)."""
+        The convs run time-major (`kernels.conv_time_major`), so the LayerNorm over channels works
+        on contiguous rows with none of the transposes a [B, C, T] layout needs around it."""
         x = wav.unsqueeze(-1)  # [B, N, 1]
         for layer in self.conv_layers:
             conv: nn.Conv1d = layer[0]
-            c_out, c_in, k = conv.weight.shape
-            s = conv.stride[0]
-            cols = x.unfold(1, k, s)  # [B, T_i, C_in, k] (a view)
-            cols = cols.reshape(x.shape[0], cols.shape[1], c_in * k)  # im2col copy
-            x = cols @ conv.weight.view(c_out, c_in * k).t()  # [B, T_i, C_out]
-            x = F.gelu(layer[2][1](x))  # LN over C
+            x = kernels.conv_time_major(x, conv.weight, stride=conv.stride[0])  # [B, T_i, C]
+            x = kernels.gelu_(layer[2][1](x))  # LN over C, then GELU
         return x  # [B, T, C]
 
 
@@ -95,18 +90,20 @@ class PositionalConv(nn.Sequential):
         self.kernel = kernel
 
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:  # type: ignore[override]
-        # x [B, T, D]; keep [B, T] (True = valid frame) or None when nothing is padded
-        x = x.transpose(1, 2)  # [B, D, T]
-        keep3 = None if keep is None else keep.unsqueeze(1).to(x.dtype)  # [B, 1, T]
+        # x [B, T, D] (time-major throughout); keep [B, T] (True = valid frame) or None when nothing is padded
+        keep3 = None if keep is None else keep.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        D = x.shape[-1]
         for layer in list(self)[1:]:
+            conv: nn.Conv1d = layer[0]
             if keep3 is not None:
                 x = x * keep3
-            x = layer[0](x)
+            x = kernels.conv_time_major(
+                x, conv.weight, conv.bias, padding=self.kernel // 2, groups=conv.groups
+            )
             if self.kernel % 2 == 0:  # SamePad: an even kernel makes one frame too many
-                x = x[..., :-1]
-            x = F.layer_norm(x.transpose(1, 2).float(), (x.shape[1],), eps=1e-5).to(x.dtype).transpose(1, 2)
-            x = F.gelu(x)
-        return x.transpose(1, 2)  # [B, T, D]
+                x = x[:, :-1]
+            x = kernels.gelu_(F.layer_norm(x.float(), (D,), eps=1e-5).to(x.dtype))  # LN over D, no affine
+        return x  # [B, T, D]
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -146,12 +143,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, residual: Tensor | None = None) -> Tensor:
+        """x [B, T', D] -> attention output [B, T', D], plus `residual` when given (fused)."""
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads)  # [B, T', 3, H, Dh]
+        qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)  # [B, T', 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T', Dh]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T', Dh]
-        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+        out = out.transpose(1, 2).reshape(B, T, D)
+        if residual is None:
+            return self.proj(out)
+        return kernels.linear_add(out, self.proj.weight, self.proj.bias, residual)
 
 
 class Mlp(nn.Module):
@@ -160,8 +162,12 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """x [B, T', D] -> fc2(gelu(fc1(x))) [B, T', D], plus `residual` when given (fused)."""
+        h = kernels.linear(x, self.fc1.weight, self.fc1.bias, gelu=True)  # [B, T', F]
+        if residual is None:
+            return F.linear(h, self.fc2.weight, self.fc2.bias)
+        return kernels.linear_add(h, self.fc2.weight, self.fc2.bias, residual)
 
 
 class AltBlock(nn.Module):
@@ -175,8 +181,8 @@ class AltBlock(nn.Module):
         self.mlp = Mlp(dim, ffn_dim)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        r = self.norm1(x + self.attn(x, mask))
-        return self.norm2(r + self.mlp(r))
+        r = self.norm1(self.attn(x, mask, residual=x))
+        return self.norm2(self.mlp(r, residual=r))
 
 
 class BlockEncoder(nn.Module):

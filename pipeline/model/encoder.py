@@ -39,6 +39,14 @@ class Emotion2vecOutput:
     scores: Tensor | None  # [B, C] float32 softmax of logits
 
 
+def _aligned(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, multiple: int = 16) -> Tensor:
+    """An uninitialised tensor of `shape` whose rows start every `multiple` elements (a view of a
+    wider one). CUDA's memory-efficient attention needs its additive mask laid out so and pads a
+    copy of any other mask on every call, i.e. in every block."""
+    *lead, n = shape
+    return torch.empty(*lead, -(-n // multiple) * multiple, dtype=dtype, device=device)[..., :n]
+
+
 class AudioEncoder(nn.Module):
     """`modality_encoders.AUDIO`: CNN, projection, positional convs, extra tokens, ALiBi scale and
     the prenet blocks."""
@@ -73,6 +81,7 @@ class Emotion2vec(nn.Module):
         self.register_buffer(
             "label_mask", torch.zeros(max(cfg.num_classes, 0), dtype=torch.bool), persistent=False
         )
+        self._alibi_cache: tuple[tuple, Tensor] | None = None  # see _alibi
 
     @property
     def dtype(self) -> torch.dtype:
@@ -126,11 +135,11 @@ class Emotion2vec(nn.Module):
         x = y + enc.relative_positional_encoder(y, valid if padded else None)  # [B, T, D]
         x = torch.cat([enc.extra_tokens.expand(B, -1, -1), x], dim=1)  # [B, T', D]
 
-        mask = alibi_bias(T, enc.alibi_scale, E, x.device)  # [1, H, T', T'] float32
+        mask = self._alibi(T, x.dtype, x.device)  # [1, H, T', T']
         if padded:
             key_pad = F.pad(~valid, (E, 0))  # [B, T'], True = padded key
-            mask = mask.masked_fill(key_pad[:, None, None, :], float("-inf"))  # [B, H, T', T']
-        mask = mask.to(x.dtype)
+            full = _aligned((B, *mask.shape[1:]), mask.dtype, mask.device)  # [B, H, T', T']
+            mask = full.copy_(mask.expand_as(full)).masked_fill_(key_pad[:, None, None, :], float("-inf"))
 
         x = enc.context_encoder(x, mask)
         for blk in self.blocks:
@@ -143,6 +152,22 @@ class Emotion2vec(nn.Module):
         embedding = frames.float().sum(dim=1) / denom  # [B, D]
         logits, scores = self.classify(embedding)
         return Emotion2vecOutput(frames, frame_lengths, embedding, logits, scores)
+
+    def _alibi(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The ALiBi bias [1, H, T', T'] for T frames, in `dtype`. The bias between two frames
+        depends only on their distance, so the bias for T frames is the top-left corner of the
+        bias for any longer clip: one bias, for the longest clip seen so far, is kept and viewed
+        (building it costs about as much as a transformer block's attention)."""
+        scale = self.modality_encoders["AUDIO"].alibi_scale
+        E = self.cfg.num_extra_tokens
+        if torch.is_grad_enabled() and scale.requires_grad:
+            return alibi_bias(T, scale, E, device).to(dtype)  # keep the graph to the learned scale
+        key = (scale.data_ptr(), scale._version, dtype, device)
+        cached = self._alibi_cache
+        if cached is None or cached[0] != key or cached[1].shape[-1] < T + E:
+            bias = alibi_bias(T, scale.detach(), E, device)
+            self._alibi_cache = cached = (key, _aligned(bias.shape, dtype, device).copy_(bias))
+        return cached[1][:, :, : T + E, : T + E]
 
     def classify(self, embedding: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Utterance embedding [B, D] -> (logits, softmax scores) [B, C] in float32, masked labels
