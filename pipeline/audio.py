@@ -21,8 +21,6 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 
 TARGET_SR = 16_000
 MIN_SAMPLES = 400  # emotion2vec's CNN receptive field at 16 kHz (25 ms)
@@ -83,6 +81,11 @@ def to_mono_16k(x: np.ndarray, sample_rate: int) -> np.ndarray:
     if sample_rate == TARGET_SR:
         return mono
     _check_rate(sample_rate)
+    # imported here: 16 kHz input (the common case) never pays the ~3 s torch import in a decode
+    # worker. (Ray starts task workers with OMP_NUM_THREADS=1, so resampling stays on one core.)
+    import torch
+    import torchaudio
+
     return torchaudio.functional.resample(torch.from_numpy(mono), sample_rate, TARGET_SR).numpy()
 
 

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from .audio import decode
 from .storage import Storage
@@ -19,7 +18,6 @@ from .writer import DECODE_TIME_COLUMN
 
 
 def decode_batch(batch: pa.Table, storage: Storage) -> pa.Table:
-    torch.set_num_threads(1)  # resampling is cheap; leave the cores to the model actors
     t0 = time.perf_counter()
     n = batch.num_rows
     paths = batch["path"].to_pylist()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,9 @@ import torch
 
 from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
-from .model import ModelBundle, load_model
+from .model import ModelBundle, kernels, load_model
 from .schema import segments_type
-from .writer import MODEL_NODE_COLUMN, MODEL_TIME_COLUMN
+from .writer import MODEL_NODE_COLUMN, MODEL_RUNTIME_COLUMN, MODEL_TIME_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,55 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`model.dtype` -> the dtype the model runs in on `device` of this machine. `auto`: bfloat16
+    on GPUs, float32 on CPUs. A half-precision dtype on a CPU without native support for it
+    (bfloat16 needs AVX512-BF16 or AMX) would run its matmuls in a scalar fallback, ~100x slower
+    than float32: float32 is used instead, with a warning."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return DTYPES[dtype]
+    want = DTYPES[dtype]
+    if device == "cpu" and want != torch.float32 and not cpu_has_native(want):
+        warnings.warn(
+            f"model.dtype {dtype}: this CPU has no native {dtype} matmul (needs "
+            f"{'AVX512-BF16 or AMX' if want == torch.bfloat16 else 'AMX-FP16'}); its {dtype} kernels would run "
+            f"~100x slower than float32, so the model runs in float32",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return torch.float32
+    return want
+
+
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs `dtype` matmuls in hardware and oneDNN's fused linears accept it."""
+    cpu = torch.cpu  # its private _is_*_supported() read the CPU's ISA flags
+    if dtype == torch.bfloat16:
+        isa = (
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+    elif dtype == torch.float16:
+        isa = getattr(cpu, "_is_amx_fp16_supported", lambda: False)()
+    else:
+        return True
+    return bool(isa) and kernels.onednn_linear_available(dtype)
 
 
 @dataclass
 class RowResult:
-    frames: np.ndarray  # [T, D] float32
+    num_frames: int  # T
+    frames: np.ndarray | None  # [T, D] float32, only when frames are written
     embedding: np.ndarray  # [D] float32
     scores: np.ndarray | None  # [C] float32
     windows: list[tuple[float, float]]  # [start_s, end_s) of each window (one for short clips)
     window_scores: np.ndarray | None  # [S, C] float32, one row per window
+
+
+@dataclass
+class ItemResult:  # one window (or whole short clip) through the model
+    num_frames: int
+    frames: np.ndarray | None  # [T, D] float32, only when frames are written
+    embedding: np.ndarray  # [D] float32
 
 
 def waveforms(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
@@ -106,25 +144,31 @@ class EmotionPredictor:
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
         self.node = _node_id()
+        self.runtime = (
+            f"{self.device} {str(self.dtype).replace('torch.', '')}"  # what really ran, for _run.json
+        )
 
     # -- model work ---------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _forward(self, clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """-> per clip (frames [T, D] float32, embedding [D] float32)."""
+    def _forward(self, clips: list[np.ndarray]) -> list[ItemResult]:
         wav, lengths = collate(clips, pin_memory=self.device.startswith("cuda"))
         wav = wav.to(self.device, non_blocking=True)
         out = self.bundle.model(wav, lengths.to(self.device))
-        frames = out.frames.float().cpu().numpy()
         emb = out.embedding.cpu().numpy()
         fl = out.frame_lengths.cpu().tolist()
-        return [(frames[i, : fl[i]], emb[i]) for i in range(len(clips))]
+        # frames leave the device only when they are written (on a GPU they are most of the copy back)
+        frames = out.frames.float().cpu().numpy() if self.frames else None
+        return [
+            ItemResult(fl[i], None if frames is None else frames[i, : fl[i]], emb[i])
+            for i in range(len(clips))
+        ]
 
-    def _run_items(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
-        results: list[tuple[np.ndarray, np.ndarray] | Exception] = [None] * len(items)  # type: ignore[list-item]
+    def _run_items(self, items: list[np.ndarray]) -> list[ItemResult | Exception]:
+        results: list[ItemResult | Exception] = [None] * len(items)  # type: ignore[list-item]
         for group in pack([len(x) for x in items], self.budget, self.max_batch_size):
             try:
-                outs = self._forward([items[i] for i in group])
+                outs: list[ItemResult | Exception] = list(self._forward([items[i] for i in group]))
             except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
                 if len(group) == 1:
                     results[group[0]] = e
@@ -137,7 +181,7 @@ class EmotionPredictor:
                     try:
                         outs.append(self._forward([items[i]])[0])
                     except Exception as e1:  # noqa: BLE001
-                        outs.append(e1)  # type: ignore[arg-type]
+                        outs.append(e1)
             for i, o in zip(group, outs, strict=True):
                 results[i] = o
         return results
@@ -166,19 +210,29 @@ class EmotionPredictor:
             if err is not None:
                 results[r] = err
                 continue
-            parts = [outs[k] for k in ks]
-            frames = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-            # the whole-clip embedding is the mean of all frames: windows weighted by their frames
-            emb = parts[0][1] if len(parts) == 1 else frames.mean(axis=0, dtype=np.float32)
+            parts: list[ItemResult] = [outs[k] for k in ks]  # type: ignore[misc]
+            num_frames = sum(p.num_frames for p in parts)
+            if len(parts) == 1:
+                frames, emb = parts[0].frames, parts[0].embedding
+            else:
+                # windows lie on the clip's frame grid, so their frames concatenate to the clip's, and the
+                # whole-clip embedding (the mean of all frames) is the frame-weighted mean of the windows'
+                frames = np.concatenate([p.frames for p in parts]) if self.frames else None
+                weights = np.array([p.num_frames for p in parts], np.float64)
+                emb = (
+                    np.stack([p.embedding for p in parts]).astype(np.float64).T @ weights / num_frames
+                ).astype(np.float32)
             # row 0: the whole clip; rows 1..S: each window (only when there are several)
-            embs = np.stack([emb] + ([p[1] for p in parts] if len(parts) > 1 else []))
+            embs = np.stack([emb] + ([p.embedding for p in parts] if len(parts) > 1 else []))
             _, scores = self.bundle.model.classify(torch.from_numpy(embs).to(self.device))
             scores = None if scores is None else scores.cpu().numpy()
             # a window's segment ends where the next begins (windows overlap by 80 samples, see chunk_bounds)
             edges = [bounds[k][0] for k in ks] + [bounds[ks[-1]][1]]
             windows = [(edges[j] / TARGET_SR, edges[j + 1] / TARGET_SR) for j in range(len(ks))]
             window_scores = None if scores is None else (scores[:1] if len(parts) == 1 else scores[1:])
-            results[r] = RowResult(frames, emb, None if scores is None else scores[0], windows, window_scores)
+            results[r] = RowResult(
+                num_frames, frames, emb, None if scores is None else scores[0], windows, window_scores
+            )
         return results
 
     # -- Ray Data entry point -----------------------------------------------------------------
@@ -205,7 +259,7 @@ class EmotionPredictor:
                 errors[i] = f"model: {type(res).__name__}: {res}"
             elif isinstance(res, RowResult):
                 ok[i] = True
-                num_frames[i] = len(res.frames)
+                num_frames[i] = res.num_frames
                 emb[i] = res.embedding
                 if res.scores is not None:
                     scores[i] = res.scores
@@ -221,7 +275,7 @@ class EmotionPredictor:
                     }
                     for j, (a, b) in enumerate(res.windows)
                 ]
-                if self.frames:
+                if self.frames and res.frames is not None:
                     frame_parts.append(res.frames.astype(np.float16))
                     frame_counts[i] = len(res.frames)
         has_scores = ok & bool(self.labels)
@@ -239,6 +293,9 @@ class EmotionPredictor:
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
         cols[MODEL_NODE_COLUMN] = pa.array([self.node] * n, pa.string())
+        cols[MODEL_RUNTIME_COLUMN] = pa.array(
+            [self.runtime if ok[i] else None for i in range(n)], pa.string()
+        )
         cols[MODEL_TIME_COLUMN] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
         out = batch.drop_columns(["waveform"])
         out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
@@ -257,6 +314,8 @@ def _node_id() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():  # get_runtime_context() would start a whole local Ray
+            return "local"
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray
         return "local"

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -26,7 +27,6 @@ from .audio import RESAMPLER
 from .config import JobConfig
 from .decode import decode_batch
 from .manifest import Manifest, read_manifest
-from .predictor import EmotionPredictor, resolve_dtype
 from .schema import FRAME_RATE, output_schema, passthrough_schema
 from .storage import Storage, join
 from .writer import RUN_FILE, dedupe, existing_metadata, output_files, scan_ids, write_run_json, write_shard
@@ -145,19 +145,45 @@ class RunResult:
     message: str
 
 
-def _load_model_on_driver(cfg: JobConfig):
-    from .model import CheckpointError, ConfigError, ModelSourceError, load_model
+@dataclass
+class ModelInfo:
+    """What the driver needs of the model: its identity, output width and labels (not the weights)."""
+
+    fingerprint: dict[str, Any]
+    sample_rate: int
+    embed_dim: int
+    labels: list[str]
+    weights_sha256: str
+
+
+def _resolve_model_source(cfg: JobConfig):
+    """Find the checkpoint (local path, hub cache, or download): quick, and where most bad
+    `model.source` values fail."""
+    from .model import ModelSourceError, resolve
 
     try:
-        return load_model(
+        return resolve(
             cfg.model.source,
             revision=cfg.model.revision,
-            device="cpu",
             cache_dir=cfg.model.cache_dir,
             offline=cfg.model.offline,
         )
-    except (CheckpointError, ConfigError, ModelSourceError) as e:
+    except ModelSourceError as e:
         raise JobError(f"model.source: {e}") from None
+
+
+def _check_model(path, ref) -> ModelInfo:
+    """Load the model once on the driver (strict key and shape checks, weights hash), so that a bad
+    checkpoint fails the job before any work; keep only what the driver needs."""
+    from .model import CheckpointError, ConfigError, load_bundle
+
+    try:
+        bundle = load_bundle(path, device="cpu", source=str(ref), revision=ref.revision)
+    except (CheckpointError, ConfigError) as e:
+        raise JobError(f"model.source: {e}") from None
+    return ModelInfo(
+        bundle.fingerprint(), bundle.sample_rate, bundle.embed_dim, bundle.labels, bundle.weights_sha256
+    )
 
 
 def _prepare_output(
@@ -216,52 +242,67 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     except ValueError as e:
         raise JobError(str(e)) from None
 
-    bundle = _load_model_on_driver(cfg)
-    schema_version = 1
-    fingerprint = {
-        **bundle.fingerprint(),
-        "frame_rate": FRAME_RATE,
-        "frames": cfg.output.frames,
-        "resampler": RESAMPLER,
-        "sample_rate": bundle.sample_rate,
-        "pipeline_version": __version__,
-        "schema": schema_version,
-    }
-    num_classes = len(bundle.labels)
-    embed_dim = bundle.embed_dim
-    weights_sha = bundle.weights_sha256
-    del bundle  # the actors load their own copy
-
-    todo, skipped = _prepare_output(cfg, storage, fingerprint, manifest)
-    schema = output_schema(
-        embed_dim, num_classes, cfg.output.frames, passthrough_schema(manifest.table.schema), fingerprint
-    )
-    storage.makedirs(cfg.output.path)
-    print(
-        f"[emotion2vec] manifest {manifest.source}: {len(manifest)} rows, {len(skipped)} already done, "
-        f"{todo.num_rows} to process -> {cfg.output.path}",
-        file=stream,
-        flush=True,
-    )
-
-    started_ray, started_local = init_ray(cfg)
+    path, ref = _resolve_model_source(cfg)
+    # Checking the model (import torch, load, hash: seconds) and starting Ray (seconds) need nothing
+    # from each other: the check runs in a thread while Ray starts.
+    with ThreadPoolExecutor(1, thread_name_prefix="e2v-model-check") as pool:
+        checking = pool.submit(_check_model, path, ref)
+        started_ray, started_local = init_ray(cfg)
+        try:
+            model = checking.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
     ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
     try:
+        schema_version = 1
+        fingerprint = {
+            **model.fingerprint,
+            "frame_rate": FRAME_RATE,
+            "frames": cfg.output.frames,
+            "resampler": RESAMPLER,
+            "sample_rate": model.sample_rate,
+            "pipeline_version": __version__,
+            "schema": schema_version,
+        }
+        todo, skipped = _prepare_output(cfg, storage, fingerprint, manifest)
+        schema = output_schema(
+            model.embed_dim,
+            len(model.labels),
+            cfg.output.frames,
+            passthrough_schema(manifest.table.schema),
+            fingerprint,
+        )
+        storage.makedirs(cfg.output.path)
+        print(
+            f"[emotion2vec] manifest {manifest.source}: {len(manifest)} rows, {len(skipped)} already done, "
+            f"{todo.num_rows} to process -> {cfg.output.path}",
+            file=stream,
+            flush=True,
+        )
         placement = plan_placement(cfg, ray.cluster_resources())
+        from .predictor import resolve_dtype  # torch: imported by now (the model check)
+
+        # as resolved on this machine (warns early when a half precision would fall back to float32);
+        # each model actor resolves it again on its own hardware and reports what it ran
+        planned_dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
         progress = Progress(todo.num_rows, cfg.ray.progress_interval_s, stream)
         per_node: dict[str, int] = {}
+        per_runtime: dict[str, int] = {}
         written: set[str] = set()
         stage_s = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}  # summed over workers
         if todo.num_rows:
-            ds = build_dataset(cfg, todo, storage, schema, placement, weights_sha)
+            ds = build_dataset(cfg, todo, storage, schema, placement, model.weights_sha256)
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 progress.update(summary)
                 written.update(summary["file"].to_pylist())
                 for key in stage_s:
                     stage_s[key] += float(pc.sum(summary[key]).as_py() or 0.0)
-                for counts in summary["model_nodes"].to_pylist():
-                    for node, rows in json.loads(counts).items():
-                        per_node[node] = per_node.get(node, 0) + rows
+                for column, acc in (("model_nodes", per_node), ("model_runtimes", per_runtime)):
+                    for counts in summary[column].to_pylist():
+                        for key, rows in json.loads(counts).items():
+                            acc[key] = acc.get(key, 0) + rows
         report = dedupe(storage, cfg.output.path, newer=written)
         totals = scan_ids(storage, cfg.output.path)
     finally:
@@ -293,9 +334,11 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": per_node,
+        "rows_per_model_runtime": per_runtime,  # "<device> <dtype>" -> ok rows, as the actors ran them
         "model": {
             **fingerprint,
-            "dtype": str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", ""),
+            # what the actors ran; when no row reached the model, what this machine would run
+            "dtype": "/".join(sorted({k.split()[-1] for k in per_runtime})) or planned_dtype,
         },
         "output_metadata": fingerprint,
         "config": cfg.redacted(),
@@ -327,6 +370,8 @@ def build_dataset(
 ):
     import ray
     import ray.data
+
+    from .predictor import EmotionPredictor
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -35,6 +35,7 @@ RUN_FILE = "_run.json"
 MODEL_NODE_COLUMN = "_model_node"  # which Ray node ran the model on each row
 DECODE_TIME_COLUMN = "_decode_s"  # per-row share of its decode call's wall time
 MODEL_TIME_COLUMN = "_model_s"  # per-row share of its model call's wall time
+MODEL_RUNTIME_COLUMN = "_model_runtime"  # "<device> <dtype>" the model really ran in (ok rows)
 
 
 def shard_name(ids: list[str]) -> str:
@@ -82,6 +83,7 @@ def write_shard(
                 "error": n_err,
                 "audio_s": float(pc.sum(part["duration_s"]).as_py() or 0.0),
                 "model_nodes": json.dumps(_counts(batch, MODEL_NODE_COLUMN, start, step)),
+                "model_runtimes": json.dumps(_counts(batch, MODEL_RUNTIME_COLUMN, start, step)),
                 "decode_s": _sum(batch, DECODE_TIME_COLUMN, start, step),
                 "model_s": _sum(batch, MODEL_TIME_COLUMN, start, step),
             }

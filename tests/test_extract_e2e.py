@@ -14,6 +14,7 @@ import torch
 import torchaudio
 
 from pipeline.model import load_bundle
+from pipeline.predictor import cpu_has_native
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "jobs"))
@@ -141,9 +142,16 @@ def test_cli_embedded_ray_resume_and_summary(corpus, tiny_model_dir, tmp_path):
         "--set",
         "output.frames=false",
     ]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # bfloat16 runs only where the CPU has hardware for it; elsewhere the job warns and runs float32
+    first = subprocess.run(
+        [*cmd, "--set", "model.dtype=bfloat16"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"{len(CLIPS)}/{len(CLIPS)} rows" in first.stderr and "done in" in first.stderr
+    ran = "bfloat16" if cpu_has_native(torch.bfloat16) else "float32"
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows_per_model_runtime"] == {f"cpu {ran}": len(CLIPS)} and run["model"]["dtype"] == ran
+    assert ("model.dtype bfloat16: this CPU has no native bfloat16" in first.stderr) == (ran == "float32")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     run = json.loads((out / "_run.json").read_text())
