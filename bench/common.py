@@ -92,35 +92,51 @@ def corpus(out: Path, n: int, min_s: float = 1.0, max_s: float = 20.0, seed: int
     return manifest, total
 
 
-def session_rss(sid: int) -> int:
-    """Summed resident memory (bytes) of every process in session `sid` (a job started with
-    start_new_session=True and everything it spawned: raylet, GCS, workers)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
+def _session_pids(sid: int) -> list[int]:
+    pids = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
             stat = (p / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[3]) != sid:
-                continue
-            total += int((p / "statm").read_text().split()[1]) * page
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) == sid:
+                pids.append(int(p.name))
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return pids
 
 
-class PeakRSS:
-    """Samples `session_rss` in a thread; `.peak` is the highest sum seen."""
+def session_memory(sid: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of every process in session `sid` (a job started with
+    start_new_session=True and everything it spawned: raylet, GCS, workers). RSS counts a shared
+    page (Ray's object store, libraries) once per process that maps it and so overstates; PSS
+    splits each shared page between its processes, so the PSS sum is the memory really in use."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = pss = 0
+    for pid in _session_pids(sid):
+        try:
+            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return rss, pss
 
-    def __init__(self, sid: int, period_s: float = 0.25):
-        self.sid, self.period, self.peak = sid, period_s, 0
+
+class PeakMemory:
+    """Samples `session_memory` in a thread; `.rss` and `.pss` are the highest sums seen."""
+
+    def __init__(self, sid: int, period_s: float = 0.5):
+        self.sid, self.period, self.rss, self.pss = sid, period_s, 0, 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, session_rss(self.sid))
+            rss, pss = session_memory(self.sid)
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
             time.sleep(self.period)
 
     def __enter__(self):
@@ -132,9 +148,9 @@ class PeakRSS:
         self._t.join()
 
 
-def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, int, dict]:
-    """Run jobs/extract.py in a subprocess (own embedded Ray); -> (exit code, wall s, peak RSS bytes of
-    the whole process tree incl. Ray, _run.json)."""
+def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, PeakMemory, dict]:
+    """Run jobs/extract.py in a subprocess (own embedded Ray); -> (exit code, wall s, peak memory of
+    the whole process tree incl. Ray (.rss, .pss bytes), _run.json)."""
     import yaml
 
     cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(config)]
@@ -143,7 +159,7 @@ def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, 
     t0 = time.time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        with PeakRSS(proc.pid) as mem:
+        with PeakMemory(proc.pid) as mem:
             rc = proc.wait()
     wall = time.time() - t0
     cfg = yaml.safe_load(config.read_text())
@@ -152,4 +168,4 @@ def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, 
         if o.startswith("output.path="):
             out = o.split("=", 1)[1]
     run = json.loads((Path(out) / "_run.json").read_text()) if (Path(out) / "_run.json").exists() else {}
-    return rc, wall, mem.peak, run
+    return rc, wall, mem, run

@@ -1,14 +1,16 @@
 """The real job end to end against FunASR one-at-a-time, on the same weights and clips, side by side.
 
-    python bench/e2e.py [--clips 150] [--work outputs/bench-e2e]
+    python bench/e2e.py [--clips 150] [--repeats 2] [--dtypes float32,bfloat16] [--work outputs/bench-e2e]
 
-Runs, in one invocation so the ratios are fair on a noisy machine:
+Runs, in one invocation so the ratios are fair on a noisy machine, `--repeats` rounds of:
   1. FunASR `AutoModel.generate`, one clip at a time, `ncpu` = cores (its best on this box);
-  2. `jobs/extract.py` in float32, embedded Ray started by the job (start-up included);
-  3. the same in bfloat16.
+  2. `jobs/extract.py` per dtype, embedded Ray started by the job (start-up and model load included).
+Each round gives a speed-up per dtype (FunASR wall / ours, measured minutes apart); the table
+reports every round and the median. A half-precision dtype this CPU has no native support for is
+skipped: the job would run it in float32 (see `resolve_dtype`).
 Weights: a random-init emotion2vec+ base-size model in the published layout (no hub here).
 Reports wall time, audio-seconds/s, rows/s, the decode/model/write split, peak memory of the job's
-whole process tree, and label agreement (ours fp32 vs FunASR; bf16 vs fp32).
+whole process tree (PSS: shared pages counted once), and label agreement (ours vs FunASR; bf16 vs fp32).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import torch
 from common import ROOT, base_model_dir, corpus, machine, run_job
+
+from pipeline.predictor import cpu_has_native
 
 
 def funasr_labels(model_dir: Path, manifest: Path) -> tuple[dict[str, str], float]:
@@ -51,8 +57,10 @@ def agreement(a: dict[str, str], b: dict[str, str]) -> float:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--clips", type=int, default=150)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds (FunASR, then ours)")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-e2e")
     p.add_argument("--skip-funasr", action="store_true")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="our runs, in order")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra job overrides")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -60,43 +68,59 @@ def main():
     manifest, audio_s = corpus(a.work / "corpus", a.clips)
     print(machine())
     print(f"corpus: {a.clips} clips, {audio_s:.0f} s of audio ({audio_s / 3600:.3f} h)")
+    dtypes = []
+    for d in a.dtypes.split(","):
+        if d != "float32" and not cpu_has_native(getattr(torch, d)):
+            print(f"skipping {d}: this CPU has no native {d} matmul (the job would run it in float32)")
+        else:
+            dtypes.append(d)
 
     cfg = a.work / "job.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\n  device: cpu\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
     )
-    results = {}
-    if not a.skip_funasr:
-        ref, wall = funasr_labels(model, manifest)
-        results["funasr"] = {"wall_s": wall, "audio_s_per_s": audio_s / wall}
-        print(f"FunASR one-at-a-time: {wall:.1f} s, {audio_s / wall:.1f} audio-s/s")
-    for dtype in ("float32", "bfloat16"):
-        out = a.work / f"out-{dtype}"
-        rc, wall, peak, run = run_job(
-            cfg, [f"model.dtype={dtype}", f"output.path={out}", *a.overrides], a.work / f"job-{dtype}.log"
-        )
-        assert rc == 0, (a.work / f"job-{dtype}.log").read_text()[-2000:]
-        results[dtype] = {
-            "wall_s": wall,
-            "audio_s_per_s": audio_s / wall,
-            "rows_per_s": a.clips / wall,
-            "peak_rss_gb": peak / 1e9,
-            "stage_seconds": run["stage_seconds"],
-            "labels": our_labels(out),
-        }
-        print(
-            f"ours {dtype}: {wall:.1f} s end to end, {audio_s / wall:.1f} audio-s/s, {a.clips / wall:.2f} rows/s, "
-            f"peak {peak / 1e9:.2f} GB, stages {run['stage_seconds']}"
-        )
-    if "funasr" in results:
-        for dtype in ("float32", "bfloat16"):
+    walls: dict[str, list[float]] = {k: [] for k in ["funasr", *dtypes]}
+    labels: dict[str, dict[str, str]] = {}
+    for r in range(a.repeats):
+        if not a.skip_funasr:
+            labels["funasr"], wall = funasr_labels(model, manifest)
+            walls["funasr"].append(wall)
             print(
-                f"speed-up {dtype} vs FunASR: {results['funasr']['wall_s'] / results[dtype]['wall_s']:.2f}x; "
-                f"label agreement with FunASR: {agreement(results[dtype]['labels'], ref):.1%}"
+                f"[round {r + 1}] FunASR one-at-a-time: {wall:.1f} s, {audio_s / wall:.2f} audio-s/s",
+                flush=True,
             )
-    print(
-        f"bf16 vs fp32 label agreement: {agreement(results['bfloat16']['labels'], results['float32']['labels']):.1%}"
-    )
+        for dtype in dtypes:
+            out = a.work / f"out-{dtype}"
+            log = a.work / f"job-{dtype}.log"
+            rc, wall, mem, run = run_job(
+                cfg, [f"model.dtype={dtype}", f"output.path={out}", *a.overrides], log
+            )
+            assert rc == 0, log.read_text()[-2000:]
+            walls[dtype].append(wall)
+            labels[dtype] = our_labels(out)
+            print(
+                f"[round {r + 1}] ours {dtype}: {wall:.1f} s end to end, {audio_s / wall:.2f} audio-s/s, "
+                f"{a.clips / wall:.2f} rows/s, peak PSS {mem.pss / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}), "
+                f"stages {run['stage_seconds']}, ran {run.get('rows_per_model_runtime')}",
+                flush=True,
+            )
+
+    print("\n| run | wall s per round | median audio-s/s | speed-up vs FunASR per round | median speed-up |")
+    print("|---|---|---|---|---|")
+    for k, ws in walls.items():
+        if not ws:
+            continue
+        name = "FunASR one-at-a-time, float32" if k == "funasr" else f"ours, {k}"
+        ups = [f / w for f, w in zip(walls["funasr"], ws, strict=False)] if walls["funasr"] else []
+        print(
+            f"| {name} | {' / '.join(f'{w:.1f}' for w in ws)} | {audio_s / statistics.median(ws):.2f} | "
+            f"{' / '.join(f'{u:.2f}x' for u in ups) or '-'} | {f'{statistics.median(ups):.2f}x' if ups else '-'} |"
+        )
+    for dtype in dtypes:
+        if "funasr" in labels:
+            print(f"label agreement {dtype} vs FunASR: {agreement(labels[dtype], labels['funasr']):.1%}")
+    if {"float32", "bfloat16"} <= set(labels):
+        print(f"label agreement bf16 vs fp32: {agreement(labels['bfloat16'], labels['float32']):.1%}")
 
 
 if __name__ == "__main__":

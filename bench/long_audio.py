@@ -2,8 +2,8 @@
 
     python bench/long_audio.py [--minutes 10] [--frames]
 
-The job runs in its own process session (embedded Ray); the peak is the summed RSS of the driver,
-raylet, GCS and every worker, sampled every 0.25 s.
+The job runs in its own process session (embedded Ray); the peak is the summed PSS (shared pages
+counted once) of the driver, raylet, GCS and every worker, sampled every 0.5 s.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def main():
         f"input:\n  manifest: {a.work / 'm.jsonl'}\nmodel:\n  source: {model}\n  device: cpu\n"
         f"output:\n  path: {a.work / 'out'}\n  mode: overwrite\n  frames: {str(a.frames).lower()}\n"
     )
-    rc, wall, peak, run = run_job(cfg, a.overrides, a.work / "job.log")
+    rc, wall, mem, run = run_job(cfg, a.overrides, a.work / "job.log")
     print(machine())
     print(
         f"{a.minutes:g}-minute file, base-size model, frames={a.frames}: exit {rc}, {wall:.0f} s, "
-        f"peak RSS of the job's process tree {peak / 1e9:.2f} GB; rows {run.get('rows')}, "
+        f"peak PSS of the job's process tree {mem.pss / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}); rows {run.get('rows')}, "
         f"stages {run.get('stage_seconds')}"
     )
 

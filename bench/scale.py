@@ -4,7 +4,9 @@
 
 The clips are the committed demo corpus referenced many times under distinct ids (the audio does
 not need to differ to measure scaling). Tiny random model by default so that the pipeline, not the
-model, is what is measured; `--base` uses a base-size model.
+model, is what is measured; `--base` uses a base-size model. Memory is the peak over the job's
+whole process tree (driver, raylet, GCS, workers) as PSS, which counts shared pages (Ray's object
+store, libraries) once, beside the summed RSS, which counts them once per process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from common import ROOT, base_model_dir, machine, run_job
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--sizes", default="1000,3000,10000")
     p.add_argument("--base", action="store_true")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-scale")
     p.add_argument("--set", dest="overrides", action="append", default=[])
@@ -35,8 +37,8 @@ def main():
     demo = ROOT / "samples" / "demo"
     base_rows = [json.loads(x) for x in (demo / "manifest.jsonl").read_text().splitlines()]
     print(machine())
-    print("| clips | audio h | wall s | rows/s | peak RSS GB (job + Ray) |")
-    print("|---|---|---|---|---|")
+    print("| clips | audio h | wall s | rows/s | s per 1k rows | peak PSS GB (job + Ray) | peak RSS sum GB |")
+    print("|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.sizes.split(",")]:
         m = a.work / f"m{n}.jsonl"
         with open(m, "w") as f:
@@ -48,10 +50,12 @@ def main():
             f"input:\n  manifest: {m}\nmodel:\n  source: {model}\n  device: cpu\n"
             f"output:\n  path: {a.work / f'out{n}'}\n  mode: overwrite\n"
         )
-        rc, wall, peak, run = run_job(cfg, a.overrides, a.work / f"job{n}.log")
+        rc, wall, mem, run = run_job(cfg, a.overrides, a.work / f"job{n}.log")
         assert rc == 0, (a.work / f"job{n}.log").read_text()[-2000:]
         print(
-            f"| {n} | {run['audio_hours']:.2f} | {wall:.0f} | {n / wall:.1f} | {peak / 1e9:.2f} |", flush=True
+            f"| {n} | {run['audio_hours']:.2f} | {wall:.0f} | {n / wall:.1f} | {1000 * wall / n:.1f} | "
+            f"{mem.pss / 1e9:.2f} | {mem.rss / 1e9:.2f} |",
+            flush=True,
         )
 
 
