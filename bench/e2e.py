@@ -1,6 +1,7 @@
 """The real job end to end against FunASR one-at-a-time, on the same weights and clips, side by side.
 
     python bench/e2e.py [--clips 150] [--repeats 2] [--dtypes float32,bfloat16] [--work outputs/bench-e2e]
+    python bench/e2e.py --device cuda --clips 3000 --dtypes bfloat16,float32    # on a GPU machine
 
 Runs, in one invocation so the ratios are fair on a noisy machine, `--repeats` rounds of:
   1. FunASR `AutoModel.generate`, one clip at a time, `ncpu` = cores (its best on this box);
@@ -9,16 +10,21 @@ Each round gives a speed-up per dtype (FunASR wall / ours, measured minutes apar
 reports every round and the median. A half-precision dtype this CPU has no native support for is
 skipped: the job would run it in float32 (see `resolve_dtype`).
 Weights: a random-init emotion2vec+ base-size model in the published layout (no hub here).
+On `--device cuda` both sides run on the GPU and the GPU's busy time (nvidia-smi utilization,
+sampled every 0.5 s while our job runs) is reported too.
 Reports wall time, audio-seconds/s, rows/s, the decode/model/write split, peak memory of the job's
-whole process tree (PSS: shared pages counted once), and label agreement (ours vs FunASR; bf16 vs fp32).
+whole process tree (private memory + object store, each page once; and the RSS sum), and label agreement (ours vs FunASR; bf16 vs fp32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,13 +35,13 @@ from common import ROOT, base_model_dir, corpus, machine, run_job
 from pipeline.predictor import cpu_has_native
 
 
-def funasr_labels(model_dir: Path, manifest: Path) -> tuple[dict[str, str], float]:
+def funasr_labels(model_dir: Path, manifest: Path, device: str) -> tuple[dict[str, str], float]:
     from funasr import AutoModel
 
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     t0 = time.time()
     am = AutoModel(
-        model=str(model_dir), disable_update=True, device="cpu", ncpu=os.cpu_count(), log_level="ERROR"
+        model=str(model_dir), disable_update=True, device=device, ncpu=os.cpu_count(), log_level="ERROR"
     )
     labels = {}
     for r in rows:
@@ -50,6 +56,39 @@ def our_labels(out: Path) -> dict[str, str]:
     return dict(zip(t["id"].to_pylist(), t["label"].to_pylist(), strict=True))
 
 
+class GpuBusy:
+    """nvidia-smi's utilization.gpu sampled in a thread; `.samples` in percent."""
+
+    def __init__(self, period_s: float = 0.5):
+        self.period, self.samples = period_s, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"]
+        while not self._stop.is_set():
+            try:
+                self.samples.append(float(subprocess.run(cmd, capture_output=True, text=True).stdout.strip()))
+            except (OSError, ValueError):
+                return
+            time.sleep(self.period)
+
+    def summary(self) -> str:
+        busy = [x for x in self.samples if x > 0]  # from the first batch on: start-up excluded
+        if not busy:
+            return "GPU busy: no samples"
+        steady = sorted(busy)[len(busy) // 2]
+        return f"GPU busy: mean {sum(busy) / len(busy):.0f}% / median {steady:.0f}% over {len(busy)} samples"
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
 def agreement(a: dict[str, str], b: dict[str, str]) -> float:
     return sum(a[k] == b.get(k) for k in a) / len(a)
 
@@ -61,6 +100,7 @@ def main():
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-e2e")
     p.add_argument("--skip-funasr", action="store_true")
     p.add_argument("--dtypes", default="float32,bfloat16", help="our runs, in order")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="both sides run here")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra job overrides")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -70,20 +110,20 @@ def main():
     print(f"corpus: {a.clips} clips, {audio_s:.0f} s of audio ({audio_s / 3600:.3f} h)")
     dtypes = []
     for d in a.dtypes.split(","):
-        if d != "float32" and not cpu_has_native(getattr(torch, d)):
+        if a.device == "cpu" and d != "float32" and not cpu_has_native(getattr(torch, d)):
             print(f"skipping {d}: this CPU has no native {d} matmul (the job would run it in float32)")
         else:
             dtypes.append(d)
 
     cfg = a.work / "job.yaml"
     cfg.write_text(
-        f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\n  device: cpu\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
+        f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\n  device: {a.device}\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
     )
     walls: dict[str, list[float]] = {k: [] for k in ["funasr", *dtypes]}
     labels: dict[str, dict[str, str]] = {}
     for r in range(a.repeats):
         if not a.skip_funasr:
-            labels["funasr"], wall = funasr_labels(model, manifest)
+            labels["funasr"], wall = funasr_labels(model, manifest, a.device)
             walls["funasr"].append(wall)
             print(
                 f"[round {r + 1}] FunASR one-at-a-time: {wall:.1f} s, {audio_s / wall:.2f} audio-s/s",
@@ -92,16 +132,18 @@ def main():
         for dtype in dtypes:
             out = a.work / f"out-{dtype}"
             log = a.work / f"job-{dtype}.log"
-            rc, wall, mem, run = run_job(
-                cfg, [f"model.dtype={dtype}", f"output.path={out}", *a.overrides], log
-            )
+            with GpuBusy() if a.device == "cuda" else contextlib.nullcontext() as gpu:
+                rc, wall, mem, run = run_job(
+                    cfg, [f"model.dtype={dtype}", f"output.path={out}", *a.overrides], log
+                )
             assert rc == 0, log.read_text()[-2000:]
             walls[dtype].append(wall)
             labels[dtype] = our_labels(out)
             print(
                 f"[round {r + 1}] ours {dtype}: {wall:.1f} s end to end, {audio_s / wall:.2f} audio-s/s, "
-                f"{a.clips / wall:.2f} rows/s, peak PSS {mem.pss / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}), "
-                f"stages {run['stage_seconds']}, ran {run.get('rows_per_model_runtime')}",
+                f"{a.clips / wall:.2f} rows/s, peak memory in use {mem.in_use / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}), "
+                f"stages {run['stage_seconds']}, ran {run.get('rows_per_model_runtime')}"
+                + (f", {gpu.summary()}" if gpu else ""),
                 flush=True,
             )
 

@@ -2,8 +2,8 @@
 
     python bench/long_audio.py [--minutes 10] [--frames]
 
-The job runs in its own process session (embedded Ray); the peak is the summed PSS (shared pages
-counted once) of the driver, raylet, GCS and every worker, sampled every 0.5 s.
+The job runs in its own process session (embedded Ray); the peak is the memory in use (private
+memory plus the object store, each page once) of the driver, raylet, GCS and every worker, sampled every 0.5 s.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main():
     print(machine())
     print(
         f"{a.minutes:g}-minute file, base-size model, frames={a.frames}: exit {rc}, {wall:.0f} s, "
-        f"peak PSS of the job's process tree {mem.pss / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}); rows {run.get('rows')}, "
+        f"peak memory in use by the job's process tree {mem.in_use / 1e9:.2f} GB (RSS sum {mem.rss / 1e9:.2f}); rows {run.get('rows')}, "
         f"stages {run.get('stage_seconds')}"
     )
 

@@ -5,8 +5,8 @@
 The clips are the committed demo corpus referenced many times under distinct ids (the audio does
 not need to differ to measure scaling). Tiny random model by default so that the pipeline, not the
 model, is what is measured; `--base` uses a base-size model. Memory is the peak over the job's
-whole process tree (driver, raylet, GCS, workers) as PSS, which counts shared pages (Ray's object
-store, libraries) once, beside the summed RSS, which counts them once per process.
+whole process tree (driver, raylet, GCS, workers): private memory plus Ray's object store, each
+page counted once, beside the summed RSS, which counts shared pages once per process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def main():
     demo = ROOT / "samples" / "demo"
     base_rows = [json.loads(x) for x in (demo / "manifest.jsonl").read_text().splitlines()]
     print(machine())
-    print("| clips | audio h | wall s | rows/s | s per 1k rows | peak PSS GB (job + Ray) | peak RSS sum GB |")
+    print(
+        "| clips | audio h | wall s | rows/s | s per 1k rows | peak in use GB (job + Ray) | peak RSS sum GB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in [int(x) for x in a.sizes.split(",")]:
         m = a.work / f"m{n}.jsonl"
@@ -54,7 +56,7 @@ def main():
         assert rc == 0, (a.work / f"job{n}.log").read_text()[-2000:]
         print(
             f"| {n} | {run['audio_hours']:.2f} | {wall:.0f} | {n / wall:.1f} | {1000 * wall / n:.1f} | "
-            f"{mem.pss / 1e9:.2f} | {mem.rss / 1e9:.2f} |",
+            f"{mem.in_use / 1e9:.2f} | {mem.rss / 1e9:.2f} |",
             flush=True,
         )
 
