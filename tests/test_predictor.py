@@ -60,3 +60,43 @@ def test_half_precision_on_a_cpu_without_hardware_for_it_runs_float32(dtype):
         assert any(f"model.dtype {dtype}" in str(w.message) and "float32" in str(w.message) for w in caught)
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.bfloat16
     assert resolve_dtype(dtype, "cuda") == want  # GPUs run what they are asked
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_dir, monkeypatch, dtype):
+    """The GPU's default path (a half-precision model) through the whole stage, on the CPU: the
+    hardware check is forced so the model really runs in `dtype` here (slowly, the model is tiny)."""
+    import pyarrow as pa
+
+    from pipeline import predictor as mod
+    from pipeline.schema import output_schema
+
+    monkeypatch.setattr(mod, "cpu_has_native", lambda d: True)
+    clips = random_clips([16_000, 30_000, 7_777], seed=13)
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "path": ["a.wav", "b.wav", "c.wav", "d.wav"],
+            "error": [None, None, "decode: AudioError: d.wav: too short", None],
+            "duration_s": pa.array([1.0, 1.875, None, 0.486], pa.float32()),
+            "sample_rate": pa.array([16_000, 16_000, None, 16_000], pa.int32()),
+            "channels": pa.array([1, 1, None, 1], pa.int32()),
+            "waveform": pa.array([clips[0], clips[1], None, clips[2]], pa.large_list(pa.float32())),
+        }
+    )
+    half = EmotionPredictor(source=str(tiny_model_dir), device="cpu", dtype=dtype, frames=True)
+    ref = predictor(tiny_model_dir, frames=True)
+    out, want = half(batch), ref(batch)
+
+    assert half.bundle.model.dtype == getattr(torch, dtype)
+    schema = output_schema(48, 9, True, pa.schema([]))
+    table = out.select(schema.names).cast(schema)  # what the writer does: must not fail
+    assert table["error"].to_pylist()[2].startswith("decode:") and table["embedding"][2].as_py() is None
+    assert set(out["_model_runtime"].to_pylist()) == {f"cpu {dtype}", None}
+    for i in (0, 1, 3):
+        emb, emb32 = (np.array(t["embedding"][i].as_py()) for t in (out, want))
+        frames, frames32 = (np.array(t["frames"][i].as_py(), np.float32) for t in (out, want))
+        assert frames.shape == frames32.shape == (out["num_frames"][i].as_py(), 48)
+        scale = np.abs(frames32).max()
+        assert np.abs(frames - frames32).max() <= 0.15 * scale and np.abs(emb - emb32).max() <= 0.15 * scale
+        assert np.abs(np.array(out["scores"][i].as_py()) - np.array(want["scores"][i].as_py())).max() <= 0.15
