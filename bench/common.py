@@ -136,19 +136,20 @@ def session_memory(sid: int, shm_before: int = 0) -> tuple[int, int]:
     return rss, anon + max(0, _shm_used() - shm_before)
 
 
-class PeakMemory:
-    """Samples `session_memory` in a thread; `.rss` and `.in_use` are the highest values seen."""
+class Sampler:
+    """Calls `sample()` every `period_s` in a daemon thread while the `with` block runs."""
 
-    def __init__(self, sid: int, period_s: float = 0.5):
-        self.sid, self.period, self.rss, self.in_use = sid, period_s, 0, 0
-        self._shm0 = _shm_used()
+    def __init__(self, period_s: float = 0.5):
+        self.period = period_s
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> bool:
+        """Take one sample; False stops sampling."""
+        raise NotImplementedError
+
     def _run(self):
-        while not self._stop.is_set():
-            rss, in_use = session_memory(self.sid, self._shm0)
-            self.rss, self.in_use = max(self.rss, rss), max(self.in_use, in_use)
+        while not self._stop.is_set() and self.sample() is not False:
             time.sleep(self.period)
 
     def __enter__(self):
@@ -158,6 +159,20 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+class PeakMemory(Sampler):
+    """Samples `session_memory`; `.rss` and `.in_use` are the highest values seen."""
+
+    def __init__(self, sid: int, period_s: float = 0.5):
+        super().__init__(period_s)
+        self.sid, self.rss, self.in_use = sid, 0, 0
+        self._shm0 = _shm_used()
+
+    def sample(self) -> bool:
+        rss, in_use = session_memory(self.sid, self._shm0)
+        self.rss, self.in_use = max(self.rss, rss), max(self.in_use, in_use)
+        return True
 
 
 def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, PeakMemory, dict]:

@@ -24,13 +24,12 @@ import json
 import os
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import torch
-from common import ROOT, base_model_dir, corpus, machine, run_job
+from common import ROOT, Sampler, base_model_dir, corpus, machine, run_job
 
 from pipeline.predictor import cpu_has_native
 
@@ -56,22 +55,23 @@ def our_labels(out: Path) -> dict[str, str]:
     return dict(zip(t["id"].to_pylist(), t["label"].to_pylist(), strict=True))
 
 
-class GpuBusy:
-    """nvidia-smi's utilization.gpu sampled in a thread; `.samples` in percent."""
+class GpuBusy(Sampler):
+    """nvidia-smi's utilization.gpu; `.samples` in percent."""
+
+    CMD = ("nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0")
 
     def __init__(self, period_s: float = 0.5):
-        self.period, self.samples = period_s, []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(period_s)
+        self.samples: list[float] = []
 
-    def _run(self):
-        cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"]
-        while not self._stop.is_set():
-            try:
-                self.samples.append(float(subprocess.run(cmd, capture_output=True, text=True).stdout.strip()))
-            except (OSError, ValueError):
-                return
-            time.sleep(self.period)
+    def sample(self) -> bool:
+        try:
+            self.samples.append(
+                float(subprocess.run(self.CMD, capture_output=True, text=True).stdout.strip())
+            )
+        except (OSError, ValueError):
+            return False
+        return True
 
     def summary(self) -> str:
         busy = [x for x in self.samples if x > 0]  # from the first batch on: start-up excluded
@@ -79,14 +79,6 @@ class GpuBusy:
             return "GPU busy: no samples"
         steady = sorted(busy)[len(busy) // 2]
         return f"GPU busy: mean {sum(busy) / len(busy):.0f}% / median {steady:.0f}% over {len(busy)} samples"
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def agreement(a: dict[str, str], b: dict[str, str]) -> float:
