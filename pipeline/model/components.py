@@ -143,16 +143,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None, residual: Tensor | None = None) -> Tensor:
-        """x [B, T', D] -> attention output [B, T', D], plus `residual` when given (fused)."""
+    def forward(self, x: Tensor, mask: Tensor | None, residual: Tensor) -> Tensor:
+        """x [B, T', D] -> attention output + `residual` [B, T', D] (the add fused into `proj`)."""
         B, T, D = x.shape
         qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)  # [B, T', 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T', Dh]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T', Dh]
         out = out.transpose(1, 2).reshape(B, T, D)
-        if residual is None:
-            return self.proj(out)
         return kernels.linear_add(out, self.proj.weight, self.proj.bias, residual)
 
 
@@ -162,11 +160,9 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """x [B, T', D] -> fc2(gelu(fc1(x))) [B, T', D], plus `residual` when given (fused)."""
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        """x [B, T', D] -> fc2(gelu(fc1(x))) + `residual` [B, T', D] (GELU and add fused)."""
         h = kernels.linear(x, self.fc1.weight, self.fc1.bias, gelu=True)  # [B, T', F]
-        if residual is None:
-            return F.linear(h, self.fc2.weight, self.fc2.bias)
         return kernels.linear_add(h, self.fc2.weight, self.fc2.bias, residual)
 
 

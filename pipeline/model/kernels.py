@@ -21,6 +21,7 @@ A/B measurements and as an escape hatch.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -29,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _enabled = os.environ.get("EMOTION2VEC_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
-_probed: dict[tuple[str, torch.dtype], bool] = {}
 
 
 @contextmanager
@@ -43,15 +43,10 @@ def use_onednn(enabled: bool):
         _enabled = before
 
 
+@functools.cache
 def onednn_linear_available(dtype: torch.dtype) -> bool:
-    """Whether the fused oneDNN linears run, and agree with `F.linear`, for `dtype` on this CPU."""
-    key = ("cpu", dtype)
-    if key not in _probed:
-        _probed[key] = _probe(dtype)
-    return _probed[key]
-
-
-def _probe(dtype: torch.dtype) -> bool:
+    """Whether the fused oneDNN linears run, and agree with `F.linear`, for `dtype` on this CPU
+    (probed once per dtype)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
