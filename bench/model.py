@@ -123,8 +123,17 @@ def main():
         f"{len(data)} clips, {total:.1f} s of audio, lengths 1-20 s, {a.rounds} interleaved rounds (median)"
     )
 
+    def ours(model, budget_s: float, onednn: bool):
+        def runner() -> tuple[float, float]:
+            with kernels.use_onednn(onednn):
+                return run(
+                    model, data, budget_s if budget_s > 0 else 1e-9, 1 if budget_s == 0 else 64, device
+                )
+
+        return runner
+
     base = random_model(cfg, seed=0).eval().requires_grad_(False)
-    configs = []  # (label, dtype name, budget, onednn, runner)
+    configs = []  # (row label, dtype name, runner() -> (wall s, padded / real samples))
     peaks = {}
     for name in a.dtypes.split(","):
         dtype = getattr(torch, name)
@@ -139,31 +148,27 @@ def main():
         peaks[name] = matmul_gflops(dtype, device)
         run(model, data[:2], 10, 4, device)  # warm-up
         for b in [float(x) for x in a.budgets.split(",")]:
-            configs.append((f"{b:g}", name, model, b, True))
+            configs.append((f"{b:g}", name, ours(model, b, True)))
         if a.kernels and device == "cpu":
-            configs.append(("0, oneDNN linears off", name, model, 0.0, False))
+            configs.append(("0, oneDNN linears off", name, ours(model, 0.0, False)))
     if a.funasr:
         with tempfile.TemporaryDirectory() as tmp:
             write_checkpoint(base, Path(tmp), "hub")
             fa = funasr_encoder(Path(tmp), device)
         peaks.setdefault("float32", matmul_gflops(torch.float32, device))
         fa(data[:1])
-        configs.append(("FunASR encoder, one at a time", "float32", fa, 0.0, True))
+        configs.append(("FunASR encoder, one at a time", "float32", lambda: fa(data)))
 
     times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(configs))}
     for _ in range(a.rounds):
-        for i, (_, _, model, b, onednn) in enumerate(configs):
-            if callable(model) and not isinstance(model, torch.nn.Module):
-                times[i].append(model(data))
-                continue
-            with kernels.use_onednn(onednn):
-                times[i].append(run(model, data, b if b > 0 else 1e-9, 1 if b == 0 else 64, device))
+        for i, (_, _, runner) in enumerate(configs):
+            times[i].append(runner())
 
     print(
         "| dtype | batch budget (s) | padding overhead | audio-s/s | achieved GFLOP/s | matmul GFLOP/s | % of matmul |"
     )
     print("|---|---|---|---|---|---|---|")
-    for i, (label, name, *_rest) in enumerate(configs):
+    for i, (label, name, _) in enumerate(configs):
         wall = statistics.median(t for t, _ in times[i])
         pad = times[i][0][1]
         rate = total / wall
