@@ -54,7 +54,7 @@ class DecodedAudio:
         return len(self.samples) / TARGET_SR
 
 
-def decode(data: bytes, name: str = "") -> DecodedAudio:
+def decode(data: bytes, name: str = "", max_duration_s=None, max_bytes=None) -> DecodedAudio:
     """Encoded audio bytes -> validated 16 kHz mono float32. `name` is only used in messages."""
     if len(data) == 0:
         raise AudioError("empty file (0 bytes)")
@@ -178,3 +178,19 @@ def _check_rate(sample_rate: int) -> None:
     g = math.gcd(sample_rate, TARGET_SR)
     if sample_rate < MIN_SOURCE_SR or (sample_rate // g) * (TARGET_SR // g) > MAX_KERNEL_ELEMENTS:
         raise AudioError(f"unsupported sample rate {sample_rate} Hz: cannot resample it to 16 kHz sanely")
+
+
+def cut(samples: np.ndarray, start_s: float, end_s: float | None) -> np.ndarray:  # TEMPORARY
+    a = round(start_s * TARGET_SR)
+    b = len(samples) if end_s is None else round(end_s * TARGET_SR)
+    if a >= len(samples):
+        raise AudioError(
+            f"segment starts at {start_s:.3f} s, past the end of the audio ({len(samples) / TARGET_SR:.3f} s)"
+        )
+    if b > len(samples) + 1600:
+        raise AudioError(
+            f"segment ends at {end_s:.3f} s, past the end of the audio ({len(samples) / TARGET_SR:.3f} s)"
+        )
+    out = samples[a:b]
+    validate(out)
+    return out

@@ -23,14 +23,22 @@ class _Section(BaseModel):
 
 
 class InputConfig(_Section):
-    manifest: str = Field(description="manifest path or s3:// URI")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp"] = "auto"
+    manifest: str = Field(
+        description="a manifest file, a glob or directory of manifests, a Kaldi data dir, or a folder/glob of "
+        "audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio"] = (
+        "auto"
+    )
     audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
     id_column: str | None = Field(None, description="default: the first of id, key, utt_id")
     path_column: str | None = Field(
-        None, description="default: the first of path, audio_filepath, wav, source"
+        None, description="default: the first of path, audio_filepath, wav, source, audio"
     )
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows")
+    rows_per_unit: int = Field(
+        1000, ge=1, description="manifest rows per unit of work (committed, resumed and redone as a whole)"
+    )
 
 
 class ModelConfig(_Section):
@@ -51,14 +59,30 @@ class ModelConfig(_Section):
         "default 16 on CPU, where padding costs more than batching gains, 600 on GPU",
     )
     max_batch_size: int = Field(32, ge=1)
-    rows_per_call: int = Field(64, ge=1, description="rows handed to an actor per call (packed inside)")
+    rows_per_call: int | None = Field(
+        None,
+        ge=1,
+        description="rows handed to an actor per call (packed inside); default: whole decoded blocks "
+        "(audio.block_mb), which avoids re-slicing waveforms between the stages",
+    )
 
 
 class AudioConfig(_Section):
     max_chunk_s: float = Field(
         30.0, gt=0.025, description="longer clips are processed in windows of this length"
     )
-    decode_batch_size: int = Field(16, ge=1, description="rows per decode task call")
+    decode_batch_size: int = Field(
+        256, ge=1, description="at most this many manifest rows per decode task call (also bounded by bytes)"
+    )
+    block_mb: float = Field(
+        64.0, gt=0, description="decoded audio per block handed to the model stage (float32 samples)"
+    )
+    max_duration_s: float | None = Field(
+        4 * 3600.0, gt=0, description="longer audio is an error row, refused from the header before decoding"
+    )
+    max_file_mb: float | None = Field(
+        2048.0, gt=0, description="larger encoded files are error rows, refused before decoding"
+    )
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
     )
@@ -89,6 +113,11 @@ class RayConfig(_Section):
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     progress_interval_s: float = Field(5.0, gt=0)
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="times the pipeline is restarted on what is left after a worker, actor or node dies",
+    )
 
 
 class JobConfig(_Section):

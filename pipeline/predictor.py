@@ -23,8 +23,7 @@ import torch
 from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
-from .schema import segments_type
-from .writer import MODEL_NODE_COLUMN, MODEL_RUNTIME_COLUMN, MODEL_TIME_COLUMN
+from .schema import MODEL_NODE, MODEL_RUNTIME, MODEL_TIME, WAVEFORM, segments_type
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +239,7 @@ class EmotionPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         t0 = time.perf_counter()
-        clips = waveforms(batch["waveform"])
+        clips = waveforms(batch[WAVEFORM])
         results = self.predict(clips)
         D = self.bundle.embed_dim
         C = len(self.labels) or 9
@@ -292,12 +291,10 @@ class EmotionPredictor:
             inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float16()), D)
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
-        cols[MODEL_NODE_COLUMN] = pa.array([self.node] * n, pa.string())
-        cols[MODEL_RUNTIME_COLUMN] = pa.array(
-            [self.runtime if ok[i] else None for i in range(n)], pa.string()
-        )
-        cols[MODEL_TIME_COLUMN] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
-        out = batch.drop_columns(["waveform"])
+        cols[MODEL_NODE] = pa.array([self.node] * n, pa.string())
+        cols[MODEL_RUNTIME] = pa.array([self.runtime if ok[i] else None for i in range(n)], pa.string())
+        cols[MODEL_TIME] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
+        out = batch.drop_columns([WAVEFORM])
         out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         for name, arr in cols.items():
             out = out.append_column(name, arr)

@@ -183,3 +183,22 @@ class Storage:
     def makedirs(self, uri: str) -> None:
         fs, path = self.resolve(uri)
         fs.create_dir(path, recursive=True)
+
+    # -- TEMPORARY (replaced by the fsspec storage) ---------------------------------------------
+    def is_dir(self, uri: str) -> bool:
+        fs, path = self.resolve(uri)
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+
+    def glob(self, pattern: str) -> list[str]:
+        import glob as _g
+
+        return sorted(_g.glob(pattern, recursive=True))
+
+    def open_input(self, uri: str):
+        fs, path = self.resolve(uri)
+        return fs.open_input_file(path)
+
+    def move(self, src: str, dst: str) -> None:
+        fs, a = self.resolve(src)
+        _, b = self.resolve(dst)
+        fs.move(a, b)

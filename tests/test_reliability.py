@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT / "jobs"))
 import extract  # noqa: E402
 
 
-def job_config(tmp_path, manifest, model, out, extra=""):
+def job_config(tmp_path, manifest, model, out, extra="", unit=1000):
+    """A job YAML; small `unit`s (manifest rows committed together) let a killed run leave commits."""
     cfg = tmp_path / f"job-{abs(hash((str(manifest), str(out), extra))) % 10**8}.yaml"
     cfg.write_text(
-        f"input:\n  manifest: {manifest}\n"
+        f"input:\n  manifest: {manifest}\n  rows_per_unit: {unit}\n"
         f"model:\n  source: {model}\n  device: cpu\n  rows_per_call: 4\n"
         f"audio:\n  decode_batch_size: 4\n"
         f"output:\n  path: {out}\n" + extra
@@ -135,7 +136,7 @@ def test_error_rows_are_retried_and_replaced_on_resume(ray_session, tiny_model_d
     assert rows_of(out)["late"]["error"] is None
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"] == {"input": 2, "ok": 1, "error": 0, "skipped": 1}
-    assert run["output_totals"]["duplicates_removed"] == 1
+    assert run["output_totals"]["replaced"] == 1
 
 
 def test_resume_with_another_model_is_refused_and_overwrite_replaces(
@@ -204,7 +205,7 @@ def wait_for(pred, timeout, what):
 def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 6)
     out = tmp_path / "out"
-    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n", unit=4)
     proc, _ = start_job(cfg, tmp_path, "first")
     try:
         wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
@@ -230,7 +231,7 @@ def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
 def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 6)
     out = tmp_path / "out"
-    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n", unit=4)
     proc, log = start_job(cfg, tmp_path, "job")
 
     def model_worker():
