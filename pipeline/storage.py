@@ -201,4 +201,6 @@ class Storage:
     def move(self, src: str, dst: str) -> None:
         fs, a = self.resolve(src)
         _, b = self.resolve(dst)
+        if not is_s3(dst):
+            fs.create_dir(posixpath.dirname(b), recursive=True)
         fs.move(a, b)

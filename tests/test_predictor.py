@@ -70,6 +70,7 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
 
     from pipeline import predictor as mod
     from pipeline.schema import output_schema
+    from pipeline.writer import conform
 
     monkeypatch.setattr(mod, "cpu_has_native", lambda d: True)
     clips = random_clips([16_000, 30_000, 7_777], seed=13)
@@ -90,7 +91,7 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
 
     assert half.bundle.model.dtype == getattr(torch, dtype)
     schema = output_schema(48, 9, True, pa.schema([]))
-    table = out.select(schema.names).cast(schema)  # what the writer does: must not fail
+    table = conform(out, schema)  # what the writer does: must not fail
     assert table["error"].to_pylist()[2].startswith("decode:") and table["embedding"][2].as_py() is None
     assert set(out["_model_runtime"].to_pylist()) == {f"cpu {dtype}", None}
     for i in (0, 1, 3):
@@ -100,3 +101,11 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
         scale = np.abs(frames32).max()
         assert np.abs(frames - frames32).max() <= 0.15 * scale and np.abs(emb - emb32).max() <= 0.15 * scale
         assert np.abs(np.array(out["scores"][i].as_py()) - np.array(want["scores"][i].as_py())).max() <= 0.15
+
+
+def test_sticky_device_errors_are_told_from_recoverable_ones():
+    from pipeline.predictor import is_sticky_device_error
+
+    assert is_sticky_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_sticky_device_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_sticky_device_error(ValueError("input too short"))

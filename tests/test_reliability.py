@@ -256,3 +256,26 @@ def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["ok"] == len(ids) and run["rows"]["error"] == 0
+
+
+def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
+    ray_session, tiny_model_dir, tmp_path
+):
+    m, ids = repeated_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, unit=5)
+    assert extract.main(["--config", str(cfg)]) == 0
+    files = sorted(out.glob("part-*.parquet"))
+    assert len(files) >= 2
+    victim = files[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a partial copy
+    stray = out / "part-copied-by-hand.parquet"
+    stray.write_bytes(files[1].read_bytes())  # same rows again, under a name no unit owns
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ids)
+    assert (out / "_corrupt" / f"{victim.name}.set-aside").exists()
+    assert (out / "_orphans" / f"{stray.name}.set-aside").exists()
+    run = json.loads((out / "_run.json").read_text())
+    assert run["output_totals"]["corrupt_files_moved"] == [victim.name]
+    assert run["output_totals"]["orphan_files_moved"] == [stray.name]
+    assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]
