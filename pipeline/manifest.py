@@ -364,10 +364,16 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
         raise ManifestError(f"{n} rows have no {cols.id!r} (the first is row {first + 1})")
     out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
     consumed = {cols.id, cols.audio}
+    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
     if cols.embedded:
         data, paths = _embedded_audio(raw[cols.audio])
         out["path"] = paths
         out[AUDIO_BYTES] = data
+        # the path beside embedded bytes is often just the name the file had where it was packed
+        missing = pa.scalar(
+            f"the manifest's audio column {cols.audio!r} holds no bytes for this row", pa.string()
+        )
+        errors = pc.if_else(pc.is_null(data), pc.coalesce(errors, missing), errors)
     else:
         out["path"] = pa.array([_resolve(p, root) for p in raw[cols.audio].to_pylist()], pa.string())
     recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
@@ -376,9 +382,8 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
     out["offset_s"] = start
     out[SPAN_END] = end
     consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
-    if INPUT_ERROR in raw.column_names:
-        out[INPUT_ERROR] = raw[INPUT_ERROR]
-        consumed.add(INPUT_ERROR)
+    out[INPUT_ERROR] = errors
+    consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
             out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]

@@ -271,7 +271,9 @@ class Output:
         return {
             i.base_name: int(i.size)
             for i in infos
-            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+            if i.type == pafs.FileType.File
+            and i.base_name.startswith("part-")
+            and i.base_name.endswith(".parquet")
         }
 
     def reopen(self) -> None:

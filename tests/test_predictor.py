@@ -107,5 +107,7 @@ def test_sticky_device_errors_are_told_from_recoverable_ones():
     from pipeline.predictor import is_sticky_device_error
 
     assert is_sticky_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
-    assert not is_sticky_device_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_sticky_device_error(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    )
     assert not is_sticky_device_error(ValueError("input too short"))
