@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --log-level DEBUG
         logging.getLogger("extract").debug("unexpected failure", exc_info=True)
-        print(f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
-              f"(rerun with --log-level DEBUG for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+            f"(rerun with --log-level DEBUG for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     if result.exit_code:
         print(f"error: {result.message}", file=sys.stderr)
