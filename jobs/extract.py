@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if result.exit_code:
+    if result.too_many_errors:
         print(f"error: {result.message}", file=sys.stderr)
-    return result.exit_code
+        return EXIT_TOO_MANY_ERRORS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunResult:
-    info: dict[str, Any]
-    exit_code: int
+    info: dict[str, Any]  # what _run.json holds
+    too_many_errors: bool  # the output's error fraction exceeds output.max_error_fraction
     message: str
 
 
@@ -140,8 +140,8 @@ def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
 
 def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     """Run the job end to end. Raises JobError for failures that stop it before processing and
-    RunFailed when Ray fails under it more often than `ray.max_restarts`; returns the exit code
-    (3 when the output's error fraction is too high)."""
+    RunFailed when Ray fails under it more often than `ray.max_restarts`; the result says whether
+    the output's error fraction is too high."""
     import ray
 
     stream = stream or sys.stderr
@@ -370,8 +370,8 @@ def _finish(
             f"error fraction {frac:.1%} ({totals['error']}/{totals['rows']} rows of the output) exceeds "
             f"output.max_error_fraction {cfg.output.max_error_fraction:.1%}; see the error column in {cfg.output.path}"
         )
-        return RunResult(info, 3, msg)
-    return RunResult(info, 0, "ok")
+        return RunResult(info, True, msg)
+    return RunResult(info, False, "ok")
 
 
 # -- the dataset -----------------------------------------------------------------------------------
