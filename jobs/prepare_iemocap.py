@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.datasets import (  # noqa: E402
+from pipeline.downstream.importers import (  # noqa: E402
     IEMOCAP_SESSION_SIZES,
     DatasetError,
     counts_table,

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.config import ConfigError  # noqa: E402
-from pipeline.downstream import load_train_config, train  # noqa: E402
+from pipeline.downstream.train import load_train_config, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 6-head (non power of two), D=48 model with a 9-way head, in the published hub layout."""
-    from pipeline.model.random_init import random_model, tiny, write_checkpoint
+    from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
     model = random_model(tiny(num_heads=6, embed_dim=48), seed=3)
     return write_checkpoint(model, tmp_path_factory.mktemp("tiny_hub"), "hub")

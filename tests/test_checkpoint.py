@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.model import CheckpointError, load_bundle
-from pipeline.model.random_init import copy_reference_files, random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import copy_reference_files, random_model, tiny, write_checkpoint
 
 from .conftest import random_clips
 

@@ -42,7 +42,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     d = tmp_path_factory.mktemp("corpus")
     rows = []

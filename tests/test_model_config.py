@@ -3,7 +3,7 @@ import torch
 
 from pipeline.model.components import alibi_slopes, conv_output_lengths
 from pipeline.model.config import ConfigError, Emotion2vecConfig, parse_conv_spec
-from pipeline.model.random_init import TEMPLATE_CONFIG
+from pipeline.testing.checkpoints import TEMPLATE_CONFIG
 
 
 def test_conv_spec_string_from_published_config():

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .storage import join
+from ..storage import join
 
 log = logging.getLogger(__name__)
 
