@@ -156,7 +156,11 @@ def write_checkpoint(
         weights.pop("proj.bias", None)
         fs_cfg = {
             "model": copy.deepcopy(conf["model_conf"]),
-            "task": {"_name": "audio_pretraining", "normalize": cfg.normalize, "sample_rate": 16000},
+            "task": {
+                "_name": "audio_pretraining",
+                "normalize": cfg.normalize,
+                "sample_rate": cfg.input.sample_rate,
+            },
         }
         torch.save(
             {
