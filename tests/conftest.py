@@ -32,6 +32,30 @@ def random_clips(lengths, seed=0):
     return out
 
 
+# -- the CPU ------------------------------------------------------------------------------------
+
+# /proc/cpuinfo flags that give a dtype hardware matmuls: AVX512-BF16 or AMX-BF16 for bfloat16,
+# AMX-FP16 for float16 (AVX512-FP16 has no oneDNN inner-product kernel for it).
+HALF_PRECISION_FLAGS = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"amx_fp16"}}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as the kernel reports them (Linux only: the tests run there)."""
+    from pathlib import Path
+
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    raise RuntimeError("/proc/cpuinfo has no flags line")
+
+
+def cpu_runs_natively(dtype: torch.dtype) -> bool:
+    """Expected answer of `pipeline.predictor.cpu_has_native`, from /proc/cpuinfo, not from it."""
+    if dtype == torch.float32:
+        return True
+    return bool(cpu_flags() & HALF_PRECISION_FLAGS[dtype]) and torch.backends.mkldnn.is_available()
+
+
 # -- Ray and S3 --------------------------------------------------------------------------------
 
 # Fake credentials for the local S3 server; set before any Ray worker starts so workers inherit
