@@ -1,4 +1,4 @@
-"""Build the standard 4-class IEMOCAP manifest (ang / hap+exc / neu / sad, model-spec §11).
+"""Build the standard 4-class IEMOCAP manifest (ang / hap+exc / neu / sad; docs/model.md, "The IEMOCAP recipe").
 
     python jobs/prepare_iemocap.py --root /data/IEMOCAP_full_release --output data/iemocap/manifest.jsonl
     python jobs/extract.py --config configs/iemocap.yaml

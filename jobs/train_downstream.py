@@ -1,4 +1,4 @@
-"""Train and evaluate a downstream emotion classifier on the extraction output (model-spec §11 recipe).
+"""Train and evaluate a downstream emotion classifier on the extraction output (the IEMOCAP recipe of docs/model.md).
 
     python jobs/train_downstream.py --features outputs/iemocap --label-column emotion \
         --fold-column session --output outputs/iemocap-probe \

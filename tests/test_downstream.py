@@ -98,7 +98,7 @@ def test_frame_model_masked_mean_and_size():
 
     torch.manual_seed(0)
     model = frame_model(768, 4)
-    # model-spec §11: 197,892 parameters for D=768, C=4
+    # docs/model.md, the IEMOCAP recipe: 197,892 parameters for D=768, C=4
     assert sum(p.numel() for p in model.parameters()) == 197_892
     assert sum(p.numel() for p in linear_probe(768, 4).parameters()) == 768 * 4 + 4
     x = torch.randn(2, 7, 768)

@@ -1,4 +1,5 @@
-"""Downstream classifiers on the job's Parquet output: the emotion2vec IEMOCAP recipe (model-spec §11).
+"""Downstream classifiers on the job's Parquet output: the emotion2vec IEMOCAP recipe
+(docs/model.md).
 
     from pipeline.downstream.train import TrainConfig, train
     result = train(TrainConfig(features="outputs/iemocap", label_column="emotion",

@@ -1,6 +1,6 @@
 """Checkpoint formats -> one `ModelBundle` (model + the preprocessing contract that goes with it).
 
-Formats (model-spec §6):
+Formats (docs/model.md, "Checkpoint formats"):
   * a Hugging Face / ModelScope model directory: `configuration.json` naming `config.yaml`, the
     weights (`init_param`, e.g. `model.pt`) and `tokens.txt`; backbone keys may carry the
     `d2v_model.` prefix given by the config's `scope_map`;
@@ -36,7 +36,7 @@ from .inputs import InputSpec
 
 log = logging.getLogger(__name__)
 
-# The 9 emotion2vec+ classes in head order (model-spec §7); English names are what we output.
+# The 9 emotion2vec+ classes in head order (docs/model.md, "Labels"); English names are what we output.
 DEFAULT_TOKENS = [
     "生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/happy", "中立/neutral",
     "其他/other", "难过/sad", "吃惊/surprised", "<unk>",

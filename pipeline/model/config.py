@@ -150,7 +150,7 @@ def base(num_classes: int = 0) -> Emotion2vecConfig:
 
 
 def plus_large(num_classes: int = 9) -> Emotion2vecConfig:
-    """emotion2vec_plus_large: D=1024, 16 heads, 4+8 blocks (model-spec §9)."""
+    """emotion2vec_plus_large: D=1024, 16 heads, 4+8 blocks (docs/model.md, "Models")."""
     return dataclasses.replace(base(num_classes), embed_dim=1024, num_heads=16)
 
 
