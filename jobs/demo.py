@@ -27,7 +27,7 @@ def pick_model(source: str) -> tuple[str, bool]:
     except ModelSourceError as e:
         print(f"{BANNER}\n! {source} is not available here: {str(e).split(';')[0]}", file=sys.stderr)
     from pipeline.model.config import base
-    from pipeline.model.random_init import random_model, write_checkpoint
+    from pipeline.testing.checkpoints import random_model, write_checkpoint
 
     out = ROOT / "outputs" / "demo-random-emotion2vec_plus_base"
     if not (out / "model.pt").exists():

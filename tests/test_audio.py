@@ -14,7 +14,7 @@ import torch
 import torchaudio
 
 from pipeline.audio import MIN_SAMPLES, AudioError, DecodedAudio, chunk_bounds, decode, to_mono_16k, validate
-from pipeline.samples import make_corpus, synthesize
+from pipeline.testing.samples import make_corpus, synthesize
 
 TEXT = "testing one two three"
 DEMO = Path(__file__).resolve().parents[1] / "samples" / "demo"
@@ -256,7 +256,7 @@ def test_make_corpus_is_deterministic_and_labelled(tmp_path):
 
 
 def test_synthesize_names_the_missing_tool(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.samples.shutil.which", lambda tool: None)
+    monkeypatch.setattr("pipeline.testing.samples.shutil.which", lambda tool: None)
     with pytest.raises(RuntimeError, match="espeak-ng is not installed.*apt-get install"):
         synthesize("hi", tmp_path / "x.wav")
 

@@ -10,7 +10,7 @@ from pipeline.audio import chunk_bounds
 from pipeline.model import load_bundle
 from pipeline.predictor import EmotionPredictor, cpu_has_native, resolve_dtype
 
-from .conftest import random_clips
+from .conftest import cpu_runs_natively, random_clips
 
 
 def predictor(model_dir, **kw):
@@ -53,13 +53,18 @@ def test_half_precision_on_a_cpu_without_hardware_for_it_runs_float32(dtype):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = resolve_dtype(dtype, "cpu")
-    if cpu_has_native(want):
+    if cpu_runs_natively(want):
         assert got == want and not caught
     else:
         assert got == torch.float32
         assert any(f"model.dtype {dtype}" in str(w.message) and "float32" in str(w.message) for w in caught)
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.bfloat16
     assert resolve_dtype(dtype, "cuda") == want  # GPUs run what they are asked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_has_native_follows_the_cpu_flags(dtype):
+    assert cpu_has_native(dtype) == cpu_runs_natively(dtype)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 

@@ -1,12 +1,16 @@
-"""emotion2vec in plain PyTorch: config, encoder, checkpoint loading and hub resolution.
+"""emotion2vec in plain PyTorch: config, input contract, encoder, checkpoint loading and hub resolution.
+
+`INPUT` is the input contract (`InputSpec`) of the released models, for code that needs it before a
+checkpoint is loaded; a loaded `ModelBundle` carries its own as `bundle.input`.
 
 Imports nothing else from `pipeline`.
 """
 
 from .checkpoint import CheckpointError, ModelBundle, load_bundle
-from .config import ConfigError, Emotion2vecConfig
+from .config import INPUT, ConfigError, Emotion2vecConfig
 from .encoder import Emotion2vec, Emotion2vecOutput, InputTooShortError
 from .hub import ModelSourceError, parse_source, resolve
+from .inputs import SAMPLE_RATE, InputSpec
 
 
 def load_model(
@@ -28,11 +32,14 @@ def load_model(
 
 
 __all__ = [
+    "INPUT",
+    "SAMPLE_RATE",
     "CheckpointError",
     "ConfigError",
     "Emotion2vec",
     "Emotion2vecConfig",
     "Emotion2vecOutput",
+    "InputSpec",
     "InputTooShortError",
     "ModelBundle",
     "ModelSourceError",
