@@ -34,7 +34,7 @@ SENTENCES = ["I can not believe you did that", "the weather is fine today", "lea
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     """~6 s of speech with pauses, as a 44.1 kHz stereo flac and a 16 kHz mono wav of the same signal."""
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     d = tmp_path_factory.mktemp("recording")
     parts = []
