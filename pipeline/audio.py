@@ -46,6 +46,8 @@ MAX_KERNEL_ELEMENTS = 1 << 25  # 128 MiB of float32
 
 CUT_TOLERANCE_S = 0.1  # an end this far past the audio is clamped (rounding in manifests), not an error
 BLOCK_FRAMES = 1 << 16  # libsndfile frames read per block from a multichannel file
+# decoded audio may fall this short of an MP4 index's duration (encoder padding, edit lists)
+INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 FIRST_GUESS_S = 60  # buffer size when a container states no duration; it doubles as needed
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
@@ -271,6 +273,7 @@ def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[
                 f"corrupt or truncated audio: FFmpeg stopped at {buffer.duration_s:.2f} s "
                 f"({_ffmpeg_reason(e)})"
             ) from None
+        _check_complete(container, header_s, buffer.duration_s)
         return buffer.samples(), buffer.rate or (stream.sample_rate or 0), buffer.channels or stream.channels
 
 
@@ -296,6 +299,16 @@ def _stated_duration(
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+def _check_complete(container: av.container.InputContainer, stated_s: float | None, decoded_s: float) -> None:
+    """MP4/MOV index every sample: a file cut inside another stream's data ends early without an error."""
+    if stated_s is None or "mp4" not in container.format.name.split(","):
+        return
+    if decoded_s < stated_s * (1 - INDEX_SLACK) - INDEX_SLACK_S:
+        raise AudioError(
+            f"corrupt or truncated audio: decoded {decoded_s:.2f} s of the {stated_s:.2f} s its index lists"
+        )
 
 
 class _MonoBuffer:
