@@ -24,6 +24,7 @@ import torch
 from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
+from .poison import Guard, maybe_crash
 from .schema import MODEL_NODE, MODEL_RUNTIME, MODEL_TIME, WAVEFORM, segments_type
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ def exit_if_device_broken(e: BaseException) -> None:
 
 
 EXIT_DEVICE_BROKEN = 70
+
+
+class WorkerCrashed(RuntimeError):
+    """The row killed the model worker in an earlier attempt."""
 
 
 @dataclass
@@ -258,13 +263,33 @@ class EmotionPredictor:
             )
         return results
 
+    def _guarded(self, ids: list[str], paths: list[str | None], clips: list[np.ndarray | None]) -> list:
+        """`predict`, but a row that killed an earlier attempt of this block (a crash in native code,
+        an OOM kill) becomes an error; on a retry clips run one at a time to find that row."""
+        guard = Guard("model", ids)
+        if guard.attempt == 1:
+            for row_id, path in zip(ids, paths, strict=True):
+                maybe_crash("model", path or row_id)
+            results = self.predict(clips)
+        else:
+            results = []
+            for row_id, path, clip in zip(ids, paths, clips, strict=True):
+                if row_id in guard.poisoned:
+                    results.append(WorkerCrashed(guard.message(path or row_id).split(": ", 1)[1]))
+                    continue
+                guard.before(row_id)
+                maybe_crash("model", path or row_id)
+                results.extend(self.predict([clip]))
+        guard.done()
+        return results
+
     # -- Ray Data entry point -----------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         t0 = time.perf_counter()
         clips = waveforms(batch[WAVEFORM])
-        results = self.predict(clips)
+        results = self._guarded(batch["id"].to_pylist(), batch["path"].to_pylist(), clips)
         D = self.bundle.embed_dim
         C = len(self.labels) or 9
 

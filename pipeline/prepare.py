@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
+from .poison import Guard, maybe_crash
 from .schema import AUDIO_BYTES, DECODE_TIME, INPUT_ERROR, SEGMENT_TOTAL, SPAN_END, WAVEFORM
 from .storage import Storage
 
@@ -63,8 +64,22 @@ def prepare_block(
     pending: list[Span] = []
     size = 0
     loader = _Loader(storage, limits)
+    guard = Guard("decode", batch["id"].to_pylist())
     for i, row in enumerate(_rows(batch)):
-        for span in _spans(i, row, loader, segmenter):
+        if row["id"] in guard.poisoned:
+            spans = [
+                Span(
+                    i,
+                    row["id"],
+                    recording_id=row["recording_id"],
+                    error=f"decode: {guard.message(row['path'] or row['id'])}",
+                )
+            ]
+        else:
+            guard.before(row["id"])
+            maybe_crash("decode", row["path"] or row["id"])
+            spans = _spans(i, row, loader, segmenter)
+        for span in spans:
             pending.append(span)
             size += 0 if span.samples is None else len(span.samples)
         if size >= budget:
@@ -72,6 +87,7 @@ def prepare_block(
             pending, size, t0 = [], 0, time.perf_counter()
     if pending:
         yield _table(batch, pending, time.perf_counter() - t0)
+    guard.done()
 
 
 def _rows(batch: pa.Table) -> Iterator[dict]:

@@ -27,6 +27,7 @@ from .audio import RESAMPLER
 from .cluster import ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
 from .manifest import ManifestError, Plan, Source, count_rows, discover, read_units
+from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -211,9 +212,11 @@ def _left(plan: Plan, out: Output) -> int:
 def _recoverable(e: BaseException | None) -> bool:
     """A Ray failure that a restart on the remaining units can get past (a process or node died),
     as opposed to a bug that would fail again."""
+    import ray.data.exceptions as dex
     import ray.exceptions as rex
 
     kinds = (
+        dex.SystemException,  # Ray Data's wrapper for failures that are not the user code's
         rex.ActorDiedError,
         rex.WorkerCrashedError,
         rex.NodeDiedError,
@@ -226,7 +229,7 @@ def _recoverable(e: BaseException | None) -> bool:
             return False
         if isinstance(e, kinds):
             return True
-        e = getattr(e, "cause", None) or e.__cause__
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return False
 
 
@@ -313,14 +316,16 @@ def _manifest_cause(e: BaseException) -> ManifestError | None:
 
 
 def _one_line(e: BaseException) -> str:
-    """The root cause of a (Ray-wrapped) exception as `Type: first line of its message`."""
+    """A (Ray-wrapped) exception as `Type: first line`, from the innermost cause that says something."""
+    chain = [e]
     for _ in range(10):
-        inner = getattr(e, "cause", None) or e.__cause__
-        if inner is None or inner is e:
+        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__ or chain[-1].__context__
+        if inner is None or inner in chain:
             break
-        e = inner
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+        chain.append(inner)
+    said = [c for c in chain if str(c).strip()] or chain
+    text = str(said[-1]).strip().splitlines()
+    return f"{type(said[-1]).__name__}: {text[0] if text else ''}"
 
 
 def _finish(
@@ -402,22 +407,26 @@ def build_dataset(
     ds = _read(cfg, plan, skip, storage).repartition(
         target_num_rows_per_block=plan.block_rows(cfg.audio.decode_batch_size)
     )
-    ds = ds.map_batches(
-        prepare_block,
-        batch_size=None,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "storage": storage,
-            "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
-            "segmenter": _segmenter(cfg),
-            "block_mb": cfg.audio.block_mb,
-        },
-        num_cpus=0.5,
-        compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks) if cfg.audio.decode_tasks else None,
-    )
     with warnings.catch_warnings():
-        # Ray 2.60 has no named map_batches parameter for max_restarts yet (pyproject pins < 2.64)
+        # Ray 2.60 has no named map_batches parameters for max_retries / max_restarts yet (pyproject
+        # pins ray < 2.64, where the **ray_remote_args they go through are removed)
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
+        ds = ds.map_batches(
+            prepare_block,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={
+                "storage": storage,
+                "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
+                "segmenter": _segmenter(cfg),
+                "block_mb": cfg.audio.block_mb,
+            },
+            num_cpus=0.5,
+            compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
+            if cfg.audio.decode_tasks
+            else None,
+            max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
+        )
         ds = _model_stage(ds, cfg, placement, weights_sha)
     return ds.map_batches(
         write_parts,

@@ -279,3 +279,24 @@ def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
     assert run["output_totals"]["corrupt_files_moved"] == [victim.name]
     assert run["output_totals"]["orphan_files_moved"] == [stray.name]
     assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]
+
+
+@pytest.mark.parametrize("stage", ["decode", "model"])
+def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_path, stage):
+    """The decoder (or the model) crashes the worker process on one file, as a native crash would: the
+    job finishes, that row is an error row naming the crash, every other row is ok, exactly once."""
+    m, ids = repeated_manifest(tmp_path, 1)
+    poison = json.loads(m.read_text().splitlines()[3])
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5)
+    env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, ids)
+    rows = rows_of(out)
+    crashed = [k for k, v in rows.items() if v["error"]]
+    assert crashed == [poison["id"]], {k: rows[k]["error"] for k in crashed}
+    assert rows[poison["id"]]["error"].startswith(f"{stage}: WorkerCrashed")
