@@ -255,8 +255,8 @@ def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[
         ext = PurePosixPath(name).suffix.lower()
         which = f" {ext!r}" if ext else ""
         raise AudioError(
-            f"unrecognised, unsupported or corrupt file{which}: neither libsndfile nor FFmpeg can "
-            f"open it (FFmpeg: {_ffmpeg_reason(e)})"
+            f"unsupported or unrecognised audio format{which}, or a corrupt file: neither libsndfile "
+            f"nor FFmpeg can open it (FFmpeg: {_ffmpeg_reason(e)})"
         ) from None
     with container:
         stream = _audio_stream(container)
