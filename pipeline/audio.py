@@ -48,7 +48,9 @@ CUT_TOLERANCE_S = 0.1  # an end this far past the audio is clamped (rounding in 
 BLOCK_FRAMES = 1 << 16  # libsndfile frames read per block from a multichannel file
 # decoded audio may fall this short of an MP4 index's duration (encoder padding, edit lists)
 INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
-FIRST_GUESS_S = 60  # buffer size when a container states no duration; it doubles as needed
+# the mono buffer's first size: the stated duration, or this when none is stated; at most the limit or
+# MAX_GUESS_S (a header can lie); it doubles when frames keep coming
+FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
 # libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
@@ -250,20 +252,21 @@ def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarr
 def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
     """A file libsndfile does not read -> its first audio stream as ([frames] float32 mono, rate, channels)."""
     try:
-        container = av.open(f, mode="r")
+        # tags in a legacy 8-bit encoding must not stop the audio
+        container = av.open(f, mode="r", metadata_errors="replace")
     except av.FFmpegError as e:
         ext = PurePosixPath(name).suffix.lower()
         which = f" {ext!r}" if ext else ""
         raise AudioError(
-            f"unrecognised, unsupported or corrupt file{which}: neither libsndfile nor FFmpeg can "
-            f"open it (FFmpeg: {_ffmpeg_reason(e)})"
+            f"unsupported or unrecognised audio format{which}, or a corrupt file: neither libsndfile "
+            f"nor FFmpeg can open it (FFmpeg: {_ffmpeg_reason(e)})"
         ) from None
     with container:
         stream = _audio_stream(container)
         header_s = _stated_duration(container, stream)
         if header_s is not None:
             _check_duration(header_s, max_duration_s, "as its header states")
-        buffer = _MonoBuffer(header_s)
+        buffer = _MonoBuffer(min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S))
         try:
             for frame in container.decode(stream):
                 buffer.add(frame)
@@ -273,6 +276,10 @@ def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[
                 f"corrupt or truncated audio: FFmpeg stopped at {buffer.duration_s:.2f} s "
                 f"({_ffmpeg_reason(e)})"
             ) from None
+        except (AudioError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the decoder or its wrapper throws is bad input
+            raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
         _check_complete(container, header_s, buffer.duration_s)
         return buffer.samples(), buffer.rate or (stream.sample_rate or 0), buffer.channels or stream.channels
 
@@ -284,8 +291,10 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
         held = f"only {'/'.join(kinds)} streams" if kinds else "no streams at all"
         raise AudioError(f"no audio stream: the file holds {held}")
     stream = container.streams.audio[0]
+    # decoding only ever asks for this stream's packets; discarding the rest (AVDISCARD_ALL) also
+    # spares the demuxer from handing them over. (`Stream.discard` is missing in some PyAV versions.)
     for other in container.streams:
-        if other.index != stream.index:
+        if other.index != stream.index and hasattr(other, "discard"):
             other.discard = type(other.discard).all
     return stream
 
@@ -314,8 +323,8 @@ def _check_complete(container: av.container.InputContainer, stated_s: float | No
 class _MonoBuffer:
     """FFmpeg frames, downmixed one by one into a preallocated float32 mono buffer that grows if needed."""
 
-    def __init__(self, stated_s: float | None) -> None:
-        self.guess_s = stated_s if stated_s else FIRST_GUESS_S
+    def __init__(self, guess_s: float) -> None:
+        self.guess_s = guess_s
         self.rate = 0
         self.channels = 0
         self.n = 0

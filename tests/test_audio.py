@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from pipeline.audio import MIN_SAMPLES, AudioError, DecodedAudio, chunk_bounds, decode, to_mono_16k, validate
+from pipeline.audio import (
+    MIN_SAMPLES,
+    AudioError,
+    DecodedAudio,
+    chunk_bounds,
+    cut,
+    decode,
+    to_mono_16k,
+    validate,
+)
 from pipeline.testing.samples import make_corpus, synthesize
 
 TEXT = "testing one two three"
@@ -136,7 +146,9 @@ def test_to_mono_16k_accepts_float64_and_2d():
 # -- what is not valid audio ---------------------------------------------------------------------
 
 
-NEITHER = "unrecognised, unsupported or corrupt file.*neither libsndfile nor FFmpeg can open it"
+NEITHER = (
+    "unsupported or unrecognised audio format.*, or a corrupt file: neither libsndfile nor FFmpeg can open it"
+)
 
 
 def _m4a_header() -> bytes:
@@ -152,7 +164,7 @@ def _m4a_header() -> bytes:
         (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 7, "x.wav", "corrupt or truncated"),
         (np.random.default_rng(0).bytes(5000), "x.wav", NEITHER),
         (b"hello, this is text and not audio\n" * 40, "x.txt", NEITHER),
-        (_m4a_header(), "x.m4a", r"unrecognised, unsupported or corrupt file '\.m4a'"),
+        (_m4a_header(), "x.m4a", r"unsupported or unrecognised audio format '\.m4a', or a corrupt file"),
         (
             wav_bytes(np.zeros(399, np.float32)),
             "x.wav",
@@ -179,9 +191,9 @@ def test_audio_error_is_a_value_error():
 def test_truncated_compressed_files_raise(speech_dir, name):
     data = synthesize("this file gets cut in half", speech_dir / name).read_bytes()
     decode(data, name)  # whole: fine
-    for cut in (len(data) // 2, 60):
-        with pytest.raises(AudioError, match="corrupt or truncated|unrecognised, unsupported or corrupt"):
-            decode(data[:cut], name)
+    for size in (len(data) // 2, 60):
+        with pytest.raises(AudioError, match="corrupt or truncated|or a corrupt file"):
+            decode(data[:size], name)
 
 
 def test_truncated_wav_decodes_the_part_that_is_there(speech_dir):
@@ -208,6 +220,71 @@ def test_validate():
     with pytest.raises(AudioError, match="non-finite"):
         validate(np.r_[np.zeros(500), np.nan].astype(np.float32))
     validate(np.zeros(100, np.float32), min_samples=100)
+
+
+# -- segments ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech16(speech_dir) -> tuple[Path, np.ndarray]:
+    """TEXT as 16 kHz mono 16-bit wav, and its decoded samples."""
+    path = synthesize(TEXT, speech_dir / "cut_me.wav", encoding="pcm16")
+    return path, decode(path.read_bytes()).samples
+
+
+def sox_cut(path: Path, first: int, end: int | None) -> np.ndarray:
+    """sox's trim at sample counts (exact): samples [first, end) of the file, or to its end."""
+    out = path.with_name(f"cut_{first}_{end}.wav")
+    subprocess.run(
+        ["sox", "-D", str(path), str(out), "trim", f"{first}s", *([f"={end}s"] if end else [])], check=True
+    )
+    return sf.read(str(out), dtype="float32")[0]
+
+
+@pytest.mark.parametrize(
+    "start_s,end_s,first,end",
+    [
+        (0.5, 1.0, 8000, 16000),
+        (0.123456, 0.9, 1975, 14400),  # 1975.296 rounds down
+        (0.0, 0.025, 0, 400),  # the shortest valid segment
+        (0.33334, 0.66667, 5333, 10667),  # 5333.44 down, 10666.72 up
+        (0.25, None, 4000, None),  # to the end
+    ],
+)
+def test_cut_matches_sox_trim_on_the_sample_grid(speech16, start_s, end_s, first, end):
+    path, samples = speech16
+    np.testing.assert_array_equal(cut(samples, start_s, end_s), sox_cut(path, first, end))
+
+
+def test_cut_clamps_an_end_just_past_the_audio(speech16):
+    path, samples = speech16
+    duration = len(samples) / 16000
+    np.testing.assert_array_equal(cut(samples, 1.0, duration + 0.09), sox_cut(path, 16000, None))
+
+
+@pytest.mark.parametrize(
+    "start,end,needle",
+    [
+        (-0.1, 1.0, "times must be finite and >= 0"),
+        (float("nan"), 1.0, "times must be finite and >= 0"),
+        (0.0, float("inf"), "times must be finite and >= 0"),
+        (1.0, 1.0, "the end is not after the start"),
+        (1.0, 0.5, "the end is not after the start"),
+        ("D", None, "starts at or past the end of the audio"),
+        ("D+1", "D+2", "starts at or past the end of the audio"),
+        (0.5, "D+0.2", "ends more than 0.1 s past the end of the audio"),
+        (0.5, 0.52, "too short: 320 samples"),
+    ],
+)
+def test_cut_rejects_bad_times(speech16, start, end, needle):
+    samples = speech16[1]
+    duration = len(samples) / 16000
+    at = {"D": duration, "D+1": duration + 1, "D+2": duration + 2, "D+0.2": duration + 0.2}
+    start, end = at.get(start, start), at.get(end, end)
+    with pytest.raises(AudioError, match=needle) as e:
+        cut(samples, start, end)
+    if "too short" not in needle:  # the message gives the times and the audio's duration
+        assert f"segment [{start}, {end}) s of audio lasting {duration:.3f} s" in str(e.value)
 
 
 # -- windows -------------------------------------------------------------------------------------
@@ -259,7 +336,7 @@ def test_make_corpus_is_deterministic_and_labelled(tmp_path):
 
 
 def test_synthesize_names_the_missing_tool(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.testing.samples.shutil.which", lambda tool: None)
+    monkeypatch.setattr("pipeline.samples.shutil.which", lambda tool: None)
     with pytest.raises(RuntimeError, match="espeak-ng is not installed.*apt-get install"):
         synthesize("hi", tmp_path / "x.wav")
 
