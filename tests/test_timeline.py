@@ -73,10 +73,19 @@ def test_bad_rows_are_clear_errors(tmp_path):
         plot_timeline([], tmp_path / "x.png", "")
 
 
-def write_output(out, rows):
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("recording_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+     ("label", pa.string()), ("scores", pa.list_(pa.float32(), 9)), ("error", pa.string()),
+     ("speaker", pa.string())]
+)  # fmt: skip
+
+
+def write_output(out, rows, schema=SCHEMA):
+    """`rows` as two Parquet files of one output (the fields of `schema` that the rows have)."""
     out.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows[:3]), out / "part-0.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[3:]), out / "part-1.parquet")
+    schema = pa.schema([f for f in schema if f.name in rows[0]])
+    pq.write_table(pa.Table.from_pylist(rows[:3], schema), out / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[3:], schema), out / "part-1.parquet")
 
 
 def test_visualize_timeline_reads_one_recording_in_time_order(tmp_path):
