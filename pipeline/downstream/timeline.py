@@ -95,6 +95,8 @@ def plot_timeline(
             ax.text(s + w / 2, 1.01, str(row["label"]), ha="center", va="bottom", fontsize=8, clip_on=False)
     ax.set_title(title, pad=16)
     if hi - lo > 300:
+        step = next((m * 60 for m in (1, 2, 5, 10, 15, 30, 60) if (hi - lo) / (m * 60) <= 10), 7200)
+        ax.xaxis.set_major_locator(plt.MultipleLocator(step))
         ax.xaxis.set_major_formatter(lambda t, _: f"{int(t) // 60}:{int(t) % 60:02d}")
         ax.set_xlabel("time (min:s)")
     else:
