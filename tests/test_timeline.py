@@ -123,3 +123,63 @@ def test_visualize_timeline_bad_input_exits_2(tmp_path, capsys):
                         "scores": one_hot("sad"), "label": "sad"}] * 4)  # fmt: skip
     assert visualize_main(["--features", str(out), "--timeline", "zzz", "--output", str(tmp_path / "v")]) == 2
     assert "no speech segments of recording 'zzz'" in capsys.readouterr().err
+
+
+# -- the emotion-over-time recipes of docs/queries.md on a segment-per-row output ------------------
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory):
+    """(output dir, its ok rows): 3 recordings of 2 speakers, random segments and labels, 2 error rows."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for rec, speaker in (("call-0042", "ann"), ("call-0043", "bob"), ("call-0044", "ann")):
+        t = rng.uniform(0, 2)
+        for i in range(int(rng.integers(5, 12))):
+            d, label = float(rng.uniform(0.5, 8)), LABELS[int(rng.integers(0, 5))]
+            rows.append({"id": f"{rec}/{i:04d}", "recording_id": rec, "start_s": t, "end_s": t + d,
+                         "label": label, "scores": one_hot(label), "error": None, "speaker": speaker})  # fmt: skip
+            t += d + float(rng.uniform(0.3, 3))
+    rows.append({"id": "call-0042/9999", "recording_id": "call-0042", "start_s": 500.0, "end_s": 510.0,
+                 "label": None, "scores": None, "error": "model: RuntimeError: x", "speaker": "ann"})  # fmt: skip
+    order = rng.permutation(len(rows))
+    shuffled = [rows[i] for i in order]
+    out = tmp_path_factory.mktemp("segmented") / "out"
+    write_output(out, shuffled)
+    return out, [r for r in rows if r["error"] is None]
+
+
+def doc_sql(name: str, out) -> list[dict]:
+    import duckdb
+
+    from tests.test_queries import BLOCKS
+
+    lang, text = BLOCKS[name]
+    assert lang == "sql" and "outputs/calls" in text
+    rel = duckdb.connect().sql(text.replace("outputs/calls", str(out)))
+    return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()]
+
+
+def test_recording_timeline_recipe(segmented):
+    out, ok = segmented
+    got = doc_sql("recording_timeline", out)
+    want = sorted((r for r in ok if r["recording_id"] == "call-0042"), key=lambda r: r["start_s"])
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert [r["start_s"] for r in got] == sorted(r["start_s"] for r in got)
+
+
+@pytest.mark.parametrize(
+    "name,key", [("time_share_recording", "recording_id"), ("time_share_speaker", "speaker")]
+)
+def test_time_share_recipes(segmented, name, key):
+    out, ok = segmented
+    got = doc_sql(name, out)
+    seconds: dict[tuple[str, str], float] = {}
+    for r in ok:
+        seconds[(r[key], r["label"])] = seconds.get((r[key], r["label"]), 0.0) + r["end_s"] - r["start_s"]
+    total = {g: sum(v for (k, _), v in seconds.items() if k == g) for g, _ in seconds}
+    assert {(r[key], r["label"]): r["seconds"] for r in got} == pytest.approx(seconds)
+    for r in got:
+        assert r["share"] == pytest.approx(seconds[(r[key], r["label"])] / total[r[key]])
+    for g in total:
+        assert sum(r["share"] for r in got if r[key] == g) == pytest.approx(1.0)
