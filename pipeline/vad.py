@@ -44,6 +44,7 @@ def speech_segments(
 
     Every start is a multiple of 320 (the model's hop); every end is too, or N. Each segment has at
     least 400 samples and at most `cfg.max_segment_s` seconds. No speech (or N < 400) gives [].
+    Other dtypes than float32 are converted (a copy of the signal).
     """
     if sample_rate != TARGET_SR:
         raise ValueError(f"speech_segments needs {TARGET_SR} Hz samples, got {sample_rate} Hz")

@@ -151,6 +151,15 @@ def test_thread_count_survives_import_load_and_calls():
     assert out.stdout.split() == ["3", "3"]
 
 
+def test_model_is_loaded_once_per_process():
+    from pipeline import vad
+
+    speech_segments(np.zeros(SR, np.float32), VadConfig())
+    model = vad._load()[0]
+    speech_segments(np.zeros(SR, np.float32), VadConfig())
+    assert vad._load()[0] is model
+
+
 def test_config_keys_and_defaults(tmp_path):
     cfg = load_config(None, ["input.manifest=m.jsonl", "output.path=out"])
     assert cfg.audio.segmentation == "none"
