@@ -3,8 +3,9 @@
     python jobs/extract.py --config configs/local.yaml [--set key.path=value ...]
     ray job submit --working-dir . -- python jobs/extract.py --config configs/cluster-gpu.yaml
 
-Exit codes: 0 done (some rows may be error rows), 2 bad config / manifest / model / output,
-3 done but the error fraction exceeded output.max_error_fraction.
+Exit codes: 0 done (some rows may be error rows); 1 the run failed under Ray (what was committed
+stays; rerun to resume); 2 bad config / manifest / model / output / unreachable cluster; 3 done but
+the output's error fraction exceeds output.max_error_fraction.
 """
 
 import argparse
@@ -15,7 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.config import ConfigError, load_config  # noqa: E402
-from pipeline.run import JobError, run  # noqa: E402
+from pipeline.run import JobError, RunFailed, run  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         result = run(cfg)
     except (ConfigError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if result.exit_code:
+        return EXIT_BAD_INPUT
+    except RunFailed as e:
+        print(f"error: {e}; committed units are kept: rerun the same command to resume", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --log-level DEBUG
+        logging.getLogger("extract").debug("unexpected failure", exc_info=True)
+        print(
+            f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+            f"(rerun with --log-level DEBUG for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if result.too_many_errors:
         print(f"error: {result.message}", file=sys.stderr)
-    return result.exit_code
+        return EXIT_TOO_MANY_ERRORS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .storage import redact_url
+
 
 class ConfigError(ValueError):
     pass
@@ -23,14 +25,22 @@ class _Section(BaseModel):
 
 
 class InputConfig(_Section):
-    manifest: str = Field(description="manifest path or s3:// URI")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp"] = "auto"
+    manifest: str = Field(
+        description="a manifest file, a glob or directory of manifests, a Kaldi data dir, or a folder/glob of "
+        "audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio"] = (
+        "auto"
+    )
     audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
     id_column: str | None = Field(None, description="default: the first of id, key, utt_id")
     path_column: str | None = Field(
-        None, description="default: the first of path, audio_filepath, wav, source"
+        None, description="default: the first of path, audio_filepath, wav, source, audio"
     )
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows")
+    rows_per_unit: int = Field(
+        1000, ge=1, description="manifest rows per unit of work (committed, resumed and redone as a whole)"
+    )
 
 
 class ModelConfig(_Section):
@@ -51,7 +61,12 @@ class ModelConfig(_Section):
         "default 16 on CPU, where padding costs more than batching gains, 600 on GPU",
     )
     max_batch_size: int = Field(32, ge=1)
-    rows_per_call: int = Field(64, ge=1, description="rows handed to an actor per call (packed inside)")
+    rows_per_call: int | None = Field(
+        None,
+        ge=1,
+        description="rows handed to an actor per call (packed inside); default: whole decoded blocks "
+        "(audio.block_mb), which avoids re-slicing waveforms between the stages",
+    )
 
 
 class VadConfig(_Section):
@@ -78,7 +93,18 @@ class AudioConfig(_Section):
     max_chunk_s: float = Field(
         30.0, gt=0.025, description="longer clips are processed in windows of this length"
     )
-    decode_batch_size: int = Field(16, ge=1, description="rows per decode task call")
+    decode_batch_size: int = Field(
+        256, ge=1, description="at most this many manifest rows per decode task call (also bounded by bytes)"
+    )
+    block_mb: float = Field(
+        64.0, gt=0, description="decoded audio per block handed to the model stage (float32 samples)"
+    )
+    max_duration_s: float | None = Field(
+        4 * 3600.0, gt=0, description="longer audio is an error row, refused from the header before decoding"
+    )
+    max_file_mb: float | None = Field(
+        2048.0, gt=0, description="larger encoded files are error rows, refused before decoding"
+    )
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
     )
@@ -101,10 +127,15 @@ class OutputConfig(_Section):
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     region: str | None = None
-    anonymous: bool = False
+    anonymous: bool = Field(False, description="unsigned requests (public buckets)")
     profile: str | None = Field(None, description="AWS profile name (credentials stay in the AWS chain)")
-    connect_timeout_s: float = 10.0
-    request_timeout_s: float = 60.0
+    connect_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(5, ge=0, description="retries of a transient storage error, after the first attempt")
+    retry_backoff_s: float = Field(
+        0.5, ge=0, description="first retry delay; doubles each retry, with jitter"
+    )
+    retry_backoff_max_s: float = Field(20.0, ge=0, description="upper bound of one retry delay")
 
 
 class RayConfig(_Section):
@@ -113,6 +144,11 @@ class RayConfig(_Section):
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     progress_interval_s: float = Field(5.0, gt=0)
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="times the pipeline is restarted on what is left after a worker, actor or node dies",
+    )
 
 
 class JobConfig(_Section):
@@ -137,9 +173,17 @@ class JobConfig(_Section):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The config as plain data for `_run.json` and logs (holds no secrets: credentials never
-        enter the config, they come from the AWS chain)."""
-        return self.model_dump(mode="json")
+        """The config as plain data for `_run.json` and logs. Credentials never enter the config,
+        but a URL may carry some (user info, signed query parameters): every URL is redacted."""
+        return _redact(self.model_dump(mode="json"))
+
+
+def _redact(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v) for v in node]
+    return redact_url(node) if isinstance(node, str) else node
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

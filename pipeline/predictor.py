@@ -12,6 +12,7 @@ fails is retried clip by clip, so one bad clip becomes one error row.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ import torch
 from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
-from .schema import segments_type
-from .writer import MODEL_NODE_COLUMN, MODEL_RUNTIME_COLUMN, MODEL_TIME_COLUMN
+from .schema import MODEL_NODE, MODEL_RUNTIME, MODEL_TIME, WAVEFORM, segments_type
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,27 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     else:
         return True
     return bool(isa) and kernels.onednn_linear_available(dtype)
+
+
+def is_sticky_device_error(e: BaseException) -> bool:
+    """A CUDA error that leaves the process's device context unusable (an illegal address, a
+    device-side assert, ECC): every later call fails too. Out-of-memory is not one of them."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(e, accelerator_error) or "CUDA error" in str(e)
+
+
+def exit_if_device_broken(e: BaseException) -> None:
+    """End this actor's process on a sticky device error: the job restarts the pipeline on a fresh
+    actor (and device context) instead of turning every later row into an error row."""
+    if is_sticky_device_error(e):
+        log.error("sticky device error, ending this model worker so that it is replaced: %s", e)
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_BROKEN)
+
+
+EXIT_DEVICE_BROKEN = 70
 
 
 @dataclass
@@ -170,6 +191,7 @@ class EmotionPredictor:
             try:
                 outs: list[ItemResult | Exception] = list(self._forward([items[i] for i in group]))
             except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
+                exit_if_device_broken(e)
                 if len(group) == 1:
                     results[group[0]] = e
                     continue
@@ -181,6 +203,7 @@ class EmotionPredictor:
                     try:
                         outs.append(self._forward([items[i]])[0])
                     except Exception as e1:  # noqa: BLE001
+                        exit_if_device_broken(e1)
                         outs.append(e1)
             for i, o in zip(group, outs, strict=True):
                 results[i] = o
@@ -240,7 +263,7 @@ class EmotionPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         t0 = time.perf_counter()
-        clips = waveforms(batch["waveform"])
+        clips = waveforms(batch[WAVEFORM])
         results = self.predict(clips)
         D = self.bundle.embed_dim
         C = len(self.labels) or 9
@@ -292,12 +315,10 @@ class EmotionPredictor:
             inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float16()), D)
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
-        cols[MODEL_NODE_COLUMN] = pa.array([self.node] * n, pa.string())
-        cols[MODEL_RUNTIME_COLUMN] = pa.array(
-            [self.runtime if ok[i] else None for i in range(n)], pa.string()
-        )
-        cols[MODEL_TIME_COLUMN] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
-        out = batch.drop_columns(["waveform"])
+        cols[MODEL_NODE] = pa.array([self.node] * n, pa.string())
+        cols[MODEL_RUNTIME] = pa.array([self.runtime if ok[i] else None for i in range(n)], pa.string())
+        cols[MODEL_TIME] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
+        out = batch.drop_columns([WAVEFORM])
         out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         for name, arr in cols.items():
             out = out.append_column(name, arr)

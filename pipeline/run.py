@@ -1,147 +1,56 @@
 """The job: the only module that wires Ray Data operators.
 
-    manifest (driver) -> resume filter -> decode (CPU tasks) -> EmotionPredictor (actor pool)
-      -> write_shard (CPU tasks, Parquet) -> per-file summaries streamed back to the driver
+    sources (driver lists them) -> read_units (Ray tasks: parse, normalise, cut into units, skip done)
+      -> prepare_block (CPU tasks: fetch, decode, cut, segment) -> EmotionPredictor (actor pool)
+      -> write_parts (CPU tasks: staged Parquet) -> per-file summaries -> the driver commits units
 
-The driver reads the manifest, validates the model once (so a bad model fails before any work),
-then consumes only the small per-file summaries: progress, counts and `_run.json` come from them.
+The driver never holds a row: it lists the manifest's sources, counts their rows in Ray tasks,
+checks the model once (so a bad model fails before any work), then consumes only the small per-file
+summaries, committing each unit of work as soon as all of its rows are written.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
-import math
-import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import __version__
 from .audio import RESAMPLER
+from .cluster import ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
-from .decode import decode_batch
-from .manifest import Manifest, read_manifest
-from .schema import FRAME_RATE, output_schema, passthrough_schema
+from .manifest import ManifestError, Plan, Source, count_rows, discover, read_units
+from .prepare import Limits, prepare_block
+from .progress import Progress, hms
+from .schema import output_schema, passthrough_schema
 from .storage import Storage, join
-from .writer import RUN_FILE, dedupe, existing_metadata, output_files, scan_ids, write_run_json, write_shard
+from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 2
+READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model  # 2: units with commit markers, span and segment columns
+
 
 class JobError(RuntimeError):
-    """A failure that ends the job with a one-line reason (bad input, model, output)."""
+    """A failure that ends the job with a one-line reason (bad input, model, output, cluster)."""
 
 
-# -- Ray ----------------------------------------------------------------------------------------
-
-
-def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
-    """Join the configured cluster (`ray.address`, else RAY_ADDRESS as set by `ray job submit`), or
-    start an embedded local Ray. -> (this call initialised Ray, it started a local Ray)."""
-    import ray
-
-    if ray.is_initialized():
-        return False, False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return True, False
-    # "local": always a fresh embedded Ray, never some other cluster found on this machine
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
-    return True, True
-
-
-@dataclass
-class Placement:
-    device: str  # "cuda" | "cpu"
-    num_actors: int
-    num_cpus: float
-    num_gpus: float
-    torch_threads: int
-
-
-def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
-    """Decide devices and pool size from the cluster's resources. Asking Ray for a GPU the cluster
-    does not have would wait forever, so that case is an error up front."""
-    m = cfg.model
-    gpus = resources.get("GPU", 0.0)
-    cpus = resources.get("CPU", 1.0)
-    if m.device == "cuda" and gpus <= 0:
-        raise JobError("model.device is cuda but the Ray cluster has no GPUs (set model.device: auto or cpu)")
-    if gpus > 0 and m.device in ("auto", "cuda"):
-        n = m.num_actors or max(1, int(gpus / m.gpus_per_actor))
-        threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
-        return Placement(
-            "cuda", n, min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5)), m.gpus_per_actor, threads
-        )
-    # CPU: leave room for the decode and write tasks, or the pipeline starves (ENVIRONMENT.md). The
-    # model is the only heavy work, so its threads may use the cores the light stages leave idle.
-    n = m.num_actors or max(1, int((cpus - 1) / m.cpus_per_actor))
-    threads = m.torch_threads or max(1, int(cpus // n))
-    return Placement("cpu", n, m.cpus_per_actor, 0.0, threads)
-
-
-# -- progress -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    total: int
-    interval_s: float
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    rows: int = 0
-    ok: int = 0
-    error: int = 0
-    audio_s: float = 0.0
-    files: int = 0
-    start: float = field(default_factory=time.monotonic)
-    _last: float = 0.0
-    _finished: bool = False
-
-    def update(self, summary: pa.Table) -> None:
-        self.rows += int(pc.sum(summary["rows"]).as_py() or 0)
-        self.ok += int(pc.sum(summary["ok"]).as_py() or 0)
-        self.error += int(pc.sum(summary["error"]).as_py() or 0)
-        self.audio_s += float(pc.sum(summary["audio_s"]).as_py() or 0.0)
-        self.files += summary.num_rows
-        now = time.monotonic()
-        finished = self.rows >= self.total
-        if now - self._last >= self.interval_s or (finished and not self._finished):
-            self._last, self._finished = now, finished
-            print(self.line(), file=self.stream, flush=True)
-
-    def line(self) -> str:
-        el = max(time.monotonic() - self.start, 1e-9)
-        rate = self.rows / el
-        eta = (self.total - self.rows) / rate if rate > 0 else float("inf")
-        pct = 100.0 * self.rows / self.total if self.total else 100.0
-        return (
-            f"[emotion2vec] {self.rows}/{self.total} rows ({pct:.0f}%) | ok {self.ok} err {self.error} | "
-            f"{self.audio_s / 3600:.3f} h audio | {rate:.1f} rows/s, {self.audio_s / el:.1f} audio-s/s | "
-            f"ETA {_hms(eta)}"
-        )
-
-
-def _hms(s: float) -> str:
-    if not math.isfinite(s):
-        return "--:--:--"
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-# -- the job --------------------------------------------------------------------------------------
+class RunFailed(RuntimeError):
+    """The run started but could not finish (a Ray failure); what was committed stays."""
 
 
 @dataclass
 class RunResult:
-    info: dict[str, Any]
-    exit_code: int
+    info: dict[str, Any]  # what _run.json holds
+    too_many_errors: bool  # the output's error fraction exceeds output.max_error_fraction
     message: str
 
 
@@ -154,6 +63,28 @@ class ModelInfo:
     embed_dim: int
     labels: list[str]
     weights_sha256: str
+
+
+@dataclass
+class Tally:
+    """What the run did, summed over the units it committed."""
+
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    per_node: dict[str, int] = field(default_factory=dict)
+    per_runtime: dict[str, int] = field(default_factory=dict)
+
+    def add(self, unit: Pending) -> None:
+        for k in COUNTS:
+            self.counts[k] += unit.counts[k]
+        for acc, part in ((self.per_node, unit.per_node), (self.per_runtime, unit.per_runtime)):
+            for key, n in part.items():
+                acc[key] = acc.get(key, 0) + n
+
+    def __getitem__(self, key: str) -> float:
+        return self.counts[key]
+
+
+# -- the model, checked on the driver ------------------------------------------------------------
 
 
 def _resolve_model_source(cfg: JobConfig):
@@ -173,8 +104,8 @@ def _resolve_model_source(cfg: JobConfig):
 
 
 def _check_model(path, ref) -> ModelInfo:
-    """Load the model once on the driver (strict key and shape checks, weights hash), so that a bad
-    checkpoint fails the job before any work; keep only what the driver needs."""
+    """Load the model once (strict key and shape checks, weights hash), so that a bad checkpoint
+    fails the job before any work; keep only what the driver needs."""
     from .model import CheckpointError, ConfigError, load_bundle
 
     try:
@@ -186,183 +117,272 @@ def _check_model(path, ref) -> ModelInfo:
     )
 
 
-def _prepare_output(
-    cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any], manifest: Manifest
-) -> tuple[pa.Table, set[str]]:
-    """Apply output.mode. -> (rows still to process, ids skipped as already done)."""
-    out = cfg.output.path
-    files = output_files(storage, out)
-    mode = cfg.output.mode
-    if files and mode == "error_if_exists":
-        raise JobError(
-            f"output.path {out} already holds {len(files)} Parquet files and output.mode is error_if_exists"
-        )
-    if files and mode == "overwrite":
-        for f in files:
-            storage.delete(f)
-        if storage.exists(join(out, RUN_FILE)):
-            storage.delete(join(out, RUN_FILE))
-        files = []
-    if not files:
-        return manifest.table, set()
-    previous = existing_metadata(storage, out)
-    if previous is not None:
-        mismatched = [
-            k
-            for k in ("weights_sha256", "embed_dim", "labels", "frames", "schema")
-            if previous.get(k) != fingerprint.get(k)
-        ]
-        if mismatched:
-            raise JobError(
-                f"output.path {out} was written with a different {', '.join(mismatched)} "
-                f"(model {previous.get('source')}, sha256 {str(previous.get('weights_sha256'))[:12]}); "
-                f"set output.mode: overwrite or choose another output.path"
-            )
-    removed = storage.remove_stale_temp_files(out)
-    if removed:
-        log.warning("removed %d unfinished temp files left by an earlier run in %s", removed, out)
-    dedupe(storage, out)  # repair anything a crashed run left behind before trusting the ids
-    done = scan_ids(storage, out)
-    ok_ids = done.filter(pc.is_null(done["error"]))["id"]
-    todo = manifest.table.filter(pc.invert(pc.is_in(manifest.table["id"], value_set=ok_ids)))
-    skipped = set(ok_ids.to_pylist()) & set(manifest.table["id"].to_pylist())
-    return todo, skipped
+def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
+    """Check the model (import torch, load, hash: seconds) while Ray starts (seconds)."""
+    import ray
+
+    path, ref = _resolve_model_source(cfg)
+    with ThreadPoolExecutor(1, thread_name_prefix="e2v-model-check") as pool:
+        checking = pool.submit(_check_model, path, ref)
+        try:
+            started_ray, started_local = init_ray(cfg)
+        except ClusterError as e:
+            raise JobError(str(e)) from None
+        try:
+            return checking.result(), started_ray, started_local
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+
+
+# -- the run ---------------------------------------------------------------------------------------
 
 
 def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
-    """Run the job end to end. Raises JobError for failures that stop it before or instead of
-    processing; returns the exit code (non-zero when the error fraction is too high)."""
+    """Run the job end to end. Raises JobError for failures that stop it before processing and
+    RunFailed when Ray fails under it more often than `ray.max_restarts`; the result says whether
+    the output's error fraction is too high."""
     import ray
 
     stream = stream or sys.stderr
     t0 = time.time()
     storage = Storage.from_config(cfg.storage)
     try:
-        manifest = read_manifest(cfg.input, storage)
-    except ValueError as e:
+        sources = discover(cfg.input, storage)
+    except ManifestError as e:
         raise JobError(str(e)) from None
-
-    path, ref = _resolve_model_source(cfg)
-    # Checking the model (import torch, load, hash: seconds) and starting Ray (seconds) need nothing
-    # from each other: the check runs in a thread while Ray starts.
-    with ThreadPoolExecutor(1, thread_name_prefix="e2v-model-check") as pool:
-        checking = pool.submit(_check_model, path, ref)
-        started_ray, started_local = init_ray(cfg)
-        try:
-            model = checking.result()
-        except BaseException:
-            if started_ray:
-                ray.shutdown()
-            raise
-    ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
+    model, started_ray, started_local = _start(cfg)
     try:
-        schema_version = 1
-        fingerprint = {
-            **model.fingerprint,
-            "frame_rate": FRAME_RATE,
-            "frames": cfg.output.frames,
-            "resampler": RESAMPLER,
-            "sample_rate": model.sample_rate,
-            "pipeline_version": __version__,
-            "schema": schema_version,
-        }
-        todo, skipped = _prepare_output(cfg, storage, fingerprint, manifest)
-        schema = output_schema(
-            model.embed_dim,
-            len(model.labels),
-            cfg.output.frames,
-            passthrough_schema(manifest.table.schema),
-            fingerprint,
-        )
-        storage.makedirs(cfg.output.path)
+        plan = _count(cfg, storage, sources)
+        placement = plan_placement(cfg, ray.cluster_resources())
+        fingerprint = _fingerprint(cfg, model, placement, plan)
+        out = _open_output(cfg, storage, fingerprint)
         print(
-            f"[emotion2vec] manifest {manifest.source}: {len(manifest)} rows, {len(skipped)} already done, "
-            f"{todo.num_rows} to process -> {cfg.output.path}",
+            f"[emotion2vec] manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
+            f"{len(out.markers)} units already committed -> {cfg.output.path}",
             file=stream,
             flush=True,
         )
-        placement = plan_placement(cfg, ray.cluster_resources())
-        from .predictor import resolve_dtype  # torch: imported by now (the model check)
-
-        # as resolved on this machine (warns early when a half precision would fall back to float32);
-        # each model actor resolves it again on its own hardware and reports what it ran
-        planned_dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
-        progress = Progress(todo.num_rows, cfg.ray.progress_interval_s, stream)
-        per_node: dict[str, int] = {}
-        per_runtime: dict[str, int] = {}
-        written: set[str] = set()
-        stage_s = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}  # summed over workers
-        if todo.num_rows:
-            ds = build_dataset(cfg, todo, storage, schema, placement, model.weights_sha256)
-            for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                progress.update(summary)
-                written.update(summary["file"].to_pylist())
-                for key in stage_s:
-                    stage_s[key] += float(pc.sum(summary[key]).as_py() or 0.0)
-                for column, acc in (("model_nodes", per_node), ("model_runtimes", per_runtime)):
-                    for counts in summary[column].to_pylist():
-                        for key, rows in json.loads(counts).items():
-                            acc[key] = acc.get(key, 0) + rows
-        report = dedupe(storage, cfg.output.path, newer=written)
-        totals = scan_ids(storage, cfg.output.path)
+        tally = Tally()
+        progress = Progress(_left(plan, out), cfg.ray.progress_interval_s, stream)
+        schema = output_schema(
+            model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
+        )
+        for attempt in range(cfg.ray.max_restarts + 1):
+            try:
+                ds = build_dataset(cfg, plan, out.skip(), storage, schema, placement, model.weights_sha256)
+                _execute(ds, out, tally, progress)
+                break
+            except RunFailed as e:
+                if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
+                    raise
+                print(
+                    f"[emotion2vec] {e}; restarting on what is left ({attempt + 2}/{cfg.ray.max_restarts + 1})",
+                    file=stream,
+                    flush=True,
+                )
+                out.reopen()
+        progress.print()
+        ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
+    except ClusterError as e:
+        raise JobError(str(e)) from None
     finally:
         if started_ray:
             ray.shutdown()
+    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
 
+
+def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any]) -> Output:
+    out = Output(storage, cfg.output.path)
+    try:
+        out.open(cfg.output.mode, fingerprint)
+    except OutputError as e:
+        raise JobError(str(e)) from None
+    storage.makedirs(cfg.output.path)
+    return out
+
+
+def _left(plan: Plan, out: Output) -> int:
+    """Manifest rows this run expects to process (those of units committed without errors are done)."""
+    return max(plan.rows - sum(m.rows for m in out.markers.values() if not m.error), 0)
+
+
+def _recoverable(e: BaseException | None) -> bool:
+    """A Ray failure that a restart on the remaining units can get past (a process or node died),
+    as opposed to a bug that would fail again."""
+    import ray.exceptions as rex
+
+    kinds = (
+        rex.ActorDiedError,
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.ObjectLostError,
+        rex.OwnerDiedError,
+        rex.ActorUnavailableError,
+    )
+    for _ in range(10):
+        if e is None:
+            return False
+        if isinstance(e, kinds):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__
+    return False
+
+
+def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
+    """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
+    import ray
+
+    remote = ray.remote(num_cpus=READ_CPUS)(count_rows)
+    refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
+    counts, schema, row_bytes = [], None, 0.0
+    for s, ref in zip(sources, refs, strict=True):
+        try:
+            n, head, size = (s.audio.num_rows, s.audio.schema, 0.0) if ref is None else ray.get(ref)
+        except ManifestError as e:
+            raise JobError(str(getattr(e, "cause", e))) from None
+        counts.append(n)
+        schema = schema or (head if n else None)
+        row_bytes = max(row_bytes, size)
+    if sum(counts) == 0:
+        raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")
+    if cfg.input.limit:
+        left = cfg.input.limit
+        for i, n in enumerate(counts):
+            counts[i] = min(n, left)
+            left -= counts[i]
+    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes)
+
+
+def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
+    """Everything that changes the numbers in the output: a resumed run must match it."""
+    from .predictor import resolve_dtype  # torch: imported by now (the model check)
+
+    dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
+    return {
+        **model.fingerprint,
+        "frame_rate": 50,
+        "frames": cfg.output.frames,
+        "dtype": dtype,
+        "max_chunk_s": cfg.audio.max_chunk_s,
+        "segmentation": _segmentation(cfg),
+        "resampler": RESAMPLER,
+        "sample_rate": model.sample_rate,
+        "passthrough": hashlib.sha1(str(plan.passthrough).encode()).hexdigest()[:16],
+        "pipeline_version": __version__,
+        "schema": SCHEMA_VERSION,
+    }
+
+
+def _segmentation(cfg: JobConfig) -> Any:
+    mode = getattr(cfg.audio, "segmentation", "none")
+    return mode if mode == "none" else {"mode": mode, **cfg.audio.vad.model_dump()}
+
+
+def _execute(ds, out: Output, tally: Tally, progress: Progress) -> None:
+    """Consume the per-file summaries; commit each unit as soon as all its rows are written."""
+    pending: dict[str, Pending] = {}
+    try:
+        for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for s in summary.to_pylist():
+                unit = pending.setdefault(s["unit"], Pending())
+                unit.add(s)
+                progress.update(s["sources"], s["ok"], s["error"], s["audio_s"])
+                if unit.complete:
+                    out.commit(s["unit"], unit)
+                    tally.add(pending.pop(s["unit"]))
+    except Exception as e:
+        cause = _manifest_cause(e)
+        if cause is not None:
+            raise JobError(str(cause)) from None
+        progress.forget(sum(int(p.counts[k]) for p in pending.values() for k in ("sources",)))
+        raise RunFailed(f"the run failed: {_one_line(e)}") from e
+    if pending:
+        raise RunFailed(f"{len(pending)} units did not receive all their rows; rerun to redo them")
+
+
+def _manifest_cause(e: BaseException) -> ManifestError | None:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ManifestError):
+            return getattr(e, "cause", e) if type(e) is not ManifestError else e
+        e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    """The root cause of a (Ray-wrapped) exception as `Type: first line of its message`."""
+    for _ in range(10):
+        inner = getattr(e, "cause", None) or e.__cause__
+        if inner is None or inner is e:
+            break
+        e = inner
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _finish(
+    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream
+) -> RunResult:
     wall = time.time() - t0
-    processed = progress.rows
-    err_frac = progress.error / processed if processed else 0.0
+    totals = out.totals()
+    frac = totals["error"] / totals["rows"] if totals["rows"] else 0.0
     info = {
         "pipeline_version": __version__,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
         "wall_time_s": round(wall, 3),
-        "rows": {"input": len(manifest), "ok": progress.ok, "error": progress.error, "skipped": len(skipped)},
-        "output_totals": {
-            "rows": totals.num_rows,
-            "ok": int(pc.sum(pc.is_null(totals["error"])).as_py() or 0) if totals.num_rows else 0,
-            "error": int(pc.sum(pc.is_valid(totals["error"])).as_py() or 0) if totals.num_rows else 0,
-            "files": len(output_files(storage, cfg.output.path)),
-            "duplicates_removed": report.removed,
+        "rows": {
+            "input": plan.rows,
+            "ok": int(tally["ok"]),
+            "error": int(tally["error"]),
+            "skipped": plan.rows - int(tally["sources"]),
         },
-        "audio_hours": round(progress.audio_s / 3600, 6),
+        "output_totals": totals,
+        "audio_hours": round(tally["audio_s"] / 3600, 6),
         "throughput": {
-            "rows_per_s": round(processed / wall, 3) if wall else None,
-            "audio_s_per_s": round(progress.audio_s / wall, 3) if wall else None,
+            "rows_per_s": round(tally["rows"] / wall, 3) if wall else None,
+            "audio_s_per_s": round(tally["audio_s"] / wall, 3) if wall else None,
         },
-        "error_fraction": round(err_frac, 6),
-        "stage_seconds": {k: round(v, 3) for k, v in stage_s.items()},
+        "error_fraction": round(frac, 6),
+        "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
         "placement": placement.__dict__,
         "ray": ray_info,
-        "rows_per_model_node": per_node,
-        "rows_per_model_runtime": per_runtime,  # "<device> <dtype>" -> ok rows, as the actors ran them
+        "rows_per_model_node": tally.per_node,
+        "rows_per_model_runtime": tally.per_runtime,  # "<device> <dtype>" -> ok rows, as the actors ran them
         "model": {
             **fingerprint,
             # what the actors ran; when no row reached the model, what this machine would run
-            "dtype": "/".join(sorted({k.split()[-1] for k in per_runtime})) or planned_dtype,
+            "dtype": "/".join(sorted({k.split()[-1] for k in tally.per_runtime})) or fingerprint["dtype"],
         },
         "output_metadata": fingerprint,
         "config": cfg.redacted(),
     }
-    write_run_json(storage, cfg.output.path, info)
+    out.write_run_json(info)
     print(
-        f"[emotion2vec] done in {_hms(wall)}: {progress.ok} ok, {progress.error} errors, {len(skipped)} skipped; "
-        f"{progress.audio_s / 3600:.3f} h audio at {progress.audio_s / max(wall, 1e-9):.1f} audio-s/s -> "
+        f"[emotion2vec] done in {hms(wall)}: {int(tally['ok'])} ok, {int(tally['error'])} errors, {info['rows']['skipped']} skipped; "
+        f"{tally['audio_s'] / 3600:.3f} h audio at {tally['audio_s'] / max(wall, 1e-9):.1f} audio-s/s -> "
         f"{cfg.output.path} ({join(cfg.output.path, RUN_FILE)})",
         file=stream,
         flush=True,
     )
-    if err_frac > cfg.output.max_error_fraction:
+    if frac > cfg.output.max_error_fraction:
         msg = (
-            f"error fraction {err_frac:.1%} ({progress.error}/{processed}) exceeds output.max_error_fraction "
-            f"{cfg.output.max_error_fraction:.1%}; see the error column in {cfg.output.path}"
+            f"error fraction {frac:.1%} ({totals['error']}/{totals['rows']} rows of the output) exceeds "
+            f"output.max_error_fraction {cfg.output.max_error_fraction:.1%}; see the error column in {cfg.output.path}"
         )
-        return RunResult(info, 3, msg)
-    return RunResult(info, 0, "ok")
+        return RunResult(info, True, msg)
+    return RunResult(info, False, "ok")
+
+
+# -- the dataset -----------------------------------------------------------------------------------
 
 
 def build_dataset(
     cfg: JobConfig,
-    todo: pa.Table,
+    plan: Plan,
+    skip: dict[str, Any],
     storage: Storage,
     schema: pa.Schema,
     placement: Placement,
@@ -371,25 +391,57 @@ def build_dataset(
     import ray
     import ray.data
 
-    from .predictor import EmotionPredictor
-
+    quiet_ray_logs()  # ray.data sets up its loggers on import
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_auto_log_stats = False
-
-    rows_per_block = max(cfg.audio.decode_batch_size, 1)
-    blocks = [todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
+    # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
+    # decoded-audio budget of a model call, and re-cut the (tiny) manifest blocks into decode-sized
+    # ones, so decoding runs in parallel and the model stage gets one block per call.
+    ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
+    ds = _read(cfg, plan, skip, storage).repartition(
+        target_num_rows_per_block=plan.block_rows(cfg.audio.decode_batch_size)
+    )
     ds = ds.map_batches(
-        decode_batch,
-        batch_size=cfg.audio.decode_batch_size,
+        prepare_block,
+        batch_size=None,
         batch_format="pyarrow",
-        fn_kwargs={"storage": storage},
+        fn_kwargs={
+            "storage": storage,
+            "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
+            "segmenter": _segmenter(cfg),
+            "block_mb": cfg.audio.block_mb,
+        },
         num_cpus=0.5,
         compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks) if cfg.audio.decode_tasks else None,
     )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named map_batches parameter for max_restarts yet (pyproject pins < 2.64)
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
+        ds = _model_stage(ds, cfg, placement, weights_sha)
+    return ds.map_batches(
+        write_parts,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "output": cfg.output.path,
+            "schema": schema,
+            "storage": storage,
+            "compression": cfg.output.compression,
+            "max_file_mb": cfg.output.max_file_mb,
+            "rows_per_file": cfg.output.rows_per_file,
+        },
+        num_cpus=0.25,
+    )
+
+
+def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
+    import ray.data
+
+    from .predictor import EmotionPredictor
+
     m = cfg.model
-    ds = ds.map_batches(
+    return ds.map_batches(
         EmotionPredictor,
         batch_size=m.rows_per_call,
         batch_format="pyarrow",
@@ -407,26 +459,54 @@ def build_dataset(
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
         },
-        # On GPUs start the whole pool at once (every GPU busy from the start); on CPU start with one
-        # actor and let Ray Data grow the pool within the CPUs the other stages leave.
+        # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
+        # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
         compute=ray.data.ActorPoolStrategy(
-            min_size=placement.num_actors if placement.device == "cuda" else 1, max_size=placement.num_actors
+            min_size=placement.min_actors, max_size=placement.max_actors, max_tasks_in_flight_per_actor=1
         ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
+        # Ray would restart a dead actor from constructor arguments it keeps in the object store
+        # (ray-project/ray#53727: unsafe, and an ERROR line in every run). A dead actor instead fails
+        # this attempt, and run() restarts the pipeline on the units not yet committed.
+        **_NO_ACTOR_RESTARTS,
     )
-    write_rows = cfg.output.rows_per_file if not cfg.output.frames else min(cfg.output.rows_per_file, 256)
-    ds = ds.map_batches(
-        write_shard,
-        batch_size=write_rows,
+
+
+_NO_ACTOR_RESTARTS = {"max_restarts": 0}
+
+
+def _read(cfg: JobConfig, plan: Plan, skip: dict[str, Any], storage: Storage):
+    """The manifest as a Ray Dataset of unit blocks: one read task per source, streamed. A folder of
+    audio files was listed by the driver already: its blocks are cut there."""
+    import ray.data
+
+    kwargs = {"cfg": cfg.input, "storage": storage, "skip": skip, "block_rows": cfg.audio.decode_batch_size}
+    if len(plan.sources) == 1 and plan.sources[0].audio is not None:
+        blocks = list(read_units(plan.sources[0], limit=plan.counts[0], **kwargs))
+        return ray.data.from_arrow(blocks or [_empty_block()])
+    items = [{"source": i} for i in range(len(plan.sources))]
+    return ray.data.from_items(items).map_batches(
+        _read_sources,
+        batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={
-            "output": cfg.output.path,
-            "schema": schema,
-            "storage": storage,
-            "compression": cfg.output.compression,
-            "max_file_mb": cfg.output.max_file_mb,
-        },
-        num_cpus=0.25,
+        fn_kwargs={"sources": plan.sources, "counts": plan.counts, **kwargs},
+        num_cpus=READ_CPUS,
     )
-    return ds
+
+
+def _read_sources(batch: pa.Table, *, sources: list[Source], counts: list[int], **kwargs):
+    for i in batch["source"].to_pylist():
+        yield from read_units(sources[i], limit=counts[i], **kwargs)
+
+
+def _empty_block() -> pa.Table:
+    return pa.table({"id": pa.array([], pa.string())})
+
+
+def _segmenter(cfg: JobConfig):
+    if getattr(cfg.audio, "segmentation", "none") != "vad":
+        return None
+    from .vad import Segmenter
+
+    return Segmenter(cfg.audio.vad)

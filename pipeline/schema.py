@@ -1,4 +1,8 @@
-"""The output Parquet schema (DESIGN.md §3) and its file-level metadata."""
+"""The output Parquet schema, its file-level metadata, and the private columns the stages add.
+
+The public columns are described in docs/architecture.md (Output). Private columns start with `_`:
+they carry bookkeeping between the stages (which unit of work a row belongs to, timings) and are
+never written to the output files."""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ OUTPUT_COLUMNS = (
     "id",
     "path",
     "error",
+    "recording_id",
+    "offset_s",
+    "start_s",
+    "end_s",
     "duration_s",
     "sample_rate",
     "channels",
@@ -24,6 +32,20 @@ OUTPUT_COLUMNS = (
     "segments",
     "frames",
 )
+
+
+# -- private columns (between stages only) --------------------------------------------------------
+AUDIO_BYTES = "_audio_bytes"  # audio carried inside the manifest (binary), instead of a path to fetch
+SPAN_END = "_end_s"  # end of the row's span in its file, seconds (null: to the end); start is offset_s
+INPUT_ERROR = "_input_error"  # a manifest row that cannot be processed, with the reason
+UNIT = "_unit"  # the unit of work (a committed group of rows) the row belongs to
+UNIT_ROWS = "_unit_rows"  # manifest rows of that unit processed by this run
+SEGMENT_TOTAL = "_seg_total"  # on a recording's first output row: how many rows it became; else 0
+DECODE_TIME = "_decode_s"  # per-row share of its decode call's wall time
+MODEL_TIME = "_model_s"  # per-row share of its model call's wall time
+MODEL_NODE = "_model_node"  # which Ray node ran the model on the row
+MODEL_RUNTIME = "_model_runtime"  # "<device> <dtype>" the model really ran in (ok rows)
+WAVEFORM = "waveform"  # 16 kHz mono float32 samples, between decode and the model
 
 
 def segments_type(num_classes: int) -> pa.DataType:
@@ -52,6 +74,10 @@ def output_schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("path", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("recording_id", pa.string()),
+        pa.field("offset_s", pa.float64()),
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
         pa.field("duration_s", pa.float32()),
         pa.field("sample_rate", pa.int32()),
         pa.field("channels", pa.int32()),
@@ -75,6 +101,8 @@ def read_metadata(schema: pa.Schema) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def passthrough_schema(table_schema: pa.Schema) -> pa.Schema:
-    """The manifest columns after id and path."""
-    return pa.schema([f for f in table_schema if f.name not in ("id", "path")])
+def passthrough_schema(table_schema: pa.Schema | None) -> pa.Schema:
+    """The manifest's own columns: all but ours and the private ones."""
+    if table_schema is None:
+        return pa.schema([])
+    return pa.schema([f for f in table_schema if f.name not in OUTPUT_COLUMNS and not f.name.startswith("_")])

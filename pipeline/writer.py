@@ -1,12 +1,20 @@
-"""Parquet output: sharded files committed atomically, the resume scan, the uniqueness check and
-`_run.json`.
+"""Parquet output with exactly-once commits per unit of work, resume, and `_run.json`.
 
-Exactly-once at the file level: a shard's name is a hash of the ids it holds, so a write task that
-Ray retries (after a worker died) rewrites the same file instead of adding a second copy. Files
-become visible atomically (hidden temp file + rename locally; one PUT on S3). After every run,
-`dedupe` scans the `id` column of the whole output and, should any id appear twice (an error row
-superseded by a later ok row on resume, or a crash between the two), keeps one row per id
-(an ok row over an error row) and rewrites the affected files.
+Layout of `output.path`:
+    part-<unit>-<hash>.parquet   committed result rows (the dataset users read)
+    _units/<unit>.json           the commit marker of a unit: its files and sizes, row counts, error ids
+    _staging/<unit>/...          files written for a unit that is not committed yet (invisible:
+                                 hidden folder, names not ending in .parquet)
+    _run.json                    the run summary
+    _corrupt/, _orphans/         files a resumed run found damaged or unowned, set aside (not deleted)
+
+Write tasks put each block's rows, grouped by unit, into `_staging/<unit>/`, under names derived from
+the ids they hold (a task that Ray retries rewrites the same file). The driver counts what arrives
+per unit; when all of a unit's rows are there it commits: marker first (the commit point, one atomic
+write), then the staged files are moved into place. A run that dies leaves at most staged files and
+moves that the next run finishes (the marker says which files belong) or discards (no marker). So a
+rerun never reads result files to find what is done: it lists the markers. Ids are unique across the
+output because each id belongs to one unit and a unit's files are replaced only through its marker.
 """
 
 from __future__ import annotations
@@ -17,33 +25,43 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .schema import read_metadata
+from .schema import (
+    DECODE_TIME,
+    MODEL_NODE,
+    MODEL_RUNTIME,
+    MODEL_TIME,
+    SEGMENT_TOTAL,
+    UNIT,
+    UNIT_ROWS,
+    read_metadata,
+)
 from .storage import Storage, join
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "_run.json"
-# Private columns the stages add for the run summary; never written to the output files.
-MODEL_NODE_COLUMN = "_model_node"  # which Ray node ran the model on each row
-DECODE_TIME_COLUMN = "_decode_s"  # per-row share of its decode call's wall time
-MODEL_TIME_COLUMN = "_model_s"  # per-row share of its model call's wall time
-MODEL_RUNTIME_COLUMN = "_model_runtime"  # "<device> <dtype>" the model really ran in (ok rows)
+UNITS_DIR = "_units"
+STAGING_DIR = "_staging"
+STAGED_SUFFIX = ".staged"
+CORRUPT_DIR = "_corrupt"
+ORPHANS_DIR = "_orphans"
 
 
-def shard_name(ids: list[str]) -> str:
-    h = hashlib.sha1("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:24]
-    return f"part-{h}.parquet"
+def part_name(unit: str, ids: Iterable[str]) -> str:
+    h = hashlib.sha1("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:16]
+    return f"part-{unit}-{h}.parquet"
 
 
-def _to_bytes(table: pa.Table, compression: str) -> bytes:
+def encode_parquet(table: pa.Table, compression: str) -> bytes:
     sink = io.BytesIO()
     pq.write_table(
         table,
@@ -54,153 +72,389 @@ def _to_bytes(table: pa.Table, compression: str) -> bytes:
     return sink.getvalue()
 
 
-def write_shard(
+# -- the write stage (Ray tasks) ----------------------------------------------------------------------
+
+
+def write_parts(
     batch: pa.Table,
     *,
     output: str,
     schema: pa.Schema,
     storage: Storage,
-    compression: str = "zstd",
-    max_file_mb: float = 128.0,
+    compression: str,
+    max_file_mb: float,
+    rows_per_file: int,
 ) -> pa.Table:
-    """Write one block of result rows as one or more Parquet files; return one summary row per file."""
+    """Stage one block of result rows, one or more files per unit; -> one summary row per file."""
     t0 = time.perf_counter()
-    table = batch.select(schema.names).cast(schema)
-    n = table.num_rows
-    parts = max(1, math.ceil(table.nbytes / (max_file_mb * 1e6)))
-    step = max(1, math.ceil(n / parts))
-    rows: list[dict[str, Any]] = []
-    for start in range(0, n, step):
-        part = table.slice(start, step)
-        name = shard_name(part["id"].to_pylist())
-        storage.write_bytes_atomic(join(output, name), _to_bytes(part, compression))
-        n_err = int(pc.sum(pc.is_valid(part["error"])).as_py() or 0)
-        rows.append(
-            {
-                "file": name,
-                "rows": part.num_rows,
-                "ok": part.num_rows - n_err,
-                "error": n_err,
-                "audio_s": float(pc.sum(part["duration_s"]).as_py() or 0.0),
-                "model_nodes": json.dumps(_counts(batch, MODEL_NODE_COLUMN, start, step)),
-                "model_runtimes": json.dumps(_counts(batch, MODEL_RUNTIME_COLUMN, start, step)),
-                "decode_s": _sum(batch, DECODE_TIME_COLUMN, start, step),
-                "model_s": _sum(batch, MODEL_TIME_COLUMN, start, step),
-            }
+    summaries: list[dict[str, Any]] = []
+    for unit in pc.unique(batch[UNIT]).to_pylist():
+        rows = batch.filter(pc.equal(batch[UNIT], unit))
+        table = conform(rows, schema)
+        parts = max(
+            1, math.ceil(table.nbytes / (max_file_mb * 2**20)), math.ceil(table.num_rows / rows_per_file)
         )
-    total = time.perf_counter() - t0
-    for r in rows:
-        r["write_s"] = total * r["rows"] / max(n, 1)
-    return pa.Table.from_pylist(rows)
+        step = math.ceil(table.num_rows / parts)
+        for start in range(0, table.num_rows, step):
+            part = table.slice(start, step)
+            name = part_name(unit, part["id"].to_pylist())
+            storage.write_bytes_atomic(staged_uri(output, unit, name), encode_parquet(part, compression))
+            summaries.append(_summary(unit, name, rows.slice(start, step)))
+    seconds = time.perf_counter() - t0
+    total = max(batch.num_rows, 1)
+    for s in summaries:
+        s["write_s"] = seconds * s["rows"] / total
+    return pa.Table.from_pylist(summaries)
 
 
-def _sum(batch: pa.Table, column: str, start: int, length: int) -> float:
-    if column not in batch.column_names:
-        return 0.0
-    return float(pc.sum(batch[column].slice(start, length)).as_py() or 0.0)
+def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows -> exactly `schema` (a manifest shard may lack a passthrough column the first one had)."""
+    columns = [
+        rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _counts(batch: pa.Table, column: str, start: int, length: int) -> dict[str, int]:
-    if column not in batch.column_names:
-        return {}
+def staged_uri(output: str, unit: str, name: str) -> str:
+    return join(output, f"{STAGING_DIR}/{unit}/{name}{STAGED_SUFFIX}")
+
+
+def _summary(unit: str, name: str, rows: pa.Table) -> dict[str, Any]:
+    errors = int(pc.sum(pc.is_valid(rows["error"])).as_py() or 0)
+    totals = rows[SEGMENT_TOTAL]
     return {
-        r["values"]: r["counts"]
-        for r in pc.value_counts(batch[column].slice(start, length)).to_pylist()
-        if r["values"]
+        "unit": unit,
+        "unit_rows": int(rows[UNIT_ROWS][0].as_py()),
+        "file": name,
+        "rows": rows.num_rows,
+        "ok": rows.num_rows - errors,
+        "error": errors,
+        "sources": int(pc.sum(pc.greater(totals, 0)).as_py() or 0),  # manifest rows that start here
+        "expected": int(pc.sum(totals).as_py() or 0),  # rows those manifest rows became
+        "audio_s": float(pc.sum(rows["duration_s"]).as_py() or 0.0),
+        "decode_s": _sum(rows, DECODE_TIME),
+        "model_s": _sum(rows, MODEL_TIME),
+        "model_nodes": json.dumps(_counts(rows, MODEL_NODE)),
+        "model_runtimes": json.dumps(_counts(rows, MODEL_RUNTIME)),
     }
 
 
-# -- reading back -------------------------------------------------------------------------------
+def _sum(rows: pa.Table, column: str) -> float:
+    return float(pc.sum(rows[column]).as_py() or 0.0) if column in rows.column_names else 0.0
 
 
-def output_files(storage: Storage, output: str) -> list[str]:
-    return storage.list_files(output, ".parquet")
+def _counts(rows: pa.Table, column: str) -> dict[str, int]:
+    if column not in rows.column_names:
+        return {}
+    return {r["values"]: r["counts"] for r in pc.value_counts(rows[column]).to_pylist() if r["values"]}
 
 
-def scan_ids(storage: Storage, output: str) -> pa.Table:
-    """-> table(id, error, file) over every output file (reads two columns only)."""
-    files = output_files(storage, output)
-    if not files:
-        return pa.table(
-            {
-                "id": pa.array([], pa.string()),
-                "error": pa.array([], pa.string()),
-                "file": pa.array([], pa.string()),
-            }
-        )
-    fs, _ = storage.resolve(output)
-    paths = [storage.resolve(f)[1] for f in files]
-    ds = pads.dataset(paths, filesystem=fs, format="parquet")
-    t = ds.to_table(columns=["id", "error", "__filename"])
-    return t.rename_columns(["id", "error", "file"])
-
-
-def existing_metadata(storage: Storage, output: str) -> dict[str, Any] | None:
-    """Pipeline metadata of the output already there: `_run.json` if present, else the first file."""
-    run = join(output, RUN_FILE)
-    if storage.exists(run):
-        try:
-            return json.loads(storage.read_bytes(run)).get("output_metadata")
-        except (ValueError, OSError):
-            pass
-    files = output_files(storage, output)
-    if not files:
-        return None
-    fs, path = storage.resolve(files[0])
-    return read_metadata(pq.read_schema(path, filesystem=fs))
+# -- commit markers -------------------------------------------------------------------------------------
 
 
 @dataclass
-class DedupeReport:
+class Marker:
+    """A committed unit: which files hold its rows, and how many are ok or errors."""
+
+    unit: str
+    files: list[str]
     rows: int
-    unique_ids: int
-    removed: int
-    files_rewritten: int
+    ok: int
+    error: int
+    audio_s: float
+    error_ids: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes: a truncated copy shows at a listing
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Marker:
+        return cls(**json.loads(data))
 
 
-def dedupe(storage: Storage, output: str, newer: set[str] = frozenset()) -> DedupeReport:
-    """Prove that ids are unique across the output; repair duplicates by keeping one row per id
-    and rewriting the files that lose rows. The row kept: an ok row over an error row, then a row
-    in one of the `newer` files (names written by the current run), then the first file by name."""
-    t = scan_ids(storage, output)
-    n = t.num_rows
-    if n == 0:
-        return DedupeReport(0, 0, 0, 0)
-    counts = pc.value_counts(t["id"])
-    dup_ids = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    if len(dup_ids) == 0:
-        return DedupeReport(n, n, 0, 0)
-    sub = t.filter(pc.is_in(t["id"], value_set=dup_ids)).to_pylist()
-    sub.sort(
-        key=lambda r: (r["id"], r["error"] is not None, r["file"].rsplit("/", 1)[-1] not in newer, r["file"])
-    )
-    drop: dict[str, list[str]] = {}  # file -> ids to remove from it
-    seen: set[str] = set()
-    for r in sub:
-        if r["id"] in seen:
-            drop.setdefault(r["file"], []).append(r["id"])
-        else:
-            seen.add(r["id"])
-    fs, _ = storage.resolve(output)
-    removed = 0
-    for path, ids in drop.items():
-        table = pq.read_table(path, filesystem=fs)
-        keep = table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(ids, pa.string()))))
-        removed += table.num_rows - keep.num_rows
-        uri = _uri_like(output, path)
-        if keep.num_rows == 0:
-            storage.delete(uri)
-        else:
-            storage.write_bytes_atomic(uri, _to_bytes(keep, "zstd"))
-    log.info("dedupe: removed %d duplicate rows from %d files", removed, len(drop))
-    return DedupeReport(n, n - removed, removed, len(drop))
+COUNTS = ("sources", "expected", "rows", "ok", "error", "audio_s", "decode_s", "model_s", "write_s")
 
 
-def _uri_like(output: str, fs_path: str) -> str:
-    if output.startswith(("s3://", "s3a://")):
-        return "s3://" + fs_path.lstrip("/")
-    return fs_path
+@dataclass
+class Pending:
+    """What the driver has seen of a unit in flight: its files and summed summaries."""
+
+    unit_rows: int = 0
+    files: set[str] = field(default_factory=set)
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    per_node: dict[str, int] = field(default_factory=dict)
+    per_runtime: dict[str, int] = field(default_factory=dict)
+
+    def add(self, s: dict[str, Any]) -> None:
+        self.unit_rows = s["unit_rows"]
+        self.files.add(s["file"])
+        for k in COUNTS:
+            self.counts[k] += s[k]
+        for column, acc in (("model_nodes", self.per_node), ("model_runtimes", self.per_runtime)):
+            for key, n in json.loads(s[column]).items():
+                acc[key] = acc.get(key, 0) + n
+
+    @property
+    def complete(self) -> bool:
+        """Every manifest row of the unit started here, and every row they became arrived."""
+        c = self.counts
+        return c["sources"] == self.unit_rows and c["rows"] == c["expected"]
 
 
-def write_run_json(storage: Storage, output: str, info: dict[str, Any]) -> None:
-    storage.write_bytes_atomic(join(output, RUN_FILE), json.dumps(info, indent=2, sort_keys=False).encode())
+class OutputError(RuntimeError):
+    """The output cannot be used as asked (exists, or was written by something else)."""
+
+
+class Output:
+    """The driver's view of `output.path`: mode, fingerprint check, what is done, commits, totals."""
+
+    def __init__(self, storage: Storage, path: str):
+        self.storage, self.path = storage, path
+        self.markers: dict[str, Marker] = {}
+        self.replaced = 0  # error rows replaced by a later result
+        self.recovered = 0  # units whose interrupted commit this run finished or discarded
+        self.corrupt: list[str] = []  # committed files found damaged, moved to _corrupt/
+        self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
+        self._redo: dict[str, set[str] | int] = {}
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def open(self, mode: str, fingerprint: dict[str, Any]) -> None:
+        files = self.storage.list_files(self.path, ".parquet")
+        units = self._marker_uris()
+        if (files or units) and mode == "error_if_exists":
+            raise OutputError(
+                f"output.path {self.path} already holds results ({len(files)} Parquet files) and "
+                f"output.mode is error_if_exists"
+            )
+        if mode == "overwrite":
+            self._clear(files)
+            return
+        if files or units:
+            self._check_fingerprint(fingerprint)
+        self.markers = self._read_markers(units)
+        self.reopen()
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Compare the committed files with one listing: a unit with a file missing or of another size
+        than committed (a truncated copy, a full disk) is moved aside to `_corrupt/` and redone; a
+        result file no marker names (left by a run that died while replacing a unit) goes to
+        `_orphans/`. Nothing is deleted: the user can look at what was set aside (renamed `.set-aside`, so
+        that `**/*.parquet` globs no longer read them)."""
+        listed = self._listing()
+        owned: set[str] = set()
+        for unit, m in list(self.markers.items()):
+            owned |= set(m.files)
+            bad = [f for f in m.files if f not in listed or listed[f] != m.sizes.get(f, listed[f])]
+            if bad:
+                log.warning("unit %s: %s missing or damaged; its rows will be redone", unit, ", ".join(bad))
+                self.corrupt += [f for f in bad if f in listed]
+                for f in m.files:
+                    if f in listed:
+                        self.storage.move(join(self.path, f), join(self.path, f"{CORRUPT_DIR}/{f}.set-aside"))
+                self.storage.delete(self._marker_uri(unit))
+                del self.markers[unit]
+        for f in sorted(set(listed) - owned):
+            self.storage.move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
+            self.orphans.append(f)
+        self._redo = {u: set(m.error_ids) if m.error else m.rows for u, m in self.markers.items()}
+
+    def _listing(self) -> dict[str, int]:
+        """Result files at the top of the output -> their sizes, from one listing."""
+        import pyarrow.fs as pafs
+
+        fs, path = self.storage.resolve(self.path)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        return {
+            i.base_name: int(i.size)
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.startswith("part-")
+            and i.base_name.endswith(".parquet")
+        }
+
+    def reopen(self) -> None:
+        """After a failed attempt: discard what it staged and never committed; keep the commits."""
+        self._recover()
+        self._redo = {u: set(m.error_ids) if m.error else m.rows for u, m in self.markers.items()}
+
+    def skip(self) -> dict[str, set[str] | int]:
+        """unit -> committed row count (skip the unit if the manifest still has that many rows), or
+        -> its error ids (redo only those)."""
+        return self._redo
+
+    @property
+    def committed_ok(self) -> int:
+        return sum(m.ok for m in self.markers.values())
+
+    def _marker_uris(self) -> list[str]:
+        return self.storage.list_files(join(self.path, UNITS_DIR), ".json")
+
+    def _read_markers(self, uris: list[str]) -> dict[str, Marker]:
+        with ThreadPoolExecutor(16) as pool:
+            markers = list(pool.map(lambda u: Marker.decode(self.storage.read_bytes(u)), uris))
+        return {m.unit: m for m in markers}
+
+    def _clear(self, files: list[str]) -> None:
+        for uri in files + self._marker_uris() + self._staged():
+            self.storage.delete(uri)
+        if self.storage.exists(join(self.path, RUN_FILE)):
+            self.storage.delete(join(self.path, RUN_FILE))
+
+    def _staged(self) -> list[str]:
+        return [u for u in self.storage.list_files(join(self.path, STAGING_DIR)) if u.endswith(STAGED_SUFFIX)]
+
+    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        previous = self.existing_metadata()
+        if previous is None:
+            return
+        ignored = {"source", "revision", "pipeline_version"}  # naming a model, not changing its numbers
+        keys = sorted((set(previous) | set(fingerprint)) - ignored, key=lambda k: (k != "weights_sha256", k))
+        mismatched = [k for k in keys if previous.get(k) != fingerprint.get(k)]
+        if mismatched:
+            raise OutputError(
+                f"output.path {self.path} was written with a different {', '.join(mismatched)} "
+                f"(model {previous.get('source')}, sha256 {str(previous.get('weights_sha256'))[:12]}); "
+                f"set output.mode: overwrite or choose another output.path"
+            )
+
+    def existing_metadata(self) -> dict[str, Any] | None:
+        """Pipeline metadata of the output already there: `_run.json` if present, else a file's."""
+        run = join(self.path, RUN_FILE)
+        if self.storage.exists(run):
+            try:
+                return json.loads(self.storage.read_bytes(run)).get("output_metadata")
+            except (ValueError, OSError):
+                pass
+        files = self.storage.list_files(self.path, ".parquet")
+        if not files:
+            return None
+        fs, path = self.storage.resolve(files[0])
+        return read_metadata(pq.read_schema(path, filesystem=fs))
+
+    def _recover(self) -> None:
+        """Finish the commits a dead run left half done (its marker is written) and discard the
+        staged files of units it never committed."""
+        staged: dict[str, list[str]] = {}
+        for uri in self._staged():
+            unit = uri.rsplit("/", 2)[-2]
+            staged.setdefault(unit, []).append(uri)
+        for unit, uris in staged.items():
+            marker = self.markers.get(unit)
+            if marker is None:
+                for uri in uris:
+                    self.storage.delete(uri)
+            else:
+                self._publish(marker, uris)
+            self.recovered += 1
+
+    # -- committing -------------------------------------------------------------------------------
+
+    def commit(self, unit: str, seen: Pending) -> Marker:
+        """Make a complete unit visible: marker first, then the files; an earlier commit of the unit
+        (whose error rows this run redid, or whose manifest rows changed) is replaced."""
+        staged = [staged_uri(self.path, unit, name) for name in sorted(seen.files)]
+        old = self.markers.get(unit)
+        redo = self._redo.get(unit)
+        kept: list[str] = []
+        ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
+        if old is not None and isinstance(redo, set):
+            kept, rewritten = self._without(old, redo, unit)
+            staged += rewritten
+            self.replaced += len(redo)
+            ok, error, audio_s = ok + old.ok, error + old.error - len(redo), audio_s + old.audio_s
+        error_ids = self._error_ids(staged) if error else []
+        sizes = {name: old.sizes[name] for name in kept if old and name in old.sizes}
+        sizes.update({_final_name(u): self._size(u) for u in staged})
+        names = sorted(set(kept) | {_final_name(u) for u in staged})
+        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes)
+        self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
+        self._publish(marker, staged)
+        if old is not None:
+            for name in set(old.files) - set(names):
+                self._delete_if_exists(join(self.path, name))
+        self.markers[unit] = marker
+        return marker
+
+    def _without(self, old: Marker, ids: set[str], unit: str) -> tuple[list[str], list[str]]:
+        """Old files of a unit minus the rows being redone -> (names kept as they are, staged rewrites)."""
+        kept, rewritten = [], []
+        drop = pa.array(sorted(ids), pa.string())
+        for name in old.files:
+            fs, path = self.storage.resolve(join(self.path, name))
+            table = pq.read_table(path, filesystem=fs)
+            mask = pc.is_in(table["id"], value_set=drop)
+            if not pc.any(mask).as_py():
+                kept.append(name)
+                continue
+            rest = table.filter(pc.invert(mask))
+            if rest.num_rows:
+                new = part_name(unit, rest["id"].to_pylist())
+                uri = staged_uri(self.path, unit, new)
+                self.storage.write_bytes_atomic(uri, encode_parquet(rest, _compression(path, fs)))
+                rewritten.append(uri)
+        return kept, rewritten
+
+    def _error_ids(self, staged: list[str]) -> list[str]:
+        ids: list[str] = []
+        for uri in staged:
+            fs, path = self.storage.resolve(uri)
+            t = pq.read_table(path, filesystem=fs, columns=["id", "error"])
+            ids += t.filter(pc.is_valid(t["error"]))["id"].to_pylist()
+        return sorted(ids)
+
+    def _size(self, uri: str) -> int:
+        fs, path = self.storage.resolve(uri)
+        return int(fs.get_file_info(path).size)
+
+    def _publish(self, marker: Marker, staged: list[str]) -> None:
+        for uri in staged:
+            name = _final_name(uri)
+            if name in marker.files:
+                self.storage.move(uri, join(self.path, name))
+            else:
+                self.storage.delete(uri)
+
+    def _delete_if_exists(self, uri: str) -> None:
+        if self.storage.exists(uri):
+            self.storage.delete(uri)
+
+    def _marker_uri(self, unit: str) -> str:
+        return join(self.path, f"{UNITS_DIR}/{unit}.json")
+
+    # -- totals -----------------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, Any]:
+        """Rows over the whole output (every committed unit, from their markers)."""
+        ok = sum(m.ok for m in self.markers.values())
+        error = sum(m.error for m in self.markers.values())
+        return {
+            "rows": ok + error,
+            "ok": ok,
+            "error": error,
+            "units": len(self.markers),
+            "files": sum(len(m.files) for m in self.markers.values()),
+            "replaced": self.replaced,
+            "recovered_units": self.recovered,
+            "corrupt_files_moved": self.corrupt,
+            "orphan_files_moved": self.orphans,
+        }
+
+    def write_run_json(self, info: dict[str, Any]) -> None:
+        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), json.dumps(info, indent=2).encode())
+
+
+def _final_name(staged: str) -> str:
+    return staged.rsplit("/", 1)[-1][: -len(STAGED_SUFFIX)]
+
+
+def _compression(path: str, fs: Any) -> str:
+    """The codec an existing file was written with, so a rewrite keeps it."""
+    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    if meta.num_row_groups == 0 or meta.num_columns == 0:
+        return "zstd"
+    codec = meta.row_group(0).column(0).compression.lower()
+    return "none" if codec == "uncompressed" else codec

@@ -1,3 +1,6 @@
+"""Manifests as corpora ship them: formats, folders, globs, Kaldi dirs, Lhotse CutSets, units."""
+
+import gzip
 import json
 
 import pyarrow as pa
@@ -5,23 +8,31 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import ManifestError, read_manifest
+from pipeline.manifest import ManifestError, count_rows, discover, read_units
 from pipeline.storage import Storage
 
 
-def read(path, **kw):
-    return read_manifest(InputConfig(manifest=str(path), **kw), Storage())
+def read(path, skip=None, **kw):
+    """Everything the read tasks would produce for `input.manifest: path`, as one table."""
+    cfg = InputConfig(manifest=str(path), **kw)
+    storage = Storage()
+    tables = []
+    for source in discover(cfg, storage):
+        count_rows(source, cfg, storage)  # checks, as the job does first
+        tables += list(read_units(source, cfg, storage, limit=None, skip=skip or {}, block_rows=1000))
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def test_nemo_csv_with_relative_paths_and_passthrough(tmp_path):
     (tmp_path / "m.csv").write_text(
         "audio_filepath,duration,text,speaker\na/1.wav,1.5,hello,s1\nb/2.flac,2.0,bye,s2\n"
     )
-    m = read(tmp_path / "m.csv", id_column="audio_filepath", audio_root="/data")
-    assert m.table["path"].to_pylist() == ["/data/a/1.wav", "/data/b/2.flac"]
-    assert m.table["id"].to_pylist() == ["a/1.wav", "b/2.flac"]
-    assert m.passthrough == ["duration", "text", "speaker"]
-    assert m.table["duration"].type == pa.float64()
+    t = read(tmp_path / "m.csv", id_column="audio_filepath", audio_root="/data")
+    assert t["path"].to_pylist() == ["/data/a/1.wav", "/data/b/2.flac"]
+    assert t["id"].to_pylist() == ["a/1.wav", "b/2.flac"]
+    # without an offset, NeMo's duration is just a column (the whole file is used)
+    assert t["offset_s"].to_pylist() == [None, None] and t["duration"].to_pylist() == [1.5, 2.0]
+    assert t["text"].to_pylist() == ["hello", "bye"]
 
 
 def test_jsonl_aliases_resolve_against_manifest_dir(tmp_path):
@@ -30,22 +41,34 @@ def test_jsonl_aliases_resolve_against_manifest_dir(tmp_path):
         {"key": "u2", "source": "/abs/y.wav", "emo": "sad"},
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    m = read(tmp_path / "m.jsonl")
-    assert (m.id_column, m.path_column) == ("key", "source")
-    assert m.table["path"].to_pylist() == [str(tmp_path / "x.wav"), "/abs/y.wav"]
-    assert m.table["emo"].to_pylist() == ["hap", "sad"]
+    t = read(tmp_path / "m.jsonl")
+    assert t["id"].to_pylist() == ["u1", "u2"]
+    assert t["path"].to_pylist() == [str(tmp_path / "x.wav"), "/abs/y.wav"]
+    assert t["emo"].to_pylist() == ["hap", "sad"]
 
 
 def test_wav_scp_tsv_json_parquet(tmp_path):
     (tmp_path / "wav.scp").write_text("u1 /a/1.wav\nu2 /a/my file.wav\n\n")
-    assert read(tmp_path / "wav.scp").table["path"].to_pylist() == ["/a/1.wav", "/a/my file.wav"]
+    assert read(tmp_path / "wav.scp")["path"].to_pylist() == ["/a/1.wav", "/a/my file.wav"]
     (tmp_path / "m.tsv").write_text("utt_id\twav\tlabel\nu1\t/a.wav\tang\n")
-    m = read(tmp_path / "m.tsv")
-    assert m.renamed == {"label": "manifest_label"} and m.table["manifest_label"].to_pylist() == ["ang"]
+    assert read(tmp_path / "m.tsv")["manifest_label"].to_pylist() == ["ang"]
     (tmp_path / "m.json").write_text(json.dumps([{"id": 1, "path": "/a.wav"}, {"id": 2, "path": "/b.wav"}]))
-    assert read(tmp_path / "m.json").table["id"].to_pylist() == ["1", "2"]
+    assert read(tmp_path / "m.json")["id"].to_pylist() == ["1", "2"]
     pq.write_table(pa.table({"id": ["a"], "path": ["/a.wav"], "n": [3]}), tmp_path / "m.parquet")
-    assert read(tmp_path / "m.parquet").passthrough == ["n"]
+    assert read(tmp_path / "m.parquet")["n"].to_pylist() == [3]
+
+
+def test_spans_nemo_offset_duration_and_start_end(tmp_path):
+    rows = [
+        {"id": "a", "audio_filepath": "/r.wav", "offset": 1.25, "duration": 2.0},
+        {"id": "b", "audio_filepath": "/r.wav", "offset": 4.0, "duration": None},
+    ]
+    (tmp_path / "nemo.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    t = read(tmp_path / "nemo.jsonl")
+    assert t["offset_s"].to_pylist() == [1.25, 4.0] and t["_end_s"].to_pylist() == [3.25, None]
+    (tmp_path / "se.csv").write_text("id,path,start,end,who\nx,/r.wav,0.5,1.5,s1\n")
+    t = read(tmp_path / "se.csv")
+    assert (t["offset_s"][0].as_py(), t["_end_s"][0].as_py(), t["who"][0].as_py()) == (0.5, 1.5, "s1")
 
 
 def test_duplicate_ids_are_refused_naming_one(tmp_path):
@@ -67,3 +90,112 @@ def test_missing_columns_and_files(tmp_path):
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ManifestError, match="set input.format"):
         read(tmp_path / "m.txt")
+
+
+def test_glob_and_directory_of_shards_read_as_one_manifest(tmp_path):
+    d = tmp_path / "manifests"
+    d.mkdir()
+    for k in range(3):
+        (d / f"part-{k}.jsonl").write_text(
+            "".join(json.dumps({"id": f"s{k}-{i}", "path": f"/a/{k}/{i}.wav"}) + "\n" for i in range(4))
+        )
+    (d / "_SUCCESS").write_text("")  # hidden/marker files are not manifests
+    want = sorted(f"s{k}-{i}" for k in range(3) for i in range(4))
+    assert sorted(read(d / "part-*.jsonl")["id"].to_pylist()) == want
+    assert sorted(read(d)["id"].to_pylist()) == want
+    (d / "extra.csv").write_text("id,path\nz,/z.wav\n")
+    with pytest.raises(ManifestError, match="several formats"):
+        read(d)
+
+
+def test_folder_of_audio_is_a_manifest_ids_relative_without_extension(tmp_path):
+    for rel in ("speaker_a/take0.wav", "speaker_a/take1.mp4", "speaker_b/x.flac"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    t = read(tmp_path)
+    assert sorted(t["id"].to_pylist()) == ["speaker_a/take0", "speaker_a/take1", "speaker_b/x"]
+    assert str(tmp_path / "speaker_b/x.flac") in t["path"].to_pylist()
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    with pytest.raises(ManifestError, match="mixes manifests"):
+        read(tmp_path)
+
+
+def test_kaldi_data_dir_with_segments_speakers_and_text(tmp_path):
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 sox /x.wav -t wav - |\n")
+    (tmp_path / "segments").write_text("u1 rec1 0.50 1.75\nu2 rec1 2.0 -1\nu3 rec2 0 1\n")
+    (tmp_path / "utt2spk").write_text("u1 alice\nu2 bob\nu3 carol\n")
+    (tmp_path / "text").write_text("u1 hello there\nu2 bye\n")
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == ["u1", "u2", "u3"]
+    assert t["recording_id"].to_pylist() == ["rec1", "rec1", "rec2"]
+    assert t["offset_s"].to_pylist() == [0.5, 2.0, 0.0] and t["_end_s"].to_pylist() == [1.75, None, 1.0]
+    assert t["speaker"].to_pylist() == ["alice", "bob", "carol"]
+    assert t["text"].to_pylist() == ["hello there", "bye", None]
+    assert t["path"][0].as_py() == "/audio/rec1.wav" and "pipe command" in t["_input_error"][2].as_py()
+
+
+def test_lhotse_cutset_written_by_lhotse(tmp_path):
+    lhotse = pytest.importorskip("lhotse")
+    rec = lhotse.Recording(
+        id="rec1",
+        sources=[lhotse.audio.AudioSource(type="file", channels=[0], source="/audio/rec1.wav")],
+        sampling_rate=16000,
+        num_samples=16000 * 10,
+        duration=10.0,
+    )
+    sups = [
+        lhotse.SupervisionSegment(
+            id="s1", recording_id="rec1", start=1.0, duration=2.0, speaker="A", text="hi"
+        ),
+        lhotse.SupervisionSegment(
+            id="s2", recording_id="rec1", start=4.5, duration=1.5, speaker="B", custom={"emotion": "sad"}
+        ),
+    ]
+    cuts = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings([rec]),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    )
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    t = read(tmp_path / "cuts.jsonl.gz")
+    assert t["id"].to_pylist() == ["s1", "s2"]
+    assert t["offset_s"].to_pylist() == [1.0, 4.5] and t["_end_s"].to_pylist() == [3.0, 6.0]
+    assert t["speaker"].to_pylist() == ["A", "B"] and t["recording_id"].to_pylist() == ["rec1", "rec1"]
+    assert json.loads(t["custom"][1].as_py()) == {"emotion": "sad"}
+    # a cut without supervisions is one row, named by the cut
+    line = json.loads(gzip.decompress((tmp_path / "cuts.jsonl.gz").read_bytes()).splitlines()[0])
+    line["supervisions"], line["id"] = [], "whole-cut"
+    (tmp_path / "bare_cuts.jsonl").write_text(json.dumps(line) + "\n")
+    t = read(tmp_path / "bare_cuts.jsonl")
+    assert t["id"].to_pylist() == ["whole-cut"] and t["path"].to_pylist() == ["/audio/rec1.wav"]
+
+
+def test_units_cut_rows_and_resume_skips_done_units_and_redoes_error_ids(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"id": f"u{i:02d}", "path": f"/a/{i}.wav"}) + "\n" for i in range(10))
+    )
+    t = read(tmp_path / "m.jsonl", rows_per_unit=4)
+    units = t["_unit"].to_pylist()
+    assert len(set(units)) == 3 and units.count(units[0]) == 4 and units.count(units[-1]) == 2
+    assert t["_unit_rows"].to_pylist() == [4] * 8 + [2] * 2
+    first, second, last = sorted(set(units))
+    again = read(tmp_path / "m.jsonl", rows_per_unit=4, skip={first: 4, second: {"u05"}, last: 3})
+    # done unit skipped; only the error id of the second redone; the last unit changed size: redone
+    assert again["id"].to_pylist() == ["u05", "u08", "u09"]
+    assert again["_unit_rows"].to_pylist() == [1, 2, 2]
+
+
+def test_hf_parquet_with_embedded_audio_bytes(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from datasets.table import embed_table_storage
+
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    ds = datasets.Dataset.from_dict({"id": ["a", "b"], "audio": [str(wav), str(wav)], "emotion": ["x", "y"]})
+    ds = ds.cast_column("audio", datasets.Audio())
+    pq.write_table(embed_table_storage(ds.data.table), tmp_path / "train-00000.parquet")
+    t = read(tmp_path / "train-00000.parquet")
+    assert t["_audio_bytes"][0].as_py() == wav.read_bytes()
+    assert t["emotion"].to_pylist() == ["x", "y"] and t["path"][0].as_py().endswith("a.wav")

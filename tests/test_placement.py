@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from pipeline.cluster import ClusterError, plan_placement
 from pipeline.config import parse_config
-from pipeline.run import JobError, plan_placement
 
 
 def cfg(**model):
@@ -13,21 +13,27 @@ def cfg(**model):
 
 def test_gpu_cluster_gets_one_actor_per_gpu_or_more_with_fractions():
     p = plan_placement(cfg(), {"CPU": 32.0, "GPU": 4.0})
-    assert (p.device, p.num_actors, p.num_gpus) == ("cuda", 4, 1.0)
+    assert (p.device, p.min_actors, p.num_gpus) == ("cuda", 4, 1.0)
     p = plan_placement(cfg(gpus_per_actor=0.5), {"CPU": 32.0, "GPU": 4.0})
-    assert (p.num_actors, p.num_gpus) == (8, 0.5)
+    assert (p.min_actors, p.num_gpus) == (8, 0.5)
+
+
+def test_gpu_pool_follows_gpus_added_later_unless_pinned():
+    # no upper bound: Ray Data grows the pool when an autoscaler adds GPU nodes mid-run
+    assert plan_placement(cfg(), {"CPU": 32.0, "GPU": 4.0}).max_actors is None
+    assert plan_placement(cfg(num_actors=2), {"CPU": 32.0, "GPU": 4.0}).max_actors == 2
 
 
 def test_cpu_cluster_leaves_room_for_decode_and_write():
     p = plan_placement(cfg(), {"CPU": 2.0})
-    assert (p.device, p.num_actors, p.num_gpus, p.torch_threads) == ("cpu", 1, 0.0, 2)
+    assert (p.device, p.max_actors, p.num_gpus, p.torch_threads) == ("cpu", 1, 0.0, 2)
     p = plan_placement(cfg(cpus_per_actor=4), {"CPU": 16.0})
-    assert (p.num_actors, p.torch_threads) == (3, 5)
+    assert (p.max_actors, p.torch_threads) == (3, 5)
     assert plan_placement(cfg(device="cpu"), {"CPU": 8.0, "GPU": 1.0}).device == "cpu"
 
 
 def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
-    with pytest.raises(JobError, match="no GPUs"):
+    with pytest.raises(ClusterError, match="no GPUs"):
         plan_placement(cfg(device="cuda"), {"CPU": 8.0})
 
 

@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 
@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT / "jobs"))
 import extract  # noqa: E402
 
 
-def job_config(tmp_path, manifest, model, out, extra=""):
+def job_config(tmp_path, manifest, model, out, extra="", unit=1000):
+    """A job YAML; small `unit`s (manifest rows committed together) let a killed run leave commits."""
     cfg = tmp_path / f"job-{abs(hash((str(manifest), str(out), extra))) % 10**8}.yaml"
     cfg.write_text(
-        f"input:\n  manifest: {manifest}\n"
+        f"input:\n  manifest: {manifest}\n  rows_per_unit: {unit}\n"
         f"model:\n  source: {model}\n  device: cpu\n  rows_per_call: 4\n"
         f"audio:\n  decode_batch_size: 4\n"
         f"output:\n  path: {out}\n" + extra
@@ -100,8 +101,8 @@ def test_bad_inputs_become_error_rows(ray_session, tiny_model_dir, tmp_path):
         "empty": "decode: AudioError: .*empty.wav: empty file",
         "header_only": "decode: AudioError: .*header.wav: .*no samples",
         "truncated": "decode: AudioError: .*truncated.flac",
-        "not_audio": "decode: AudioError: .*notes.wav: unsupported or unrecognised",
-        "m4a": "decode: AudioError: .*voice.m4a: unsupported or unrecognised",
+        "not_audio": "decode: AudioError: .*notes.wav: unrecognised, unsupported or corrupt",
+        "m4a": "decode: AudioError: .*voice.m4a: .*(corrupt|no audio stream|FFmpeg)",
         "short": "decode: AudioError: .*short.wav: too short: 300 samples",
         "nan": "decode: AudioError: .*nan.wav: contains non-finite",
         "missing": "fetch: FileNotFoundError: .*no-such-file.wav",
@@ -135,7 +136,7 @@ def test_error_rows_are_retried_and_replaced_on_resume(ray_session, tiny_model_d
     assert rows_of(out)["late"]["error"] is None
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"] == {"input": 2, "ok": 1, "error": 0, "skipped": 1}
-    assert run["output_totals"]["duplicates_removed"] == 1
+    assert run["output_totals"]["replaced"] == 1
 
 
 def test_resume_with_another_model_is_refused_and_overwrite_replaces(
@@ -204,7 +205,7 @@ def wait_for(pred, timeout, what):
 def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 6)
     out = tmp_path / "out"
-    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n", unit=4)
     proc, _ = start_job(cfg, tmp_path, "first")
     try:
         wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
@@ -230,7 +231,7 @@ def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
 def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 6)
     out = tmp_path / "out"
-    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n")
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n", unit=4)
     proc, log = start_job(cfg, tmp_path, "job")
 
     def model_worker():
@@ -255,3 +256,26 @@ def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["ok"] == len(ids) and run["rows"]["error"] == 0
+
+
+def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
+    ray_session, tiny_model_dir, tmp_path
+):
+    m, ids = repeated_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, unit=5)
+    assert extract.main(["--config", str(cfg)]) == 0
+    files = sorted(out.glob("part-*.parquet"))
+    assert len(files) >= 2
+    victim = files[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a partial copy
+    stray = out / "part-copied-by-hand.parquet"
+    stray.write_bytes(files[1].read_bytes())  # same rows again, under a name no unit owns
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ids)
+    assert (out / "_corrupt" / f"{victim.name}.set-aside").exists()
+    assert (out / "_orphans" / f"{stray.name}.set-aside").exists()
+    run = json.loads((out / "_run.json").read_text())
+    assert run["output_totals"]["corrupt_files_moved"] == [victim.name]
+    assert run["output_totals"]["orphan_files_moved"] == [stray.name]
+    assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]

@@ -1,0 +1,100 @@
+"""Ray: join or start a cluster (failing fast when it cannot be reached), and size the model pool."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+
+from .config import JobConfig
+
+REACH_TIMEOUT_S = 10.0
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot be used as configured (unreachable cluster, GPUs it does not have)."""
+
+
+def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
+    """Join the configured cluster (`ray.address`, else RAY_ADDRESS as set by `ray job submit`), or
+    start an embedded local Ray. -> (this call initialised Ray, it started a local Ray)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, False
+    quiet_ray_logs()
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # Ray's own INFO lines (local instance started, data executor plans) are not the job's news
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        check_reachable(address)
+        ray.init(address=address, **quiet)
+        return True, False
+    # "local": always a fresh embedded Ray, never some other cluster found on this machine
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+    return True, True
+
+
+def quiet_ray_logs() -> None:
+    """The job prints its own progress and summary; Ray Data's plan and executor lines, and the
+    note that a local Ray uses token auth (its default), would only look like news to the user."""
+    for name in ("ray.data", "ray._private.authentication"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Ray retries an unreachable GCS for minutes with only its own log lines; a TCP connect says
+    within seconds whether anything listens at host:port."""
+    target = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ClusterError(f"ray.address {address!r} is not host:port") from None
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({reason} after {timeout_s:.0f} s); check ray.address "
+            f"(or RAY_ADDRESS), or leave it unset to run on an embedded local Ray"
+        ) from None
+
+
+@dataclass
+class Placement:
+    device: str  # "cuda" | "cpu"
+    min_actors: int
+    max_actors: int | None  # None: grow with the GPUs the cluster gains (autoscaling)
+    num_cpus: float
+    num_gpus: float
+    torch_threads: int
+
+
+def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
+    """Devices and pool size from the cluster's resources. Asking Ray for a GPU the cluster does
+    not have would wait forever, so that case is an error up front."""
+    m = cfg.model
+    gpus = resources.get("GPU", 0.0)
+    cpus = resources.get("CPU", 1.0)
+    if m.device == "cuda" and gpus <= 0:
+        raise ClusterError(
+            "model.device is cuda but the Ray cluster has no GPUs (set model.device: auto or cpu)"
+        )
+    if gpus > 0 and m.device in ("auto", "cuda"):
+        n = m.num_actors or max(1, int(gpus / m.gpus_per_actor))
+        threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
+        cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
+        # the pool starts with every GPU busy and, unless num_actors pins it, follows GPUs added later
+        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads)
+    # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
+    # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
+    # cores the light stages leave idle.
+    n = m.num_actors or max(1, int((cpus - 1) / m.cpus_per_actor))
+    threads = m.torch_threads or max(1, int(cpus // n))
+    # a pool size the user asked for starts whole; by default start with one actor and let Ray Data
+    # grow the pool within the CPUs the other stages leave
+    return Placement("cpu", m.num_actors or 1, n, m.cpus_per_actor, 0.0, threads)

@@ -1,0 +1,234 @@
+"""The CPU stage: fetch or unpack each row's audio, decode it to 16 kHz mono, cut its span, split it
+into speech segments when asked, or record why not.
+
+Input: normalised manifest blocks (see manifest.py). Output: one row per span to run through the
+model (a recording split by voice activity becomes several rows), with `error`, `duration_s`,
+`sample_rate`, `channels`, `recording_id`, `offset_s`, `start_s`, `end_s` and `waveform`
+(large_list<float32>, null when there is nothing to run). No exception escapes for a bad row: every
+failure becomes `error = "stage: ExceptionType: message"` naming the file. Rows of one recording
+that follow each other (segments of a long file) share one fetch and one decode. Output blocks are
+cut by decoded audio size, so the model stage gets similar amounts of work per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+
+from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
+from .schema import AUDIO_BYTES, DECODE_TIME, INPUT_ERROR, SEGMENT_TOTAL, SPAN_END, WAVEFORM
+from .storage import Storage
+
+Segmenter = Callable[[np.ndarray], list[tuple[int, int]]]  # 16 kHz samples -> [start, end) spans
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Refuse audio that would take a worker down, before decoding it where the header tells."""
+
+    max_duration_s: float | None = None
+    max_file_mb: float | None = None
+
+
+@dataclass
+class Span:
+    """One output row in the making."""
+
+    source: int  # index of its manifest row in the block
+    id: str
+    error: str | None = None
+    audio: DecodedAudio | None = None
+    samples: np.ndarray | None = None  # what the model runs on
+    start_s: float | None = None  # in the recording
+    end_s: float | None = None
+    recording_id: str | None = None
+    first: bool = True  # the first row its manifest row became
+
+
+def prepare_block(
+    batch: pa.Table,
+    *,
+    storage: Storage,
+    limits: Limits = Limits(),
+    segmenter: Segmenter | None = None,
+    block_mb: float = 64.0,
+) -> Iterator[pa.Table]:
+    """A block of manifest rows -> blocks of model-ready rows (see the module docstring)."""
+    t0 = time.perf_counter()
+    budget = int(block_mb * 2**20 / 4)  # float32 samples per output block
+    pending: list[Span] = []
+    size = 0
+    loader = _Loader(storage, limits)
+    for i, row in enumerate(_rows(batch)):
+        for span in _spans(i, row, loader, segmenter):
+            pending.append(span)
+            size += 0 if span.samples is None else len(span.samples)
+        if size >= budget:
+            yield _table(batch, pending, time.perf_counter() - t0)
+            pending, size, t0 = [], 0, time.perf_counter()
+    if pending:
+        yield _table(batch, pending, time.perf_counter() - t0)
+
+
+def _rows(batch: pa.Table) -> Iterator[dict]:
+    names = ["id", "path", "recording_id", "offset_s", SPAN_END, AUDIO_BYTES, INPUT_ERROR]
+    cols = {n: batch[n].to_pylist() if n in batch.column_names else [None] * batch.num_rows for n in names}
+    for i in range(batch.num_rows):
+        yield {n: cols[n][i] for n in names}
+
+
+class _Loader:
+    """Fetch + decode, remembering the last recording (segments of one file come in a row)."""
+
+    def __init__(self, storage: Storage, limits: Limits):
+        self.storage, self.limits = storage, limits
+        self._key: str | None = None
+        self._last: DecodedAudio | str | None = None
+
+    def load(self, row: dict) -> DecodedAudio | str:
+        """-> the decoded audio, or the error string for the row."""
+        key = row["path"] if row[AUDIO_BYTES] is None else None
+        if key is not None and key == self._key:
+            return self._last  # type: ignore[return-value]
+        result = self._load(row)
+        self._key, self._last = key, result
+        return result
+
+    def _load(self, row: dict) -> DecodedAudio | str:
+        path, data = row["path"], row[AUDIO_BYTES]
+        name = path or row["id"]
+        if data is None:
+            if not path:
+                return "input: ValueError: the manifest row has no audio path"
+            try:
+                data = self.storage.read_bytes(path)
+            except Exception as e:  # noqa: BLE001 - any fetch failure is this row's error
+                return f"fetch: {type(e).__name__}: {_msg(e, path)}"
+        try:
+            return decode(
+                data,
+                name=name,
+                max_duration_s=self.limits.max_duration_s,
+                max_bytes=None if self.limits.max_file_mb is None else int(self.limits.max_file_mb * 2**20),
+            )
+        except Exception as e:  # noqa: BLE001 - whatever the decoder raises is this row's error
+            return f"decode: {type(e).__name__}: {name}: {e}"
+
+
+def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> list[Span]:
+    offset, end = row["offset_s"], row[SPAN_END]
+    spanned = offset is not None or end is not None
+    # what the manifest asked for, kept on error rows too
+    base = Span(
+        i,
+        row["id"],
+        recording_id=row["recording_id"],
+        start_s=(offset or 0.0) if spanned else None,
+        end_s=end,
+    )
+    if row[INPUT_ERROR]:
+        return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
+    audio = loader.load(row)
+    if isinstance(audio, str):
+        return [replace(base, error=audio)]
+    base.audio = audio
+    samples = audio.samples
+    if spanned:
+        try:
+            samples = cut(samples, offset or 0.0, end)
+        except AudioError as e:
+            return [replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}")]
+        base.end_s = base.start_s + len(samples) / TARGET_SR
+    whole = replace(base, samples=samples)
+    if segmenter is None:
+        return [whole]
+    return _segment(whole, segmenter)
+
+
+def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
+    """One span -> its speech segments, ids `<id>-<start cs>-<end cs>` (Kaldi's style, stable)."""
+    assert whole.samples is not None
+    sr = TARGET_SR
+    origin = whole.start_s or 0.0
+    rec = whole.id
+    spans = []
+    for a, b in segmenter(whole.samples):
+        start, end = origin + a / sr, origin + b / sr
+        sid = f"{rec}-{round(start * 100):07d}-{round(end * 100):07d}"
+        spans.append(
+            Span(
+                whole.source,
+                sid,
+                audio=whole.audio,
+                samples=whole.samples[a:b],
+                start_s=start,
+                end_s=end,
+                recording_id=rec,
+                first=not spans,
+            )
+        )
+    if not spans:  # no speech: the recording still appears once, with nothing to run
+        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec)]
+    return spans
+
+
+def _table(batch: pa.Table, spans: list[Span], seconds: float) -> pa.Table:
+    n = len(spans)
+    base = batch.take(pa.array([s.source for s in spans], pa.int64()))
+    base = base.drop_columns([c for c in (AUDIO_BYTES, SPAN_END, INPUT_ERROR) if c in base.column_names])
+    audio = [s.audio for s in spans]
+    known = np.array([a is not None for a in audio])
+    has_wave = np.array([s.samples is not None for s in spans])
+    lengths = np.array([0 if s.samples is None else len(s.samples) for s in spans], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = (
+        np.concatenate([s.samples for s in spans if s.samples is not None])
+        if has_wave.any()
+        else np.zeros(0, np.float32)
+    )
+    duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
+    columns = {
+        "id": pa.array([s.id for s in spans], pa.string()),
+        "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
+        "start_s": pa.array([s.start_s for s in spans], pa.float64()),
+        "end_s": pa.array([s.end_s for s in spans], pa.float64()),
+        "offset_s": pa.array([s.start_s for s in spans], pa.float64()),
+    }
+    for name, arr in columns.items():
+        at = base.schema.get_field_index(name)
+        base = base.set_column(at, name, arr) if at >= 0 else base.append_column(name, arr)
+    extra = {
+        "error": pa.array([s.error for s in spans], pa.string()),
+        "duration_s": pa.array(duration, pa.float32(), mask=~known),
+        "sample_rate": pa.array([a.sample_rate if a else 0 for a in audio], pa.int32(), mask=~known),
+        "channels": pa.array([a.channels if a else 0 for a in audio], pa.int32(), mask=~known),
+        WAVEFORM: pa.LargeListArray.from_arrays(
+            pa.array(offsets, pa.int64()), pa.array(values, pa.float32()), mask=pa.array(~has_wave)
+        ),
+        SEGMENT_TOTAL: pa.array(_totals(spans), pa.int64()),
+        DECODE_TIME: pa.array(np.full(n, seconds / max(n, 1)), pa.float64()),
+    }
+    for name, arr in extra.items():
+        base = base.append_column(name, arr)
+    return base
+
+
+def _totals(spans: list[Span]) -> list[int]:
+    """On each manifest row's first output row: how many output rows it became (0 on the others), so
+    the writer can tell when every row of a unit has arrived, however blocks were split on the way."""
+    totals = [0] * len(spans)
+    first = 0
+    for k, s in enumerate(spans):
+        if s.first:
+            first = k
+        totals[first] += 1
+    return totals
+
+
+def _msg(e: Exception, path: str) -> str:
+    s = str(e).strip() or repr(e)
+    return s if path in s else f"{path}: {s}"
