@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.downstream.timeline import write_timeline  # noqa: E402
 from pipeline.downstream.viz import visualize  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
 
@@ -40,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage = Storage(endpoint_url=args.endpoint_url)
         if args.timeline is not None:
-            from pipeline.downstream.timeline import write_timeline
-
             paths = [write_timeline(args.features, args.timeline, args.output, storage)]
         else:
             paths = visualize(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.samples import SENTENCES, VOICES, synthesize
+from pipeline.testing.samples import SENTENCES, VOICES, synthesize
 
 AUDIBLE = 10 ** (-40 / 20)  # |x| above -40 dBFS counts as speech when trimming a clean clip
 
