@@ -3,8 +3,12 @@
     python jobs/visualize.py --features outputs/iemocap --output outputs/iemocap-viz \
         [--color-by label] [--gold emotion] [--max-points 50000] [--seed 42]
 
+    python jobs/visualize.py --features outputs/calls --timeline call-0042 --output outputs/calls-viz
+
 Writes umap_<column>.png (and umap_<gold>.png), label_counts.png and, with --gold,
-gold_vs_predicted.png. Exit codes: 0 done, 2 bad input.
+gold_vs_predicted.png. With --timeline, writes only timeline-<recording_id>.png: the class scores of
+that recording's speech segments over time (needs an output of a job run with
+audio.segmentation: vad). Exit codes: 0 done, 2 bad input.
 """
 
 import argparse
@@ -13,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.downstream.timeline import write_timeline  # noqa: E402
 from pipeline.downstream.viz import visualize  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
 
@@ -25,18 +30,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gold", default=None, help="gold label column, e.g. emotion")
     p.add_argument("--max-points", type=int, default=50_000, help="random sample above this many rows")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--timeline",
+        metavar="RECORDING_ID",
+        default=None,
+        help="draw this recording's emotion timeline instead",
+    )
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// features")
     args = p.parse_args(argv)
     try:
-        paths = visualize(
-            args.features,
-            args.output,
-            color_by=args.color_by,
-            gold=args.gold,
-            storage=Storage(endpoint_url=args.endpoint_url),
-            max_points=args.max_points,
-            seed=args.seed,
-        )
+        storage = Storage(endpoint_url=args.endpoint_url)
+        if args.timeline is not None:
+            paths = [write_timeline(args.features, args.timeline, args.output, storage)]
+        else:
+            paths = visualize(
+                args.features,
+                args.output,
+                color_by=args.color_by,
+                gold=args.gold,
+                storage=storage,
+                max_points=args.max_points,
+                seed=args.seed,
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

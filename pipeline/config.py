@@ -69,6 +69,26 @@ class ModelConfig(_Section):
     )
 
 
+class VadConfig(_Section):
+    """Silero VAD settings for `audio.segmentation: vad` (see `pipeline.vad.speech_segments`).
+
+    Segments come out on the model's 20 ms frame grid and are at least 400 samples (25 ms) long;
+    shorter ones are dropped.
+    """
+
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="speech probability (per 32 ms window) at or above which speech starts"
+    )
+    min_speech_ms: int = Field(250, ge=0, description="speech shorter than this is dropped")
+    min_silence_ms: int = Field(300, ge=0, description="a pause must last this long to end a segment")
+    speech_pad_ms: int = Field(100, ge=0, description="added before and after each segment")
+    max_segment_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="longer speech is split at the quietest 20 ms frame of the second half before the limit",
+    )
+
+
 class AudioConfig(_Section):
     max_chunk_s: float = Field(
         30.0, gt=0.025, description="longer clips are processed in windows of this length"
@@ -88,6 +108,10 @@ class AudioConfig(_Section):
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
     )
+    segmentation: Literal["none", "vad"] = Field(
+        "none", description="none: one row per clip; vad: one row per speech segment of each recording"
+    )
+    vad: VadConfig = VadConfig()
 
 
 class OutputConfig(_Section):

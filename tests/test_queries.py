@@ -81,6 +81,10 @@ TESTED = {
     "neighbours_array",
     "polars_numpy",
     "frames_dataset",
+    # the emotion-over-time blocks need a segment-per-row output: tests/test_timeline.py runs them
+    "recording_timeline",
+    "time_share_recording",
+    "time_share_speaker",
 }
 
 

@@ -1,0 +1,138 @@
+"""Emotion over time in one recording: the class scores of its speech segments along the time axis (PNG).
+
+    from pipeline.downstream.timeline import write_timeline
+    write_timeline("outputs/calls", "call-0042", "outputs/calls-viz")  # -> .../timeline-call-0042.png
+
+`load_timeline` reads one recording's segments; `plot_timeline` draws any such rows.
+
+The output must come from a job run with `audio.segmentation: vad` (one row per speech segment, with
+`recording_id`, `start_s`, `end_s`). Each segment is drawn from its start to its end as a stack of
+coloured bands, one per class, each as high as the class score; silence between segments stays blank.
+Segments wide enough to hold it get their predicted label written above them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from ..schema import read_metadata
+from ..storage import Storage
+from .train import open_output
+
+LABELS = ("angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown")
+COLORS = {
+    "angry": "#d62728",
+    "disgusted": "#6b8e23",
+    "fearful": "#9467bd",
+    "happy": "#f2c500",
+    "neutral": "#a8a8a8",
+    "other": "#8c564b",
+    "sad": "#1f77b4",
+    "surprised": "#ff7f0e",
+    "unknown": "#505050",
+}
+COLUMNS = ["recording_id", "start_s", "end_s", "scores", "label"]
+MIN_LABEL_WIDTH = 0.04  # a segment gets its label written above it from this fraction of the time axis
+
+
+def load_timeline(
+    features: str, recording_id: str, storage: Storage | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the ok segment rows of `recording_id` ordered by start_s, the class names in score order)."""
+    ds = open_output(features, storage)
+    names = set(ds.schema.names)
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ValueError(
+            f"{features}: no column {missing[0]!r}; a timeline needs an output of a job run with "
+            "audio.segmentation: vad"
+        )
+    where = pc.field("recording_id") == recording_id
+    if "error" in names:
+        where = where & pc.field("error").is_null()
+    table = ds.to_table(columns=COLUMNS, filter=where).sort_by("start_s")
+    if table.num_rows == 0:
+        raise ValueError(f"{features}: no speech segments of recording {recording_id!r}")
+    labels = (read_metadata(ds.schema) or {}).get("labels") or list(LABELS)
+    return table.to_pylist(), list(labels)
+
+
+def write_timeline(
+    features: str, recording_id: str, out_dir: str | Path, storage: Storage | None = None
+) -> Path:
+    """`out_dir/timeline-<recording_id>.png` for one recording of the output `features` (characters other
+    than letters, digits, `.`, `_` and `-` in the id become `_` in the file name)."""
+    rows, labels = load_timeline(features, recording_id, storage)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", recording_id)
+    return plot_timeline(
+        rows, Path(out_dir) / f"timeline-{name}.png", f"{recording_id}: emotion over time", labels
+    )
+
+
+def plot_timeline(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, title: str, labels: Sequence[str] = LABELS
+) -> Path:
+    """Draw `rows` (start_s, end_s, scores [len(labels)], label) as stacked score bands over time."""
+    starts, widths, scores = _arrays(rows, labels)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(14, 4.2), constrained_layout=True)
+    bottom = np.zeros(len(rows))
+    for k, name in enumerate(labels):
+        ax.bar(starts, scores[:, k], widths, bottom, align="edge", linewidth=0,
+               color=COLORS.get(name, f"C{k}"), label=name)  # fmt: skip
+        bottom += scores[:, k]
+    lo, hi = min(0.0, float(starts.min())), float((starts + widths).max())
+    ax.set_xlim(lo, hi)  # from 0: leading silence shows as a gap
+    ax.set_ylim(0, 1.0)
+    for s, w, row in zip(starts, widths, rows, strict=True):
+        if row.get("label") and w >= MIN_LABEL_WIDTH * (hi - lo):
+            ax.text(s + w / 2, 1.01, str(row["label"]), ha="center", va="bottom", fontsize=8, clip_on=False)
+    ax.set_title(title, pad=16)
+    if hi - lo > 300:
+        step = next((m * 60 for m in (1, 2, 5, 10, 15, 30, 60) if (hi - lo) / (m * 60) <= 10), 7200)
+        ax.xaxis.set_major_locator(plt.MultipleLocator(step))
+        ax.xaxis.set_major_formatter(lambda t, _: f"{int(t) // 60}:{int(t) % 60:02d}")
+        ax.set_xlabel("time (min:s)")
+    else:
+        ax.set_xlabel("time (s)")
+    ax.set_ylabel("class score")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _arrays(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """(starts [N], widths [N], scores [N, C]) with every row checked."""
+    if not rows:
+        raise ValueError("no segments to plot")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("start_s", "end_s", "scores") if row.get(k) is None]
+        if missing:
+            raise ValueError(
+                f"segment {i}: no {missing[0]} (a model without a classifier head has no scores)"
+            )
+        if len(row["scores"]) != len(labels):
+            raise ValueError(f"segment {i}: {len(row['scores'])} scores for {len(labels)} labels")
+        if not row["end_s"] > row["start_s"]:
+            raise ValueError(f"segment {i}: end_s {row['end_s']} is not after start_s {row['start_s']}")
+    starts = np.array([r["start_s"] for r in rows], np.float64)
+    widths = np.array([r["end_s"] for r in rows], np.float64) - starts
+    return starts, widths, np.array([r["scores"] for r in rows], np.float64)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
