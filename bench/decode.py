@@ -41,7 +41,7 @@ def ffmpeg(*args: str | Path) -> None:
 
 def make_clips(work: Path, n: int, seed: int = 0) -> list[tuple[str, float]]:
     """n clips of 2-6 s (espeak-ng sentences, looped to length) in every format; cached in `work`."""
-    from pipeline.samples import SENTENCES, STYLES, VOICES, synthesize
+    from pipeline.testing.samples import SENTENCES, STYLES, VOICES, synthesize
 
     rng = random.Random(seed)
     clips = []

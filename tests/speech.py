@@ -1,6 +1,6 @@
 """Long recordings with known speech: espeak-ng sentences with known silences between them, faint noise.
 
-`sentence_clip` speaks one sentence (espeak-ng + sox via `pipeline.samples.synthesize`) and trims it to
+`sentence_clip` speaks one sentence (espeak-ng + sox via `pipeline.testing.samples.synthesize`) and trims it to
 its audible part, so the clip's first and last samples are the true speech edges. `long_recording` lays
 clips out with the given gaps (leading and trailing ones included) and adds white noise at `noise_dbfs`
 (RMS, dB relative to full scale) everywhere; it returns the signal and the true speech spans.
@@ -45,7 +45,7 @@ def sentence_clip(text: str, sample_rate: int = 16000, voice: str = "en", speed:
 
 
 def sentence_clips(n: int, sample_rate: int = 16000) -> list[np.ndarray]:
-    """The first `n` sentences of `pipeline.samples.SENTENCES`, voices cycling."""
+    """The first `n` sentences of `pipeline.testing.samples.SENTENCES`, voices cycling."""
     return [sentence_clip(SENTENCES[i], sample_rate, VOICES[i % len(VOICES)]) for i in range(n)]
 
 

@@ -336,7 +336,7 @@ def test_make_corpus_is_deterministic_and_labelled(tmp_path):
 
 
 def test_synthesize_names_the_missing_tool(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.samples.shutil.which", lambda tool: None)
+    monkeypatch.setattr("pipeline.testing.samples.shutil.which", lambda tool: None)
     with pytest.raises(RuntimeError, match="espeak-ng is not installed.*apt-get install"):
         synthesize("hi", tmp_path / "x.wav")
 

@@ -22,7 +22,7 @@ import torch
 import torchaudio
 
 from pipeline.audio import AudioError, decode
-from pipeline.samples import synthesize
+from pipeline.testing.samples import synthesize
 
 TEXT = "testing one two three"
 VIDEO = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25"]  # a real picture stream
