@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET)
-	$(BIN)/python -m pip install --quiet -e '.[viz,test]' $(QUIET)
+	$(BIN)/python -m pip install --quiet -e '.[viz,test,vad]' $(QUIET)
 	touch $(STAMP)
 
 # espeak-ng + sox generate the speech the tests run on, and the ffmpeg CLI wraps it in containers

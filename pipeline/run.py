@@ -206,7 +206,7 @@ def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any]) 
 
 def _left(plan: Plan, out: Output) -> int:
     """Manifest rows this run expects to process (those of units committed without errors are done)."""
-    return max(plan.rows - sum(m.rows for m in out.markers.values() if not m.error), 0)
+    return max(plan.rows - sum(m.sources for m in out.markers.values() if not m.error), 0)
 
 
 def _recoverable(e: BaseException | None) -> bool:

@@ -144,3 +144,14 @@ def _load() -> tuple[Any, Callable[..., list[dict[str, int]]]]:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 _silero = (load_silero_vad(onnx=False), get_speech_timestamps_from_probs)
         return _silero
+
+
+class Segmenter:
+    """`speech_segments` with its settings bound: what the decode stage calls on each recording
+    (picklable, so it travels to the Ray tasks; silero loads there on first use)."""
+
+    def __init__(self, cfg: VadConfig):
+        self.cfg = cfg
+
+    def __call__(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        return speech_segments(samples, self.cfg)

@@ -165,6 +165,7 @@ class Marker:
     audio_s: float
     error_ids: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes: a truncated copy shows at a listing
+    sources: int = 0  # manifest rows of the unit (rows counts output rows: segments, with VAD)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -260,7 +261,7 @@ class Output:
         for f in sorted(set(listed) - owned):
             self.storage.move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
             self.orphans.append(f)
-        self._redo = {u: set(m.error_ids) if m.error else m.rows for u, m in self.markers.items()}
+        self._redo = {u: set(m.error_ids) if m.error else m.sources for u, m in self.markers.items()}
 
     def _listing(self) -> dict[str, int]:
         """Result files at the top of the output -> their sizes, from one listing."""
@@ -279,7 +280,7 @@ class Output:
     def reopen(self) -> None:
         """After a failed attempt: discard what it staged and never committed; keep the commits."""
         self._recover()
-        self._redo = {u: set(m.error_ids) if m.error else m.rows for u, m in self.markers.items()}
+        self._redo = {u: set(m.error_ids) if m.error else m.sources for u, m in self.markers.items()}
 
     def skip(self) -> dict[str, set[str] | int]:
         """unit -> committed row count (skip the unit if the manifest still has that many rows), or
@@ -361,16 +362,18 @@ class Output:
         redo = self._redo.get(unit)
         kept: list[str] = []
         ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
+        sources = int(seen.counts["sources"])
         if old is not None and isinstance(redo, set):
             kept, rewritten = self._without(old, redo, unit)
             staged += rewritten
             self.replaced += len(redo)
             ok, error, audio_s = ok + old.ok, error + old.error - len(redo), audio_s + old.audio_s
+            sources = old.sources
         error_ids = self._error_ids(staged) if error else []
         sizes = {name: old.sizes[name] for name in kept if old and name in old.sizes}
         sizes.update({_final_name(u): self._size(u) for u in staged})
         names = sorted(set(kept) | {_final_name(u) for u in staged})
-        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes)
+        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources)
         self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
         if old is not None:

@@ -288,11 +288,17 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     m, ids = repeated_manifest(tmp_path, 1)
     poison = json.loads(m.read_text().splitlines()[3])
     out = tmp_path / "out"
-    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5)
+    cfg = job_config(
+        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5
+    )
     env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
     r = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(out, ids)
