@@ -136,6 +136,27 @@ class Storage:
             f.write(data)
         fs.move(tmp, path)
 
+    def write_bytes_if_absent(self, uri: str, data: bytes) -> bool:
+        """Create `uri` holding `data` only if nothing is there; -> whether this call created it.
+        Of concurrent callers exactly one gets True. Locally: a fully written hidden temp file is
+        hard-linked into place (link(2) fails if the name exists), so readers never see a partial
+        file. Only local paths for now."""
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.S3FileSystem):
+            raise NotImplementedError(f"create-if-absent is not implemented for S3 yet: {uri}")
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under `uri` (recursive) whose name ends with `suffix`, skipping hidden (`.`/`_`)
         names as pyarrow datasets do. Returns URIs in the form given."""
