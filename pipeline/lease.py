@@ -1,0 +1,216 @@
+"""One writer per output directory: the lease file `<output>/_lease.json`.
+
+A run creates the lease only if no file is there (create-if-absent: exactly one of two racing runs
+succeeds), renews it from a daemon thread every ttl/3 while it runs, and deletes it when done. A
+second run while the lease is live fails with `LeaseHeld`, which names the holder. A lease whose
+`expires_at` has passed belongs to a run that died; the next run takes it over.
+
+Expiry compares the wall clocks of different hosts, so they must agree to well within the ttl (NTP
+does). A run that could not renew for a whole ttl (paused, cut off from storage) may have been taken
+over: `Lease.check()` raises `LeaseLost` then, and the job should stop before committing more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from .storage import Storage, join
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "_lease.json"
+_CORE = ("run_id", "host", "pid", "started_at", "expires_at", "ttl_s")
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the output's lease (or is taking it over right now)."""
+
+
+class LeaseLost(RuntimeError):
+    """Our lease expired or was taken over while we ran: another run may be writing the output."""
+
+
+def acquire(
+    storage: Storage,
+    output: str,
+    *,
+    ttl_s: float = 60.0,
+    holder: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Lease:
+    """Take the lease on `output` (a directory path or s3:// prefix) and start renewing it.
+
+    `holder`: extra JSON-able facts about this run for the message another run sees (config path...).
+    Raises `LeaseHeld` while another run's lease is live."""
+    uri = join(output, LEASE_NAME)
+    run_id = run_id or uuid.uuid4().hex
+    for _ in range(5):
+        record = _new_record(run_id, ttl_s, holder or {})
+        if storage.write_bytes_if_absent(uri, _dump(record)):
+            return Lease(storage, uri, record, ttl_s)
+        current = _read(storage, uri)
+        if current is None:  # released between our two calls
+            continue
+        if not _expired(current):
+            raise LeaseHeld(_held_message(output, uri, current))
+        log.warning("taking over the expired lease of run %s on %s", current.get("run_id"), output)
+        _take_over(storage, uri, current, ttl_s)
+    raise LeaseHeld(f"could not take the lease {uri}: other runs keep racing for it; try again")
+
+
+class Lease:
+    """A held lease; renews itself until `release()` (or the end of a `with` block)."""
+
+    def __init__(self, storage: Storage, uri: str, record: dict[str, Any], ttl_s: float) -> None:
+        self.storage, self.uri, self.record, self.ttl_s = storage, uri, record, ttl_s
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
+        self._thread.start()
+
+    @property
+    def run_id(self) -> str:
+        return self.record["run_id"]
+
+    def check(self) -> None:
+        """Raise `LeaseLost` if the lease was lost; call before committing output."""
+        if self._lost:
+            raise LeaseLost(f"lost the lease {self.uri}: {self._lost}; another run may be writing here")
+
+    def renew(self) -> None:
+        """Push `expires_at` a ttl ahead, only while the file still holds our run id."""
+        self.check()
+        now = time.time()
+        if now >= _parse(self.record["expires_at"]):
+            self._lost = "it expired before this run could renew it"
+            self.check()
+        current = _read(self.storage, self.uri)
+        if current is None or current.get("run_id") != self.run_id:
+            self._lost = "the lease file was deleted" if current is None else "another run took it over"
+            self.check()
+        record = {**self.record, "expires_at": _iso(now + self.ttl_s)}
+        self.storage.write_bytes_atomic(self.uri, _dump(record))
+        self.record = record
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease file if it is still ours."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        if self._lost:
+            return
+        current = _read(self.storage, self.uri)
+        if current is not None and current.get("run_id") == self.run_id:
+            _delete_quietly(self.storage, self.uri)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except LeaseLost as e:
+                log.error("%s", e)
+                return
+            except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next period
+                log.warning("could not renew the lease %s: %s", self.uri, e)
+
+
+def _take_over(storage: Storage, uri: str, stale: dict[str, Any], ttl_s: float) -> None:
+    """Delete the expired lease `stale` so that the caller can create its own.
+
+    Deleting by name alone would race: A deletes and creates its lease, then B (which read the same
+    stale lease) deletes A's. So racers first create a marker named after the stale run; only its
+    creator deletes, and only if the file still holds exactly `stale`."""
+    marker = f"{uri}.takeover-{stale.get('run_id')}"
+    if not storage.write_bytes_if_absent(marker, _dump({"expires_at": _iso(time.time() + ttl_s)})):
+        mark = _read(storage, marker)
+        if mark is not None and not _expired(mark):
+            raise LeaseHeld(
+                f"another run is taking over the expired lease {uri} of run {stale.get('run_id')} "
+                "right now; try again in a moment"
+            )
+        # A run died while taking over (or the marker is left from an old takeover): clear it; the
+        # caller's next round tries again.
+        _delete_quietly(storage, marker)
+        return
+    try:
+        if _read(storage, uri) == stale:
+            _delete_quietly(storage, uri)
+    finally:
+        _delete_quietly(storage, marker)
+
+
+def _new_record(run_id: str, ttl_s: float, holder: dict[str, Any]) -> dict[str, Any]:
+    now = time.time()
+    core = {
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": _iso(now),
+        "expires_at": _iso(now + ttl_s),
+        "ttl_s": ttl_s,
+    }
+    return {**holder, **core}
+
+
+def _held_message(output: str, uri: str, r: dict[str, Any]) -> str:
+    extra = "".join(f", {k}: {v}" for k, v in r.items() if k not in _CORE)
+    return (
+        f"{output} is being written by another run (run {r.get('run_id')} on host {r.get('host')}, "
+        f"pid {r.get('pid')}, started {r.get('started_at')}, lease expires {r.get('expires_at')}{extra}). "
+        "Two runs writing one output would corrupt it: wait for that run to finish, or write to another "
+        "output path. If that run is dead, its lease expires by itself and the next run takes over; to "
+        f"take over at once, make sure it is not running and delete {uri}."
+    )
+
+
+def _read(storage: Storage, uri: str) -> dict[str, Any] | None:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(data)
+        _parse(record["expires_at"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise LeaseHeld(
+            f"unreadable lease file {uri} ({type(e).__name__}: {e}); if no run is writing this output, "
+            "delete it"
+        ) from None
+    return record
+
+
+def _expired(record: dict[str, Any]) -> bool:
+    return time.time() >= _parse(record["expires_at"])
+
+
+def _delete_quietly(storage: Storage, uri: str) -> None:
+    try:
+        storage.delete(uri)
+    except FileNotFoundError:
+        pass
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, indent=1, default=str).encode()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _parse(s: str) -> float:
+    return datetime.fromisoformat(s).timestamp()

@@ -1,0 +1,76 @@
+"""SIGTERM/SIGINT on a driver: one clean stop with the caller's line, a hard exit on the second."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.interrupt import Interrupted, on_interrupt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LOOP = """
+import time
+from pipeline.interrupt import on_interrupt
+with on_interrupt("stopped by {signal}; rerun the same command to resume"):
+    try:
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+    finally:
+        print("cleanup", flush=True)
+        %s
+"""
+
+
+def _start(cleanup: str = "pass") -> subprocess.Popen:
+    code = textwrap.dedent(LOOP % cleanup)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert p.stdout.readline() == "ready\n"
+    return p
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_with_the_callers_line_and_shell_exit_code(sig, code):
+    p = _start()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == code
+    assert out == "cleanup\n"  # finally blocks run
+    assert err == f"stopped by {sig.name}; rerun the same command to resume\n"
+
+
+def test_second_signal_while_stopping_exits_hard():
+    p = _start(cleanup="print('stuck', flush=True); time.sleep(600)")
+    p.send_signal(signal.SIGTERM)
+    assert p.stdout.readline() == "cleanup\n"
+    assert p.stdout.readline() == "stuck\n"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 143
+    assert "SIGTERM again while stopping: exiting now without cleanup" in err
+    assert "rerun" not in err  # the clean-stop line is not printed
+
+
+def test_shield_defers_the_signal_to_its_end_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(Interrupted) as e:
+        with on_interrupt() as stop:
+            with stop.shield():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after kill")  # the handler has run; the shield holds the raise
+                assert stop.requested
+            steps.append("after shield")
+    assert steps == ["after kill"]
+    assert (e.value.signal_name, e.value.exit_code) == ("SIGTERM", 143)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -1,0 +1,156 @@
+"""One writer per output: runs in separate processes race for the lease on a local directory."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from datetime import datetime
+
+import pytest
+
+from pipeline.lease import LEASE_NAME, LeaseHeld, LeaseLost, _take_over, acquire
+from pipeline.storage import Storage
+
+CTX = mp.get_context("spawn")  # a clean interpreter per contender, as separate runs would be
+
+
+def _contend(output: str, ttl_s: float, barrier, results, release) -> None:
+    """One run: acquire at the barrier, report, hold the lease until told to let go."""
+    barrier.wait()
+    try:
+        lease = acquire(Storage(), output, ttl_s=ttl_s, holder={"config": f"job-{os.getpid()}.yaml"})
+    except LeaseHeld as e:
+        results.put(("held", str(e)))
+        return
+    results.put(("won", lease.run_id))
+    release.wait(60)
+    lease.release()
+
+
+def _race(output: str, n: int, ttl_s: float = 30.0) -> list[tuple[str, str]]:
+    barrier, results, release = CTX.Barrier(n), CTX.Queue(), CTX.Event()
+    procs = [CTX.Process(target=_contend, args=(output, ttl_s, barrier, results, release)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=60) for _ in range(n)]
+    release.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return out
+
+
+def _hold_until_killed(output: str, ttl_s: float, ready) -> None:
+    acquire(Storage(), output, ttl_s=ttl_s)
+    ready.set()
+    time.sleep(600)
+
+
+def _lease_file(output) -> dict:
+    return json.loads((output / LEASE_NAME).read_text())
+
+
+def test_racing_runs_exactly_one_wins(tmp_path):
+    out = _race(str(tmp_path), n=4)
+    won = [v for k, v in out if k == "won"]
+    held = [v for k, v in out if k == "held"]
+    assert len(won) == 1 and len(held) == 3
+    # every loser is told who holds it and how to proceed
+    for msg in held:
+        assert won[0] in msg and "pid" in msg and "lease expires" in msg and "job-" in msg
+        assert "another output path" in msg
+    # the winner released at the end: nothing left behind, the next run gets it
+    assert os.listdir(tmp_path) == []
+    acquire(Storage(), str(tmp_path)).release()
+
+
+def test_second_run_sees_holder_and_release_frees(tmp_path):
+    lease = acquire(Storage(), str(tmp_path), holder={"config": "/etc/job.yaml"})
+    rec = _lease_file(tmp_path)
+    assert rec["run_id"] == lease.run_id and rec["pid"] == os.getpid() and rec["config"] == "/etc/job.yaml"
+    with pytest.raises(LeaseHeld) as e:
+        acquire(Storage(), str(tmp_path))
+    for part in (lease.run_id, rec["host"], str(os.getpid()), rec["started_at"], rec["expires_at"]):
+        assert part in str(e.value)
+    lease.release()
+    assert not (tmp_path / LEASE_NAME).exists()
+    with acquire(Storage(), str(tmp_path)) as again:
+        assert _lease_file(tmp_path)["run_id"] == again.run_id != lease.run_id
+    assert not (tmp_path / LEASE_NAME).exists()
+
+
+def test_dead_run_is_taken_over_after_ttl(tmp_path):
+    ready = CTX.Event()
+    p = CTX.Process(target=_hold_until_killed, args=(str(tmp_path), 1.0, ready))
+    p.start()
+    assert ready.wait(60)
+    dead = _lease_file(tmp_path)
+    with pytest.raises(LeaseHeld):  # alive: renewed
+        acquire(Storage(), str(tmp_path))
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    while time.time() < _epoch(_lease_file(tmp_path)["expires_at"]):
+        time.sleep(0.2)
+    with acquire(Storage(), str(tmp_path), ttl_s=30) as lease:
+        assert _lease_file(tmp_path)["run_id"] == lease.run_id != dead["run_id"]
+    assert os.listdir(tmp_path) == []  # no takeover marker left
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_racing_takeover_of_an_expired_lease_has_one_winner(tmp_path):
+    stale = {"run_id": "dead", "host": "h", "pid": 1, "started_at": "2020-01-01T00:00:00+00:00"}
+    stale["expires_at"] = "2020-01-01T00:01:00+00:00"
+    (tmp_path / LEASE_NAME).write_text(json.dumps(stale))
+    out = _race(str(tmp_path), n=4)
+    assert sorted(k for k, _ in out) == ["held", "held", "held", "won"]
+    assert os.listdir(tmp_path) == []  # the winner released; no marker left
+
+
+def test_late_racer_does_not_delete_the_new_lease(tmp_path):
+    """B read the same expired lease as A but is slower: after A took over, B's takeover must leave
+    A's lease alone (deleting by name alone would let both win)."""
+    storage = Storage()
+    stale = {"run_id": "dead", "host": "h", "pid": 1, "started_at": "2020-01-01T00:00:00+00:00"}
+    stale["expires_at"] = "2020-01-01T00:01:00+00:00"
+    (tmp_path / LEASE_NAME).write_text(json.dumps(stale))
+    with acquire(storage, str(tmp_path)) as a:
+        _take_over(storage, str(tmp_path / LEASE_NAME), stale, ttl_s=30)
+        assert _lease_file(tmp_path)["run_id"] == a.run_id
+        with pytest.raises(LeaseHeld):
+            acquire(storage, str(tmp_path))
+
+
+def test_renewal_keeps_the_lease_past_its_ttl(tmp_path):
+    with acquire(Storage(), str(tmp_path), ttl_s=1.5) as lease:
+        first = _epoch(_lease_file(tmp_path)["expires_at"])
+        while time.time() < first + 1.0:  # well past the first expiry
+            time.sleep(0.1)
+        assert _epoch(_lease_file(tmp_path)["expires_at"]) > first
+        with pytest.raises(LeaseHeld):
+            acquire(Storage(), str(tmp_path))
+        lease.check()
+
+
+def test_taken_over_lease_reports_lost(tmp_path):
+    storage = Storage()
+    lease = acquire(storage, str(tmp_path), ttl_s=30)
+    rec = _lease_file(tmp_path)
+    (tmp_path / LEASE_NAME).write_text(json.dumps({**rec, "run_id": "intruder"}))
+    with pytest.raises(LeaseLost, match="another run took it over"):
+        lease.renew()  # what the renewer thread does every ttl/3
+    with pytest.raises(LeaseLost):
+        lease.check()
+    lease.release()
+    assert _lease_file(tmp_path)["run_id"] == "intruder"  # release leaves another run's lease alone
+
+
+def test_unreadable_lease_file_is_a_clear_error(tmp_path):
+    (tmp_path / LEASE_NAME).write_text("{not json")
+    with pytest.raises(LeaseHeld, match="unreadable lease file .*_lease.json.*delete it"):
+        acquire(Storage(), str(tmp_path))
