@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.interrupt import Interrupted  # noqa: E402
 from pipeline.run import JobError, RunFailed, run  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
@@ -34,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as e:
+        print(
+            f"error: interrupted by {e.signal_name}: committed units are kept, nothing half-written is "
+            f"visible; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return e.exit_code
     except RunFailed as e:
         print(f"error: {e}; committed units are kept: rerun the same command to resume", file=sys.stderr)
         return EXIT_FAILED

@@ -122,6 +122,12 @@ class OutputConfig(_Section):
     rows_per_file: int = Field(2000, ge=1, description="upper bound of rows in one Parquet file")
     max_file_mb: float = Field(256.0, gt=0, description="approximate upper bound of one Parquet file")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=5,
+        description="the run's lease on output.path (one writer at a time) expires this long after its "
+        "last renewal; a dead run's lease is taken over after that",
+    )
 
 
 class StorageConfig(_Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import time
 import warnings
@@ -26,6 +27,8 @@ from . import __version__
 from .audio import RESAMPLER
 from .cluster import ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
+from .interrupt import Stop, on_interrupt
+from .lease import Lease, LeaseHeld, LeaseLost, acquire
 from .manifest import ManifestError, Plan, Source, count_rows, discover, read_units
 from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
@@ -153,7 +156,13 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         sources = discover(cfg.input, storage)
     except ManifestError as e:
         raise JobError(str(e)) from None
-    model, started_ray, started_local = _start(cfg)
+    fresh = not storage.exists(cfg.output.path)
+    lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    try:
+        model, started_ray, started_local = _start(cfg)
+    except BaseException:
+        _let_go(lease, cfg.output.path, fresh)
+        raise
     try:
         plan = _count(cfg, storage, sources)
         placement = plan_placement(cfg, ray.cluster_resources())
@@ -173,7 +182,8 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
                 ds = build_dataset(cfg, plan, out.skip(), storage, schema, placement, model.weights_sha256)
-                _execute(ds, out, tally, progress)
+                with on_interrupt() as stop:
+                    _execute(ds, out, tally, progress, lease, stop)
                 break
             except RunFailed as e:
                 if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
@@ -188,10 +198,38 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
     except ClusterError as e:
         raise JobError(str(e)) from None
+    except BaseException:
+        _let_go(lease, cfg.output.path, fresh)
+        lease = None
+        raise
     finally:
+        if lease is not None:
+            lease.release()
         if started_ray:
             ray.shutdown()
     return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
+
+
+def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
+    """One writer per output: a second run on the same output.path is refused, naming the first."""
+    storage.makedirs(cfg.output.path)
+    try:
+        return acquire(
+            storage, cfg.output.path, ttl_s=cfg.output.lease_ttl_s, holder={"manifest": cfg.input.manifest}
+        )
+    except LeaseHeld as e:
+        raise JobError(str(e)) from None
+
+
+def _let_go(lease: Lease, output: str, fresh: bool) -> None:
+    """Release the lease of a run that stops early; a local output folder it created and left empty
+    (a bad manifest, say) goes too, so a failed start leaves nothing behind."""
+    lease.release()
+    if fresh and "://" not in output:
+        try:
+            os.rmdir(output)
+        except OSError:
+            pass  # not empty (or not ours to remove): leave it
 
 
 def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any]) -> Output:
@@ -283,8 +321,9 @@ def _segmentation(cfg: JobConfig) -> Any:
     return mode if mode == "none" else {"mode": mode, **cfg.audio.vad.model_dump()}
 
 
-def _execute(ds, out: Output, tally: Tally, progress: Progress) -> None:
-    """Consume the per-file summaries; commit each unit as soon as all its rows are written."""
+def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, stop: Stop) -> None:
+    """Consume the per-file summaries; commit each unit as soon as all its rows are written. A signal
+    stops the consumption (Interrupted), never a commit halfway."""
     pending: dict[str, Pending] = {}
     try:
         for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -293,8 +332,12 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress) -> None:
                 unit.add(s)
                 progress.update(s["sources"], s["ok"], s["error"], s["audio_s"])
                 if unit.complete:
-                    out.commit(s["unit"], unit)
-                    tally.add(pending.pop(s["unit"]))
+                    with stop.shield():
+                        lease.check()
+                        out.commit(s["unit"], unit)
+                        tally.add(pending.pop(s["unit"]))
+    except LeaseLost as e:
+        raise RunFailed(str(e)) from None
     except Exception as e:
         cause = _manifest_cause(e)
         if cause is not None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -289,7 +290,7 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     poison = json.loads(m.read_text().splitlines()[3])
     out = tmp_path / "out"
     cfg = job_config(
-        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5
+        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 6\n", unit=5
     )
     env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
     r = subprocess.run(
@@ -306,3 +307,79 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     crashed = [k for k, v in rows.items() if v["error"]]
     assert crashed == [poison["id"]], {k: rows[k]["error"] for k in crashed}
     assert rows[poison["id"]]["error"].startswith(f"{stage}: WorkerCrashed")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_stops_within_seconds_and_a_rerun_finishes(tiny_model_dir, tmp_path):
+    m, ids = repeated_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "ray:\n  num_cpus: 2\n", unit=4)
+    proc, log = start_job(cfg, tmp_path, "first")
+    try:
+        wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        assert proc.wait(timeout=60) == 143
+        stopped_in = time.time() - t0
+    finally:
+        kill_session(proc.pid)
+        log.close()
+    text = (tmp_path / "first.log").read_text()
+    assert "interrupted by SIGTERM" in text and "rerun the same command" in text, text[-2000:]
+    assert stopped_in < 30, stopped_in
+    # what is visible is exactly the committed units: no half-written result file
+    committed = set()
+    for marker in (out / "_units").glob("*.json"):
+        committed |= set(json.loads(marker.read_text())["files"])
+    assert {p.name for p in out.glob("*.parquet")} == committed
+    assert not (out / "_lease.json").exists()  # released on the way out
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, ids)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_dir, tmp_path):
+    m, ids = repeated_manifest(tmp_path, 8)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "ray:\n  num_cpus: 2\n", unit=4)
+    first, log = start_job(cfg, tmp_path, "first")
+    try:
+        wait_for(lambda: (out / "_lease.json").exists(), 240, "the first run's lease")
+        holder = json.loads((out / "_lease.json").read_text())
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert holder["run_id"] in second.stderr and str(holder["pid"]) in second.stderr
+        assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-2000:]
+    finally:
+        kill_session(first.pid)
+        log.close()
+    assert_exactly_once(out, ids)
+
+
+def test_a_lease_left_by_a_dead_run_expires(ray_session, tiny_model_dir, tmp_path):
+    m, ids = repeated_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    past = "2020-01-01T00:00:00Z"
+    dead = {
+        "run_id": "dead-run",
+        "host": "gone",
+        "pid": 1,
+        "started_at": past,
+        "expires_at": past,
+        "ttl_s": 60,
+    }
+    (out / "_lease.json").write_text(json.dumps(dead))
+    assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
+    assert_exactly_once(out, ids)
