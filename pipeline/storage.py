@@ -370,16 +370,20 @@ class Storage:
                 return out
             except Exception as e:
                 if not is_transient(e, self._reached):
-                    raise
+                    if isinstance(e, OSError):
+                        raise
+                    # botocore/aiohttp errors: callers handle storage failures as OSError
+                    raise OSError(errno.EIO, self._failed(op, uri, e)) from e
                 if attempt >= self.max_retries:
-                    raise OSError(
-                        errno.EIO,
-                        f"{op} {redact_url(uri)}: still failing after {attempt + 1} attempts: "
-                        f"{type(e).__name__}: {redact_text(str(e))}",
-                    ) from e
+                    raise OSError(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
                 attempt += 1
                 self.retries[op] = self.retries.get(op, 0) + 1
                 time.sleep(self._backoff(attempt))
+
+    @staticmethod
+    def _failed(op: str, uri: str, e: Exception, attempts: int = 1) -> str:
+        tried = f"still failing after {attempts} attempts: " if attempts > 1 else ""
+        return f"{op} {redact_url(uri)}: {tried}{type(e).__name__}: {redact_text(str(e))}"
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1))
@@ -403,8 +407,10 @@ class Storage:
             except FileNotFoundError:
                 raise FileNotFoundError(f"no such file: {uri}") from None
         fs = self.filesystem(uri)
+        # s3fs would HEAD first to split big objects into parallel ranges: one GET is enough here
+        kw = {"max_concurrency": 1} if is_s3(uri) else {}
         try:
-            return self._call("read", uri, lambda: fs.cat_file(path))
+            return self._call("read", uri, lambda: fs.cat_file(path, **kw))
         except FileNotFoundError:
             if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
                 raise IsADirectoryError(f"is a directory, not a file: {redact_url(uri)}") from None
