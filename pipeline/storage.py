@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.util
+import logging
 import os
 import posixpath
 import random
@@ -190,6 +191,16 @@ def is_transient(e: BaseException, reached: bool = True) -> bool:
     return False
 
 
+def _quiet_sdk_loggers() -> None:
+    """botocore's DEBUG records print signed request headers (access key id, session token): keep
+    them at INFO when they only inherit a DEBUG level from the root (`--log-level DEBUG`). A level
+    set on them by name is a deliberate choice and is left alone."""
+    for name in ("botocore", "aiobotocore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET and logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 # -- Storage ------------------------------------------------------------------------------------
 
 
@@ -261,6 +272,8 @@ class Storage:
 
     def _make_s3(self) -> Any:
         import s3fs
+
+        _quiet_sdk_loggers()
 
         client: dict[str, Any] = {}
         if self.region:
