@@ -39,6 +39,7 @@ class FaultProxy:
         self.fail_first, self.fail_every, self.always = fail_first, fail_every, always
         self.status, self.body = status, body
         self.seen = self.failed = 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -75,6 +76,7 @@ class FaultProxy:
             def _any(self):
                 assert "chunked" not in self.headers.get("Transfer-Encoding", "")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, self.path, dict(self.headers.items())))
                 if proxy._should_fail():
                     payload = b"" if self.command == "HEAD" else proxy.body
                     self.send_response(proxy.status)
@@ -104,7 +106,7 @@ class FaultProxy:
         return Handler
 
 
-def fast(endpoint: str, **kw) -> Storage:
+def fast(endpoint: str | None = None, **kw) -> Storage:
     """A Storage that backs off for milliseconds, not seconds."""
     return Storage(endpoint_url=endpoint, retry_backoff_s=0.01, retry_backoff_max_s=0.05, **kw)
 
@@ -257,6 +259,15 @@ def test_http_read_only(http_dir):
     assert s.retries == {}
 
 
+def test_http_503_is_retried(http_dir):
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    with FaultProxy(base, fail_first=2, body=b"busy") as proxy:
+        s = fast()
+        assert s.read_bytes(f"{proxy.url}/a.txt") == b"served"
+    assert proxy.failed == 2 and s.retries == {"read": 2}
+
+
 def test_missing_backend_names_the_extra():
     import importlib.util
 
@@ -312,10 +323,13 @@ def test_s3_read_write_list_glob_move(s3_server, s3_bucket):
 @pytest.mark.s3
 def test_s3_write_if_absent_is_a_conditional_put(s3_server, s3_bucket):
     client, bucket = s3_bucket
-    s = Storage(endpoint_url=s3_server)
     uri = f"s3://{bucket}/leases/part-0"
-    assert s.write_bytes_if_absent(uri, b"first") is True
-    assert s.write_bytes_if_absent(uri, b"second") is False
+    with FaultProxy(s3_server) as proxy:  # no faults: it only records what goes over the wire
+        s = Storage(endpoint_url=proxy.url)
+        assert s.write_bytes_if_absent(uri, b"first") is True
+        assert s.write_bytes_if_absent(uri, b"second") is False
+    # one PUT each, carrying the condition, and no existence check before it
+    assert [(m, h.get("If-None-Match")) for m, _, h in proxy.requests] == [("PUT", "*"), ("PUT", "*")]
     assert read_s3(client, bucket, "leases/part-0") == b"first"
     with ThreadPoolExecutor(6) as ex:
         won = list(ex.map(lambda i: s.write_bytes_if_absent(f"{uri}-race", f"w{i}".encode()), range(12)))
