@@ -238,8 +238,8 @@ class Storage:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_fs", "_arrow", "_reached", "retries")
-        return {k: v for k, v in self.__dict__.items() if k not in keep}
+        per_process = ("_fs", "_arrow", "_reached", "retries")  # rebuilt or restarted after unpickling
+        return {k: v for k, v in self.__dict__.items() if k not in per_process}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
