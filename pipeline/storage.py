@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.util
+import logging
 import os
 import posixpath
 import random
@@ -190,6 +191,16 @@ def is_transient(e: BaseException, reached: bool = True) -> bool:
     return False
 
 
+def _quiet_sdk_loggers() -> None:
+    """botocore's DEBUG records print signed request headers (access key id, session token): keep
+    them at INFO when they only inherit a DEBUG level from the root (`--log-level DEBUG`). A level
+    set on them by name is a deliberate choice and is left alone."""
+    for name in ("botocore", "aiobotocore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET and logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 # -- Storage ------------------------------------------------------------------------------------
 
 
@@ -227,8 +238,8 @@ class Storage:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_fs", "_arrow", "_reached", "retries")
-        return {k: v for k, v in self.__dict__.items() if k not in keep}
+        per_process = ("_fs", "_arrow", "_reached", "retries")  # rebuilt or restarted after unpickling
+        return {k: v for k, v in self.__dict__.items() if k not in per_process}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -261,6 +272,8 @@ class Storage:
 
     def _make_s3(self) -> Any:
         import s3fs
+
+        _quiet_sdk_loggers()
 
         client: dict[str, Any] = {}
         if self.region:
@@ -370,16 +383,20 @@ class Storage:
                 return out
             except Exception as e:
                 if not is_transient(e, self._reached):
-                    raise
+                    if isinstance(e, OSError):
+                        raise
+                    # botocore/aiohttp errors: callers handle storage failures as OSError
+                    raise OSError(errno.EIO, self._failed(op, uri, e)) from e
                 if attempt >= self.max_retries:
-                    raise OSError(
-                        errno.EIO,
-                        f"{op} {redact_url(uri)}: still failing after {attempt + 1} attempts: "
-                        f"{type(e).__name__}: {redact_text(str(e))}",
-                    ) from e
+                    raise OSError(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
                 attempt += 1
                 self.retries[op] = self.retries.get(op, 0) + 1
                 time.sleep(self._backoff(attempt))
+
+    @staticmethod
+    def _failed(op: str, uri: str, e: Exception, attempts: int = 1) -> str:
+        tried = f"still failing after {attempts} attempts: " if attempts > 1 else ""
+        return f"{op} {redact_url(uri)}: {tried}{type(e).__name__}: {redact_text(str(e))}"
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1))
@@ -403,8 +420,10 @@ class Storage:
             except FileNotFoundError:
                 raise FileNotFoundError(f"no such file: {uri}") from None
         fs = self.filesystem(uri)
+        # s3fs would HEAD first to split big objects into parallel ranges: one GET is enough here
+        kw = {"max_concurrency": 1} if is_s3(uri) else {}
         try:
-            return self._call("read", uri, lambda: fs.cat_file(path))
+            return self._call("read", uri, lambda: fs.cat_file(path, **kw))
         except FileNotFoundError:
             if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
                 raise IsADirectoryError(f"is a directory, not a file: {redact_url(uri)}") from None

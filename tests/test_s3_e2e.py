@@ -1,11 +1,15 @@
 """Manifest, audio and output on s3:// against moto's S3 server over real HTTP on 127.0.0.1."""
 
+import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +58,59 @@ def test_s3_manifest_audio_and_output(ray_session, s3_server, s3_bucket, tiny_mo
 
     run = json.loads(client.get_object(Bucket=bucket, Key="features/run1/_run.json")["Body"].read())
     assert run["rows"] == {"input": 4, "ok": 3, "error": 1, "skipped": 0}
-    assert "testing" not in json.dumps(run)  # no credentials leak into the summary
+
+
+def test_credentials_stay_out_of_logs_summary_and_files(s3_server, s3_bucket, tiny_model_dir, tmp_path):
+    """Distinctive fake credentials in the environment and in a profile file: the job (its own
+    process, so its Ray workers inherit that environment) must never echo them."""
+    from pipeline.samples import synthesize
+
+    secrets = {
+        "AWS_ACCESS_KEY_ID": "AKIAENVLEAKCHECK7Q2Z",
+        "AWS_SECRET_ACCESS_KEY": "envSecret/LeakCheck+9f3Kq2Wd7Xv",
+        "AWS_SESSION_TOKEN": "envSessionTokenLeakCheckZ81",
+    }
+    profile_key, profile_secret = "AKIAPROFILELEAKCHK55", "profileSecret/LeakCheck+4hT8Rb"
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(
+        f"[e2v-leak-check]\naws_access_key_id = {profile_key}\naws_secret_access_key = {profile_secret}\n"
+    )
+    client, bucket = s3_bucket
+    client.upload_file(str(synthesize("hello there", tmp_path / "a.flac")), bucket, "c/a.flac")
+    client.put_object(Bucket=bucket, Key="c/m.jsonl", Body=b'{"id": "a", "path": "a.flac"}\n')
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: s3://{bucket}/c/m.jsonl\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cpu\n"
+        f"output:\n  path: s3://{bucket}/out\n"
+        f"storage:\n  endpoint_url: {s3_server}\n  profile: e2v-leak-check\n"
+        f"ray:\n  num_cpus: 2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(secrets, AWS_SHARED_CREDENTIALS_FILE=str(creds), PYTHONPATH=str(ROOT))
+    job = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg), "--log-level", "DEBUG"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+
+    run = client.get_object(Bucket=bucket, Key="out/_run.json")["Body"].read().decode()
+    assert "e2v-leak-check" in run  # the profile name is no secret: proves the config was recorded
+    searched = {"stdout": job.stdout, "stderr": job.stderr, "_run.json": run}
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    parquet = [k for k in keys if k.endswith(".parquet")]
+    assert parquet
+    for key in parquet:
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        searched[key] = repr(meta.metadata) + repr(meta.schema.to_arrow_schema().metadata)
+        searched[key + " (raw bytes)"] = data.decode("latin-1")
+    for secret in [*secrets.values(), profile_key, profile_secret]:
+        leaks = [where for where, text in searched.items() if secret in text]
+        assert not leaks, f"{secret!r} appears in {leaks}"
 
 
 def test_error_fraction_above_threshold_exits_3_after_writing(

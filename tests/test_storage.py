@@ -1,0 +1,436 @@
+"""Storage against real servers on 127.0.0.1: moto's S3, Python's http.server, and a fault-injecting
+HTTP proxy in front of moto that answers chosen requests with 503 SlowDown."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import pickle
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import parse_config
+from pipeline.storage import ReadOnlyError, Storage, is_remote, join, redact_url, scheme
+
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message><RequestId>fault-proxy</RequestId></Error>"
+)
+ACCESS_DENIED = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "content-length"}
+
+
+class FaultProxy:
+    """A forwarding HTTP proxy (a thread on 127.0.0.1) that answers the first `fail_first` requests,
+    every `fail_every`-th request, or all of them (`always`) with `status` and an S3 error body
+    instead of forwarding. Counts what it saw and what it failed."""
+
+    def __init__(self, upstream: str, fail_first=0, fail_every=0, always=False, status=503, body=SLOWDOWN):
+        self.upstream = upstream.split("://", 1)[1]
+        self.fail_first, self.fail_every, self.always = fail_first, fail_every, always
+        self.status, self.body = status, body
+        self.seen = self.failed = 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+    def _should_fail(self) -> bool:
+        with self._lock:
+            self.seen += 1
+            n = self.seen
+            fail = self.always or n <= self.fail_first or (self.fail_every and n % self.fail_every == 0)
+            self.failed += bool(fail)
+            return bool(fail)
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 30
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                assert "chunked" not in self.headers.get("Transfer-Encoding", "")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, self.path, dict(self.headers.items())))
+                if proxy._should_fail():
+                    payload = b"" if self.command == "HEAD" else proxy.body
+                    self.send_response(proxy.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                conn.request(self.command, self.path, body=body if body else None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in HOP_BY_HOP:
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        return Handler
+
+
+def fast(endpoint: str | None = None, **kw) -> Storage:
+    """A Storage that backs off for milliseconds, not seconds."""
+    return Storage(endpoint_url=endpoint, retry_backoff_s=0.01, retry_backoff_max_s=0.05, **kw)
+
+
+def read_s3(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# -- URIs and redaction -------------------------------------------------------------------------
+
+
+def test_scheme_join_and_remote():
+    assert [scheme(u) for u in ("/a/b", "rel/x", "file:///a", "s3a://b/k", "gcs://b/k", "abfs://c/p")] == [
+        "file",
+        "file",
+        "file",
+        "s3",
+        "gs",
+        "az",
+    ]
+    assert is_remote("https://h/x") and not is_remote("file:///x")
+    assert join("s3://b/corpus", "../audio/x.wav") == "s3://b/audio/x.wav"
+    assert join("s3://b/corpus/", "./a/x.wav") == "s3://b/corpus/a/x.wav"
+    assert join("file:///data/c", "x.wav") == "file:///data/c/x.wav"
+    assert join("/data/c", "../x.wav") == "/data/x.wav"
+    assert join("s3://b/c", "https://h/x.wav") == "https://h/x.wav"
+
+
+def test_redact_url():
+    assert redact_url("http://user:s3cr3t@minio:9000/x") == "http://***@minio:9000/x"
+    signed = "https://b.s3.amazonaws.com/k.wav?X-Amz-Credential=AKIA1&X-Amz-Signature=abc&versionId=7"
+    out = redact_url(signed)
+    assert "AKIA1" not in out and "abc" not in out and "versionId=7" in out and out.startswith("https://b.s3")
+    assert "tok9" not in redact_url("https://h/a?sig=zz&token=tok9&sv=2020")
+    assert redact_url("/local/path?sig=x") == "/local/path?sig=x"  # not a URL: untouched
+
+
+def test_job_config_redacted():
+    cfg = parse_config(
+        {
+            "input": {
+                "manifest": "https://acct.blob.core.windows.net/c/m.jsonl?sv=2022&sig=SASsecret",
+                "audio_root": "https://alice:pw123@files.example/audio",
+            },
+            "output": {"path": "s3://bkt/out?X-Amz-Security-Token=STStoken"},
+            "storage": {"endpoint_url": "http://minio:topsecret@127.0.0.1:9000"},
+        }
+    )
+    text = repr(cfg.redacted())
+    for secret in ("SASsecret", "pw123", "alice", "STStoken", "topsecret"):
+        assert secret not in text
+    red = cfg.redacted()
+    assert red["storage"]["endpoint_url"] == "http://***@127.0.0.1:9000"
+    assert red["input"]["manifest"].startswith("https://acct.blob.core.windows.net/c/m.jsonl?sv=2022&sig=")
+    assert cfg.storage.endpoint_url == "http://minio:topsecret@127.0.0.1:9000"  # the live config keeps it
+
+
+# -- local ----------------------------------------------------------------------------------------
+
+
+def test_local_files(tmp_path):
+    s = Storage()
+    for rel in ("a/1.parquet", "a/b/2.parquet", "a/_hidden/3.parquet", "a/.x.parquet", "a/b/n.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode())
+    root = str(tmp_path / "a")
+    assert s.list_files(root, ".parquet") == [f"{root}/1.parquet", f"{root}/b/2.parquet"]
+    assert s.list_files("file://" + root, ".txt") == [f"file://{root}/b/n.txt"]
+    assert s.glob(f"{root}/**/*.parquet") == sorted(
+        [f"{root}/1.parquet", f"{root}/b/2.parquet", f"{root}/_hidden/3.parquet", f"{root}/.x.parquet"]
+    )
+    assert s.read_bytes(f"{root}/b/n.txt") == b"a/b/n.txt"
+    with pytest.raises(IsADirectoryError, match=root):
+        s.read_bytes(root)
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        s.read_bytes(f"{root}/nope.bin")
+    assert s.is_dir(root) and not s.is_dir(f"{root}/1.parquet")
+    assert s.info(f"{root}/b/n.txt")["size"] == len(b"a/b/n.txt")
+
+    s.write_bytes_atomic(f"{root}/new/x.bin", b"xyz")
+    s.move(f"{root}/new/x.bin", f"{root}/moved/y.bin")
+    assert not s.exists(f"{root}/new/x.bin") and (tmp_path / "a/moved/y.bin").read_bytes() == b"xyz"
+    (tmp_path / "a/b/.2.parquet.0123.inprogress").write_bytes(b"partial")
+    assert s.remove_stale_temp_files(root) == 1
+    assert not (tmp_path / "a/b/.2.parquet.0123.inprogress").exists()
+    with s.open_input(f"{root}/b/n.txt") as f:
+        f.seek(2)
+        assert f.read() == b"b/n.txt"
+
+
+def test_local_write_if_absent_has_one_winner(tmp_path):
+    s = Storage()
+    target = str(tmp_path / "lease" / "owner")
+    with ThreadPoolExecutor(8) as ex:
+        won = list(ex.map(lambda i: s.write_bytes_if_absent(target, f"w{i}".encode()), range(16)))
+    assert won.count(True) == 1
+    assert (tmp_path / "lease" / "owner").read_bytes() == f"w{won.index(True)}".encode()
+    assert os.listdir(tmp_path / "lease") == ["owner"]  # no temp files left
+
+
+# -- http -----------------------------------------------------------------------------------------
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """http.server's file handler plus single `Range: bytes=a-b` requests (as real servers do)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = self.translate_path(self.path)
+        if not m or not os.path.isfile(path):
+            return super().do_GET()
+        data = open(path, "rb").read()
+        start, end = int(m[1]), min(int(m[2] or len(data) - 1), len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start : end + 1])
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """http.server serving `tmp_path` on 127.0.0.1; yields (folder, base URL)."""
+    handler = partial(RangeHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_http_read_only(http_dir):
+    folder, base = http_dir
+    (folder / "clip.bin").write_bytes(bytes(range(256)) * 40)
+    s = Storage()
+    assert s.read_bytes(f"{base}/clip.bin") == bytes(range(256)) * 40
+    with s.open_input(f"{base}/clip.bin") as f:
+        f.seek(10_000)
+        assert f.read(3) == bytes([10_000 % 256, 10_001 % 256, 10_002 % 256])
+    with pytest.raises(FileNotFoundError, match=f"{base}/missing.wav"):
+        s.read_bytes(f"{base}/missing.wav")
+    with pytest.raises(ReadOnlyError, match=r"http\(s\) is read-only: .*out\.bin"):
+        s.write_bytes_atomic(f"{base}/out.bin", b"x")
+    assert not (folder / "out.bin").exists()
+    assert s.retries == {}
+
+
+def test_http_503_is_retried(http_dir):
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    with FaultProxy(base, fail_first=2, body=b"busy") as proxy:
+        s = fast()
+        assert s.read_bytes(f"{proxy.url}/a.txt") == b"served"
+    assert proxy.failed == 2 and s.retries == {"read": 2}
+
+
+def test_missing_backend_names_the_extra():
+    import importlib.util
+
+    for uri, module, extra in (("gs://b/k", "gcsfs", "gcs"), ("az://c/k", "adlfs", "azure")):
+        if importlib.util.find_spec(module) is not None:
+            continue
+        with pytest.raises(ImportError, match=rf"pip install 'emotion2vec-pipeline\[{extra}\]'"):
+            Storage().read_bytes(uri)
+
+
+# -- S3 (moto) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_s3_read_write_list_glob_move(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    for key in ("d/1.parquet", "d/e/2.parquet", "d/_tmp/3.parquet", "d/.h.parquet", "d/e/n.txt"):
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    s = Storage(endpoint_url=s3_server)
+    root = f"s3://{bucket}/d"
+    assert s.list_files(root, ".parquet") == [f"{root}/1.parquet", f"{root}/e/2.parquet"]
+    assert s.list_files(f"s3a://{bucket}/d/e") == [
+        f"s3a://{bucket}/d/e/2.parquet",
+        f"s3a://{bucket}/d/e/n.txt",
+    ]
+    assert s.glob(f"{root}/**/*.txt") == [f"{root}/e/n.txt"]
+    assert s.glob(f"{root}/*.parquet") == [f"{root}/.h.parquet", f"{root}/1.parquet"]
+    assert s.read_bytes(f"{root}/e/n.txt") == b"d/e/n.txt"
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/d/none.wav"):
+        s.read_bytes(f"{root}/none.wav")
+    with pytest.raises(IsADirectoryError, match=f"s3://{bucket}/d/e"):
+        s.read_bytes(f"{root}/e")
+    assert s.is_dir(f"{root}/e") and s.exists(f"{root}/e") and not s.exists(f"{root}/zz")
+
+    s.write_bytes_atomic(f"{root}/w/out.bin", b"payload")
+    assert read_s3(client, bucket, "d/w/out.bin") == b"payload"
+    info = s.info(f"{root}/w/out.bin")
+    head = client.head_object(Bucket=bucket, Key="d/w/out.bin")
+    assert info["size"] == 7 and info["etag"] == head["ETag"].strip('"')
+    assert info["mtime"] == head["LastModified"].timestamp()
+
+    s.move(f"{root}/w/out.bin", f"{root}/w2/out.bin")
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="d/w")["Contents"]}
+    assert keys == {"d/w2/out.bin"}
+    s.delete(f"{root}/w2/out.bin")
+    assert not s.exists(f"{root}/w2/out.bin")
+    with s.open_input(f"{root}/e/n.txt") as f:
+        f.seek(4)
+        assert f.read() == b"n.txt"
+    assert s.retries == {}
+
+
+@pytest.mark.s3
+def test_s3_write_if_absent_is_a_conditional_put(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    uri = f"s3://{bucket}/leases/part-0"
+    with FaultProxy(s3_server) as proxy:  # no faults: it only records what goes over the wire
+        s = Storage(endpoint_url=proxy.url)
+        assert s.write_bytes_if_absent(uri, b"first") is True
+        assert s.write_bytes_if_absent(uri, b"second") is False
+    # one PUT each, carrying the condition, and no existence check before it
+    assert [(m, h.get("If-None-Match")) for m, _, h in proxy.requests] == [("PUT", "*"), ("PUT", "*")]
+    assert read_s3(client, bucket, "leases/part-0") == b"first"
+    with ThreadPoolExecutor(6) as ex:
+        won = list(ex.map(lambda i: s.write_bytes_if_absent(f"{uri}-race", f"w{i}".encode()), range(12)))
+    assert won.count(True) == 1
+    assert read_s3(client, bucket, "leases/part-0-race") == f"w{won.index(True)}".encode()
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("profile", [None, "e2v-test"])
+def test_s3_resolve_reads_parquet(s3_server, s3_bucket, tmp_path, monkeypatch, profile):
+    client, bucket = s3_bucket
+    creds = tmp_path / "credentials"
+    creds.write_text("[e2v-test]\naws_access_key_id = fromprofile\naws_secret_access_key = fromprofile\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    table = pa.table({"id": ["a", "b", "c"], "x": [1.5, 2.5, 3.5]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    client.put_object(Bucket=bucket, Key="t/part.parquet", Body=buf.getvalue())
+    s = Storage(endpoint_url=s3_server, profile=profile)
+    fs, path = s.resolve(f"s3://{bucket}/t/part.parquet")
+    assert isinstance(fs, pafs.S3FileSystem if profile is None else pafs.PyFileSystem)
+    assert pq.read_table(path, filesystem=fs).equals(table)
+    with s.open_input(f"s3://{bucket}/t/part.parquet") as f:
+        assert pq.read_table(f).equals(table)
+
+
+@pytest.mark.s3
+def test_storage_pickles_after_use(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="p.txt", Body=b"pickled")
+    s = Storage(endpoint_url=s3_server, max_retries=2)
+    assert s.read_bytes(f"s3://{bucket}/p.txt") == b"pickled"
+    s.retries["read"] = 4
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy.read_bytes(f"s3://{bucket}/p.txt") == b"pickled"
+    assert copy.max_retries == 2 and copy.retries == {}  # each process counts its own retries
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_first_requests_503_are_retried_and_counted(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="in.bin", Body=b"original")
+    with FaultProxy(s3_server, fail_first=3) as proxy:
+        s = fast(proxy.url)
+        assert s.read_bytes(f"s3://{bucket}/in.bin") == b"original"
+        s.write_bytes_atomic(f"s3://{bucket}/out.bin", b"written")
+    assert proxy.failed == 3
+    assert s.retries == {"read": 3}
+    assert read_s3(client, bucket, "out.bin") == b"written"
+
+
+@pytest.mark.s3
+def test_every_other_request_503(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    with FaultProxy(s3_server, fail_every=2) as proxy:
+        s = fast(proxy.url)
+        for i in range(5):
+            s.write_bytes_atomic(f"s3://{bucket}/f/{i}.bin", f"v{i}".encode())
+        got = [s.read_bytes(f"s3://{bucket}/f/{i}.bin") for i in range(5)]
+        listed = s.list_files(f"s3://{bucket}/f", ".bin")
+        assert s.write_bytes_if_absent(f"s3://{bucket}/f/lock", b"me") is True
+    assert got == [f"v{i}".encode() for i in range(5)]
+    assert listed == [f"s3://{bucket}/f/{i}.bin" for i in range(5)]
+    assert proxy.failed >= 5 and sum(s.retries.values()) == proxy.failed
+    assert set(s.retries) <= {"read", "write", "list"} and s.retries["write"] >= 1
+    assert read_s3(client, bucket, "f/lock") == b"me"
+
+
+@pytest.mark.s3
+def test_persistent_503_fails_after_bounded_attempts(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="in.bin", Body=b"x")
+    with FaultProxy(s3_server, always=True) as proxy:
+        s = fast(proxy.url, max_retries=3)
+        with pytest.raises(OSError, match=rf"read s3://{bucket}/in.bin: still failing after 4 attempts"):
+            s.read_bytes(f"s3://{bucket}/in.bin")
+        reads = proxy.seen
+        with pytest.raises(OSError, match="still failing after 4 attempts"):
+            s.write_bytes_atomic(f"s3://{bucket}/out.bin", b"y")
+    # one request per attempt: neither botocore nor s3fs retries underneath ours
+    assert reads == 4 and proxy.seen == 8
+    assert s.retries == {"read": 3, "write": 3}
+
+
+@pytest.mark.s3
+def test_permanent_errors_are_not_retried(s3_server, s3_bucket):
+    _, bucket = s3_bucket
+    with FaultProxy(s3_server, always=True, status=403, body=ACCESS_DENIED) as proxy:
+        s = fast(proxy.url)
+        with pytest.raises(PermissionError):
+            s.read_bytes(f"s3://{bucket}/in.bin")
+    assert proxy.seen == 1 and s.retries == {}
+
+
+def test_refused_connection_before_any_contact_is_not_retried():
+    from .conftest import free_port
+
+    s = fast(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(OSError, match=r"read s3://bkt/x: EndpointConnectionError") as e:
+        s.read_bytes("s3://bkt/x")
+    assert "still failing" not in str(e.value) and s.retries == {}
