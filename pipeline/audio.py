@@ -34,10 +34,13 @@ import av
 import numpy as np
 import soundfile as sf
 
-TARGET_SR = 16_000
-MIN_SAMPLES = 400  # emotion2vec's CNN receptive field at 16 kHz (25 ms)
+from .model import INPUT
+
+# The model's input contract (docs/model.md): its sample rate, receptive field and hop.
+TARGET_SR = INPUT.sample_rate
+MIN_SAMPLES = INPUT.receptive_field  # the shortest clip that gives a frame
 RESAMPLER = "torchaudio.functional.resample(sinc_interp_hann, lowpass_filter_width=6, rolloff=0.99)"
-HOP = 320  # samples between frames (20 ms): the CNN's total stride
+HOP = INPUT.hop  # samples between frames: the CNN's total stride
 
 MIN_SOURCE_SR = 1_000  # below this a file is not audio we can use
 # The resampling kernel is about (new/g) x (orig/g) float32 weights, g = gcd(orig, 16000): 16 x 3 for

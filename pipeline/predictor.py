@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .audio import MIN_SAMPLES, TARGET_SR, chunk_bounds
+from .audio import chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
 from .poison import Guard, maybe_crash
@@ -163,10 +163,12 @@ class EmotionPredictor:
                 f"driver's ({weights_sha256[:12]}); pin model.revision"
             )
         self.frames = frames
-        self.max_chunk = max(MIN_SAMPLES, int(max_chunk_s * TARGET_SR))
+        # windows and budgets follow the loaded model's own input contract (its CNN), not a default
+        self.input = self.bundle.input
+        self.max_chunk = max(self.input.receptive_field, int(max_chunk_s * self.input.sample_rate))
         if batch_seconds is None:
             batch_seconds = DEFAULT_BATCH_SECONDS["cuda" if self.device.startswith("cuda") else "cpu"]
-        self.budget = max(MIN_SAMPLES, int(batch_seconds * TARGET_SR))
+        self.budget = max(self.input.receptive_field, int(batch_seconds * self.input.sample_rate))
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
         self.node = _node_id()
@@ -223,7 +225,8 @@ class EmotionPredictor:
         for r, clip in enumerate(clips):
             if clip is None:
                 continue
-            for start, end in chunk_bounds(len(clip), self.max_chunk):
+            bounds_of = chunk_bounds(len(clip), self.max_chunk, self.input.receptive_field, self.input.hop)
+            for start, end in bounds_of:
                 items.append(clip[start:end])
                 owner.append(r)
                 bounds.append((start, end))
@@ -256,7 +259,8 @@ class EmotionPredictor:
             scores = None if scores is None else scores.cpu().numpy()
             # a window's segment ends where the next begins (windows overlap by 80 samples, see chunk_bounds)
             edges = [bounds[k][0] for k in ks] + [bounds[ks[-1]][1]]
-            windows = [(edges[j] / TARGET_SR, edges[j + 1] / TARGET_SR) for j in range(len(ks))]
+            sr = self.input.sample_rate
+            windows = [(edges[j] / sr, edges[j + 1] / sr) for j in range(len(ks))]
             window_scores = None if scores is None else (scores[:1] if len(parts) == 1 else scores[1:])
             results[r] = RowResult(
                 num_frames, frames, emb, None if scores is None else scores[0], windows, window_scores

@@ -21,7 +21,15 @@ import pyarrow as pa
 
 from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
 from .poison import Guard, maybe_crash
-from .schema import AUDIO_BYTES, DECODE_TIME, INPUT_ERROR, SEGMENT_TOTAL, SPAN_END, WAVEFORM
+from .schema import (
+    AUDIO_BYTES,
+    DECODE_TIME,
+    INPUT_ERROR,
+    SEGMENT_TOTAL,
+    SPAN_END,
+    STORAGE_RETRIES,
+    WAVEFORM,
+)
 from .storage import Storage
 
 Segmenter = Callable[[np.ndarray], list[tuple[int, int]]]  # 16 kHz samples -> [start, end) spans
@@ -83,10 +91,10 @@ def prepare_block(
             pending.append(span)
             size += 0 if span.samples is None else len(span.samples)
         if size >= budget:
-            yield _table(batch, pending, time.perf_counter() - t0)
+            yield _table(batch, pending, time.perf_counter() - t0, loader.retries())
             pending, size, t0 = [], 0, time.perf_counter()
     if pending:
-        yield _table(batch, pending, time.perf_counter() - t0)
+        yield _table(batch, pending, time.perf_counter() - t0, loader.retries())
     guard.done()
 
 
@@ -104,6 +112,13 @@ class _Loader:
         self.storage, self.limits = storage, limits
         self._key: str | None = None
         self._last: DecodedAudio | str | None = None
+        self._counted = sum(storage.retries.values())
+
+    def retries(self) -> int:
+        """Storage retries since the last call (the Storage object lives on across blocks)."""
+        total = sum(self.storage.retries.values())
+        new, self._counted = total - self._counted, total
+        return new
 
     def load(self, row: dict) -> DecodedAudio | str:
         """-> the decoded audio, or the error string for the row."""
@@ -192,7 +207,7 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
     return spans
 
 
-def _table(batch: pa.Table, spans: list[Span], seconds: float) -> pa.Table:
+def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> pa.Table:
     n = len(spans)
     base = batch.take(pa.array([s.source for s in spans], pa.int64()))
     base = base.drop_columns([c for c in (AUDIO_BYTES, SPAN_END, INPUT_ERROR) if c in base.column_names])
@@ -227,6 +242,7 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float) -> pa.Table:
         ),
         SEGMENT_TOTAL: pa.array(_totals(spans), pa.int64()),
         DECODE_TIME: pa.array(np.full(n, seconds / max(n, 1)), pa.float64()),
+        STORAGE_RETRIES: pa.array([retries] + [0] * (n - 1), pa.int64()),
     }
     for name, arr in extra.items():
         base = base.append_column(name, arr)

@@ -64,6 +64,7 @@ class ModelInfo:
 
     fingerprint: dict[str, Any]
     sample_rate: int
+    frame_rate: float
     embed_dim: int
     labels: list[str]
     weights_sha256: str
@@ -117,7 +118,12 @@ def _check_model(path, ref) -> ModelInfo:
     except (CheckpointError, ConfigError) as e:
         raise JobError(f"model.source: {e}") from None
     return ModelInfo(
-        bundle.fingerprint(), bundle.sample_rate, bundle.embed_dim, bundle.labels, bundle.weights_sha256
+        bundle.fingerprint(),
+        bundle.input.sample_rate,
+        bundle.input.frame_rate,
+        bundle.embed_dim,
+        bundle.labels,
+        bundle.weights_sha256,
     )
 
 
@@ -303,7 +309,7 @@ def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: P
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
     return {
         **model.fingerprint,
-        "frame_rate": 50,
+        "frame_rate": model.frame_rate,
         "frames": cfg.output.frames,
         "dtype": dtype,
         "max_chunk_s": cfg.audio.max_chunk_s,
@@ -395,6 +401,7 @@ def _finish(
         },
         "error_fraction": round(frac, 6),
         "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
+        "storage_retries": int(tally["retries"]),  # transient fetch/write errors that a retry got past
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": tally.per_node,

@@ -11,7 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-FRAME_RATE = 50  # frames per second of emotion2vec features (hop 320 samples at 16 kHz)
+from .model import INPUT
+
+FRAME_RATE = INPUT.frame_rate  # frames per second of the released models' features
 
 # Our columns, in order; `frames` only when output.frames is on.
 OUTPUT_COLUMNS = (
@@ -45,6 +47,7 @@ DECODE_TIME = "_decode_s"  # per-row share of its decode call's wall time
 MODEL_TIME = "_model_s"  # per-row share of its model call's wall time
 MODEL_NODE = "_model_node"  # which Ray node ran the model on the row
 MODEL_RUNTIME = "_model_runtime"  # "<device> <dtype>" the model really ran in (ok rows)
+STORAGE_RETRIES = "_storage_retries"  # transient storage errors retried while preparing the rows
 WAVEFORM = "waveform"  # 16 kHz mono float32 samples, between decode and the model
 
 

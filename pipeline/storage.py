@@ -159,6 +159,18 @@ def _refused(e: BaseException) -> bool:
     )
 
 
+def _copy_one(fs: Any, kind: str, src: str, dst: str) -> None:
+    """Copy one object in as few requests as the store allows, so a retry repeats little: on S3 a
+    single CopyObject (fsspec's copy() lists and stats first; our result files are far below the
+    5 GB limit of one CopyObject)."""
+    if kind == "s3":
+        from fsspec.asyn import sync
+
+        sync(fs.loop, fs._copy_basic, src, dst)
+    else:
+        fs.cp_file(src, dst)
+
+
 def is_transient(e: BaseException, reached: bool = True) -> bool:
     """Whether retrying `e` may help. `reached`: this process has talked to the server before, so a
     refused connection means a restart rather than a wrong endpoint."""
@@ -581,7 +593,7 @@ class Storage:
         else:
             fs, s, d = self.filesystem(src), self._path(src), self._path(dst)
             try:
-                self._call("write", dst, lambda: fs.copy(s, d))
+                self._call("write", dst, lambda: _copy_one(fs, scheme(src), s, d))
             except FileNotFoundError:
                 raise FileNotFoundError(f"no such file: {redact_url(src)}") from None
         self.delete(src)

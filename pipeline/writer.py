@@ -40,6 +40,7 @@ from .schema import (
     MODEL_RUNTIME,
     MODEL_TIME,
     SEGMENT_TOTAL,
+    STORAGE_RETRIES,
     UNIT,
     UNIT_ROWS,
     read_metadata,
@@ -87,6 +88,7 @@ def write_parts(
 ) -> pa.Table:
     """Stage one block of result rows, one or more files per unit; -> one summary row per file."""
     t0 = time.perf_counter()
+    retried = sum(storage.retries.values())  # the Storage object outlives this call in a worker
     summaries: list[dict[str, Any]] = []
     for unit in pc.unique(batch[UNIT]).to_pylist():
         rows = batch.filter(pc.equal(batch[UNIT], unit))
@@ -104,6 +106,8 @@ def write_parts(
     total = max(batch.num_rows, 1)
     for s in summaries:
         s["write_s"] = seconds * s["rows"] / total
+    if summaries:  # this task's own write retries, on its first file
+        summaries[0]["retries"] += sum(storage.retries.values()) - retried
     return pa.Table.from_pylist(summaries)
 
 
@@ -135,6 +139,7 @@ def _summary(unit: str, name: str, rows: pa.Table) -> dict[str, Any]:
         "audio_s": float(pc.sum(rows["duration_s"]).as_py() or 0.0),
         "decode_s": _sum(rows, DECODE_TIME),
         "model_s": _sum(rows, MODEL_TIME),
+        "retries": int(_sum(rows, STORAGE_RETRIES)),
         "model_nodes": json.dumps(_counts(rows, MODEL_NODE)),
         "model_runtimes": json.dumps(_counts(rows, MODEL_RUNTIME)),
     }
@@ -175,7 +180,18 @@ class Marker:
         return cls(**json.loads(data))
 
 
-COUNTS = ("sources", "expected", "rows", "ok", "error", "audio_s", "decode_s", "model_s", "write_s")
+COUNTS = (
+    "sources",
+    "expected",
+    "rows",
+    "ok",
+    "error",
+    "audio_s",
+    "decode_s",
+    "model_s",
+    "write_s",
+    "retries",
+)
 
 
 @dataclass

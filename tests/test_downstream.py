@@ -425,11 +425,14 @@ def test_prepare_iemocap(tmp_path, capsys):
 
     # the job's own manifest reader takes it as is
     from pipeline.config import InputConfig
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest import count_rows, discover
+    from pipeline.schema import passthrough_schema
     from pipeline.storage import Storage
 
-    m = read_manifest(InputConfig(manifest=str(out)), Storage())
-    assert len(m) == 25 and m.passthrough == ["emotion", "session", "speaker"]
+    cfg, storage = InputConfig(manifest=str(out)), Storage()
+    (source,) = discover(cfg, storage)
+    n, schema, _ = count_rows(source, cfg, storage)
+    assert n == 25 and passthrough_schema(schema).names == ["emotion", "session", "speaker"]
 
     # a missing wav: dropped with a warning, or kept on request
     (root / "Session3/sentences/wav/Ses03F_impro02/Ses03F_impro02_M000.wav").unlink()

@@ -63,7 +63,7 @@ def test_s3_manifest_audio_and_output(ray_session, s3_server, s3_bucket, tiny_mo
 def test_credentials_stay_out_of_logs_summary_and_files(s3_server, s3_bucket, tiny_model_dir, tmp_path):
     """Distinctive fake credentials in the environment and in a profile file: the job (its own
     process, so its Ray workers inherit that environment) must never echo them."""
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     secrets = {
         "AWS_ACCESS_KEY_ID": "AKIAENVLEAKCHECK7Q2Z",
@@ -130,3 +130,34 @@ def test_error_fraction_above_threshold_exits_3_after_writing(
     assert extract.main(["--config", str(cfg)]) == 3
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
     assert "out/_run.json" in keys and any(k.endswith(".parquet") for k in keys)
+
+
+def test_a_throttling_bucket_costs_retries_not_rows(
+    ray_session, s3_server, s3_bucket, tiny_model_dir, tmp_path
+):
+    """Every 4th request to S3 answers 503 SlowDown (a proxy in front of moto): every row is still ok,
+    and `_run.json` counts the retries."""
+    from pipeline.testing.samples import synthesize
+
+    from .test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    lines = []
+    for i in range(4):
+        local = synthesize(f"number {i} please", tmp_path / f"t{i}.wav", pitch=30 + 10 * i)
+        client.upload_file(str(local), bucket, f"slow/audio/t{i}.wav")
+        lines.append(json.dumps({"id": f"t{i}", "path": f"audio/t{i}.wav"}))
+    client.put_object(Bucket=bucket, Key="slow/manifest.jsonl", Body="\n".join(lines).encode())
+    with FaultProxy(s3_server, fail_every=4) as proxy:
+        cfg = tmp_path / "slow.yaml"
+        cfg.write_text(
+            f"input:\n  manifest: s3://{bucket}/slow/manifest.jsonl\n"
+            f"model:\n  source: {tiny_model_dir}\n  device: cpu\n"
+            f"output:\n  path: s3://{bucket}/slow/out\n"
+            f"storage:\n  endpoint_url: {proxy.url}\n  retry_backoff_s: 0.05\n  retry_backoff_max_s: 0.2\n"
+        )
+        assert extract.main(["--config", str(cfg)]) == 0
+        assert proxy.failed > 0
+    run = json.loads(client.get_object(Bucket=bucket, Key="slow/out/_run.json")["Body"].read())
+    assert run["rows"] == {"input": 4, "ok": 4, "error": 0, "skipped": 0}
+    assert run["storage_retries"] > 0
