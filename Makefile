@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[viz,test]' $(QUIET)
 	touch $(STAMP)
 
-# espeak-ng + sox generate the speech the tests run on (Debian/Ubuntu packages).
+# espeak-ng + sox generate the speech the tests run on, and the ffmpeg CLI wraps it in containers
+# (Debian/Ubuntu packages); at run time PyAV's bundled FFmpeg decodes.
 sysdeps:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
-	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsox-fmt-all >/dev/null )
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v ffmpeg >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsox-fmt-all ffmpeg >/dev/null )
 
 demo: venv
 	$(BIN)/python jobs/demo.py

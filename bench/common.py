@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# model-spec §10: forward GFLOPs per second of audio (short clips), base and large
+# docs/model.md, "Compute": forward GFLOPs per second of audio (short clips), base and large
 GFLOP_PER_AUDIO_S = {768: 15.0, 1024: 22.5}
 
 
@@ -43,7 +43,7 @@ def machine() -> dict:
 def base_model_dir(out: Path, seed: int = 0) -> Path:
     """A random-init emotion2vec+ base-size model (D=768, 4+8 blocks, 9-way head) in the hub layout."""
     from pipeline.model.config import base
-    from pipeline.model.random_init import random_model, write_checkpoint
+    from pipeline.testing.checkpoints import random_model, write_checkpoint
 
     if not (out / "model.pt").exists():
         write_checkpoint(random_model(base(num_classes=9), seed=seed), out, "hub")
@@ -57,7 +57,7 @@ def corpus(out: Path, n: int, min_s: float = 1.0, max_s: float = 20.0, seed: int
     import numpy as np
     import soundfile as sf
 
-    from pipeline.samples import SENTENCES, STYLES, VOICES, synthesize
+    from pipeline.testing.samples import SENTENCES, STYLES, VOICES, synthesize
 
     manifest = out / "manifest.jsonl"
     if manifest.exists():

@@ -25,8 +25,8 @@ from common import GFLOP_PER_AUDIO_S, machine
 from pipeline.batching import collate, pack
 from pipeline.model import kernels
 from pipeline.model.config import Emotion2vecConfig
-from pipeline.model.random_init import random_model, write_checkpoint
 from pipeline.predictor import cpu_has_native
+from pipeline.testing.checkpoints import random_model, write_checkpoint
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, seconds: float = 2.0) -> float:

@@ -16,7 +16,7 @@ from common import machine
 from pipeline.batching import collate
 from pipeline.model import load_bundle
 from pipeline.model.config import base
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 LENGTHS = [400, 719, 16_000, 27_777, 80_000, 160_000]
 

@@ -29,7 +29,7 @@ def main():
     if a.base:
         model = base_model_dir(a.work.parent / "bench-e2e" / "model")
     else:
-        from pipeline.model.random_init import random_model, tiny, write_checkpoint
+        from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
         model = a.work / "tiny"
         if not (model / "model.pt").exists():

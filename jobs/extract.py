@@ -37,9 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         print(f"error: {e}; committed units are kept: rerun the same command to resume", file=sys.stderr)
         return EXIT_FAILED
-    if result.exit_code:
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --log-level DEBUG
+        logging.getLogger("extract").debug("unexpected failure", exc_info=True)
+        print(
+            f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+            f"(rerun with --log-level DEBUG for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if result.too_many_errors:
         print(f"error: {result.message}", file=sys.stderr)
-    return result.exit_code
+        return EXIT_TOO_MANY_ERRORS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.datasets import DatasetError, counts_table, emobox_rows, write_manifest  # noqa: E402
+from pipeline.downstream.importers import DatasetError, counts_table, emobox_rows, write_manifest  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Build the standard 4-class IEMOCAP manifest (ang / hap+exc / neu / sad, model-spec §11).
+"""Build the standard 4-class IEMOCAP manifest (ang / hap+exc / neu / sad; docs/model.md, "The IEMOCAP recipe").
 
     python jobs/prepare_iemocap.py --root /data/IEMOCAP_full_release --output data/iemocap/manifest.jsonl
     python jobs/extract.py --config configs/iemocap.yaml
@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.datasets import (  # noqa: E402
+from pipeline.downstream.importers import (  # noqa: E402
     IEMOCAP_SESSION_SIZES,
     DatasetError,
     counts_table,

@@ -1,4 +1,4 @@
-"""Train and evaluate a downstream emotion classifier on the extraction output (model-spec §11 recipe).
+"""Train and evaluate a downstream emotion classifier on the extraction output (the IEMOCAP recipe of docs/model.md).
 
     python jobs/train_downstream.py --features outputs/iemocap --label-column emotion \
         --fold-column session --output outputs/iemocap-probe \
@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.config import ConfigError  # noqa: E402
-from pipeline.downstream import load_train_config, train  # noqa: E402
+from pipeline.downstream.train import load_train_config, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.downstream.viz import visualize  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
-from pipeline.viz import visualize  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,25 @@
-"""Pure audio functions: encoded bytes -> float32 mono 16 kHz samples, validation, windows.
+"""Pure audio functions: encoded audio -> float32 mono 16 kHz samples, validation, cuts, windows.
 
-Contract: no Ray, no storage, no file system; bytes in, arrays out.
+Contract: no Ray, no storage, no file system; bytes (or a seekable binary file object) in, arrays out.
 
-- `decode` reads with soundfile (libsndfile 1.2: wav 16/24/32-bit int and float, flac, ogg/vorbis,
-  ogg/opus, mp3; the format is detected from the content, not the name), averages the channels and
-  resamples other rates with `torchaudio.functional.resample` at its defaults (`RESAMPLER`), the
-  resampler the FunASR reference uses, so results match it on non-16 kHz input. Float32 throughout.
+- `decode` reads wav, flac, ogg/vorbis, ogg/opus and mp3 with soundfile (libsndfile; the format is
+  detected from the content, not the name) and everything else FFmpeg demuxes and decodes with PyAV
+  (its wheels bundle FFmpeg): mp4/m4a/mov, ADTS aac, webm/mkv, wma/asf, amr, flv, video files. From a
+  file with several streams only the first audio stream is demuxed and decoded; video is never decoded.
+- Both decoders yield float32 at the source rate with every channel; blocks (libsndfile) or frames
+  (FFmpeg) are averaged over channels into one preallocated mono buffer, so a long multichannel file
+  never exists as a whole interleaved array. Other rates are then resampled with
+  `torchaudio.functional.resample` at its defaults (`RESAMPLER`), the resampler the FunASR reference
+  uses, so a file gives the same numbers whichever decoder read it, and matches the reference.
+- Limits (`max_bytes`, `max_duration_s`) are checked before decoding: the size first, then the duration
+  the header states; the decoded length is checked again as frames arrive, for headers that lie or
+  state no duration.
+- `cut` takes a segment [start_s, end_s) of decoded 16 kHz samples on the sample grid.
 - Every failure is an `AudioError` (a `ValueError`) whose message says what is wrong; the caller
   prefixes the stage and the file. Silence is valid audio.
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
-  flac/ogg/opus data raises.
+  flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
+  or a packet it cannot decode.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
+import av
 import numpy as np
 import soundfile as sf
 
@@ -32,9 +44,19 @@ MIN_SOURCE_SR = 1_000  # below this a file is not audio we can use
 # 48 kHz, 160 x 441 for 44.1 kHz, but 16000 x 11127 (~700 MB) for an odd rate such as 11127 Hz.
 MAX_KERNEL_ELEMENTS = 1 << 25  # 128 MiB of float32
 
-SUPPORTED = "wav, flac, ogg/vorbis, ogg/opus, mp3"
+CUT_TOLERANCE_S = 0.1  # an end this far past the audio is clamped (rounding in manifests), not an error
+BLOCK_FRAMES = 1 << 16  # libsndfile frames read per block from a multichannel file
+# decoded audio may fall this short of an MP4 index's duration (encoder padding, edit lists)
+INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
+FIRST_GUESS_S = 60  # buffer size when a container states no duration; it doubles as needed
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
+# libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
+_NOT_SNDFILE = ("format not recognised", "unsupported", "unknown")
+# FFmpeg sample formats (packed names) -> scale to [-1, 1) float, as FFmpeg's own conversion does
+_INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 2.0**-31, "s64": 2.0**-63}
+
+Source = bytes | bytearray | memoryview | BinaryIO
 
 
 class AudioError(ValueError):
@@ -54,16 +76,27 @@ class DecodedAudio:
         return len(self.samples) / TARGET_SR
 
 
-def decode(data: bytes, name: str = "", max_duration_s=None, max_bytes=None) -> DecodedAudio:
-    """Encoded audio bytes -> validated 16 kHz mono float32. `name` is only used in messages."""
-    if len(data) == 0:
+def decode(
+    data: Source, name: str = "", *, max_duration_s: float | None = None, max_bytes: int | None = None
+) -> DecodedAudio:
+    """Encoded audio -> validated 16 kHz mono float32. `name` is only used in messages.
+
+    `data` is the file's bytes or a seekable binary file object holding the file from offset 0.
+    `max_bytes` / `max_duration_s` reject a bigger / longer file before it is decoded (where the
+    header states the duration; otherwise as soon as the decoded part passes the limit).
+    """
+    f = _file(data)
+    size = _size(f)
+    if size == 0:
         raise AudioError("empty file (0 bytes)")
-    x, sr = _read(data, name)  # [frames, channels] float32
-    channels = x.shape[1]
-    if len(x) == 0:
-        raise AudioError(f"no samples decoded (header: 0 frames at {sr} Hz, {channels} channel(s))")
-    mono = _downmix(x)  # [frames]
-    del x  # for multichannel input, free the interleaved copy before resampling
+    if max_bytes is not None and size > max_bytes:
+        raise AudioError(
+            f"file too big: {size / 2**20:.1f} MB ({size} bytes), over the limit of "
+            f"{max_bytes / 2**20:g} MB (audio.max_file_mb)"
+        )
+    mono, sr, channels = _read(f, name, max_duration_s)
+    if len(mono) == 0:
+        raise AudioError(f"no samples decoded (0 frames at {sr} Hz, {channels} channel(s))")
     if not np.isfinite(mono).all():
         raise AudioError("contains non-finite samples (NaN/Inf)")
     samples = to_mono_16k(mono, sr)
@@ -87,6 +120,33 @@ def to_mono_16k(x: np.ndarray, sample_rate: int) -> np.ndarray:
     import torchaudio
 
     return torchaudio.functional.resample(torch.from_numpy(mono), sample_rate, TARGET_SR).numpy()
+
+
+def cut(samples: np.ndarray, start_s: float, end_s: float | None) -> np.ndarray:
+    """The segment [start_s, end_s) of 16 kHz `samples`: samples[round(start_s * 16000) : round(end_s * 16000)].
+
+    `end_s` None means to the end; an end up to `CUT_TOLERANCE_S` past the audio is clamped to it.
+    Raises `AudioError` for negative or non-finite times, an empty or reversed range, a start at or
+    past the end, an end further past the end, or a segment too short for the model (`validate`).
+    """
+    duration = len(samples) / TARGET_SR
+    where = f"segment [{start_s}, {end_s}) s of audio lasting {duration:.3f} s"
+    for t in (start_s, end_s):
+        if t is not None and not (math.isfinite(t) and t >= 0):
+            raise AudioError(f"{where}: times must be finite and >= 0")
+    if end_s is not None and end_s <= start_s:
+        raise AudioError(f"{where}: the end is not after the start")
+    a = round(start_s * TARGET_SR)
+    if a >= len(samples):
+        raise AudioError(f"{where}: starts at or past the end of the audio")
+    b = len(samples) if end_s is None else round(end_s * TARGET_SR)
+    if b > len(samples):
+        if end_s - duration > CUT_TOLERANCE_S:
+            raise AudioError(f"{where}: ends more than {CUT_TOLERANCE_S} s past the end of the audio")
+        b = len(samples)
+    segment = samples[a:b]
+    validate(segment)
+    return segment
 
 
 def validate(samples: np.ndarray, min_samples: int = MIN_SAMPLES) -> None:
@@ -123,25 +183,199 @@ def chunk_bounds(
     return bounds
 
 
-def _read(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """bytes -> ([frames, channels] float32, sample rate); any decoder failure is an `AudioError`."""
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _file(data: Source) -> BinaryIO:
+    """bytes or a seekable binary file object -> a file object positioned at 0."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return io.BytesIO(data)
+    if not (hasattr(data, "read") and hasattr(data, "seek") and data.seekable()):
+        raise TypeError(f"decode needs bytes or a seekable binary file object, not {type(data).__name__}")
+    data.seek(0)
+    return data
+
+
+def _size(f: BinaryIO) -> int:
+    size = f.seek(0, io.SEEK_END)
+    f.seek(0)
+    return size
+
+
+def _read(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+    """file -> ([frames] float32 mono at the source rate, source rate, source channels)."""
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            sr = f.samplerate
-            x = f.read(dtype="float32", always_2d=True)
-            if len(x) == 0:
-                problems = [ln.strip() for ln in f.extra_info.splitlines() if _is_problem(ln)]
-                if problems:
-                    raise AudioError(
-                        f"corrupt or truncated audio: no samples decoded ({'; '.join(problems)})"
-                    )
-    except AudioError:
-        raise
+        sound = sf.SoundFile(f)
     except sf.LibsndfileError as e:
-        raise AudioError(_libsndfile_message(e.error_string, name)) from None
+        error = e.error_string.strip()
+        if not any(s in error.lower() for s in _NOT_SNDFILE):
+            raise AudioError(f"corrupt or truncated audio: {error}") from None
+        sound = None  # not a format libsndfile reads: FFmpeg's turn
     except Exception as e:  # noqa: BLE001 - whatever the C decoder or its wrapper throws is bad input
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
-    return x, int(sr)
+    if sound is None:
+        f.seek(0)
+        return _read_ffmpeg(f, name, max_duration_s)
+    with sound:
+        return _read_sndfile(sound, max_duration_s), sound.samplerate, sound.channels
+
+
+def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarray:
+    """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
+    _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
+    mono = np.empty(sound.frames, np.float32)
+    try:
+        if sound.channels == 1:
+            n = len(sound.read(out=mono))  # straight into the buffer
+        else:
+            block = np.empty((BLOCK_FRAMES, sound.channels), np.float32)
+            n = 0
+            while n < len(mono):
+                got = len(sound.read(out=block[: len(mono) - n]))
+                if got == 0:
+                    break
+                _downmix_into(block[:got], mono[n : n + got])
+                n += got
+    except sf.LibsndfileError as e:
+        raise AudioError(f"corrupt or truncated audio: {e.error_string.strip()}") from None
+    except Exception as e:  # noqa: BLE001
+        raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
+    if n == 0:
+        problems = [ln.strip() for ln in sound.extra_info.splitlines() if _is_problem(ln)]
+        if problems:
+            raise AudioError(f"corrupt or truncated audio: no samples decoded ({'; '.join(problems)})")
+    return mono[:n]
+
+
+def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+    """A file libsndfile does not read -> its first audio stream as ([frames] float32 mono, rate, channels)."""
+    try:
+        container = av.open(f, mode="r")
+    except av.FFmpegError as e:
+        ext = PurePosixPath(name).suffix.lower()
+        which = f" {ext!r}" if ext else ""
+        raise AudioError(
+            f"unrecognised, unsupported or corrupt file{which}: neither libsndfile nor FFmpeg can "
+            f"open it (FFmpeg: {_ffmpeg_reason(e)})"
+        ) from None
+    with container:
+        stream = _audio_stream(container)
+        header_s = _stated_duration(container, stream)
+        if header_s is not None:
+            _check_duration(header_s, max_duration_s, "as its header states")
+        buffer = _MonoBuffer(header_s)
+        try:
+            for frame in container.decode(stream):
+                buffer.add(frame)
+                _check_duration(buffer.duration_s, max_duration_s, "decoded so far")
+        except av.FFmpegError as e:
+            raise AudioError(
+                f"corrupt or truncated audio: FFmpeg stopped at {buffer.duration_s:.2f} s "
+                f"({_ffmpeg_reason(e)})"
+            ) from None
+        _check_complete(container, header_s, buffer.duration_s)
+        return buffer.samples(), buffer.rate or (stream.sample_rate or 0), buffer.channels or stream.channels
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    """The first audio stream; every other stream is discarded at the demuxer (never decoded)."""
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams})
+        held = f"only {'/'.join(kinds)} streams" if kinds else "no streams at all"
+        raise AudioError(f"no audio stream: the file holds {held}")
+    stream = container.streams.audio[0]
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = type(other.discard).all
+    return stream
+
+
+def _stated_duration(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> float | None:
+    """The audio stream's duration as the container states it (an estimate for raw ADTS/mp3), in s."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_complete(container: av.container.InputContainer, stated_s: float | None, decoded_s: float) -> None:
+    """MP4/MOV index every sample: a file cut inside another stream's data ends early without an error."""
+    if stated_s is None or "mp4" not in container.format.name.split(","):
+        return
+    if decoded_s < stated_s * (1 - INDEX_SLACK) - INDEX_SLACK_S:
+        raise AudioError(
+            f"corrupt or truncated audio: decoded {decoded_s:.2f} s of the {stated_s:.2f} s its index lists"
+        )
+
+
+class _MonoBuffer:
+    """FFmpeg frames, downmixed one by one into a preallocated float32 mono buffer that grows if needed."""
+
+    def __init__(self, stated_s: float | None) -> None:
+        self.guess_s = stated_s if stated_s else FIRST_GUESS_S
+        self.rate = 0
+        self.channels = 0
+        self.n = 0
+        self.buf = np.empty(0, np.float32)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n / self.rate if self.rate else 0.0
+
+    def add(self, frame: av.AudioFrame) -> None:
+        x = _frame_samples(frame)  # [samples, channels] float32
+        if not self.rate:
+            self.rate, self.channels = frame.sample_rate, x.shape[1]
+            # a little over the stated duration: a container's duration rounds, AAC pads its last frame
+            self.buf = np.empty(math.ceil(self.rate * (self.guess_s + 0.5)), np.float32)
+        elif (frame.sample_rate, x.shape[1]) != (self.rate, self.channels):
+            raise AudioError(
+                f"the audio stream changes from {self.rate} Hz x {self.channels} channel(s) to "
+                f"{frame.sample_rate} Hz x {x.shape[1]} at {self.duration_s:.2f} s"
+            )
+        end = self.n + len(x)
+        if end > len(self.buf):
+            grown = np.empty(max(end, 2 * len(self.buf)), np.float32)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        _downmix_into(x, self.buf[self.n : end])
+        self.n = end
+
+    def samples(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+
+def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
+    """An FFmpeg audio frame -> [samples, channels] float32 at the frame's rate (a view where possible)."""
+    a = frame.to_ndarray()  # planar: [channels, samples]; packed: [1, samples * channels]
+    fmt = frame.format
+    x = a.T if fmt.is_planar else a.reshape(-1, frame.layout.nb_channels)
+    kind = fmt.packed.name
+    if kind == "flt":
+        return x
+    if kind == "dbl":
+        return x.astype(np.float32)
+    if kind not in _INT_SCALE:
+        raise AudioError(f"unsupported FFmpeg sample format {fmt.name!r}")
+    y = x.astype(np.float32)
+    if kind == "u8":
+        y -= np.float32(128)
+    y *= np.float32(_INT_SCALE[kind])
+    return y
+
+
+def _ffmpeg_reason(e: av.FFmpegError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def _check_duration(seconds: float, max_duration_s: float | None, how: str) -> None:
+    if max_duration_s is not None and seconds > max_duration_s:
+        raise AudioError(
+            f"too long: {seconds:.1f} s {how}, over the limit of {max_duration_s:g} s (audio.max_duration_s)"
+        )
 
 
 def _is_problem(log_line: str) -> bool:
@@ -150,27 +384,23 @@ def _is_problem(log_line: str) -> bool:
     return any(word in low for word in _LOG_PROBLEMS)
 
 
-def _libsndfile_message(error: str, name: str) -> str:
-    """libsndfile's error string (without soundfile's "Error opening <BytesIO at 0x...>" prefix) -> message."""
-    error = error.strip()
-    if "format not recognised" in error.lower():
-        ext = PurePosixPath(name).suffix.lower()
-        which = f" {ext!r}" if ext else ""
-        return f"unsupported or unrecognised audio format{which}: libsndfile reads {SUPPORTED}"
-    return f"corrupt or truncated audio: {error}"
-
-
 def _downmix(x: np.ndarray) -> np.ndarray:
     """[frames, channels] -> [frames] float32, the mean over channels (no copy for mono float32)."""
-    channels = x.shape[1]
-    if channels == 1:
+    if x.shape[1] == 1:
         return np.ascontiguousarray(x[:, 0], np.float32)
-    # a running sum over channels: same result as x.mean(axis=1), but ~10x faster for few channels
-    mono = x[:, 0].astype(np.float32)
-    for c in range(1, channels):
-        mono += x[:, c]
-    mono /= np.float32(channels)
-    return mono
+    return _downmix_into(x, np.empty(len(x), np.float32))
+
+
+def _downmix_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """[frames, channels] -> `out` ([frames] float32): the mean over channels, written in place."""
+    # a running sum over channels: same result as x.mean(axis=1), but ~10x faster for few channels,
+    # and the same numbers whether a file arrives whole or block by block
+    out[:] = x[:, 0]
+    for c in range(1, x.shape[1]):
+        out += x[:, c]
+    if x.shape[1] > 1:
+        out /= np.float32(x.shape[1])
+    return out
 
 
 def _check_rate(sample_rate: int) -> None:
@@ -178,19 +408,3 @@ def _check_rate(sample_rate: int) -> None:
     g = math.gcd(sample_rate, TARGET_SR)
     if sample_rate < MIN_SOURCE_SR or (sample_rate // g) * (TARGET_SR // g) > MAX_KERNEL_ELEMENTS:
         raise AudioError(f"unsupported sample rate {sample_rate} Hz: cannot resample it to 16 kHz sanely")
-
-
-def cut(samples: np.ndarray, start_s: float, end_s: float | None) -> np.ndarray:  # TEMPORARY
-    a = round(start_s * TARGET_SR)
-    b = len(samples) if end_s is None else round(end_s * TARGET_SR)
-    if a >= len(samples):
-        raise AudioError(
-            f"segment starts at {start_s:.3f} s, past the end of the audio ({len(samples) / TARGET_SR:.3f} s)"
-        )
-    if b > len(samples) + 1600:
-        raise AudioError(
-            f"segment ends at {end_s:.3f} s, past the end of the audio ({len(samples) / TARGET_SR:.3f} s)"
-        )
-    out = samples[a:b]
-    validate(out)
-    return out

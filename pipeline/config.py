@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .storage import redact_url
+
 
 class ConfigError(ValueError):
     pass
@@ -101,10 +103,15 @@ class OutputConfig(_Section):
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     region: str | None = None
-    anonymous: bool = False
+    anonymous: bool = Field(False, description="unsigned requests (public buckets)")
     profile: str | None = Field(None, description="AWS profile name (credentials stay in the AWS chain)")
-    connect_timeout_s: float = 10.0
-    request_timeout_s: float = 60.0
+    connect_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(5, ge=0, description="retries of a transient storage error, after the first attempt")
+    retry_backoff_s: float = Field(
+        0.5, ge=0, description="first retry delay; doubles each retry, with jitter"
+    )
+    retry_backoff_max_s: float = Field(20.0, ge=0, description="upper bound of one retry delay")
 
 
 class RayConfig(_Section):
@@ -142,9 +149,17 @@ class JobConfig(_Section):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The config as plain data for `_run.json` and logs (holds no secrets: credentials never
-        enter the config, they come from the AWS chain)."""
-        return self.model_dump(mode="json")
+        """The config as plain data for `_run.json` and logs. Credentials never enter the config,
+        but a URL may carry some (user info, signed query parameters): every URL is redacted."""
+        return _redact(self.model_dump(mode="json"))
+
+
+def _redact(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v) for v in node]
+    return redact_url(node) if isinstance(node, str) else node
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

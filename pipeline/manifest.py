@@ -84,6 +84,11 @@ class Plan:
     sources: list[Source]
     counts: list[int] = field(default_factory=list)  # rows per source, after input.limit
     passthrough: pa.Schema = field(default_factory=lambda: pa.schema([]))  # manifest columns carried through
+    row_bytes: float = 0.0  # the largest bytes per row of a source (audio inside the manifest)
+
+    def block_rows(self, most: int) -> int:
+        """Rows per block handed to a decode task: at most `most`, and about MAX_BLOCK_BYTES."""
+        return max(1, min(most, int(MAX_BLOCK_BYTES // max(self.row_bytes, 1.0))))
 
     @property
     def rows(self) -> int:
@@ -163,27 +168,30 @@ def detect_format(uri: str) -> str:
 # -- reading (Ray tasks) ---------------------------------------------------------------------------
 
 
-def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> tuple[int, pa.Schema]:
-    """Rows of one source and its normalised schema, checking on the way what can be checked
-    cheaply: that it parses, has an id and an audio column, and has no duplicate ids. Raises
-    ManifestError naming the file."""
+def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> tuple[int, pa.Schema, float]:
+    """Rows of one source, its normalised schema and its bytes per row (audio inside a Parquet
+    manifest makes rows big), checking on the way what can be checked cheaply: that it parses, has
+    an id and an audio column, and has no duplicate ids. Raises ManifestError naming the file."""
     if source.format == "parquet":
         with storage.open_input(source.uri) as f:
             pf = pq.ParquetFile(f)
             cols = _columns(pf.schema_arrow, cfg, source.uri)
             ids = pf.read(columns=[cols.id]).column(0).cast(pa.string())
             head = next(pf.iter_batches(batch_size=1), None)
+            meta = pf.metadata
+            row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         _check_unique(ids, source.uri)
         if head is None:
-            return 0, pa.schema([])
-        return len(ids), normalise(pa.Table.from_batches([head]), cols, source.root).schema
+            return 0, pa.schema([]), 0.0
+        schema = normalise(pa.Table.from_batches([head]), cols, source.root).schema
+        return len(ids), schema, row_bytes / max(len(ids), 1)
     ids, schema = [], None
     for t in _tables(source, cfg, storage):
         ids.append(t["id"])
         schema = schema or t.schema
     column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
     _check_unique(column, source.uri)
-    return len(column), schema or pa.schema([])
+    return len(column), schema or pa.schema([]), 0.0
 
 
 def read_units(
@@ -364,10 +372,16 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
         raise ManifestError(f"{n} rows have no {cols.id!r} (the first is row {first + 1})")
     out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
     consumed = {cols.id, cols.audio}
+    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
     if cols.embedded:
         data, paths = _embedded_audio(raw[cols.audio])
         out["path"] = paths
         out[AUDIO_BYTES] = data
+        # the path beside embedded bytes is often just the name the file had where it was packed
+        missing = pa.scalar(
+            f"the manifest's audio column {cols.audio!r} holds no bytes for this row", pa.string()
+        )
+        errors = pc.if_else(pc.is_null(data), pc.coalesce(errors, missing), errors)
     else:
         out["path"] = pa.array([_resolve(p, root) for p in raw[cols.audio].to_pylist()], pa.string())
     recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
@@ -376,9 +390,8 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
     out["offset_s"] = start
     out[SPAN_END] = end
     consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
-    if INPUT_ERROR in raw.column_names:
-        out[INPUT_ERROR] = raw[INPUT_ERROR]
-        consumed.add(INPUT_ERROR)
+    out[INPUT_ERROR] = errors
+    consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
             out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]

@@ -12,6 +12,7 @@ fails is retried clip by clip, so one bad clip becomes one error row.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -71,6 +72,27 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     else:
         return True
     return bool(isa) and kernels.onednn_linear_available(dtype)
+
+
+def is_sticky_device_error(e: BaseException) -> bool:
+    """A CUDA error that leaves the process's device context unusable (an illegal address, a
+    device-side assert, ECC): every later call fails too. Out-of-memory is not one of them."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(e, accelerator_error) or "CUDA error" in str(e)
+
+
+def exit_if_device_broken(e: BaseException) -> None:
+    """End this actor's process on a sticky device error: the job restarts the pipeline on a fresh
+    actor (and device context) instead of turning every later row into an error row."""
+    if is_sticky_device_error(e):
+        log.error("sticky device error, ending this model worker so that it is replaced: %s", e)
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_BROKEN)
+
+
+EXIT_DEVICE_BROKEN = 70
 
 
 @dataclass
@@ -169,6 +191,7 @@ class EmotionPredictor:
             try:
                 outs: list[ItemResult | Exception] = list(self._forward([items[i] for i in group]))
             except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
+                exit_if_device_broken(e)
                 if len(group) == 1:
                     results[group[0]] = e
                     continue
@@ -180,6 +203,7 @@ class EmotionPredictor:
                     try:
                         outs.append(self._forward([items[i]])[0])
                     except Exception as e1:  # noqa: BLE001
+                        exit_if_device_broken(e1)
                         outs.append(e1)
             for i, o in zip(group, outs, strict=True):
                 results[i] = o

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -120,26 +120,30 @@ class _Loader:
 
 
 def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> list[Span]:
+    offset, end = row["offset_s"], row[SPAN_END]
+    spanned = offset is not None or end is not None
+    # what the manifest asked for, kept on error rows too
+    base = Span(
+        i,
+        row["id"],
+        recording_id=row["recording_id"],
+        start_s=(offset or 0.0) if spanned else None,
+        end_s=end,
+    )
     if row[INPUT_ERROR]:
-        return [Span(i, row["id"], error=f"input: ValueError: {row[INPUT_ERROR]}")]
+        return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)
     if isinstance(audio, str):
-        return [Span(i, row["id"], error=audio)]
-    offset, end = row["offset_s"], row[SPAN_END]
+        return [replace(base, error=audio)]
+    base.audio = audio
     samples = audio.samples
-    if offset is not None or end is not None:
+    if spanned:
         try:
             samples = cut(samples, offset or 0.0, end)
         except AudioError as e:
-            return [
-                Span(i, row["id"], audio=audio, error=f"decode: AudioError: {row['path'] or row['id']}: {e}")
-            ]
-    start_s = None if offset is None and end is None else (offset or 0.0)
-    whole = Span(
-        i, row["id"], audio=audio, samples=samples, start_s=start_s, recording_id=row["recording_id"]
-    )
-    if start_s is not None:
-        whole.end_s = start_s + len(samples) / TARGET_SR
+            return [replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}")]
+        base.end_s = base.start_s + len(samples) / TARGET_SR
+    whole = replace(base, samples=samples)
     if segmenter is None:
         return [whole]
     return _segment(whole, segmenter)

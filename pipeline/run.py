@@ -35,7 +35,8 @@ from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: units with commit markers, span and segment columns
+SCHEMA_VERSION = 2
+READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model  # 2: units with commit markers, span and segment columns
 
 
 class JobError(RuntimeError):
@@ -48,8 +49,8 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunResult:
-    info: dict[str, Any]
-    exit_code: int
+    info: dict[str, Any]  # what _run.json holds
+    too_many_errors: bool  # the output's error fraction exceeds output.max_error_fraction
     message: str
 
 
@@ -140,8 +141,8 @@ def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
 
 def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     """Run the job end to end. Raises JobError for failures that stop it before processing and
-    RunFailed when Ray fails under it more often than `ray.max_restarts`; returns the exit code
-    (3 when the output's error fraction is too high)."""
+    RunFailed when Ray fails under it more often than `ray.max_restarts`; the result says whether
+    the output's error fraction is too high."""
     import ray
 
     stream = stream or sys.stderr
@@ -233,16 +234,17 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
     """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
     import ray
 
-    remote = ray.remote(num_cpus=0.25)(count_rows)
+    remote = ray.remote(num_cpus=READ_CPUS)(count_rows)
     refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
-    counts, schema = [], None
+    counts, schema, row_bytes = [], None, 0.0
     for s, ref in zip(sources, refs, strict=True):
         try:
-            n, head = (s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
+            n, head, size = (s.audio.num_rows, s.audio.schema, 0.0) if ref is None else ray.get(ref)
         except ManifestError as e:
             raise JobError(str(getattr(e, "cause", e))) from None
         counts.append(n)
         schema = schema or (head if n else None)
+        row_bytes = max(row_bytes, size)
     if sum(counts) == 0:
         raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")
     if cfg.input.limit:
@@ -250,7 +252,7 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
         for i, n in enumerate(counts):
             counts[i] = min(n, left)
             left -= counts[i]
-    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema))
+    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes)
 
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
@@ -370,8 +372,8 @@ def _finish(
             f"error fraction {frac:.1%} ({totals['error']}/{totals['rows']} rows of the output) exceeds "
             f"output.max_error_fraction {cfg.output.max_error_fraction:.1%}; see the error column in {cfg.output.path}"
         )
-        return RunResult(info, 3, msg)
-    return RunResult(info, 0, "ok")
+        return RunResult(info, True, msg)
+    return RunResult(info, False, "ok")
 
 
 # -- the dataset -----------------------------------------------------------------------------------
@@ -393,7 +395,13 @@ def build_dataset(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_auto_log_stats = False
-    ds = _read(cfg, plan, skip, storage)
+    # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
+    # decoded-audio budget of a model call, and re-cut the (tiny) manifest blocks into decode-sized
+    # ones, so decoding runs in parallel and the model stage gets one block per call.
+    ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
+    ds = _read(cfg, plan, skip, storage).repartition(
+        target_num_rows_per_block=plan.block_rows(cfg.audio.decode_batch_size)
+    )
     ds = ds.map_batches(
         prepare_block,
         batch_size=None,
@@ -451,7 +459,11 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=placement.min_actors, max_size=placement.max_actors),
+        # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
+        # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
+        compute=ray.data.ActorPoolStrategy(
+            min_size=placement.min_actors, max_size=placement.max_actors, max_tasks_in_flight_per_actor=1
+        ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
         # Ray would restart a dead actor from constructor arguments it keeps in the object store
@@ -479,7 +491,7 @@ def _read(cfg: JobConfig, plan: Plan, skip: dict[str, Any], storage: Storage):
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"sources": plan.sources, "counts": plan.counts, **kwargs},
-        num_cpus=0.25,
+        num_cpus=READ_CPUS,
     )
 
 

@@ -1,39 +1,196 @@
-"""The one module that knows local paths from `s3://` URIs.
+"""The one module that knows local paths from remote URIs.
 
-Everything goes through `pyarrow.fs` (already our Parquet engine): `LocalFileSystem` for paths,
-`S3FileSystem` for `s3://` URIs, with `storage.endpoint_url` for S3-compatible stores (MinIO, Ceph,
-moto). Credentials come only from the standard AWS chain (environment, profile, instance role);
-they never enter the config, logs or `_run.json`. A `Storage` is picklable (it rebuilds its
-filesystems lazily), so it travels to Ray workers.
+Schemes: plain paths and `file://`; `s3://` (s3fs; `storage.endpoint_url` for S3-compatible servers
+such as MinIO, Ceph or moto); `http(s)://` (read-only); `gs://` (gcsfs, extra `[gcs]`); `az://` and
+`abfs://` (adlfs, extra `[azure]`); `hf://` (huggingface_hub). Every back end is an fsspec filesystem;
+`resolve()` hands pyarrow a filesystem for datasets and Parquet.
+
+Credentials come only from each back end's own chain (environment, profile, instance role, ...):
+they never enter the config, and URLs we put in messages pass through `redact_url`.
+
+Transient failures (HTTP 429/5xx, S3 SlowDown/InternalError/RequestTimeout, dropped connections,
+timeouts) are retried here with bounded exponential backoff and counted in `Storage.retries`; the
+back ends' own retry layers are turned down to one attempt where they allow it, so the two never
+multiply. A `Storage` is picklable (filesystems are created lazily in each process), so it travels
+to Ray workers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import importlib.util
 import os
 import posixpath
+import random
+import re
+import socket
+import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+T = TypeVar("T")
+
+TMP_SUFFIX = ".inprogress"
+
+# scheme alias -> canonical scheme
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "https": "https", "http": "http"}
+# canonical scheme -> (module to import, pip extra or None when it is a core dependency)
+_BACKENDS = {
+    "s3": ("s3fs", None),
+    "http": ("aiohttp", None),
+    "https": ("aiohttp", None),
+    "gs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"),
+    "hf": ("huggingface_hub", None),
+}
+_READ_ONLY = {"http", "https"}
+_OBJECT_STORES = {"s3", "gs", "az", "hf"}
+
+
+class ReadOnlyError(OSError):
+    """A write to a read-only scheme (http, https)."""
+
+
+# -- URIs ---------------------------------------------------------------------------------------
+
+
+def scheme(uri: str) -> str:
+    """The canonical scheme: `file` for plain paths; `s3a`->`s3`, `gcs`->`gs`, `abfs(s)`->`az`."""
+    head, sep, _ = uri.partition("://")
+    if not sep or "/" in head:
+        return "file"
+    head = head.lower()
+    return _ALIASES.get(head, head)
+
+
+def is_remote(uri: str) -> bool:
+    return scheme(uri) != "file"
+
 
 def is_s3(uri: str) -> bool:
-    return uri.startswith(("s3://", "s3a://"))
+    return scheme(uri) == "s3"
 
 
 def join(base: str, rel: str) -> str:
-    """Resolve `rel` against `base` (a directory path or s3:// prefix); absolute paths and URIs in
-    `rel` win."""
+    """Resolve `rel` against `base` (a directory path or URI prefix); absolute paths and URIs in
+    `rel` win. `.` and `..` segments are resolved in both forms."""
     if "://" in rel or rel.startswith("/") or not base:
         return rel
-    if is_s3(base):
-        return base.rstrip("/") + "/" + rel.lstrip("/")
+    if base.startswith("file://"):
+        return "file://" + join(base[len("file://") :], rel)
+    if is_remote(base):
+        head, _, rest = base.partition("://")
+        root, _, path = rest.partition("/")
+        joined = posixpath.normpath(posixpath.join("/" + path, rel)).lstrip("/")
+        return f"{head}://{root}/{joined}"
     return os.path.normpath(os.path.join(os.path.expanduser(base), rel))
 
 
-TMP_SUFFIX = ".inprogress"
+# query parameters whose value is a secret (presigned S3, GCS, Azure SAS, API tokens)
+_SECRET_PARAM = re.compile(r"sig|token|key|secret|passw|credential|auth", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """`url` without user info (`http://user:pw@host` -> `http://***@host`) and with the values of
+    secret-looking query parameters replaced by `***`. Strings that are not URLs pass unchanged."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it redacted (for messages that quote library errors)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+# -- transient errors ---------------------------------------------------------------------------
+
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "InternalError",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+}
+_PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _refused(e: BaseException) -> bool:
+    """A connection that never opened: the server is down or the endpoint is wrong."""
+    if isinstance(e, ConnectionRefusedError):
+        return True
+    name = type(e).__name__
+    return name in ("EndpointConnectionError", "ClientConnectorError") or getattr(e, "errno", None) == (
+        errno.ECONNREFUSED
+    )
+
+
+def is_transient(e: BaseException, reached: bool = True) -> bool:
+    """Whether retrying `e` may help. `reached`: this process has talked to the server before, so a
+    refused connection means a restart rather than a wrong endpoint."""
+    for x in _chain(e):
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict) and "Error" in resp:  # botocore ClientError
+            code = resp["Error"].get("Code", "")
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+        status = getattr(x, "status", None)
+        if isinstance(status, int) and type(x).__name__ == "ClientResponseError":  # aiohttp
+            return status in _TRANSIENT_STATUS
+        if _refused(x):
+            return reached
+        if isinstance(x, _PERMANENT):
+            return False
+        if isinstance(x, (ConnectionError, TimeoutError, socket.timeout, asyncio.TimeoutError)):
+            return True
+        if type(x).__name__ in (
+            "ConnectionClosedError",
+            "ReadTimeoutError",
+            "ConnectTimeoutError",
+            "ServerDisconnectedError",
+            "ClientPayloadError",
+            "ClientOSError",
+            "IncompleteRead",
+            "FSTimeoutError",
+        ):
+            return True
+    return False
+
+
+# -- Storage ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -44,10 +201,16 @@ class Storage:
     profile: str | None = None
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 60.0
+    max_retries: int = 5
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 20.0
+    # op -> retries made by this instance (a fresh count in each process it is shipped to)
+    retries: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        self._s3: pafs.S3FileSystem | None = None
-        self._local = pafs.LocalFileSystem()
+        self._fs: dict[str, Any] = {}
+        self._arrow: dict[str, pafs.FileSystem] = {}
+        self._reached = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> Storage:
@@ -58,147 +221,376 @@ class Storage:
             profile=cfg.profile,
             connect_timeout_s=cfg.connect_timeout_s,
             request_timeout_s=cfg.request_timeout_s,
+            max_retries=cfg.retries,
+            retry_backoff_s=cfg.retry_backoff_s,
+            retry_backoff_max_s=cfg.retry_backoff_max_s,
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_s3"] = None
-        state.pop("_local", None)
-        return state
+        keep = ("_fs", "_arrow", "_reached", "retries")
+        return {k: v for k, v in self.__dict__.items() if k not in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = pafs.LocalFileSystem()
+        self.retries = {}
+        self.__post_init__()
 
     # -- filesystems --------------------------------------------------------------------------
 
-    def _s3fs(self) -> pafs.S3FileSystem:
-        if self._s3 is None:
-            kw: dict[str, Any] = {
+    def filesystem(self, uri: str) -> Any:
+        """The fsspec filesystem for `uri`'s scheme (created once per process)."""
+        s = scheme(uri)
+        if s not in self._fs:
+            self._fs[s] = self._make_fs(s)
+        return self._fs[s]
+
+    def _make_fs(self, s: str) -> Any:
+        import fsspec
+
+        if s == "file":
+            return fsspec.filesystem("file", skip_instance_cache=True)
+        if s not in _BACKENDS:
+            raise ValueError(
+                f"unsupported URI scheme {s}:// (supported: file, {', '.join(sorted(_BACKENDS))})"
+            )
+        module, extra = _BACKENDS[s]
+        if importlib.util.find_spec(module) is None:
+            hint = f"pip install 'emotion2vec-pipeline[{extra}]'" if extra else f"pip install {module}"
+            raise ImportError(f"{s}:// URIs need the {module} package: {hint}")
+        return getattr(self, f"_make_{s}" if s not in ("http", "https") else "_make_http")()
+
+    def _make_s3(self) -> Any:
+        import s3fs
+
+        client: dict[str, Any] = {}
+        if self.region:
+            client["region_name"] = self.region
+        fs = s3fs.S3FileSystem(
+            anon=self.anonymous,
+            profile=self.profile,
+            endpoint_url=self.endpoint_url,
+            client_kwargs=client,
+            # one attempt per call inside botocore: retries are ours
+            config_kwargs={
                 "connect_timeout": self.connect_timeout_s,
-                "request_timeout": self.request_timeout_s,
-            }
-            if self.endpoint_url:
-                u = urlparse(
-                    self.endpoint_url if "://" in self.endpoint_url else "https://" + self.endpoint_url
-                )
-                kw["endpoint_override"] = u.netloc + u.path.rstrip("/")
-                kw["scheme"] = u.scheme or "https"
-                kw["force_virtual_addressing"] = False
-            region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if region:
-                kw["region"] = region
-            if self.anonymous:
-                kw["anonymous"] = True
-            if self.profile:
-                # pyarrow has no profile argument; the AWS SDK reads AWS_PROFILE.
-                os.environ.setdefault("AWS_PROFILE", self.profile)
-            self._s3 = pafs.S3FileSystem(**kw)
-        return self._s3
+                "read_timeout": self.request_timeout_s,
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
+            },
+            # other processes write the same prefixes: never answer from a stale listing
+            use_listings_cache=False,
+            skip_instance_cache=True,
+        )
+        fs.retries = 1  # s3fs's own retry loop: a single attempt
+        return fs
+
+    def _make_http(self) -> Any:
+        import aiohttp
+        from fsspec.implementations.http import HTTPFileSystem
+
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout_s, sock_read=self.request_timeout_s
+        )
+        return HTTPFileSystem(skip_instance_cache=True, client_kwargs={"timeout": timeout})
+
+    def _make_gs(self) -> Any:
+        import gcsfs
+
+        return gcsfs.GCSFileSystem(token="anon" if self.anonymous else None, skip_instance_cache=True)
+
+    def _make_az(self) -> Any:
+        import adlfs
+
+        return adlfs.AzureBlobFileSystem(anon=self.anonymous or None, skip_instance_cache=True)
+
+    def _make_hf(self) -> Any:
+        from huggingface_hub import HfFileSystem
+
+        return HfFileSystem(skip_instance_cache=True)
+
+    def _path(self, uri: str) -> str:
+        """`uri` as the path its filesystem expects."""
+        s = scheme(uri)
+        if s == "file":
+            if uri.startswith("file://"):
+                uri = uri[len("file://") :]
+            return os.path.abspath(os.path.expanduser(uri))
+        if s in _READ_ONLY:
+            return uri
+        return self.filesystem(uri)._strip_protocol(uri)
+
+    def _uri(self, like: str, path: str) -> str:
+        """A filesystem path back in the form of `like` (the caller's URI)."""
+        if not is_remote(like):
+            return "file://" + path if like.startswith("file://") else path
+        if scheme(like) in _READ_ONLY:
+            return path
+        return like.split("://", 1)[0] + "://" + path.lstrip("/")
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        """-> (filesystem, path inside it)."""
-        if is_s3(uri):
-            return self._s3fs(), uri.split("://", 1)[1]
-        if uri.startswith("file://"):
-            uri = uri[len("file://") :]
-        return self._local, os.path.abspath(os.path.expanduser(uri))
+        """-> (pyarrow filesystem, path inside it), for pyarrow datasets and Parquet."""
+        s = scheme(uri)
+        if s == "file":
+            return self._arrow_fs(s, pafs.LocalFileSystem), self._path(uri)
+        if s == "s3" and not self.profile:  # pyarrow's native S3 has no profile argument
+            return self._arrow_fs(s, self._native_s3), self._path(uri)
+        handler = pafs.FSSpecHandler(self.filesystem(uri))
+        return self._arrow_fs(s, lambda: pafs.PyFileSystem(handler)), self._path(uri)
 
-    # -- operations ---------------------------------------------------------------------------
+    def _arrow_fs(self, s: str, make: Callable[[], pafs.FileSystem]) -> pafs.FileSystem:
+        if s not in self._arrow:
+            self._arrow[s] = make()
+        return self._arrow[s]
+
+    def _native_s3(self) -> pafs.S3FileSystem:
+        kw: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout_s,
+            "request_timeout": self.request_timeout_s,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.max_retries + 1),
+            "anonymous": self.anonymous,
+        }
+        if self.endpoint_url:
+            u = urlsplit(self.endpoint_url if "://" in self.endpoint_url else "https://" + self.endpoint_url)
+            kw["endpoint_override"] = u.netloc.rsplit("@", 1)[-1] + u.path.rstrip("/")
+            kw["scheme"] = u.scheme or "https"
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kw["region"] = region
+        return pafs.S3FileSystem(**kw)
+
+    # -- retries ------------------------------------------------------------------------------
+
+    def _call(self, op: str, uri: str, fn: Callable[[], T]) -> T:
+        """`fn()` with bounded retries of transient errors; a persistent one raises an OSError
+        naming the (redacted) URI and how often it was tried."""
+        attempt = 0
+        while True:
+            try:
+                out = fn()
+                self._reached = True
+                return out
+            except Exception as e:
+                if not is_transient(e, self._reached):
+                    raise
+                if attempt >= self.max_retries:
+                    raise OSError(
+                        errno.EIO,
+                        f"{op} {redact_url(uri)}: still failing after {attempt + 1} attempts: "
+                        f"{type(e).__name__}: {redact_text(str(e))}",
+                    ) from e
+                attempt += 1
+                self.retries[op] = self.retries.get(op, 0) + 1
+                time.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1))
+        return delay * random.uniform(0.5, 1.0)  # jitter: workers that failed together spread out
+
+    def _writable(self, uri: str) -> None:
+        if scheme(uri) in _READ_ONLY:
+            raise ReadOnlyError(f"http(s) is read-only: cannot write {redact_url(uri)}")
+
+    # -- reading ------------------------------------------------------------------------------
 
     def read_bytes(self, uri: str) -> bytes:
-        fs, path = self.resolve(uri)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"no such file: {uri}")
-        if info.type == pafs.FileType.Directory:
-            raise IsADirectoryError(f"is a directory, not a file: {uri}")
-        with fs.open_input_stream(path) as f:
-            return f.read()
+        """The whole file. FileNotFoundError (also for an HTTP 404) or IsADirectoryError name `uri`."""
+        path = self._path(uri)
+        if not is_remote(uri):
+            if os.path.isdir(path):
+                raise IsADirectoryError(f"is a directory, not a file: {uri}")
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no such file: {uri}") from None
+        fs = self.filesystem(uri)
+        try:
+            return self._call("read", uri, lambda: fs.cat_file(path))
+        except FileNotFoundError:
+            if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
+                raise IsADirectoryError(f"is a directory, not a file: {redact_url(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+
+    def open_input(self, uri: str) -> IO[bytes]:
+        """A seekable binary file object (read in ranges: big files, Parquet footers). Opening is
+        retried; reads from the object are not."""
+        path = self._path(uri)
+        if not is_remote(uri):
+            return open(path, "rb")
+        fs = self.filesystem(uri)
+        try:
+            return self._call("open", uri, lambda: fs.open(path, "rb"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+
+    def info(self, uri: str) -> dict[str, Any]:
+        """{"type": "file"|"directory", "size": bytes, "mtime": epoch seconds or None, "etag": str or
+        None}. FileNotFoundError if absent."""
+        path = self._path(uri)
+        fs = self.filesystem(uri)
+        try:
+            raw = self._call("info", uri, lambda: fs.info(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+        mtime = raw.get("mtime", raw.get("LastModified", raw.get("last_modified", raw.get("updated"))))
+        if isinstance(mtime, datetime):
+            mtime = mtime.timestamp()
+        elif isinstance(mtime, str):
+            mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
+        etag = raw.get("ETag", raw.get("etag"))
+        return {
+            "type": "directory" if raw.get("type") == "directory" else "file",
+            "size": int(raw.get("size") or 0),
+            "mtime": float(mtime) if mtime is not None else None,
+            "etag": etag.strip('"') if isinstance(etag, str) else None,
+        }
 
     def exists(self, uri: str) -> bool:
-        fs, path = self.resolve(uri)
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        """A file or directory (on object stores: a key or a non-empty prefix) at `uri`."""
+        if not is_remote(uri):
+            return os.path.exists(self._path(uri))
+        try:
+            self.info(uri)
+            return True
+        except FileNotFoundError:
+            return False
 
-    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
-        """Write so that readers see either nothing or the whole file: a hidden temp file renamed
-        into place locally; on S3 a single PUT/multipart upload, which is atomic by itself."""
-        fs, path = self.resolve(uri)
-        if isinstance(fs, pafs.S3FileSystem):
-            with fs.open_output_stream(path) as f:
-                f.write(data)
-            return
-        d = posixpath.dirname(path)
-        fs.create_dir(d, recursive=True)
-        # hidden and not ending in .parquet: invisible to datasets and globs until renamed
-        tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
+    def is_dir(self, uri: str) -> bool:
+        if not is_remote(uri):
+            return os.path.isdir(self._path(uri))
+        fs, path = self.filesystem(uri), self._path(uri)
+        return bool(self._call("info", uri, lambda: fs.isdir(path)))
 
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under `uri` (recursive) whose name ends with `suffix`, skipping hidden (`.`/`_`)
-        names as pyarrow datasets do. Returns URIs in the form given."""
-        fs, path = self.resolve(uri)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        names as pyarrow datasets do. Sorted URIs in the form given."""
+        fs, path = self.filesystem(uri), self._path(uri)
+        if not is_remote(uri) and not os.path.isdir(path):
             return []
-        sel = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        found = self._call("list", uri, lambda: fs.find(path, detail=False))
+        base = path.rstrip("/")
         out = []
-        for fi in fs.get_file_info(sel):
-            if fi.type != pafs.FileType.File or not fi.path.endswith(suffix):
+        for p in found:
+            rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
+            if not p.endswith(suffix) or any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
-            rel = fi.path[len(path) :].lstrip("/")
-            if any(part.startswith((".", "_")) for part in rel.split("/")):
-                continue
-            out.append(join(uri, rel) if is_s3(uri) else fi.path)
+            out.append(self._uri(uri, p))
         return sorted(out)
 
-    def remove_stale_temp_files(self, uri: str) -> int:
-        """Delete temp files a killed writer left in the directory `uri` (local only: S3 writes
-        leave no partial objects). Returns how many."""
-        fs, path = self.resolve(uri)
-        if isinstance(fs, pafs.S3FileSystem) or fs.get_file_info(path).type != pafs.FileType.Directory:
-            return 0
-        stale = [
-            fi.path
-            for fi in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if fi.type == pafs.FileType.File
-            and fi.base_name.startswith(".")
-            and fi.base_name.endswith(TMP_SUFFIX)
-        ]
-        for p in stale:
-            fs.delete_file(p)
-        return len(stale)
-
-    def delete(self, uri: str) -> None:
-        fs, path = self.resolve(uri)
-        fs.delete_file(path)
-
-    def delete_dir_contents(self, uri: str) -> None:
-        fs, path = self.resolve(uri)
-        if fs.get_file_info(path).type == pafs.FileType.Directory or is_s3(uri):
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-
-    def makedirs(self, uri: str) -> None:
-        fs, path = self.resolve(uri)
-        fs.create_dir(path, recursive=True)
-
-    # -- TEMPORARY (replaced by the fsspec storage) ---------------------------------------------
-    def is_dir(self, uri: str) -> bool:
-        fs, path = self.resolve(uri)
-        return fs.get_file_info(path).type == pafs.FileType.Directory
-
     def glob(self, pattern: str) -> list[str]:
-        import glob as _g
+        """Files matching `pattern` (`*`, `?`, `[..]`; `**` crosses directories), sorted, in the
+        pattern's form. Directories are left out."""
+        fs, path = self.filesystem(pattern), self._path(pattern)
+        found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
+        return sorted(self._uri(pattern, p) for p, i in found.items() if i.get("type") != "directory")
 
-        return sorted(_g.glob(pattern, recursive=True))
+    # -- writing ------------------------------------------------------------------------------
 
-    def open_input(self, uri: str):
-        fs, path = self.resolve(uri)
-        return fs.open_input_file(path)
+    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
+        """Write so that readers see either nothing or the whole file: a hidden temp file renamed
+        into place locally; on object stores one PUT (atomic by itself)."""
+        self._writable(uri)
+        path = self._path(uri)
+        if not is_remote(uri):
+            tmp = self._local_temp(path, data)
+            os.replace(tmp, path)
+            return
+        fs = self.filesystem(uri)
+        self._call("write", uri, lambda: fs.pipe_file(path, data))
+
+    def write_bytes_if_absent(self, uri: str, data: bytes) -> bool:
+        """Create `uri` with `data` only if nothing is there; -> whether this call created it.
+
+        Local: a hidden temp file hard-linked into place (atomic, fails if the name exists), else
+        O_EXCL. S3: a conditional PUT (`If-None-Match: *`); if a retried PUT finds the object, it
+        counts as ours when it holds exactly `data` (the first try may have landed). gs/az/hf:
+        the back end's `mode="create"`, which gcsfs makes atomic and others emulate by checking
+        first (racy)."""
+        self._writable(uri)
+        path = self._path(uri)
+        if not is_remote(uri):
+            return self._local_create(path, data)
+        fs = self.filesystem(uri)
+        before = self.retries.get("write", 0)
+        try:
+            self._call("write", uri, lambda: fs.pipe_file(path, data, mode="create"))
+            return True
+        except FileExistsError:
+            if self.retries.get("write", 0) > before:
+                return self.read_bytes(uri) == data
+            return False
+
+    def _local_temp(self, path: str, data: bytes) -> str:
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        # hidden and not ending in .parquet: invisible to datasets and globs until renamed
+        tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return tmp
+
+    def _local_create(self, path: str, data: bytes) -> bool:
+        tmp = self._local_temp(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:  # file systems without hard links
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                raise
+        finally:
+            os.unlink(tmp)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
 
     def move(self, src: str, dst: str) -> None:
-        fs, a = self.resolve(src)
-        _, b = self.resolve(dst)
-        fs.move(a, b)
+        """Rename locally (atomic); on object stores copy then delete (not atomic)."""
+        self._writable(dst)
+        self._writable(src)
+        if not is_remote(src) and not is_remote(dst):
+            d = self._path(dst)
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            os.replace(self._path(src), d)
+            return
+        if scheme(src) != scheme(dst):
+            self.write_bytes_atomic(dst, self.read_bytes(src))
+        else:
+            fs, s, d = self.filesystem(src), self._path(src), self._path(dst)
+            try:
+                self._call("write", dst, lambda: fs.copy(s, d))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no such file: {redact_url(src)}") from None
+        self.delete(src)
+
+    def delete(self, uri: str) -> None:
+        self._writable(uri)
+        if not is_remote(uri):
+            os.remove(self._path(uri))
+            return
+        fs, path = self.filesystem(uri), self._path(uri)
+        self._call("delete", uri, lambda: fs.rm_file(path))
+
+    def makedirs(self, uri: str) -> None:
+        """Create a local directory; object stores have no directories (a no-op there)."""
+        self._writable(uri)
+        if not is_remote(uri):
+            os.makedirs(self._path(uri), exist_ok=True)
+
+    def remove_stale_temp_files(self, uri: str) -> int:
+        """Delete temp files a killed writer left in the directory `uri` (local only: object-store
+        writes leave no partial objects). Returns how many."""
+        if is_remote(uri):
+            return 0
+        root = self._path(uri)
+        n = 0
+        for d, _, names in os.walk(root):
+            for name in names:
+                if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                    os.remove(os.path.join(d, name))
+                    n += 1
+        return n

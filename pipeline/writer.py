@@ -2,10 +2,11 @@
 
 Layout of `output.path`:
     part-<unit>-<hash>.parquet   committed result rows (the dataset users read)
-    _units/<unit>.json           the commit marker of a unit: its files, row counts, error ids
+    _units/<unit>.json           the commit marker of a unit: its files and sizes, row counts, error ids
     _staging/<unit>/...          files written for a unit that is not committed yet (invisible:
                                  hidden folder, names not ending in .parquet)
     _run.json                    the run summary
+    _corrupt/, _orphans/         files a resumed run found damaged or unowned, set aside (not deleted)
 
 Write tasks put each block's rows, grouped by unit, into `_staging/<unit>/`, under names derived from
 the ids they hold (a task that Ray retries rewrites the same file). The driver counts what arrives
@@ -51,6 +52,8 @@ RUN_FILE = "_run.json"
 UNITS_DIR = "_units"
 STAGING_DIR = "_staging"
 STAGED_SUFFIX = ".staged"
+CORRUPT_DIR = "_corrupt"
+ORPHANS_DIR = "_orphans"
 
 
 def part_name(unit: str, ids: Iterable[str]) -> str:
@@ -161,6 +164,7 @@ class Marker:
     error: int
     audio_s: float
     error_ids: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes: a truncated copy shows at a listing
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -211,6 +215,8 @@ class Output:
         self.markers: dict[str, Marker] = {}
         self.replaced = 0  # error rows replaced by a later result
         self.recovered = 0  # units whose interrupted commit this run finished or discarded
+        self.corrupt: list[str] = []  # committed files found damaged, moved to _corrupt/
+        self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
         self._redo: dict[str, set[str] | int] = {}
 
     # -- opening ----------------------------------------------------------------------------------
@@ -230,6 +236,45 @@ class Output:
             self._check_fingerprint(fingerprint)
         self.markers = self._read_markers(units)
         self.reopen()
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Compare the committed files with one listing: a unit with a file missing or of another size
+        than committed (a truncated copy, a full disk) is moved aside to `_corrupt/` and redone; a
+        result file no marker names (left by a run that died while replacing a unit) goes to
+        `_orphans/`. Nothing is deleted: the user can look at what was set aside (renamed `.set-aside`, so
+        that `**/*.parquet` globs no longer read them)."""
+        listed = self._listing()
+        owned: set[str] = set()
+        for unit, m in list(self.markers.items()):
+            owned |= set(m.files)
+            bad = [f for f in m.files if f not in listed or listed[f] != m.sizes.get(f, listed[f])]
+            if bad:
+                log.warning("unit %s: %s missing or damaged; its rows will be redone", unit, ", ".join(bad))
+                self.corrupt += [f for f in bad if f in listed]
+                for f in m.files:
+                    if f in listed:
+                        self.storage.move(join(self.path, f), join(self.path, f"{CORRUPT_DIR}/{f}.set-aside"))
+                self.storage.delete(self._marker_uri(unit))
+                del self.markers[unit]
+        for f in sorted(set(listed) - owned):
+            self.storage.move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
+            self.orphans.append(f)
+        self._redo = {u: set(m.error_ids) if m.error else m.rows for u, m in self.markers.items()}
+
+    def _listing(self) -> dict[str, int]:
+        """Result files at the top of the output -> their sizes, from one listing."""
+        import pyarrow.fs as pafs
+
+        fs, path = self.storage.resolve(self.path)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        return {
+            i.base_name: int(i.size)
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.startswith("part-")
+            and i.base_name.endswith(".parquet")
+        }
 
     def reopen(self) -> None:
         """After a failed attempt: discard what it staged and never committed; keep the commits."""
@@ -322,8 +367,10 @@ class Output:
             self.replaced += len(redo)
             ok, error, audio_s = ok + old.ok, error + old.error - len(redo), audio_s + old.audio_s
         error_ids = self._error_ids(staged) if error else []
-        names = sorted(kept + [u.rsplit("/", 1)[-1][: -len(STAGED_SUFFIX)] for u in staged])
-        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids)
+        sizes = {name: old.sizes[name] for name in kept if old and name in old.sizes}
+        sizes.update({_final_name(u): self._size(u) for u in staged})
+        names = sorted(set(kept) | {_final_name(u) for u in staged})
+        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes)
         self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
         if old is not None:
@@ -359,9 +406,13 @@ class Output:
             ids += t.filter(pc.is_valid(t["error"]))["id"].to_pylist()
         return sorted(ids)
 
+    def _size(self, uri: str) -> int:
+        fs, path = self.storage.resolve(uri)
+        return int(fs.get_file_info(path).size)
+
     def _publish(self, marker: Marker, staged: list[str]) -> None:
         for uri in staged:
-            name = uri.rsplit("/", 1)[-1][: -len(STAGED_SUFFIX)]
+            name = _final_name(uri)
             if name in marker.files:
                 self.storage.move(uri, join(self.path, name))
             else:
@@ -388,10 +439,16 @@ class Output:
             "files": sum(len(m.files) for m in self.markers.values()),
             "replaced": self.replaced,
             "recovered_units": self.recovered,
+            "corrupt_files_moved": self.corrupt,
+            "orphan_files_moved": self.orphans,
         }
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         self.storage.write_bytes_atomic(join(self.path, RUN_FILE), json.dumps(info, indent=2).encode())
+
+
+def _final_name(staged: str) -> str:
+    return staged.rsplit("/", 1)[-1][: -len(STAGED_SUFFIX)]
 
 
 def _compression(path: str, fs: Any) -> str:

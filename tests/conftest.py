@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 6-head (non power of two), D=48 model with a 9-way head, in the published hub layout."""
-    from pipeline.model.random_init import random_model, tiny, write_checkpoint
+    from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
     model = random_model(tiny(num_heads=6, embed_dim=48), seed=3)
     return write_checkpoint(model, tmp_path_factory.mktemp("tiny_hub"), "hub")
@@ -30,6 +30,30 @@ def random_clips(lengths, seed=0):
         x = 0.3 * np.sin(2 * np.pi * rng.uniform(90, 300) * t) + 0.05 * rng.standard_normal(n)
         out.append(x.astype(np.float32))
     return out
+
+
+# -- the CPU ------------------------------------------------------------------------------------
+
+# /proc/cpuinfo flags that give a dtype hardware matmuls: AVX512-BF16 or AMX-BF16 for bfloat16,
+# AMX-FP16 for float16 (AVX512-FP16 has no oneDNN inner-product kernel for it).
+HALF_PRECISION_FLAGS = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"amx_fp16"}}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as the kernel reports them (Linux only: the tests run there)."""
+    from pathlib import Path
+
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    raise RuntimeError("/proc/cpuinfo has no flags line")
+
+
+def cpu_runs_natively(dtype: torch.dtype) -> bool:
+    """Expected answer of `pipeline.predictor.cpu_has_native`, from /proc/cpuinfo, not from it."""
+    if dtype == torch.float32:
+        return True
+    return bool(cpu_flags() & HALF_PRECISION_FLAGS[dtype]) and torch.backends.mkldnn.is_available()
 
 
 # -- Ray and S3 --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.samples import SENTENCES as SAMPLE_SENTENCES
+from pipeline.testing.samples import SENTENCES as SAMPLE_SENTENCES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ _CACHE: dict[str, Path] = {}
 
 def build_corpus(d: Path) -> Path:
     """Synthesize the clips and write `manifest.jsonl` (id, path, emotion, session, speaker)."""
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     rows = []
     k = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.model import CheckpointError, load_bundle
-from pipeline.model.random_init import copy_reference_files, random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import copy_reference_files, random_model, tiny, write_checkpoint
 
 from .conftest import random_clips
 
@@ -51,6 +51,8 @@ def test_bundle_carries_the_preprocessing_contract(tmp_path, model):
         "unknown",
     ]
     assert b.embed_dim == 48 and b.masked_labels == []
+    assert (b.input.sample_rate, b.input.receptive_field, b.input.hop) == (16_000, 400, 320)
+    assert b.sample_rate == b.input.sample_rate and b.input.frame_rate == 50.0
     assert b.fingerprint()["weights_sha256"] == b.weights_sha256
 
 

@@ -17,14 +17,14 @@ import pytest
 import soundfile as sf
 
 from pipeline.config import ConfigError, load_config
-from pipeline.datasets import (
+from pipeline.downstream.importers import (
     DatasetError,
     emobox_rows,
     iemocap_rows,
     iemocap_speaker,
     parse_emo_evaluation,
 )
-from pipeline.downstream import (
+from pipeline.downstream.train import (
     TrainConfig,
     collate_frames,
     confusion_matrix,
@@ -98,7 +98,7 @@ def test_frame_model_masked_mean_and_size():
 
     torch.manual_seed(0)
     model = frame_model(768, 4)
-    # model-spec §11: 197,892 parameters for D=768, C=4
+    # docs/model.md, the IEMOCAP recipe: 197,892 parameters for D=768, C=4
     assert sum(p.numel() for p in model.parameters()) == 197_892
     assert sum(p.numel() for p in linear_probe(768, 4).parameters()) == 768 * 4 + 4
     x = torch.randn(2, 7, 768)
@@ -214,8 +214,8 @@ def test_features_load_columnwise_and_skip_counts(features):
 
 @pytest.mark.s3
 def test_features_and_embeddings_read_from_s3(features, s3_server, s3_bucket):
+    from pipeline.downstream.viz import load_embeddings
     from pipeline.storage import Storage
-    from pipeline.viz import load_embeddings
 
     client, bucket = s3_bucket
     for f in [*features.glob("*.parquet"), features / "_run.json"]:

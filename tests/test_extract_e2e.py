@@ -14,7 +14,8 @@ import torch
 import torchaudio
 
 from pipeline.model import load_bundle
-from pipeline.predictor import cpu_has_native
+
+from .conftest import cpu_runs_natively
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "jobs"))
@@ -42,7 +43,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     d = tmp_path_factory.mktemp("corpus")
     rows = []
@@ -148,7 +149,7 @@ def test_cli_embedded_ray_resume_and_summary(corpus, tiny_model_dir, tmp_path):
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"{len(CLIPS)}/{len(CLIPS)} rows" in first.stderr and "done in" in first.stderr
-    ran = "bfloat16" if cpu_has_native(torch.bfloat16) else "float32"
+    ran = "bfloat16" if cpu_runs_natively(torch.bfloat16) else "float32"
     run = json.loads((out / "_run.json").read_text())
     assert run["rows_per_model_runtime"] == {f"cpu {ran}": len(CLIPS)} and run["model"]["dtype"] == ran
     assert ("model.dtype bfloat16: this CPU has no native bfloat16" in first.stderr) == (ran == "float32")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.model import ModelSourceError, load_model, parse_source
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 
 def test_parse_forms(tmp_path):

@@ -9,10 +9,6 @@ from pipeline.model import kernels, load_bundle
 
 from .conftest import random_clips
 
-onednn = pytest.mark.skipif(
-    not kernels.onednn_linear_available(torch.float32), reason="no oneDNN float32 linear in this build"
-)
-
 
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -32,16 +28,43 @@ def test_linear_gelu_and_residual_match_plain_pytorch(fast, shape):
         torch.testing.assert_close(kernels.linear_add(x, w, b, r), ref + r, atol=1e-5, rtol=1e-5)
 
 
-@onednn
-def test_the_fused_oneDNN_op_is_the_one_that_runs():
-    """Guard for the test above: with oneDNN on, the fast path really takes the fused op."""
-    x, w, b = _rand(5, 24), _rand(16, 24), _rand(16)
+def _fused_ran(fn) -> tuple[object, bool]:
     with torch.inference_mode(), torch.profiler.profile(acc_events=True) as prof:
-        kernels.linear(x, w, b, gelu=True)
-    assert any("_linear_pointwise" in e.name for e in prof.events())
-    with torch.inference_mode(), kernels.use_onednn(False), torch.profiler.profile(acc_events=True) as prof:
-        kernels.linear(x, w, b, gelu=True)
-    assert not any("_linear_pointwise" in e.name for e in prof.events())
+        out = fn()
+    return out, any("_linear_pointwise" in e.name for e in prof.events())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_linears_forced_on_and_off_against_plain_linear(monkeypatch, dtype):
+    """The probe (`onednn_linear_available`) decides whether the fused op runs, so a test gated on
+    it proves nothing about it. Here the probe is bypassed. Forced off, the plain path runs; forced
+    on, the fused op runs and must match `F.linear`, or it fails outright, which is the one case in
+    which the probe may say no."""
+    x, w, b, r = _rand(5, 24, seed=11), _rand(16, 24, seed=12) / 5, _rand(16, seed=13), _rand(5, 16, seed=14)
+    xd, wd, bd, rd = (t.to(dtype) for t in (x, w, b, r))
+    ref = F.linear(xd.float(), wd.float(), bd.float())  # the rounded inputs, in float32
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
+
+    def both():
+        return kernels.linear(xd, wd, bd, gelu=True), kernels.linear_add(xd, wd, bd, rd)
+
+    with kernels.use_onednn(False):
+        (gelu, add), fused = _fused_ran(both)
+    assert not fused
+    torch.testing.assert_close(gelu.float(), F.gelu(ref), **tol)
+    torch.testing.assert_close(add.float(), ref + rd.float(), **tol)
+
+    with monkeypatch.context() as m, kernels.use_onednn(True):
+        m.setattr(kernels, "onednn_linear_available", lambda d: True)
+        try:
+            (gelu, add), fused = _fused_ran(both)
+        except RuntimeError:  # no oneDNN kernel for dtype on this CPU / in this build
+            fused = None
+    if fused is not None:
+        assert fused and gelu.dtype == add.dtype == dtype
+        torch.testing.assert_close(gelu.float(), F.gelu(ref), **tol)
+        torch.testing.assert_close(add.float(), ref + rd.float(), **tol)
+    assert kernels.onednn_linear_available(dtype) == (fused is not None)
 
 
 def test_autograd_takes_the_differentiable_path():

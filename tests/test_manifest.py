@@ -18,7 +18,7 @@ def read(path, skip=None, **kw):
     storage = Storage()
     tables = []
     for source in discover(cfg, storage):
-        count_rows(source, cfg, storage)
+        count_rows(source, cfg, storage)  # checks, as the job does first
         tables += list(read_units(source, cfg, storage, limit=None, skip=skip or {}, block_rows=1000))
     return pa.concat_tables(tables, promote_options="permissive")
 

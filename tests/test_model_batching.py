@@ -1,4 +1,4 @@
-"""A clip's outputs must not depend on what it is batched with (model-spec §5)."""
+"""A clip's outputs must not depend on what it is batched with (docs/model.md, "Padding")."""
 
 import pytest
 import torch

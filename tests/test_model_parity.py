@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.model import load_bundle
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import random_clips
 

@@ -58,7 +58,7 @@ class Cluster:
         temp = f"/tmp/ray_e2v_mn_{uuid.uuid4().hex[:8]}"
         self.temps.append(temp)
         # Both nodes share one machine: every port a node binds must be its own, or the second
-        # node's agents cannot start (ENVIRONMENT.md). Worker ports 0/0: the OS picks free ones.
+        # node's agents cannot start (the dashboard agents collide on the default port 52365). Worker ports 0/0: the OS picks free ones.
         ports = {
             "--dashboard-agent-listen-port": free_port(),
             "--dashboard-agent-grpc-port": free_port(),

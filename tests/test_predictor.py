@@ -10,7 +10,7 @@ from pipeline.audio import chunk_bounds
 from pipeline.model import load_bundle
 from pipeline.predictor import EmotionPredictor, cpu_has_native, resolve_dtype
 
-from .conftest import random_clips
+from .conftest import cpu_runs_natively, random_clips
 
 
 def predictor(model_dir, **kw):
@@ -53,13 +53,18 @@ def test_half_precision_on_a_cpu_without_hardware_for_it_runs_float32(dtype):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = resolve_dtype(dtype, "cpu")
-    if cpu_has_native(want):
+    if cpu_runs_natively(want):
         assert got == want and not caught
     else:
         assert got == torch.float32
         assert any(f"model.dtype {dtype}" in str(w.message) and "float32" in str(w.message) for w in caught)
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.bfloat16
     assert resolve_dtype(dtype, "cuda") == want  # GPUs run what they are asked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_has_native_follows_the_cpu_flags(dtype):
+    assert cpu_has_native(dtype) == cpu_runs_natively(dtype)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -70,6 +75,7 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
 
     from pipeline import predictor as mod
     from pipeline.schema import output_schema
+    from pipeline.writer import conform
 
     monkeypatch.setattr(mod, "cpu_has_native", lambda d: True)
     clips = random_clips([16_000, 30_000, 7_777], seed=13)
@@ -90,7 +96,7 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
 
     assert half.bundle.model.dtype == getattr(torch, dtype)
     schema = output_schema(48, 9, True, pa.schema([]))
-    table = out.select(schema.names).cast(schema)  # what the writer does: must not fail
+    table = conform(out, schema)  # what the writer does: must not fail
     assert table["error"].to_pylist()[2].startswith("decode:") and table["embedding"][2].as_py() is None
     assert set(out["_model_runtime"].to_pylist()) == {f"cpu {dtype}", None}
     for i in (0, 1, 3):
@@ -100,3 +106,13 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
         scale = np.abs(frames32).max()
         assert np.abs(frames - frames32).max() <= 0.15 * scale and np.abs(emb - emb32).max() <= 0.15 * scale
         assert np.abs(np.array(out["scores"][i].as_py()) - np.array(want["scores"][i].as_py())).max() <= 0.15
+
+
+def test_sticky_device_errors_are_told_from_recoverable_ones():
+    from pipeline.predictor import is_sticky_device_error
+
+    assert is_sticky_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_sticky_device_error(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    )
+    assert not is_sticky_device_error(ValueError("input too short"))

@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
-from pipeline.model.random_init import random_model, tiny, write_checkpoint
+from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 
@@ -101,8 +101,8 @@ def test_bad_inputs_become_error_rows(ray_session, tiny_model_dir, tmp_path):
         "empty": "decode: AudioError: .*empty.wav: empty file",
         "header_only": "decode: AudioError: .*header.wav: .*no samples",
         "truncated": "decode: AudioError: .*truncated.flac",
-        "not_audio": "decode: AudioError: .*notes.wav: unsupported or unrecognised",
-        "m4a": "decode: AudioError: .*voice.m4a: unsupported or unrecognised",
+        "not_audio": "decode: AudioError: .*notes.wav: unrecognised, unsupported or corrupt",
+        "m4a": "decode: AudioError: .*voice.m4a: .*(corrupt|no audio stream|FFmpeg)",
         "short": "decode: AudioError: .*short.wav: too short: 300 samples",
         "nan": "decode: AudioError: .*nan.wav: contains non-finite",
         "missing": "fetch: FileNotFoundError: .*no-such-file.wav",
@@ -256,3 +256,26 @@ def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["ok"] == len(ids) and run["rows"]["error"] == 0
+
+
+def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
+    ray_session, tiny_model_dir, tmp_path
+):
+    m, ids = repeated_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, unit=5)
+    assert extract.main(["--config", str(cfg)]) == 0
+    files = sorted(out.glob("part-*.parquet"))
+    assert len(files) >= 2
+    victim = files[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a partial copy
+    stray = out / "part-copied-by-hand.parquet"
+    stray.write_bytes(files[1].read_bytes())  # same rows again, under a name no unit owns
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ids)
+    assert (out / "_corrupt" / f"{victim.name}.set-aside").exists()
+    assert (out / "_orphans" / f"{stray.name}.set-aside").exists()
+    run = json.loads((out / "_run.json").read_text())
+    assert run["output_totals"]["corrupt_files_moved"] == [victim.name]
+    assert run["output_totals"]["orphan_files_moved"] == [stray.name]
+    assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]

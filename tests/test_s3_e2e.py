@@ -16,7 +16,7 @@ pytestmark = pytest.mark.s3
 
 
 def test_s3_manifest_audio_and_output(ray_session, s3_server, s3_bucket, tiny_model_dir, tmp_path):
-    from pipeline.samples import synthesize
+    from pipeline.testing.samples import synthesize
 
     client, bucket = s3_bucket
     lines = []

@@ -1,6 +1,6 @@
 """Checkpoint formats -> one `ModelBundle` (model + the preprocessing contract that goes with it).
 
-Formats (model-spec §6):
+Formats (docs/model.md, "Checkpoint formats"):
   * a Hugging Face / ModelScope model directory: `configuration.json` naming `config.yaml`, the
     weights (`init_param`, e.g. `model.pt`) and `tokens.txt`; backbone keys may carry the
     `d2v_model.` prefix given by the config's `scope_map`;
@@ -23,7 +23,7 @@ import json
 import logging
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,11 @@ import yaml
 
 from .config import ConfigError, Emotion2vecConfig
 from .encoder import Emotion2vec
+from .inputs import InputSpec
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-
-# The 9 emotion2vec+ classes in head order (model-spec §7); English names are what we output.
+# The 9 emotion2vec+ classes in head order (docs/model.md, "Labels"); English names are what we output.
 DEFAULT_TOKENS = [
     "生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/happy", "中立/neutral",
     "其他/other", "难过/sad", "吃惊/surprised", "<unk>",
@@ -69,10 +68,17 @@ class ModelBundle:
     tokens: list[str]  # raw tokens.txt entries in head order ([] for head-less models)
     weights_sha256: str
     weights_path: str
-    sample_rate: int = SAMPLE_RATE
     source: str = ""
     revision: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input(self) -> InputSpec:
+        """Sample rate, receptive field and hop of the loaded architecture."""
+        return self.config.input
+
+    @property
+    def sample_rate(self) -> int:
+        return self.input.sample_rate
 
     @property
     def normalize(self) -> bool:

@@ -1,4 +1,4 @@
-"""Building blocks of the emotion2vec encoder (model-spec §4).
+"""Building blocks of the emotion2vec encoder (docs/model.md, "Architecture").
 
 Shapes: B batch, N samples, C CNN channels, T frames, T' = T + extra tokens, D model dim,
 H heads, Dh = D / H. Module attribute names and `nn.Sequential` positions reproduce the official
@@ -76,7 +76,7 @@ class PositionalConv(nn.Sequential):
     A `Sequential` so the keys are `relative_positional_encoder.{1..depth}.0.*` as in the
     checkpoints (index 0 is the reference's outer transpose). Single-utterance inference sees zeros
     beyond the end of the clip at every conv; to make a padded batch give the same numbers, padded
-    frames are zeroed before every conv (model-spec §5).
+    frames are zeroed before every conv (docs/model.md, "Padding").
     """
 
     def __init__(self, dim: int, kernel: int, groups: int, depth: int):
@@ -108,7 +108,7 @@ class PositionalConv(nn.Sequential):
 
 def alibi_slopes(num_heads: int) -> list[float]:
     """ALiBi head slopes: 2^(-8k/n) for a power-of-two n; otherwise the slopes of the nearest
-    lower power of two followed by every second slope of the doubled count (model-spec §4.5)."""
+    lower power of two followed by every second slope of the doubled count (docs/model.md, "Architecture")."""
 
     def pow2(n: int) -> list[float]:
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))

@@ -14,9 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .inputs import InputSpec
+
 ConvSpec = tuple[tuple[int, int, int], ...]  # (channels, kernel, stride) per CNN layer
 
 DEFAULT_FEATURE_ENCODER_SPEC: ConvSpec = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+# The input contract of every released model, for code that needs it before a checkpoint is loaded.
+INPUT = InputSpec.from_conv_spec(DEFAULT_FEATURE_ENCODER_SPEC)
 
 
 class ConfigError(ValueError):
@@ -61,29 +65,9 @@ class Emotion2vecConfig:
         return int(self.embed_dim * self.mlp_ratio)
 
     @property
-    def receptive_field(self) -> int:
-        """Fewest samples that give one frame (400 for the released CNN)."""
-        n = 1
-        for _, k, s in reversed(self.feature_encoder_spec):
-            n = (n - 1) * s + k
-        return n
-
-    @property
-    def hop(self) -> int:
-        """Samples between frames (320 = 20 ms at 16 kHz)."""
-        h = 1
-        for _, _, s in self.feature_encoder_spec:
-            h *= s
-        return h
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames the CNN makes from `num_samples` samples (0 when too short)."""
-        n = num_samples
-        for _, k, s in self.feature_encoder_spec:
-            if n < k:
-                return 0
-            n = (n - k) // s + 1
-        return n
+    def input(self) -> InputSpec:
+        """Sample rate, receptive field and hop of this architecture (from `feature_encoder_spec`)."""
+        return InputSpec.from_conv_spec(self.feature_encoder_spec)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -166,7 +150,7 @@ def base(num_classes: int = 0) -> Emotion2vecConfig:
 
 
 def plus_large(num_classes: int = 9) -> Emotion2vecConfig:
-    """emotion2vec_plus_large: D=1024, 16 heads, 4+8 blocks (model-spec §9)."""
+    """emotion2vec_plus_large: D=1024, 16 heads, 4+8 blocks (docs/model.md, "Models")."""
     return dataclasses.replace(base(num_classes), embed_dim=1024, num_heads=16)
 
 

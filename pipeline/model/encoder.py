@@ -1,7 +1,7 @@
-"""The emotion2vec encoder: waveform -> 50 Hz frame features, utterance embedding, emotion scores.
+"""The emotion2vec encoder: waveform -> frame features, utterance embedding, emotion scores.
 
 `Emotion2vec.forward(wav, lengths)` takes a zero-padded batch and the true length of each row and
-gives, for every row, exactly what one-at-a-time inference of that row gives (model-spec §5):
+gives, for every row, exactly what one-at-a-time inference of that row gives (docs/model.md, "Padding"):
 the waveform is normalised per utterance over its valid samples, padded frames are zeroed around
 the positional convolutions, attention never looks at padded keys, and pooling is a masked mean.
 """
@@ -27,7 +27,7 @@ from .config import Emotion2vecConfig
 
 
 class InputTooShortError(ValueError):
-    """An utterance shorter than the CNN's receptive field (400 samples = 25 ms at 16 kHz)."""
+    """An utterance shorter than the CNN's receptive field (`InputSpec.receptive_field`)."""
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Emotion2vec(nn.Module):
     def __init__(self, cfg: Emotion2vecConfig):
         super().__init__()
         self.cfg = cfg
+        self.input = cfg.input
         self.modality_encoders = nn.ModuleDict({"AUDIO": AudioEncoder(cfg)})
         self.blocks = nn.ModuleList(
             AltBlock(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, cfg.norm_eps) for _ in range(cfg.depth)
@@ -104,19 +105,19 @@ class Emotion2vec(nn.Module):
         return out
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Emotion2vecOutput:
-        """wav [B, N] float (16 kHz mono, zero-padded), lengths [B] valid samples per row
-        (None: every row is N long)."""
+        """wav [B, N] float (mono at `self.input.sample_rate`, zero-padded), lengths [B] valid
+        samples per row (None: every row is N long)."""
         B, N = wav.shape
         if lengths is None:
             lengths = torch.full((B,), N, dtype=torch.long, device=wav.device)
         lengths = lengths.to(device=wav.device, dtype=torch.long)
-        min_len = self.cfg.receptive_field
-        short = (lengths < min_len).nonzero().flatten().tolist()
+        spec = self.input
+        short = (lengths < spec.receptive_field).nonzero().flatten().tolist()
         if short:
             i = short[0]
             raise InputTooShortError(
-                f"utterance {i} has {int(lengths[i])} samples; emotion2vec needs at least {min_len} "
-                f"({1000 * min_len / 16000:.0f} ms at 16 kHz)"
+                f"utterance {i} has {int(lengths[i])} samples; emotion2vec needs at least "
+                f"{spec.receptive_field} ({1000 * spec.min_duration_s:.0f} ms at {spec.sample_rate} Hz)"
             )
         if self.cfg.normalize:
             wav = self.normalize(wav, lengths)

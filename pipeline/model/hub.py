@@ -5,7 +5,7 @@ Accepted forms:
   * `hf:owner/name[@revision]` (Hugging Face, `huggingface_hub`);
   * `ms:owner/name[@revision]` (ModelScope, `modelscope`, extra `[hub]`);
   * a short name (`emotion2vec_plus_large`, ...) or a FunASR id (`iic/emotion2vec_plus_large`),
-    mapped to its hub repo (model-spec §1).
+    mapped to its hub repo (docs/model.md, "Models").
 
 Offline (`offline=True`, or `HF_HUB_OFFLINE=1`) only the local cache is used. A source that is
 neither cached nor reachable raises `ModelSourceError` saying how to pre-download it.
@@ -22,7 +22,7 @@ class ModelSourceError(RuntimeError):
     pass
 
 
-# short name -> (hub, repo id). Hugging Face where an official repo exists (model-spec §1).
+# short name -> (hub, repo id). Hugging Face where an official repo exists (docs/model.md, "Models").
 SHORT_NAMES: dict[str, tuple[str, str]] = {
     "emotion2vec_base": ("hf", "emotion2vec/emotion2vec_base"),
     "emotion2vec_base_finetuned": ("ms", "iic/emotion2vec_base_finetuned"),

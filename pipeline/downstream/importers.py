@@ -1,6 +1,6 @@
 """Manifests for public emotion corpora, ready for `jobs/extract.py` and `jobs/train_downstream.py`.
 
-IEMOCAP (model-spec §11): from the release directory, `Session{N}/dialog/EmoEvaluation/*.txt` lines
+IEMOCAP (docs/model.md, "The IEMOCAP recipe"): from the release directory, `Session{N}/dialog/EmoEvaluation/*.txt` lines
 `[start - end]<TAB>UTT_ID<TAB>LABEL<TAB>[V, A, D]`; keep ang/exc/hap/neu/sad with exc renamed hap (the
 standard 4-class set: 5,531 utterances, per session 1085/1023/1151/1031/1241). Rows come in the recipe's
 order: sessions 1..5, per session the evaluation files in sorted (shell glob, C locale) order, lines in
@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .storage import join
+from ..storage import join
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Real speech for tests and the demo, made with espeak-ng and sox.
 
-    python -m pipeline.samples OUT_DIR [-n 20] [--seed 0]
+    python -m pipeline.testing.samples OUT_DIR [-n 20] [--seed 0]
 
 `synthesize` speaks a sentence with an espeak-ng voice/pitch/speed and converts it with sox to the
 format given by the file suffix (.wav .flac .ogg .opus .mp3), at any rate, channel count and wav

@@ -1,6 +1,7 @@
-"""Downstream classifiers on the job's Parquet output: the emotion2vec IEMOCAP recipe (model-spec §11).
+"""Downstream classifiers on the job's Parquet output: the emotion2vec IEMOCAP recipe
+(docs/model.md).
 
-    from pipeline.downstream import TrainConfig, train
+    from pipeline.downstream.train import TrainConfig, train
     result = train(TrainConfig(features="outputs/iemocap", label_column="emotion",
                                fold_column="session", output="outputs/iemocap-probe",
                                label_map={"exc": "hap"}, labels=["ang", "hap", "neu", "sad"]))
@@ -47,8 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import ConfigError, StorageConfig, read_yaml_mapping, validate
-from .storage import Storage
+from ..config import ConfigError, StorageConfig, read_yaml_mapping, validate
+from ..storage import Storage
 
 log = logging.getLogger(__name__)
 

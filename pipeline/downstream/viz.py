@@ -1,6 +1,6 @@
 """Pictures of the job's output: a 2-D UMAP map of utterance embeddings and label charts (PNG).
 
-    from pipeline.viz import visualize
+    from pipeline.downstream.viz import visualize
     visualize("outputs/iemocap", "outputs/iemocap-viz", color_by="label", gold="emotion")
 
 Writes into the output directory:
@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .downstream import embeddings_to_numpy, open_output
-from .storage import Storage
+from ..storage import Storage
+from .train import embeddings_to_numpy, open_output
 
 log = logging.getLogger(__name__)
 

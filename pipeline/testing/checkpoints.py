@@ -18,11 +18,12 @@ from typing import Any
 import torch
 import yaml
 
-from .checkpoint import DEFAULT_TOKENS
-from .config import Emotion2vecConfig
-from .encoder import Emotion2vec
+from .. import model as model_package
+from ..model.checkpoint import DEFAULT_TOKENS
+from ..model.config import Emotion2vecConfig
+from ..model.encoder import Emotion2vec
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(model_package.__file__).parent / "data"  # the published config files shipped with the model
 TEMPLATE_CONFIG = DATA / "emotion2vec_plus_large.config.yaml"
 LAYOUTS = ("hub", "fairseq", "bare", "safetensors")
 
@@ -155,7 +156,11 @@ def write_checkpoint(
         weights.pop("proj.bias", None)
         fs_cfg = {
             "model": copy.deepcopy(conf["model_conf"]),
-            "task": {"_name": "audio_pretraining", "normalize": cfg.normalize, "sample_rate": 16000},
+            "task": {
+                "_name": "audio_pretraining",
+                "normalize": cfg.normalize,
+                "sample_rate": cfg.input.sample_rate,
+            },
         }
         torch.save(
             {

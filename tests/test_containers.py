@@ -1,0 +1,197 @@
+"""pipeline.audio on containers libsndfile does not read, made by the ffmpeg CLI from espeak-ng speech.
+
+Expected values come from another path: the ffmpeg CLI decodes the first audio stream to float32 at
+the source rate and channel count, numpy averages the channels and torchaudio resamples. The CLI is
+Debian's FFmpeg, not the one bundled in PyAV, so lossy codecs are compared by correlation and level.
+Also: the size and duration limits, memory of long files, and `cut` against sox's sample-exact trim.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from pipeline.audio import AudioError, decode
+from pipeline.samples import synthesize
+
+TEXT = "testing one two three"
+VIDEO = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25"]  # a real picture stream
+H264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"]
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (make sysdeps)")
+
+
+def ffmpeg(*args: str | Path) -> bytes:
+    return subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True, capture_output=True
+    ).stdout
+
+
+def ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:
+    """The first audio stream as the ffmpeg CLI decodes it: ([frames, channels] float32, rate)."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels"]
+        + ["-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+    ).stdout
+    stream = json.loads(probe)["streams"][0]
+    rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    raw = ffmpeg("-i", path, "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-")
+    return np.frombuffer(raw, np.float32).reshape(-1, channels), rate
+
+
+def expected_16k(path: Path) -> tuple[np.ndarray, int, int]:
+    x, rate = ffmpeg_decode(path)
+    mono = torch.from_numpy(x.mean(axis=1, dtype=np.float32))
+    out = mono if rate == 16000 else torchaudio.functional.resample(mono, rate, 16000)
+    return out.numpy(), rate, x.shape[1]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("containers")
+
+
+@pytest.fixture(scope="module")
+def speech(work) -> Path:
+    """~1.5 s of speech, 48 kHz, 2 channels at different gains, float wav: the source of every container."""
+    return synthesize(TEXT, work / "speech.wav", sample_rate=48000, channels=2, encoding="float32")
+
+
+@pytest.fixture(scope="module")
+def speech6(work) -> Path:
+    return synthesize(TEXT, work / "speech6.wav", sample_rate=48000, channels=6, encoding="pcm24")
+
+
+def has_encoder(name: str) -> bool:
+    return f" {name} " in ffmpeg("-hide_banner", "-encoders").decode()
+
+
+# name -> (inputs before the speech, output options); the speech is the last input
+LOSSY = {
+    "v.mp4": (VIDEO, ["-map", "0:v", "-map", "1:a", *H264, "-c:a", "aac", "-ar", "48000", "-ac", "2"]),
+    "a.m4a": ([], ["-c:a", "aac", "-ar", "44100", "-ac", "2"]),
+    "a.aac": ([], ["-c:a", "aac", "-ar", "22050", "-ac", "1", "-f", "adts"]),
+    "a.webm": ([], ["-c:a", "libopus", "-b:a", "64k", "-ac", "2"]),
+    "a.wma": ([], ["-c:a", "wmav2", "-b:a", "128k", "-ar", "44100", "-ac", "2"]),
+    "v.flv": (VIDEO, ["-map", "0:v", "-map", "1:a", "-c:v", "flv", "-c:a", "libmp3lame", "-ar", "44100"]),
+    "a.amr": ([], ["-c:a", "libopencore_amrnb", "-ar", "8000", "-ac", "1", "-b:a", "12.2k"]),
+    "six.m4a": ([], ["-c:a", "aac", "-ac", "6"]),
+}
+# lossless: decoded numbers must match the CLI's to float precision; covers FFmpeg's sample formats
+LOSSLESS = {
+    "a.mkv": ([], ["-c:a", "flac"]),  # s16 packed
+    "v.mkv": (VIDEO, ["-map", "0:v", "-map", "1:a", *H264, "-c:a", "flac", "-sample_fmt", "s32"]),  # s32
+    "six.mka": ([], ["-c:a", "flac"]),  # 6 channels
+    "f64.mkv": ([], ["-c:a", "pcm_f64le"]),  # dbl
+    "u8.mov": ([], ["-c:a", "pcm_u8", "-ar", "22050"]),  # u8
+    "s24.mov": ([], ["-c:a", "pcm_s24le"]),  # s32 after decoding
+}
+
+
+def make(work: Path, source: Path, name: str, spec: tuple[list[str], list[str]]) -> Path:
+    inputs, options = spec
+    out = work / name
+    if not out.exists():
+        ffmpeg(*inputs, "-i", source, "-shortest", *options, out)
+    return out
+
+
+def check_same_speech(name: str, path: Path, *, lossless: bool) -> None:
+    expected, rate, channels = expected_16k(path)
+    out = decode(path.read_bytes(), name)
+    assert (out.sample_rate, out.channels) == (rate, channels)
+    assert out.samples.dtype == np.float32 and out.samples.ndim == 1
+    if lossless:
+        assert len(out.samples) == len(expected)
+        np.testing.assert_allclose(out.samples, expected, atol=1e-4)
+        return
+    # a different FFmpeg build decodes: the same length (give or take a frame's rounding) and signal
+    assert abs(len(out.samples) - len(expected)) <= 16, (len(out.samples), len(expected))
+    n = min(len(out.samples), len(expected))
+    a, b = out.samples[:n].astype(np.float64), expected[:n].astype(np.float64)
+    corr = (a @ b) / np.sqrt((a @ a) * (b @ b))
+    rms_diff = np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2))
+    assert corr > 0.99 and rms_diff < 0.1, (corr, rms_diff)
+
+
+@pytest.mark.parametrize("name", list(LOSSY))
+def test_lossy_containers_match_the_ffmpeg_cli(work, speech, speech6, name):
+    if name == "a.amr" and not has_encoder("libopencore_amrnb"):
+        pytest.skip("this ffmpeg CLI has no libopencore_amrnb encoder")
+    path = make(work, speech6 if name.startswith("six") else speech, name, LOSSY[name])
+    check_same_speech(name, path, lossless=False)
+
+
+@pytest.mark.parametrize("name", list(LOSSLESS))
+def test_lossless_containers_match_the_ffmpeg_cli(work, speech, speech6, name):
+    path = make(work, speech6 if name.startswith("six") else speech, name, LOSSLESS[name])
+    check_same_speech(name, path, lossless=True)
+
+
+def test_the_first_audio_stream_is_decoded(work, speech):
+    """video, then speech (flac, stereo), then a tone (flac, mono): the speech is what comes out."""
+    path = work / "two.mkv"
+    tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=48000"]
+    maps = ["-map", "0:v", "-map", "1:a", "-map", "2:a"]
+    ffmpeg(*VIDEO, "-i", speech, *tone, "-t", "1.5", *maps, *H264, "-c:a", "flac", path)
+    check_same_speech("two.mkv", path, lossless=True)
+    assert decode(path.read_bytes()).channels == 2
+
+
+def test_the_same_pcm_gives_the_same_numbers_through_either_decoder(work, speech):
+    """float wav (libsndfile, block by block) == the same floats in Matroska (FFmpeg, frame by frame)."""
+    mkv = work / "same.mkv"
+    ffmpeg("-i", speech, "-c:a", "pcm_f32le", mkv)
+    a, b = decode(speech.read_bytes(), "speech.wav"), decode(mkv.read_bytes(), "same.mkv")
+    assert sf.info(str(speech)).frames > 65536  # more than one libsndfile block
+    assert (a.sample_rate, a.channels) == (b.sample_rate, b.channels) == (48000, 2)
+    np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_a_seekable_file_object_decodes_like_bytes(work, speech):
+    path = make(work, speech, "v.mp4", LOSSY["v.mp4"])
+    with open(path, "rb") as f:
+        f.seek(100)  # decoded from the start whatever the position
+        from_file = decode(f, "v.mp4")
+    np.testing.assert_array_equal(from_file.samples, decode(path.read_bytes()).samples)
+    with open(speech, "rb") as f:
+        np.testing.assert_array_equal(decode(f).samples, decode(speech.read_bytes()).samples)
+
+
+# -- what is not audio -----------------------------------------------------------------------------
+
+
+def test_a_video_only_file_has_no_audio_stream(work):
+    path = work / "video_only.mp4"
+    ffmpeg(*VIDEO, "-t", "1", *H264, path)
+    with pytest.raises(AudioError, match=r"^no audio stream: the file holds only video streams$"):
+        decode(path.read_bytes(), "video_only.mp4")
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_truncated_mp4_raises(work, speech, faststart):
+    """Index at the end (ffmpeg's default): cut in half, there is no index. Index first: the data runs out."""
+    path = work / f"cut{int(faststart)}.mp4"
+    flags = ["-movflags", "+faststart"] if faststart else []
+    ffmpeg(
+        *VIDEO, "-i", speech, "-shortest", "-map", "0:v", "-map", "1:a", *H264, "-c:a", "aac", *flags, path
+    )
+    data = path.read_bytes()
+    decode(data, path.name)  # whole: fine
+    needle = (
+        r"corrupt or truncated audio: (FFmpeg stopped at|decoded .* its index lists)"
+        if faststart
+        else r"corrupt file '\.mp4'"
+    )
+    with pytest.raises(AudioError, match=needle):
+        decode(data[: len(data) // 2], path.name)
