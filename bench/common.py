@@ -205,10 +205,10 @@ FORMATS = {"wav": (".wav", 16000, 1), "flac": (".flac", 44100, 2), "mp3": (".mp3
 
 
 def speech_pieces(cache: Path) -> list:
-    """The espeak-ng sentences of pipeline.samples as 16 kHz float32 arrays (synthesised once)."""
+    """The espeak-ng sentences of pipeline.testing.samples as 16 kHz float32 arrays (synthesised once)."""
     import soundfile as sf
 
-    from pipeline.samples import SENTENCES, STYLES, VOICES, synthesize
+    from pipeline.testing.samples import SENTENCES, STYLES, VOICES, synthesize
 
     pieces = []
     for i, text in enumerate(SENTENCES):
@@ -278,7 +278,7 @@ def feed_model_dir(out: Path) -> Path:
     """A near-free random-init model: D=32, 1+1 blocks, 32-channel CNN, 9-way head (hub layout)."""
     import dataclasses
 
-    from pipeline.model.random_init import random_model, tiny, write_checkpoint
+    from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
     if not (out / "model.pt").exists():
         cfg = dataclasses.replace(tiny(embed_dim=32, num_heads=4), depth=1, prenet_depth=1)
@@ -307,3 +307,14 @@ def proc_status_kb(pid: int, key: str) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (a job started with start_new_session=True)."""
+    import signal
+
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -45,6 +45,7 @@ from common import (
     ROOT,
     clip_files,
     feed_model_dir,
+    kill_session,
     machine,
     many_rows_manifest,
     proc_status_kb,
@@ -104,8 +105,17 @@ class Watch(threading.Thread):
         return sum(self.ticks.values()) / TICK
 
 
-def job(a, manifest_path: Path, out: Path, mode: str = "overwrite", log_name: str = "job") -> dict:
-    """Run jobs/extract.py on the manifest; -> wall, rows, audio, stage seconds, memory, CPU."""
+def job(
+    a,
+    manifest_path: Path,
+    out: Path,
+    mode: str = "overwrite",
+    log_name: str = "job",
+    stop_s: float | None = None,
+) -> dict:
+    """Run jobs/extract.py on the manifest; -> wall, rows, audio, stage seconds, memory, CPU.
+    `stop_s`: end the job (its whole session) that long after its first unit is committed, and
+    report only memory and the time to that unit."""
     cfg = a.out / f"{log_name}.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest_path}\n  rows_per_unit: {a.rows_per_unit}\n"
@@ -123,10 +133,14 @@ def job(a, manifest_path: Path, out: Path, mode: str = "overwrite", log_name: st
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         watch = Watch(proc.pid, out / "_units", t0)
         watch.start()
-        rc = proc.wait()
+        rc = _wait(proc, watch, stop_s)
         wall = time.time() - t0
         watch.stop.set()
         watch.join()
+    partial = {"wall_s": round(wall, 3), "cpu_s": round(watch.cpu_s, 2), "stopped": True}
+    partial.update(driver_hwm_mb=round(watch.hwm_kb / 1024, 1), first_unit_s=watch.first_unit_s)
+    if stop_s is not None:
+        return partial
     if rc != 0:
         raise SystemExit(f"job failed (exit {rc}); see {log}:\n{log.read_text()[-3000:]}")
     run = json.loads((out / "_run.json").read_text())
@@ -140,6 +154,17 @@ def job(a, manifest_path: Path, out: Path, mode: str = "overwrite", log_name: st
         "driver_hwm_mb": round(watch.hwm_kb / 1024, 1),
         "first_unit_s": None if watch.first_unit_s is None else round(watch.first_unit_s, 2),
     }
+
+
+def _wait(proc: subprocess.Popen, watch: Watch, stop_s: float | None) -> int:
+    if stop_s is None:
+        return proc.wait()
+    while proc.poll() is None:
+        if watch.first_unit_s is not None and time.time() - watch.t0 > watch.first_unit_s + stop_s:
+            kill_session(proc.pid)
+            return proc.wait()
+        time.sleep(0.2)
+    return proc.returncode
 
 
 # -- the decode-only limit -----------------------------------------------------------------------
@@ -289,8 +314,14 @@ def mode_scale(a, files) -> dict:
         t = time.time()
         m, _ = manifest(a, files, n)
         made = time.time() - t
-        j = job(a, m, a.out / f"scale-{n}", log_name=f"scale-{n}")
-        j.update(n=n, manifest_write_s=round(made, 1), rows_per_s=round(n / j["wall_s"], 1))
+        stop = None if n <= a.full_max else 5.0
+        j = job(a, m, a.out / f"scale-{n}", log_name=f"scale-{n}", stop_s=stop)
+        j.update(n=n, manifest_write_s=round(made, 1))
+        if stop is not None:  # stopped 5 s after its first unit: memory and start-up only
+            print(f"| {n} | (stopped) | | | {j['driver_hwm_mb']} | {j['first_unit_s']} |", flush=True)
+            results.append(j)
+            continue
+        j["rows_per_s"] = round(n / j["wall_s"], 1)
         if prev:
             j["marginal_rows_per_s"] = round((n - prev["n"]) / (j["wall_s"] - prev["wall_s"]), 1)
         print(
@@ -414,6 +445,9 @@ def main():
     p.add_argument("--factor", type=int, default=4, help="feed: the second run has factor x N rows")
     p.add_argument("--repeats", type=int, default=2, help="feed: interleaved rounds")
     p.add_argument("--sizes", default="10000,100000", help="scale: manifest sizes")
+    p.add_argument(
+        "--full-max", type=int, default=200000, help="scale: larger sizes run only to their first unit (+5 s)"
+    )
     p.add_argument("--distinct", type=int, default=12, help="distinct clips per format")
     p.add_argument("--formats", default="wav,flac,mp3")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="ray.num_cpus of the job")
