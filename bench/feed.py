@@ -119,7 +119,7 @@ def job(
     cfg = a.out / f"{log_name}.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest_path}\n  rows_per_unit: {a.rows_per_unit}\n"
-        f"model:\n  source: {a.model}\n  device: cpu\n"
+        f"model:\n  source: {a.model}\n  device: cpu\n  torch_threads: {a.torch_threads}\n"
         f"output:\n  path: {out}\n  mode: {mode}\n"
         f"ray:\n  num_cpus: {a.cores}\n"
     )
@@ -454,6 +454,13 @@ def main():
     p.add_argument("--distinct", type=int, default=12, help="distinct clips per format")
     p.add_argument("--formats", default="wav,flac,mp3")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="ray.num_cpus of the job")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="model.torch_threads: the near-free model's second "
+        "thread only competes with decoding on a small box",
+    )
     p.add_argument("--rows-per-unit", type=int, default=1000)
     p.add_argument("--limit-s", type=float, default=10.0, help="seconds of the decode-only loop")
     p.add_argument("--top", type=int, default=12)
