@@ -277,11 +277,14 @@ def marginal(s: dict, b: dict, cores: int) -> dict:
 
 
 def projection(best: dict, cores: int) -> dict:
-    """Two ways: the measured per-core marginal rate x (node cores - 1); and CPU seconds per audio
-    hour without the model stage (on a GPU node the forward leaves the CPUs), into (cores - 1) CPUs."""
+    """Two ways: the measured per-core marginal rate x (node cores - 1); and the CPU seconds per audio
+    hour not spent in the model stage (on a GPU node the forward leaves the CPUs), into (cores - 1) CPUs."""
     usable = GPU_NODE_CORES - 1
     stage = best["stage_s_per_audio_h"]
-    cpu_side = best["cpu_s_per_audio_h"] - stage.get("model_s", 0.0)
+    # stage seconds are wall time inside each stage (inflated on a shared box): they apportion the
+    # measured CPU between the model and the rest, they are not CPU seconds themselves
+    share = 1 - stage.get("model_s", 0.0) / max(sum(stage.values()), 1e-9)
+    cpu_side = best["cpu_s_per_audio_h"] * share
     return {
         "cores": usable,
         "from_rate_audio_s_per_s": round(best["audio_s_per_s_per_core"] * usable, 1),
