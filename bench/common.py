@@ -196,3 +196,125 @@ def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, 
             out = o.split("=", 1)[1]
     run = json.loads((Path(out) / "_run.json").read_text()) if (Path(out) / "_run.json").exists() else {}
     return rc, wall, mem, run
+
+
+# -- a cheap corpus of many rows over a few real files (bench/feed.py) -------------------------------
+
+# name -> (suffix, sample rate, channels): the formats a mixed corpus draws from
+FORMATS = {"wav": (".wav", 16000, 1), "flac": (".flac", 44100, 2), "mp3": (".mp3", 48000, 1)}
+
+
+def speech_pieces(cache: Path) -> list:
+    """The espeak-ng sentences of pipeline.testing.samples as 16 kHz float32 arrays (synthesised once)."""
+    import soundfile as sf
+
+    from pipeline.testing.samples import SENTENCES, STYLES, VOICES, synthesize
+
+    pieces = []
+    for i, text in enumerate(SENTENCES):
+        style = list(STYLES)[i % len(STYLES)]
+        p = cache / "pieces" / f"{i}.wav"
+        if not p.exists():
+            pitch, speed = STYLES[style]
+            synthesize(text, p, voice=VOICES[i % len(VOICES)], pitch=pitch, speed=speed)
+        pieces.append(sf.read(str(p), dtype="float32")[0])
+    return pieces
+
+
+def clip_files(
+    cache: Path, per_format: int, min_s: float, max_s: float, formats=tuple(FORMATS), seed: int = 0
+) -> list[tuple[Path, float]]:
+    """`per_format` distinct speech clips of min_s..max_s seconds in each of `formats` (16 kHz mono wav,
+    44.1 kHz stereo flac, 48 kHz mono mp3), written once by sox and kept in `cache`; -> [(file,
+    duration at 16 kHz)], the formats interleaved."""
+    import random
+
+    import numpy as np
+    import soundfile as sf
+
+    folder = cache / f"clips-{min_s:g}-{max_s:g}-s{seed}"
+    pieces = None
+    rng = random.Random(seed)
+    out = []
+    for k in range(per_format):
+        for name in formats:
+            suffix, sr, ch = FORMATS[name]
+            target = rng.uniform(min_s, max_s)
+            order = [rng.randrange(24) for _ in range(int(target / 1.5) + 2)]
+            path = folder / f"{k:03d}-{name}{suffix}"
+            if not path.exists():
+                pieces = pieces or speech_pieces(cache)
+                x = np.concatenate([pieces[j % len(pieces)] for j in order])[: int(target * 16000)]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.wav")
+                sf.write(str(tmp), x, 16000, subtype="FLOAT")
+                remix = ["remix", "1v0.9", "1v0.6"] if ch == 2 else []
+                fmt = ["-b", "16"] if suffix == ".wav" else []
+                subprocess.run(
+                    ["sox", "-V1", "-D", str(tmp), *fmt, "-r", str(sr), str(path), *remix], check=True
+                )
+                tmp.unlink()
+            out.append((path, round(target, 3)))
+    return out
+
+
+def many_rows_manifest(path: Path, files: list[tuple[Path, float]], rows: int) -> float:
+    """A jsonl manifest of `rows` distinct ids cycling over `files`; -> nominal audio seconds."""
+    total = 0.0
+    with open(path, "w") as f:
+        chunk = []
+        for i in range(rows):
+            p, d = files[i % len(files)]
+            chunk.append(f'{{"id": "r{i:08d}", "path": "{p}"}}\n')
+            total += d
+            if len(chunk) >= 65536:
+                f.write("".join(chunk))
+                chunk = []
+        f.write("".join(chunk))
+    return total
+
+
+def feed_model_dir(out: Path) -> Path:
+    """A near-free random-init model: D=32, 1+1 blocks, 32-channel CNN, 9-way head (hub layout)."""
+    import dataclasses
+
+    from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
+
+    if not (out / "model.pt").exists():
+        cfg = dataclasses.replace(tiny(embed_dim=32, num_heads=4), depth=1, prenet_depth=1)
+        write_checkpoint(random_model(cfg, seed=0), out, "hub")
+    return out
+
+
+def session_cpu_ticks(sid: int, seen: dict[int, int]) -> None:
+    """Record into `seen` (pid -> utime + stime ticks) every process of session `sid`; a process's
+    last reading before it exits is what counts."""
+    for pid in _session_pids(sid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seen[pid] = max(seen.get(pid, 0), int(fields[11]) + int(fields[12]))
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A `/proc/<pid>/status` field in kB (VmHWM, VmRSS), 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (a job started with start_new_session=True)."""
+    import signal
+
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -236,6 +236,8 @@ class EmotionPredictor:
         for k, r in enumerate(owner):
             per_row.setdefault(r, []).append(k)
         results: list[RowResult | Exception | None] = [None] * len(clips)
+        done: list[tuple[int, list[int], int, np.ndarray | None, np.ndarray]] = []
+        heads: list[np.ndarray] = []  # per row: the whole clip's embedding, then each window's
         for r, ks in per_row.items():
             err = next((outs[k] for k in ks if isinstance(outs[k], Exception)), None)
             if err is not None:
@@ -253,15 +255,20 @@ class EmotionPredictor:
                 emb = (
                     np.stack([p.embedding for p in parts]).astype(np.float64).T @ weights / num_frames
                 ).astype(np.float32)
-            # row 0: the whole clip; rows 1..S: each window (only when there are several)
-            embs = np.stack([emb] + ([p.embedding for p in parts] if len(parts) > 1 else []))
-            _, scores = self.bundle.model.classify(torch.from_numpy(embs).to(self.device))
-            scores = None if scores is None else scores.cpu().numpy()
+            heads += [emb] + ([p.embedding for p in parts] if len(parts) > 1 else [])
+            done.append((r, ks, num_frames, frames, emb))
+        # the head runs once per call on every embedding: per row it cost more than the small forward
+        all_scores = self._classify(heads)
+        at = 0
+        for r, ks, num_frames, frames, emb in done:
+            n = 1 if len(ks) == 1 else 1 + len(ks)
+            scores = None if all_scores is None else all_scores[at : at + n]
+            at += n
             # a window's segment ends where the next begins (windows overlap by 80 samples, see chunk_bounds)
             edges = [bounds[k][0] for k in ks] + [bounds[ks[-1]][1]]
             sr = self.input.sample_rate
             windows = [(edges[j] / sr, edges[j + 1] / sr) for j in range(len(ks))]
-            window_scores = None if scores is None else (scores[:1] if len(parts) == 1 else scores[1:])
+            window_scores = None if scores is None else (scores[:1] if len(ks) == 1 else scores[1:])
             results[r] = RowResult(
                 num_frames, frames, emb, None if scores is None else scores[0], windows, window_scores
             )
@@ -286,6 +293,13 @@ class EmotionPredictor:
                 results.extend(self.predict([clip]))
         guard.done()
         return results
+
+    def _classify(self, embeddings: list[np.ndarray]) -> np.ndarray | None:
+        """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models)."""
+        if not embeddings:
+            return None
+        _, scores = self.bundle.model.classify(torch.from_numpy(np.stack(embeddings)).to(self.device))
+        return None if scores is None else scores.cpu().numpy()
 
     # -- Ray Data entry point -----------------------------------------------------------------
 
