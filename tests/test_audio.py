@@ -348,3 +348,13 @@ def test_demo_corpus_decodes():
     assert all(1.0 <= d.duration_s <= 4.5 for d in decoded)
     assert {Path(r["path"]).suffix for r in rows} >= {".flac", ".wav", ".ogg", ".mp3"}
     assert {d.sample_rate for d in decoded} > {16000} and max(d.channels for d in decoded) == 2
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_cached_resampler_gives_torchaudio_functional_samples_exactly(rate):
+    from pipeline.audio import to_mono_16k
+
+    x = np.random.default_rng(rate).standard_normal(rate * 2).astype(np.float32)
+    want = torchaudio.functional.resample(torch.from_numpy(x), rate, 16000).numpy()
+    for _ in range(2):  # the second call uses the cached kernel
+        np.testing.assert_array_equal(to_mono_16k(x, rate), want)
