@@ -249,6 +249,10 @@ def test_hugging_face_parquet_with_embedded_audio(ray_session, tiny_model_dir, r
     assert rows["x9"]["error"].startswith("input:") and "holds no bytes" in rows["x9"]["error"]
 
 
+def ffmpeg(*args) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", *map(str, args)], check=True)
+
+
 @pytest.fixture(scope="module")
 def meld_folder(tmp_path_factory, recording):
     """MELD-style: one mp4 (H.264 video + AAC 48 kHz stereo) per utterance, plus one without audio."""
@@ -256,52 +260,12 @@ def meld_folder(tmp_path_factory, recording):
         pytest.skip("needs the ffmpeg CLI (make sysdeps)")
     d = tmp_path_factory.mktemp("meld")
     (d / "train").mkdir()
+    video = "-f lavfi -i testsrc=size=64x48:rate=10".split()
+    h264 = "-c:v libx264 -pix_fmt yuv420p".split()
     for i in range(2):
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=64x48:rate=10",
-                "-i",
-                str(recording / f"s{i}.wav"),
-                "-shortest",
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-ar",
-                "48000",
-                "-ac",
-                "2",
-                str(d / "train" / f"dia{i}_utt0.mp4"),
-            ],
-            check=True,
-        )
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=64x48:rate=10",
-            "-t",
-            "1",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(d / "train" / "silent_video.mp4"),
-        ],
-        check=True,
-    )
+        audio = ["-i", str(recording / f"s{i}.wav"), "-shortest", *"-c:a aac -ar 48000 -ac 2".split()]
+        ffmpeg(*video, *audio, *h264, d / "train" / f"dia{i}_utt0.mp4")
+    ffmpeg(*video, "-t", "1", *h264, d / "train" / "silent_video.mp4")
     return d
 
 

@@ -183,6 +183,12 @@ def test_ten_minute_file_in_windows(ray_session, tiny_model_dir, tmp_path):
     assert len(rows_of(out)["short"]["segments"]) == 1
 
 
+def run_extract(cfg, timeout=600, **kw):
+    """jobs/extract.py in its own process (its own embedded Ray), to completion."""
+    cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
 def start_job(cfg, tmp_path, name):
     log = open(tmp_path / f"{name}.log", "w")
     proc = subprocess.Popen(
@@ -215,12 +221,7 @@ def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
         proc.wait()
     landed = len(list(out.glob("*.parquet")))
     assert landed >= 1 and not (out / "_run.json").exists()
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_extract(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
@@ -290,17 +291,15 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     poison = json.loads(m.read_text().splitlines()[3])
     out = tmp_path / "out"
     cfg = job_config(
-        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 6\n", unit=5
+        tmp_path,
+        m,
+        tiny_model_dir,
+        out,
+        "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 6\n",
+        unit=5,
     )
     env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    r = run_extract(cfg, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(out, ids)
     rows = rows_of(out)
@@ -333,12 +332,7 @@ def test_sigterm_mid_run_stops_within_seconds_and_a_rerun_finishes(tiny_model_di
         committed |= set(json.loads(marker.read_text())["files"])
     assert {p.name for p in out.glob("*.parquet")} == committed
     assert not (out / "_lease.json").exists()  # released on the way out
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_extract(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(out, ids)
 
@@ -352,12 +346,7 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_
     try:
         wait_for(lambda: (out / "_lease.json").exists(), 240, "the first run's lease")
         holder = json.loads((out / "_lease.json").read_text())
-        second = subprocess.run(
-            [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        second = run_extract(cfg, timeout=300)
         assert second.returncode == 2, second.stderr[-2000:]
         assert holder["run_id"] in second.stderr and str(holder["pid"]) in second.stderr
         assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-2000:]
