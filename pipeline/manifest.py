@@ -285,6 +285,8 @@ def _raw_tables(source: Source, storage: Storage) -> Iterator[pa.Table]:
                     yield pa.Table.from_batches([batch])
             return
         data = _gunzip(storage.read_bytes(uri))
+        if fmt == "json" and not data.lstrip().startswith(b"["):
+            fmt = "jsonl"  # NeMo names its JSON-lines manifests *.json
         if fmt == "jsonl":
             yield pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24))
         elif fmt == "json":

@@ -199,3 +199,10 @@ def test_hf_parquet_with_embedded_audio_bytes(tmp_path):
     t = read(tmp_path / "train-00000.parquet")
     assert t["_audio_bytes"][0].as_py() == wav.read_bytes()
     assert t["emotion"].to_pylist() == ["x", "y"] and t["path"][0].as_py().endswith("a.wav")
+
+
+def test_nemo_json_named_manifest_holding_json_lines(tmp_path):
+    rows = [{"audio_filepath": "/a/1.wav", "duration": 1.0, "text": "x", "utt_id": "u1"}]
+    (tmp_path / "train_manifest.json").write_text("".join(json.dumps(r) + "\n" for r in rows * 1))
+    t = read(tmp_path / "train_manifest.json")
+    assert t["id"].to_pylist() == ["u1"] and t["path"].to_pylist() == ["/a/1.wav"]
