@@ -95,6 +95,6 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
     # cores the light stages leave idle.
     n = m.num_actors or max(1, int((cpus - 1) / m.cpus_per_actor))
     threads = m.torch_threads or max(1, int(cpus // n))
-    # a pool size the user asked for starts whole; by default start with one actor and let Ray Data
-    # grow the pool within the CPUs the other stages leave
-    return Placement("cpu", m.num_actors or 1, n, m.cpus_per_actor, 0.0, threads)
+    # start with one actor and let Ray Data grow the pool within the CPUs the other stages leave (a
+    # pool started whole can hold every CPU the decode tasks need, and the job then waits forever)
+    return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)

@@ -451,12 +451,9 @@ def build_dataset(
     ctx.enable_progress_bars = False
     ctx.enable_auto_log_stats = False
     # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
-    # decoded-audio budget of a model call, and re-cut the (tiny) manifest blocks into decode-sized
-    # ones, so decoding runs in parallel and the model stage gets one block per call.
+    # decoded-audio budget of a model call, so the model stage gets one block per call.
     ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
-    ds = _read(cfg, plan, skip, storage).repartition(
-        target_num_rows_per_block=plan.block_rows(cfg.audio.decode_batch_size)
-    )
+    ds = _read(cfg, plan, skip, storage)
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameters for max_retries / max_restarts yet (pyproject
         # pins ray < 2.64, where the **ray_remote_args they go through are removed)
@@ -540,17 +537,26 @@ def _read(cfg: JobConfig, plan: Plan, skip: dict[str, Any], storage: Storage):
     audio files was listed by the driver already: its blocks are cut there."""
     import ray.data
 
-    kwargs = {"cfg": cfg.input, "storage": storage, "skip": skip, "block_rows": cfg.audio.decode_batch_size}
+    rows = plan.block_rows(cfg.audio.decode_batch_size)
+    kwargs = {"cfg": cfg.input, "storage": storage, "skip": skip, "block_rows": rows}
     if len(plan.sources) == 1 and plan.sources[0].audio is not None:
         blocks = list(read_units(plan.sources[0], limit=plan.counts[0], **kwargs))
         return ray.data.from_arrow(blocks or [_empty_block()])
     items = [{"source": i} for i in range(len(plan.sources))]
-    return ray.data.from_items(items).map_batches(
-        _read_sources,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"sources": plan.sources, "counts": plan.counts, **kwargs},
-        num_cpus=READ_CPUS,
+    # A task's yields are merged into blocks of up to target_max_block_size (many manifest rows);
+    # the streaming repartition re-cuts them to `rows`, so decoding runs in parallel. With batch_size a
+    # multiple of its target, Ray Data fuses it into the read task (a separate repartition operator
+    # would ask for a whole CPU, which a cluster busy with model actors may never give it).
+    return (
+        ray.data.from_items(items)
+        .map_batches(
+            _read_sources,
+            batch_size=rows,
+            batch_format="pyarrow",
+            fn_kwargs={"sources": plan.sources, "counts": plan.counts, **kwargs},
+            num_cpus=READ_CPUS,
+        )
+        .repartition(target_num_rows_per_block=rows)
     )
 
 
