@@ -83,3 +83,25 @@ def test_gpu_padded_batches_run_on_the_memory_efficient_attention_kernel(tiny_mo
         T = a.frames.shape[1]
         scale = a.frames.abs().max()
         assert (b.frames[i, :T].float().cpu() - a.frames[0]).abs().max() <= 0.1 * scale
+
+
+def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_dir, tmp_path, capsys):
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+    import extract
+
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {tmp_path / 'm.jsonl'}\nmodel:\n  source: {tiny_model_dir}\n"
+        f"output:\n  path: {tmp_path / 'out'}\nray:\n  address: 127.0.0.9:6999\n"
+    )
+    t0 = time.time()
+    assert extract.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert time.time() - t0 < 60
+    assert len(err) == 1 and "cannot reach the Ray cluster at 127.0.0.9:6999" in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing left behind
