@@ -3,7 +3,8 @@
 A run creates the lease only if no file is there (create-if-absent: exactly one of two racing runs
 succeeds), renews it from a daemon thread every ttl/3 while it runs, and deletes it when done. A
 second run while the lease is live fails with `LeaseHeld`, which names the holder. A lease whose
-`expires_at` has passed belongs to a run that died; the next run takes it over.
+`expires_at` has passed belongs to a run that died; the next run takes it over, at once when the
+holder ran on the same host and its process is gone.
 
 Expiry compares the wall clocks of different hosts, so they must agree to well within the ttl (NTP
 does). A run that could not renew for a whole ttl (paused, cut off from storage) may have been taken
@@ -59,7 +60,7 @@ def acquire(
         current = _read(storage, uri)
         if current is None:  # released between our two calls
             continue
-        if not _expired(current):
+        if not _expired(current) and not _holder_gone(current):
             raise LeaseHeld(_held_message(output, uri, current))
         log.warning("taking over the expired lease of run %s on %s", current.get("run_id"), output)
         _take_over(storage, uri, current, ttl_s)
@@ -195,6 +196,22 @@ def _read(storage: Storage, uri: str) -> dict[str, Any] | None:
 
 def _expired(record: dict[str, Any]) -> bool:
     return time.time() >= _parse(record["expires_at"])
+
+
+def _holder_gone(record: dict[str, Any]) -> bool:
+    """The holder ran on this host and its process no longer exists (killed, crashed): its lease need
+    not be waited out. Another host's holder can only expire. A reused pid reads as alive: the safe side."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    if record["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, owned by someone else
+    return False
 
 
 def _delete_quietly(storage: Storage, uri: str) -> None:

@@ -154,3 +154,33 @@ def test_unreadable_lease_file_is_a_clear_error(tmp_path):
     (tmp_path / LEASE_NAME).write_text("{not json")
     with pytest.raises(LeaseHeld, match="unreadable lease file .*_lease.json.*delete it"):
         acquire(Storage(), str(tmp_path))
+
+
+def test_a_live_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    """kill -9 of a run leaves its lease; the rerun on the same host need not wait for the ttl."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from datetime import datetime, timedelta, timezone
+
+    from pipeline.lease import LEASE_NAME, acquire
+    from pipeline.storage import Storage
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    soon = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    record = {
+        "run_id": "killed",
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "started_at": soon,
+        "expires_at": soon,
+        "ttl_s": 300,
+    }
+    (tmp_path / LEASE_NAME).write_text(json.dumps(record))
+    lease = acquire(Storage(), str(tmp_path), ttl_s=30)
+    try:
+        assert json.loads((tmp_path / LEASE_NAME).read_text())["run_id"] == lease.run_id != "killed"
+    finally:
+        lease.release()

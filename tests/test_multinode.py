@@ -3,15 +3,12 @@ the job submitted with `ray job submit`: model actors on both nodes, and a worke
 mid-run. Every process is started under its own `setsid` session and stopped by killing that
 session (never `ray stop`: other Ray instances may share the machine).
 
-Placement. Ray Data grows the model pool (`ActorPoolStrategy(min_size=1, max_size=2)`) only within
-the model stage's share of the cluster's CPUs (roughly a third to a half), and places actors with
-the SPREAD strategy, which is round-robin, not one-per-node. So "one actor per node" cannot come
-from CPU counts alone: a node that fits only one actor would have to hold more than half the
-cluster. The head therefore starts with 6 logical CPUs of which a helper driver holds 4.9 in an
-idle actor: the cluster is big enough (8 CPUs) for Ray Data to grow the pool to two 1.05-CPU
-actors, yet the head (1.1 CPUs free) and the worker (2 CPUs) each fit only one of them. Decode
-runs one task at a time (`audio.decode_tasks: 1`) so its tasks cannot crowd a pending actor off
-the worker node.
+Placement. The head starts with 6 logical CPUs of which a helper driver holds 5 in an idle actor,
+so the head (1 CPU free) fits the light read, decode and write tasks but no 1.05-CPU model actor,
+and the worker node (2 CPUs) fits one: the model runs on the worker. When the worker node is killed,
+the holder goes too, so the head has room for the replacement actor when the job restarts its
+pipeline on the units not yet committed. Decode runs one task at a time (`audio.decode_tasks: 1`)
+so its tasks cannot crowd the pending actor off the worker node.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ DEMO = ROOT / "samples" / "demo"
 BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-HEAD_CPUS, HEAD_HELD, WORKER_CPUS, CPUS_PER_ACTOR = 6, 4.9, 2, 1.05
+HEAD_CPUS, HEAD_HELD, WORKER_CPUS, CPUS_PER_ACTOR = 6, 5.0, 2, 1.05
 COPIES = 15  # x 20 demo clips = 300 rows: enough work for the pool to grow to its second actor
 pytestmark = pytest.mark.slow
 
