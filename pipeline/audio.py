@@ -35,6 +35,11 @@ import av
 import numpy as np
 import soundfile as sf
 
+# imported with the module, never lazily inside a task: two threads of a worker importing torch at
+# once fail with a partially initialised module
+import torch
+import torchaudio
+
 from .model import INPUT
 
 # The model's input contract (docs/model.md): its sample rate, receptive field and hop.
@@ -120,10 +125,7 @@ def to_mono_16k(x: np.ndarray, sample_rate: int) -> np.ndarray:
     if sample_rate == TARGET_SR:
         return mono
     _check_rate(sample_rate)
-    # imported here: 16 kHz input (the common case) never pays the ~3 s torch import in a decode
-    # worker. (Ray starts task workers with OMP_NUM_THREADS=1, so resampling stays on one core.)
-    import torch
-
+    # (Ray starts task workers with OMP_NUM_THREADS=1, so resampling stays on one core.)
     with torch.inference_mode():
         return _resampler(sample_rate)(torch.from_numpy(mono)).numpy()
 
@@ -133,8 +135,6 @@ def _resampler(sample_rate: int):
     """torchaudio's `Resample` to 16 kHz at the functional defaults: it builds the sinc kernel once per
     source rate, which `torchaudio.functional.resample` rebuilds on every call (half of the cost of a
     short clip); with the kernel in float32, as the functional builds it, the samples are identical."""
-    import torch
-    import torchaudio
 
     return torchaudio.transforms.Resample(sample_rate, TARGET_SR, dtype=torch.float32)
 
