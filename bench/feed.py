@@ -360,7 +360,7 @@ def mode_profile(a, files) -> dict:
     import pyarrow as pa
 
     from pipeline.config import InputConfig, StorageConfig
-    from pipeline.manifest import discover, read_units
+    from pipeline.manifest import count_rows, discover, read_units, whole
     from pipeline.predictor import EmotionPredictor
     from pipeline.prepare import prepare_block
     from pipeline.schema import output_schema, passthrough_schema
@@ -385,7 +385,9 @@ def mode_profile(a, files) -> dict:
         profiles[name].disable()
         return r
 
-    blocks = timed("read", read_units, source, icfg, storage, limit=None, skip={}, block_rows=256)
+    count = count_rows(source, icfg, storage)
+    piece = whole(count.rows, icfg.rows_per_unit)
+    blocks = timed("read", read_units, source, icfg, storage, piece=piece, skip={}, block_rows=256)
     schema = None
     rows = 0
     for block in blocks:

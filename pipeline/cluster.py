@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from .config import JobConfig
 
 REACH_TIMEOUT_S = 10.0
+# Ray keeps about one idle worker per CPU and kills the others after 1 s idle. The read, decode and
+# write tasks ask for fractions of a CPU, so more workers than CPUs are busy at once, and on a small
+# node a worker died every few seconds and its successor paid the imports again (Ray Data, torch:
+# 2-4 CPU-s): a third of the job's CPU on 2 cores (bench/RESULTS.md). Idle workers live a minute.
+# Clusters started with `ray start` take the same setting from the environment (infra/).
+WORKER_IDLE_MS = 60_000
 
 
 class ClusterError(RuntimeError):
@@ -33,7 +39,13 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
         ray.init(address=address, **quiet)
         return True, False
     # "local": always a fresh embedded Ray, never some other cluster found on this machine
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+    ray.init(
+        address="local",
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=False,
+        _system_config={"idle_worker_killing_time_threshold_ms": WORKER_IDLE_MS},
+        **quiet,
+    )
     return True, True
 
 

@@ -15,9 +15,14 @@ The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`; the a
 paths resolve against `input.audio_root`, else against the manifest's own directory. Every other
 column passes through; one whose name collides with an output column is renamed `manifest_<name>`.
 
-Scale: the driver only lists sources and holds per-source counts. Each source is read by a Ray
-task (`read_units`), streamed, and cut into *units*: runs of `input.rows_per_unit` consecutive rows
-of one source, named `<source key>-<index>`. A unit is what the writer commits (or redoes) as a whole.
+Scale: the driver only lists sources and holds per-source counts. Each source is cut into *units*:
+runs of `input.rows_per_unit` consecutive rows of one source, named `<source key>-<index>`. A unit is
+what the writer commits (or redoes) as a whole. The count pass (a Ray task per source) also notes
+where each unit starts: the byte offset of its first line in an uncompressed line-based manifest
+(JSON lines, CSV, TSV, scp), its first row in Parquet. The units are then read as *pieces* (runs of
+whole units) by as many Ray tasks (`read_units`), so a single 10M-row manifest is read in parallel
+and a rerun skips the pieces whose units are all committed without reading them. Compressed
+manifests, JSON arrays, Kaldi directories and CutSets are read by one task each, streamed.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -38,7 +45,7 @@ import pyarrow.parquet as pq
 
 from .config import InputConfig
 from .schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END, UNIT, UNIT_ROWS
-from .storage import Storage, join
+from .storage import Storage, join, scheme
 
 ID_ALIASES = ("id", "key", "utt_id")
 PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
@@ -59,6 +66,9 @@ AUDIO_SUFFIXES = frozenset(
 )
 GLOB_CHARS = "*?["
 MAX_BLOCK_BYTES = 64 << 20  # embedded audio bytes per block handed to the decode stage
+MAX_PIECES = 1024  # read tasks per source at most: a piece holds ceil(units / MAX_PIECES) units
+LINE_FORMATS = ("jsonl", "csv", "tsv", "scp")
+RANGE_SCHEMES = ("file", "s3", "gs", "az")  # stores that honour ranged reads (a plain HTTP server may not)
 
 
 class ManifestError(ValueError):
@@ -76,6 +86,32 @@ class Source:
     audio: pa.Table | None = None  # format "audio": the listed files (id, path)
 
 
+@dataclass(frozen=True)
+class Count:
+    """What the count pass learns about one source."""
+
+    rows: int
+    schema: pa.Schema  # normalised
+    row_bytes: float = 0.0  # bytes per row (audio inside a Parquet manifest makes rows big)
+    raw_schema: pa.Schema | None = None  # as parsed from the whole file: every piece is parsed with it
+    starts: tuple[int, ...] | None = None  # where each unit starts (byte or row); None: not splittable
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Whole units of one source that one read task reads: units first_unit.. (rows of the source
+    from first_unit * rows_per_unit, at most `rows` of them), from byte `start` to `end` of a line
+    manifest (None: from the top, or by row for Parquet)."""
+
+    source: int
+    first_unit: int
+    units: int
+    first_row: int
+    rows: int
+    start: int | None = None
+    end: int | None = None
+
+
 @dataclass
 class Plan:
     """What the driver knows about the manifest: its sources and their row counts, never the rows."""
@@ -85,6 +121,40 @@ class Plan:
     counts: list[int] = field(default_factory=list)  # rows per source, after input.limit
     passthrough: pa.Schema = field(default_factory=lambda: pa.schema([]))  # manifest columns carried through
     row_bytes: float = 0.0  # the largest bytes per row of a source (audio inside the manifest)
+    details: list[Count] = field(default_factory=list)  # per source, from the count pass
+
+    def pieces(self, size: int, skip: dict[str, int | set[str]] | None = None) -> list[Piece]:
+        """The read tasks' work: runs of whole units, leaving out the runs whose units are all
+        committed (`skip[unit]` is the unit's row count, see read_units), so a finished job reads
+        nothing again."""
+        skip = skip or {}
+
+        def done(source: int, unit: int, n: int) -> bool:
+            return skip.get(f"{self.sources[source].key}-{unit:06d}") == min(size, n - unit * size)
+
+        out = []
+        for i, (source, n) in enumerate(zip(self.sources, self.counts, strict=True)):
+            count = self.details[i] if i < len(self.details) else None
+            units = math.ceil(n / size)
+            starts = count.starts if count is not None else None
+            if units == 0:
+                continue
+            if not starts or source.format == "audio":
+                if not all(done(i, u, n) for u in range(units)):
+                    out.append(Piece(i, 0, units, 0, n))
+                continue
+            step = math.ceil(units / MAX_PIECES)
+            for first in range(0, units, step):
+                last = min(first + step, units)
+                if all(done(i, u, n) for u in range(first, last)):
+                    continue
+                rows = min(n, last * size) - first * size
+                if source.format == "parquet":
+                    out.append(Piece(i, first, last - first, first * size, rows))
+                else:
+                    end = starts[last] if last < len(starts) else None
+                    out.append(Piece(i, first, last - first, first * size, rows, starts[first], end))
+        return out
 
     def block_rows(self, most: int) -> int:
         """Rows per block handed to a decode task: at most `most`, and about MAX_BLOCK_BYTES."""
@@ -168,10 +238,11 @@ def detect_format(uri: str) -> str:
 # -- reading (Ray tasks) ---------------------------------------------------------------------------
 
 
-def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> tuple[int, pa.Schema, float]:
-    """Rows of one source, its normalised schema and its bytes per row (audio inside a Parquet
-    manifest makes rows big), checking on the way what can be checked cheaply: that it parses, has
-    an id and an audio column, and has no duplicate ids. Raises ManifestError naming the file."""
+def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    """Rows of one source, its normalised schema and where its units start, checking on the way
+    what can be checked cheaply: that it parses, has an id and an audio column, and has no
+    duplicate ids. Raises ManifestError naming the file."""
+    size = cfg.rows_per_unit
     if source.format == "parquet":
         with storage.open_input(source.uri) as f:
             pf = pq.ParquetFile(f)
@@ -182,16 +253,42 @@ def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> tuple[int,
             row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         _check_unique(ids, source.uri)
         if head is None:
-            return 0, pa.schema([]), 0.0
+            return Count(0, pa.schema([]))
         schema = normalise(pa.Table.from_batches([head]), cols, source.root).schema
-        return len(ids), schema, row_bytes / max(len(ids), 1)
+        starts = tuple(range(0, len(ids), size))
+        return Count(len(ids), schema, row_bytes / max(len(ids), 1), pf.schema_arrow, starts)
+    if source.format in LINE_FORMATS + ("json",):
+        data = _read_manifest(source, storage, unzip=False)
+        compressed = _is_gzip(data)
+        data = _gunzip(data, source.uri)
+        raw = _parse(data, source)
+        table = normalise(raw, _columns(raw.schema, cfg, source.uri), source.root)
+        _check_unique(table["id"], source.uri)
+        starts = None if compressed else _unit_starts(data, source, raw.num_rows, size)
+        return Count(table.num_rows, table.schema, 0.0, raw.schema, starts)
     ids, schema = [], None
     for t in _tables(source, cfg, storage):
         ids.append(t["id"])
         schema = schema or t.schema
     column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
     _check_unique(column, source.uri)
-    return len(column), schema or pa.schema([]), 0.0
+    return Count(len(column), schema or pa.schema([]))
+
+
+def _unit_starts(data: bytes, source: Source, rows: int, size: int) -> tuple[int, ...] | None:
+    """Byte offsets of the first line of every unit, when lines are rows one to one (no blank or
+    comment lines, no quoted newlines) and the file can be read by ranges; else None (read whole)."""
+    fmt = _line_format(data, source.format)
+    if fmt not in LINE_FORMATS or scheme(source.uri) not in RANGE_SCHEMES:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    line_starts = np.concatenate(([0], np.flatnonzero(buf == 10) + 1))
+    line_starts = line_starts[line_starts < len(data)]
+    if fmt in ("csv", "tsv"):
+        line_starts = line_starts[1:]  # the header
+    if len(line_starts) != rows or rows == 0:
+        return None
+    return tuple(int(x) for x in line_starts[::size])
 
 
 def read_units(
@@ -199,25 +296,40 @@ def read_units(
     cfg: InputConfig,
     storage: Storage,
     *,
-    limit: int | None,
+    piece: Piece,
     skip: dict[str, int | set[str]],
     block_rows: int,
+    raw_schema: pa.Schema | None = None,
 ) -> Iterator[pa.Table]:
-    """Stream one source as normalised blocks tagged with their unit.
+    """Stream one piece of a source as normalised blocks tagged with their unit.
 
     `skip` says what a resumed run leaves out: unit -> its committed row count (the unit is done and is
     skipped when the manifest still gives it that many rows), or unit -> a set of ids (only those
     rows are redone: the unit's error rows). Each block holds rows of one unit; `UNIT_ROWS` is the
     number of that unit's rows this run processes, so the writer knows when the unit is complete."""
     size = cfg.rows_per_unit
-    for index, unit_table in enumerate(_unit_tables(_tables(source, cfg, storage), size, limit)):
-        unit = f"{source.key}-{index:06d}"
+    tables = _tables(source, cfg, storage, piece, raw_schema)
+    for k, unit_table in enumerate(_unit_tables(tables, size, piece.rows)):
+        unit = f"{source.key}-{piece.first_unit + k:06d}"
         todo = _resume_filter(unit_table, skip.get(unit))
         if todo.num_rows == 0:
             continue
         todo = todo.append_column(UNIT, pa.array([unit] * todo.num_rows, pa.string()))
         todo = todo.append_column(UNIT_ROWS, pa.array([todo.num_rows] * todo.num_rows, pa.int64()))
         yield from _blocks(todo, block_rows)
+
+
+def read_pieces(batch: pa.Table, *, pieces: list[Piece], plan: Plan, **kwargs) -> Iterator[pa.Table]:
+    """A read task: the pieces named in `batch` (column `piece`: indices into `pieces`)."""
+    for i in batch["piece"].to_pylist():
+        p = pieces[i]
+        raw_schema = plan.details[p.source].raw_schema if plan.details else None
+        yield from read_units(plan.sources[p.source], piece=p, raw_schema=raw_schema, **kwargs)
+
+
+def whole(rows: int, size: int) -> Piece:
+    """The piece that is a whole source of `rows` rows."""
+    return Piece(0, 0, math.ceil(rows / size), 0, rows)
 
 
 def _resume_filter(table: pa.Table, skip: int | set[str] | None) -> pa.Table:
@@ -258,8 +370,14 @@ def _blocks(table: pa.Table, block_rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, step)
 
 
-def _tables(source: Source, cfg: InputConfig, storage: Storage) -> Iterator[pa.Table]:
-    """Normalised tables of one source, in file order."""
+def _tables(
+    source: Source,
+    cfg: InputConfig,
+    storage: Storage,
+    piece: Piece | None = None,
+    raw_schema: pa.Schema | None = None,
+) -> Iterator[pa.Table]:
+    """Normalised tables of one source (or of one piece of it), in file order."""
     if source.format == "audio":
         assert source.audio is not None
         yield source.audio
@@ -271,45 +389,106 @@ def _tables(source: Source, cfg: InputConfig, storage: Storage) -> Iterator[pa.T
         yield from _lhotse(source, storage)
         return
     columns: Columns | None = None
-    for raw in _raw_tables(source, storage):
+    for raw in _raw_tables(source, storage, piece, raw_schema):
         columns = columns or _columns(raw.schema, cfg, source.uri)
         yield normalise(raw, columns, source.root)
 
 
-def _raw_tables(source: Source, storage: Storage) -> Iterator[pa.Table]:
-    uri, fmt = source.uri, source.format
+def _raw_tables(
+    source: Source, storage: Storage, piece: Piece | None = None, raw_schema: pa.Schema | None = None
+) -> Iterator[pa.Table]:
+    if source.format == "parquet":
+        yield from _parquet_tables(source, storage, 0 if piece is None else piece.first_row)
+        return
+    if piece is None or piece.start is None:
+        yield _parse(_read_manifest(source, storage), source)
+        return
+    data = _read_manifest(source, storage, piece.start, piece.end)
+    if source.format in ("csv", "tsv"):
+        data = _read_manifest(source, storage, 0, _header_end(source, storage)) + data
+    yield _parse(data, source, raw_schema)
+
+
+def _parquet_tables(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
+    """Record batches of a Parquet manifest from `first_row` on: the row groups before it are not
+    read (the caller stops once it has the rows it wants)."""
     try:
-        if fmt == "parquet":
-            with storage.open_input(uri) as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
-                    yield pa.Table.from_batches([batch])
-            return
-        data = _gunzip(storage.read_bytes(uri))
-        if fmt == "json" and not data.lstrip().startswith(b"["):
-            fmt = "jsonl"  # NeMo names its JSON-lines manifests *.json
+        with storage.open_input(source.uri) as f:
+            pf = pq.ParquetFile(f)
+            groups, skip = [], first_row
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if not groups and skip >= n:
+                    skip -= n
+                else:
+                    groups.append(g)
+            for batch in pf.iter_batches(batch_size=4096, row_groups=groups):
+                t = pa.Table.from_batches([batch])
+                t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
+                if t.num_rows:
+                    yield t
+    except FileNotFoundError:
+        raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
+    except OSError as e:
+        raise ManifestError(f"{source.uri}: cannot read: {e}") from None
+
+
+def _read_manifest(
+    source: Source, storage: Storage, start: int | None = None, end: int | None = None, unzip: bool = True
+) -> bytes:
+    """The file's bytes (a range of them: never compressed, see _unit_starts), decompressed."""
+    try:
+        data = storage.read_bytes(source.uri, start, end)
+    except FileNotFoundError:
+        raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
+    except OSError as e:
+        raise ManifestError(f"{source.uri}: cannot read: {e}") from None
+    return _gunzip(data, source.uri) if unzip and start is None else data
+
+
+def _header_end(source: Source, storage: Storage) -> int:
+    """Bytes of a CSV/TSV manifest's header line, newline included."""
+    head = _read_manifest(source, storage, 0, 1 << 16)
+    cut = head.find(b"\n")
+    if cut < 0:
+        raise ManifestError(f"{source.uri}: the header line is longer than 64 KiB")
+    return cut + 1
+
+
+def _line_format(data: bytes, fmt: str) -> str:
+    # NeMo names its JSON-lines manifests *.json
+    return "jsonl" if fmt == "json" and not data[:65536].lstrip().startswith(b"[") else fmt
+
+
+def _parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> pa.Table:
+    """Manifest bytes (decompressed) -> a table. `raw_schema` (the whole file's, from the count pass) keeps the
+    column types of a piece what they are in the whole file."""
+    uri, fmt = source.uri, _line_format(data, source.format)
+    try:
         if fmt == "jsonl":
-            yield pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24))
-        elif fmt == "json":
+            parse = pajson.ParseOptions(explicit_schema=raw_schema) if raw_schema is not None else None
+            return pajson.read_json(
+                io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=parse
+            )
+        if fmt == "json":
             rows = json.loads(data)
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ManifestError(f"{uri}: a JSON manifest must be an array of objects")
-            yield pa.Table.from_pylist(rows)
-        elif fmt in ("csv", "tsv"):
+            return pa.Table.from_pylist(rows)
+        if fmt in ("csv", "tsv"):
             opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-            yield pacsv.read_csv(io.BytesIO(data), parse_options=opts)
-        elif fmt == "scp":
+            types = {f.name: f.type for f in raw_schema} if raw_schema is not None else None
+            return pacsv.read_csv(
+                io.BytesIO(data), parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types)
+            )
+        if fmt == "scp":
             ids, paths = _two_columns(data, uri, "<id> <path>")
-            yield pa.table({"id": ids, "path": paths})
-        else:
-            raise ManifestError(f"{uri}: unknown format {fmt!r}")
-    except ManifestError:
-        raise
-    except FileNotFoundError:
-        raise ManifestError(f"input.manifest: no such file: {uri}") from None
+            return pa.table({"id": ids, "path": paths})
+        raise ManifestError(f"{uri}: unknown format {fmt!r}")
     except (pa.ArrowInvalid, ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        if isinstance(e, ManifestError):
+            raise
         raise ManifestError(f"{uri}: cannot parse as {fmt}: {e}") from None
-    except OSError as e:
-        raise ManifestError(f"{uri}: cannot read: {e}") from None
 
 
 # -- columns -------------------------------------------------------------------------------------
@@ -558,7 +737,7 @@ LHOTSE_BATCH = 4096
 
 def _lhotse(source: Source, storage: Storage) -> Iterator[pa.Table]:
     """cuts.jsonl[.gz] -> one row per supervision (a cut without supervisions is one row)."""
-    data = _gunzip(storage.read_bytes(source.uri))
+    data = _read_manifest(source, storage)
     rows: list[dict] = []
     for n, line in enumerate(io.BytesIO(data), 1):
         if not line.strip():
@@ -643,9 +822,16 @@ def _lhotse_table(rows: list[dict], source: Source) -> pa.Table:
     return normalise(table, cols, source.root)
 
 
-def _gunzip(data: bytes) -> bytes:
+def _gunzip(data: bytes, uri: str) -> bytes:
     """Decompress gzip data, whatever the file is called (tools differ on naming)."""
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    try:
+        return gzip.decompress(data) if _is_gzip(data) else data
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise ManifestError(f"{uri}: cannot decompress: {e}") from None
+
+
+def _is_gzip(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
 
 
 # -- names -------------------------------------------------------------------------------------------

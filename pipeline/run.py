@@ -1,6 +1,7 @@
 """The job: the only module that wires Ray Data operators.
 
-    sources (driver lists them) -> read_units (Ray tasks: parse, normalise, cut into units, skip done)
+    sources (driver lists and counts them) -> read_units (a Ray task per piece of whole units: parse,
+      normalise, cut into units, skip what is committed)
       -> prepare_block (CPU tasks: fetch, decode, cut, segment) -> EmotionPredictor (actor pool)
       -> write_parts (CPU tasks: staged Parquet) -> per-file summaries -> the driver commits units
 
@@ -29,7 +30,7 @@ from .cluster import ClusterError, Placement, init_ray, plan_placement, quiet_ra
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
-from .manifest import ManifestError, Plan, Source, count_rows, discover, read_units
+from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
 from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
@@ -187,7 +188,11 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         )
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
-                ds = build_dataset(cfg, plan, out.skip(), storage, schema, placement, model.weights_sha256)
+                skip = out.skip()
+                pieces = plan.pieces(cfg.input.rows_per_unit, skip)
+                if not pieces:
+                    break  # every unit is committed without errors: nothing to read
+                ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
                 with on_interrupt() as stop:
                     _execute(ds, out, tally, progress, lease, stop)
                 break
@@ -283,15 +288,15 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
 
     remote = ray.remote(num_cpus=READ_CPUS)(count_rows)
     refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
-    counts, schema, row_bytes = [], None, 0.0
+    details, schema = [], None
     for s, ref in zip(sources, refs, strict=True):
         try:
-            n, head, size = (s.audio.num_rows, s.audio.schema, 0.0) if ref is None else ray.get(ref)
+            c = Count(s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
         except ManifestError as e:
             raise JobError(str(getattr(e, "cause", e))) from None
-        counts.append(n)
-        schema = schema or (head if n else None)
-        row_bytes = max(row_bytes, size)
+        details.append(c)
+        schema = schema or (c.schema if c.rows else None)
+    counts = [c.rows for c in details]
     if sum(counts) == 0:
         raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")
     if cfg.input.limit:
@@ -299,7 +304,8 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
         for i, n in enumerate(counts):
             counts[i] = min(n, left)
             left -= counts[i]
-    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes)
+    row_bytes = max(c.row_bytes for c in details)
+    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes, details)
 
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
@@ -437,6 +443,7 @@ def _finish(
 def build_dataset(
     cfg: JobConfig,
     plan: Plan,
+    pieces: list[Piece],
     skip: dict[str, Any],
     storage: Storage,
     schema: pa.Schema,
@@ -453,7 +460,7 @@ def build_dataset(
     # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
     # decoded-audio budget of a model call, so the model stage gets one block per call.
     ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
-    ds = _read(cfg, plan, skip, storage)
+    ds = _read(cfg, plan, pieces, skip, storage)
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameters for max_retries / max_restarts yet (pyproject
         # pins ray < 2.64, where the **ray_remote_args they go through are removed)
@@ -532,37 +539,31 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
 _NO_ACTOR_RESTARTS = {"max_restarts": 0}
 
 
-def _read(cfg: JobConfig, plan: Plan, skip: dict[str, Any], storage: Storage):
-    """The manifest as a Ray Dataset of unit blocks: one read task per source, streamed. A folder of
-    audio files was listed by the driver already: its blocks are cut there."""
+def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage):
+    """The manifest as a Ray Dataset of unit blocks: one read task per piece (runs of whole units),
+    streamed. A folder of audio files was listed by the driver already: its blocks are cut there."""
     import ray.data
 
     rows = plan.block_rows(cfg.audio.decode_batch_size)
     kwargs = {"cfg": cfg.input, "storage": storage, "skip": skip, "block_rows": rows}
     if len(plan.sources) == 1 and plan.sources[0].audio is not None:
-        blocks = list(read_units(plan.sources[0], limit=plan.counts[0], **kwargs))
+        blocks = [b for p in pieces for b in read_units(plan.sources[0], piece=p, **kwargs)]
         return ray.data.from_arrow(blocks or [_empty_block()])
-    items = [{"source": i} for i in range(len(plan.sources))]
-    # A task's yields are merged into blocks of up to target_max_block_size (many manifest rows);
-    # the streaming repartition re-cuts them to `rows`, so decoding runs in parallel. With batch_size a
-    # multiple of its target, Ray Data fuses it into the read task (a separate repartition operator
-    # would ask for a whole CPU, which a cluster busy with model actors may never give it).
+    items = [{"piece": i} for i in range(len(pieces))]
+    # One piece per read task. What a task yields is merged into blocks of up to
+    # target_max_block_size (many manifest rows); the streaming repartition, fused into the read
+    # task, re-cuts them to `rows`, so decoding runs in parallel.
     return (
-        ray.data.from_items(items)
+        ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(
-            _read_sources,
-            batch_size=rows,
+            read_pieces,
+            batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"sources": plan.sources, "counts": plan.counts, **kwargs},
+            fn_kwargs={"pieces": pieces, "plan": plan, **kwargs},
             num_cpus=READ_CPUS,
         )
         .repartition(target_num_rows_per_block=rows)
     )
-
-
-def _read_sources(batch: pa.Table, *, sources: list[Source], counts: list[int], **kwargs):
-    for i in batch["source"].to_pylist():
-        yield from read_units(sources[i], limit=counts[i], **kwargs)
 
 
 def _empty_block() -> pa.Table:

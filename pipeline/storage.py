@@ -420,20 +420,24 @@ class Storage:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def read_bytes(self, uri: str) -> bytes:
-        """The whole file. FileNotFoundError (also for an HTTP 404) or IsADirectoryError name `uri`."""
+    def read_bytes(self, uri: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The whole file, or bytes start..end of it (end None: to the end). FileNotFoundError (also
+        for an HTTP 404) or IsADirectoryError name `uri`."""
         path = self._path(uri)
         if not is_remote(uri):
             if os.path.isdir(path):
                 raise IsADirectoryError(f"is a directory, not a file: {uri}")
             try:
                 with open(path, "rb") as f:
-                    return f.read()
+                    f.seek(start or 0)
+                    return f.read() if end is None else f.read(max(end - (start or 0), 0))
             except FileNotFoundError:
                 raise FileNotFoundError(f"no such file: {uri}") from None
         fs = self.filesystem(uri)
         # s3fs would HEAD first to split big objects into parallel ranges: one GET is enough here
         kw = {"max_concurrency": 1} if is_s3(uri) else {}
+        if start is not None or end is not None:
+            kw.update(start=start, end=end)
         try:
             return self._call("read", uri, lambda: fs.cat_file(path, **kw))
         except FileNotFoundError:

@@ -431,8 +431,8 @@ def test_prepare_iemocap(tmp_path, capsys):
 
     cfg, storage = InputConfig(manifest=str(out)), Storage()
     (source,) = discover(cfg, storage)
-    n, schema, _ = count_rows(source, cfg, storage)
-    assert n == 25 and passthrough_schema(schema).names == ["emotion", "session", "speaker"]
+    count = count_rows(source, cfg, storage)
+    assert count.rows == 25 and passthrough_schema(count.schema).names == ["emotion", "session", "speaker"]
 
     # a missing wav: dropped with a warning, or kept on request
     (root / "Session3/sentences/wav/Ses03F_impro02/Ses03F_impro02_M000.wav").unlink()

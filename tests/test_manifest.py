@@ -8,18 +8,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import ManifestError, count_rows, discover, read_units
+from pipeline.manifest import MAX_PIECES, ManifestError, Plan, count_rows, discover, read_units
 from pipeline.storage import Storage
 
 
-def read(path, skip=None, **kw):
-    """Everything the read tasks would produce for `input.manifest: path`, as one table."""
+def read(path, skip=None, limit=None, **kw):
+    """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
+    cut into pieces as the job does, each piece read on its own."""
     cfg = InputConfig(manifest=str(path), **kw)
     storage = Storage()
+    sources = discover(cfg, storage)
+    details = [count_rows(s, cfg, storage) for s in sources]  # checks, as the job does first
+    counts = [min(c.rows, limit) if limit else c.rows for c in details]
+    plan = Plan(str(path), sources, counts, details=details)
     tables = []
-    for source in discover(cfg, storage):
-        count_rows(source, cfg, storage)  # checks, as the job does first
-        tables += list(read_units(source, cfg, storage, limit=None, skip=skip or {}, block_rows=1000))
+    for p in plan.pieces(cfg.rows_per_unit, skip):
+        source, raw = sources[p.source], details[p.source].raw_schema
+        tables += list(
+            read_units(source, cfg, storage, piece=p, skip=skip or {}, block_rows=1000, raw_schema=raw)
+        )
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -206,3 +213,117 @@ def test_nemo_json_named_manifest_holding_json_lines(tmp_path):
     (tmp_path / "train_manifest.json").write_text("".join(json.dumps(r) + "\n" for r in rows * 1))
     t = read(tmp_path / "train_manifest.json")
     assert t["id"].to_pylist() == ["u1"] and t["path"].to_pylist() == ["/a/1.wav"]
+
+
+# -- pieces: one manifest read by many tasks -------------------------------------------------------
+
+
+def _jsonl_rows(n, **extra):
+    return [
+        {"id": f"u{i:05d}", "path": f"/a/{i}.wav", **{k: f(i) for k, f in extra.items()}} for i in range(n)
+    ]
+
+
+def _pieces(path, **kw):
+    cfg = InputConfig(manifest=str(path), **kw)
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    count = count_rows(source, cfg, storage)
+    return Plan(str(path), [source], [count.rows], details=[count]).pieces(cfg.rows_per_unit), count
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv", "scp"])
+def test_a_line_manifest_is_read_in_pieces_that_together_give_every_row_once_in_order(tmp_path, fmt):
+    rows = _jsonl_rows(2500)
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "scp":
+        path.write_text("".join(f"{r['id']} {r['path']}\n" for r in rows))
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        path.write_text("id" + sep + "path\n" + "".join(f"{r['id']}{sep}{r['path']}\n" for r in rows))
+    pieces, count = _pieces(path, rows_per_unit=1000)
+    assert count.rows == 2500 and len(pieces) == 3
+    assert [p.start is not None for p in pieces] == [True] * 3  # byte ranges, not the whole file each
+    t = read(path, rows_per_unit=1000)
+    assert t["id"].to_pylist() == [r["id"] for r in rows]
+    assert t["path"].to_pylist() == [r["path"] for r in rows]
+    assert [t["_unit"].to_pylist().count(u) for u in dict.fromkeys(t["_unit"].to_pylist())] == [
+        1000,
+        1000,
+        500,
+    ]
+
+
+def test_a_piece_parses_its_columns_with_the_types_of_the_whole_file(tmp_path):
+    # "score" is null in the first 1000 rows: parsed alone, that piece would type it null
+    rows = _jsonl_rows(2000, score=lambda i: None if i < 1000 else i / 2, speaker=lambda i: f"s{i % 3}")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pieces, count = _pieces(tmp_path / "m.jsonl", rows_per_unit=1000)
+    assert len(pieces) == 2
+    t = read(tmp_path / "m.jsonl", rows_per_unit=1000)
+    assert t.schema.field("score").type == pa.float64()
+    assert t["score"].to_pylist() == [r["score"] for r in rows]
+
+
+@pytest.mark.parametrize("form", ["blank_lines", "gzip", "quoted_newline"])
+def test_a_manifest_whose_lines_are_not_its_rows_is_read_whole(tmp_path, form):
+    rows = _jsonl_rows(30)
+    if form == "blank_lines":
+        path = tmp_path / "m.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n\n" for r in rows))
+    elif form == "gzip":
+        path = tmp_path / "m.jsonl.gz"
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    else:
+        path = tmp_path / "m.csv"
+        path.write_text("id,path,text\n" + "".join(f'{r["id"]},{r["path"]},"two\nlines"\n' for r in rows))
+    pieces, _ = _pieces(path, rows_per_unit=10)
+    assert len(pieces) == 1 and pieces[0].start is None and pieces[0].units == 3
+    t = read(path, rows_per_unit=10)
+    assert t["id"].to_pylist() == [r["id"] for r in rows]
+    assert t["_unit_rows"].to_pylist() == [10] * 30
+
+
+def test_a_parquet_manifest_is_read_in_pieces_across_row_groups(tmp_path):
+    rows = _jsonl_rows(2300, emo=lambda i: f"e{i % 4}")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet", row_group_size=700)
+    pieces, _ = _pieces(tmp_path / "m.parquet", rows_per_unit=500)
+    assert [(p.first_row, p.rows) for p in pieces] == [
+        (0, 500),
+        (500, 500),
+        (1000, 500),
+        (1500, 500),
+        (2000, 300),
+    ]
+    t = read(tmp_path / "m.parquet", rows_per_unit=500)
+    assert t["id"].to_pylist() == [r["id"] for r in rows]
+    assert t["emo"].to_pylist() == [r["emo"] for r in rows]
+
+
+def test_pieces_leave_out_committed_units_and_respect_the_limit(tmp_path):
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _jsonl_rows(45)))
+    pieces, count = _pieces(tmp_path / "m.jsonl", rows_per_unit=10)
+    assert count.rows == 45 and [p.first_unit for p in pieces] == [0, 1, 2, 3, 4]
+    key = discover(InputConfig(manifest=str(tmp_path / "m.jsonl")), Storage())[0].key
+    units = [f"{key}-{u:06d}" for u in range(5)]
+    # units 0 and 1 committed whole, unit 2 with an error row, unit 4 committed with 5 rows (it has 5)
+    t = read(
+        tmp_path / "m.jsonl",
+        rows_per_unit=10,
+        skip={units[0]: 10, units[1]: 10, units[2]: {"u00021"}, units[4]: 5},
+    )
+    assert t["id"].to_pylist() == ["u00021"] + [f"u{i:05d}" for i in range(30, 40)]
+    # input.limit: 23 rows -> units of 10, 10, 3; the last piece stops at the limit
+    t = read(tmp_path / "m.jsonl", rows_per_unit=10, limit=23)
+    assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(23)]
+    assert t["_unit_rows"].to_pylist()[-3:] == [3, 3, 3]
+
+
+def test_a_huge_manifest_is_cut_into_at_most_max_pieces(tmp_path):
+    n = MAX_PIECES * 3 + 5
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _jsonl_rows(n)))
+    pieces, _ = _pieces(tmp_path / "m.jsonl", rows_per_unit=1)
+    assert len(pieces) <= MAX_PIECES and sum(p.rows for p in pieces) == n
+    assert all(p.units == 4 for p in pieces[:-1])
