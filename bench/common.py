@@ -298,6 +298,43 @@ def session_cpu_ticks(sid: int, seen: dict[int, int]) -> None:
             continue
 
 
+def session_cpu_by_role(sid: int, last: dict[int, int], by_role: dict[str, int]) -> None:
+    """Add to `by_role` the CPU ticks each process of session `sid` used since the last call (`last`:
+    pid -> ticks), under the role its title (Ray sets it to the running task) says it has now."""
+    for pid in _session_pids(sid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks = int(fields[11]) + int(fields[12])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        role = process_role([a.decode(errors="replace") for a in argv])
+        by_role[role] = by_role.get(role, 0) + ticks - last.get(pid, 0)
+        last[pid] = ticks
+
+
+def process_role(argv: list[str]) -> str:
+    title = argv[0] if argv else ""
+    if title.startswith("ray::"):
+        for key, role in (
+            ("prepare_block", "decode tasks"),
+            ("EmotionPredictor", "model actor"),
+            ("read_pieces", "read tasks"),
+            ("write_parts", "write tasks"),
+            ("IDLE", "workers between tasks (start-up, imports)"),
+        ):
+            if key in title:
+                return role
+        return "Ray Data's own actors"
+    script = argv[1].rsplit("/", 1)[-1] if title.endswith(("python", "python3")) and len(argv) > 1 else title
+    if script == "extract.py":
+        return "driver"
+    if script == "default_worker.py":
+        return "workers between tasks (start-up, imports)"
+    return "Ray's system processes (GCS, raylet, agents)"
+
+
 def proc_status_kb(pid: int, key: str) -> int:
     """A `/proc/<pid>/status` field in kB (VmHWM, VmRSS), 0 when the process is gone."""
     try:

@@ -15,8 +15,9 @@ The model is near-free (D=32, 1+1 blocks, 32-channel CNN), so what is timed is t
 feed:    the real job (jobs/extract.py in a subprocess, embedded Ray with ray.num_cpus = cores) on N
          and factor x N rows, interleaved `--repeats` times. The marginal rate (T(fN) - T(N) cancels
          start-up) against the decode-only limit of a tight single-thread loop written here (read
-         bytes, soundfile, downmix, torchaudio resample), CPU seconds per audio hour by stage, and a
-         projection to a GPU node's cores.
+         bytes, soundfile, downmix, torchaudio resample), CPU seconds per audio hour by stage, the
+         marginal CPU per row by process role (from /proc, by the title Ray gives each worker: decode
+         tasks, model actor, driver, Ray's own processes), and a projection to a GPU node's cores.
 scale:   one job per size: rows/s, driver peak RSS (VmHWM of the job process), first committed unit.
 rerun:   a job run to the end, then run again: the no-op rerun's exit code, rows processed, time.
 limit:   the decode-only limit per format, torchaudio resample as the job calls it and with each
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import threading
@@ -49,6 +51,7 @@ from common import (
     machine,
     many_rows_manifest,
     proc_status_kb,
+    session_cpu_by_role,
     session_cpu_ticks,
 )
 
@@ -85,6 +88,8 @@ class Watch(threading.Thread):
         self.hwm_kb = 0
         self.first_unit_s: float | None = None
         self.ticks: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.roles: dict[str, int] = {}
         self.stop = threading.Event()
 
     def run(self):
@@ -97,6 +102,7 @@ class Watch(threading.Thread):
                         self.first_unit_s = time.time() - self.t0
             if k % 5 == 0:
                 session_cpu_ticks(self.pid, self.ticks)
+            session_cpu_by_role(self.pid, self.last, self.roles)
             k += 1
             time.sleep(0.2)
 
@@ -137,7 +143,13 @@ def job(
         wall = time.time() - t0
         watch.stop.set()
         watch.join()
-    partial = {"wall_s": round(wall, 3), "cpu_s": round(watch.cpu_s, 2), "stopped": True}
+    roles = {k: round(v / TICK, 2) for k, v in watch.roles.items()}
+    partial = {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(watch.cpu_s, 2),
+        "stopped": True,
+        "cpu_s_by_role": roles,
+    }
     partial.update(driver_hwm_mb=round(watch.hwm_kb / 1024, 1), first_unit_s=watch.first_unit_s)
     if stop_s is not None:
         return partial
@@ -151,6 +163,7 @@ def job(
         "audio_s": round(run["audio_hours"] * 3600, 3),
         "stage_s": run["stage_seconds"],
         "cpu_s": round(watch.cpu_s, 2),
+        "cpu_s_by_role": roles,
         "driver_hwm_mb": round(watch.hwm_kb / 1024, 1),
         "first_unit_s": None if watch.first_unit_s is None else round(watch.first_unit_s, 2),
     }
@@ -255,6 +268,9 @@ def mode_feed(a, files) -> dict:
         # the box is shared: the same ratio per CPU second each side really got
         x["ratio_cpu"] = round(3600 / x["cpu_s_per_audio_h"] / limit["audio_s_per_cpu_s"], 3)
         print_round(r, rounds[-1], small, big)
+    for r, x in enumerate(rounds):
+        roles = ", ".join(f"{k} {v}" for k, v in x["cpu_ms_per_row_by_role"].items())
+        print(f"round {r}: marginal CPU ms per row by process role: {roles}")
     best = max(rounds, key=lambda x: x["audio_s_per_s"])
     return {"rounds": rounds, "best": best, "projection": projection(best, a.cores)}
 
@@ -265,7 +281,10 @@ def marginal(s: dict, b: dict, cores: int) -> dict:
     audio = b["audio_s"] - s["audio_s"]
     cpu = b["cpu_s"] - s["cpu_s"]
     stages = {k: (b["stage_s"][k] - s["stage_s"][k]) / audio * 3600 for k in b["stage_s"]}
+    roles = b["cpu_s_by_role"]
+    by_role = {k: 1000 * (v - s["cpu_s_by_role"].get(k, 0.0)) / rows for k, v in roles.items()}
     return {
+        "cpu_ms_per_row_by_role": {k: round(v, 3) for k, v in sorted(by_role.items(), key=lambda kv: -kv[1])},
         "rows_per_s": round(rows / dt, 2),
         "audio_s_per_s": round(audio / dt, 2),
         "rows_per_s_per_core": round(rows / dt / cores, 2),
@@ -321,6 +340,7 @@ def mode_scale(a, files) -> dict:
         m, _ = manifest(a, files, n)
         made = time.time() - t
         stop = None if n <= a.full_max else 5.0
+        shutil.rmtree(a.out / f"scale-{n}", ignore_errors=True)  # its first unit is watched for
         j = job(a, m, a.out / f"scale-{n}", log_name=f"scale-{n}", stop_s=stop)
         j.update(n=n, manifest_write_s=round(made, 1))
         if stop is not None:  # stopped 5 s after its first unit: memory and start-up only

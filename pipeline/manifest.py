@@ -27,6 +27,7 @@ manifests, JSON arrays, Kaldi directories and CutSets are read by one task each,
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -66,7 +67,6 @@ AUDIO_SUFFIXES = frozenset(
 )
 GLOB_CHARS = "*?["
 MAX_BLOCK_BYTES = 64 << 20  # embedded audio bytes per block handed to the decode stage
-MAX_PIECES = 1024  # read tasks per source at most: a piece holds ceil(units / MAX_PIECES) units
 LINE_FORMATS = ("jsonl", "csv", "tsv", "scp")
 RANGE_SCHEMES = ("file", "s3", "gs", "az")  # stores that honour ranged reads (a plain HTTP server may not)
 
@@ -99,9 +99,10 @@ class Count:
 
 @dataclass(frozen=True)
 class Piece:
-    """Whole units of one source that one read task reads: units first_unit.. (rows of the source
-    from first_unit * rows_per_unit, at most `rows` of them), from byte `start` to `end` of a line
-    manifest (None: from the top, or by row for Parquet)."""
+    """What one read task reads: whole units of one source (units first_unit.., rows first_row.. of
+    the source, `rows` of them), from byte `start` to `end` of a line manifest (None: from the top, or
+    by row for Parquet). A unit done whole by this run is cut into `parts` pieces of one decode block
+    each: this task yields block `part`, so decoding spreads over tasks without a repartition."""
 
     source: int
     first_unit: int
@@ -110,6 +111,17 @@ class Piece:
     rows: int
     start: int | None = None
     end: int | None = None
+    part: int = 0
+    parts: int = 1
+
+    def item(self) -> dict[str, int]:
+        """As a row of the read stage's input (None as -1: Arrow columns stay int64)."""
+        d = dataclasses.asdict(self)
+        return {k: -1 if v is None else v for k, v in d.items()}
+
+    @classmethod
+    def from_item(cls, d: dict[str, int]) -> Piece:
+        return cls(**{k: None if k in ("start", "end") and v == -1 else v for k, v in d.items()})
 
 
 @dataclass
@@ -123,38 +135,39 @@ class Plan:
     row_bytes: float = 0.0  # the largest bytes per row of a source (audio inside the manifest)
     details: list[Count] = field(default_factory=list)  # per source, from the count pass
 
-    def pieces(self, size: int, skip: dict[str, int | set[str]] | None = None) -> list[Piece]:
-        """The read tasks' work: runs of whole units, leaving out the runs whose units are all
-        committed (`skip[unit]` is the unit's row count, see read_units), so a finished job reads
-        nothing again."""
+    def pieces(
+        self, size: int, skip: dict[str, int | set[str]] | None = None, block_rows: int = 0
+    ) -> list[Piece]:
+        """The read tasks' work, leaving out the units committed by an earlier run (`skip[unit]` is
+        their row count, see read_units), so a finished job reads nothing again. A source that can
+        be read by ranges gives a piece per unit, or, with `block_rows`, a piece per decode block
+        of a unit done whole; any other source is one piece."""
         skip = skip or {}
-
-        def done(source: int, unit: int, n: int) -> bool:
-            return skip.get(f"{self.sources[source].key}-{unit:06d}") == min(size, n - unit * size)
-
         out = []
         for i, (source, n) in enumerate(zip(self.sources, self.counts, strict=True)):
             count = self.details[i] if i < len(self.details) else None
-            units = math.ceil(n / size)
             starts = count.starts if count is not None else None
-            if units == 0:
+            units = math.ceil(n / size)
+            todo = [u for u in range(units) if skip.get(f"{source.key}-{u:06d}") != min(size, n - u * size)]
+            if not todo:
                 continue
             if not starts or source.format == "audio":
-                if not all(done(i, u, n) for u in range(units)):
-                    out.append(Piece(i, 0, units, 0, n))
+                out.append(Piece(i, 0, units, 0, n))
                 continue
-            step = math.ceil(units / MAX_PIECES)
-            for first in range(0, units, step):
-                last = min(first + step, units)
-                if all(done(i, u, n) for u in range(first, last)):
-                    continue
-                rows = min(n, last * size) - first * size
-                if source.format == "parquet":
-                    out.append(Piece(i, first, last - first, first * size, rows))
-                else:
-                    end = starts[last] if last < len(starts) else None
-                    out.append(Piece(i, first, last - first, first * size, rows, starts[first], end))
+            for u in todo:
+                rows = min(size, n - u * size)
+                start = None if source.format == "parquet" else starts[u]
+                end = starts[u + 1] if start is not None and u + 1 < len(starts) else None
+                parts = 1
+                if block_rows and not isinstance(skip.get(f"{source.key}-{u:06d}"), set):
+                    parts = math.ceil(rows / block_rows)
+                out += [Piece(i, u, 1, u * size, rows, start, end, k, parts) for k in range(parts)]
         return out
+
+    def needs_recut(self, pieces: list[Piece], block_rows: int) -> bool:
+        """Whether a read task may yield more than one decode block (Ray merges what a task yields
+        into one block: it must then be re-cut for decoding to run in parallel)."""
+        return any(p.parts == 1 and p.rows > block_rows for p in pieces)
 
     def block_rows(self, most: int) -> int:
         """Rows per block handed to a decode task: at most `most`, and about MAX_BLOCK_BYTES."""
@@ -307,22 +320,31 @@ def read_units(
     skipped when the manifest still gives it that many rows), or unit -> a set of ids (only those
     rows are redone: the unit's error rows). Each block holds rows of one unit; `UNIT_ROWS` is the
     number of that unit's rows this run processes, so the writer knows when the unit is complete."""
+    if piece.parts > 1:  # one block of a unit done whole
+        lo = piece.part * block_rows
+        rows = min(block_rows, piece.rows - lo)
+        tables = _tables(source, cfg, storage, piece, raw_schema, skip_rows=lo)
+        block = pa.concat_tables(list(_unit_tables(tables, rows, rows)), promote_options="permissive")
+        yield _tag(block, f"{source.key}-{piece.first_unit:06d}", piece.rows)
+        return
     size = cfg.rows_per_unit
     tables = _tables(source, cfg, storage, piece, raw_schema)
     for k, unit_table in enumerate(_unit_tables(tables, size, piece.rows)):
         unit = f"{source.key}-{piece.first_unit + k:06d}"
         todo = _resume_filter(unit_table, skip.get(unit))
-        if todo.num_rows == 0:
-            continue
-        todo = todo.append_column(UNIT, pa.array([unit] * todo.num_rows, pa.string()))
-        todo = todo.append_column(UNIT_ROWS, pa.array([todo.num_rows] * todo.num_rows, pa.int64()))
-        yield from _blocks(todo, block_rows)
+        if todo.num_rows:
+            yield from _blocks(_tag(todo, unit, todo.num_rows), block_rows)
 
 
-def read_pieces(batch: pa.Table, *, pieces: list[Piece], plan: Plan, **kwargs) -> Iterator[pa.Table]:
-    """A read task: the pieces named in `batch` (column `piece`: indices into `pieces`)."""
-    for i in batch["piece"].to_pylist():
-        p = pieces[i]
+def _tag(table: pa.Table, unit: str, unit_rows: int) -> pa.Table:
+    table = table.append_column(UNIT, pa.array([unit] * table.num_rows, pa.string()))
+    return table.append_column(UNIT_ROWS, pa.array([unit_rows] * table.num_rows, pa.int64()))
+
+
+def read_pieces(batch: pa.Table, *, plan: Plan, **kwargs) -> Iterator[pa.Table]:
+    """A read task: the pieces in `batch` (rows of Piece.item())."""
+    for d in batch.to_pylist():
+        p = Piece.from_item(d)
         raw_schema = plan.details[p.source].raw_schema if plan.details else None
         yield from read_units(plan.sources[p.source], piece=p, raw_schema=raw_schema, **kwargs)
 
@@ -376,8 +398,10 @@ def _tables(
     storage: Storage,
     piece: Piece | None = None,
     raw_schema: pa.Schema | None = None,
+    skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
-    """Normalised tables of one source (or of one piece of it), in file order."""
+    """Normalised tables of one source (or of one piece of it, from its `skip_rows`-th row on), in
+    file order."""
     if source.format == "audio":
         assert source.audio is not None
         yield source.audio
@@ -389,24 +413,30 @@ def _tables(
         yield from _lhotse(source, storage)
         return
     columns: Columns | None = None
-    for raw in _raw_tables(source, storage, piece, raw_schema):
+    for raw in _raw_tables(source, storage, piece, raw_schema, skip_rows):
         columns = columns or _columns(raw.schema, cfg, source.uri)
         yield normalise(raw, columns, source.root)
 
 
 def _raw_tables(
-    source: Source, storage: Storage, piece: Piece | None = None, raw_schema: pa.Schema | None = None
+    source: Source,
+    storage: Storage,
+    piece: Piece | None = None,
+    raw_schema: pa.Schema | None = None,
+    skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
+    first_row = 0 if piece is None else piece.first_row
     if source.format == "parquet":
-        yield from _parquet_tables(source, storage, 0 if piece is None else piece.first_row)
+        yield from _parquet_tables(source, storage, first_row + skip_rows)
         return
     if piece is None or piece.start is None:
-        yield _parse(_read_manifest(source, storage), source)
-        return
-    data = _read_manifest(source, storage, piece.start, piece.end)
-    if source.format in ("csv", "tsv"):
-        data = _read_manifest(source, storage, 0, _header_end(source, storage)) + data
-    yield _parse(data, source, raw_schema)
+        table = _parse(_read_manifest(source, storage), source)
+    else:
+        data = _read_manifest(source, storage, piece.start, piece.end)
+        if source.format in ("csv", "tsv"):
+            data = _read_manifest(source, storage, 0, _header_end(source, storage)) + data
+        table = _parse(data, source, raw_schema)
+    yield table.slice(skip_rows)
 
 
 def _parquet_tables(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:

@@ -40,8 +40,9 @@ from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model  # 2: units with commit markers, span and segment columns
+SCHEMA_VERSION = 2  # 2: units with commit markers, span and segment columns
+READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model
+WRITE_CPUS = 0
 
 
 class JobError(RuntimeError):
@@ -189,7 +190,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
                 skip = out.skip()
-                pieces = plan.pieces(cfg.input.rows_per_unit, skip)
+                pieces = plan.pieces(
+                    cfg.input.rows_per_unit, skip, plan.block_rows(cfg.audio.decode_batch_size)
+                )
                 if not pieces:
                     break  # every unit is committed without errors: nothing to read
                 ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
@@ -494,7 +497,10 @@ def build_dataset(
             "max_file_mb": cfg.output.max_file_mb,
             "rows_per_file": cfg.output.rows_per_file,
         },
-        num_cpus=0.25,
+        # staging a file is light, mostly waiting on storage; a write op that asks for a share of a CPU
+        # starves once decoding and the model hold every CPU (a 2M-row job wrote nothing for 12 min
+        # while the results piled up): it takes no CPU from Ray's accounting
+        num_cpus=WRITE_CPUS,
     )
 
 
@@ -549,21 +555,18 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
     if len(plan.sources) == 1 and plan.sources[0].audio is not None:
         blocks = [b for p in pieces for b in read_units(plan.sources[0], piece=p, **kwargs)]
         return ray.data.from_arrow(blocks or [_empty_block()])
-    items = [{"piece": i} for i in range(len(pieces))]
-    # One piece per read task. What a task yields is merged into blocks of up to
-    # target_max_block_size (many manifest rows); the streaming repartition, fused into the read
-    # task, re-cuts them to `rows`, so decoding runs in parallel.
-    return (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(
-            read_pieces,
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs={"pieces": pieces, "plan": plan, **kwargs},
-            num_cpus=READ_CPUS,
-        )
-        .repartition(target_num_rows_per_block=rows)
+    items = [p.item() for p in pieces]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_pieces,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"plan": plan, **kwargs},
+        num_cpus=READ_CPUS,
     )
+    # Ray merges what one task yields into one block. Pieces of one decode block each need nothing
+    # more; a source read whole (compressed, a CutSet, a Kaldi dir) is re-cut so that decoding runs
+    # in parallel (a separate operator that holds a CPU while it streams).
+    return ds.repartition(target_num_rows_per_block=rows) if plan.needs_recut(pieces, rows) else ds
 
 
 def _empty_block() -> pa.Table:

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import MAX_PIECES, ManifestError, Plan, count_rows, discover, read_units
+from pipeline.manifest import ManifestError, Piece, Plan, count_rows, discover, read_units
 from pipeline.storage import Storage
 
 
-def read(path, skip=None, limit=None, **kw):
+def read(path, skip=None, limit=None, block_rows=1000, **kw):
     """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
     cut into pieces as the job does, each piece read on its own."""
     cfg = InputConfig(manifest=str(path), **kw)
@@ -22,11 +22,14 @@ def read(path, skip=None, limit=None, **kw):
     counts = [min(c.rows, limit) if limit else c.rows for c in details]
     plan = Plan(str(path), sources, counts, details=details)
     tables = []
-    for p in plan.pieces(cfg.rows_per_unit, skip):
+    for p in plan.pieces(cfg.rows_per_unit, skip, block_rows):
+        p = Piece.from_item(p.item())  # as the read task gets it
         source, raw = sources[p.source], details[p.source].raw_schema
-        tables += list(
-            read_units(source, cfg, storage, piece=p, skip=skip or {}, block_rows=1000, raw_schema=raw)
+        got = list(
+            read_units(source, cfg, storage, piece=p, skip=skip or {}, block_rows=block_rows, raw_schema=raw)
         )
+        assert p.parts == 1 or len(got) == 1  # a part is one decode block
+        tables += got
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -321,9 +324,30 @@ def test_pieces_leave_out_committed_units_and_respect_the_limit(tmp_path):
     assert t["_unit_rows"].to_pylist()[-3:] == [3, 3, 3]
 
 
-def test_a_huge_manifest_is_cut_into_at_most_max_pieces(tmp_path):
-    n = MAX_PIECES * 3 + 5
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _jsonl_rows(n)))
-    pieces, _ = _pieces(tmp_path / "m.jsonl", rows_per_unit=1)
-    assert len(pieces) <= MAX_PIECES and sum(p.rows for p in pieces) == n
-    assert all(p.units == 4 for p in pieces[:-1])
+def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _jsonl_rows(25)))
+    cfg = InputConfig(manifest=str(tmp_path / "m.jsonl"), rows_per_unit=10)
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    count = count_rows(source, cfg, storage)
+    plan = Plan("m", [source], [25], details=[count])
+    unit1 = f"{source.key}-000001"
+    pieces = plan.pieces(10, {unit1: {"u00013"}}, block_rows=4)
+    # units 0 and 2 fresh: blocks of 4 rows (4+4+2, 4+1); unit 1 redoes an error id: one piece
+    assert [(p.first_unit, p.part, p.parts) for p in pieces] == [
+        (0, 0, 3),
+        (0, 1, 3),
+        (0, 2, 3),
+        (1, 0, 1),
+        (2, 0, 2),
+        (2, 1, 2),
+    ]
+    t = read(tmp_path / "m.jsonl", rows_per_unit=10, block_rows=4, skip={unit1: {"u00013"}})
+    assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(10)] + ["u00013"] + [
+        f"u{i:05d}" for i in range(20, 25)
+    ]
+    assert t["_unit_rows"].to_pylist() == [10] * 10 + [1] + [5] * 5
+    # Parquet parts read only their rows
+    pq.write_table(pa.Table.from_pylist(_jsonl_rows(25)), tmp_path / "m.parquet", row_group_size=3)
+    t = read(tmp_path / "m.parquet", rows_per_unit=10, block_rows=4)
+    assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(25)]
