@@ -19,10 +19,10 @@ Scale: the driver only lists sources and holds per-source counts. Each source is
 runs of `input.rows_per_unit` consecutive rows of one source, named `<source key>-<index>`. A unit is
 what the writer commits (or redoes) as a whole. The count pass (a Ray task per source) also notes
 where each unit starts: the byte offset of its first line in an uncompressed line-based manifest
-(JSON lines, CSV, TSV, scp), its first row in Parquet. The units are then read as *pieces* (runs of
-whole units) by as many Ray tasks (`read_units`), so a single 10M-row manifest is read in parallel
-and a rerun skips the pieces whose units are all committed without reading them. Compressed
-manifests, JSON arrays, Kaldi directories and CutSets are read by one task each, streamed.
+(JSON lines, CSV, TSV, scp), its first row in Parquet. The driver turns the units not yet committed
+into *pieces*, each read by one Ray task (`read_units`): one decode block of a unit, so a single
+10M-row manifest is read in parallel and a rerun of a finished job reads nothing. Compressed
+manifests, JSON arrays, Kaldi directories and CutSets are read whole by one task each.
 """
 
 from __future__ import annotations
@@ -459,6 +459,8 @@ def _parquet_tables(source: Source, storage: Storage, first_row: int) -> Iterato
                     yield t
     except FileNotFoundError:
         raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
+    except pa.ArrowInvalid as e:
+        raise ManifestError(f"{source.uri}: cannot parse as parquet: {e}") from None
     except OSError as e:
         raise ManifestError(f"{source.uri}: cannot read: {e}") from None
 

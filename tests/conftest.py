@@ -74,7 +74,15 @@ def ray_session():
     """One small local Ray for the whole test session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.cluster import WORKER_IDLE_MS
+
+    # as the job's embedded Ray: idle workers live a minute instead of being re-spawned
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"idle_worker_killing_time_threshold_ms": WORKER_IDLE_MS},
+    )
     yield ray
     ray.shutdown()
 
