@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import socket
+import threading
 from dataclasses import dataclass
 
 from .config import JobConfig
@@ -110,3 +111,69 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
     # start with one actor and let Ray Data grow the pool within the CPUs the other stages leave (a
     # pool started whole can hold every CPU the decode tasks need, and the job then waits forever)
     return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)
+
+
+class ActorLost(RuntimeError):
+    """A model actor's process died while the actor held no task (see ActorWatch)."""
+
+
+class ActorWatch:
+    """Ray Data expects its pool actors to restart; the job runs them without restarts (see
+    run._model_stage), and an actor that dies while it holds no task then stays in the pool as
+    running, never replaced and never reported: the run would wait forever. This watch polls the
+    GCS for actors of `class_fragment` that died (not killed on purpose: a pool scaling down) since
+    it started, and stops the dataset's executor so that run() restarts the pipeline."""
+
+    def __init__(self, class_fragment: str, interval_s: float = 2.0):
+        self.fragment, self.interval_s = class_fragment, interval_s
+        self.lost: str | None = None
+        try:
+            self._seen = self._dead()
+        except Exception:  # the watch is a safety net: never the reason a run fails
+            self._seen = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="actor-watch", daemon=True)
+
+    def __enter__(self) -> ActorWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _dead(self) -> dict[str, str]:
+        """Actor id -> why it died, for this job's actors of the watched class that died by accident."""
+        import ray
+        import ray._private.state as state
+        from ray.core.generated import common_pb2
+
+        job = ray.get_runtime_context().get_job_id()
+        names = common_pb2.ActorDiedErrorContext.Reason
+        out = {}
+        for actor_id, a in state.actors().items():
+            if a.get("State") != "DEAD" or self.fragment not in a.get("ActorClassName", ""):
+                continue
+            if a.get("JobID") != job:
+                continue
+            ctx = a["DeathCause"].actor_died_error_context
+            if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
+                continue  # the pool let it go
+            out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self._seen is None:
+                    self._seen = self._dead()
+                    continue
+                new = {k: v for k, v in self._dead().items() if k not in self._seen}
+            except Exception:  # the GCS may be briefly unreachable; the next poll tells
+                continue
+            if new:
+                self.lost = next(iter(new.values()))
+                for t in threading.enumerate():
+                    if t.name.startswith("StreamingExecutor-") and hasattr(t, "shutdown"):
+                        t.shutdown(force=True, exception=ActorLost(self.lost))
+                return

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from . import __version__
 from .audio import RESAMPLER
-from .cluster import ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
+from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
@@ -268,6 +268,7 @@ def _recoverable(e: BaseException | None) -> bool:
     import ray.exceptions as rex
 
     kinds = (
+        ActorLost,  # our watch stopped an execution whose idle model actor died
         dex.SystemException,  # Ray Data's wrapper for failures that are not the user code's
         rex.ActorDiedError,
         rex.WorkerCrashedError,
@@ -340,17 +341,21 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
     """Consume the per-file summaries; commit each unit as soon as all its rows are written. A signal
     stops the consumption (Interrupted), never a commit halfway."""
     pending: dict[str, Pending] = {}
+    watch = ActorWatch("EmotionPredictor")
     try:
-        for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for s in summary.to_pylist():
-                unit = pending.setdefault(s["unit"], Pending())
-                unit.add(s)
-                progress.update(s["sources"], s["ok"], s["error"], s["audio_s"])
-                if unit.complete:
-                    with stop.shield():
-                        lease.check()
-                        out.commit(s["unit"], unit)
-                        tally.add(pending.pop(s["unit"]))
+        with watch:
+            for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for s in summary.to_pylist():
+                    unit = pending.setdefault(s["unit"], Pending())
+                    unit.add(s)
+                    progress.update(s["sources"], s["ok"], s["error"], s["audio_s"])
+                    if unit.complete:
+                        with stop.shield():
+                            lease.check()
+                            out.commit(s["unit"], unit)
+                            tally.add(pending.pop(s["unit"]))
+        if watch.lost:
+            raise ActorLost(f"a model actor died while idle ({watch.lost})")
     except LeaseLost as e:
         raise RunFailed(str(e)) from None
     except Exception as e:
@@ -358,6 +363,8 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
         if cause is not None:
             raise JobError(str(cause)) from None
         progress.forget(sum(int(p.counts[k]) for p in pending.values() for k in ("sources",)))
+        if watch.lost and not isinstance(e, ActorLost):
+            e = ActorLost(f"a model actor died while idle ({watch.lost})")
         raise RunFailed(f"the run failed: {_one_line(e)}") from e
     if pending:
         raise RunFailed(f"{len(pending)} units did not receive all their rows; rerun to redo them")

@@ -229,8 +229,15 @@ def test_kill_9_the_whole_job_then_resume(tiny_model_dir, tmp_path):
     assert not list(out.glob(".*.inprogress"))
 
 
-@pytest.mark.slow
-def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle: bool) -> None:
+    """Start a job, SIGKILL its model actor's process once the first file landed (when `idle`:
+    once the actor used no CPU for 0.3 s, between calls), and expect the job to finish on its own
+    with every row once."""
     m, ids = repeated_manifest(tmp_path, 6)
     out = tmp_path / "out"
     cfg = job_config(tmp_path, m, tiny_model_dir, out, "  rows_per_file: 4\nray:\n  num_cpus: 2\n", unit=4)
@@ -246,18 +253,37 @@ def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
                 return pid
         return None
 
+    def between_calls(pid: int) -> bool:
+        before = _cpu_ticks(pid)
+        time.sleep(0.3)
+        return _cpu_ticks(pid) == before
+
     try:
         wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
         victim = model_worker()
         assert victim is not None, "no model actor process found"
+        if idle:
+            wait_for(lambda: between_calls(victim), 120, "the model actor to be idle")
         os.kill(victim, 9)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
     finally:
         kill_session(proc.pid)
         log.close()
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["ok"] == len(ids) and run["rows"]["error"] == 0
+
+
+@pytest.mark.slow
+def test_kill_9_a_model_worker_mid_run(tiny_model_dir, tmp_path):
+    _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle=False)
+
+
+@pytest.mark.slow
+def test_kill_9_an_idle_model_worker(tiny_model_dir, tmp_path):
+    """Ray Data leaves a pool actor that died holding no task in its pool (it expects restarts, which
+    the job turns off): without the job's watch on the actors, the run waits forever."""
+    _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle=True)
 
 
 def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
