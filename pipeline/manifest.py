@@ -434,7 +434,7 @@ def _raw_tables(
     else:
         data = _read_manifest(source, storage, piece.start, piece.end)
         if source.format in ("csv", "tsv"):
-            data = _read_manifest(source, storage, 0, _header_end(source, storage)) + data
+            data = _header(source, storage) + data
         table = _parse(data, source, raw_schema)
     yield table.slice(skip_rows)
 
@@ -478,13 +478,13 @@ def _read_manifest(
     return _gunzip(data, source.uri) if unzip and start is None else data
 
 
-def _header_end(source: Source, storage: Storage) -> int:
-    """Bytes of a CSV/TSV manifest's header line, newline included."""
+def _header(source: Source, storage: Storage) -> bytes:
+    """A CSV/TSV manifest's header line, newline included."""
     head = _read_manifest(source, storage, 0, 1 << 16)
     cut = head.find(b"\n")
     if cut < 0:
         raise ManifestError(f"{source.uri}: the header line is longer than 64 KiB")
-    return cut + 1
+    return head[: cut + 1]
 
 
 def _line_format(data: bytes, fmt: str) -> str:
