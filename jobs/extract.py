@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline import redact  # noqa: E402
 from pipeline.config import ConfigError, load_config  # noqa: E402
 from pipeline.interrupt import Interrupted  # noqa: E402
 from pipeline.run import JobError, RunFailed, run  # noqa: E402
@@ -23,6 +24,11 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
+    with redact.console():  # every line this process prints or logs: no secret in a URL gets out
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="job YAML (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .storage import redact_url
+from .redact import redact_data
 
 
 class ConfigError(ValueError):
@@ -181,15 +181,7 @@ class JobConfig(_Section):
     def redacted(self) -> dict[str, Any]:
         """The config as plain data for `_run.json` and logs. Credentials never enter the config,
         but a URL may carry some (user info, signed query parameters): every URL is redacted."""
-        return _redact(self.model_dump(mode="json"))
-
-
-def _redact(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _redact(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v) for v in node]
-    return redact_url(node) if isinstance(node, str) else node
+        return redact_data(self.model_dump(mode="json"))
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -23,6 +23,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from .redact import redact_data
 from .storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,8 @@ def _delete_quietly(storage: Storage, uri: str) -> None:
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, indent=1, default=str).encode()
+    # the holder's facts (the manifest URL) may carry a signature: the file is read by other runs
+    return json.dumps(redact_data(record), indent=1, default=str).encode()
 
 
 def _iso(t: float) -> str:

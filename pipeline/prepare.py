@@ -30,14 +30,15 @@ from .schema import (
     STORAGE_RETRIES,
     WAVEFORM,
 )
-from .storage import Storage
+from .storage import FileTooLarge, Storage
 
 Segmenter = Callable[[np.ndarray], list[tuple[int, int]]]  # 16 kHz samples -> [start, end) spans
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Refuse audio that would take a worker down, before decoding it where the header tells."""
+    """Refuse audio that would take a worker down: too big from its size before it is downloaded,
+    too long from its header before it is decoded (where the header tells)."""
 
     max_duration_s: float | None = None
     max_file_mb: float | None = None
@@ -120,6 +121,10 @@ class _Loader:
         new, self._counted = total - self._counted, total
         return new
 
+    def _max_bytes(self) -> int | None:
+        mb = self.limits.max_file_mb
+        return None if mb is None else int(mb * 2**20)
+
     def load(self, row: dict) -> DecodedAudio | str:
         """-> the decoded audio, or the error string for the row."""
         key = row["path"] if row[AUDIO_BYTES] is None else None
@@ -136,15 +141,14 @@ class _Loader:
             if not path:
                 return "input: ValueError: the manifest row has no audio path"
             try:
-                data = self.storage.read_bytes(path)
+                data = self.storage.read_bytes(path, max_bytes=self._max_bytes())
+            except FileTooLarge as e:
+                return f"fetch: FileTooLarge: {e} (audio.max_file_mb)"
             except Exception as e:  # noqa: BLE001 - any fetch failure is this row's error
                 return f"fetch: {type(e).__name__}: {_msg(e, path)}"
         try:
             return decode(
-                data,
-                name=name,
-                max_duration_s=self.limits.max_duration_s,
-                max_bytes=None if self.limits.max_file_mb is None else int(self.limits.max_file_mb * 2**20),
+                data, name=name, max_duration_s=self.limits.max_duration_s, max_bytes=self._max_bytes()
             )
         except Exception as e:  # noqa: BLE001 - whatever the decoder raises is this row's error
             return f"decode: {type(e).__name__}: {name}: {e}"

@@ -18,16 +18,18 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import pyarrow as pa
 
-from . import __version__
+from . import __version__, redact
 from .audio import RESAMPLER
 from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
+from .errors import causes, find
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
 from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
@@ -35,7 +37,7 @@ from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
-from .storage import Storage, join
+from .storage import Storage, StorageUnavailable, join
 from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     the output's error fraction is too high."""
     import ray
 
-    stream = stream or sys.stderr
+    stream = redact.stream(stream or sys.stderr)
     t0 = time.time()
     storage = Storage.from_config(cfg.storage)
     try:
@@ -269,6 +271,7 @@ def _recoverable(e: BaseException | None) -> bool:
 
     kinds = (
         ActorLost,  # our watch stopped an execution whose idle model actor died
+        StorageUnavailable,  # a read task's storage stayed down through its retries: not bad input
         dex.SystemException,  # Ray Data's wrapper for failures that are not the user code's
         rex.ActorDiedError,
         rex.WorkerCrashedError,
@@ -277,20 +280,14 @@ def _recoverable(e: BaseException | None) -> bool:
         rex.OwnerDiedError,
         rex.ActorUnavailableError,
     )
-    for _ in range(10):
-        if e is None:
-            return False
-        if isinstance(e, kinds):
-            return True
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return False
+    return find(e, kinds) is not None
 
 
 def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
     """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
     import ray
 
-    remote = ray.remote(num_cpus=READ_CPUS)(count_rows)
+    remote = ray.remote(num_cpus=READ_CPUS)(_count_rows)
     refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
     details, schema = [], None
     for s, ref in zip(sources, refs, strict=True):
@@ -298,6 +295,8 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
             c = Count(s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
         except ManifestError as e:
             raise JobError(str(getattr(e, "cause", e))) from None
+        except StorageUnavailable as e:
+            raise RunFailed(f"the manifest could not be read: {_one_line(e)}") from None
         details.append(c)
         schema = schema or (c.schema if c.rows else None)
     counts = [c.rows for c in details]
@@ -371,23 +370,35 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
 
 
 def _manifest_cause(e: BaseException) -> ManifestError | None:
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, ManifestError):
-            return getattr(e, "cause", e) if type(e) is not ManifestError else e
-        e = getattr(e, "cause", None) or e.__cause__
-        seen += 1
-    return None
+    found = find(e, ManifestError)
+    return getattr(found, "cause", found)  # Ray's wrapper holds the manifest's own error
+
+
+def _read_pieces(batch: pa.Table, **kwargs: Any) -> Iterator[pa.Table]:
+    """The read task (see read_pieces); storage that stayed down is told apart from a bad manifest."""
+    try:
+        yield from read_pieces(batch, **kwargs)
+    except ManifestError as e:
+        raise _storage_down(e) from None
+
+
+def _count_rows(*args: Any) -> Count:
+    try:
+        return count_rows(*args)
+    except ManifestError as e:
+        raise _storage_down(e) from None
+
+
+def _storage_down(e: ManifestError) -> BaseException:
+    """A manifest that could not be read because its store kept failing through every retry is not
+    bad input: StorageUnavailable (the message of `e`) restarts the pipeline or asks for a rerun. Told
+    here, in the task: the chain that says so does not survive Ray's pickling."""
+    return StorageUnavailable(str(e)) if find(e, StorageUnavailable) else e
 
 
 def _one_line(e: BaseException) -> str:
     """A (Ray-wrapped) exception as `Type: first line`, from the innermost cause that says something."""
-    chain = [e]
-    for _ in range(10):
-        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__ or chain[-1].__context__
-        if inner is None or inner in chain:
-            break
-        chain.append(inner)
+    chain = list(causes(e))
     said = [c for c in chain if str(c).strip()] or chain
     text = str(said[-1]).strip().splitlines()
     return f"{type(said[-1]).__name__}: {text[0] if text else ''}"
@@ -564,7 +575,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         return ray.data.from_arrow(blocks or [_empty_block()])
     items = [p.item() for p in pieces]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        read_pieces,
+        _read_pieces,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},

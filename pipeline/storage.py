@@ -6,7 +6,7 @@ such as MinIO, Ceph or moto); `http(s)://` (read-only); `gs://` (gcsfs, extra `[
 `resolve()` hands pyarrow a filesystem for datasets and Parquet.
 
 Credentials come only from each back end's own chain (environment, profile, instance role, ...):
-they never enter the config, and URLs we put in messages pass through `redact_url`.
+they never enter the config, and URLs we put in messages pass through `redact.redact`.
 
 Transient failures (HTTP 429/5xx, S3 SlowDown/InternalError/RequestTimeout, dropped connections,
 timeouts) are retried here with bounded exponential backoff and counted in `Storage.retries`; the
@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.util
+import io
 import logging
 import os
 import posixpath
 import random
-import re
 import socket
 import time
 import uuid
@@ -32,9 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+
+from .errors import causes
+from .redact import redact
 
 T = TypeVar("T")
 
@@ -57,6 +60,15 @@ _OBJECT_STORES = {"s3", "gs", "az", "hf"}
 
 class ReadOnlyError(OSError):
     """A write to a read-only scheme (http, https)."""
+
+
+class StorageUnavailable(OSError):
+    """A call still failing with transient errors after every retry: the store is overloaded or out
+    of reach for now. Nothing is wrong with what was asked: a later attempt may succeed."""
+
+
+class FileTooLarge(OSError):
+    """A file bigger than the reader's limit, refused from its size before its bytes were read."""
 
 
 # -- URIs ---------------------------------------------------------------------------------------
@@ -94,36 +106,6 @@ def join(base: str, rel: str) -> str:
     return os.path.normpath(os.path.join(os.path.expanduser(base), rel))
 
 
-# query parameters whose value is a secret (presigned S3, GCS, Azure SAS, API tokens)
-_SECRET_PARAM = re.compile(r"sig|token|key|secret|passw|credential|auth", re.IGNORECASE)
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_url(url: str) -> str:
-    """`url` without user info (`http://user:pw@host` -> `http://***@host`) and with the values of
-    secret-looking query parameters replaced by `***`. Strings that are not URLs pass unchanged."""
-    if "://" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
-            query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_text(text: str) -> str:
-    """`text` with every URL in it redacted (for messages that quote library errors)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-
-
 # -- transient errors ---------------------------------------------------------------------------
 
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
@@ -138,15 +120,6 @@ _TRANSIENT_CODES = {
     "TooManyRequests",
 }
 _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
 
 
 def _refused(e: BaseException) -> bool:
@@ -171,10 +144,86 @@ def _copy_one(fs: Any, kind: str, src: str, dst: str) -> None:
         fs.cp_file(src, dst)
 
 
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise FileTooLarge(
+            f"{redact(uri)}: {size / 2**20:.1f} MB ({size} bytes), over the limit of {max_bytes / 2**20:g} MB"
+        )
+
+
+def _read_http(fs: Any, url: str, max_bytes: int) -> bytes:
+    """GET `url`; refuse it from its Content-Length before reading the body (the connection is then
+    dropped), or once more than `max_bytes` arrived when the server sends no length. A HEAD would
+    cost a second request, and presigned URLs signed for GET refuse it."""
+    from fsspec.asyn import sync
+
+    async def get() -> bytes:
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url), **fs.kwargs) as r:
+            if r.status in (404, 410):
+                raise FileNotFoundError(f"no such file: {redact(url)}")
+            r.raise_for_status()
+            if r.content_length is not None:
+                _check_size(url, r.content_length, max_bytes)
+            chunks, got = [], 0
+            async for chunk in r.content.iter_chunked(1 << 20):
+                chunks.append(chunk)
+                got += len(chunk)
+                if got > max_bytes:
+                    raise FileTooLarge(
+                        f"{redact(url)}: more than {max_bytes / 2**20:g} MB (the server sent no length)"
+                    )
+            return b"".join(chunks)
+
+    return sync(fs.loop, get)
+
+
+class _RetryingReader(io.RawIOBase):
+    """A remote file object whose reads go through `Storage._call`: each read seeks to where it
+    started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
+    or row group costs a retry, not the task."""
+
+    def __init__(self, storage: Storage, uri: str, inner: Any) -> None:
+        self._storage, self._uri, self._inner = storage, uri, inner
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._inner.size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        def once() -> bytes:
+            self._inner.seek(self._pos)
+            return self._inner.read(size)
+
+        data = self._storage._call("read", self._uri, once)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 def is_transient(e: BaseException, reached: bool = True) -> bool:
     """Whether retrying `e` may help. `reached`: this process has talked to the server before, so a
     refused connection means a restart rather than a wrong endpoint."""
-    for x in _chain(e):
+    for x in causes(e):
         resp = getattr(x, "response", None)
         if isinstance(resp, dict) and "Error" in resp:  # botocore ClientError
             code = resp["Error"].get("Code", "")
@@ -400,7 +449,7 @@ class Storage:
                     # botocore/aiohttp errors: callers handle storage failures as OSError
                     raise OSError(errno.EIO, self._failed(op, uri, e)) from e
                 if attempt >= self.max_retries:
-                    raise OSError(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
+                    raise StorageUnavailable(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
                 attempt += 1
                 self.retries[op] = self.retries.get(op, 0) + 1
                 time.sleep(self._backoff(attempt))
@@ -408,7 +457,7 @@ class Storage:
     @staticmethod
     def _failed(op: str, uri: str, e: Exception, attempts: int = 1) -> str:
         tried = f"still failing after {attempts} attempts: " if attempts > 1 else ""
-        return f"{op} {redact_url(uri)}: {tried}{type(e).__name__}: {redact_text(str(e))}"
+        return f"{op} {redact(uri)}: {tried}{type(e).__name__}: {redact(str(e))}"
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1))
@@ -416,24 +465,36 @@ class Storage:
 
     def _writable(self, uri: str) -> None:
         if scheme(uri) in _READ_ONLY:
-            raise ReadOnlyError(f"http(s) is read-only: cannot write {redact_url(uri)}")
+            raise ReadOnlyError(f"http(s) is read-only: cannot write {redact(uri)}")
 
     # -- reading ------------------------------------------------------------------------------
 
-    def read_bytes(self, uri: str, start: int | None = None, end: int | None = None) -> bytes:
+    def read_bytes(
+        self, uri: str, start: int | None = None, end: int | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
         """The whole file, or bytes start..end of it (end None: to the end). FileNotFoundError (also
-        for an HTTP 404) or IsADirectoryError name `uri`."""
+        for an HTTP 404) or IsADirectoryError name `uri`. `max_bytes` (whole files): a bigger file
+        raises FileTooLarge from its size, before its bytes are read: a stat locally, the response
+        header over http(s) (one GET, its body left unread), a HEAD on object stores."""
         path = self._path(uri)
         if not is_remote(uri):
             if os.path.isdir(path):
-                raise IsADirectoryError(f"is a directory, not a file: {uri}")
+                raise IsADirectoryError(f"is a directory, not a file: {redact(uri)}")
             try:
                 with open(path, "rb") as f:
+                    if max_bytes is not None:
+                        _check_size(uri, os.fstat(f.fileno()).st_size, max_bytes)
                     f.seek(start or 0)
                     return f.read() if end is None else f.read(max(end - (start or 0), 0))
             except FileNotFoundError:
-                raise FileNotFoundError(f"no such file: {uri}") from None
+                raise FileNotFoundError(f"no such file: {redact(uri)}") from None
         fs = self.filesystem(uri)
+        if max_bytes is not None and scheme(uri) in _READ_ONLY:
+            return self._call("read", uri, lambda: _read_http(fs, uri, max_bytes))
+        if max_bytes is not None:
+            found = self.info(uri)
+            if found["type"] == "file":
+                _check_size(uri, found["size"], max_bytes)
         # s3fs would HEAD first to split big objects into parallel ranges: one GET is enough here
         kw = {"max_concurrency": 1} if is_s3(uri) else {}
         if start is not None or end is not None:
@@ -442,20 +503,21 @@ class Storage:
             return self._call("read", uri, lambda: fs.cat_file(path, **kw))
         except FileNotFoundError:
             if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
-                raise IsADirectoryError(f"is a directory, not a file: {redact_url(uri)}") from None
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+                raise IsADirectoryError(f"is a directory, not a file: {redact(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
 
     def open_input(self, uri: str) -> IO[bytes]:
-        """A seekable binary file object (read in ranges: big files, Parquet footers). Opening is
-        retried; reads from the object are not."""
+        """A seekable binary file object (read in ranges: big files, Parquet footers). Opening and
+        every read are retried like any other call (a read resumes from where it started)."""
         path = self._path(uri)
         if not is_remote(uri):
             return open(path, "rb")
         fs = self.filesystem(uri)
         try:
-            return self._call("open", uri, lambda: fs.open(path, "rb"))
+            f = self._call("open", uri, lambda: fs.open(path, "rb"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
+        return _RetryingReader(self, uri, f)  # type: ignore[return-value]
 
     def info(self, uri: str) -> dict[str, Any]:
         """{"type": "file"|"directory", "size": bytes, "mtime": epoch seconds or None, "etag": str or
@@ -465,7 +527,7 @@ class Storage:
         try:
             raw = self._call("info", uri, lambda: fs.info(path))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
         mtime = raw.get("mtime", raw.get("LastModified", raw.get("last_modified", raw.get("updated"))))
         if isinstance(mtime, datetime):
             mtime = mtime.timestamp()
@@ -514,6 +576,9 @@ class Storage:
     def glob(self, pattern: str) -> list[str]:
         """Files matching `pattern` (`*`, `?`, `[..]`; `**` crosses directories), sorted, in the
         pattern's form. Directories are left out."""
+        if scheme(pattern) in _READ_ONLY and not any(c in urlsplit(pattern).path for c in "*?["):
+            # in an http(s) URL `?` starts the query (a presigned URL's signature), not a wildcard
+            return [pattern] if self.exists(pattern) else []
         fs, path = self.filesystem(pattern), self._path(pattern)
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
         return sorted(self._uri(pattern, p) for p, i in found.items() if i.get("type") != "directory")
@@ -599,7 +664,7 @@ class Storage:
             try:
                 self._call("write", dst, lambda: _copy_one(fs, scheme(src), s, d))
             except FileNotFoundError:
-                raise FileNotFoundError(f"no such file: {redact_url(src)}") from None
+                raise FileNotFoundError(f"no such file: {redact(src)}") from None
         self.delete(src)
 
     def delete(self, uri: str) -> None:

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .redact import redact_column, redact_data
 from .schema import (
     DECODE_TIME,
     MODEL_NODE,
@@ -92,7 +93,7 @@ def write_parts(
     summaries: list[dict[str, Any]] = []
     for unit in pc.unique(batch[UNIT]).to_pylist():
         rows = batch.filter(pc.equal(batch[UNIT], unit))
-        table = conform(rows, schema)
+        table = _redacted(conform(rows, schema))
         parts = max(
             1, math.ceil(table.nbytes / (max_file_mb * 2**20)), math.ceil(table.num_rows / rows_per_file)
         )
@@ -118,6 +119,12 @@ def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _redacted(table: pa.Table) -> pa.Table:
+    """Error rows quote the paths they failed on, and paths may be presigned URLs: what reaches the
+    output goes through the redaction boundary (the id is the key to join on, not the path)."""
+    return redact_column(redact_column(table, "error"), "path")
 
 
 def staged_uri(output: str, unit: str, name: str) -> str:
@@ -463,7 +470,8 @@ class Output:
         }
 
     def write_run_json(self, info: dict[str, Any]) -> None:
-        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), json.dumps(info, indent=2).encode())
+        text = json.dumps(redact_data(info), indent=2)
+        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), text.encode())
 
 
 def _final_name(staged: str) -> str:
