@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.storage import ReadOnlyError, Storage, is_remote, join, scheme
+from pipeline.storage import FileTooLarge, ReadOnlyError, Storage, StorageUnavailable, is_remote, join, scheme
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -221,6 +221,51 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.wfile.write(data[start : end + 1])
 
 
+class SendCounter:
+    """What a server sent: per request path, the bytes that went into the socket before the client
+    stopped reading (a client that drops the connection cuts the count short)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, path: str, n: int) -> None:
+        with self.lock:
+            self.sent[path] = self.sent.get(path, 0) + n
+
+
+def counting_handler(counter: SendCounter, directory: str, length: bool = True):
+    """http.server serving `directory` in 64 KiB writes counted by `counter`; `length=False`: no
+    Content-Length (HTTP/1.0, the body ends when the connection closes)."""
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, directory=directory, **kw)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            path = self.translate_path(self.path)
+            if not os.path.isfile(path):
+                return self.send_error(404)
+            size = os.path.getsize(path)
+            self.send_response(200)
+            if length:
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            counter.add(self.path, 0)
+            with open(path, "rb") as f:
+                try:
+                    while chunk := f.read(1 << 16):
+                        self.wfile.write(chunk)
+                        counter.add(self.path, len(chunk))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up: what it refused is not counted
+
+    return Handler
+
+
 @pytest.fixture
 def http_dir(tmp_path):
     """http.server serving `tmp_path` on 127.0.0.1; yields (folder, base URL)."""
@@ -267,6 +312,58 @@ def test_missing_backend_names_the_extra():
             continue
         with pytest.raises(ImportError, match=rf"pip install 'emotion2vec-pipeline\[{extra}\]'"):
             Storage().read_bytes(uri)
+
+
+# -- size limits: refused before the download -----------------------------------------------------
+
+BIG = 48 << 20  # far more than loopback socket buffers hold, so an unread body shows in the count
+LIMIT = 1 << 20
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
+def test_http_file_over_the_limit_is_refused_unread(tmp_path, length):
+    (tmp_path / "big.wav").write_bytes(b"\0" * BIG)
+    (tmp_path / "small.wav").write_bytes(b"s" * 1000)
+    counter = SendCounter()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), counting_handler(counter, str(tmp_path), length))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        s = Storage()
+        assert s.read_bytes(f"{base}/small.wav", max_bytes=LIMIT) == b"s" * 1000
+        with pytest.raises(FileTooLarge) as e:
+            s.read_bytes(f"{base}/big.wav?sig=SECRETSIG", max_bytes=LIMIT)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if length:  # refused from the header: size and limit named
+        assert "48.0 MB (50331648 bytes), over the limit of 1 MB" in str(e.value)
+    else:  # no header: refused once past the limit
+        assert "more than 1 MB (the server sent no length)" in str(e.value)
+    assert "SECRETSIG" not in str(e.value) and "big.wav" in str(e.value)
+    assert counter.sent["/big.wav?sig=SECRETSIG"] < BIG // 2  # the body was not downloaded
+
+
+def test_local_file_over_the_limit_is_refused(tmp_path):
+    (tmp_path / "big.wav").write_bytes(b"\0" * (LIMIT + 1))
+    with pytest.raises(FileTooLarge, match=r"over the limit of 1 MB"):
+        Storage().read_bytes(str(tmp_path / "big.wav"), max_bytes=LIMIT)
+    assert Storage().read_bytes(str(tmp_path / "big.wav"), max_bytes=LIMIT + 1)[:1] == b"\0"
+
+
+@pytest.mark.s3
+def test_s3_object_over_the_limit_is_refused_from_a_head(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="big.wav", Body=b"\0" * (4 * LIMIT))
+    client.put_object(Bucket=bucket, Key="small.wav", Body=b"ok")
+    with FaultProxy(s3_server) as proxy:  # fails nothing: logs the requests
+        s = fast(proxy.url)
+        with pytest.raises(FileTooLarge, match=rf"s3://{bucket}/big.wav: 4.0 MB .*over the limit of 1 MB"):
+            s.read_bytes(f"s3://{bucket}/big.wav", max_bytes=LIMIT)
+        assert s.read_bytes(f"s3://{bucket}/small.wav", max_bytes=LIMIT) == b"ok"
+    big = [method for method, path, _ in proxy.requests if path.split("?")[0].endswith("/big.wav")]
+    assert big == ["HEAD"]  # never a GET of the body
 
 
 # -- S3 (moto) ------------------------------------------------------------------------------------
@@ -406,6 +503,35 @@ def test_persistent_503_fails_after_bounded_attempts(s3_server, s3_bucket):
     # one request per attempt: neither botocore nor s3fs retries underneath ours
     assert reads == 4 and proxy.seen == 8
     assert s.retries == {"read": 3, "write": 3}
+
+
+@pytest.mark.s3
+def test_parquet_reads_are_retried(s3_server, s3_bucket):
+    """A Parquet manifest is read in ranges through `open_input`: a 503 on any of them (footer,
+    column chunks) is retried like every other call."""
+    client, bucket = s3_bucket
+    table = pa.table({"id": [f"r{i}" for i in range(3000)], "path": [f"a/{i}.wav" for i in range(3000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=500)
+    client.put_object(Bucket=bucket, Key="m.parquet", Body=sink.getvalue())
+    with FaultProxy(s3_server, fail_every=2) as proxy:
+        s = fast(proxy.url)
+        with s.open_input(f"s3://{bucket}/m.parquet") as f:
+            pf = pq.ParquetFile(f)
+            got = pa.Table.from_batches(list(pf.iter_batches(batch_size=700)))
+    assert got.equals(table)
+    assert proxy.failed >= 1 and s.retries.get("read", 0) >= 1  # a range read failed and was retried
+
+
+@pytest.mark.s3
+def test_storage_that_stays_down_is_unavailable_not_missing(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="m.parquet", Body=b"x")
+    with FaultProxy(s3_server, always=True) as proxy:
+        s = fast(proxy.url, max_retries=1)
+        with pytest.raises(StorageUnavailable, match="still failing after 2 attempts"):
+            s.read_bytes(f"s3://{bucket}/m.parquet")
+    assert proxy.seen == 2
 
 
 @pytest.mark.s3
