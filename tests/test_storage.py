@@ -31,12 +31,17 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 class FaultProxy:
     """A forwarding HTTP proxy (a thread on 127.0.0.1) that answers the first `fail_first` requests,
-    every `fail_every`-th request, or all of them (`always`) with `status` and an S3 error body
-    instead of forwarding. Counts what it saw and what it failed."""
+    every `fail_every`-th request, all of them (`always`), or those for which `fail_if(method, path)`
+    is true, with `status` and an S3 error body instead of forwarding. Counts what it saw and what it
+    failed."""
 
-    def __init__(self, upstream: str, fail_first=0, fail_every=0, always=False, status=503, body=SLOWDOWN):
+    def __init__(
+        self, upstream: str, fail_first=0, fail_every=0, always=False, status=503, body=SLOWDOWN, fail_if=None
+    ):
         self.upstream = upstream.split("://", 1)[1]
         self.fail_first, self.fail_every, self.always = fail_first, fail_every, always
+        self.fail_if = fail_if
+        self.failures: list[tuple[str, str]] = []  # (method, path) of the requests it failed
         self.status, self.body = status, body
         self.seen = self.failed = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
@@ -55,12 +60,15 @@ class FaultProxy:
         self.server.server_close()
         self._thread.join(timeout=10)
 
-    def _should_fail(self) -> bool:
+    def _should_fail(self, method: str, path: str) -> bool:
         with self._lock:
             self.seen += 1
             n = self.seen
             fail = self.always or n <= self.fail_first or (self.fail_every and n % self.fail_every == 0)
+            fail = fail or (self.fail_if is not None and self.fail_if(method, path))
             self.failed += bool(fail)
+            if fail:
+                self.failures.append((method, path))
             return bool(fail)
 
     def _handler(self):
@@ -77,7 +85,7 @@ class FaultProxy:
                 assert "chunked" not in self.headers.get("Transfer-Encoding", "")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests.append((self.command, self.path, dict(self.headers.items())))
-                if proxy._should_fail():
+                if proxy._should_fail(self.command, self.path):
                     payload = b"" if self.command == "HEAD" else proxy.body
                     self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/xml")
