@@ -22,6 +22,7 @@ import contextlib
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -82,19 +83,22 @@ class RedactingStream:
     def __init__(self, inner: TextIO) -> None:
         self.inner = inner
         self._pending = ""
+        self._lock = threading.Lock()  # Ray's log thread and the job's own lines write at once
 
     def write(self, s: str) -> int:
-        text = self._pending + s
-        cut = text.rfind("\n") + 1
-        self._pending = text[cut:]
-        if cut:
-            self.inner.write(redact(text[:cut]))
+        with self._lock:
+            text = self._pending + s
+            cut = text.rfind("\n") + 1
+            self._pending = text[cut:]
+            if cut:
+                self.inner.write(redact(text[:cut]))
         return len(s)
 
     def flush(self) -> None:
-        if self._pending:
-            self.inner.write(redact(self._pending))
-            self._pending = ""
+        with self._lock:
+            if self._pending:
+                self.inner.write(redact(self._pending))
+                self._pending = ""
         self.inner.flush()
 
     def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno ...

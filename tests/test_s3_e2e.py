@@ -180,6 +180,7 @@ def _parquet_manifest(client, bucket: str, tmp_path, prefix: str, n: int) -> str
     return f"{prefix}/manifest.parquet"
 
 
+@pytest.mark.slow  # about 80 s on 2 cores
 def test_a_throttled_parquet_manifest_costs_retries_not_the_job(
     ray_session, s3_server, s3_bucket, tiny_model_dir, tmp_path
 ):
