@@ -294,7 +294,7 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
         try:
             c = Count(s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
         except ManifestError as e:
-            raise JobError(str(getattr(e, "cause", e))) from None
+            raise JobError(str(_manifest_cause(e))) from None
         except StorageUnavailable as e:
             raise RunFailed(f"the manifest could not be read: {_one_line(e)}") from None
         details.append(c)
