@@ -103,7 +103,10 @@ class AudioConfig(_Section):
         4 * 3600.0, gt=0, description="longer audio is an error row, refused from the header before decoding"
     )
     max_file_mb: float | None = Field(
-        2048.0, gt=0, description="larger encoded files are error rows, refused before decoding"
+        2048.0,
+        gt=0,
+        description="larger files are error rows, refused from their size before the download "
+        "(null: no limit, and no HEAD request per GCS/Azure/HF file)",
     )
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"

@@ -178,6 +178,28 @@ def _read_http(fs: Any, url: str, max_bytes: int) -> bytes:
     return sync(fs.loop, get)
 
 
+def _read_s3(fs: Any, uri: str, path: str, max_bytes: int) -> bytes:
+    """One GetObject, refused from its ContentLength before the body is read (closing the body drops
+    the connection): a HEAD first would add a round trip to every fetch. Like s3fs's own cat_file,
+    through its `_call_s3`, which adds the request-wide arguments (requester pays, SSE) and maps
+    errors (NoSuchKey -> FileNotFoundError, the botocore error kept as the cause)."""
+    from fsspec.asyn import sync
+
+    bucket, key, version = fs.split_path(path)
+
+    async def get() -> bytes:
+        versioned = {"VersionId": version} if version else {}
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **versioned)
+        body = resp["Body"]
+        try:
+            _check_size(uri, int(resp.get("ContentLength") or 0), max_bytes)
+            return await body.read()
+        finally:
+            body.close()
+
+    return sync(fs.loop, get)
+
+
 class _RetryingReader(io.RawIOBase):
     """A remote file object whose reads go through `Storage._call`: each read seeks to where it
     started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
@@ -475,7 +497,7 @@ class Storage:
         """The whole file, or bytes start..end of it (end None: to the end). FileNotFoundError (also
         for an HTTP 404) or IsADirectoryError name `uri`. `max_bytes` (whole files): a bigger file
         raises FileTooLarge from its size, before its bytes are read: a stat locally, the response
-        header over http(s) (one GET, its body left unread), a HEAD on object stores."""
+        header over http(s) and S3 (one GET, its body left unread), a HEAD on other object stores."""
         path = self._path(uri)
         if not is_remote(uri):
             if os.path.isdir(path):
@@ -491,7 +513,7 @@ class Storage:
         fs = self.filesystem(uri)
         if max_bytes is not None and scheme(uri) in _READ_ONLY:
             return self._call("read", uri, lambda: _read_http(fs, uri, max_bytes))
-        if max_bytes is not None:
+        if max_bytes is not None and not is_s3(uri):
             found = self.info(uri)
             if found["type"] == "file":
                 _check_size(uri, found["size"], max_bytes)
@@ -499,8 +521,14 @@ class Storage:
         kw = {"max_concurrency": 1} if is_s3(uri) else {}
         if start is not None or end is not None:
             kw.update(start=start, end=end)
+
+        def read() -> bytes:
+            if max_bytes is not None and is_s3(uri):
+                return _read_s3(fs, uri, path, max_bytes)
+            return fs.cat_file(path, **kw)
+
         try:
-            return self._call("read", uri, lambda: fs.cat_file(path, **kw))
+            return self._call("read", uri, read)
         except FileNotFoundError:
             if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
                 raise IsADirectoryError(f"is a directory, not a file: {redact(uri)}") from None

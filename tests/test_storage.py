@@ -42,6 +42,7 @@ class FaultProxy:
         self.fail_first, self.fail_every, self.always = fail_first, fail_every, always
         self.fail_if = fail_if
         self.failures: list[tuple[str, str]] = []  # (method, path) of the requests it failed
+        self.sent = SendCounter()  # response body bytes the client took, per path
         self.status, self.body = status, body
         self.seen = self.failed = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
@@ -106,7 +107,12 @@ class FaultProxy:
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    try:
+                        for at in range(0, len(data), 1 << 16):
+                            self.wfile.write(data[at : at + (1 << 16)])
+                            proxy.sent.add(self.path, len(data[at : at + (1 << 16)]))
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True  # the client hung up before the end
                 conn.close()
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
@@ -361,17 +367,21 @@ def test_local_file_over_the_limit_is_refused(tmp_path):
 
 
 @pytest.mark.s3
-def test_s3_object_over_the_limit_is_refused_from_a_head(s3_server, s3_bucket):
+def test_s3_object_over_the_limit_is_refused_unread(s3_server, s3_bucket):
     client, bucket = s3_bucket
-    client.put_object(Bucket=bucket, Key="big.wav", Body=b"\0" * (4 * LIMIT))
+    client.put_object(Bucket=bucket, Key="big.wav", Body=b"\0" * BIG)
     client.put_object(Bucket=bucket, Key="small.wav", Body=b"ok")
-    with FaultProxy(s3_server) as proxy:  # fails nothing: logs the requests
+    with FaultProxy(s3_server) as proxy:  # fails nothing: logs the requests and what the client took
         s = fast(proxy.url)
-        with pytest.raises(FileTooLarge, match=rf"s3://{bucket}/big.wav: 4.0 MB .*over the limit of 1 MB"):
+        with pytest.raises(FileTooLarge, match=rf"s3://{bucket}/big.wav: 48.0 MB .*over the limit of 1 MB"):
             s.read_bytes(f"s3://{bucket}/big.wav", max_bytes=LIMIT)
         assert s.read_bytes(f"s3://{bucket}/small.wav", max_bytes=LIMIT) == b"ok"
-    big = [method for method, path, _ in proxy.requests if path.split("?")[0].endswith("/big.wav")]
-    assert big == ["HEAD"]  # never a GET of the body
+        with pytest.raises(FileNotFoundError, match=rf"s3://{bucket}/none.wav"):
+            s.read_bytes(f"s3://{bucket}/none.wav", max_bytes=LIMIT)
+    big = [(method, path) for method, path, _ in proxy.requests if path.split("?")[0].endswith("/big.wav")]
+    assert [m for m, _ in big] == ["GET"]  # one request, refused from its ContentLength
+    assert proxy.sent.sent.get(big[0][1], 0) < BIG // 2  # the body was not downloaded
+    assert s.retries == {}
 
 
 # -- S3 (moto) ------------------------------------------------------------------------------------
