@@ -64,7 +64,15 @@ def test_recordings_split_into_speech_segments(ray_session, tiny_model_dir, tmp_
             assert seg["error"] is None and seg["speaker"] == rows[0 if rec_id == "call" else 1]["speaker"]
             # around the true speech: speech_pad_ms (0.1 s), a 32 ms VAD window and the 20 ms grid
             assert a - 0.25 <= seg["start_s"] <= a + 0.05 and b - 0.05 <= seg["end_s"] <= b + 0.25
-            assert seg["id"] == f"{rec_id}-{round(seg['start_s'] * 100):07d}-{round(seg['end_s'] * 100):07d}"
+            # the id names the segment in centiseconds (7 digits), on the model's 20 ms grid: an even
+            # count of 160-sample steps from the start of the recording
+            name, a_cs, b_cs = seg["id"].rsplit("-", 2)
+            assert (name, len(a_cs), len(b_cs), int(a_cs) % 2, int(b_cs) % 2) == (rec_id, 7, 7, 0, 0)
+            assert (int(a_cs) * 160, int(b_cs) * 160) == (
+                round(seg["start_s"] * 16000),
+                round(seg["end_s"] * 16000),
+            )
+            assert seg["offset_s"] is None  # a whole file: no manifest span
             span = whole[round(seg["start_s"] * 16000) : round(seg["end_s"] * 16000)]
             with torch.no_grad():
                 ref = bundle.model(torch.from_numpy(span)[None])
