@@ -1,5 +1,5 @@
 """The commands: console scripts declared in pyproject.toml, `python -m pipeline.cli.<name>`, and the
-`jobs/<name>.py` wrappers that `ray job submit --working-dir .` runs; none edits sys.path."""
+`jobs/<name>.py` wrappers that `ray job submit --working-dir .` runs; nothing edits sys.path."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_extract_runs_as_a_script_and_as_a_module(argv, tmp_path):
 def test_no_script_edits_sys_path():
     offenders = [
         str(p.relative_to(ROOT))
-        for folder in ("jobs", "bench", "pipeline")
+        for folder in ("jobs", "bench", "pipeline", "tests")
         for p in sorted((ROOT / folder).rglob("*.py"))
         if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))
     ]

@@ -14,14 +14,13 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
+from pipeline.cli import extract
 from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "samples" / "demo"
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 def job_config(tmp_path, manifest, model, out, extra="", unit=1000):

@@ -2,7 +2,6 @@
 each equal to the model run on that span alone (cut independently), exactly once across reruns."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,13 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 from .speech import encode, long_recording, noise_only, sentence_clips
 
 pytest.importorskip("silero_vad")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 def reference(path: Path) -> np.ndarray:
