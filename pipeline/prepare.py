@@ -52,8 +52,9 @@ class Span:
     error: str | None = None
     audio: DecodedAudio | None = None
     samples: np.ndarray | None = None  # what the model runs on
-    start_s: float | None = None  # in the recording
+    start_s: float | None = None  # this row's span in the recording (a VAD segment's, or the manifest's)
     end_s: float | None = None
+    offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
 
@@ -154,13 +155,8 @@ def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> l
     offset, end = row["offset_s"], row[SPAN_END]
     spanned = offset is not None or end is not None
     # what the manifest asked for, kept on error rows too
-    base = Span(
-        i,
-        row["id"],
-        recording_id=row["recording_id"],
-        start_s=(offset or 0.0) if spanned else None,
-        end_s=end,
-    )
+    start = (offset or 0.0) if spanned else None
+    base = Span(i, row["id"], recording_id=row["recording_id"], start_s=start, end_s=end, offset_s=start)
     if row[INPUT_ERROR]:
         return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)
@@ -198,12 +194,13 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
                 samples=whole.samples[a:b],
                 start_s=start,
                 end_s=end,
+                offset_s=whole.offset_s,
                 recording_id=rec,
                 first=not spans,
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec)]
+        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec, offset_s=whole.offset_s)]
     return spans
 
 
@@ -227,7 +224,7 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> 
         "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
         "start_s": pa.array([s.start_s for s in spans], pa.float64()),
         "end_s": pa.array([s.end_s for s in spans], pa.float64()),
-        "offset_s": pa.array([s.start_s for s in spans], pa.float64()),
+        "offset_s": pa.array([s.offset_s for s in spans], pa.float64()),
     }
     for name, arr in columns.items():
         at = base.schema.get_field_index(name)

@@ -504,9 +504,10 @@ def build_dataset(
             "max_file_mb": cfg.output.max_file_mb,
             "rows_per_file": cfg.output.rows_per_file,
         },
-        # staging a file is light, mostly waiting on storage; a write op that asks for a share of a CPU
-        # starves once decoding and the model hold every CPU (a 2M-row job wrote nothing for 12 min
-        # while the results piled up): it takes no CPU from Ray's accounting
+        # staging a file is light, mostly waiting on storage. Ray schedules a task only when its CPU
+        # request fits, and decoding and the model can hold every CPU for as long as there is input:
+        # a write op asking for a CPU share would wait behind them while results pile up in the object
+        # store and no unit commits. So it asks for none.
         num_cpus=WRITE_CPUS,
     )
 

@@ -55,6 +55,10 @@ STAGING_DIR = "_staging"
 STAGED_SUFFIX = ".staged"
 CORRUPT_DIR = "_corrupt"
 ORPHANS_DIR = "_orphans"
+# Local writes go through hidden `.inprogress` temp files that a killed writer leaves behind. The run
+# holds the lease when it opens the output and its own writers have not started, so a temp file older
+# than this has no writer left; a younger one may be another run's attempt at the lease, mid-write.
+STALE_TEMP_S = 60.0
 
 
 def part_name(unit: str, ids: Iterable[str]) -> str:
@@ -239,6 +243,8 @@ class Output:
     # -- opening ----------------------------------------------------------------------------------
 
     def open(self, mode: str, fingerprint: dict[str, Any]) -> None:
+        """Call while holding the output's lease (see STALE_TEMP_S)."""
+        self.storage.remove_stale_temp_files(self.path, min_age_s=STALE_TEMP_S)
         files = self.storage.list_files(self.path, ".parquet")
         units = self._marker_uris()
         if (files or units) and mode == "error_if_exists":
@@ -302,10 +308,6 @@ class Output:
         """unit -> committed row count (skip the unit if the manifest still has that many rows), or
         -> its error ids (redo only those)."""
         return self._redo
-
-    @property
-    def committed_ok(self) -> int:
-        return sum(m.ok for m in self.markers.values())
 
     def _marker_uris(self) -> list[str]:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")

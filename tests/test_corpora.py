@@ -10,7 +10,6 @@ import http.server
 import json
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 SENTENCES = ["I can not believe you did that", "the weather is fine today", "leave me alone please"]
 

@@ -13,13 +13,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 from .conftest import cpu_runs_natively
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 # (file, sample rate, channels, wav encoding)
 CLIPS = [

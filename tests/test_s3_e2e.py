@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import extract
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 pytestmark = pytest.mark.s3
 
