@@ -25,6 +25,7 @@ from .schema import (
     AUDIO_BYTES,
     DECODE_TIME,
     INPUT_ERROR,
+    MANIFEST_ID,
     SEGMENT_TOTAL,
     SPAN_END,
     STORAGE_RETRIES,
@@ -223,6 +224,7 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> 
     )
     duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
     columns = {
+        MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),
         "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
         "start_s": pa.array([s.start_s for s in spans], pa.float64()),
