@@ -93,8 +93,8 @@ def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
 
 def audio_ids(names: list[str]) -> list[str]:
     """Ids of listed audio files: the relative path without its extension, except where two files
-    share that stem (`take1.wav`, `take1.flac`): those keep their extension, so ids stay unique and
-    do not depend on which other files happen to be listed beside an unrelated file."""
+    share that stem (`take1.wav`, `take1.flac`): those keep their extension, so ids stay unique (and
+    the rule is the same on every rerun of the same listing)."""
     stems = [posixpath.splitext(n)[0] for n in names]
     seen: dict[str, int] = {}
     for s in stems:
