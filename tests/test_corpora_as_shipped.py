@@ -161,11 +161,11 @@ def test_hugging_face_shard_in_the_common_voice_layout_without_column_settings(
 @pytest.mark.slow
 def test_a_vad_segment_that_fails_in_the_model_is_redone_by_the_rerun(tiny_model_dir, tmp_path):
     pytest.importorskip("silero_vad")
-    from .speech import encode, long_speech, sentence_clips
+    from .speech import encode, long_recording, sentence_clips
 
     clips = sentence_clips(3)
-    (tmp_path / "calm.wav").write_bytes(encode(long_speech(clips[:2], [1.0, 1.5, 1.0]), "WAV"))
-    (tmp_path / "poison.wav").write_bytes(encode(long_speech(clips[2:], [1.0, 1.0]), "WAV"))
+    (tmp_path / "calm.wav").write_bytes(encode(long_recording(clips[:2], [1.0, 1.5, 1.0]), "WAV"))
+    (tmp_path / "poison.wav").write_bytes(encode(long_recording(clips[2:], [1.0, 1.0]), "WAV"))
     rows = [{"id": "calm", "path": "calm.wav"}, {"id": "victim", "path": "poison.wav"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     extra = "audio:\n  segmentation: vad\nray:\n  num_cpus: 2\n  max_restarts: 6\n"
@@ -176,14 +176,14 @@ def test_a_vad_segment_that_fails_in_the_model_is_redone_by_the_rerun(tiny_model
     assert first.returncode == 0, first.stderr[-3000:]
     failed = [r for r in rows_once(out).values() if r["error"]]
     # the error rows are segments: their ids are not the manifest row's
-    assert failed and {r["speech_id"] for r in failed} == {"victim"}
+    assert failed and {r["recording_id"] for r in failed} == {"victim"}
     assert all(r["id"] != "victim" and "WorkerCrashed" in r["error"] for r in failed)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     after = rows_once(out)
     assert all(r["error"] is None for r in after.values()), {k: r["error"] for k, r in after.items()}
-    assert {r["speech_id"] for r in after.values()} == {"calm", "victim"}
-    starts = sorted((r["speech_id"], r["start_s"]) for r in after.values())
+    assert {r["recording_id"] for r in after.values()} == {"calm", "victim"}
+    starts = sorted((r["recording_id"], r["start_s"]) for r in after.values())
     assert len(starts) == len(set(starts))  # no segment twice
     run = json.loads((out / "_run.json").read_text())
     assert run["output_totals"]["error"] == 0 and run["output_totals"]["rows"] == len(after)
