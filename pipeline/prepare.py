@@ -1,7 +1,7 @@
 """The CPU stage: fetch or unpack each row's audio, decode it to 16 kHz mono, cut its span, split it
 into speech segments when asked, or record why not.
 
-Input: normalised manifest blocks (see manifest.py). Output: one row per span to run through the
+Input: normalised manifest blocks (see pipeline/manifest/). Output: one row per span to run through the
 model (a recording split by voice activity becomes several rows), with `error`, `duration_s`,
 `sample_rate`, `channels`, `recording_id`, `offset_s`, `start_s`, `end_s` and `waveform`
 (large_list<float32>, null when there is nothing to run). No exception escapes for a bad row: every
