@@ -1,7 +1,7 @@
 """The CPU stage: fetch or unpack each row's audio, decode it to 16 kHz mono, cut its span, split it
 into speech segments when asked, or record why not.
 
-Input: normalised manifest blocks (see manifest.py). Output: one row per span to run through the
+Input: normalised manifest blocks (see pipeline/manifest/). Output: one row per span to run through the
 model (a recording split by voice activity becomes several rows), with `error`, `duration_s`,
 `sample_rate`, `channels`, `recording_id`, `offset_s`, `start_s`, `end_s` and `waveform`
 (large_list<float32>, null when there is nothing to run). No exception escapes for a bad row: every
@@ -25,6 +25,7 @@ from .schema import (
     AUDIO_BYTES,
     DECODE_TIME,
     INPUT_ERROR,
+    MANIFEST_ID,
     SEGMENT_TOTAL,
     SPAN_END,
     STORAGE_RETRIES,
@@ -220,6 +221,7 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> 
     )
     duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
     columns = {
+        MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),
         "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
         "start_s": pa.array([s.start_s for s in spans], pa.float64()),

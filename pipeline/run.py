@@ -30,7 +30,18 @@ from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, p
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
-from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
+from .manifest import (
+    Count,
+    ManifestError,
+    Piece,
+    Plan,
+    Source,
+    check_unique_across,
+    count_rows,
+    discover,
+    read_pieces,
+    read_units,
+)
 from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
@@ -300,6 +311,10 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
             raise JobError(str(getattr(e, "cause", e))) from None
         details.append(c)
         schema = schema or (c.schema if c.rows else None)
+    try:
+        check_unique_across([s.uri for s in sources], [c.ids for c in details])
+    except ManifestError as e:
+        raise JobError(str(e)) from None
     counts = [c.rows for c in details]
     if sum(counts) == 0:
         raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")

@@ -36,6 +36,9 @@ OUTPUT_COLUMNS = (
 AUDIO_BYTES = "_audio_bytes"  # audio carried inside the manifest (binary), instead of a path to fetch
 SPAN_END = "_end_s"  # end of the manifest row's span in its file, seconds (null: to the end)
 INPUT_ERROR = "_input_error"  # a manifest row that cannot be processed, with the reason
+MANIFEST_ID = (
+    "_manifest_id"  # the id of the manifest row an output row came from (a VAD segment's is not its own)
+)
 UNIT = "_unit"  # the unit of work (a committed group of rows) the row belongs to
 UNIT_ROWS = "_unit_rows"  # manifest rows of that unit processed by this run
 SEGMENT_TOTAL = "_seg_total"  # on a recording's first output row: how many rows it became; else 0
