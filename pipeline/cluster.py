@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from .config import JobConfig
 
 REACH_TIMEOUT_S = 10.0
-# Ray keeps about one idle worker per CPU and kills the others after 1 s idle. The read, decode and
-# write tasks ask for fractions of a CPU, so more workers than CPUs are busy at once, and on a small
-# node a worker died every few seconds and its successor paid the imports again (Ray Data, torch:
-# 2-4 CPU-s): a third of the job's CPU on 2 cores (bench/RESULTS.md). Idle workers live a minute.
-# Clusters started with `ray start` take the same setting from the environment (infra/).
+# Ray keeps about one idle worker per CPU and by default kills the others after 1 s idle. The read,
+# decode and write tasks ask for fractions of a CPU, so more workers than CPUs are busy at once and
+# the extra ones go idle between tasks; each replacement pays the imports again (Ray Data, torch:
+# 2-4 CPU-s), which on a small node is a large share of the job's CPU (bench/RESULTS.md). So idle
+# workers live a minute. Clusters started with `ray start` take the same setting from the
+# environment (infra/).
 WORKER_IDLE_MS = 60_000
 
 

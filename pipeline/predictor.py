@@ -257,7 +257,8 @@ class EmotionPredictor:
                 ).astype(np.float32)
             heads += [emb] + ([p.embedding for p in parts] if len(parts) > 1 else [])
             done.append((r, ks, num_frames, frames, emb))
-        # the head runs once per call on every embedding: per row it cost more than the small forward
+        # the head runs once per call on every embedding: once per row it would cost more than a small
+        # clip's forward pass
         all_scores = self._classify(heads)
         at = 0
         for r, ks, num_frames, frames, emb in done:

@@ -1,7 +1,7 @@
 """The CPU stage: fetch or unpack each row's audio, decode it to 16 kHz mono, cut its span, split it
 into speech segments when asked, or record why not.
 
-Input: normalised manifest blocks (see manifest.py). Output: one row per span to run through the
+Input: normalised manifest blocks (see pipeline/manifest/). Output: one row per span to run through the
 model (a recording split by voice activity becomes several rows), with `error`, `duration_s`,
 `sample_rate`, `channels`, `recording_id`, `offset_s`, `start_s`, `end_s` and `waveform`
 (large_list<float32>, null when there is nothing to run). No exception escapes for a bad row: every
@@ -25,6 +25,7 @@ from .schema import (
     AUDIO_BYTES,
     DECODE_TIME,
     INPUT_ERROR,
+    MANIFEST_ID,
     SEGMENT_TOTAL,
     SPAN_END,
     STORAGE_RETRIES,
@@ -53,8 +54,9 @@ class Span:
     error: str | None = None
     audio: DecodedAudio | None = None
     samples: np.ndarray | None = None  # what the model runs on
-    start_s: float | None = None  # in the recording
+    start_s: float | None = None  # this row's span in the recording (a VAD segment's, or the manifest's)
     end_s: float | None = None
+    offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
 
@@ -158,13 +160,8 @@ def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> l
     offset, end = row["offset_s"], row[SPAN_END]
     spanned = offset is not None or end is not None
     # what the manifest asked for, kept on error rows too
-    base = Span(
-        i,
-        row["id"],
-        recording_id=row["recording_id"],
-        start_s=(offset or 0.0) if spanned else None,
-        end_s=end,
-    )
+    start = (offset or 0.0) if spanned else None
+    base = Span(i, row["id"], recording_id=row["recording_id"], start_s=start, end_s=end, offset_s=start)
     if row[INPUT_ERROR]:
         return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)
@@ -202,12 +199,13 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
                 samples=whole.samples[a:b],
                 start_s=start,
                 end_s=end,
+                offset_s=whole.offset_s,
                 recording_id=rec,
                 first=not spans,
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec)]
+        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec, offset_s=whole.offset_s)]
     return spans
 
 
@@ -227,11 +225,12 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> 
     )
     duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
     columns = {
+        MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),
         "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
         "start_s": pa.array([s.start_s for s in spans], pa.float64()),
         "end_s": pa.array([s.end_s for s in spans], pa.float64()),
-        "offset_s": pa.array([s.start_s for s in spans], pa.float64()),
+        "offset_s": pa.array([s.offset_s for s in spans], pa.float64()),
     }
     for name, arr in columns.items():
         at = base.schema.get_field_index(name)

@@ -32,7 +32,18 @@ from .config import JobConfig
 from .errors import causes, find
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
-from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
+from .manifest import (
+    Count,
+    ManifestError,
+    Piece,
+    Plan,
+    Source,
+    check_unique_across,
+    count_rows,
+    discover,
+    read_pieces,
+    read_units,
+)
 from .poison import TASK_RETRIES
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
@@ -299,6 +310,10 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
             raise RunFailed(f"the manifest could not be read: {_one_line(e)}") from None
         details.append(c)
         schema = schema or (c.schema if c.rows else None)
+    try:
+        check_unique_across([s.uri for s in sources], [c.ids for c in details])
+    except ManifestError as e:
+        raise JobError(str(e)) from None
     counts = [c.rows for c in details]
     if sum(counts) == 0:
         raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")
@@ -515,9 +530,10 @@ def build_dataset(
             "max_file_mb": cfg.output.max_file_mb,
             "rows_per_file": cfg.output.rows_per_file,
         },
-        # staging a file is light, mostly waiting on storage; a write op that asks for a share of a CPU
-        # starves once decoding and the model hold every CPU (a 2M-row job wrote nothing for 12 min
-        # while the results piled up): it takes no CPU from Ray's accounting
+        # staging a file is light, mostly waiting on storage. Ray schedules a task only when its CPU
+        # request fits, and decoding and the model can hold every CPU for as long as there is input:
+        # a write op asking for a CPU share would wait behind them while results pile up in the object
+        # store and no unit commits. So it asks for none.
         num_cpus=WRITE_CPUS,
     )
 

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -548,25 +547,16 @@ class Storage:
         return _RetryingReader(self, uri, f)  # type: ignore[return-value]
 
     def info(self, uri: str) -> dict[str, Any]:
-        """{"type": "file"|"directory", "size": bytes, "mtime": epoch seconds or None, "etag": str or
-        None}. FileNotFoundError if absent."""
+        """{"type": "file"|"directory", "size": bytes}. FileNotFoundError if absent."""
         path = self._path(uri)
         fs = self.filesystem(uri)
         try:
             raw = self._call("info", uri, lambda: fs.info(path))
         except FileNotFoundError:
             raise FileNotFoundError(f"no such file: {redact(uri)}") from None
-        mtime = raw.get("mtime", raw.get("LastModified", raw.get("last_modified", raw.get("updated"))))
-        if isinstance(mtime, datetime):
-            mtime = mtime.timestamp()
-        elif isinstance(mtime, str):
-            mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
-        etag = raw.get("ETag", raw.get("etag"))
         return {
             "type": "directory" if raw.get("type") == "directory" else "file",
             "size": int(raw.get("size") or 0),
-            "mtime": float(mtime) if mtime is not None else None,
-            "etag": etag.strip('"') if isinstance(etag, str) else None,
         }
 
     def exists(self, uri: str) -> bool:
@@ -709,16 +699,24 @@ class Storage:
         if not is_remote(uri):
             os.makedirs(self._path(uri), exist_ok=True)
 
-    def remove_stale_temp_files(self, uri: str) -> int:
-        """Delete temp files a killed writer left in the directory `uri` (local only: object-store
-        writes leave no partial objects). Returns how many."""
+    def remove_stale_temp_files(self, uri: str, min_age_s: float = 0.0) -> int:
+        """Delete temp files a killed writer left under the directory `uri` (local only: object-store
+        writes leave no partial objects). A temp file lives only as long as one write, so one older
+        than `min_age_s` has no writer left; younger ones may belong to a writer still at work (a
+        second run trying the lease) and stay. Returns how many were deleted."""
         if is_remote(uri):
             return 0
-        root = self._path(uri)
+        cutoff = time.time() - min_age_s
         n = 0
-        for d, _, names in os.walk(root):
+        for d, _, names in os.walk(self._path(uri)):
             for name in names:
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.remove(os.path.join(d, name))
-                    n += 1
+                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                    continue
+                path = os.path.join(d, name)
+                try:
+                    if os.stat(path).st_mtime <= cutoff:
+                        os.remove(path)
+                        n += 1
+                except FileNotFoundError:
+                    pass  # its writer renamed or removed it meanwhile
         return n

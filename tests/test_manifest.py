@@ -8,13 +8,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import ManifestError, Piece, Plan, count_rows, discover, read_units
+from pipeline.manifest import (
+    Committed,
+    ManifestError,
+    Piece,
+    Plan,
+    Resume,
+    count_rows,
+    discover,
+    read_units,
+    unit_name,
+)
 from pipeline.storage import Storage
+
+
+def done(units):
+    """A resume record: unit -> its committed row count, or (row count, error ids)."""
+    return Resume({u: Committed(*c) if isinstance(c, tuple) else Committed(c) for u, c in units.items()})
 
 
 def read(path, skip=None, limit=None, block_rows=1000, **kw):
     """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
-    cut into pieces as the job does, each piece read on its own."""
+    cut into pieces as the job does, each piece read on its own. `skip`: the resume record."""
     cfg = InputConfig(manifest=str(path), **kw)
     storage = Storage()
     sources = discover(cfg, storage)
@@ -26,7 +41,7 @@ def read(path, skip=None, limit=None, block_rows=1000, **kw):
         p = Piece.from_item(p.item())  # as the read task gets it
         source, raw = sources[p.source], details[p.source].raw_schema
         got = list(
-            read_units(source, cfg, storage, piece=p, skip=skip or {}, block_rows=block_rows, raw_schema=raw)
+            read_units(source, cfg, storage, piece=p, skip=skip, block_rows=block_rows, raw_schema=raw)
         )
         assert p.parts == 1 or len(got) == 1  # a part is one decode block
         tables += got
@@ -91,8 +106,10 @@ def test_duplicate_ids_are_refused_naming_one(tmp_path):
 
 def test_missing_columns_and_files(tmp_path):
     (tmp_path / "m.csv").write_text("name,file\nu1,a.wav\n")
-    with pytest.raises(ManifestError, match="no id column"):
+    with pytest.raises(ManifestError, match="no path column"):
         read(tmp_path / "m.csv")
+    with pytest.raises(ManifestError, match="input.id_column='utt' is not a column"):
+        read(tmp_path / "m.csv", id_column="utt", path_column="file")
     with pytest.raises(ManifestError, match="input.path_column='wav' is not a column"):
         read(tmp_path / "m.csv", id_column="name", path_column="wav")
     with pytest.raises(ManifestError, match="no such file"):
@@ -188,7 +205,7 @@ def test_units_cut_rows_and_resume_skips_done_units_and_redoes_error_ids(tmp_pat
     assert len(set(units)) == 3 and units.count(units[0]) == 4 and units.count(units[-1]) == 2
     assert t["_unit_rows"].to_pylist() == [4] * 8 + [2] * 2
     first, second, last = sorted(set(units))
-    again = read(tmp_path / "m.jsonl", rows_per_unit=4, skip={first: 4, second: {"u05"}, last: 3})
+    again = read(tmp_path / "m.jsonl", rows_per_unit=4, skip=done({first: 4, second: (4, {"u05"}), last: 3}))
     # done unit skipped; only the error id of the second redone; the last unit changed size: redone
     assert again["id"].to_pylist() == ["u05", "u08", "u09"]
     assert again["_unit_rows"].to_pylist() == [1, 2, 2]
@@ -310,12 +327,12 @@ def test_pieces_leave_out_committed_units_and_respect_the_limit(tmp_path):
     pieces, count = _pieces(tmp_path / "m.jsonl", rows_per_unit=10)
     assert count.rows == 45 and [p.first_unit for p in pieces] == [0, 1, 2, 3, 4]
     key = discover(InputConfig(manifest=str(tmp_path / "m.jsonl")), Storage())[0].key
-    units = [f"{key}-{u:06d}" for u in range(5)]
+    units = [unit_name(key, u) for u in range(5)]
     # units 0 and 1 committed whole, unit 2 with an error row, unit 4 committed with 5 rows (it has 5)
     t = read(
         tmp_path / "m.jsonl",
         rows_per_unit=10,
-        skip={units[0]: 10, units[1]: 10, units[2]: {"u00021"}, units[4]: 5},
+        skip=done({units[0]: 10, units[1]: 10, units[2]: (10, {"u00021"}), units[4]: 5}),
     )
     assert t["id"].to_pylist() == ["u00021"] + [f"u{i:05d}" for i in range(30, 40)]
     # input.limit: 23 rows -> units of 10, 10, 3; the last piece stops at the limit
@@ -331,8 +348,8 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
     (source,) = discover(cfg, storage)
     count = count_rows(source, cfg, storage)
     plan = Plan("m", [source], [25], details=[count])
-    unit1 = f"{source.key}-000001"
-    pieces = plan.pieces(10, {unit1: {"u00013"}}, block_rows=4)
+    unit1 = unit_name(source.key, 1)
+    pieces = plan.pieces(10, done({unit1: (10, {"u00013"})}), block_rows=4)
     # units 0 and 2 fresh: blocks of 4 rows (4+4+2, 4+1); unit 1 redoes an error id: one piece
     assert [(p.first_unit, p.part, p.parts) for p in pieces] == [
         (0, 0, 3),
@@ -342,7 +359,7 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
         (2, 0, 2),
         (2, 1, 2),
     ]
-    t = read(tmp_path / "m.jsonl", rows_per_unit=10, block_rows=4, skip={unit1: {"u00013"}})
+    t = read(tmp_path / "m.jsonl", rows_per_unit=10, block_rows=4, skip=done({unit1: (10, {"u00013"})}))
     assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(10)] + ["u00013"] + [
         f"u{i:05d}" for i in range(20, 25)
     ]
@@ -351,3 +368,88 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
     pq.write_table(pa.Table.from_pylist(_jsonl_rows(25)), tmp_path / "m.parquet", row_group_size=3)
     t = read(tmp_path / "m.parquet", rows_per_unit=10, block_rows=4)
     assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(25)]
+
+
+def test_tsv_has_no_quoting_and_a_row_count_that_disagrees_with_the_lines_is_an_error(tmp_path):
+    lines = ["id\tpath\ttext", 'u1\ta.wav\t"Oh no, not again', "u2\tb.wav\tfine", 'u3\tc.wav\the said "stop"']
+    (tmp_path / "m.tsv").write_text("\n".join(lines) + "\n")
+    t = read(tmp_path / "m.tsv", rows_per_unit=1, block_rows=1)
+    assert t["id"].to_pylist() == ["u1", "u2", "u3"]
+    assert t["text"].to_pylist() == ['"Oh no, not again', "fine", 'he said "stop"']
+    # a lone CR ends a row for the parser but not a line: rows and lines disagree
+    (tmp_path / "cr.tsv").write_bytes(b"id\tpath\nu1\ta.wav\ru2\tb.wav\n")
+    with pytest.raises(ManifestError, match=r"cr.tsv: 2 rows parsed from 1 data lines"):
+        read(tmp_path / "cr.tsv")
+
+
+@pytest.mark.parametrize("form", ["scp", "jsonl", "csv", "tsv", "kaldi"])
+def test_byte_order_marks_and_crlf_are_stripped(tmp_path, form):
+    bom = b"\xef\xbb\xbf"
+    body = {
+        "scp": "u1 /a/1.wav\nu2 /a/2.wav\n",
+        "jsonl": '{"id": "u1", "path": "/a/1.wav"}\n{"id": "u2", "path": "/a/2.wav"}\n',
+        "csv": "id,path\nu1,/a/1.wav\nu2,/a/2.wav\n",
+        "tsv": "id\tpath\nu1\t/a/1.wav\nu2\t/a/2.wav\n",
+    }
+    if form == "kaldi":
+        (tmp_path / "wav.scp").write_bytes(bom + body["scp"].replace("\n", "\r\n").encode())
+        (tmp_path / "utt2spk").write_bytes(bom + b"u1 alice\r\nu2 bob\r\n")
+        where = tmp_path
+    else:
+        where = tmp_path / {"scp": "wav.scp"}.get(form, f"m.{form}")
+        where.write_bytes(bom + body[form].replace("\n", "\r\n").encode())
+    t = read(where, rows_per_unit=1, block_rows=1)
+    assert t["id"].to_pylist() == ["u1", "u2"]
+    assert t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
+    if form == "kaldi":
+        assert t["speaker"].to_pylist() == ["alice", "bob"]
+
+
+def test_same_stem_in_an_audio_folder_keeps_the_extension_in_both_ids(tmp_path):
+    for rel in ("take1.wav", "take1.flac", "take2.wav", "sub/take1.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    t = read(tmp_path)
+    assert sorted(t["id"].to_pylist()) == ["sub/take1", "take1.flac", "take1.wav", "take2"]
+
+
+def test_duplicate_ids_across_shards_name_both_files_and_rows(tmp_path):
+    from pipeline.manifest import check_unique_across
+
+    for k, ids in enumerate((["a", "b", "x"], ["c", "x"])):
+        (tmp_path / f"part-{k}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "path": "/p.wav"}) + "\n" for i in ids)
+        )
+    cfg = InputConfig(manifest=str(tmp_path))
+    sources = discover(cfg, Storage())
+    counts = [count_rows(s, cfg, Storage()) for s in sources]
+    with pytest.raises(
+        ManifestError, match=r"row 3 of .*part-0.jsonl and row 2 of .*part-1.jsonl have the same id"
+    ):
+        check_unique_across([s.uri for s in sources], [c.ids for c in counts])
+    check_unique_across([sources[0].uri], [counts[0].ids])  # one file: its own check is enough
+
+
+def test_hf_shard_without_an_id_column_gets_default_ids_and_prefers_the_bytes(tmp_path):
+    audio = pa.array(
+        [
+            {"bytes": b"RIFF0", "path": "clip0.wav"},
+            {"bytes": None, "path": None},
+            {"bytes": b"RIFF2", "path": None},
+        ],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    paths = ["common_voice_en_0.mp3", "common_voice_en_1.mp3", ""]
+    pq.write_table(
+        pa.table({"path": paths, "audio": audio, "sentence": ["a", "b", "c"]}), tmp_path / "cv.parquet"
+    )
+    for block_rows in (1, 100):
+        t = read(tmp_path / "cv.parquet", rows_per_unit=2, block_rows=block_rows)
+        # the struct's path, else the path column, else file:row
+        assert t["id"].to_pylist() == ["clip0.wav", "common_voice_en_1.mp3", "cv.parquet:3"]
+        assert t["_audio_bytes"].to_pylist() == [b"RIFF0", None, b"RIFF2"]
+        # a row without bytes is fetched from the path the manifest gives
+        assert t["path"].to_pylist() == ["clip0.wav", str(tmp_path / "common_voice_en_1.mp3"), None]
+        assert t["manifest_path"].to_pylist() == paths
+    (tmp_path / "m.jsonl").write_text('{"path": "a/1.wav"}\n{"path": "b/2.wav"}\n')
+    assert read(tmp_path / "m.jsonl")["id"].to_pylist() == ["a/1.wav", "b/2.wav"]

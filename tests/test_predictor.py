@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import chunk_bounds
 from pipeline.model import load_bundle
 from pipeline.predictor import EmotionPredictor, cpu_has_native, resolve_dtype
 
@@ -30,7 +29,9 @@ def test_windowed_clip_reassembles_to_the_mean_of_all_window_frames(tiny_model_d
 
     # independently: each window through the model, frames concatenated, their mean pooled
     model = load_bundle(tiny_model_dir).model
-    bounds = chunk_bounds(len(clip), 16_000)
+    # 1 s windows (50 frames of 320 samples) reach 80 samples past the next start, so their frames sit on
+    # the whole clip's 20 ms grid; the last one runs to the end of the 48777 samples
+    bounds = [(0, 16_080), (16_000, 32_080), (32_000, 48_080), (48_000, 48_777)]
     with torch.inference_mode():
         frames = torch.cat([model(torch.from_numpy(clip[s:e])[None]).frames[0] for s, e in bounds])
         _, scores = model.classify(frames.mean(0, keepdim=True))

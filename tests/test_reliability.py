@@ -14,14 +14,13 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
+from pipeline.cli import extract
 from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "samples" / "demo"
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 def job_config(tmp_path, manifest, model, out, extra="", unit=1000):
@@ -159,6 +158,26 @@ def test_resume_with_another_model_is_refused_and_overwrite_replaces(
     assert extract.main(["--config", str(cfg), "--set", "output.mode=error_if_exists"]) == 2
 
 
+def test_temp_files_a_killed_writer_left_are_removed_when_the_run_opens_the_output(
+    ray_session, tiny_model_dir, tmp_path
+):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"id": "a", "path": str(DEMO / "clips/000_calm.flac")}))
+    out = tmp_path / "out"
+    stale = [out / ".part-u-1.parquet.0a1b.inprogress", out / "_units/.u.json.2c3d.inprogress"]
+    fresh = out / "._lease.json.4e5f.inprogress"  # as if another run were creating the lease right now
+    for f in [*stale, fresh]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    for f in stale:
+        os.utime(f, (hour_ago, hour_ago))
+    assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
+    assert [f for f in stale if f.exists()] == [] and fresh.exists()
+    assert rows_of(out)["a"]["error"] is None
+
+
+@pytest.mark.slow
 def test_ten_minute_file_in_windows(ray_session, tiny_model_dir, tmp_path):
     speech, sr = sf.read(str(DEMO / "clips" / "000_calm.flac"), dtype="float32")
     n = 600 * sr + 1234
@@ -309,6 +328,7 @@ def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
     assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["decode", "model"])
 def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_path, stage):
     """The decoder (or the model) crashes the worker process on one file, as a native crash would: the

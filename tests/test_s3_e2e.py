@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import extract
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 pytestmark = pytest.mark.s3
 
@@ -241,7 +241,7 @@ def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_serve
         )
         with pytest.raises(job.RunFailed, match="StorageUnavailable: .*still failing after 2 attempts"):
             job._count(cfg, storage, [source])
-        kwargs = {"plan": Plan(uri, [source], [4]), "cfg": cfg.input, "storage": storage, "skip": {}}
+        kwargs = {"plan": Plan(uri, [source], [4]), "cfg": cfg.input, "storage": storage, "skip": None}
         ds = ray.data.from_items([Piece(0, 0, 1, 0, 4).item()]).map_batches(
             job._read_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={**kwargs, "block_rows": 4}
         )

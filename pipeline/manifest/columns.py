@@ -1,0 +1,228 @@
+"""Normalising a manifest's columns: which holds the id, the audio (a path or the bytes), the span;
+everything else passes through.
+
+The audio comes from `input.path_column`; else from a column holding the audio itself (`binary`, or
+the Hugging Face `Audio` struct<bytes, path>) when there is one, else from the first of `path`,
+`audio_filepath`, `wav`, `source`, `audio`. Embedded bytes win over a path column beside them (Common
+Voice ships a `path` naming a file that exists nowhere); a row without bytes is fetched from the
+struct's path, else from that path column. A row may name a span of its file: NeMo `offset` +
+`duration`, or `start` + `end` (seconds). Relative paths resolve against the source's root. A
+passthrough column whose name collides with an output column is renamed `manifest_<name>`.
+
+The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
+default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
+the path as written), or, for a row with neither, `<manifest file name>:<row number>` (from 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import InputConfig
+from ..schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END
+from ..storage import join
+from .errors import ManifestError
+
+ID_ALIASES = ("id", "key", "utt_id")
+PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source columns hold what, resolved once per source from its schema."""
+
+    id: str | None  # None: the default id (see the module docstring)
+    audio: str  # a path column, or a column of audio bytes (see `embedded`)
+    embedded: bool  # audio bytes in the manifest: binary, or struct<bytes: binary, path: string>
+    fallback: str | None = None  # with embedded audio: a path column for rows without bytes
+    start: str | None = None  # span start (NeMo offset, or start), seconds
+    duration: str | None = None  # span length (NeMo duration, with offset), seconds
+    end: str | None = None  # span end (with start), seconds
+    recording: str | None = None  # a recording id given by the manifest
+
+
+def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
+    """A manifest's schema and the column settings -> its Columns. Raises ManifestError naming `uri`."""
+    names = schema.names
+    id_col = (
+        _pick(names, cfg.id_column, ID_ALIASES, "id", uri) if cfg.id_column else _first(names, ID_ALIASES)
+    )
+    inside = [n for n in (*PATH_ALIASES, *names) if n in names and _is_embedded(schema.field(n).type)]
+    if cfg.path_column or not inside:
+        audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri)
+    else:
+        audio = inside[0]
+    embedded = _is_embedded(schema.field(audio).type)
+    paths = [
+        n for n in PATH_ALIASES if n in names and n != audio and pa.types.is_string(schema.field(n).type)
+    ]
+    fallback = paths[0] if embedded and paths else None
+    cols = Columns(id_col, audio, embedded, fallback)
+    if "offset" in names:
+        return replace(cols, start="offset", duration=_opt(names, "duration"))
+    if "start" in names and "end" in names:
+        return replace(cols, start="start", end="end")
+    return cols
+
+
+def _is_embedded(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
+
+
+def _first(names: list[str], aliases: tuple[str, ...]) -> str | None:
+    return next((a for a in aliases if a in names), None)
+
+
+def is_audio_struct(t: pa.DataType) -> bool:
+    """The Hugging Face `Audio` feature as stored in Parquet: struct<bytes: binary, path: string>."""
+    return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+
+
+def _opt(names: list[str], name: str) -> str | None:
+    return name if name in names else None
+
+
+def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], what: str, uri: str) -> str:
+    if explicit:
+        if explicit not in columns:
+            raise ManifestError(
+                f"{uri}: input.{what}_column={explicit!r} is not a column (columns: {columns})"
+            )
+        return explicit
+    for a in aliases:
+        if a in columns:
+            return a
+    raise ManifestError(
+        f"{uri}: no {what} column: expected one of {', '.join(aliases)} or set input.{what}_column "
+        f"(columns: {columns})"
+    )
+
+
+def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_row: int = 0) -> pa.Table:
+    """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough.
+    `origin` (the manifest file) and `first_row` (the row number of `raw`'s first row in it, from 0)
+    name rows in default ids."""
+    n = raw.num_rows
+    out: dict[str, pa.ChunkedArray | pa.Array] = {}
+    consumed = {cols.id, cols.audio} - {None}  # a fallback path column also passes through
+    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
+    if cols.embedded:
+        data, named = _embedded_audio(raw[cols.audio])
+        written = named if cols.fallback is None else pc.coalesce(named, raw[cols.fallback].cast(pa.string()))
+        # with bytes, the path shown is the struct's (often just the name the file had where it was
+        # packed); without, the row is fetched from the path the manifest gives
+        fetch = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
+        out["path"] = pc.if_else(pc.is_null(data), fetch, named)
+        out[AUDIO_BYTES] = data
+    else:
+        written = raw[cols.audio].cast(pa.string())
+        out["path"] = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
+    out = {"id": _ids(raw, cols, written, origin, first_row), **out}
+    recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
+    out["recording_id"] = recording.cast(pa.string())
+    start, end = _span(raw, cols)
+    out["offset_s"] = start
+    out[SPAN_END] = end
+    consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
+    out[INPUT_ERROR] = errors
+    consumed.add(INPUT_ERROR)
+    for name in raw.column_names:
+        if name not in consumed:
+            out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]
+    return pa.table(out)
+
+
+def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:
+    if cols.id is None:
+        return default_ids([written], raw.num_rows, origin, first_row)
+    ids = raw[cols.id].cast(pa.string())
+    if ids.null_count:
+        first = pc.index(pc.is_null(ids), True).as_py()
+        raise ManifestError(f"{raw.num_rows} rows have no {cols.id!r} (the first is row {first + 1})")
+    return ids
+
+
+def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> pa.Array:
+    """The default id of `n` rows (see the module docstring): the first non-empty of `names` (the
+    audio's names, in order of preference), else `<manifest file name>:<row number>`."""
+    file = origin.rsplit("/", 1)[-1]
+    rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
+    empty = pa.scalar(None, pa.string())
+    given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
+    return pc.coalesce(*given, rows)
+
+
+def _span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
+    n = raw.num_rows
+    if cols.start is None:
+        return pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())
+    start = raw[cols.start].cast(pa.float64())
+    if cols.end is not None:
+        end = raw[cols.end].cast(pa.float64())
+        # Kaldi's convention: an end of -1 means "to the end of the file"
+        end = pc.if_else(pc.less(end, 0), pa.scalar(None, pa.float64()), end)
+    elif cols.duration is not None:
+        end = pc.add(start, raw[cols.duration].cast(pa.float64()))
+    else:
+        end = pa.nulls(n, pa.float64())
+    return start, end
+
+
+def _embedded_audio(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """A binary column, or the HF `Audio` struct<bytes, path> -> (bytes, path shown in the output)."""
+    col = column.combine_chunks()
+    if pa.types.is_struct(col.type):
+        data = col.field("bytes")
+        paths = (
+            col.field("path") if col.type.get_field_index("path") >= 0 else pa.nulls(len(col), pa.string())
+        )
+        valid = col.is_valid()
+        data = pc.if_else(valid, data, pa.scalar(None, data.type))
+        paths = pc.if_else(valid, paths.cast(pa.string()), pa.scalar(None, pa.string()))
+        return data.cast(pa.large_binary()), paths
+    return col.cast(pa.large_binary()), pa.nulls(len(col), pa.string())
+
+
+def resolve_path(path: str | None, root: str) -> str | None:
+    if path is None or not str(path).strip():
+        return None
+    return join(root, str(path).strip())
+
+
+def check_unique(ids: pa.ChunkedArray, uri: str) -> np.ndarray:
+    """Refuse a file whose ids repeat; -> a 64-bit hash of each id, in row order, for the check
+    across the files of a manifest (`check_unique_across`)."""
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        ex, n = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
+        raise ManifestError(
+            f"{uri}: duplicate ids: {len(dup)} ids occur more than once, e.g. {ex!r} ({n} times); "
+            f"ids must be unique"
+        )
+    return pd.util.hash_array(ids.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+
+
+def check_unique_across(uris: list[str], hashes: list[np.ndarray | None]) -> None:
+    """Ids must be unique across all files of a manifest, not only within each. The driver holds 8
+    bytes per row for this; equal hashes are the same id with overwhelming likelihood (2^-64 a pair)."""
+    have = [(k, h) for k, h in enumerate(hashes) if h is not None and len(h)]
+    if len(have) < 2:
+        return
+    values = np.concatenate([h for _, h in have])
+    owner = np.concatenate([np.full(len(h), k, np.int64) for k, h in have])
+    row = np.concatenate([np.arange(len(h)) for _, h in have])
+    order = np.argsort(values, kind="stable")
+    same = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        raise ManifestError(
+            f"duplicate ids across the manifest's files: row {row[a] + 1} of {uris[owner[a]]} and row "
+            f"{row[b] + 1} of {uris[owner[b]]} have the same id ({len(same)} ids repeat); ids must be "
+            f"unique across all files"
+        )
