@@ -352,7 +352,7 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
                     if unit.complete:
                         with stop.shield():
                             lease.check()
-                            out.commit(s["unit"], unit)
+                            out.commit(s["unit"], unit, fence=lease.check)
                             tally.add(pending.pop(s["unit"]))
         if watch.lost:
             raise ActorLost(f"a model actor died while idle ({watch.lost})")
