@@ -31,7 +31,7 @@ from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
 from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
-from .poison import TASK_RETRIES
+from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -166,6 +166,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         raise JobError(str(e)) from None
     fresh = not storage.exists(cfg.output.path)
     lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
     try:
         model, started_ray, started_local = _start(cfg)
     except BaseException:
@@ -187,6 +188,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         schema = output_schema(
             model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
         )
+        restarts = 0
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
                 skip = out.skip()
@@ -195,7 +197,20 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                 )
                 if not pieces:
                     break  # every unit is committed without errors: nothing to read
-                ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
+                # rows in flight when the last attempt's model actors died run alone (poison.py)
+                suspects = sorted(collect_suspects(poison_scope)) if attempt else []
+                ds = build_dataset(
+                    cfg,
+                    plan,
+                    pieces,
+                    skip,
+                    storage,
+                    schema,
+                    placement,
+                    model.weights_sha256,
+                    poison_scope=poison_scope,
+                    suspects=suspects,
+                )
                 with on_interrupt() as stop:
                     _execute(ds, out, tally, progress, lease, stop)
                 break
@@ -207,6 +222,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     file=stream,
                     flush=True,
                 )
+                restarts += 1
                 out.reopen()
         progress.print()
         ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
@@ -219,9 +235,11 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     finally:
         if lease is not None:
             lease.release()
+        if ray.is_initialized():
+            forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
+    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream, restarts)
 
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
@@ -394,7 +412,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _finish(
-    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream
+    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream, restarts: int
 ) -> RunResult:
     wall = time.time() - t0
     totals = out.totals()
@@ -418,6 +436,7 @@ def _finish(
         "error_fraction": round(frac, 6),
         "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
         "storage_retries": int(tally["retries"]),  # transient fetch/write errors that a retry got past
+        "restarts": restarts,  # pipeline restarts after a worker, actor or node died
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": tally.per_node,
@@ -459,6 +478,9 @@ def build_dataset(
     schema: pa.Schema,
     placement: Placement,
     weights_sha: str,
+    *,
+    poison_scope: str = NAMESPACE,
+    suspects: list[str] | None = None,
 ):
     import ray
     import ray.data
@@ -484,6 +506,7 @@ def build_dataset(
                 "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
+                "poison_scope": poison_scope,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
@@ -491,7 +514,7 @@ def build_dataset(
             else None,
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
         )
-        ds = _model_stage(ds, cfg, placement, weights_sha)
+        ds = _model_stage(ds, cfg, placement, weights_sha, poison_scope, suspects or [])
     return ds.map_batches(
         write_parts,
         batch_size=None,
@@ -511,7 +534,9 @@ def build_dataset(
     )
 
 
-def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
+def _model_stage(
+    ds, cfg: JobConfig, placement: Placement, weights_sha: str, poison_scope: str, suspects: list[str]
+):
     import ray.data
 
     from .predictor import EmotionPredictor
@@ -534,6 +559,8 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
             "batch_seconds": m.batch_seconds,
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
+            "poison_scope": poison_scope,
+            "suspects": suspects,
         },
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
