@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -52,9 +53,45 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
 
 def quiet_ray_logs() -> None:
     """The job prints its own progress and summary; Ray Data's plan and executor lines, and the
-    note that a local Ray uses token auth (its default), would only look like news to the user."""
+    note that a local Ray uses token auth (its default), would only look like news to the user.
+    A worker or actor that died (a poison row, a killed process) ends the attempt with Ray Data's
+    ERROR line and a traceback; the job restarts and says so in one line of its own, so that
+    record is dropped (other errors of the executor still print)."""
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DeathsTheJobReports) for f in logger.filters):
+            logger.addFilter(_DeathsTheJobReports())
+
+
+class _DeathsTheJobReports(logging.Filter):
+    """Drops log records about a process that died under Ray (the job's restart line reports
+    those): the record's exception, or the one being handled where it is logged without one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not died(e)
+
+
+def died(e: BaseException | None) -> bool:
+    """Whether `e` (or what it wraps) is a worker, actor or node that died under Ray."""
+    import ray.exceptions as rex
+
+    kinds = (
+        ActorLost,
+        rex.ActorDiedError,
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.ActorUnavailableError,
+    )
+    for _ in range(10):
+        if e is None:
+            return False
+        if isinstance(e, kinds):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return False
 
 
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
