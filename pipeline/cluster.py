@@ -154,6 +154,28 @@ class ActorLost(RuntimeError):
     """A model actor's process died while the actor held no task (see ActorWatch)."""
 
 
+def dead_by_accident(class_fragment: str) -> dict[str, str]:
+    """Actor id -> why it died, for this job's actors of `class_fragment` that died by accident
+    (not killed on purpose by their pool)."""
+    import ray
+    import ray._private.state as state
+    from ray.core.generated import common_pb2
+
+    job = ray.get_runtime_context().get_job_id()
+    names = common_pb2.ActorDiedErrorContext.Reason
+    out = {}
+    for actor_id, a in state.actors().items():
+        if a.get("State") != "DEAD" or class_fragment not in a.get("ActorClassName", ""):
+            continue
+        if a.get("JobID") != job:
+            continue
+        ctx = a["DeathCause"].actor_died_error_context
+        if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
+            continue  # the pool let it go
+        out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
+    return out
+
+
 class ActorWatch:
     """Ray Data expects its pool actors to restart; the job runs them without restarts (see
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
@@ -180,24 +202,7 @@ class ActorWatch:
         self._thread.join()
 
     def _dead(self) -> dict[str, str]:
-        """Actor id -> why it died, for this job's actors of the watched class that died by accident."""
-        import ray
-        import ray._private.state as state
-        from ray.core.generated import common_pb2
-
-        job = ray.get_runtime_context().get_job_id()
-        names = common_pb2.ActorDiedErrorContext.Reason
-        out = {}
-        for actor_id, a in state.actors().items():
-            if a.get("State") != "DEAD" or self.fragment not in a.get("ActorClassName", ""):
-                continue
-            if a.get("JobID") != job:
-                continue
-            ctx = a["DeathCause"].actor_died_error_context
-            if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
-                continue  # the pool let it go
-            out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
-        return out
+        return dead_by_accident(self.fragment)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -85,12 +85,13 @@ class Guard:
 
 
 class InFlight:
-    """One model actor's record of the rows of its call in flight (one key per actor)."""
+    """One model actor's record of the rows of its call in flight (one key per actor, named by
+    its Ray actor id)."""
 
     def __init__(self, namespace: str | None):
         self._kv = _kv() if namespace else None
         self._ns = namespace
-        self._key = f"{_IN_FLIGHT}{uuid.uuid4().hex}"
+        self._key = f"{_IN_FLIGHT}{_actor_id() or uuid.uuid4().hex}"
 
     def record(self, ids: list[str]) -> None:
         if self._kv is not None:
@@ -101,17 +102,23 @@ class InFlight:
             self._kv._internal_kv_del(self._key, namespace=self._ns)
 
 
-def collect_suspects(namespace: str) -> set[str]:
-    """Driver, between attempts (no model actor of the failed attempt is left): the rows of every
-    model call left in flight join the run's suspects. -> all suspects so far."""
+def collect_suspects(namespace: str, dead: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """Driver, between attempts (no model actor of the failed attempt is left): the rows of the
+    model calls left in flight join the run's suspects. Those of the actors in `dead` (died by
+    accident) when any of them left a call in flight; else every call left in flight (the actors
+    the pool killed when the attempt ended left theirs too). -> all suspects so far."""
     kv = _kv()
     if kv is None:
         return set()
     raw = kv._internal_kv_get(_SUSPECTS, namespace=namespace)
     suspects = set(json.loads(raw)) if raw else set()
-    for key in kv._internal_kv_list(_IN_FLIGHT, namespace=namespace):
+    keys = kv._internal_kv_list(_IN_FLIGHT, namespace=namespace)
+    names = [k.decode() if isinstance(k, bytes) else k for k in keys]
+    of_dead = [k for k in names if k[len(_IN_FLIGHT) :] in dead]
+    for key in of_dead or names:
         ids = kv._internal_kv_get(key, namespace=namespace)
         suspects |= set(json.loads(ids)) if ids else set()
+    for key in names:
         kv._internal_kv_del(key, namespace=namespace)
     kv._internal_kv_put(_SUSPECTS, json.dumps(sorted(suspects)), overwrite=True, namespace=namespace)
     return suspects
@@ -130,6 +137,15 @@ def crashed_alone(what: str) -> str:
         f"the model worker process died while processing {redact_url(what)} (run alone in a separate "
         "process, after it was in flight when a model worker died); the row is skipped so the rest can finish"
     )
+
+
+def _actor_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside an actor
+        return None
 
 
 def _kv():

@@ -26,7 +26,16 @@ import pyarrow as pa
 
 from . import __version__
 from .audio import RESAMPLER
-from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
+from .cluster import (
+    ActorLost,
+    ActorWatch,
+    ClusterError,
+    Placement,
+    dead_by_accident,
+    init_ray,
+    plan_placement,
+    quiet_ray_logs,
+)
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
@@ -198,7 +207,8 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                 if not pieces:
                     break  # every unit is committed without errors: nothing to read
                 # rows in flight when the last attempt's model actors died run alone (poison.py)
-                suspects = sorted(collect_suspects(poison_scope)) if attempt else []
+                dead = set(dead_by_accident("EmotionPredictor")) if attempt else set()
+                suspects = sorted(collect_suspects(poison_scope, dead)) if attempt else []
                 ds = build_dataset(
                     cfg,
                     plan,
