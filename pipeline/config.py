@@ -129,7 +129,8 @@ class OutputConfig(_Section):
         60.0,
         ge=5,
         description="the run's lease on output.path (one writer at a time) expires this long after its "
-        "last renewal; a dead run's lease is taken over after that",
+        "last renewal; a dead run's lease is taken over after that. Renewed every quarter of it; a run "
+        "commits nothing once less than a quarter is left",
     )
 
 

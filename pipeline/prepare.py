@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
-from .poison import Guard, maybe_crash
+from .poison import NAMESPACE, Guard, maybe_crash
 from .schema import (
     AUDIO_BYTES,
     DECODE_TIME,
@@ -68,6 +68,7 @@ def prepare_block(
     limits: Limits = Limits(),
     segmenter: Segmenter | None = None,
     block_mb: float = 64.0,
+    poison_scope: str = NAMESPACE,
 ) -> Iterator[pa.Table]:
     """A block of manifest rows -> blocks of model-ready rows (see the module docstring)."""
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def prepare_block(
     pending: list[Span] = []
     size = 0
     loader = _Loader(storage, limits)
-    guard = Guard("decode", batch["id"].to_pylist())
+    guard = Guard("decode", batch["id"].to_pylist(), poison_scope)
     for i, row in enumerate(_rows(batch)):
         if row["id"] in guard.poisoned:
             spans = [

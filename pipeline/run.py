@@ -27,7 +27,16 @@ import pyarrow as pa
 
 from . import __version__, redact
 from .audio import RESAMPLER
-from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
+from .cluster import (
+    ActorLost,
+    ActorWatch,
+    ClusterError,
+    Placement,
+    dead_by_accident,
+    init_ray,
+    plan_placement,
+    quiet_ray_logs,
+)
 from .config import JobConfig
 from .errors import causes, find
 from .interrupt import Stop, on_interrupt
@@ -44,7 +53,7 @@ from .manifest import (
     read_pieces,
     read_units,
 )
-from .poison import TASK_RETRIES
+from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -179,6 +188,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         raise JobError(str(e)) from None
     fresh = not storage.exists(cfg.output.path)
     lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
     try:
         model, started_ray, started_local = _start(cfg)
     except BaseException:
@@ -200,6 +210,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         schema = output_schema(
             model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
         )
+        restarts = 0
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
                 skip = out.skip()
@@ -208,7 +219,21 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                 )
                 if not pieces:
                     break  # every unit is committed without errors: nothing to read
-                ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
+                # rows in flight when the last attempt's model actors died run alone (poison.py)
+                dead = set(dead_by_accident("EmotionPredictor")) if attempt else set()
+                suspects = sorted(collect_suspects(poison_scope, dead)) if attempt else []
+                ds = build_dataset(
+                    cfg,
+                    plan,
+                    pieces,
+                    skip,
+                    storage,
+                    schema,
+                    placement,
+                    model.weights_sha256,
+                    poison_scope=poison_scope,
+                    suspects=suspects,
+                )
                 with on_interrupt() as stop:
                     _execute(ds, out, tally, progress, lease, stop)
                 break
@@ -220,6 +245,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     file=stream,
                     flush=True,
                 )
+                restarts += 1
                 out.reopen()
         progress.print()
         ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
@@ -232,9 +258,11 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     finally:
         if lease is not None:
             lease.release()
+        if ray.is_initialized():
+            forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
+    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream, restarts)
 
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
@@ -366,7 +394,7 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
                     if unit.complete:
                         with stop.shield():
                             lease.check()
-                            out.commit(s["unit"], unit)
+                            out.commit(s["unit"], unit, fence=lease.check)
                             tally.add(pending.pop(s["unit"]))
         if watch.lost:
             raise ActorLost(f"a model actor died while idle ({watch.lost})")
@@ -420,7 +448,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _finish(
-    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream
+    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream, restarts: int
 ) -> RunResult:
     wall = time.time() - t0
     totals = out.totals()
@@ -444,6 +472,7 @@ def _finish(
         "error_fraction": round(frac, 6),
         "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
         "storage_retries": int(tally["retries"]),  # transient fetch/write errors that a retry got past
+        "restarts": restarts,  # pipeline restarts after a worker, actor or node died
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": tally.per_node,
@@ -485,6 +514,9 @@ def build_dataset(
     schema: pa.Schema,
     placement: Placement,
     weights_sha: str,
+    *,
+    poison_scope: str = NAMESPACE,
+    suspects: list[str] | None = None,
 ):
     import ray
     import ray.data
@@ -510,6 +542,7 @@ def build_dataset(
                 "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
+                "poison_scope": poison_scope,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
@@ -517,7 +550,7 @@ def build_dataset(
             else None,
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
         )
-        ds = _model_stage(ds, cfg, placement, weights_sha)
+        ds = _model_stage(ds, cfg, placement, weights_sha, poison_scope, suspects or [])
     return ds.map_batches(
         write_parts,
         batch_size=None,
@@ -538,7 +571,9 @@ def build_dataset(
     )
 
 
-def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
+def _model_stage(
+    ds, cfg: JobConfig, placement: Placement, weights_sha: str, poison_scope: str, suspects: list[str]
+):
     import ray.data
 
     from .predictor import EmotionPredictor
@@ -561,6 +596,8 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
             "batch_seconds": m.batch_seconds,
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
+            "poison_scope": poison_scope,
+            "suspects": suspects,
         },
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)

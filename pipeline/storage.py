@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import importlib.util
 import io
 import logging
@@ -28,7 +29,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
@@ -68,6 +71,14 @@ class StorageUnavailable(OSError):
 
 class FileTooLarge(OSError):
     """A file bigger than the reader's limit, refused from its size before its bytes were read."""
+
+
+class ConditionFailed(OSError):
+    """A conditional replace found the object changed or gone (see `Storage.replace_if_version`)."""
+
+
+# epoch seconds after which a storage call starts no new attempt (per thread: see Storage.deadline)
+_DEADLINE: ContextVar[float | None] = ContextVar("storage_deadline", default=None)
 
 
 # -- URIs ---------------------------------------------------------------------------------------
@@ -119,6 +130,14 @@ _TRANSIENT_CODES = {
     "TooManyRequests",
 }
 _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+def _error_code(e: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (or what s3fs made of one), else None."""
+    resp = getattr(e, "response", None)
+    if isinstance(resp, dict) and "Error" in resp:
+        return resp["Error"].get("Code")
+    return None
 
 
 def _refused(e: BaseException) -> bool:
@@ -454,11 +473,26 @@ class Storage:
 
     # -- retries ------------------------------------------------------------------------------
 
+    @staticmethod
+    @contextmanager
+    def deadline(until: float | None) -> Iterator[None]:
+        """Storage calls of this thread inside the block start no attempt (first or retry) after
+        the epoch time `until` (None: no deadline): they raise `TimeoutError` instead. An attempt
+        already sent may still finish later, within the request timeout."""
+        token = _DEADLINE.set(until)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
     def _call(self, op: str, uri: str, fn: Callable[[], T]) -> T:
         """`fn()` with bounded retries of transient errors; a persistent one raises an OSError
         naming the (redacted) URI and how often it was tried."""
         attempt = 0
+        until = _DEADLINE.get()
         while True:
+            if until is not None and time.time() >= until:
+                raise TimeoutError(f"{op} {redact(uri)}: its deadline passed after {attempt} attempts")
             try:
                 out = fn()
                 self._reached = True
@@ -473,7 +507,10 @@ class Storage:
                     raise StorageUnavailable(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
                 attempt += 1
                 self.retries[op] = self.retries.get(op, 0) + 1
-                time.sleep(self._backoff(attempt))
+                delay = self._backoff(attempt)
+                if until is not None:
+                    delay = max(min(delay, until - time.time()), 0.0)
+                time.sleep(delay)
 
     @staticmethod
     def _failed(op: str, uri: str, e: Exception, attempts: int = 1) -> str:
@@ -636,6 +673,51 @@ class Storage:
             if self.retries.get("write", 0) > before:
                 return self.read_bytes(uri) == data
             return False
+
+    def version(self, uri: str) -> str:
+        """A token that changes whenever `uri` is rewritten: the ETag on S3, else a hash of the
+        content. FileNotFoundError if absent."""
+        if is_s3(uri):
+            etag = self.info(uri)["etag"]
+            if etag:
+                return etag
+        return "sha256:" + hashlib.sha256(self.read_bytes(uri)).hexdigest()
+
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str:
+        """Overwrite `uri` with `data` only if it still has `version` (from `version()` or an
+        earlier call); -> the new version. Raises `ConditionFailed` when it changed or is gone.
+
+        S3: a conditional PUT (`If-Match: <ETag>`), decided by the store; a retried PUT whose
+        first try landed counts as ours when the object holds exactly `data`. Elsewhere (local
+        files, gs, az, hf) best effort: the version is compared right before an atomic replace,
+        and a writer that slips in between those two steps is overwritten."""
+        self._writable(uri)
+        if is_s3(uri) and not version.startswith("sha256:"):
+            return self._put_if_match(uri, data, version)
+        try:
+            current = "sha256:" + hashlib.sha256(self.read_bytes(uri)).hexdigest()
+        except FileNotFoundError:
+            raise ConditionFailed(errno.ENOENT, f"{redact(uri)} is gone") from None
+        if current != version:
+            raise ConditionFailed(errno.EBUSY, f"{redact(uri)} was rewritten by someone else")
+        self.write_bytes_atomic(uri, data)
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def _put_if_match(self, uri: str, data: bytes, etag: str) -> str:
+        fs, path = self.filesystem(uri), self._path(uri)
+        before = self.retries.get("write", 0)
+        try:
+            out = self._call("write", uri, lambda: fs.pipe_file(path, data, IfMatch=f'"{etag}"'))
+        except FileNotFoundError:
+            raise ConditionFailed(errno.ENOENT, f"{redact(uri)} is gone") from None
+        except OSError as e:
+            if not any(_error_code(x) == "PreconditionFailed" for x in causes(e)):
+                raise
+            if self.retries.get("write", 0) > before and self.read_bytes(uri) == data:
+                return self.version(uri)  # our first try landed; the retry found our own write
+            raise ConditionFailed(errno.EBUSY, f"{redact(uri)} was rewritten by someone else") from None
+        etag = out.get("ETag") if isinstance(out, dict) else None
+        return etag.strip('"') if etag else self.version(uri)
 
     def _local_temp(self, path: str, data: bytes) -> str:
         d = os.path.dirname(path)

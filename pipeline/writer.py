@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -405,9 +405,11 @@ class Output:
 
     # -- committing -------------------------------------------------------------------------------
 
-    def commit(self, unit: str, seen: Pending) -> Marker:
+    def commit(self, unit: str, seen: Pending, fence: Callable[[], float] | None = None) -> Marker:
         """Make a complete unit visible: marker first, then the files; an earlier commit of the unit
-        (whose error rows this run redid, or whose manifest rows changed) is replaced."""
+        (whose error rows this run redid, or whose manifest rows changed) is replaced. `fence`
+        (the lease's check) runs right before the marker, the commit point: it raises if this run
+        may no longer write, else returns the epoch time by which the marker write must be done."""
         staged = [staged_uri(self.path, unit, name) for name in sorted(seen.files)]
         old = self.markers.get(unit)
         redo = self._resume.redo(unit)
@@ -430,7 +432,8 @@ class Output:
         marker = Marker(
             unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources, error_rows
         )
-        self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
+        with self.storage.deadline(fence() if fence else None):
+            self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
         if old is not None:
             for name in set(old.files) - set(names):

@@ -117,3 +117,33 @@ def test_sticky_device_errors_are_told_from_recoverable_ones():
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     )
     assert not is_sticky_device_error(ValueError("input too short"))
+
+
+def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatch):
+    """Rows that were in flight when a model worker died: each runs alone in a child process. The
+    one that kills its process becomes a WorkerCrashed error row; the others get the results the
+    actor would have given; the actor lives on."""
+    import pyarrow as pa
+
+    clips = random_clips([16_000, 20_000, 12_000, 9_000], seed=21)
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "path": ["a.wav", "b.wav", "poison.wav", "d.wav"],
+            "error": [None, None, None, None],
+            "waveform": pa.array(clips, pa.large_list(pa.float32())),
+        }
+    )
+    monkeypatch.setenv("E2V_INJECT_CRASH", "model:poison.wav")  # the children inherit it
+    guarded = predictor(tiny_model_dir, suspects=["b", "c", "d"])
+    out = guarded(batch)
+    monkeypatch.delenv("E2V_INJECT_CRASH")
+    want = predictor(tiny_model_dir)(batch.filter(pa.array([True, True, False, True])))
+
+    errors = out["error"].to_pylist()
+    assert errors[:2] == [None, None] and errors[3] is None
+    assert errors[2].startswith("model: WorkerCrashed: ") and "poison.wav" in errors[2]
+    assert out["embedding"][2].as_py() is None
+    for i, j in ((0, 0), (1, 1), (3, 2)):  # a in the actor; b and d each alone in a child
+        np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][j].as_py(), atol=1e-5)
+        assert out["label"][i].as_py() == want["label"][j].as_py()

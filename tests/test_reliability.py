@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -402,6 +403,55 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_
     assert_exactly_once(out, ids)
 
 
+@pytest.mark.slow
+def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path):
+    """The driver is paused (SIGSTOP) past its lease's ttl with its renew thread held back, so that
+    nothing but the clock can tell it the lease is gone; a second run takes over and finishes. Woken,
+    the first must exit 1 without committing anything more: every row stays in the output once."""
+    m, ids = repeated_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 30\nray:\n  num_cpus: 2\n", unit=4)
+    stall = tmp_path / "stall-renewals"
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+        env={**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)},
+    )
+    try:
+        wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+        stall.write_text("")  # from now on the renew thread renews nothing
+        os.kill(first.pid, signal.SIGSTOP)
+        expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
+        wait_for(lambda: time.time() > expires.timestamp() + 0.5, 60, "the paused run's lease to expire")
+        second = run_extract(cfg)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "taking over the expired lease" in second.stderr
+        assert_exactly_once(out, ids)
+        after_second = committed_files(out)
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+    log = (tmp_path / "first.log").read_text()
+    assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
+    assert committed_files(out) == after_second  # markers, results, _run.json: byte for byte
+    assert not (out / "_lease.json").exists()
+    assert_exactly_once(out, ids)
+
+
+def committed_files(out: Path) -> dict[str, bytes]:
+    """Every file of the output but the staging area (a paused run's workers may still stage files:
+    hidden, uncommitted, discarded by the next run)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.relative_to(out).parts[0] != "_staging"
+    }
+
+
 def test_a_lease_left_by_a_dead_run_expires(ray_session, tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 1)
     out = tmp_path / "out"
@@ -418,3 +468,43 @@ def test_a_lease_left_by_a_dead_run_expires(ray_session, tiny_model_dir, tmp_pat
     (out / "_lease.json").write_text(json.dumps(dead))
     assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
     assert_exactly_once(out, ids)
+
+
+@pytest.mark.slow
+def test_a_poison_row_with_the_gpu_configs_bundling_costs_one_restart(tiny_model_dir, tmp_path):
+    """The GPU config's bundling (256 rows per model call, 4-row decode blocks, 8-row units): a row
+    that kills the model worker costs one pipeline restart whatever blocks the restart cuts, becomes
+    one WorkerCrashed error row, every other row of its call is processed, and the console shows the
+    job's lines, not Ray's tracebacks."""
+    base = [json.loads(line) for line in (DEMO / "manifest.jsonl").read_text().splitlines()]
+    rows = [{**r, "id": f"{r['id']}-{k}", "path": str(DEMO / r["path"])} for k in range(3) for r in base][:48]
+    poison = rows[21]
+    unique = tmp_path / "poison-take.flac"  # the crash hook matches paths: this one only
+    unique.write_bytes(Path(poison["path"]).read_bytes())
+    poison["path"] = str(unique)
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = tmp_path / "gpu-like.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {m}\n  rows_per_unit: 8\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cpu\n  rows_per_call: 256\n"
+        f"audio:\n  decode_batch_size: 4\n"
+        f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
+        "ray:\n  num_cpus: 2\n"
+    )
+    env = {**os.environ, "E2V_INJECT_CRASH": f"model:{unique.name}"}
+    r = run_extract(cfg, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, [x["id"] for x in rows])
+    got = rows_of(out)
+    crashed = {k: v["error"] for k, v in got.items() if v["error"]}
+    assert list(crashed) == [poison["id"]], crashed
+    assert crashed[poison["id"]].startswith("model: WorkerCrashed")
+    run = json.loads((out / "_run.json").read_text())
+    assert run["restarts"] == 1, r.stderr[-3000:]
+    assert run["rows"] == {"input": 48, "ok": 47, "error": 1, "skipped": 0}
+    console = r.stderr + r.stdout
+    assert "Traceback" not in console, console[-5000:]
+    assert "An exception was raised from a task" not in console and "internal code" not in console
+    assert r.stderr.count("restarting on what is left") == 1 and "[emotion2vec] done" in r.stderr

@@ -21,7 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.storage import FileTooLarge, ReadOnlyError, Storage, StorageUnavailable, is_remote, join, scheme
+from pipeline.storage import (
+    ConditionFailed,
+    FileTooLarge,
+    ReadOnlyError,
+    Storage,
+    StorageUnavailable,
+    is_remote,
+    join,
+    scheme,
+)
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -574,3 +583,55 @@ def test_refused_connection_before_any_contact_is_not_retried():
     with pytest.raises(OSError, match=r"read s3://bkt/x: EndpointConnectionError") as e:
         s.read_bytes("s3://bkt/x")
     assert "still failing" not in str(e.value) and s.retries == {}
+
+
+@pytest.mark.s3
+def test_s3_replace_if_version_is_an_if_match_put(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    uri = f"s3://{bucket}/leases/_lease.json"
+    with FaultProxy(s3_server) as proxy:  # no faults: it only records what goes over the wire
+        s = Storage(endpoint_url=proxy.url)
+        assert s.write_bytes_if_absent(uri, b"v1")
+        v1 = s.version(uri)
+        v2 = s.replace_if_version(uri, b"v2", v1)
+        assert v2 != v1 and v2 == client.head_object(Bucket=bucket, Key="leases/_lease.json")["ETag"].strip(
+            '"'
+        )
+        put = [h for m, _, h in proxy.requests if m == "PUT"][-1]
+        assert put.get("If-Match") == f'"{v1}"'
+        client.put_object(Bucket=bucket, Key="leases/_lease.json", Body=b"someone else")
+        with pytest.raises(ConditionFailed, match="rewritten by someone else"):
+            s.replace_if_version(uri, b"v3", v2)  # decided by the store: no read before the PUT
+        assert [m for m, _, _ in proxy.requests][-1] == "PUT"
+        assert read_s3(client, bucket, "leases/_lease.json") == b"someone else"
+        client.delete_object(Bucket=bucket, Key="leases/_lease.json")
+        with pytest.raises(ConditionFailed, match="gone"):
+            s.replace_if_version(uri, b"v4", v2)
+        assert s.exists(uri) is False
+
+
+def test_local_replace_if_version_compares_the_content(tmp_path):
+    s, uri = Storage(), str(tmp_path / "f.json")
+    assert s.write_bytes_if_absent(uri, b"v1")
+    v2 = s.replace_if_version(uri, b"v2", s.version(uri))
+    assert v2 == s.version(uri) and (tmp_path / "f.json").read_bytes() == b"v2"
+    (tmp_path / "f.json").write_bytes(b"someone else")
+    with pytest.raises(ConditionFailed):
+        s.replace_if_version(uri, b"v3", v2)
+    assert (tmp_path / "f.json").read_bytes() == b"someone else"
+
+
+@pytest.mark.s3
+def test_a_deadline_stops_retries_before_max_retries(s3_server, s3_bucket):
+    """Inside `Storage.deadline`, a call starts no attempt after the deadline, however many retries
+    `max_retries` would allow (the lease's renewals rely on it)."""
+    client, bucket = s3_bucket
+    with FaultProxy(s3_server, always=True) as proxy:
+        s = Storage(endpoint_url=proxy.url, max_retries=1000, retry_backoff_s=0.1, retry_backoff_max_s=0.1)
+        with Storage.deadline(time.time() + 1.0), pytest.raises(TimeoutError, match="deadline passed"):
+            s.write_bytes_atomic(f"s3://{bucket}/out.bin", b"y")
+        assert 1 <= proxy.seen < 100  # at most ~20 backoffs of 50-100 ms fit in a second
+        with pytest.raises(OSError, match="still failing after 4 attempts"):
+            Storage(endpoint_url=proxy.url, max_retries=3, retry_backoff_s=0.01).read_bytes(
+                f"s3://{bucket}/x"
+            )
