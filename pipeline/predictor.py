@@ -34,6 +34,16 @@ DEFAULT_BATCH_SECONDS = {"cpu": 16.0, "cuda": 600.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# `EMOTION2VEC_SIMULATE_GPU=1` in the job's environment: a model actor that holds a Ray GPU (a fake
+# autoscaler's node, a dry run) but sees no CUDA device runs the model on its CPU instead of failing
+SIMULATE_GPU_ENV = "EMOTION2VEC_SIMULATE_GPU"
+SIMULATED = "(simulated gpu)"
+
+
+def simulate_gpu() -> bool:
+    return os.environ.get(SIMULATE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,6 +83,13 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     else:
         return True
     return bool(isa) and kernels.onednn_linear_available(dtype)
+
+
+def _simulated_dtype(dtype: str) -> torch.dtype:
+    """The dtype a GPU would run (what the output's metadata says), where this CPU runs it natively;
+    float32 otherwise."""
+    want = resolve_dtype(dtype, "cuda")
+    return want if cpu_has_native(want) else torch.float32
 
 
 def is_sticky_device_error(e: BaseException) -> bool:
@@ -144,11 +161,19 @@ class EmotionPredictor:
         batch_seconds: float | None = None,
         max_batch_size: int = 32,
         torch_threads: int | None = None,
+        simulate_gpu: bool = False,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        simulated = simulate_gpu and self.device.startswith("cuda") and not torch.cuda.is_available()
+        if simulated:
+            self.device = "cpu"
+            log.warning(
+                "%s=1: this model actor holds a Ray GPU but sees no CUDA device; the model runs on its CPU",
+                SIMULATE_GPU_ENV,
+            )
+        self.dtype = _simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
         self.bundle: ModelBundle = load_model(
             source,
             revision=revision,
@@ -172,9 +197,9 @@ class EmotionPredictor:
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
         self.node = _node_id()
-        self.runtime = (
-            f"{self.device} {str(self.dtype).replace('torch.', '')}"  # what really ran, for _run.json
-        )
+        # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
+        device_name = f"{self.device} {SIMULATED}" if simulated else self.device
+        self.runtime = f"{device_name} {str(self.dtype).replace('torch.', '')}"
 
     # -- model work ---------------------------------------------------------------------------
 

@@ -26,7 +26,17 @@ import pyarrow as pa
 
 from . import __version__
 from .audio import RESAMPLER
-from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
+from .cluster import (
+    ActorLost,
+    ActorWatch,
+    ClusterError,
+    Placement,
+    cpu_task_options,
+    init_ray,
+    lost_nodes,
+    place_model,
+    quiet_ray_logs,
+)
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
@@ -173,7 +183,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         raise
     try:
         plan = _count(cfg, storage, sources)
-        placement = plan_placement(cfg, ray.cluster_resources())
+        placement, elastic = place_model(
+            cfg, lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)
+        )
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint)
         print(
@@ -187,7 +199,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         schema = output_schema(
             model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
         )
+        nodes_seen: set[str] = set()
         for attempt in range(cfg.ray.max_restarts + 1):
+            elastic["restarts"] = attempt
             try:
                 skip = out.skip()
                 pieces = plan.pieces(
@@ -197,7 +211,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     break  # every unit is committed without errors: nothing to read
                 ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
                 with on_interrupt() as stop:
-                    _execute(ds, out, tally, progress, lease, stop)
+                    _execute(ds, out, tally, progress, lease, stop, nodes_seen, stream)
                 break
             except RunFailed as e:
                 if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
@@ -209,7 +223,12 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                 )
                 out.reopen()
         progress.print()
-        ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
+        elastic["nodes_lost"] = lost_nodes(nodes_seen)
+        ray_info = {
+            "gcs_address": ray.get_runtime_context().gcs_address,
+            "started_local": started_local,
+            **elastic,  # gpu_wait_s, restarts, nodes_lost
+        }
     except ClusterError as e:
         raise JobError(str(e)) from None
     except BaseException:
@@ -337,11 +356,22 @@ def _segmentation(cfg: JobConfig) -> Any:
     return mode if mode == "none" else {"mode": mode, **cfg.audio.vad.model_dump()}
 
 
-def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, stop: Stop) -> None:
+def _execute(
+    ds,
+    out: Output,
+    tally: Tally,
+    progress: Progress,
+    lease: Lease,
+    stop: Stop,
+    nodes: set[str],
+    stream: TextIO,
+) -> None:
     """Consume the per-file summaries; commit each unit as soon as all its rows are written. A signal
-    stops the consumption (Interrupted), never a commit halfway."""
+    stops the consumption (Interrupted), never a commit halfway. `nodes` gains the nodes seen alive."""
     pending: dict[str, Pending] = {}
-    watch = ActorWatch("EmotionPredictor")
+    watch = ActorWatch(
+        "EmotionPredictor", say=lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)
+    )
     try:
         with watch:
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -366,6 +396,8 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
         if watch.lost and not isinstance(e, ActorLost):
             e = ActorLost(f"a model actor died while idle ({watch.lost})")
         raise RunFailed(f"the run failed: {_one_line(e)}") from e
+    finally:
+        nodes |= watch.nodes_seen
     if pending:
         raise RunFailed(f"{len(pending)} units did not receive all their rows; rerun to redo them")
 
@@ -490,6 +522,7 @@ def build_dataset(
             if cfg.audio.decode_tasks
             else None,
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
+            **cpu_task_options(cfg),
         )
         ds = _model_stage(ds, cfg, placement, weights_sha)
     return ds.map_batches(
@@ -508,13 +541,14 @@ def build_dataset(
         # starves once decoding and the model hold every CPU (a 2M-row job wrote nothing for 12 min
         # while the results piled up): it takes no CPU from Ray's accounting
         num_cpus=WRITE_CPUS,
+        **cpu_task_options(cfg),
     )
 
 
 def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
     import ray.data
 
-    from .predictor import EmotionPredictor
+    from .predictor import EmotionPredictor, simulate_gpu
 
     m = cfg.model
     return ds.map_batches(
@@ -534,6 +568,7 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
             "batch_seconds": m.batch_seconds,
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
+            "simulate_gpu": simulate_gpu(),
         },
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
@@ -569,6 +604,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},
         num_cpus=READ_CPUS,
+        **cpu_task_options(cfg),
     )
     # Ray merges what one task yields into one block. Pieces of one decode block each need nothing
     # more; a source read whole (compressed, a CutSet, a Kaldi dir) is re-cut so that decoding runs
