@@ -98,6 +98,7 @@ class Placement:
     num_cpus: float
     num_gpus: float
     torch_threads: int
+    initial_actors: int | None = None  # actors asked for at the start (default: min_actors)
 
 
 def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
@@ -115,9 +116,10 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
-        # that waits for a GPU is the demand an autoscaler adds a GPU node for. Unless num_actors pins
-        # it, Ray Data grows the pool further with the GPUs that join later.
-        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads)
+        # that waits for a GPU is the demand an autoscaler adds a GPU node for. It may shrink to one
+        # actor when the queue runs dry, so that idle GPU nodes can go back; unless num_actors pins it,
+        # Ray Data may also grow it with GPUs that join later.
+        return Placement("cuda", 1, m.num_actors, cpus_each, m.gpus_per_actor, threads, initial_actors=n)
     # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
     # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
     # cores the light stages leave idle.
@@ -128,7 +130,9 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
     return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)
 
 
-def place_model(cfg: JobConfig, say: Callable[[str], None]) -> tuple[Placement, dict[str, Any]]:
+def place_model(
+    cfg: JobConfig, say: Callable[[str], None], local: bool = False
+) -> tuple[Placement, dict[str, Any]]:
     """The model pool's placement on the cluster as it is, or as it becomes: a GPU pool on a cluster
     with no GPU yet (`model.device: cuda`, or `auto` on a cluster whose autoscaler offers GPU nodes)
     waits up to `ray.gpu_wait_s` for one actor's GPU share to join, asking the autoscaler for it.
@@ -142,10 +146,11 @@ def place_model(cfg: JobConfig, say: Callable[[str], None]) -> tuple[Placement, 
         return plan_placement(cfg, resources), facts
     offered = gpu_node_types()
     if m.device == "auto" and not offered:
-        say(
-            "model.device auto: the Ray cluster has no GPU and offers no GPU node type; the model runs on CPU "
-            "actors (set model.device: cuda to wait for GPUs the cluster adds another way)"
-        )
+        if not local:  # on a cluster, a model on CPU actors may be a surprise: say so
+            say(
+                "model.device auto: the Ray cluster has no GPU and offers no GPU node type; the model runs on "
+                "CPU actors (set model.device: cuda to wait for GPUs the cluster adds another way)"
+            )
         return plan_placement(cfg, resources), facts
     t0 = time.monotonic()
     resources = wait_for_gpus(cfg, offered, say)
@@ -305,21 +310,23 @@ class ActorWatch:
 
 def lost_nodes(seen: set[str]) -> list[str]:
     """Of the nodes seen alive, those that died by accident (raylet killed, node preempted or lost),
-    not removed by the autoscaler as idle or drained."""
+    as Ray's state API tells: not those the autoscaler took back or that were drained."""
     import ray
+    from ray.util.state import list_nodes
 
     try:
-        nodes = ray.nodes()
-    except Exception:  # noqa: BLE001
+        dead = list_nodes(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("state", "=", "DEAD")],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+    except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
         return []
     out = []
-    for n in nodes:
-        if n.get("Alive") or n["NodeID"] not in seen:
-            continue
-        reason = str(n.get("DeathReason", "")) + " " + str(n.get("DeathReasonMessage", ""))
-        if "EXPECTED_TERMINATION" in reason and "UNEXPECTED" not in reason:
-            continue
-        if "idle" in reason.lower() or "drain" in reason.lower():
-            continue
-        out.append(n["NodeID"])
+    for n in dead:
+        why = (n.state_message or "").lower()
+        if n.node_id in seen and ("unexpected" in why or "expected termination" not in why):
+            out.append(n.node_id)
     return sorted(out)

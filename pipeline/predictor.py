@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -169,9 +170,12 @@ class EmotionPredictor:
         simulated = simulate_gpu and self.device.startswith("cuda") and not torch.cuda.is_available()
         if simulated:
             self.device = "cpu"
-            log.warning(
-                "%s=1: this model actor holds a Ray GPU but sees no CUDA device; the model runs on its CPU",
-                SIMULATE_GPU_ENV,
+            # one line per actor on the driver's console (a logger's record would pass several handlers)
+            print(
+                f"{SIMULATE_GPU_ENV}=1: this model actor holds a Ray GPU but sees no CUDA device; "
+                f"the model runs on its CPU",
+                file=sys.stderr,
+                flush=True,
             )
         self.dtype = _simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
         self.bundle: ModelBundle = load_model(

@@ -184,7 +184,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     try:
         plan = _count(cfg, storage, sources)
         placement, elastic = place_model(
-            cfg, lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)
+            cfg, lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True), local=started_local
         )
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint)
@@ -573,7 +573,10 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
         compute=ray.data.ActorPoolStrategy(
-            min_size=placement.min_actors, max_size=placement.max_actors, max_tasks_in_flight_per_actor=1
+            min_size=placement.min_actors,
+            max_size=placement.max_actors,
+            initial_size=placement.initial_actors,
+            max_tasks_in_flight_per_actor=1,
         ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
