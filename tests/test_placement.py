@@ -113,3 +113,82 @@ def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_d
     assert r.returncode == 2 and time.time() - t0 < 60
     assert len(err) == 1 and "cannot reach the Ray cluster at 127.0.0.9:6999" in err[0], err
     assert not (tmp_path / "out").exists()  # nothing left behind
+
+
+def _run_job(tmp_path, model_dir, extra: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {tmp_path / 'm.jsonl'}\noutput:\n  path: {tmp_path / 'out'}\n"
+        f"model:\n  source: {model_dir}\n{extra}"
+    )
+    extract = Path(__file__).resolve().parent.parent / "jobs" / "extract.py"
+    return subprocess.run(
+        [sys.executable, str(extract), "--config", str(cfg)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cuda_on_a_cluster_that_gets_no_gpu_waits_then_ends_in_one_line(tiny_model_dir, tmp_path):
+    """An embedded Ray has no GPU and no autoscaler: the job says what it waits for, and after
+    ray.gpu_wait_s exits 2 with one error line naming the missing resource."""
+    extra = "  device: cuda\nray:\n  num_cpus: 1\n  gpu_wait_s: 3\n  progress_interval_s: 1\n"
+    r = _run_job(tmp_path, tiny_model_dir, extra)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "waiting for a GPU node: model actors need GPU 1 each" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "no GPU joined the Ray cluster within ray.gpu_wait_s 3 s" in last, last
+    assert "missing resource: GPU 1 per model actor" in last, last
+
+
+WATCH = """
+import json, os, sys, time
+import ray
+from pipeline.cluster import ActorWatch, init_ray
+from pipeline.config import parse_config
+
+cfg = parse_config({"input": {"manifest": "m"}, "output": {"path": "o"}, "ray": {"num_cpus": 2}})
+init_ray(cfg)
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class WatchedEmotionPredictor:
+    def pid(self):
+        return os.getpid()
+
+victim, let_go = WatchedEmotionPredictor.remote(), WatchedEmotionPredictor.remote()
+pid = ray.get(victim.pid.remote())
+ray.get(let_go.pid.remote())
+with ActorWatch("EmotionPredictor", interval_s=0.5) as watch:
+    ray.kill(let_go)  # the pool letting an actor go: not a loss
+    time.sleep(3)
+    quiet = watch.lost
+    os.kill(pid, 9)
+    deadline = time.time() + 60
+    while watch.lost is None and time.time() < deadline:
+        time.sleep(0.5)
+print(json.dumps({"pid": pid, "quiet": quiet, "lost": watch.lost, "unwatched": watch.unwatched}))
+"""
+
+
+def test_the_actor_watch_sees_a_model_actor_die_and_ignores_one_let_go(tmp_path):
+    """The watch behind the idle-actor restart (cluster.ActorWatch) on the job's embedded Ray: it must
+    notice an actor of the watched class whose process was killed, and not one ray.kill()ed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run(
+        [sys.executable, "-c", WATCH], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["unwatched"] is None, got
+    assert got["quiet"] is None, got
+    assert got["lost"] and f"pid {got['pid']}" in got["lost"] and "WORKER_DIED" in got["lost"], got
