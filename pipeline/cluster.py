@@ -216,6 +216,9 @@ class ActorLost(RuntimeError):
     """A model actor's process died while the actor held no task (see ActorWatch)."""
 
 
+UNWATCHED_AFTER = 5  # failed polls in a row before the watch says it cannot see the actors
+
+
 class ActorWatch:
     """Ray Data expects its pool actors to restart; the job runs them without restarts (see
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
@@ -235,6 +238,7 @@ class ActorWatch:
         self.job = ray.get_runtime_context().get_job_id()
         self.lost: str | None = None
         self.unwatched: str | None = None  # why the state API could not be asked (said once)
+        self._failures = 0
         self.nodes_seen: set[str] = set()
         self._seen = self._poll()
         self._stop = threading.Event()
@@ -270,9 +274,13 @@ class ActorWatch:
     def _poll(self) -> dict[str, str] | None:
         self._note_nodes()
         try:
-            return self.dead_actors()
+            dead = self.dead_actors()
+            self._failures = 0
+            return dead
         except Exception as e:  # noqa: BLE001 - the watch is a safety net: never the reason a run fails
-            if self.unwatched is None:
+            self._failures += 1
+            # a dashboard that is still starting misses a poll or two: say so only when it stays away
+            if self.unwatched is None and self._failures >= UNWATCHED_AFTER:
                 self.unwatched = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if self.say:
                     self.say(

@@ -24,7 +24,13 @@ from .test_multinode import assert_exactly_once, repeated_manifest, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
-GPU_NODE = {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2}
+# labelled as infra/kuberay labels its GPU pods, so that decode and write stay off them
+GPU_NODE = {
+    "resources": {"CPU": 1, "GPU": 1},
+    "labels": {"emotion2vec/role": "model"},
+    "min_workers": 0,
+    "max_workers": 2,
+}
 SIMULATED = "cpu (simulated gpu) bfloat16"  # this CPU runs bfloat16 natively (tests/conftest.py)
 pytestmark = pytest.mark.slow
 
@@ -59,7 +65,7 @@ def submit(c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str 
         f"output:\n  path: {out}\n  rows_per_file: 4\n"
         f"ray:\n  progress_interval_s: 2\n  gpu_wait_s: 240\n"
         # decode and write stay on the head: the GPU nodes' one CPU is their model actor's
-        f"  cpu_task_label_selector:\n    ray.io/node-group: '!in(gpu_node)'\n{extra}"
+        f"  cpu_task_label_selector:\n    emotion2vec/role: '!model'\n{extra}"
     )
     log = tmp_path / "job.log"
     runtime_env = json.dumps({"env_vars": {"EMOTION2VEC_SIMULATE_GPU": "1"}})

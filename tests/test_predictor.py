@@ -116,3 +116,21 @@ def test_sticky_device_errors_are_told_from_recoverable_ones():
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     )
     assert not is_sticky_device_error(ValueError("input too short"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU on a machine without one")
+def test_a_simulated_gpu_runs_the_model_on_the_cpu_and_says_so(tiny_model_dir, capsys):
+    """EMOTION2VEC_SIMULATE_GPU: an actor placed as on a GPU, with no CUDA device, runs on its CPU in
+    the GPU's dtype where this CPU has it (else float32) and labels what it ran; without the flag the
+    GPU placement fails as before."""
+    sim = EmotionPredictor(source=str(tiny_model_dir), device="cuda", simulate_gpu=True)
+    dtype = "bfloat16" if cpu_has_native(torch.bfloat16) else "float32"
+    assert (sim.device, sim.runtime) == ("cpu", f"cpu (simulated gpu) {dtype}")
+    err = capsys.readouterr().err
+    assert err.count("EMOTION2VEC_SIMULATE_GPU=1: this model actor holds a Ray GPU") == 1, err
+    clip = random_clips([16_000], seed=21)[0]
+    got = sim.predict([clip])[0]
+    ref = EmotionPredictor(source=str(tiny_model_dir), device="cpu", dtype=dtype).predict([clip])[0]
+    np.testing.assert_array_equal(got.embedding, ref.embedding)  # the same CPU computation
+    with pytest.raises((RuntimeError, AssertionError, AttributeError)):
+        EmotionPredictor(source=str(tiny_model_dir), device="cuda")  # no CUDA, no flag: not hidden
