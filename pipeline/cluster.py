@@ -216,6 +216,8 @@ class ActorLost(RuntimeError):
     """A model actor's process died while the actor held no task (see ActorWatch)."""
 
 
+# how an actor the pool let go dies: ray.kill(), or its last handle dropped (a pool scaling down)
+LET_GO = ("RAY_KILL", "OUT_OF_SCOPE", "REF_DELETED")
 UNWATCHED_AFTER = 5  # failed polls in a row before the watch says it cannot see the actors
 
 
@@ -224,7 +226,7 @@ class ActorWatch:
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
     running, never replaced and never reported: the run would wait forever. This watch polls Ray's
     state API (`ray.util.state`) for actors of `class_fragment` of this job that died by accident
-    (not let go by the pool: `ray.kill`, out of scope) since it started, and stops the dataset's
+    (not let go by the pool: `ray.kill`, its handle dropped) since it started, and stops the dataset's
     executor so that run() restarts the pipeline. It also notes the nodes that were alive while it
     watched and died without being drained (a preempted GPU node), for `_run.json`."""
 
@@ -266,8 +268,8 @@ class ActorWatch:
                 continue
             ctx = (a.death_cause or {}).get("actor_died_error_context") or {}
             reason = ctx.get("reason", "UNKNOWN")
-            if reason in ("RAY_KILL", "OUT_OF_SCOPE"):
-                continue  # the pool let it go
+            if reason in LET_GO:
+                continue  # the pool let it go (scaling down, the end of an execution)
             out[a.actor_id] = f"pid {a.pid}: {reason}"
         return out
 
