@@ -98,7 +98,6 @@ class Placement:
     num_cpus: float
     num_gpus: float
     torch_threads: int
-    initial_actors: int | None = None  # actors asked for at the start (default: min_actors)
 
 
 def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
@@ -116,10 +115,11 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
-        # that waits for a GPU is the demand an autoscaler adds a GPU node for. It may shrink to one
-        # actor when the queue runs dry, so that idle GPU nodes can go back; unless num_actors pins it,
-        # Ray Data may also grow it with GPUs that join later.
-        return Placement("cuda", 1, m.num_actors, cpus_each, m.gpus_per_actor, threads, initial_actors=n)
+        # that waits for a GPU is the demand an autoscaler adds a GPU node for. Its minimum is that
+        # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the
+        # cluster has now, which would drop exactly the actors waiting for new nodes. Idle actors go
+        # once every input is handed out, and the whole pool at the end of the run.
+        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads)
     # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
     # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
     # cores the light stages leave idle.

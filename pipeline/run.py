@@ -573,10 +573,7 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
         compute=ray.data.ActorPoolStrategy(
-            min_size=placement.min_actors,
-            max_size=placement.max_actors,
-            initial_size=placement.initial_actors,
-            max_tasks_in_flight_per_actor=1,
+            min_size=placement.min_actors, max_size=placement.max_actors, max_tasks_in_flight_per_actor=1
         ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,

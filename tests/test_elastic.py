@@ -32,7 +32,8 @@ GPU_NODE = {
     "max_workers": 2,
 }
 SIMULATED = "cpu (simulated gpu) bfloat16"  # this CPU runs bfloat16 natively (tests/conftest.py)
-pytestmark = pytest.mark.slow
+# a few minutes each on an idle 2-core machine; allow for one shared with other work
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture

@@ -13,15 +13,16 @@ def cfg(**model):
 
 def test_gpu_cluster_gets_one_actor_per_gpu_or_more_with_fractions():
     p = plan_placement(cfg(), {"CPU": 32.0, "GPU": 4.0})
-    assert (p.device, p.initial_actors, p.num_gpus) == ("cuda", 4, 1.0)
+    assert (p.device, p.min_actors, p.num_gpus) == ("cuda", 4, 1.0)
     p = plan_placement(cfg(gpus_per_actor=0.5), {"CPU": 32.0, "GPU": 4.0})
-    assert (p.initial_actors, p.num_gpus) == (8, 0.5)
+    assert (p.min_actors, p.num_gpus) == (8, 0.5)
 
 
-def test_gpu_pool_asks_for_num_actors_gpus_and_may_shrink_to_one():
-    # fewer GPUs than actors (an autoscaler is adding them): every actor is asked for at the start
+def test_gpu_pool_asks_for_num_actors_gpus_and_keeps_asking():
+    # fewer GPUs than actors (an autoscaler is adding them): every actor is asked for at the start,
+    # and the pool's minimum keeps Ray Data from dropping the ones that wait for a GPU
     p = plan_placement(cfg(num_actors=3), {"CPU": 8.0, "GPU": 1.0})
-    assert (p.initial_actors, p.min_actors, p.max_actors) == (3, 1, 3)
+    assert (p.min_actors, p.max_actors) == (3, 3)
 
 
 def test_gpu_pool_follows_gpus_added_later_unless_pinned():
