@@ -159,6 +159,18 @@ class RayConfig(_Section):
         ge=0,
         description="times the pipeline is restarted on what is left after a worker, actor or node dies",
     )
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a GPU model pool waits for the cluster's first GPU (an autoscaler adding a GPU "
+        "node) before the job ends with exit 2",
+    )
+    cpu_task_label_selector: dict[str, str] | None = Field(
+        None,
+        description="Ray label selector for the read, decode and write tasks, e.g. "
+        "{ray.io/node-group: '!in(gpu-group)'}: keeps them off the GPU nodes so that those keep their CPUs "
+        "for the model actors",
+    )
 
 
 class JobConfig(_Section):
