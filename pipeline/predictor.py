@@ -318,7 +318,8 @@ class EmotionPredictor:
         attempt's actor died (suspects) run one at a time in a separate process instead."""
         suspect = [i for i, row_id in enumerate(ids) if row_id in self._suspects and clips[i] is not None]
         results: list = [None] * len(ids)
-        rest = [i for i in range(len(ids)) if i not in set(suspect)]
+        alone = set(suspect)
+        rest = [i for i in range(len(ids)) if i not in alone]
         if rest:
             self._in_flight.record([ids[i] for i in rest])
             for i in rest:
