@@ -1,0 +1,230 @@
+"""Conversations through jobs/extract.py: one row per diariser turn, each equal to the model run on that
+turn cut out by sox; the per-speaker timeline and summary of that output checked against the known turns.
+
+The recordings (pipeline.testing.conversations) lay espeak-ng sentences of two voices at known times:
+one overlap, a 44.1 kHz stereo recording, and a 20 ms turn shorter than the model's minimum.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from pipeline.model import load_bundle
+from pipeline.rttm import turn_id
+from pipeline.testing.conversations import make_conversations, overlap_s
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "jobs"))
+import extract  # noqa: E402
+import visualize  # noqa: E402
+
+core = pytest.importorskip("pyannote.core")
+MIN_TURN_S = 0.025  # the model's receptive field, 400 samples at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def convs(tmp_path_factory):
+    """The recordings, and their RTTM written by pyannote itself (one file per recording)."""
+    d = tmp_path_factory.mktemp("conversations")
+    convs = make_conversations(d)
+    for conv in convs:
+        ann = core.Annotation(uri=conv.id)
+        for k, t in enumerate(conv.turns):
+            ann[core.Segment(t.start_s, t.end_s), k] = t.speaker
+        out = io.StringIO()
+        ann.write_rttm(out)
+        (d / "rttm" / f"{conv.id}.rttm").write_text(out.getvalue())
+    return d, convs
+
+
+def run_job(
+    tmp_path: Path, manifest: Path | str, model_dir, extra: str = "", name: str = "out"
+) -> tuple[dict, Path]:
+    out = tmp_path / name
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {manifest}\n{extra}"
+        f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n"
+        f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
+    )
+    assert extract.main(["--config", str(cfg)]) == 0
+    return {r["id"]: r for r in pads.dataset(str(out), format="parquet").to_table().to_pylist()}, out
+
+
+def sox_cut(src: Path, start: float, end: float, dst: Path) -> Path:
+    subprocess.run(["sox", str(src), str(dst), "trim", f"{start:.3f}", f"={end:.3f}"], check=True)
+    return dst
+
+
+def reference(path: Path) -> np.ndarray:
+    """soundfile -> channel mean -> torchaudio resample, by hand."""
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    t = torch.from_numpy(x.mean(axis=1))
+    return (t if sr == 16000 else torchaudio.functional.resample(t, sr, 16000)).numpy()
+
+
+def model_on(bundle, clip: np.ndarray):
+    with torch.no_grad():
+        return bundle.model(torch.from_numpy(np.ascontiguousarray(clip, np.float32))[None])
+
+
+def check_turns(rows: dict, convs, bundle, tmp_path: Path, ids=turn_id, overlaps: bool = True) -> None:
+    """Every known turn is one row: its span, speaker and overlap, and the model's numbers on the turn
+    cut out by sox (too short: an error row that says so)."""
+    known = {ids(t.recording, t.speaker, t.start_s): (conv, t) for conv in convs for t in conv.turns}
+    assert set(rows) == set(known)
+    for rid, (conv, t) in known.items():
+        r = rows[rid]
+        assert (r["recording_id"], r["speaker"]) == (t.recording, t.speaker)
+        assert r["start_s"] == pytest.approx(t.start_s, abs=1e-9)
+        if overlaps:
+            assert r["overlap_s"] == pytest.approx(overlap_s(t, conv.turns), abs=1e-6)
+        if t.end_s - t.start_s < MIN_TURN_S:
+            assert r["error"] is not None and "too short" in r["error"] and r["embedding"] is None
+            continue
+        assert r["error"] is None, r["error"]
+        assert r["end_s"] == pytest.approx(t.end_s, abs=1e-9)
+        assert (r["sample_rate"], r["channels"]) == (conv.sample_rate, conv.channels)
+        cut = reference(sox_cut(conv.path, t.start_s, t.end_s, tmp_path / f"{rid}{conv.path.suffix}"))
+        ref = model_on(bundle, cut)
+        # 44.1 kHz: the job resamples the whole recording, then cuts; the cut resampled alone differs
+        # in its first and last milliseconds (the resampler's filter sees no context there)
+        atol = 1e-4 if conv.sample_rate == 16000 else 3e-3
+        np.testing.assert_allclose(np.array(r["embedding"]), ref.embedding[0].numpy(), atol=atol)
+        np.testing.assert_allclose(np.array(r["scores"]), ref.scores[0].numpy(), atol=atol)
+        assert r["label"] == bundle.labels[int(ref.scores[0].argmax())]
+        assert r["num_frames"] == ref.frames.shape[1]
+        if conv.sample_rate != 16000:  # exact against the whole recording decoded by hand, then cut
+            whole = reference(conv.path)[round(t.start_s * 16000) : round(t.end_s * 16000)]
+            np.testing.assert_allclose(
+                np.array(r["embedding"]), model_on(bundle, whole).embedding[0], atol=1e-4
+            )
+
+
+# -- a Kaldi data dir of the same turns (segments + utt2spk) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kaldi_output(ray_session, tiny_model_dir, convs, tmp_path_factory):
+    d, cs = convs
+    tmp = tmp_path_factory.mktemp("kaldi")
+    data = tmp / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("".join(f"{c.id} {c.path}\n" for c in cs))
+    turns = [t for c in cs for t in c.turns]
+    (data / "segments").write_text(
+        "".join(
+            f"{turn_id(t.recording, t.speaker, t.start_s)} {t.recording} {t.start_s:.3f} {t.end_s:.3f}\n"
+            for t in turns
+        )
+    )
+    (data / "utt2spk").write_text(
+        "".join(f"{turn_id(t.recording, t.speaker, t.start_s)} {t.speaker}\n" for t in turns)
+    )
+    rows, out = run_job(tmp, data, tiny_model_dir)
+    return rows, out
+
+
+def test_kaldi_turns_equal_the_model_on_sox_cuts(kaldi_output, convs, tiny_model_dir, tmp_path):
+    rows, _ = kaldi_output
+    check_turns(rows, convs[1], load_bundle(tiny_model_dir), tmp_path, overlaps=False)
+
+
+# -- per-speaker views of a real output ---------------------------------------------------------------
+
+
+def band_mask(png: Path) -> np.ndarray:
+    """[H, W] bool: pixels of any class colour of the timeline."""
+    import matplotlib.image
+
+    from pipeline.downstream.timeline import COLORS
+
+    img = matplotlib.image.imread(str(png))[:, :, :3]
+    mask = np.zeros(img.shape[:2], bool)
+    for hex_colour in COLORS.values():
+        rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        mask |= np.abs(img - rgb).max(axis=2) < 0.02
+    return mask
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of the runs of True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
+def test_timeline_has_a_lane_per_speaker_with_its_turns(kaldi_output, convs, tmp_path):
+    _, out = kaldi_output
+    conv = convs[1][0]  # call-0001: SPEAKER_00, SPEAKER_01, SPEAKER_00, SPEAKER_01 (overlapping the third)
+    assert visualize.main(["--features", str(out), "--timeline", conv.id, "--output", str(tmp_path)]) == 0
+    mask = band_mask(tmp_path / f"timeline-{conv.id}.png")
+    # bands fill their lane's plot from 0 to 1 (stacked scores); the legend's patches are short
+    band_cols = mask.sum(axis=0) >= 100
+    lanes = [r for r in runs(mask[:, band_cols].any(axis=1)) if r[1] - r[0] >= 50]
+    assert len(lanes) == 2, lanes
+    t_end = max(t.end_s for t in conv.turns)
+    for (top, bottom), speaker in zip(lanes, ["SPEAKER_00", "SPEAKER_01"], strict=True):
+        cols = mask[top:bottom].sum(axis=0) >= 0.5 * (bottom - top)
+        got = runs(cols)
+        want = [(t.start_s, t.end_s) for t in conv.turns if t.speaker == speaker]
+        assert len(got) == len(want), (speaker, got, want)
+        # the axis runs from 0 to the last end: pixel positions are proportional to seconds
+        x0 = got[0][0] - (got[0][1] - got[0][0]) * want[0][0] / (want[0][1] - want[0][0])
+        scale = (got[0][1] - got[0][0]) / (want[0][1] - want[0][0])
+        for (a, b), (s, e) in zip(got, want, strict=True):
+            assert abs(a - (x0 + s * scale)) <= 3 and abs(b - (x0 + e * scale)) <= 3
+        assert abs(x0 + t_end * scale - max(b for _, b in got)) <= 3 or speaker == "SPEAKER_00"
+
+
+def test_summary_per_recording_and_speaker_from_the_known_turns(
+    kaldi_output, convs, tiny_model_dir, tmp_path
+):
+    rows, out = kaldi_output
+    assert visualize.main(["--features", str(out), "--summary", "--output", str(tmp_path)]) == 0
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    speakers = pq.read_table(tmp_path / "speakers.parquet").to_pylist()
+    assert pacsv.read_csv(tmp_path / "speakers.csv").num_rows == len(speakers)
+    bundle = load_bundle(tiny_model_dir)
+    labels = bundle.labels
+    # expected, from the known turns and each turn's label as the model gives it on the sox cut
+    want: dict[tuple[str, str], dict] = {}
+    for conv in convs[1]:
+        for t in sorted(conv.turns, key=lambda t: t.start_s):
+            if t.end_s - t.start_s < MIN_TURN_S:
+                continue
+            cut = reference(sox_cut(conv.path, t.start_s, t.end_s, tmp_path / f"c{conv.path.suffix}"))
+            scores = model_on(bundle, cut).scores[0].numpy()
+            w = want.setdefault(
+                (t.recording, t.speaker), {"turns": 0, "seconds": 0.0, "labels": [], "sec": {}, "sum": 0}
+            )
+            w["turns"] += 1
+            w["seconds"] += t.end_s - t.start_s
+            label = labels[int(scores.argmax())]
+            w["sec"][label] = w["sec"].get(label, 0.0) + t.end_s - t.start_s
+            w["sum"] = w["sum"] + scores * (t.end_s - t.start_s)
+            w["labels"].append(label)
+    assert {(s["recording_id"], s["speaker"]) for s in speakers} == set(want)
+    for s in speakers:
+        w = want[(s["recording_id"], s["speaker"])]
+        assert s["turns"] == w["turns"] and s["seconds"] == pytest.approx(w["seconds"], abs=1e-6)
+        assert s["changes"] == sum(a != b for a, b in zip(w["labels"], w["labels"][1:], strict=False))
+        for k, name in enumerate(labels):
+            assert s[f"share_{name}"] == pytest.approx(w["sec"].get(name, 0.0) / w["seconds"], abs=1e-6)
+            assert s[f"score_{name}"] == pytest.approx(w["sum"][k] / w["seconds"], abs=3e-3)
+    changes = pq.read_table(tmp_path / "changes.parquet").to_pylist()
+    assert len(changes) == sum(s["changes"] for s in speakers)
+    for c in changes:
+        assert rows[c["id"]]["label"] == c["label"] != c["previous_label"]
