@@ -187,44 +187,139 @@ def test_timeline_has_a_lane_per_speaker_with_its_turns(kaldi_output, convs, tmp
         assert abs(x0 + t_end * scale - max(b for _, b in got)) <= 3 or speaker == "SPEAKER_00"
 
 
-def test_summary_per_recording_and_speaker_from_the_known_turns(
-    kaldi_output, convs, tiny_model_dir, tmp_path
-):
-    rows, out = kaldi_output
-    assert visualize.main(["--features", str(out), "--summary", "--output", str(tmp_path)]) == 0
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    speakers = pq.read_table(tmp_path / "speakers.parquet").to_pylist()
-    assert pacsv.read_csv(tmp_path / "speakers.csv").num_rows == len(speakers)
+@pytest.fixture(scope="module")
+def expected(convs, tiny_model_dir, tmp_path_factory):
+    """Per (recording, speaker), from the known turns and the model's scores on each turn's sox cut:
+    turns, seconds, seconds per label, score sums weighted by seconds, labels in time order, turn ids."""
     bundle = load_bundle(tiny_model_dir)
-    labels = bundle.labels
-    # expected, from the known turns and each turn's label as the model gives it on the sox cut
+    tmp = tmp_path_factory.mktemp("expected")
     want: dict[tuple[str, str], dict] = {}
     for conv in convs[1]:
         for t in sorted(conv.turns, key=lambda t: t.start_s):
             if t.end_s - t.start_s < MIN_TURN_S:
                 continue
-            cut = reference(sox_cut(conv.path, t.start_s, t.end_s, tmp_path / f"c{conv.path.suffix}"))
-            scores = model_on(bundle, cut).scores[0].numpy()
+            cut = reference(sox_cut(conv.path, t.start_s, t.end_s, tmp / f"c{conv.path.suffix}"))
+            scores = model_on(bundle, cut).scores[0].numpy().astype(np.float64)
+            label, seconds = bundle.labels[int(scores.argmax())], t.end_s - t.start_s
             w = want.setdefault(
-                (t.recording, t.speaker), {"turns": 0, "seconds": 0.0, "labels": [], "sec": {}, "sum": 0}
+                (t.recording, t.speaker),
+                {"turns": 0, "seconds": 0.0, "by_label": {}, "scores": 0.0, "labels": [], "ids": []},
             )
             w["turns"] += 1
-            w["seconds"] += t.end_s - t.start_s
-            label = labels[int(scores.argmax())]
-            w["sec"][label] = w["sec"].get(label, 0.0) + t.end_s - t.start_s
-            w["sum"] = w["sum"] + scores * (t.end_s - t.start_s)
+            w["seconds"] += seconds
+            w["by_label"][label] = w["by_label"].get(label, 0.0) + seconds
+            w["scores"] = w["scores"] + scores * seconds
             w["labels"].append(label)
-    assert {(s["recording_id"], s["speaker"]) for s in speakers} == set(want)
+            w["ids"].append(turn_id(t.recording, t.speaker, t.start_s))
+    return want, bundle.labels
+
+
+def changed_ids(want: dict) -> set[str]:
+    return {
+        w["ids"][k]
+        for w in want.values()
+        for k in range(1, w["turns"])
+        if w["labels"][k] != w["labels"][k - 1]
+    }
+
+
+def test_summary_per_recording_and_speaker_from_the_known_turns(kaldi_output, expected, tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    _, out = kaldi_output
+    want, labels = expected
+    assert visualize.main(["--features", str(out), "--summary", "--output", str(tmp_path)]) == 0
+    speakers = pq.read_table(tmp_path / "speakers.parquet").to_pylist()
+    assert pacsv.read_csv(tmp_path / "speakers.csv").num_rows == len(speakers)
+    assert [(s["recording_id"], s["speaker"]) for s in speakers] == sorted(want)
     for s in speakers:
         w = want[(s["recording_id"], s["speaker"])]
         assert s["turns"] == w["turns"] and s["seconds"] == pytest.approx(w["seconds"], abs=1e-6)
         assert s["changes"] == sum(a != b for a, b in zip(w["labels"], w["labels"][1:], strict=False))
         for k, name in enumerate(labels):
-            assert s[f"share_{name}"] == pytest.approx(w["sec"].get(name, 0.0) / w["seconds"], abs=1e-6)
-            assert s[f"score_{name}"] == pytest.approx(w["sum"][k] / w["seconds"], abs=3e-3)
+            assert s[f"share_{name}"] == pytest.approx(w["by_label"].get(name, 0.0) / w["seconds"], abs=1e-6)
+            assert s[f"score_{name}"] == pytest.approx(w["scores"][k] / w["seconds"], abs=3e-3)
     changes = pq.read_table(tmp_path / "changes.parquet").to_pylist()
-    assert len(changes) == sum(s["changes"] for s in speakers)
-    for c in changes:
-        assert rows[c["id"]]["label"] == c["label"] != c["previous_label"]
+    assert {c["id"] for c in changes} == changed_ids(want)
+    assert all(c["label"] != c["previous_label"] for c in changes)
+
+
+def doc_block(name: str, out: Path) -> tuple[str, str]:
+    from tests.test_queries import BLOCKS
+
+    lang, text = BLOCKS[name]
+    assert "outputs/calls" in text
+    return lang, text.replace("outputs/calls", str(out))
+
+
+def doc_sql(name: str, out: Path) -> list[dict]:
+    import duckdb
+
+    lang, text = doc_block(name, out)
+    assert lang == "sql"
+    rel = duckdb.connect().sql(text)
+    return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()]
+
+
+def test_conversation_recipes_of_docs_queries(kaldi_output, expected):
+    _, out = kaldi_output
+    want, labels = expected
+    got = doc_sql("speaker_turns", out)
+    assert [(r["recording_id"], r["speaker"]) for r in got] == sorted(want)
+    for r in got:
+        w = want[(r["recording_id"], r["speaker"])]
+        assert r["turns"] == w["turns"] and r["seconds"] == pytest.approx(w["seconds"], abs=1e-6)
+        for name in ("angry", "happy", "neutral", "sad"):
+            assert r[name] == pytest.approx(w["scores"][labels.index(name)] / w["seconds"], abs=3e-3)
+    shares = {
+        (*k, label, what): v
+        for k, w in want.items()
+        for label, sec in w["by_label"].items()
+        for what, v in (("seconds", sec), ("share", sec / w["seconds"]))
+    }
+
+    def flat(rows: list[dict]) -> dict:
+        keys = ("recording_id", "speaker", "label")
+        return {(*(r[k] for k in keys), what): r[what] for r in rows for what in ("seconds", "share")}
+
+    assert flat(doc_sql("speaker_time_share", out)) == pytest.approx(shares)
+    assert {r["id"] for r in doc_sql("emotion_changes", out)} == changed_ids(want)
+    lang, code = doc_block("polars_speaker_share", out)
+    ns: dict = {}
+    exec(compile(code, "queries.md:polars_speaker_share", "exec"), ns)
+    assert lang == "python" and flat(ns["share"].to_dicts()) == pytest.approx(shares)
+
+
+def test_changes_follow_each_speakers_turns_in_time_order(tmp_path):
+    """Labels that do change (the tiny random model gives every turn the same one): a change is against
+    the same speaker's previous turn in the same recording, whoever spoke in between."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.downstream.summary import summarize
+    from pipeline.downstream.timeline import LABELS
+
+    turns = [("r1", "A", 0.0, "happy"), ("r1", "B", 1.0, "neutral"), ("r1", "A", 2.0, "sad"),
+             ("r1", "B", 3.0, "neutral"), ("r1", "A", 5.0, "sad"), ("r1", "A", 9.0, "angry"),
+             ("r2", "A", 0.0, "sad")]  # fmt: skip
+    rows = [
+        {"id": f"{r}_{s}_{t}", "recording_id": r, "speaker": s, "start_s": t, "end_s": t + 0.5,
+         "duration_s": 0.5, "label": label, "scores": [1.0 / 9] * 9, "error": None}
+        for r, s, t, label in turns
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pa.Table.from_pylist(rows[::-1])
+    at = table.schema.get_field_index("scores")
+    table = table.set_column(at, "scores", table["scores"].cast(pa.list_(pa.float32(), len(LABELS))))
+    pq.write_table(table, out / "part-0.parquet")
+    speakers, changes = summarize(str(out))
+    assert changes["id"].to_pylist() == ["r1_A_2.0", "r1_A_9.0"]
+    assert changes["previous_label"].to_pylist() == ["happy", "sad"]
+    assert {(s["recording_id"], s["speaker"]): s["changes"] for s in speakers.to_pylist()} == {
+        ("r1", "A"): 2,
+        ("r1", "B"): 0,
+        ("r2", "A"): 0,
+    }
+    assert [r["id"] for r in doc_sql("emotion_changes", out)] == ["r1_A_2.0", "r1_A_9.0"]
