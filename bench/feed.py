@@ -380,7 +380,7 @@ def mode_profile(a, files) -> dict:
     import pyarrow as pa
 
     from pipeline.config import InputConfig, StorageConfig
-    from pipeline.manifest import count_rows, discover, read_units, whole
+    from pipeline.manifest import Piece, count_rows, discover, read_units
     from pipeline.predictor import EmotionPredictor
     from pipeline.prepare import prepare_block
     from pipeline.schema import output_schema, passthrough_schema
@@ -406,8 +406,8 @@ def mode_profile(a, files) -> dict:
         return r
 
     count = count_rows(source, icfg, storage)
-    piece = whole(count.rows, icfg.rows_per_unit)
-    blocks = timed("read", read_units, source, icfg, storage, piece=piece, skip={}, block_rows=256)
+    piece = Piece(0, 0, -(-count.rows // icfg.rows_per_unit), 0, count.rows)  # the whole source
+    blocks = timed("read", read_units, source, icfg, storage, piece=piece, skip=None, block_rows=256)
     schema = None
     rows = 0
     for block in blocks:

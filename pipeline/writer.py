@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .manifest.resume import Committed, Resume
 from .schema import (
     DECODE_TIME,
     MODEL_NODE,
@@ -234,7 +235,7 @@ class Output:
         self.recovered = 0  # units whose interrupted commit this run finished or discarded
         self.corrupt: list[str] = []  # committed files found damaged, moved to _corrupt/
         self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
-        self._redo: dict[str, set[str] | int] = {}
+        self._resume = Resume()
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class Output:
         for f in sorted(set(listed) - owned):
             self.storage.move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
             self.orphans.append(f)
-        self._redo = {u: set(m.error_ids) if m.error else m.sources for u, m in self.markers.items()}
+        self._resume = self._record()
 
     def _listing(self) -> dict[str, int]:
         """Result files at the top of the output -> their sizes, from one listing."""
@@ -296,12 +297,14 @@ class Output:
     def reopen(self) -> None:
         """After a failed attempt: discard what it staged and never committed; keep the commits."""
         self._recover()
-        self._redo = {u: set(m.error_ids) if m.error else m.sources for u, m in self.markers.items()}
+        self._resume = self._record()
 
-    def skip(self) -> dict[str, set[str] | int]:
-        """unit -> committed row count (skip the unit if the manifest still has that many rows), or
-        -> its error ids (redo only those)."""
-        return self._redo
+    def skip(self) -> Resume:
+        """What is done, for the planner: the resume record of the committed units."""
+        return self._resume
+
+    def _record(self) -> Resume:
+        return Resume({u: Committed(m.sources, frozenset(m.error_ids)) for u, m in self.markers.items()})
 
     @property
     def committed_ok(self) -> int:
@@ -375,11 +378,11 @@ class Output:
         (whose error rows this run redid, or whose manifest rows changed) is replaced."""
         staged = [staged_uri(self.path, unit, name) for name in sorted(seen.files)]
         old = self.markers.get(unit)
-        redo = self._redo.get(unit)
+        redo = self._resume.redo(unit)
         kept: list[str] = []
         ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
         sources = int(seen.counts["sources"])
-        if old is not None and isinstance(redo, set):
+        if old is not None and redo is not None:
             kept, rewritten = self._without(old, redo, unit)
             staged += rewritten
             self.replaced += len(redo)
@@ -398,7 +401,7 @@ class Output:
         self.markers[unit] = marker
         return marker
 
-    def _without(self, old: Marker, ids: set[str], unit: str) -> tuple[list[str], list[str]]:
+    def _without(self, old: Marker, ids: frozenset[str], unit: str) -> tuple[list[str], list[str]]:
         """Old files of a unit minus the rows being redone -> (names kept as they are, staged rewrites)."""
         kept, rewritten = [], []
         drop = pa.array(sorted(ids), pa.string())

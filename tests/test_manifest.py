@@ -8,13 +8,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import ManifestError, Piece, Plan, count_rows, discover, read_units
+from pipeline.manifest import (
+    Committed,
+    ManifestError,
+    Piece,
+    Plan,
+    Resume,
+    count_rows,
+    discover,
+    read_units,
+    unit_name,
+)
 from pipeline.storage import Storage
+
+
+def done(units):
+    """A resume record: unit -> its committed row count, or (row count, error ids)."""
+    return Resume({u: Committed(*c) if isinstance(c, tuple) else Committed(c) for u, c in units.items()})
 
 
 def read(path, skip=None, limit=None, block_rows=1000, **kw):
     """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
-    cut into pieces as the job does, each piece read on its own."""
+    cut into pieces as the job does, each piece read on its own. `skip`: the resume record."""
     cfg = InputConfig(manifest=str(path), **kw)
     storage = Storage()
     sources = discover(cfg, storage)
@@ -26,7 +41,7 @@ def read(path, skip=None, limit=None, block_rows=1000, **kw):
         p = Piece.from_item(p.item())  # as the read task gets it
         source, raw = sources[p.source], details[p.source].raw_schema
         got = list(
-            read_units(source, cfg, storage, piece=p, skip=skip or {}, block_rows=block_rows, raw_schema=raw)
+            read_units(source, cfg, storage, piece=p, skip=skip, block_rows=block_rows, raw_schema=raw)
         )
         assert p.parts == 1 or len(got) == 1  # a part is one decode block
         tables += got
@@ -188,7 +203,7 @@ def test_units_cut_rows_and_resume_skips_done_units_and_redoes_error_ids(tmp_pat
     assert len(set(units)) == 3 and units.count(units[0]) == 4 and units.count(units[-1]) == 2
     assert t["_unit_rows"].to_pylist() == [4] * 8 + [2] * 2
     first, second, last = sorted(set(units))
-    again = read(tmp_path / "m.jsonl", rows_per_unit=4, skip={first: 4, second: {"u05"}, last: 3})
+    again = read(tmp_path / "m.jsonl", rows_per_unit=4, skip=done({first: 4, second: (4, {"u05"}), last: 3}))
     # done unit skipped; only the error id of the second redone; the last unit changed size: redone
     assert again["id"].to_pylist() == ["u05", "u08", "u09"]
     assert again["_unit_rows"].to_pylist() == [1, 2, 2]
@@ -310,12 +325,12 @@ def test_pieces_leave_out_committed_units_and_respect_the_limit(tmp_path):
     pieces, count = _pieces(tmp_path / "m.jsonl", rows_per_unit=10)
     assert count.rows == 45 and [p.first_unit for p in pieces] == [0, 1, 2, 3, 4]
     key = discover(InputConfig(manifest=str(tmp_path / "m.jsonl")), Storage())[0].key
-    units = [f"{key}-{u:06d}" for u in range(5)]
+    units = [unit_name(key, u) for u in range(5)]
     # units 0 and 1 committed whole, unit 2 with an error row, unit 4 committed with 5 rows (it has 5)
     t = read(
         tmp_path / "m.jsonl",
         rows_per_unit=10,
-        skip={units[0]: 10, units[1]: 10, units[2]: {"u00021"}, units[4]: 5},
+        skip=done({units[0]: 10, units[1]: 10, units[2]: (10, {"u00021"}), units[4]: 5}),
     )
     assert t["id"].to_pylist() == ["u00021"] + [f"u{i:05d}" for i in range(30, 40)]
     # input.limit: 23 rows -> units of 10, 10, 3; the last piece stops at the limit
@@ -331,8 +346,8 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
     (source,) = discover(cfg, storage)
     count = count_rows(source, cfg, storage)
     plan = Plan("m", [source], [25], details=[count])
-    unit1 = f"{source.key}-000001"
-    pieces = plan.pieces(10, {unit1: {"u00013"}}, block_rows=4)
+    unit1 = unit_name(source.key, 1)
+    pieces = plan.pieces(10, done({unit1: (10, {"u00013"})}), block_rows=4)
     # units 0 and 2 fresh: blocks of 4 rows (4+4+2, 4+1); unit 1 redoes an error id: one piece
     assert [(p.first_unit, p.part, p.parts) for p in pieces] == [
         (0, 0, 3),
@@ -342,7 +357,7 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
         (2, 0, 2),
         (2, 1, 2),
     ]
-    t = read(tmp_path / "m.jsonl", rows_per_unit=10, block_rows=4, skip={unit1: {"u00013"}})
+    t = read(tmp_path / "m.jsonl", rows_per_unit=10, block_rows=4, skip=done({unit1: (10, {"u00013"})}))
     assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(10)] + ["u00013"] + [
         f"u{i:05d}" for i in range(20, 25)
     ]

@@ -1,0 +1,160 @@
+"""Normalising a manifest's columns: which holds the id, the audio (a path or the bytes), the span;
+everything else passes through.
+
+The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`; the audio from
+`input.path_column` or the first of `path`, `audio_filepath`, `wav`, `source`, `audio`. A binary
+column or the Hugging Face `Audio` struct<bytes, path> carries the audio itself. A row may name a span
+of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds). Relative paths resolve against
+the source's root. A passthrough column whose name collides with an output column is renamed
+`manifest_<name>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import InputConfig
+from ..schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END
+from ..storage import join
+from .errors import ManifestError
+
+ID_ALIASES = ("id", "key", "utt_id")
+PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source columns hold what, resolved once per source from its schema."""
+
+    id: str
+    audio: str  # a path column, or a column of audio bytes (see `embedded`)
+    embedded: bool  # audio bytes in the manifest: binary, or struct<bytes: binary, path: string>
+    start: str | None = None  # span start (NeMo offset, or start), seconds
+    duration: str | None = None  # span length (NeMo duration, with offset), seconds
+    end: str | None = None  # span end (with start), seconds
+    recording: str | None = None  # a recording id given by the manifest
+
+
+def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
+    """A manifest's schema and the column settings -> its Columns. Raises ManifestError naming `uri`."""
+    names = schema.names
+    id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri)
+    audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri)
+    t = schema.field(audio).type
+    embedded = pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
+    if "offset" in names:
+        return Columns(id_col, audio, embedded, start="offset", duration=_opt(names, "duration"))
+    if "start" in names and "end" in names:
+        return Columns(id_col, audio, embedded, start="start", end="end")
+    return Columns(id_col, audio, embedded)
+
+
+def is_audio_struct(t: pa.DataType) -> bool:
+    """The Hugging Face `Audio` feature as stored in Parquet: struct<bytes: binary, path: string>."""
+    return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+
+
+def _opt(names: list[str], name: str) -> str | None:
+    return name if name in names else None
+
+
+def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], what: str, uri: str) -> str:
+    if explicit:
+        if explicit not in columns:
+            raise ManifestError(
+                f"{uri}: input.{what}_column={explicit!r} is not a column (columns: {columns})"
+            )
+        return explicit
+    for a in aliases:
+        if a in columns:
+            return a
+    raise ManifestError(
+        f"{uri}: no {what} column: expected one of {', '.join(aliases)} or set input.{what}_column "
+        f"(columns: {columns})"
+    )
+
+
+def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
+    """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough."""
+    n = raw.num_rows
+    ids = raw[cols.id].cast(pa.string())
+    if ids.null_count:
+        first = pc.index(pc.is_null(ids), True).as_py()
+        raise ManifestError(f"{n} rows have no {cols.id!r} (the first is row {first + 1})")
+    out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
+    consumed = {cols.id, cols.audio}
+    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
+    if cols.embedded:
+        data, paths = _embedded_audio(raw[cols.audio])
+        out["path"] = paths
+        out[AUDIO_BYTES] = data
+        # the path beside embedded bytes is often just the name the file had where it was packed
+        missing = pa.scalar(
+            f"the manifest's audio column {cols.audio!r} holds no bytes for this row", pa.string()
+        )
+        errors = pc.if_else(pc.is_null(data), pc.coalesce(errors, missing), errors)
+    else:
+        out["path"] = pa.array([resolve_path(p, root) for p in raw[cols.audio].to_pylist()], pa.string())
+    recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
+    out["recording_id"] = recording.cast(pa.string())
+    start, end = _span(raw, cols)
+    out["offset_s"] = start
+    out[SPAN_END] = end
+    consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
+    out[INPUT_ERROR] = errors
+    consumed.add(INPUT_ERROR)
+    for name in raw.column_names:
+        if name not in consumed:
+            out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]
+    return pa.table(out)
+
+
+def _span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
+    n = raw.num_rows
+    if cols.start is None:
+        return pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())
+    start = raw[cols.start].cast(pa.float64())
+    if cols.end is not None:
+        end = raw[cols.end].cast(pa.float64())
+        # Kaldi's convention: an end of -1 means "to the end of the file"
+        end = pc.if_else(pc.less(end, 0), pa.scalar(None, pa.float64()), end)
+    elif cols.duration is not None:
+        end = pc.add(start, raw[cols.duration].cast(pa.float64()))
+    else:
+        end = pa.nulls(n, pa.float64())
+    return start, end
+
+
+def _embedded_audio(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """A binary column, or the HF `Audio` struct<bytes, path> -> (bytes, path shown in the output)."""
+    col = column.combine_chunks()
+    if pa.types.is_struct(col.type):
+        data = col.field("bytes")
+        paths = (
+            col.field("path") if col.type.get_field_index("path") >= 0 else pa.nulls(len(col), pa.string())
+        )
+        valid = col.is_valid()
+        data = pc.if_else(valid, data, pa.scalar(None, data.type))
+        paths = pc.if_else(valid, paths.cast(pa.string()), pa.scalar(None, pa.string()))
+        return data.cast(pa.large_binary()), paths
+    return col.cast(pa.large_binary()), pa.nulls(len(col), pa.string())
+
+
+def resolve_path(path: str | None, root: str) -> str | None:
+    if path is None or not str(path).strip():
+        return None
+    return join(root, str(path).strip())
+
+
+def check_unique(ids: pa.ChunkedArray, uri: str) -> None:
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        ex, n = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
+        raise ManifestError(
+            f"{uri}: duplicate ids: {len(dup)} ids occur more than once, e.g. {ex!r} ({n} times); "
+            f"ids must be unique"
+        )

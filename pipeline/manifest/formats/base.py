@@ -1,0 +1,109 @@
+"""The interface every format family implements, and the helpers they share.
+
+A format family is one `Format`: `detect` (a file name -> the `input.format` value it reads, or None),
+`count` (the count pass: rows, schema, where units start, checked cheaply) and `read` (normalised
+tables of a source or of one piece of it, in file order). Each family resolves its own columns:
+free-form manifests through `columns.resolve`, fixed layouts (Kaldi, Lhotse) with fixed Columns.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from ...config import InputConfig
+from ...storage import Storage
+from ..columns import check_unique
+from ..errors import ManifestError
+
+if TYPE_CHECKING:
+    from ..sources import Source
+    from ..units import Piece
+
+
+@dataclass(frozen=True)
+class Count:
+    """What the count pass learns about one source."""
+
+    rows: int
+    schema: pa.Schema  # normalised
+    row_bytes: float = 0.0  # bytes per row (audio inside a Parquet manifest makes rows big)
+    raw_schema: pa.Schema | None = None  # as parsed from the whole file: every piece is parsed with it
+    starts: tuple[int, ...] | None = None  # where each unit starts (byte or row); None: not splittable
+
+
+# count(source, cfg, storage) -> Count
+Counter = Callable[["Source", InputConfig, Storage], Count]
+# read(source, cfg, storage, piece (None: whole), raw_schema, skip_rows) -> normalised tables
+Reader = Callable[
+    ["Source", InputConfig, Storage, "Piece | None", "pa.Schema | None", int], Iterator[pa.Table]
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One family of manifest formats (see the module docstring)."""
+
+    names: tuple[str, ...]  # the input.format values it reads
+    detect: Callable[[str], str | None]  # a file name (lower case) -> one of `names`, or None
+    count: Counter
+    read: Reader
+
+
+def never(name: str) -> str | None:
+    """`detect` of a family that discovery picks by layout, not by file name (folders)."""
+    return None
+
+
+def count_whole(tables: Iterable[pa.Table], uri: str) -> Count:
+    """The count of a source read whole: its normalised tables' rows, checked for duplicate ids."""
+    ids, schema = [], None
+    for t in tables:
+        ids.append(t["id"])
+        schema = schema or t.schema
+    column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
+    check_unique(column, uri)
+    return Count(len(column), schema or pa.schema([]))
+
+
+def read_bytes(
+    uri: str, storage: Storage, start: int | None = None, end: int | None = None, unzip: bool = True
+) -> bytes:
+    """A manifest file's bytes (a range of them: never compressed, see lines.unit_starts), decompressed."""
+    try:
+        data = storage.read_bytes(uri, start, end)
+    except FileNotFoundError:
+        raise ManifestError(f"input.manifest: no such file: {uri}") from None
+    except OSError as e:
+        raise ManifestError(f"{uri}: cannot read: {e}") from None
+    return gunzip(data, uri) if unzip and start is None else data
+
+
+def gunzip(data: bytes, uri: str) -> bytes:
+    """Decompress gzip data, whatever the file is called (tools differ on naming)."""
+    try:
+        return gzip.decompress(data) if is_gzip(data) else data
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise ManifestError(f"{uri}: cannot decompress: {e}") from None
+
+
+def is_gzip(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
+
+
+def two_columns(data: bytes, uri: str, form: str) -> tuple[pa.Array, pa.Array]:
+    """Kaldi-style `<key> <rest of line>` lines (blank lines and # comments skipped)."""
+    keys, values = [], []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise ManifestError(f"{uri}: line {n}: expected '{form}', got {line.strip()!r}")
+        keys.append(parts[0])
+        values.append(parts[1])
+    return pa.array(keys, pa.string()), pa.array(values, pa.string())

@@ -1,0 +1,121 @@
+"""Kaldi data directories: `wav.scp`, optional `segments`, `utt2spk`, `text` and other `utt2*` files
+-> one row per utterance (a segment, or a whole recording without `segments`). Read whole by one task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from ...config import InputConfig
+from ...schema import INPUT_ERROR
+from ...storage import Storage, join
+from ..columns import Columns, normalise
+from ..errors import ManifestError
+from .base import Count, Format, count_whole, never, two_columns
+
+if TYPE_CHECKING:
+    from ..sources import Source
+    from ..units import Piece
+
+COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id")
+
+
+def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    return count_whole(read(source, cfg, storage), source.uri)
+
+
+def read(
+    source: Source,
+    cfg: InputConfig,
+    storage: Storage,
+    piece: Piece | None = None,
+    raw_schema: pa.Schema | None = None,
+    skip_rows: int = 0,
+) -> Iterator[pa.Table]:
+    d = source.uri
+
+    def file(name: str) -> bytes | None:
+        uri = join(d, name)
+        return storage.read_bytes(uri) if storage.exists(uri) else None
+
+    rec_ids, rec_paths = two_columns(file("wav.scp") or b"", join(d, "wav.scp"), "<recording-id> <path>")
+    where = dict(zip(rec_ids.to_pylist(), rec_paths.to_pylist(), strict=True))
+    segments = file("segments")
+    if segments is None:
+        ids, recs = rec_ids, pa.nulls(len(rec_ids), pa.string())
+        start = end = pa.nulls(len(rec_ids), pa.float64())
+    else:
+        ids, recs, start, end = _segments(segments, join(d, "segments"))
+    paths, errors = [], []
+    for utt, rec in zip(ids.to_pylist(), (recs if segments is not None else ids).to_pylist(), strict=True):
+        path = where.get(rec)
+        error = None
+        if path is None:
+            error = f"segments: recording {rec!r} of {utt!r} is not in wav.scp"
+        elif path.rstrip().endswith("|"):
+            error = f"wav.scp: {rec!r} is a pipe command ({path.strip()!r}); give a file path instead"
+            path = None
+        paths.append(path)
+        errors.append(error)
+    table = pa.table(
+        {
+            "id": ids,
+            "path": pa.array(paths, pa.string()),
+            "recording_id": recs,
+            "offset": start,
+            "end": end,
+            INPUT_ERROR: pa.array(errors, pa.string()),
+        }
+    )
+    for name in _extras(storage, d):
+        table = _join_per_utterance(table, file(name) or b"", join(d, name), _column(name))
+    yield normalise(table.slice(skip_rows), COLUMNS, source.root)
+
+
+def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    utts, recs, starts, ends = [], [], [], []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise ManifestError(f"{uri}: line {n}: expected '<utt> <recording> <start> <end>', got {line!r}")
+        try:
+            s, e = float(parts[2]), float(parts[3])
+        except ValueError:
+            raise ManifestError(f"{uri}: line {n}: start and end must be seconds, got {line!r}") from None
+        utts.append(parts[0])
+        recs.append(parts[1])
+        starts.append(s)
+        ends.append(e)
+    return (
+        pa.array(utts, pa.string()),
+        pa.array(recs, pa.string()),
+        pa.array(starts, pa.float64()),
+        pa.array(ends, pa.float64()),
+    )
+
+
+def _extras(storage: Storage, d: str) -> list[str]:
+    names = [f.rsplit("/", 1)[-1] for f in storage.list_files(d)]
+    return sorted(n for n in names if n == "text" or (n.startswith("utt2") and "." not in n))
+
+
+def _column(name: str) -> str:
+    return {"utt2spk": "speaker", "text": "text"}.get(
+        name, name[len("utt2") :] if name.startswith("utt2") else name
+    )
+
+
+def _join_per_utterance(table: pa.Table, data: bytes, uri: str, column: str) -> pa.Table:
+    keys, values = two_columns(data, uri, "<utt> <value>")
+    lookup = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
+    return table.append_column(
+        column, pa.array([lookup.get(i) for i in table["id"].to_pylist()], pa.string())
+    )
+
+
+FORMAT = Format(("kaldi",), never, count, read)

@@ -1,0 +1,139 @@
+"""Text manifests with one row per line: JSON lines (also `.jsonl.gz`, NeMo's `.json`), a JSON array,
+CSV, TSV and `<id> <path>` scp files.
+
+The count pass parses the whole file once and notes the byte offset of every unit's first line when
+lines are rows one to one (no blank or comment lines, no quoted newlines), the file is not compressed
+and its store honours ranged reads; each piece is then read as a byte range and parsed with the
+column types of the whole file. Otherwise the file is read whole by one task.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+
+from ...config import InputConfig
+from ...storage import Storage, scheme
+from ..columns import check_unique, normalise, resolve
+from ..errors import ManifestError
+from .base import Count, Format, gunzip, is_gzip, read_bytes, two_columns
+
+if TYPE_CHECKING:
+    from ..sources import Source
+    from ..units import Piece
+
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".scp": "scp",
+}
+SPLITTABLE = ("jsonl", "csv", "tsv", "scp")  # formats whose lines are rows
+RANGE_SCHEMES = ("file", "s3", "gs", "az")  # stores that honour ranged reads (a plain HTTP server may not)
+
+
+def detect(name: str) -> str | None:
+    return next((fmt for suffix, fmt in SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    data = read_bytes(source.uri, storage, unzip=False)
+    compressed = is_gzip(data)
+    data = gunzip(data, source.uri)
+    raw = parse(data, source)
+    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root)
+    check_unique(table["id"], source.uri)
+    starts = None if compressed else unit_starts(data, source, raw.num_rows, cfg.rows_per_unit)
+    return Count(table.num_rows, table.schema, 0.0, raw.schema, starts)
+
+
+def unit_starts(data: bytes, source: Source, rows: int, size: int) -> tuple[int, ...] | None:
+    """Byte offsets of the first line of every unit, when lines are rows one to one and the file can
+    be read by ranges; else None (read whole)."""
+    fmt = _line_format(data, source.format)
+    if fmt not in SPLITTABLE or scheme(source.uri) not in RANGE_SCHEMES:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    line_starts = np.concatenate(([0], np.flatnonzero(buf == 10) + 1))
+    line_starts = line_starts[line_starts < len(data)]
+    if fmt in ("csv", "tsv"):
+        line_starts = line_starts[1:]  # the header
+    if len(line_starts) != rows or rows == 0:
+        return None
+    return tuple(int(x) for x in line_starts[::size])
+
+
+def read(
+    source: Source,
+    cfg: InputConfig,
+    storage: Storage,
+    piece: Piece | None = None,
+    raw_schema: pa.Schema | None = None,
+    skip_rows: int = 0,
+) -> Iterator[pa.Table]:
+    if piece is None or piece.start is None:
+        raw = parse(read_bytes(source.uri, storage), source)
+    else:
+        data = read_bytes(source.uri, storage, piece.start, piece.end)
+        if source.format in ("csv", "tsv"):
+            data = _header(source, storage) + data
+        raw = parse(data, source, raw_schema)
+    yield normalise(raw.slice(skip_rows), resolve(raw.schema, cfg, source.uri), source.root)
+
+
+def _header(source: Source, storage: Storage) -> bytes:
+    """A CSV/TSV manifest's header line, newline included."""
+    head = read_bytes(source.uri, storage, 0, 1 << 16)
+    cut = head.find(b"\n")
+    if cut < 0:
+        raise ManifestError(f"{source.uri}: the header line is longer than 64 KiB")
+    return head[: cut + 1]
+
+
+def _line_format(data: bytes, fmt: str) -> str:
+    # NeMo names its JSON-lines manifests *.json
+    return "jsonl" if fmt == "json" and not data[:65536].lstrip().startswith(b"[") else fmt
+
+
+def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> pa.Table:
+    """Manifest bytes (decompressed) -> a table. `raw_schema` (the whole file's, from the count pass)
+    keeps the column types of a piece what they are in the whole file."""
+    uri, fmt = source.uri, _line_format(data, source.format)
+    try:
+        if fmt == "jsonl":
+            parse = pajson.ParseOptions(explicit_schema=raw_schema) if raw_schema is not None else None
+            return pajson.read_json(
+                io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=parse
+            )
+        if fmt == "json":
+            rows = json.loads(data)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ManifestError(f"{uri}: a JSON manifest must be an array of objects")
+            return pa.Table.from_pylist(rows)
+        if fmt in ("csv", "tsv"):
+            opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+            types = {f.name: f.type for f in raw_schema} if raw_schema is not None else None
+            return pacsv.read_csv(
+                io.BytesIO(data), parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types)
+            )
+        if fmt == "scp":
+            ids, paths = two_columns(data, uri, "<id> <path>")
+            return pa.table({"id": ids, "path": paths})
+        raise ManifestError(f"{uri}: unknown format {fmt!r}")
+    except (pa.ArrowInvalid, ValueError, UnicodeDecodeError, EOFError) as e:
+        if isinstance(e, ManifestError):
+            raise
+        raise ManifestError(f"{uri}: cannot parse as {fmt}: {e}") from None
+
+
+FORMAT = Format(("jsonl", "json", "csv", "tsv", "scp"), detect, count, read)

@@ -1,0 +1,90 @@
+"""Parquet manifests: audio paths, or the audio itself (a `binary` column, or the Hugging Face `Audio`
+struct<bytes, path> that `datasets` writes; see columns.py for how the audio column is chosen).
+
+Units start at row numbers, so any piece is read from its row on: the row groups before it are not
+read at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...config import InputConfig
+from ...storage import Storage
+from ..columns import check_unique, normalise, resolve
+from ..errors import ManifestError
+from .base import Count, Format
+
+if TYPE_CHECKING:
+    from ..sources import Source
+    from ..units import Piece
+
+BATCH_ROWS = 4096
+
+
+def detect(name: str) -> str | None:
+    return "parquet" if name.endswith((".parquet", ".pq")) else None
+
+
+def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    with storage.open_input(source.uri) as f:
+        pf = pq.ParquetFile(f)
+        cols = resolve(pf.schema_arrow, cfg, source.uri)
+        ids = pf.read(columns=[cols.id]).column(0).cast(pa.string())
+        head = next(pf.iter_batches(batch_size=1), None)
+        meta = pf.metadata
+        row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    check_unique(ids, source.uri)
+    if head is None:
+        return Count(0, pa.schema([]))
+    schema = normalise(pa.Table.from_batches([head]), cols, source.root).schema
+    starts = tuple(range(0, len(ids), cfg.rows_per_unit))
+    return Count(len(ids), schema, row_bytes / max(len(ids), 1), pf.schema_arrow, starts)
+
+
+def read(
+    source: Source,
+    cfg: InputConfig,
+    storage: Storage,
+    piece: Piece | None = None,
+    raw_schema: pa.Schema | None = None,
+    skip_rows: int = 0,
+) -> Iterator[pa.Table]:
+    """Normalised record batches from row `piece.first_row + skip_rows` on (the caller stops once it
+    has the rows it wants)."""
+    first_row = (0 if piece is None else piece.first_row) + skip_rows
+    cols = None
+    for raw in _batches(source, storage, first_row):
+        cols = cols or resolve(raw.schema, cfg, source.uri)
+        yield normalise(raw, cols, source.root)
+
+
+def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
+    try:
+        with storage.open_input(source.uri) as f:
+            pf = pq.ParquetFile(f)
+            groups, skip = [], first_row
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if not groups and skip >= n:
+                    skip -= n
+                else:
+                    groups.append(g)
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
+                t = pa.Table.from_batches([batch])
+                t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
+                if t.num_rows:
+                    yield t
+    except FileNotFoundError:
+        raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
+    except pa.ArrowInvalid as e:
+        raise ManifestError(f"{source.uri}: cannot parse as parquet: {e}") from None
+    except OSError as e:
+        raise ManifestError(f"{source.uri}: cannot read: {e}") from None
+
+
+FORMAT = Format(("parquet",), detect, count, read)

@@ -1,0 +1,130 @@
+"""Where rows come from: `input.manifest` -> the sources to read, in a stable order (on the driver).
+
+`input.manifest` may be a manifest file, a glob or a directory of manifest files (all of one format,
+read as one manifest), a Kaldi data directory (it holds `wav.scp`), or a glob, a directory or one file
+of audio (every file is a row). Each source gets a stable short key: its units are named after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..config import InputConfig
+from ..storage import Storage, join
+from .errors import ManifestError
+from .formats import detect_format
+
+AUDIO_SUFFIXES = frozenset(
+    ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
+    ".3gp .aif .aiff .au .caf .ac3 .mpga".split()
+)
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing a read task reads: a manifest file, a Kaldi data dir, or a listing of audio files."""
+
+    uri: str
+    format: str  # an input.format value: jsonl json csv tsv parquet scp lhotse kaldi audio
+    key: str  # stable short name: units are named after it (units.unit_name)
+    root: str  # relative audio paths resolve against this
+    audio: pa.Table | None = None  # format "audio": the listed files (id, path)
+
+
+def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
+    """`input.manifest` -> the sources to read, in a stable order. Raises ManifestError."""
+    where = cfg.manifest.rstrip("/") if not cfg.manifest.endswith("://") else cfg.manifest
+    try:
+        if any(c in where for c in GLOB_CHARS):
+            files, base = storage.glob(where), _glob_base(where)
+            if not files:
+                raise ManifestError(f"input.manifest: no files match {where}")
+        elif storage.is_dir(where):
+            if storage.exists(join(where, "wav.scp")) and cfg.format in ("auto", "kaldi"):
+                return [Source(where, "kaldi", source_key("kaldi"), cfg.audio_root or where)]
+            files, base = storage.list_files(where), where
+            if not files:
+                raise ManifestError(f"input.manifest: {where} is an empty directory")
+        elif not storage.exists(where):
+            raise ManifestError(f"input.manifest: no such file: {where}")
+        else:
+            files, base = [where], parent(where)
+    except OSError as e:
+        raise ManifestError(f"input.manifest: cannot read {where}: {e}") from None
+    return _classify(files, base, cfg)
+
+
+def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
+    audio = [f for f in files if _suffix(f) in AUDIO_SUFFIXES]
+    manifests = [f for f in files if f not in set(audio)]
+    if cfg.format == "audio" or (audio and not manifests and cfg.format == "auto"):
+        return [_audio_source(audio or files, base, cfg)]
+    if audio and manifests and len(files) > 1:
+        raise ManifestError(
+            f"input.manifest: {base} mixes manifests ({_name(manifests[0])}) and audio files "
+            f"({_name(audio[0])}); point input.manifest at one kind (a glob such as {base}/*.jsonl)"
+        )
+    sources = []
+    for f in manifests:
+        fmt = cfg.format if cfg.format != "auto" else detect_format(f)
+        sources.append(Source(f, fmt, source_key(relative(f, base)), cfg.audio_root or parent(f)))
+    formats = {s.format for s in sources}
+    if len(formats) > 1:
+        raise ManifestError(
+            f"input.manifest: {base} holds manifests of several formats ({', '.join(sorted(formats))}); "
+            f"all manifest files must share one format"
+        )
+    return sources
+
+
+def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
+    if len(files) == 1 and not _is_under(files[0], base):
+        base = parent(files[0])
+    ids = [posixpath.splitext(relative(f, base))[0] for f in files]
+    table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
+    return Source(base, "audio", "audio", cfg.audio_root or base, table)
+
+
+# -- names -------------------------------------------------------------------------------------------
+
+
+def source_key(relative: str) -> str:
+    return hashlib.sha1(relative.encode("utf-8")).hexdigest()[:10]
+
+
+def _suffix(uri: str) -> str:
+    name = uri.rsplit("/", 1)[-1].lower()
+    return name[name.rfind(".") :] if "." in name else ""
+
+
+def _name(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1]
+
+
+def parent(uri: str) -> str:
+    if "://" in uri:
+        return uri.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
+
+
+def _glob_base(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    head = pattern[: min(pattern.find(c) for c in GLOB_CHARS if c in pattern)]
+    return head.rsplit("/", 1)[0] if "/" in head else "."
+
+
+def relative(uri: str, base: str) -> str:
+    b = base.rstrip("/") + "/"
+    if "://" not in uri and "://" not in base:
+        return os.path.relpath(os.path.abspath(uri), os.path.abspath(base))
+    return uri[len(b) :] if uri.startswith(b) else uri.rsplit("/", 1)[-1]
+
+
+def _is_under(uri: str, base: str) -> bool:
+    return relative(uri, base) != uri.rsplit("/", 1)[-1] or parent(uri) == base
