@@ -111,33 +111,27 @@ def check_turns(rows: dict, convs, bundle, tmp_path: Path, ids=turn_id, overlaps
             )
 
 
-# -- a Kaldi data dir of the same turns (segments + utt2spk) ----------------------------------------
+# -- diariser output in: RTTM files, one RTTM of many recordings, NeMo diarisation manifests -------
 
 
 @pytest.fixture(scope="module")
-def kaldi_output(ray_session, tiny_model_dir, convs, tmp_path_factory):
-    d, cs = convs
-    tmp = tmp_path_factory.mktemp("kaldi")
-    data = tmp / "data"
-    data.mkdir()
-    (data / "wav.scp").write_text("".join(f"{c.id} {c.path}\n" for c in cs))
-    turns = [t for c in cs for t in c.turns]
-    (data / "segments").write_text(
-        "".join(
-            f"{turn_id(t.recording, t.speaker, t.start_s)} {t.recording} {t.start_s:.3f} {t.end_s:.3f}\n"
-            for t in turns
-        )
-    )
-    (data / "utt2spk").write_text(
-        "".join(f"{turn_id(t.recording, t.speaker, t.start_s)} {t.speaker}\n" for t in turns)
-    )
-    rows, out = run_job(tmp, data, tiny_model_dir)
-    return rows, out
+def rttm_output(ray_session, tiny_model_dir, convs, tmp_path_factory):
+    """The job on a glob of RTTM files (pyannote's: one per recording), audio found by file id."""
+    d, _ = convs
+    tmp = tmp_path_factory.mktemp("rttm_glob")
+    return run_job(tmp, d / "rttm" / "*.rttm", tiny_model_dir, f"  audio_root: {d / 'audio'}\n")
 
 
-def test_kaldi_turns_equal_the_model_on_sox_cuts(kaldi_output, convs, tiny_model_dir, tmp_path):
-    rows, _ = kaldi_output
-    check_turns(rows, convs[1], load_bundle(tiny_model_dir), tmp_path, overlaps=False)
+def test_rttm_glob_one_row_per_turn_equal_to_the_model_on_sox_cuts(
+    rttm_output, convs, tiny_model_dir, tmp_path
+):
+    rows, out = rttm_output
+    check_turns(rows, convs[1], load_bundle(tiny_model_dir), tmp_path)
+    # a rerun processes nothing and duplicates nothing
+    cfg = out.parent / "out.yaml"
+    assert extract.main(["--config", str(cfg)]) == 0
+    again = pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert sorted(again) == sorted(rows)
 
 
 # -- per-speaker views of a real output ---------------------------------------------------------------
@@ -164,8 +158,8 @@ def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2], strict=True))
 
 
-def test_timeline_has_a_lane_per_speaker_with_its_turns(kaldi_output, convs, tmp_path):
-    _, out = kaldi_output
+def test_timeline_has_a_lane_per_speaker_with_its_turns(rttm_output, convs, tmp_path):
+    _, out = rttm_output
     conv = convs[1][0]  # call-0001: SPEAKER_00, SPEAKER_01, SPEAKER_00, SPEAKER_01 (overlapping the third)
     assert visualize.main(["--features", str(out), "--timeline", conv.id, "--output", str(tmp_path)]) == 0
     mask = band_mask(tmp_path / f"timeline-{conv.id}.png")
@@ -223,11 +217,11 @@ def changed_ids(want: dict) -> set[str]:
     }
 
 
-def test_summary_per_recording_and_speaker_from_the_known_turns(kaldi_output, expected, tmp_path):
+def test_summary_per_recording_and_speaker_from_the_known_turns(rttm_output, expected, tmp_path):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    _, out = kaldi_output
+    _, out = rttm_output
     want, labels = expected
     assert visualize.main(["--features", str(out), "--summary", "--output", str(tmp_path)]) == 0
     speakers = pq.read_table(tmp_path / "speakers.parquet").to_pylist()
@@ -262,8 +256,8 @@ def doc_sql(name: str, out: Path) -> list[dict]:
     return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()]
 
 
-def test_conversation_recipes_of_docs_queries(kaldi_output, expected):
-    _, out = kaldi_output
+def test_conversation_recipes_of_docs_queries(rttm_output, expected):
+    _, out = rttm_output
     want, labels = expected
     got = doc_sql("speaker_turns", out)
     assert [(r["recording_id"], r["speaker"]) for r in got] == sorted(want)

@@ -4,14 +4,18 @@ everything else passes through.
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`; the audio from
 `input.path_column` or the first of `path`, `audio_filepath`, `wav`, `source`, `audio`. A binary
 column or the Hugging Face `Audio` struct<bytes, path> carries the audio itself. A row may name a span
-of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds). Relative paths resolve against
-the source's root. A passthrough column whose name collides with an output column is renamed
-`manifest_<name>`.
+of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds). With `input.path_template`
+the audio path is built from the row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`),
+and without an id column the id is that path without its extension. The speaker comes from
+`input.speaker_column` or the first of `speaker`, `Speaker`, `speaker_id` (null when there is none).
+Relative paths resolve against the source's root. A passthrough column whose name collides with an
+output column is renamed `manifest_<name>`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +27,7 @@ from .errors import ManifestError
 
 ID_ALIASES = ("id", "key", "utt_id")
 PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
+SPEAKER_ALIASES = ("speaker", "Speaker", "speaker_id")
 
 
 @dataclass(frozen=True)
@@ -36,20 +41,43 @@ class Columns:
     duration: str | None = None  # span length (NeMo duration, with offset), seconds
     end: str | None = None  # span end (with start), seconds
     recording: str | None = None  # a recording id given by the manifest
+    speaker: str | None = None  # who speaks (absent from a table: null)
+    overlap: str | None = None  # seconds of the span that overlap another speaker (diariser turns)
+    template: str | None = None  # the audio path as a format string of columns, instead of `audio`
 
 
 def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     """A manifest's schema and the column settings -> its Columns. Raises ManifestError naming `uri`."""
     names = schema.names
-    id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri)
-    audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri)
-    t = schema.field(audio).type
-    embedded = pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
+    template = cfg.path_template
+    if template:
+        missing = [f for f in template_fields(template) if f not in names]
+        if missing:
+            raise ManifestError(
+                f"{uri}: input.path_template {template!r} names {missing[0]!r}, not a column (columns: {names})"
+            )
+        id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri, required=False) or ""
+        audio, embedded = "", False
+    else:
+        id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri) or ""
+        audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri) or ""
+        t = schema.field(audio).type
+        embedded = pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
+    speaker = _pick(names, cfg.speaker_column, SPEAKER_ALIASES, "speaker", uri, required=False)
+    base = Columns(id_col, audio, embedded, speaker=speaker, template=template)
     if "offset" in names:
-        return Columns(id_col, audio, embedded, start="offset", duration=_opt(names, "duration"))
+        return replace(base, start="offset", duration=_opt(names, "duration"))
     if "start" in names and "end" in names:
-        return Columns(id_col, audio, embedded, start="start", end="end")
-    return Columns(id_col, audio, embedded)
+        return replace(base, start="start", end="end")
+    return base
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a path template uses: `dia{Dialogue_ID}_utt{Utterance_ID}.mp4` -> both ids."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ManifestError(f"input.path_template {template!r}: {e}") from None
 
 
 def is_audio_struct(t: pa.DataType) -> bool:
@@ -61,7 +89,14 @@ def _opt(names: list[str], name: str) -> str | None:
     return name if name in names else None
 
 
-def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], what: str, uri: str) -> str:
+def _pick(
+    columns: list[str],
+    explicit: str | None,
+    aliases: tuple[str, ...],
+    what: str,
+    uri: str,
+    required: bool = True,
+) -> str | None:
     if explicit:
         if explicit not in columns:
             raise ManifestError(
@@ -71,6 +106,8 @@ def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], wh
     for a in aliases:
         if a in columns:
             return a
+    if not required:
+        return None
     raise ManifestError(
         f"{uri}: no {what} column: expected one of {', '.join(aliases)} or set input.{what}_column "
         f"(columns: {columns})"
@@ -80,14 +117,22 @@ def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], wh
 def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
     """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough."""
     n = raw.num_rows
-    ids = raw[cols.id].cast(pa.string())
+    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
+    templated = _templated(raw, cols.template) if cols.template else None
+    if cols.id:
+        ids = raw[cols.id].cast(pa.string())
+    else:  # a path template without an id column: the path without its extension
+        ids = pa.array([None if p is None else p.rsplit(".", 1)[0] for p in templated[0]], pa.string())
     if ids.null_count:
         first = pc.index(pc.is_null(ids), True).as_py()
-        raise ManifestError(f"{n} rows have no {cols.id!r} (the first is row {first + 1})")
+        raise ManifestError(f"{n} rows have no {cols.id or 'path'!r} (the first is row {first + 1})")
     out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
     consumed = {cols.id, cols.audio}
-    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
-    if cols.embedded:
+    if templated is not None:
+        paths, problems = templated
+        out["path"] = pa.array([resolve_path(p, root) for p in paths], pa.string())
+        errors = pc.coalesce(errors, pa.array(problems, pa.string()))
+    elif cols.embedded:
         data, paths = _embedded_audio(raw[cols.audio])
         out["path"] = paths
         out[AUDIO_BYTES] = data
@@ -98,18 +143,46 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
         errors = pc.if_else(pc.is_null(data), pc.coalesce(errors, missing), errors)
     else:
         out["path"] = pa.array([resolve_path(p, root) for p in raw[cols.audio].to_pylist()], pa.string())
-    recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
-    out["recording_id"] = recording.cast(pa.string())
+    out["recording_id"] = _column(raw, cols.recording, pa.string())
+    out["speaker"] = _column(raw, cols.speaker, pa.string())
     start, end = _span(raw, cols)
     out["offset_s"] = start
     out[SPAN_END] = end
-    consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
+    out["overlap_s"] = _column(raw, cols.overlap, pa.float64())
+    consumed |= {
+        c for c in (cols.start, cols.duration, cols.end, cols.recording, cols.speaker, cols.overlap) if c
+    }
     out[INPUT_ERROR] = errors
     consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
             out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]
     return pa.table(out)
+
+
+def _column(raw: pa.Table, name: str | None, kind: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    """`raw[name]` as `kind`, or nulls when there is no such column."""
+    if name is None or name not in raw.column_names:
+        return pa.nulls(raw.num_rows, kind)
+    return raw[name].cast(kind)
+
+
+def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
+    """(the path of each row from `template`, or None with the reason in the second list)."""
+    fields = list(dict.fromkeys(template_fields(template)))
+    values = {f: raw[f].to_pylist() for f in fields}
+    paths: list[str | None] = []
+    problems: list[str | None] = []
+    for i in range(raw.num_rows):
+        row = {f: values[f][i] for f in fields}
+        empty = [f for f, v in row.items() if v is None or (isinstance(v, str) and not v.strip())]
+        if empty:
+            paths.append(None)
+            problems.append(f"input.path_template {template!r}: column {empty[0]!r} is empty in this row")
+        else:
+            paths.append(template.format_map(row))
+            problems.append(None)
+    return paths, problems
 
 
 def _span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
