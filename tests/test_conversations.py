@@ -122,6 +122,7 @@ def rttm_output(ray_session, tiny_model_dir, convs, tmp_path_factory):
     return run_job(tmp, d / "rttm" / "*.rttm", tiny_model_dir, f"  audio_root: {d / 'audio'}\n")
 
 
+@pytest.mark.slow
 def test_rttm_glob_one_row_per_turn_equal_to_the_model_on_sox_cuts(
     rttm_output, convs, tiny_model_dir, tmp_path
 ):
@@ -132,6 +133,88 @@ def test_rttm_glob_one_row_per_turn_equal_to_the_model_on_sox_cuts(
     assert extract.main(["--config", str(cfg)]) == 0
     again = pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert sorted(again) == sorted(rows)
+
+
+@pytest.mark.slow
+def test_one_rttm_of_many_recordings_with_wav_scp_beside_it(ray_session, tiny_model_dir, convs, tmp_path):
+    """A folder holding one RTTM of all recordings (lines in any order) and a Kaldi wav.scp."""
+    d, cs = convs
+    folder = tmp_path / "diarised"
+    folder.mkdir()
+    lines = [line for c in cs for line in (d / "rttm" / f"{c.id}.rttm").read_text().splitlines(keepends=True)]
+    (folder / "all.rttm").write_text("".join(lines[::-1]))
+    (folder / "wav.scp").write_text("".join(f"{c.id} {c.path}\n" for c in cs))
+    rows, _ = run_job(tmp_path, folder, tiny_model_dir)
+    check_turns(rows, cs, load_bundle(tiny_model_dir), tmp_path)
+
+
+@pytest.mark.slow
+def test_nemo_diarisation_manifest_with_a_window(ray_session, tiny_model_dir, convs, tmp_path):
+    """NeMo's diarisation manifest: audio + RTTM per line; call-0001 limited to [3, 9) s, which drops
+    its first turn and cuts its last at 9 s."""
+    import dataclasses
+    import json
+
+    d, cs = convs
+    lines = [
+        {
+            "audio_filepath": f"audio/{c.path.name}",
+            "rttm_filepath": f"rttm/{c.id}.rttm",
+            "offset": 0,
+            "duration": None,
+        }
+        for c in cs
+    ]
+    lines[0].update(offset=3.0, duration=6.0)
+    (d / "diar_manifest.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows, _ = run_job(tmp_path, d / "diar_manifest.json", tiny_model_dir, "  format: rttm\n")
+    first = cs[0]
+    window = [
+        dataclasses.replace(t, start_s=max(t.start_s, 3.0), end_s=min(t.end_s, 9.0))
+        for t in first.turns
+        if t.end_s > 3.0 and t.start_s < 9.0
+    ]
+    assert len(window) == len(first.turns) - 1 and window[-1].end_s == 9.0
+    check_turns(
+        rows,
+        [dataclasses.replace(first, turns=tuple(window)), *cs[1:]],
+        load_bundle(tiny_model_dir),
+        tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_meld_csv_names_its_audio_through_a_path_template(ray_session, tiny_model_dir, convs, tmp_path):
+    """MELD's CSV as it ships: no path column, the clip named by Dialogue_ID and Utterance_ID, the
+    speaker in `Speaker`. The clips are the turns of two recordings cut out by sox."""
+    import csv
+
+    d, cs = convs
+    clips = tmp_path / "train_splits"
+    clips.mkdir()
+    names = {"SPEAKER_00": "Chandler", "SPEAKER_01": "Joey"}
+    header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+              "Season", "Episode", "StartTime", "EndTime"]  # fmt: skip
+    table, want = [], {}
+    for dia, conv in enumerate(c for c in cs if c.sample_rate == 16000):
+        for utt, t in enumerate(conv.turns):
+            clip = sox_cut(conv.path, t.start_s, t.end_s, clips / f"dia{dia}_utt{utt}.wav")
+            table.append([len(table) + 1, t.text, names[t.speaker], "neutral", "neutral", dia, utt, 3, 7,
+                          "00:16:16,059", "00:16:21,731"])  # fmt: skip
+            want[f"dia{dia}_utt{utt}"] = (clip, names[t.speaker])
+    with open(tmp_path / "train_sent_emo.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *table])
+    extra = f"  audio_root: {clips}\n  path_template: 'dia{{Dialogue_ID}}_utt{{Utterance_ID}}.wav'\n"
+    rows, _ = run_job(tmp_path, tmp_path / "train_sent_emo.csv", tiny_model_dir, extra)
+    assert set(rows) == set(want)
+    bundle = load_bundle(tiny_model_dir)
+    for rid, (clip, speaker) in want.items():
+        r = rows[rid]
+        assert r["error"] is None and r["speaker"] == speaker and r["path"] == str(clip)
+        assert r["Emotion"] == "neutral" and r["StartTime"] == "00:16:16,059" and r["start_s"] is None
+        ref = model_on(bundle, reference(clip))
+        np.testing.assert_allclose(np.array(r["embedding"]), ref.embedding[0].numpy(), atol=1e-4)
+        assert r["label"] == bundle.labels[int(ref.scores[0].argmax())]
 
 
 # -- per-speaker views of a real output ---------------------------------------------------------------
