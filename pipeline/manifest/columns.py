@@ -125,7 +125,8 @@ def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
         ids = pa.array([None if p is None else p.rsplit(".", 1)[0] for p in templated[0]], pa.string())
     if ids.null_count:
         first = pc.index(pc.is_null(ids), True).as_py()
-        raise ManifestError(f"{n} rows have no {cols.id or 'path'!r} (the first is row {first + 1})")
+        what = repr(cols.id) if cols.id else "id (the path template has an empty column)"
+        raise ManifestError(f"{ids.null_count} rows have no {what} (the first is row {first + 1})")
     out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
     consumed = {cols.id, cols.audio}
     if templated is not None:
