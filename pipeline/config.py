@@ -44,7 +44,7 @@ class InputConfig(_Section):
         "path without its extension",
     )
     speaker_column: str | None = Field(
-        None, description="default: the first of speaker, Speaker, speaker_id; becomes the speaker column"
+        None, description="default: the first of speaker, Speaker; becomes the speaker column"
     )
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows")
     rows_per_unit: int = Field(

@@ -7,7 +7,7 @@ column or the Hugging Face `Audio` struct<bytes, path> carries the audio itself.
 of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds). With `input.path_template`
 the audio path is built from the row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`),
 and without an id column the id is that path without its extension. The speaker comes from
-`input.speaker_column` or the first of `speaker`, `Speaker`, `speaker_id` (null when there is none).
+`input.speaker_column` or the first of `speaker`, `Speaker` (null when there is none).
 Relative paths resolve against the source's root. A passthrough column whose name collides with an
 output column is renamed `manifest_<name>`.
 """
@@ -27,7 +27,7 @@ from .errors import ManifestError
 
 ID_ALIASES = ("id", "key", "utt_id")
 PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
-SPEAKER_ALIASES = ("speaker", "Speaker", "speaker_id")
+SPEAKER_ALIASES = ("speaker", "Speaker")
 
 
 @dataclass(frozen=True)

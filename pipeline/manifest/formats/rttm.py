@@ -121,16 +121,27 @@ class _Locator:
         return paths[0], None
 
 
+_INDEXES: dict[str, dict[str, list[str]]] = {}  # audio root -> its index, per process
+_MAX_INDEXES = 8
+
+
 def _audio_index(storage: Storage, root: str) -> dict[str, list[str]]:
-    """Audio files directly under `root`, by name without extension."""
+    """Audio files directly under `root`, by name without extension. Listed once per process and
+    root: the count pass and every RTTM of a glob look in the same folder."""
+    if root in _INDEXES:
+        return _INDEXES[root]
     from ..sources import AUDIO_SUFFIXES
 
     index: dict[str, list[str]] = {}
+    prefix = root.rstrip("/") + "/"
     for f in storage.list_files(root):
-        rel = f[len(root.rstrip("/")) + 1 :] if f.startswith(root.rstrip("/") + "/") else f.rsplit("/", 1)[-1]
+        rel = f[len(prefix) :] if f.startswith(prefix) else f.rsplit("/", 1)[-1]
         stem, suffix = posixpath.splitext(rel)
         if "/" not in rel and suffix.lower() in AUDIO_SUFFIXES:
             index.setdefault(stem, []).append(f)
+    if len(_INDEXES) >= _MAX_INDEXES:
+        _INDEXES.clear()
+    _INDEXES[root] = index
     return index
 
 
