@@ -242,26 +242,40 @@ def runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def test_timeline_has_a_lane_per_speaker_with_its_turns(rttm_output, convs, tmp_path):
+    import matplotlib.image
+
     _, out = rttm_output
     conv = convs[1][0]  # call-0001: SPEAKER_00, SPEAKER_01, SPEAKER_00, SPEAKER_01 (overlapping the third)
     assert visualize.main(["--features", str(out), "--timeline", conv.id, "--output", str(tmp_path)]) == 0
-    mask = band_mask(tmp_path / f"timeline-{conv.id}.png")
+    png = tmp_path / f"timeline-{conv.id}.png"
+    mask = band_mask(png)
     # bands fill their lane's plot from 0 to 1 (stacked scores); the legend's patches are short
     band_cols = mask.sum(axis=0) >= 100
     lanes = [r for r in runs(mask[:, band_cols].any(axis=1)) if r[1] - r[0] >= 50]
     assert len(lanes) == 2, lanes
-    t_end = max(t.end_s for t in conv.turns)
-    for (top, bottom), speaker in zip(lanes, ["SPEAKER_00", "SPEAKER_01"], strict=True):
-        cols = mask[top:bottom].sum(axis=0) >= 0.5 * (bottom - top)
-        got = runs(cols)
-        want = [(t.start_s, t.end_s) for t in conv.turns if t.speaker == speaker]
-        assert len(got) == len(want), (speaker, got, want)
-        # the axis runs from 0 to the last end: pixel positions are proportional to seconds
-        x0 = got[0][0] - (got[0][1] - got[0][0]) * want[0][0] / (want[0][1] - want[0][0])
-        scale = (got[0][1] - got[0][0]) / (want[0][1] - want[0][0])
-        for (a, b), (s, e) in zip(got, want, strict=True):
-            assert abs(a - (x0 + s * scale)) <= 3 and abs(b - (x0 + e * scale)) <= 3
-        assert abs(x0 + t_end * scale - max(b for _, b in got)) <= 3 or speaker == "SPEAKER_00"
+    got = {
+        speaker: runs(mask[top:bottom].sum(axis=0) >= 0.5 * (bottom - top))
+        for (top, bottom), speaker in zip(lanes, ["SPEAKER_00", "SPEAKER_01"], strict=True)
+    }
+    want = {s: [(t.start_s, t.end_s) for t in conv.turns if t.speaker == s] for s in got}
+    assert {s: len(r) for s, r in got.items()} == {s: len(w) for s, w in want.items()}
+    # one time axis from 0 to the last end, shared by the lanes: pixels are proportional to seconds
+    (a0, b0), (s0, e0) = got["SPEAKER_00"][0], want["SPEAKER_00"][0]
+    scale = (b0 - a0) / (e0 - s0)
+    x0 = a0 - s0 * scale
+    for speaker in got:
+        for (a, b), (s, e) in zip(got[speaker], want[speaker], strict=True):
+            assert abs(a - (x0 + s * scale)) <= 3 and abs(b - (x0 + e * scale)) <= 3, (speaker, a, b, s, e)
+    assert abs(x0 + max(t.end_s for t in conv.turns) * scale - got["SPEAKER_01"][-1][1]) <= 3
+    # the overlap (SPEAKER_01 starts before SPEAKER_00 ends) is hatched in both lanes, and only there
+    img = matplotlib.image.imread(str(png))[:, :, :3]
+    dark = img.max(axis=2) < 0.25
+    lo, hi = round(x0 + 7.5 * scale), round(x0 + 8.11 * scale)
+    for top, bottom in lanes:
+        hatch = dark[top + 3 : bottom - 3].sum(axis=0)
+        assert hatch[lo + 2 : hi - 2].min() > 0
+        other = [round(x0 + s * scale) for s in (1.0, 2.0, 4.0, 6.5, 9.0)]
+        assert all(hatch[x] == 0 for x in other)
 
 
 @pytest.fixture(scope="module")
