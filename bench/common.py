@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # docs/model.md, "Compute": forward GFLOPs per second of audio (short clips), base and large
 GFLOP_PER_AUDIO_S = {768: 15.0, 1024: 22.5}

@@ -6,16 +6,13 @@ which rebuilds the kernel on every call. Interleaved rounds, median; the samples
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchaudio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.audio import to_mono_16k  # noqa: E402
+from pipeline.audio import to_mono_16k
 
 
 def per_call_ms(fn, x: np.ndarray, rate: int, calls: int) -> float:

@@ -9,12 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pipeline.config import load_config
+from pipeline.model import ModelSourceError, resolve
+from pipeline.run import JobError, run
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.model import ModelSourceError, resolve  # noqa: E402
-from pipeline.run import JobError, run  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BANNER = "!" * 100
 

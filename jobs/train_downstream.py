@@ -1,54 +1,9 @@
-"""Train and evaluate a downstream emotion classifier on the extraction output (the IEMOCAP recipe of docs/model.md).
+"""`e2v-train` as a script: `python jobs/train_downstream.py --help`. For `ray job submit --working-dir .`, which
+puts the uploaded folder on PYTHONPATH; elsewhere the package must be installed (`pip install -e .`)."""
 
-    python jobs/train_downstream.py --features outputs/iemocap --label-column emotion \
-        --fold-column session --output outputs/iemocap-probe \
-        --label-map exc=hap --labels ang,hap,neu,sad [--input frames|utterance] [--epochs 100] [--seed 42]
-    python jobs/train_downstream.py --config train.yaml [--epochs 30 ...]   # YAML keys = flag names with _
-
-Leave-one-group-out over --fold-column; writes OUTPUT/metrics.json (per fold and mean WA / UA / WF1)
-and OUTPUT/confusion.png. Exit codes: 0 done, 2 bad config or unusable features.
-"""
-
-import argparse
-import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.config import ConfigError  # noqa: E402
-from pipeline.downstream.train import load_train_config, train  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML with the same keys (label_column, fold_column, ...); flags win")
-    p.add_argument("--features", help="extraction output directory or s3:// prefix")
-    p.add_argument("--label-column", help="gold label column, e.g. emotion")
-    p.add_argument("--fold-column", help="group column for leave-one-group-out, e.g. session")
-    p.add_argument("--output", help="directory for metrics.json and confusion.png")
-    p.add_argument("--input", choices=["auto", "frames", "utterance"], help="default: frames if written")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--label-map", nargs="+", metavar="RAW=LABEL", help="e.g. exc=hap")
-    p.add_argument("--labels", help="comma-separated label set and order, e.g. ang,hap,neu,sad")
-    p.add_argument("--log-level", default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
-    try:
-        cfg = load_train_config(args.config, overrides)
-        result = train(cfg, log_fn=lambda s: print(s, file=sys.stderr))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(os.path.join(cfg.output, "metrics.json"))
-    m = result["mean"]
-    print(f"WA {100 * m['wa']:.2f}  UA {100 * m['ua']:.2f}  WF1 {100 * m['wf1']:.2f}")
-    return 0
-
+from pipeline.cli.train_downstream import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,17 +6,19 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 
 from .config import JobConfig
 
 REACH_TIMEOUT_S = 10.0
-# Ray keeps about one idle worker per CPU and kills the others after 1 s idle. The read, decode and
-# write tasks ask for fractions of a CPU, so more workers than CPUs are busy at once, and on a small
-# node a worker died every few seconds and its successor paid the imports again (Ray Data, torch:
-# 2-4 CPU-s): a third of the job's CPU on 2 cores (bench/RESULTS.md). Idle workers live a minute.
-# Clusters started with `ray start` take the same setting from the environment (infra/).
+# Ray keeps about one idle worker per CPU and by default kills the others after 1 s idle. The read,
+# decode and write tasks ask for fractions of a CPU, so more workers than CPUs are busy at once and
+# the extra ones go idle between tasks; each replacement pays the imports again (Ray Data, torch:
+# 2-4 CPU-s), which on a small node is a large share of the job's CPU (bench/RESULTS.md). So idle
+# workers live a minute. Clusters started with `ray start` take the same setting from the
+# environment (infra/).
 WORKER_IDLE_MS = 60_000
 
 
@@ -52,9 +54,45 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
 
 def quiet_ray_logs() -> None:
     """The job prints its own progress and summary; Ray Data's plan and executor lines, and the
-    note that a local Ray uses token auth (its default), would only look like news to the user."""
+    note that a local Ray uses token auth (its default), would only look like news to the user.
+    A worker or actor that died (a poison row, a killed process) ends the attempt with Ray Data's
+    ERROR line and a traceback; the job restarts and says so in one line of its own, so that
+    record is dropped (other errors of the executor still print)."""
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DeathsTheJobReports) for f in logger.filters):
+            logger.addFilter(_DeathsTheJobReports())
+
+
+class _DeathsTheJobReports(logging.Filter):
+    """Drops log records about a process that died under Ray (the job's restart line reports
+    those): the record's exception, or the one being handled where it is logged without one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not died(e)
+
+
+def died(e: BaseException | None) -> bool:
+    """Whether `e` (or what it wraps) is a worker, actor or node that died under Ray."""
+    import ray.exceptions as rex
+
+    kinds = (
+        ActorLost,
+        rex.ActorDiedError,
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.ActorUnavailableError,
+    )
+    for _ in range(10):
+        if e is None:
+            return False
+        if isinstance(e, kinds):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return False
 
 
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
@@ -117,6 +155,28 @@ class ActorLost(RuntimeError):
     """A model actor's process died while the actor held no task (see ActorWatch)."""
 
 
+def dead_by_accident(class_fragment: str) -> dict[str, str]:
+    """Actor id -> why it died, for this job's actors of `class_fragment` that died by accident
+    (not killed on purpose by their pool)."""
+    import ray
+    import ray._private.state as state
+    from ray.core.generated import common_pb2
+
+    job = ray.get_runtime_context().get_job_id()
+    names = common_pb2.ActorDiedErrorContext.Reason
+    out = {}
+    for actor_id, a in state.actors().items():
+        if a.get("State") != "DEAD" or class_fragment not in a.get("ActorClassName", ""):
+            continue
+        if a.get("JobID") != job:
+            continue
+        ctx = a["DeathCause"].actor_died_error_context
+        if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
+            continue  # the pool let it go
+        out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
+    return out
+
+
 class ActorWatch:
     """Ray Data expects its pool actors to restart; the job runs them without restarts (see
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
@@ -143,24 +203,7 @@ class ActorWatch:
         self._thread.join()
 
     def _dead(self) -> dict[str, str]:
-        """Actor id -> why it died, for this job's actors of the watched class that died by accident."""
-        import ray
-        import ray._private.state as state
-        from ray.core.generated import common_pb2
-
-        job = ray.get_runtime_context().get_job_id()
-        names = common_pb2.ActorDiedErrorContext.Reason
-        out = {}
-        for actor_id, a in state.actors().items():
-            if a.get("State") != "DEAD" or self.fragment not in a.get("ActorClassName", ""):
-                continue
-            if a.get("JobID") != job:
-                continue
-            ctx = a["DeathCause"].actor_died_error_context
-            if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
-                continue  # the pool let it go
-            out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
-        return out
+        return dead_by_accident(self.fragment)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .storage import redact_url
+from .redact import redact_data
 
 
 class ConfigError(ValueError):
@@ -40,8 +40,8 @@ class InputConfig(_Section):
     path_template: str | None = Field(
         None,
         description="build each row's audio path from its columns instead of a path column, e.g. "
-        "'dia{Dialogue_ID}_utt{Utterance_ID}.mp4' (MELD's CSV); without an id column the id is that "
-        "path without its extension",
+        "'dia{Dialogue_ID}_utt{Utterance_ID}.mp4' (MELD's CSV); without an id column the default id is "
+        "that path",
     )
     speaker_column: str | None = Field(
         None, description="default: the first of speaker, Speaker; becomes the speaker column"
@@ -112,7 +112,10 @@ class AudioConfig(_Section):
         4 * 3600.0, gt=0, description="longer audio is an error row, refused from the header before decoding"
     )
     max_file_mb: float | None = Field(
-        2048.0, gt=0, description="larger encoded files are error rows, refused before decoding"
+        2048.0,
+        gt=0,
+        description="larger files are error rows, refused from their size before the download "
+        "(null: no limit, and no HEAD request per GCS/Azure/HF file)",
     )
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
@@ -135,7 +138,8 @@ class OutputConfig(_Section):
         60.0,
         ge=5,
         description="the run's lease on output.path (one writer at a time) expires this long after its "
-        "last renewal; a dead run's lease is taken over after that",
+        "last renewal; a dead run's lease is taken over after that. Renewed every quarter of it; a run "
+        "commits nothing once less than a quarter is left",
     )
 
 
@@ -190,15 +194,7 @@ class JobConfig(_Section):
     def redacted(self) -> dict[str, Any]:
         """The config as plain data for `_run.json` and logs. Credentials never enter the config,
         but a URL may carry some (user info, signed query parameters): every URL is redacted."""
-        return _redact(self.model_dump(mode="json"))
-
-
-def _redact(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _redact(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v) for v in node]
-    return redact_url(node) if isinstance(node, str) else node
+        return redact_data(self.model_dump(mode="json"))
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -1,18 +1,31 @@
 """One writer per output directory: the lease file `<output>/_lease.json`.
 
 A run creates the lease only if no file is there (create-if-absent: exactly one of two racing runs
-succeeds), renews it from a daemon thread every ttl/3 while it runs, and deletes it when done. A
+succeeds), renews it from a daemon thread every ttl/4 while it runs, and deletes it when done. A
 second run while the lease is live fails with `LeaseHeld`, which names the holder. A lease whose
 `expires_at` has passed belongs to a run that died; the next run takes it over, at once when the
 holder ran on the same host and its process is gone.
 
-Expiry compares the wall clocks of different hosts, so they must agree to well within the ttl (NTP
-does). A run that could not renew for a whole ttl (paused, cut off from storage) may have been taken
-over: `Lease.check()` raises `LeaseLost` then, and the job should stop before committing more.
+Safety does not rest on the renew thread noticing a loss in time:
+* `Lease.check()`, called before every commit, compares the clock with the `expires_at` this run
+  last wrote, minus a margin (ttl/4): a run paused or cut off from storage stops committing before
+  its lease can expire, whether or not the renew thread has run since. It returns the moment by which
+  the commit's writes must be done (`Storage.deadline`).
+* A renewal has a deadline of ttl/4 (storage retries and request timeouts included); one that cannot
+  finish by then fails, and the lease keeps the expiry it had.
+* A renewal is conditional on the file being the one this run wrote last: an `If-Match` PUT on the
+  ETag on S3 (the store decides); elsewhere the content is compared right before an atomic replace
+  (best effort: a takeover in between those two steps is overwritten). It also never writes once
+  the lease has expired by this run's clock.
+
+Expiry compares the wall clocks of different hosts, so they must agree to well within the margin
+(NTP does). A write already sent when its deadline passes can still land up to a request timeout
+later: that, and clock skew, is what the margin is for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,12 +36,15 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from .storage import Storage, join
+from .redact import redact_data
+from .storage import ConditionFailed, Storage, join
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "_lease.json"
-_CORE = ("run_id", "host", "pid", "started_at", "expires_at", "ttl_s")
+_CORE = ("run_id", "host", "pid", "started_at", "expires_at", "ttl_s", "generation")
+# test seam: while the file this names exists, the renew thread renews nothing (a thread held back)
+STALL_ENV = "E2V_INJECT_RENEW_STALL"
 
 
 class LeaseHeld(RuntimeError):
@@ -56,7 +72,8 @@ def acquire(
     for _ in range(5):
         record = _new_record(run_id, ttl_s, holder or {})
         if storage.write_bytes_if_absent(uri, _dump(record)):
-            return Lease(storage, uri, record, ttl_s)
+            # nobody else writes a live lease: the version read now is the one just created
+            return Lease(storage, uri, record, ttl_s, storage.version(uri))
         current = _read(storage, uri)
         if current is None:  # released between our two calls
             continue
@@ -70,43 +87,102 @@ def acquire(
 class Lease:
     """A held lease; renews itself until `release()` (or the end of a `with` block)."""
 
-    def __init__(self, storage: Storage, uri: str, record: dict[str, Any], ttl_s: float) -> None:
-        self.storage, self.uri, self.record, self.ttl_s = storage, uri, record, ttl_s
+    def __init__(
+        self, storage: Storage, uri: str, record: dict[str, Any], ttl_s: float, version: str
+    ) -> None:
+        self.uri, self.ttl_s = uri, ttl_s
+        self.margin_s = ttl_s / 4
+        self.renew_deadline_s = ttl_s / 4
+        # the renew thread's storage: its requests time out within a renewal's deadline
+        timeout = max(min(storage.request_timeout_s, self.renew_deadline_s), 0.1)
+        self.storage = dataclasses.replace(
+            storage,
+            connect_timeout_s=min(storage.connect_timeout_s, timeout),
+            request_timeout_s=timeout,
+            retries={},
+        )
+        self._state = (record, version)  # replaced as a whole: the main thread reads it unlocked
         self._lost: str | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
         self._thread.start()
 
     @property
+    def record(self) -> dict[str, Any]:
+        return self._state[0]
+
+    @property
     def run_id(self) -> str:
         return self.record["run_id"]
 
-    def check(self) -> None:
-        """Raise `LeaseLost` if the lease was lost; call before committing output."""
+    @property
+    def expires_at(self) -> float:
+        """When the lease this run last wrote expires (epoch seconds)."""
+        return _parse(self.record["expires_at"])
+
+    def check(self) -> float:
+        """Call before committing: raise `LeaseLost` if the lease was lost, or if less than the
+        margin is left before it expires by this host's clock (the renew thread need not have run).
+        -> the epoch time by which the commit's writes must be done."""
         if self._lost:
             raise LeaseLost(f"lost the lease {self.uri}: {self._lost}; another run may be writing here")
+        safe_until = self.expires_at - self.margin_s
+        if time.time() >= safe_until:
+            raise LeaseLost(
+                f"lost the lease {self.uri}: it was not renewed in time (it expires at "
+                f"{self.record['expires_at']}, less than {self.margin_s:.0f} s from now; this run was paused "
+                "or cut off from storage); another run may take it over, so this run commits nothing more"
+            )
+        return safe_until
 
     def renew(self) -> None:
-        """Push `expires_at` a ttl ahead, only while the file still holds our run id."""
-        self.check()
-        now = time.time()
-        if now >= _parse(self.record["expires_at"]):
-            self._lost = "it expired before this run could renew it"
-            self.check()
+        """Push `expires_at` a ttl ahead, only if the file is still the one this run wrote last and
+        the lease has not expired; within `renew_deadline_s` or not at all."""
+        with self._lock:
+            if self._lost:
+                raise LeaseLost(f"lost the lease {self.uri}: {self._lost}")
+            start = time.time()
+            record, version = self._state
+            if start >= self.expires_at:
+                self._lose("it expired before this run could renew it")
+            new = {
+                **record,
+                "expires_at": _iso(start + self.ttl_s),
+                "generation": record.get("generation", 0) + 1,
+            }
+            try:
+                with self.storage.deadline(min(start + self.renew_deadline_s, self.expires_at)):
+                    version = self.storage.replace_if_version(self.uri, _dump(new), version)
+            except ConditionFailed:
+                # a read to tell our own late write from a takeover: it gets a deadline of its own
+                with self.storage.deadline(time.time() + self.renew_deadline_s):
+                    self._adopt_or_lose()
+                return
+            self._state = (new, version)
+
+    def _adopt_or_lose(self) -> None:
+        """The file is not the one we wrote last. Only this run writes records with its run id, so a
+        file that still holds it is our own earlier renewal that landed after its call had given
+        up: adopt it (and its expiry). Anything else means the lease is gone."""
         current = _read(self.storage, self.uri)
-        if current is None or current.get("run_id") != self.run_id:
-            self._lost = "the lease file was deleted" if current is None else "another run took it over"
-            self.check()
-        record = {**self.record, "expires_at": _iso(now + self.ttl_s)}
-        self.storage.write_bytes_atomic(self.uri, _dump(record))
-        self.record = record
+        if current is None:
+            self._lose("the lease file was deleted")
+        if current.get("run_id") != self.run_id:
+            self._lose(f"another run ({current.get('run_id')}) took it over")
+        self._state = (current, self.storage.version(self.uri))
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        raise LeaseLost(f"lost the lease {self.uri}: {why}; another run may be writing here")
 
     def release(self) -> None:
-        """Stop renewing and delete the lease file if it is still ours."""
+        """Stop renewing and delete the lease file if it is still ours and live (once it expired,
+        another run may have taken it over between our read and the delete)."""
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
-        if self._lost:
+        if self._lost or time.time() >= self.expires_at - self.margin_s:
             return
         current = _read(self.storage, self.uri)
         if current is not None and current.get("run_id") == self.run_id:
@@ -119,14 +195,21 @@ class Lease:
         self.release()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        while not self._stop.wait(self.ttl_s / 4):
+            if _stalled():
+                continue
             try:
                 self.renew()
             except LeaseLost as e:
                 log.error("%s", e)
                 return
-            except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next period
+            except Exception as e:  # noqa: BLE001 - a storage hiccup: the next period tries again
                 log.warning("could not renew the lease %s: %s", self.uri, e)
+
+
+def _stalled() -> bool:
+    flag = os.environ.get(STALL_ENV)
+    return bool(flag) and os.path.exists(flag)
 
 
 def _take_over(storage: Storage, uri: str, stale: dict[str, Any], ttl_s: float) -> None:
@@ -163,6 +246,7 @@ def _new_record(run_id: str, ttl_s: float, holder: dict[str, Any]) -> dict[str, 
         "started_at": _iso(now),
         "expires_at": _iso(now + ttl_s),
         "ttl_s": ttl_s,
+        "generation": 0,
     }
     return {**holder, **core}
 
@@ -222,7 +306,8 @@ def _delete_quietly(storage: Storage, uri: str) -> None:
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, indent=1, default=str).encode()
+    # the holder's facts (the manifest URL) may carry a signature: the file is read by other runs
+    return json.dumps(redact_data(record), indent=1, default=str).encode()
 
 
 def _iso(t: float) -> str:

@@ -24,7 +24,7 @@ import torch
 from .audio import chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
-from .poison import Guard, maybe_crash
+from .poison import InFlight, crashed_alone, maybe_crash
 from .schema import MODEL_NODE, MODEL_RUNTIME, MODEL_TIME, WAVEFORM, segments_type
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ EXIT_DEVICE_BROKEN = 70
 
 
 class WorkerCrashed(RuntimeError):
-    """The row killed the model worker in an earlier attempt."""
+    """The row killed the process that ran the model on it."""
 
 
 @dataclass
@@ -144,7 +144,15 @@ class EmotionPredictor:
         batch_seconds: float | None = None,
         max_batch_size: int = 32,
         torch_threads: int | None = None,
+        poison_scope: str | None = None,
+        suspects: list[str] | None = None,
     ):
+        # what a separate process needs to load the same model (suspect rows run there, see poison.py)
+        self._model_kwargs = {
+            k: v for k, v in locals().items() if k not in ("self", "poison_scope", "suspects", "__class__")
+        }
+        self._in_flight = InFlight(poison_scope)
+        self._suspects = set(suspects or ())
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
@@ -257,7 +265,8 @@ class EmotionPredictor:
                 ).astype(np.float32)
             heads += [emb] + ([p.embedding for p in parts] if len(parts) > 1 else [])
             done.append((r, ks, num_frames, frames, emb))
-        # the head runs once per call on every embedding: per row it cost more than the small forward
+        # the head runs once per call on every embedding: once per row it would cost more than a small
+        # clip's forward pass
         all_scores = self._classify(heads)
         at = 0
         for r, ks, num_frames, frames, emb in done:
@@ -275,23 +284,45 @@ class EmotionPredictor:
         return results
 
     def _guarded(self, ids: list[str], paths: list[str | None], clips: list[np.ndarray | None]) -> list:
-        """`predict`, but a row that killed an earlier attempt of this block (a crash in native code,
-        an OOM kill) becomes an error; on a retry clips run one at a time to find that row."""
-        guard = Guard("model", ids)
-        if guard.attempt == 1:
-            for row_id, path in zip(ids, paths, strict=True):
-                maybe_crash("model", path or row_id)
-            results = self.predict(clips)
-        else:
-            results = []
-            for row_id, path, clip in zip(ids, paths, clips, strict=True):
-                if row_id in guard.poisoned:
-                    results.append(WorkerCrashed(guard.message(path or row_id).split(": ", 1)[1]))
-                    continue
-                guard.before(row_id)
-                maybe_crash("model", path or row_id)
-                results.extend(self.predict([clip]))
-        guard.done()
+        """`predict`, with the call's rows recorded as in flight while it runs, so that a row that
+        kills this process is known to the next attempt; rows that were in flight when an earlier
+        attempt's actor died (suspects) run one at a time in a separate process instead."""
+        suspect = [i for i, row_id in enumerate(ids) if row_id in self._suspects and clips[i] is not None]
+        results: list = [None] * len(ids)
+        rest = [i for i in range(len(ids)) if i not in set(suspect)]
+        if rest:
+            self._in_flight.record([ids[i] for i in rest])
+            for i in rest:
+                maybe_crash("model", paths[i] or ids[i])
+            for i, r in zip(rest, self.predict([clips[i] for i in rest]), strict=True):
+                results[i] = r
+            self._in_flight.clear()
+        if suspect:
+            for i, r in zip(
+                suspect, self._isolated([(ids[i], paths[i], clips[i]) for i in suspect]), strict=True
+            ):
+                results[i] = r
+        return results
+
+    def _isolated(self, rows: list[tuple[str, str | None, np.ndarray]]) -> list:
+        """Each row alone in a separate process holding its own model; a row that kills that process
+        becomes a WorkerCrashed error, and a fresh process takes the next row."""
+        from .isolate import ChildDied, Isolated
+
+        log.warning("running %d suspect rows one at a time in a separate process", len(rows))
+        results: list = []
+        child: Isolated | None = None
+        try:
+            for row_id, path, clip in rows:
+                child = child or Isolated(self._model_kwargs)
+                try:
+                    results.append(child.run(row_id, path, clip))
+                except ChildDied:
+                    results.append(WorkerCrashed(crashed_alone(path or row_id)))
+                    child = None
+        finally:
+            if child is not None:
+                child.close()
         return results
 
     def _classify(self, embeddings: list[np.ndarray]) -> np.ndarray | None:

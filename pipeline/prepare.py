@@ -1,7 +1,7 @@
 """The CPU stage: fetch or unpack each row's audio, decode it to 16 kHz mono, cut its span, split it
 into speech segments when asked, or record why not.
 
-Input: normalised manifest blocks (see manifest.py). Output: one row per span to run through the
+Input: normalised manifest blocks (see pipeline/manifest/). Output: one row per span to run through the
 model (a recording split by voice activity becomes several rows), with `error`, `duration_s`,
 `sample_rate`, `channels`, `recording_id`, `offset_s`, `start_s`, `end_s` and `waveform`
 (large_list<float32>, null when there is nothing to run). No exception escapes for a bad row: every
@@ -20,24 +20,26 @@ import numpy as np
 import pyarrow as pa
 
 from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
-from .poison import Guard, maybe_crash
+from .poison import NAMESPACE, Guard, maybe_crash
 from .schema import (
     AUDIO_BYTES,
     DECODE_TIME,
     INPUT_ERROR,
+    MANIFEST_ID,
     SEGMENT_TOTAL,
     SPAN_END,
     STORAGE_RETRIES,
     WAVEFORM,
 )
-from .storage import Storage
+from .storage import FileTooLarge, Storage
 
 Segmenter = Callable[[np.ndarray], list[tuple[int, int]]]  # 16 kHz samples -> [start, end) spans
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Refuse audio that would take a worker down, before decoding it where the header tells."""
+    """Refuse audio that would take a worker down: too big from its size before it is downloaded,
+    too long from its header before it is decoded (where the header tells)."""
 
     max_duration_s: float | None = None
     max_file_mb: float | None = None
@@ -52,8 +54,9 @@ class Span:
     error: str | None = None
     audio: DecodedAudio | None = None
     samples: np.ndarray | None = None  # what the model runs on
-    start_s: float | None = None  # in the recording
+    start_s: float | None = None  # this row's span in the recording (a VAD segment's, or the manifest's)
     end_s: float | None = None
+    offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
 
@@ -65,6 +68,7 @@ def prepare_block(
     limits: Limits = Limits(),
     segmenter: Segmenter | None = None,
     block_mb: float = 64.0,
+    poison_scope: str = NAMESPACE,
 ) -> Iterator[pa.Table]:
     """A block of manifest rows -> blocks of model-ready rows (see the module docstring)."""
     t0 = time.perf_counter()
@@ -72,7 +76,7 @@ def prepare_block(
     pending: list[Span] = []
     size = 0
     loader = _Loader(storage, limits)
-    guard = Guard("decode", batch["id"].to_pylist())
+    guard = Guard("decode", batch["id"].to_pylist(), poison_scope)
     for i, row in enumerate(_rows(batch)):
         if row["id"] in guard.poisoned:
             spans = [
@@ -120,6 +124,10 @@ class _Loader:
         new, self._counted = total - self._counted, total
         return new
 
+    def _max_bytes(self) -> int | None:
+        mb = self.limits.max_file_mb
+        return None if mb is None else int(mb * 2**20)
+
     def load(self, row: dict) -> DecodedAudio | str:
         """-> the decoded audio, or the error string for the row."""
         key = row["path"] if row[AUDIO_BYTES] is None else None
@@ -136,15 +144,14 @@ class _Loader:
             if not path:
                 return "input: ValueError: the manifest row has no audio path"
             try:
-                data = self.storage.read_bytes(path)
+                data = self.storage.read_bytes(path, max_bytes=self._max_bytes())
+            except FileTooLarge as e:
+                return f"fetch: FileTooLarge: {e} (audio.max_file_mb)"
             except Exception as e:  # noqa: BLE001 - any fetch failure is this row's error
                 return f"fetch: {type(e).__name__}: {_msg(e, path)}"
         try:
             return decode(
-                data,
-                name=name,
-                max_duration_s=self.limits.max_duration_s,
-                max_bytes=None if self.limits.max_file_mb is None else int(self.limits.max_file_mb * 2**20),
+                data, name=name, max_duration_s=self.limits.max_duration_s, max_bytes=self._max_bytes()
             )
         except Exception as e:  # noqa: BLE001 - whatever the decoder raises is this row's error
             return f"decode: {type(e).__name__}: {name}: {e}"
@@ -154,13 +161,8 @@ def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> l
     offset, end = row["offset_s"], row[SPAN_END]
     spanned = offset is not None or end is not None
     # what the manifest asked for, kept on error rows too
-    base = Span(
-        i,
-        row["id"],
-        recording_id=row["recording_id"],
-        start_s=(offset or 0.0) if spanned else None,
-        end_s=end,
-    )
+    start = (offset or 0.0) if spanned else None
+    base = Span(i, row["id"], recording_id=row["recording_id"], start_s=start, end_s=end, offset_s=start)
     if row[INPUT_ERROR]:
         return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)
@@ -198,12 +200,13 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
                 samples=whole.samples[a:b],
                 start_s=start,
                 end_s=end,
+                offset_s=whole.offset_s,
                 recording_id=rec,
                 first=not spans,
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec)]
+        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec, offset_s=whole.offset_s)]
     return spans
 
 
@@ -223,11 +226,12 @@ def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> 
     )
     duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
     columns = {
+        MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),
         "recording_id": pa.array([s.recording_id for s in spans], pa.string()),
         "start_s": pa.array([s.start_s for s in spans], pa.float64()),
         "end_s": pa.array([s.end_s for s in spans], pa.float64()),
-        "offset_s": pa.array([s.start_s for s in spans], pa.float64()),
+        "offset_s": pa.array([s.offset_s for s in spans], pa.float64()),
     }
     for name, arr in columns.items():
         at = base.schema.get_field_index(name)

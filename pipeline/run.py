@@ -18,24 +18,46 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import pyarrow as pa
 
-from . import __version__
+from . import __version__, redact
 from .audio import RESAMPLER
-from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
+from .cluster import (
+    ActorLost,
+    ActorWatch,
+    ClusterError,
+    Placement,
+    dead_by_accident,
+    init_ray,
+    plan_placement,
+    quiet_ray_logs,
+)
 from .config import JobConfig
+from .errors import causes, find
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
-from .manifest import Count, ManifestError, Piece, Plan, Source, count_rows, discover, read_pieces, read_units
-from .poison import TASK_RETRIES
+from .manifest import (
+    Count,
+    ManifestError,
+    Piece,
+    Plan,
+    Source,
+    check_unique_across,
+    count_rows,
+    discover,
+    read_pieces,
+    read_units,
+)
+from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
-from .storage import Storage, join
+from .storage import Storage, StorageUnavailable, join
 from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
@@ -157,7 +179,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     the output's error fraction is too high."""
     import ray
 
-    stream = stream or sys.stderr
+    stream = redact.stream(stream or sys.stderr)
     t0 = time.time()
     storage = Storage.from_config(cfg.storage)
     try:
@@ -166,6 +188,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         raise JobError(str(e)) from None
     fresh = not storage.exists(cfg.output.path)
     lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
     try:
         model, started_ray, started_local = _start(cfg)
     except BaseException:
@@ -187,6 +210,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         schema = output_schema(
             model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
         )
+        restarts = 0
         for attempt in range(cfg.ray.max_restarts + 1):
             try:
                 skip = out.skip()
@@ -195,7 +219,21 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                 )
                 if not pieces:
                     break  # every unit is committed without errors: nothing to read
-                ds = build_dataset(cfg, plan, pieces, skip, storage, schema, placement, model.weights_sha256)
+                # rows in flight when the last attempt's model actors died run alone (poison.py)
+                dead = set(dead_by_accident("EmotionPredictor")) if attempt else set()
+                suspects = sorted(collect_suspects(poison_scope, dead)) if attempt else []
+                ds = build_dataset(
+                    cfg,
+                    plan,
+                    pieces,
+                    skip,
+                    storage,
+                    schema,
+                    placement,
+                    model.weights_sha256,
+                    poison_scope=poison_scope,
+                    suspects=suspects,
+                )
                 with on_interrupt() as stop:
                     _execute(ds, out, tally, progress, lease, stop)
                 break
@@ -207,6 +245,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     file=stream,
                     flush=True,
                 )
+                restarts += 1
                 out.reopen()
         progress.print()
         ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
@@ -219,9 +258,11 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     finally:
         if lease is not None:
             lease.release()
+        if ray.is_initialized():
+            forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
+    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream, restarts)
 
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
@@ -269,6 +310,7 @@ def _recoverable(e: BaseException | None) -> bool:
 
     kinds = (
         ActorLost,  # our watch stopped an execution whose idle model actor died
+        StorageUnavailable,  # a read task's storage stayed down through its retries: not bad input
         dex.SystemException,  # Ray Data's wrapper for failures that are not the user code's
         rex.ActorDiedError,
         rex.WorkerCrashedError,
@@ -277,29 +319,29 @@ def _recoverable(e: BaseException | None) -> bool:
         rex.OwnerDiedError,
         rex.ActorUnavailableError,
     )
-    for _ in range(10):
-        if e is None:
-            return False
-        if isinstance(e, kinds):
-            return True
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return False
+    return find(e, kinds) is not None
 
 
 def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
     """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
     import ray
 
-    remote = ray.remote(num_cpus=READ_CPUS)(count_rows)
+    remote = ray.remote(num_cpus=READ_CPUS)(_count_rows)
     refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
     details, schema = [], None
     for s, ref in zip(sources, refs, strict=True):
         try:
             c = Count(s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
         except ManifestError as e:
-            raise JobError(str(getattr(e, "cause", e))) from None
+            raise JobError(str(_manifest_cause(e))) from None
+        except StorageUnavailable as e:
+            raise RunFailed(f"the manifest could not be read: {_one_line(e)}") from None
         details.append(c)
         schema = schema or (c.schema if c.rows else None)
+    try:
+        check_unique_across([s.uri for s in sources], [c.ids for c in details])
+    except ManifestError as e:
+        raise JobError(str(e)) from None
     counts = [c.rows for c in details]
     if sum(counts) == 0:
         raise JobError(f"input.manifest: {cfg.input.manifest}: the manifest has no rows")
@@ -352,7 +394,7 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
                     if unit.complete:
                         with stop.shield():
                             lease.check()
-                            out.commit(s["unit"], unit)
+                            out.commit(s["unit"], unit, fence=lease.check)
                             tally.add(pending.pop(s["unit"]))
         if watch.lost:
             raise ActorLost(f"a model actor died while idle ({watch.lost})")
@@ -371,30 +413,42 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
 
 
 def _manifest_cause(e: BaseException) -> ManifestError | None:
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, ManifestError):
-            return getattr(e, "cause", e) if type(e) is not ManifestError else e
-        e = getattr(e, "cause", None) or e.__cause__
-        seen += 1
-    return None
+    found = find(e, ManifestError)
+    return getattr(found, "cause", found)  # Ray's wrapper holds the manifest's own error
+
+
+def _read_pieces(batch: pa.Table, **kwargs: Any) -> Iterator[pa.Table]:
+    """The read task (see read_pieces); storage that stayed down is told apart from a bad manifest."""
+    try:
+        yield from read_pieces(batch, **kwargs)
+    except ManifestError as e:
+        raise _storage_down(e) from None
+
+
+def _count_rows(*args: Any) -> Count:
+    try:
+        return count_rows(*args)
+    except ManifestError as e:
+        raise _storage_down(e) from None
+
+
+def _storage_down(e: ManifestError) -> BaseException:
+    """A manifest that could not be read because its store kept failing through every retry is not
+    bad input: StorageUnavailable (the message of `e`) restarts the pipeline or asks for a rerun. Told
+    here, in the task: the chain that says so does not survive Ray's pickling."""
+    return StorageUnavailable(str(e)) if find(e, StorageUnavailable) else e
 
 
 def _one_line(e: BaseException) -> str:
     """A (Ray-wrapped) exception as `Type: first line`, from the innermost cause that says something."""
-    chain = [e]
-    for _ in range(10):
-        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__ or chain[-1].__context__
-        if inner is None or inner in chain:
-            break
-        chain.append(inner)
+    chain = list(causes(e))
     said = [c for c in chain if str(c).strip()] or chain
     text = str(said[-1]).strip().splitlines()
     return f"{type(said[-1]).__name__}: {text[0] if text else ''}"
 
 
 def _finish(
-    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream
+    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream, restarts: int
 ) -> RunResult:
     wall = time.time() - t0
     totals = out.totals()
@@ -418,6 +472,7 @@ def _finish(
         "error_fraction": round(frac, 6),
         "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
         "storage_retries": int(tally["retries"]),  # transient fetch/write errors that a retry got past
+        "restarts": restarts,  # pipeline restarts after a worker, actor or node died
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": tally.per_node,
@@ -459,6 +514,9 @@ def build_dataset(
     schema: pa.Schema,
     placement: Placement,
     weights_sha: str,
+    *,
+    poison_scope: str = NAMESPACE,
+    suspects: list[str] | None = None,
 ):
     import ray
     import ray.data
@@ -484,6 +542,7 @@ def build_dataset(
                 "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
+                "poison_scope": poison_scope,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
@@ -491,7 +550,7 @@ def build_dataset(
             else None,
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
         )
-        ds = _model_stage(ds, cfg, placement, weights_sha)
+        ds = _model_stage(ds, cfg, placement, weights_sha, poison_scope, suspects or [])
     return ds.map_batches(
         write_parts,
         batch_size=None,
@@ -504,14 +563,17 @@ def build_dataset(
             "max_file_mb": cfg.output.max_file_mb,
             "rows_per_file": cfg.output.rows_per_file,
         },
-        # staging a file is light, mostly waiting on storage; a write op that asks for a share of a CPU
-        # starves once decoding and the model hold every CPU (a 2M-row job wrote nothing for 12 min
-        # while the results piled up): it takes no CPU from Ray's accounting
+        # staging a file is light, mostly waiting on storage. Ray schedules a task only when its CPU
+        # request fits, and decoding and the model can hold every CPU for as long as there is input:
+        # a write op asking for a CPU share would wait behind them while results pile up in the object
+        # store and no unit commits. So it asks for none.
         num_cpus=WRITE_CPUS,
     )
 
 
-def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
+def _model_stage(
+    ds, cfg: JobConfig, placement: Placement, weights_sha: str, poison_scope: str, suspects: list[str]
+):
     import ray.data
 
     from .predictor import EmotionPredictor
@@ -534,6 +596,8 @@ def _model_stage(ds, cfg: JobConfig, placement: Placement, weights_sha: str):
             "batch_seconds": m.batch_seconds,
             "max_batch_size": m.max_batch_size,
             "torch_threads": placement.torch_threads,
+            "poison_scope": poison_scope,
+            "suspects": suspects,
         },
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
@@ -564,7 +628,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         return ray.data.from_arrow(blocks or [_empty_block()])
     items = [p.item() for p in pieces]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        read_pieces,
+        _read_pieces,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},

@@ -11,10 +11,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from .model import INPUT
-
-FRAME_RATE = INPUT.frame_rate  # frames per second of the released models' features
-
 # Our columns, in order; `frames` only when output.frames is on.
 OUTPUT_COLUMNS = (
     "id",
@@ -40,8 +36,11 @@ OUTPUT_COLUMNS = (
 
 # -- private columns (between stages only) --------------------------------------------------------
 AUDIO_BYTES = "_audio_bytes"  # audio carried inside the manifest (binary), instead of a path to fetch
-SPAN_END = "_end_s"  # end of the row's span in its file, seconds (null: to the end); start is offset_s
+SPAN_END = "_end_s"  # end of the manifest row's span in its file, seconds (null: to the end)
 INPUT_ERROR = "_input_error"  # a manifest row that cannot be processed, with the reason
+MANIFEST_ID = (
+    "_manifest_id"  # the id of the manifest row an output row came from (a VAD segment's is not its own)
+)
 UNIT = "_unit"  # the unit of work (a committed group of rows) the row belongs to
 UNIT_ROWS = "_unit_rows"  # manifest rows of that unit processed by this run
 SEGMENT_TOTAL = "_seg_total"  # on a recording's first output row: how many rows it became; else 0

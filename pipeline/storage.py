@@ -6,7 +6,7 @@ such as MinIO, Ceph or moto); `http(s)://` (read-only); `gs://` (gcsfs, extra `[
 `resolve()` hands pyarrow a filesystem for datasets and Parquet.
 
 Credentials come only from each back end's own chain (environment, profile, instance role, ...):
-they never enter the config, and URLs we put in messages pass through `redact_url`.
+they never enter the config, and URLs we put in messages pass through `redact.redact`.
 
 Transient failures (HTTP 429/5xx, S3 SlowDown/InternalError/RequestTimeout, dropped connections,
 timeouts) are retried here with bounded exponential backoff and counted in `Storage.retries`; the
@@ -19,22 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import importlib.util
+import io
 import logging
 import os
 import posixpath
 import random
-import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import IO, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+
+from .errors import causes
+from .redact import redact
 
 T = TypeVar("T")
 
@@ -57,6 +62,23 @@ _OBJECT_STORES = {"s3", "gs", "az", "hf"}
 
 class ReadOnlyError(OSError):
     """A write to a read-only scheme (http, https)."""
+
+
+class StorageUnavailable(OSError):
+    """A call still failing with transient errors after every retry: the store is overloaded or out
+    of reach for now. Nothing is wrong with what was asked: a later attempt may succeed."""
+
+
+class FileTooLarge(OSError):
+    """A file bigger than the reader's limit, refused from its size before its bytes were read."""
+
+
+class ConditionFailed(OSError):
+    """A conditional replace found the object changed or gone (see `Storage.replace_if_version`)."""
+
+
+# epoch seconds after which a storage call starts no new attempt (per thread: see Storage.deadline)
+_DEADLINE: ContextVar[float | None] = ContextVar("storage_deadline", default=None)
 
 
 # -- URIs ---------------------------------------------------------------------------------------
@@ -94,36 +116,6 @@ def join(base: str, rel: str) -> str:
     return os.path.normpath(os.path.join(os.path.expanduser(base), rel))
 
 
-# query parameters whose value is a secret (presigned S3, GCS, Azure SAS, API tokens)
-_SECRET_PARAM = re.compile(r"sig|token|key|secret|passw|credential|auth", re.IGNORECASE)
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_url(url: str) -> str:
-    """`url` without user info (`http://user:pw@host` -> `http://***@host`) and with the values of
-    secret-looking query parameters replaced by `***`. Strings that are not URLs pass unchanged."""
-    if "://" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
-            query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_text(text: str) -> str:
-    """`text` with every URL in it redacted (for messages that quote library errors)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-
-
 # -- transient errors ---------------------------------------------------------------------------
 
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
@@ -140,13 +132,12 @@ _TRANSIENT_CODES = {
 _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
-def _chain(e: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
+def _error_code(e: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (or what s3fs made of one), else None."""
+    resp = getattr(e, "response", None)
+    if isinstance(resp, dict) and "Error" in resp:
+        return resp["Error"].get("Code")
+    return None
 
 
 def _refused(e: BaseException) -> bool:
@@ -171,10 +162,108 @@ def _copy_one(fs: Any, kind: str, src: str, dst: str) -> None:
         fs.cp_file(src, dst)
 
 
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise FileTooLarge(
+            f"{redact(uri)}: {size / 2**20:.1f} MB ({size} bytes), over the limit of {max_bytes / 2**20:g} MB"
+        )
+
+
+def _read_http(fs: Any, url: str, max_bytes: int) -> bytes:
+    """GET `url`; refuse it from its Content-Length before reading the body (the connection is then
+    dropped), or once more than `max_bytes` arrived when the server sends no length. A HEAD would
+    cost a second request, and presigned URLs signed for GET refuse it."""
+    from fsspec.asyn import sync
+
+    async def get() -> bytes:
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url), **fs.kwargs) as r:
+            if r.status in (404, 410):
+                raise FileNotFoundError(f"no such file: {redact(url)}")
+            r.raise_for_status()
+            if r.content_length is not None:
+                _check_size(url, r.content_length, max_bytes)
+            chunks, got = [], 0
+            async for chunk in r.content.iter_chunked(1 << 20):
+                chunks.append(chunk)
+                got += len(chunk)
+                if got > max_bytes:
+                    raise FileTooLarge(
+                        f"{redact(url)}: more than {max_bytes / 2**20:g} MB (the server sent no length)"
+                    )
+            return b"".join(chunks)
+
+    return sync(fs.loop, get)
+
+
+def _read_s3(fs: Any, uri: str, path: str, max_bytes: int) -> bytes:
+    """One GetObject, refused from its ContentLength before the body is read (closing the body drops
+    the connection): a HEAD first would add a round trip to every fetch. Like s3fs's own cat_file,
+    through its `_call_s3`, which adds the request-wide arguments (requester pays, SSE) and maps
+    errors (NoSuchKey -> FileNotFoundError, the botocore error kept as the cause)."""
+    from fsspec.asyn import sync
+
+    bucket, key, version = fs.split_path(path)
+
+    async def get() -> bytes:
+        versioned = {"VersionId": version} if version else {}
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **versioned)
+        body = resp["Body"]
+        try:
+            _check_size(uri, int(resp.get("ContentLength") or 0), max_bytes)
+            return await body.read()
+        finally:
+            body.close()
+
+    return sync(fs.loop, get)
+
+
+class _RetryingReader(io.RawIOBase):
+    """A remote file object whose reads go through `Storage._call`: each read seeks to where it
+    started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
+    or row group costs a retry, not the task."""
+
+    def __init__(self, storage: Storage, uri: str, inner: Any) -> None:
+        self._storage, self._uri, self._inner = storage, uri, inner
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._inner.size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        def once() -> bytes:
+            self._inner.seek(self._pos)
+            return self._inner.read(size)
+
+        data = self._storage._call("read", self._uri, once)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 def is_transient(e: BaseException, reached: bool = True) -> bool:
     """Whether retrying `e` may help. `reached`: this process has talked to the server before, so a
     refused connection means a restart rather than a wrong endpoint."""
-    for x in _chain(e):
+    for x in causes(e):
         resp = getattr(x, "response", None)
         if isinstance(resp, dict) and "Error" in resp:  # botocore ClientError
             code = resp["Error"].get("Code", "")
@@ -384,11 +473,26 @@ class Storage:
 
     # -- retries ------------------------------------------------------------------------------
 
+    @staticmethod
+    @contextmanager
+    def deadline(until: float | None) -> Iterator[None]:
+        """Storage calls of this thread inside the block start no attempt (first or retry) after
+        the epoch time `until` (None: no deadline): they raise `TimeoutError` instead. An attempt
+        already sent may still finish later, within the request timeout."""
+        token = _DEADLINE.set(until)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
     def _call(self, op: str, uri: str, fn: Callable[[], T]) -> T:
         """`fn()` with bounded retries of transient errors; a persistent one raises an OSError
         naming the (redacted) URI and how often it was tried."""
         attempt = 0
+        until = _DEADLINE.get()
         while True:
+            if until is not None and time.time() >= until:
+                raise TimeoutError(f"{op} {redact(uri)}: its deadline passed after {attempt} attempts")
             try:
                 out = fn()
                 self._reached = True
@@ -400,15 +504,18 @@ class Storage:
                     # botocore/aiohttp errors: callers handle storage failures as OSError
                     raise OSError(errno.EIO, self._failed(op, uri, e)) from e
                 if attempt >= self.max_retries:
-                    raise OSError(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
+                    raise StorageUnavailable(errno.EIO, self._failed(op, uri, e, attempt + 1)) from e
                 attempt += 1
                 self.retries[op] = self.retries.get(op, 0) + 1
-                time.sleep(self._backoff(attempt))
+                delay = self._backoff(attempt)
+                if until is not None:
+                    delay = max(min(delay, until - time.time()), 0.0)
+                time.sleep(delay)
 
     @staticmethod
     def _failed(op: str, uri: str, e: Exception, attempts: int = 1) -> str:
         tried = f"still failing after {attempts} attempts: " if attempts > 1 else ""
-        return f"{op} {redact_url(uri)}: {tried}{type(e).__name__}: {redact_text(str(e))}"
+        return f"{op} {redact(uri)}: {tried}{type(e).__name__}: {redact(str(e))}"
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1))
@@ -416,67 +523,77 @@ class Storage:
 
     def _writable(self, uri: str) -> None:
         if scheme(uri) in _READ_ONLY:
-            raise ReadOnlyError(f"http(s) is read-only: cannot write {redact_url(uri)}")
+            raise ReadOnlyError(f"http(s) is read-only: cannot write {redact(uri)}")
 
     # -- reading ------------------------------------------------------------------------------
 
-    def read_bytes(self, uri: str, start: int | None = None, end: int | None = None) -> bytes:
+    def read_bytes(
+        self, uri: str, start: int | None = None, end: int | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
         """The whole file, or bytes start..end of it (end None: to the end). FileNotFoundError (also
-        for an HTTP 404) or IsADirectoryError name `uri`."""
+        for an HTTP 404) or IsADirectoryError name `uri`. `max_bytes` (whole files): a bigger file
+        raises FileTooLarge from its size, before its bytes are read: a stat locally, the response
+        header over http(s) and S3 (one GET, its body left unread), a HEAD on other object stores."""
         path = self._path(uri)
         if not is_remote(uri):
             if os.path.isdir(path):
-                raise IsADirectoryError(f"is a directory, not a file: {uri}")
+                raise IsADirectoryError(f"is a directory, not a file: {redact(uri)}")
             try:
                 with open(path, "rb") as f:
+                    if max_bytes is not None:
+                        _check_size(uri, os.fstat(f.fileno()).st_size, max_bytes)
                     f.seek(start or 0)
                     return f.read() if end is None else f.read(max(end - (start or 0), 0))
             except FileNotFoundError:
-                raise FileNotFoundError(f"no such file: {uri}") from None
+                raise FileNotFoundError(f"no such file: {redact(uri)}") from None
         fs = self.filesystem(uri)
+        if max_bytes is not None and scheme(uri) in _READ_ONLY:
+            return self._call("read", uri, lambda: _read_http(fs, uri, max_bytes))
+        if max_bytes is not None and not is_s3(uri):
+            found = self.info(uri)
+            if found["type"] == "file":
+                _check_size(uri, found["size"], max_bytes)
         # s3fs would HEAD first to split big objects into parallel ranges: one GET is enough here
         kw = {"max_concurrency": 1} if is_s3(uri) else {}
         if start is not None or end is not None:
             kw.update(start=start, end=end)
+
+        def read() -> bytes:
+            if max_bytes is not None and is_s3(uri):
+                return _read_s3(fs, uri, path, max_bytes)
+            return fs.cat_file(path, **kw)
+
         try:
-            return self._call("read", uri, lambda: fs.cat_file(path, **kw))
+            return self._call("read", uri, read)
         except FileNotFoundError:
             if scheme(uri) not in _READ_ONLY and self._call("info", uri, lambda: fs.isdir(path)):
-                raise IsADirectoryError(f"is a directory, not a file: {redact_url(uri)}") from None
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+                raise IsADirectoryError(f"is a directory, not a file: {redact(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
 
     def open_input(self, uri: str) -> IO[bytes]:
-        """A seekable binary file object (read in ranges: big files, Parquet footers). Opening is
-        retried; reads from the object are not."""
+        """A seekable binary file object (read in ranges: big files, Parquet footers). Opening and
+        every read are retried like any other call (a read resumes from where it started)."""
         path = self._path(uri)
         if not is_remote(uri):
             return open(path, "rb")
         fs = self.filesystem(uri)
         try:
-            return self._call("open", uri, lambda: fs.open(path, "rb"))
+            f = self._call("open", uri, lambda: fs.open(path, "rb"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
+        return _RetryingReader(self, uri, f)  # type: ignore[return-value]
 
     def info(self, uri: str) -> dict[str, Any]:
-        """{"type": "file"|"directory", "size": bytes, "mtime": epoch seconds or None, "etag": str or
-        None}. FileNotFoundError if absent."""
+        """{"type": "file"|"directory", "size": bytes}. FileNotFoundError if absent."""
         path = self._path(uri)
         fs = self.filesystem(uri)
         try:
             raw = self._call("info", uri, lambda: fs.info(path))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no such file: {redact_url(uri)}") from None
-        mtime = raw.get("mtime", raw.get("LastModified", raw.get("last_modified", raw.get("updated"))))
-        if isinstance(mtime, datetime):
-            mtime = mtime.timestamp()
-        elif isinstance(mtime, str):
-            mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
-        etag = raw.get("ETag", raw.get("etag"))
+            raise FileNotFoundError(f"no such file: {redact(uri)}") from None
         return {
             "type": "directory" if raw.get("type") == "directory" else "file",
             "size": int(raw.get("size") or 0),
-            "mtime": float(mtime) if mtime is not None else None,
-            "etag": etag.strip('"') if isinstance(etag, str) else None,
         }
 
     def exists(self, uri: str) -> bool:
@@ -514,6 +631,9 @@ class Storage:
     def glob(self, pattern: str) -> list[str]:
         """Files matching `pattern` (`*`, `?`, `[..]`; `**` crosses directories), sorted, in the
         pattern's form. Directories are left out."""
+        if scheme(pattern) in _READ_ONLY and not any(c in urlsplit(pattern).path for c in "*?["):
+            # in an http(s) URL `?` starts the query (a presigned URL's signature), not a wildcard
+            return [pattern] if self.exists(pattern) else []
         fs, path = self.filesystem(pattern), self._path(pattern)
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
         return sorted(self._uri(pattern, p) for p, i in found.items() if i.get("type") != "directory")
@@ -553,6 +673,51 @@ class Storage:
             if self.retries.get("write", 0) > before:
                 return self.read_bytes(uri) == data
             return False
+
+    def version(self, uri: str) -> str:
+        """A token that changes whenever `uri` is rewritten: the ETag on S3, else a hash of the
+        content. FileNotFoundError if absent."""
+        if is_s3(uri):
+            etag = self.info(uri)["etag"]
+            if etag:
+                return etag
+        return "sha256:" + hashlib.sha256(self.read_bytes(uri)).hexdigest()
+
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str:
+        """Overwrite `uri` with `data` only if it still has `version` (from `version()` or an
+        earlier call); -> the new version. Raises `ConditionFailed` when it changed or is gone.
+
+        S3: a conditional PUT (`If-Match: <ETag>`), decided by the store; a retried PUT whose
+        first try landed counts as ours when the object holds exactly `data`. Elsewhere (local
+        files, gs, az, hf) best effort: the version is compared right before an atomic replace,
+        and a writer that slips in between those two steps is overwritten."""
+        self._writable(uri)
+        if is_s3(uri) and not version.startswith("sha256:"):
+            return self._put_if_match(uri, data, version)
+        try:
+            current = "sha256:" + hashlib.sha256(self.read_bytes(uri)).hexdigest()
+        except FileNotFoundError:
+            raise ConditionFailed(errno.ENOENT, f"{redact(uri)} is gone") from None
+        if current != version:
+            raise ConditionFailed(errno.EBUSY, f"{redact(uri)} was rewritten by someone else")
+        self.write_bytes_atomic(uri, data)
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def _put_if_match(self, uri: str, data: bytes, etag: str) -> str:
+        fs, path = self.filesystem(uri), self._path(uri)
+        before = self.retries.get("write", 0)
+        try:
+            out = self._call("write", uri, lambda: fs.pipe_file(path, data, IfMatch=f'"{etag}"'))
+        except FileNotFoundError:
+            raise ConditionFailed(errno.ENOENT, f"{redact(uri)} is gone") from None
+        except OSError as e:
+            if not any(_error_code(x) == "PreconditionFailed" for x in causes(e)):
+                raise
+            if self.retries.get("write", 0) > before and self.read_bytes(uri) == data:
+                return self.version(uri)  # our first try landed; the retry found our own write
+            raise ConditionFailed(errno.EBUSY, f"{redact(uri)} was rewritten by someone else") from None
+        etag = out.get("ETag") if isinstance(out, dict) else None
+        return etag.strip('"') if etag else self.version(uri)
 
     def _local_temp(self, path: str, data: bytes) -> str:
         d = os.path.dirname(path)
@@ -599,7 +764,7 @@ class Storage:
             try:
                 self._call("write", dst, lambda: _copy_one(fs, scheme(src), s, d))
             except FileNotFoundError:
-                raise FileNotFoundError(f"no such file: {redact_url(src)}") from None
+                raise FileNotFoundError(f"no such file: {redact(src)}") from None
         self.delete(src)
 
     def delete(self, uri: str) -> None:
@@ -616,16 +781,24 @@ class Storage:
         if not is_remote(uri):
             os.makedirs(self._path(uri), exist_ok=True)
 
-    def remove_stale_temp_files(self, uri: str) -> int:
-        """Delete temp files a killed writer left in the directory `uri` (local only: object-store
-        writes leave no partial objects). Returns how many."""
+    def remove_stale_temp_files(self, uri: str, min_age_s: float = 0.0) -> int:
+        """Delete temp files a killed writer left under the directory `uri` (local only: object-store
+        writes leave no partial objects). A temp file lives only as long as one write, so one older
+        than `min_age_s` has no writer left; younger ones may belong to a writer still at work (a
+        second run trying the lease) and stay. Returns how many were deleted."""
         if is_remote(uri):
             return 0
-        root = self._path(uri)
+        cutoff = time.time() - min_age_s
         n = 0
-        for d, _, names in os.walk(root):
+        for d, _, names in os.walk(self._path(uri)):
             for name in names:
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.remove(os.path.join(d, name))
-                    n += 1
+                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                    continue
+                path = os.path.join(d, name)
+                try:
+                    if os.stat(path).st_mtime <= cutoff:
+                        os.remove(path)
+                        n += 1
+                except FileNotFoundError:
+                    pass  # its writer renamed or removed it meanwhile
         return n

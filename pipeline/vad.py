@@ -80,8 +80,8 @@ def speech_probabilities(x: np.ndarray) -> np.ndarray:
     with _lock, torch.no_grad():
         threads = torch.get_num_threads()
         # One intra-op thread: a 512-sample window is too small to share, and on a busy machine extra
-        # threads only wait on each other (20 s of audio: 0.8 s on 1 thread, 24 s on 2 with 2 cores
-        # loaded). The process's count is restored afterwards.
+        # threads only wait on each other (20 s of audio takes 0.8 s on one thread, 24 s on two threads
+        # of 2 loaded cores). The process's count is restored afterwards.
         torch.set_num_threads(1)
         try:
             model.reset_states()

@@ -24,8 +24,9 @@ import io
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,8 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .manifest.resume import Committed, Resume
+from .redact import redact_column, redact_data
 from .schema import (
     DECODE_TIME,
+    MANIFEST_ID,
     MODEL_NODE,
     MODEL_RUNTIME,
     MODEL_TIME,
@@ -56,6 +59,10 @@ STAGING_DIR = "_staging"
 STAGED_SUFFIX = ".staged"
 CORRUPT_DIR = "_corrupt"
 ORPHANS_DIR = "_orphans"
+# Local writes go through hidden `.inprogress` temp files that a killed writer leaves behind. The run
+# holds the lease when it opens the output and its own writers have not started, so a temp file older
+# than this has no writer left; a younger one may be another run's attempt at the lease, mid-write.
+STALE_TEMP_S = 60.0
 
 
 def part_name(unit: str, ids: Iterable[str]) -> str:
@@ -93,7 +100,7 @@ def write_parts(
     summaries: list[dict[str, Any]] = []
     for unit in pc.unique(batch[UNIT]).to_pylist():
         rows = batch.filter(pc.equal(batch[UNIT], unit))
-        table = conform(rows, schema)
+        table = _redacted(conform(rows, schema))
         parts = max(
             1, math.ceil(table.nbytes / (max_file_mb * 2**20)), math.ceil(table.num_rows / rows_per_file)
         )
@@ -121,6 +128,12 @@ def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _redacted(table: pa.Table) -> pa.Table:
+    """Error rows quote the paths they failed on, and paths may be presigned URLs: what reaches the
+    output goes through the redaction boundary (the id is the key to join on, not the path)."""
+    return redact_column(redact_column(table, "error"), "path")
+
+
 def staged_uri(output: str, unit: str, name: str) -> str:
     return join(output, f"{STAGING_DIR}/{unit}/{name}{STAGED_SUFFIX}")
 
@@ -143,7 +156,18 @@ def _summary(unit: str, name: str, rows: pa.Table) -> dict[str, Any]:
         "retries": int(_sum(rows, STORAGE_RETRIES)),
         "model_nodes": json.dumps(_counts(rows, MODEL_NODE)),
         "model_runtimes": json.dumps(_counts(rows, MODEL_RUNTIME)),
+        "error_rows": json.dumps(_error_rows(rows)),
     }
+
+
+def _error_rows(rows: pa.Table) -> dict[str, list[str]]:
+    """Manifest id -> the ids of its error rows (a VAD segment's id is not its manifest row's)."""
+    bad = rows.filter(pc.is_valid(rows["error"]))
+    sources = bad[MANIFEST_ID] if MANIFEST_ID in bad.column_names else bad["id"]
+    out: dict[str, list[str]] = {}
+    for source, row in zip(sources.to_pylist(), bad["id"].to_pylist(), strict=True):
+        out.setdefault(source, []).append(row)
+    return out
 
 
 def _sum(rows: pa.Table, column: str) -> float:
@@ -169,9 +193,14 @@ class Marker:
     ok: int
     error: int
     audio_s: float
-    error_ids: list[str] = field(default_factory=list)
+    error_ids: list[str] = field(default_factory=list)  # output ids of its error rows
     sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes: a truncated copy shows at a listing
     sources: int = 0  # manifest rows of the unit (rows counts output rows: segments, with VAD)
+    error_rows: dict[str, list[str]] = field(default_factory=dict)  # manifest id -> its error row ids
+
+    def errors_by_manifest_id(self) -> dict[str, list[str]]:
+        """`error_rows`; a marker written before it existed had one output row per manifest row."""
+        return self.error_rows or {i: [i] for i in self.error_ids}
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -204,6 +233,7 @@ class Pending:
     counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     per_node: dict[str, int] = field(default_factory=dict)
     per_runtime: dict[str, int] = field(default_factory=dict)
+    error_rows: dict[str, list[str]] = field(default_factory=dict)  # manifest id -> its error row ids
 
     def add(self, s: dict[str, Any]) -> None:
         self.unit_rows = s["unit_rows"]
@@ -213,6 +243,8 @@ class Pending:
         for column, acc in (("model_nodes", self.per_node), ("model_runtimes", self.per_runtime)):
             for key, n in json.loads(s[column]).items():
                 acc[key] = acc.get(key, 0) + n
+        for source, ids in json.loads(s["error_rows"]).items():
+            self.error_rows.setdefault(source, []).extend(ids)
 
     @property
     def complete(self) -> bool:
@@ -240,6 +272,8 @@ class Output:
     # -- opening ----------------------------------------------------------------------------------
 
     def open(self, mode: str, fingerprint: dict[str, Any]) -> None:
+        """Call while holding the output's lease (see STALE_TEMP_S)."""
+        self.storage.remove_stale_temp_files(self.path, min_age_s=STALE_TEMP_S)
         files = self.storage.list_files(self.path, ".parquet")
         units = self._marker_uris()
         if (files or units) and mode == "error_if_exists":
@@ -304,11 +338,9 @@ class Output:
         return self._resume
 
     def _record(self) -> Resume:
-        return Resume({u: Committed(m.sources, frozenset(m.error_ids)) for u, m in self.markers.items()})
-
-    @property
-    def committed_ok(self) -> int:
-        return sum(m.ok for m in self.markers.values())
+        return Resume(
+            {u: Committed(m.sources, frozenset(m.errors_by_manifest_id())) for u, m in self.markers.items()}
+        )
 
     def _marker_uris(self) -> list[str]:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")
@@ -373,27 +405,35 @@ class Output:
 
     # -- committing -------------------------------------------------------------------------------
 
-    def commit(self, unit: str, seen: Pending) -> Marker:
+    def commit(self, unit: str, seen: Pending, fence: Callable[[], float] | None = None) -> Marker:
         """Make a complete unit visible: marker first, then the files; an earlier commit of the unit
-        (whose error rows this run redid, or whose manifest rows changed) is replaced."""
+        (whose error rows this run redid, or whose manifest rows changed) is replaced. `fence`
+        (the lease's check) runs right before the marker, the commit point: it raises if this run
+        may no longer write, else returns the epoch time by which the marker write must be done."""
         staged = [staged_uri(self.path, unit, name) for name in sorted(seen.files)]
         old = self.markers.get(unit)
         redo = self._resume.redo(unit)
         kept: list[str] = []
         ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
         sources = int(seen.counts["sources"])
+        error_rows = {k: sorted(v) for k, v in seen.error_rows.items()}
         if old is not None and redo is not None:
-            kept, rewritten = self._without(old, redo, unit)
+            kept, rewritten, gone = self._without(old, redo, unit)
             staged += rewritten
-            self.replaced += len(redo)
-            ok, error, audio_s = ok + old.ok, error + old.error - len(redo), audio_s + old.audio_s
+            self.replaced += gone["error"]
+            ok, error = ok + old.ok - gone["ok"], error + old.error - gone["error"]
+            audio_s += old.audio_s - gone["audio_s"]
             sources = old.sources
-        error_ids = self._error_ids(staged) if error else []
+            error_rows.update({k: v for k, v in old.errors_by_manifest_id().items() if k not in redo})
+        error_ids = sorted(i for ids in error_rows.values() for i in ids)
         sizes = {name: old.sizes[name] for name in kept if old and name in old.sizes}
         sizes.update({_final_name(u): self._size(u) for u in staged})
         names = sorted(set(kept) | {_final_name(u) for u in staged})
-        marker = Marker(unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources)
-        self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
+        marker = Marker(
+            unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources, error_rows
+        )
+        with self.storage.deadline(fence() if fence else None):
+            self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
         if old is not None:
             for name in set(old.files) - set(names):
@@ -401,32 +441,33 @@ class Output:
         self.markers[unit] = marker
         return marker
 
-    def _without(self, old: Marker, ids: frozenset[str], unit: str) -> tuple[list[str], list[str]]:
-        """Old files of a unit minus the rows being redone -> (names kept as they are, staged rewrites)."""
+    def _without(
+        self, old: Marker, ids: frozenset[str], unit: str
+    ) -> tuple[list[str], list[str], dict[str, float]]:
+        """Old files of a unit minus the rows of the manifest rows being redone (`ids`: manifest ids;
+        with VAD, every segment of such a row) -> (names kept as they are, staged rewrites, what was
+        dropped: ok and error rows, audio seconds)."""
         kept, rewritten = [], []
-        drop = pa.array(sorted(ids), pa.string())
+        gone = {"ok": 0, "error": 0, "audio_s": 0.0}
         for name in old.files:
             fs, path = self.storage.resolve(join(self.path, name))
             table = pq.read_table(path, filesystem=fs)
-            mask = pc.is_in(table["id"], value_set=drop)
+            mask = _of_manifest_rows(table, ids)
             if not pc.any(mask).as_py():
                 kept.append(name)
                 continue
+            dropped = table.filter(mask)
+            errors = int(pc.sum(pc.is_valid(dropped["error"])).as_py() or 0)
+            gone["error"] += errors
+            gone["ok"] += dropped.num_rows - errors
+            gone["audio_s"] += float(pc.sum(dropped["duration_s"]).as_py() or 0.0)
             rest = table.filter(pc.invert(mask))
             if rest.num_rows:
                 new = part_name(unit, rest["id"].to_pylist())
                 uri = staged_uri(self.path, unit, new)
                 self.storage.write_bytes_atomic(uri, encode_parquet(rest, _compression(path, fs)))
                 rewritten.append(uri)
-        return kept, rewritten
-
-    def _error_ids(self, staged: list[str]) -> list[str]:
-        ids: list[str] = []
-        for uri in staged:
-            fs, path = self.storage.resolve(uri)
-            t = pq.read_table(path, filesystem=fs, columns=["id", "error"])
-            ids += t.filter(pc.is_valid(t["error"]))["id"].to_pylist()
-        return sorted(ids)
+        return kept, rewritten, gone
 
     def _size(self, uri: str) -> int:
         fs, path = self.storage.resolve(uri)
@@ -466,7 +507,25 @@ class Output:
         }
 
     def write_run_json(self, info: dict[str, Any]) -> None:
-        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), json.dumps(info, indent=2).encode())
+        text = json.dumps(redact_data(info), indent=2)
+        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), text.encode())
+
+
+def _of_manifest_rows(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
+    """Which output rows came from the manifest rows `ids`: the row of that id, and the VAD segments
+    of it (recording_id is the manifest row's id, the id `<id>-<start cs>-<end cs>`, see prepare.py)."""
+    value_set = pa.array(sorted(ids), pa.string())
+    mask = pc.is_in(table["id"], value_set=value_set)
+    maybe = pc.fill_null(pc.is_in(table["recording_id"], value_set=value_set), False)
+    if not pc.any(maybe).as_py():
+        return mask
+    segment = [
+        bool(m) and re.fullmatch(re.escape(r) + r"-\d{7}-\d{7}", i) is not None
+        for m, r, i in zip(
+            maybe.to_pylist(), table["recording_id"].to_pylist(), table["id"].to_pylist(), strict=True
+        )
+    ]
+    return pc.or_(mask, pa.array(segment))
 
 
 def _final_name(staged: str) -> str:

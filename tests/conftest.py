@@ -91,13 +91,27 @@ _GIVEN_PORTS: set[int] = set()
 
 
 def free_port() -> int:
-    """A free TCP port, never one this test session already handed out: the OS may give the same
-    ephemeral port to two quick calls, and Ray refuses a node whose components share a port."""
-    import socket
+    """A free TCP port for a server a test starts, never one this session already handed out.
 
+    Picked below the kernel's ephemeral range and above Ray's worker ports (10002-19999): a port the
+    OS hands out for `bind(0)` or an outgoing connection can be taken by any other process (a Ray
+    worker's gRPC server, a client socket) between this call and the server binding it, and a Ray
+    node whose port is taken fails to start. That race grows with the number of live processes,
+    which is why it showed only under the full suite. Checked free on every address, as Ray binds
+    some ports on 0.0.0.0."""
+    import random
+    import socket
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = range(20000, low) if low > 21000 else None
     while True:
+        port = random.choice(candidates) if candidates else 0
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _GIVEN_PORTS:
             _GIVEN_PORTS.add(port)

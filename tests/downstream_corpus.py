@@ -10,7 +10,6 @@ audio is missing (an error row), one with no label, one labelled `fru` (outside 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from pipeline.testing.samples import SENTENCES as SAMPLE_SENTENCES
@@ -93,8 +92,7 @@ def extracted_output(tmp_path_factory, model_dir: Path) -> Path:
     key = str(tmp_path_factory.getbasetemp())
     if key in _CACHE:
         return _CACHE[key]
-    sys.path.insert(0, str(ROOT / "jobs"))
-    import extract
+    from pipeline.cli import extract
 
     d = tmp_path_factory.mktemp("downstream_corpus")
     manifest = build_corpus(d)

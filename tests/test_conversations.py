@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract, visualize
 from pipeline.model import load_bundle
 from pipeline.rttm import turn_id
 from pipeline.testing.conversations import make_conversations, overlap_s
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
-import visualize  # noqa: E402
 
 core = pytest.importorskip("pyannote.core")
 MIN_TURN_S = 0.025  # the model's receptive field, 400 samples at 16 kHz
@@ -201,7 +196,7 @@ def test_meld_csv_names_its_audio_through_a_path_template(ray_session, tiny_mode
             clip = sox_cut(conv.path, t.start_s, t.end_s, clips / f"dia{dia}_utt{utt}.wav")
             table.append([len(table) + 1, t.text, names[t.speaker], "neutral", "neutral", dia, utt, 3, 7,
                           "00:16:16,059", "00:16:21,731"])  # fmt: skip
-            want[f"dia{dia}_utt{utt}"] = (clip, names[t.speaker])
+            want[f"dia{dia}_utt{utt}.wav"] = (clip, names[t.speaker])  # no id column: the path as built
     with open(tmp_path / "train_sent_emo.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
     extra = f"  audio_root: {clips}\n  path_template: 'dia{{Dialogue_ID}}_utt{{Utterance_ID}}.wav'\n"

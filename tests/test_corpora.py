@@ -10,7 +10,6 @@ import http.server
 import json
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 SENTENCES = ["I can not believe you did that", "the weather is fine today", "leave me alone please"]
 
@@ -221,7 +219,7 @@ def test_hugging_face_parquet_with_embedded_audio(ray_session, tiny_model_dir, r
     shard = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
     shard.parent.mkdir(parents=True)
     pq.write_table(table, shard)
-    # the same layout with a row whose audio is missing (null bytes)
+    # the same layout with a row whose audio bytes are null
     broken = (
         table.slice(0, 1)
         .set_column(
@@ -246,7 +244,8 @@ def test_hugging_face_parquet_with_embedded_audio(ray_session, tiny_model_dir, r
             rows[f"x{i}"]["path"].endswith(f"s{i}.wav")
             and rows[f"x{i}"]["emotion"] == ["ang", "neu", "sad"][i]
         )
-    assert rows["x9"]["error"].startswith("input:") and "holds no bytes" in rows["x9"]["error"]
+    # no bytes: the row is fetched from the struct's path, which names nothing here
+    assert rows["x9"]["error"].startswith("fetch: FileNotFoundError") and "gone.wav" in rows["x9"]["error"]
 
 
 def ffmpeg(*args) -> None:

@@ -4,7 +4,6 @@ probe, the PNGs, the dataset importers and the IEMOCAP extraction config."""
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from pipeline.cli import prepare_emobox, prepare_iemocap, train_downstream, visualize
 from pipeline.config import ConfigError, load_config
 from pipeline.downstream.importers import (
     DatasetError,
@@ -40,11 +40,6 @@ from pipeline.downstream.train import (
 from .downstream_corpus import CLIPS_PER_STYLE, LABELS, SKIP_IDS, SPEAKERS, USABLE, extracted_output
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import prepare_emobox  # noqa: E402
-import prepare_iemocap  # noqa: E402
-import train_downstream  # noqa: E402
-import visualize  # noqa: E402
 
 EPOCHS = 30  # the recipe's 100 cut for test time; everything else is the recipe
 CHANCE = 1 / len(LABELS)

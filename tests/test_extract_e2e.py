@@ -13,13 +13,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 from .conftest import cpu_runs_natively
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 # (file, sample rate, channels, wav encoding)
 CLIPS = [
@@ -153,7 +152,14 @@ def test_cli_embedded_ray_resume_and_summary(corpus, tiny_model_dir, tmp_path):
     run = json.loads((out / "_run.json").read_text())
     assert run["rows_per_model_runtime"] == {f"cpu {ran}": len(CLIPS)} and run["model"]["dtype"] == ran
     assert ("model.dtype bfloat16: this CPU has no native bfloat16" in first.stderr) == (ran == "float32")
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # a resume must run the dtype that ran first: the fingerprint holds it (bfloat16 on a CPU with
+    # bf16 hardware, float32 elsewhere), and an output is never a mix of the two
+    if ran == "bfloat16":
+        mixed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert mixed.returncode == 2 and "dtype" in mixed.stderr, mixed.stderr[-3000:]
+    second = subprocess.run(
+        [*cmd, "--set", f"model.dtype={ran}"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["skipped"] == len(CLIPS) and run["rows"]["ok"] == 0

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from pipeline.lease import LEASE_NAME, LeaseHeld, LeaseLost, _take_over, acquire
+from pipeline.lease import LEASE_NAME, STALL_ENV, LeaseHeld, LeaseLost, _take_over, acquire
 from pipeline.storage import Storage
 
 CTX = mp.get_context("spawn")  # a clean interpreter per contender, as separate runs would be
@@ -142,8 +142,8 @@ def test_taken_over_lease_reports_lost(tmp_path):
     lease = acquire(storage, str(tmp_path), ttl_s=30)
     rec = _lease_file(tmp_path)
     (tmp_path / LEASE_NAME).write_text(json.dumps({**rec, "run_id": "intruder"}))
-    with pytest.raises(LeaseLost, match="another run took it over"):
-        lease.renew()  # what the renewer thread does every ttl/3
+    with pytest.raises(LeaseLost, match=r"another run \(intruder\) took it over"):
+        lease.renew()  # what the renewer thread does every ttl/4
     with pytest.raises(LeaseLost):
         lease.check()
     lease.release()
@@ -184,3 +184,62 @@ def test_a_live_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_p
         assert json.loads((tmp_path / LEASE_NAME).read_text())["run_id"] == lease.run_id != "killed"
     finally:
         lease.release()
+
+
+def _stall_renewals(monkeypatch, tmp_path) -> None:
+    """Hold the renew thread back (the seam a paused or starved thread stands in for)."""
+    flag = tmp_path / "stall"
+    flag.write_text("")
+    monkeypatch.setenv(STALL_ENV, str(flag))
+
+
+def test_check_refuses_once_the_clock_nears_expiry_without_any_renewal_having_run(tmp_path, monkeypatch):
+    """A paused run wakes up with its lease expired and its renew thread not yet run: the check
+    before a commit must see that from the clock, not wait for the renew thread."""
+    _stall_renewals(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    lease = acquire(Storage(), str(out), ttl_s=2.0)
+    assert lease.check() == pytest.approx(lease.expires_at - 0.5)  # a ttl/4 margin
+    while time.time() < lease.expires_at - lease.margin_s:
+        time.sleep(0.05)
+    with pytest.raises(LeaseLost, match="not renewed in time"):
+        lease.check()
+    assert _lease_file(out)["generation"] == 0  # no renewal ran: the clock alone decided
+    lease.release()
+    assert (out / LEASE_NAME).exists()  # at the margin it may be taken over any moment: left alone
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_a_late_renewal_cannot_overwrite_a_lease_another_run_took_over(where, tmp_path, monkeypatch, request):
+    """A renewal starts in time, but its write is held up (storage retries, a paused process) past
+    the expiry; meanwhile another run takes the lease over. When the write finally goes out it must
+    fail, and the other run's lease stays."""
+    _stall_renewals(monkeypatch, tmp_path)
+    if where == "s3":
+        client, bucket = request.getfixturevalue("s3_bucket")
+        storage, out = Storage(endpoint_url=request.getfixturevalue("s3_server")), f"s3://{bucket}/out"
+        storage.exists(out)  # the S3 client is built (seconds) before the lease's clock starts
+    else:
+        storage, out = Storage(), str(tmp_path / "out")
+    a = acquire(storage, out, ttl_s=3.0)
+    taken: list = []
+    write = a.storage.replace_if_version
+
+    def late(uri, data, version):
+        while time.time() < a.expires_at + 0.05:
+            time.sleep(0.02)
+        with Storage.deadline(None):  # another run, and a request sent in time that lands late
+            taken.append(acquire(storage, out, ttl_s=30))  # B takes the expired lease over
+            return write(uri, data, version)
+
+    a.storage.replace_if_version = late
+    with pytest.raises(LeaseLost, match="took it over"):
+        a.renew()
+    (b,) = taken
+    holder = json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))
+    assert holder["run_id"] == b.run_id != a.run_id
+    with pytest.raises(LeaseLost):
+        a.check()
+    a.release()  # must not delete B's lease either
+    assert json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))["run_id"] == b.run_id
+    b.release()

@@ -106,8 +106,10 @@ def test_duplicate_ids_are_refused_naming_one(tmp_path):
 
 def test_missing_columns_and_files(tmp_path):
     (tmp_path / "m.csv").write_text("name,file\nu1,a.wav\n")
-    with pytest.raises(ManifestError, match="no id column"):
+    with pytest.raises(ManifestError, match="no path column"):
         read(tmp_path / "m.csv")
+    with pytest.raises(ManifestError, match="input.id_column='utt' is not a column"):
+        read(tmp_path / "m.csv", id_column="utt", path_column="file")
     with pytest.raises(ManifestError, match="input.path_column='wav' is not a column"):
         read(tmp_path / "m.csv", id_column="name", path_column="wav")
     with pytest.raises(ManifestError, match="no such file"):
@@ -368,6 +370,91 @@ def test_a_unit_done_whole_is_read_as_one_piece_per_decode_block(tmp_path):
     assert t["id"].to_pylist() == [f"u{i:05d}" for i in range(25)]
 
 
+def test_tsv_has_no_quoting_and_a_row_count_that_disagrees_with_the_lines_is_an_error(tmp_path):
+    lines = ["id\tpath\ttext", 'u1\ta.wav\t"Oh no, not again', "u2\tb.wav\tfine", 'u3\tc.wav\the said "stop"']
+    (tmp_path / "m.tsv").write_text("\n".join(lines) + "\n")
+    t = read(tmp_path / "m.tsv", rows_per_unit=1, block_rows=1)
+    assert t["id"].to_pylist() == ["u1", "u2", "u3"]
+    assert t["text"].to_pylist() == ['"Oh no, not again', "fine", 'he said "stop"']
+    # a lone CR ends a row for the parser but not a line: rows and lines disagree
+    (tmp_path / "cr.tsv").write_bytes(b"id\tpath\nu1\ta.wav\ru2\tb.wav\n")
+    with pytest.raises(ManifestError, match=r"cr.tsv: 2 rows parsed from 1 data lines"):
+        read(tmp_path / "cr.tsv")
+
+
+@pytest.mark.parametrize("form", ["scp", "jsonl", "csv", "tsv", "kaldi"])
+def test_byte_order_marks_and_crlf_are_stripped(tmp_path, form):
+    bom = b"\xef\xbb\xbf"
+    body = {
+        "scp": "u1 /a/1.wav\nu2 /a/2.wav\n",
+        "jsonl": '{"id": "u1", "path": "/a/1.wav"}\n{"id": "u2", "path": "/a/2.wav"}\n',
+        "csv": "id,path\nu1,/a/1.wav\nu2,/a/2.wav\n",
+        "tsv": "id\tpath\nu1\t/a/1.wav\nu2\t/a/2.wav\n",
+    }
+    if form == "kaldi":
+        (tmp_path / "wav.scp").write_bytes(bom + body["scp"].replace("\n", "\r\n").encode())
+        (tmp_path / "utt2spk").write_bytes(bom + b"u1 alice\r\nu2 bob\r\n")
+        where = tmp_path
+    else:
+        where = tmp_path / {"scp": "wav.scp"}.get(form, f"m.{form}")
+        where.write_bytes(bom + body[form].replace("\n", "\r\n").encode())
+    t = read(where, rows_per_unit=1, block_rows=1)
+    assert t["id"].to_pylist() == ["u1", "u2"]
+    assert t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
+    if form == "kaldi":
+        assert t["speaker"].to_pylist() == ["alice", "bob"]
+
+
+def test_same_stem_in_an_audio_folder_keeps_the_extension_in_both_ids(tmp_path):
+    for rel in ("take1.wav", "take1.flac", "take2.wav", "sub/take1.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    t = read(tmp_path)
+    assert sorted(t["id"].to_pylist()) == ["sub/take1", "take1.flac", "take1.wav", "take2"]
+
+
+def test_duplicate_ids_across_shards_name_both_files_and_rows(tmp_path):
+    from pipeline.manifest import check_unique_across
+
+    for k, ids in enumerate((["a", "b", "x"], ["c", "x"])):
+        (tmp_path / f"part-{k}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "path": "/p.wav"}) + "\n" for i in ids)
+        )
+    cfg = InputConfig(manifest=str(tmp_path))
+    sources = discover(cfg, Storage())
+    counts = [count_rows(s, cfg, Storage()) for s in sources]
+    with pytest.raises(
+        ManifestError, match=r"row 3 of .*part-0.jsonl and row 2 of .*part-1.jsonl have the same id"
+    ):
+        check_unique_across([s.uri for s in sources], [c.ids for c in counts])
+    check_unique_across([sources[0].uri], [counts[0].ids])  # one file: its own check is enough
+
+
+def test_hf_shard_without_an_id_column_gets_default_ids_and_prefers_the_bytes(tmp_path):
+    audio = pa.array(
+        [
+            {"bytes": b"RIFF0", "path": "clip0.wav"},
+            {"bytes": None, "path": None},
+            {"bytes": b"RIFF2", "path": None},
+        ],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    paths = ["common_voice_en_0.mp3", "common_voice_en_1.mp3", ""]
+    pq.write_table(
+        pa.table({"path": paths, "audio": audio, "sentence": ["a", "b", "c"]}), tmp_path / "cv.parquet"
+    )
+    for block_rows in (1, 100):
+        t = read(tmp_path / "cv.parquet", rows_per_unit=2, block_rows=block_rows)
+        # the struct's path, else the path column, else file:row
+        assert t["id"].to_pylist() == ["clip0.wav", "common_voice_en_1.mp3", "cv.parquet:3"]
+        assert t["_audio_bytes"].to_pylist() == [b"RIFF0", None, b"RIFF2"]
+        # a row without bytes is fetched from the path the manifest gives
+        assert t["path"].to_pylist() == ["clip0.wav", str(tmp_path / "common_voice_en_1.mp3"), None]
+        assert t["manifest_path"].to_pylist() == paths
+    (tmp_path / "m.jsonl").write_text('{"path": "a/1.wav"}\n{"path": "b/2.wav"}\n')
+    assert read(tmp_path / "m.jsonl")["id"].to_pylist() == ["a/1.wav", "b/2.wav"]
+
+
 # -- diariser output and manifests that name their audio by columns -------------------------------
 
 
@@ -422,15 +509,17 @@ def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):
     (tmp_path / "gap.csv").write_text(head + rows + "3,Hm.,Monica,neutral,,2\n")
     template = "dia{Dialogue_ID}_utt{Utterance_ID}.mp4"
     t = read(tmp_path / "meld.csv", audio_root="/clips", path_template=template)
-    assert t["id"].to_pylist() == ["dia0_utt0", "dia0_utt1"]
+    assert t["id"].to_pylist() == ["dia0_utt0.mp4", "dia0_utt1.mp4"]  # no id column: the path as built
     assert t["path"].to_pylist() == ["/clips/dia0_utt0.mp4", "/clips/dia0_utt1.mp4"]
     assert t["speaker"].to_pylist() == ["Joey", "Chandler"] and "Speaker" not in t.column_names
     assert t["Emotion"].to_pylist()[0] == "surprise" and t["Dialogue_ID"].to_pylist() == [0, 0]
-    # an empty template column: an error row when the id comes from elsewhere, else no id at all
-    t = read(tmp_path / "gap.csv", id_column="Sr No.", path_template=template)
-    assert t["_input_error"].to_pylist()[:2] == [None, None]
-    assert "column 'Dialogue_ID' is empty" in t["_input_error"].to_pylist()[2]
-    with pytest.raises(ManifestError, match="1 rows have no id .* row 3"):
-        read(tmp_path / "gap.csv", path_template=template)
+    # an empty template column: an error row saying so (named by its row without an id column)
+    for id_column, ids in (
+        ("Sr No.", ["1", "2", "3"]),
+        (None, ["dia0_utt0.mp4", "dia0_utt1.mp4", "gap.csv:3"]),
+    ):
+        t = read(tmp_path / "gap.csv", id_column=id_column, path_template=template)
+        assert t["id"].to_pylist() == ids and t["_input_error"].to_pylist()[:2] == [None, None]
+        assert "column 'Dialogue_ID' is empty" in t["_input_error"].to_pylist()[2]
     with pytest.raises(ManifestError, match="names 'Season', not a column"):
         read(tmp_path / "meld.csv", path_template="s{Season}.mp4")

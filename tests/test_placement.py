@@ -1,7 +1,7 @@
-"""Device and pool decisions from cluster resources, and the GPU path (skipped without a GPU)."""
+"""Device and pool decisions from a cluster's resource map (no cluster, no GPU needed; the model on a
+GPU is tests/test_gpu.py)."""
 
 import pytest
-import torch
 
 from pipeline.cluster import ClusterError, plan_placement
 from pipeline.config import parse_config
@@ -37,52 +37,26 @@ def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
         plan_placement(cfg(device="cuda"), {"CPU": 8.0})
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 0.1), (torch.float16, 0.02)])
-def test_gpu_matches_cpu_float32(tiny_model_dir, dtype, tol):
-    from pipeline.batching import collate
-    from pipeline.model import load_bundle
-
-    from .conftest import random_clips
-
-    clips = random_clips([16_000, 48_000, 7_777], seed=4)
-    wav, lengths = collate(clips)
-    ref = load_bundle(tiny_model_dir).model
-    gpu = load_bundle(tiny_model_dir, device="cuda", dtype=dtype).model
-    with torch.inference_mode():
-        a = ref(wav, lengths)
-        b = gpu(wav.cuda(), lengths.cuda())
-    scale = a.frames.abs().max()
-    assert (b.frames.float().cpu() - a.frames).abs().max() <= tol * scale
-    assert (b.scores.cpu() - a.scores).abs().max() <= tol
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_padded_batches_run_on_the_memory_efficient_attention_kernel(tiny_model_dir, dtype):
-    """With only the memory-efficient SDPA backend allowed, a padded half-precision batch (ALiBi +
-    key-padding mask) must run, and still match one-at-a-time float32 on the CPU."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from pipeline.batching import collate
-    from pipeline.model import load_bundle
-
-    from .conftest import random_clips
-
-    clips = random_clips([16_000, 48_000, 7_777], seed=5)
-    wav, lengths = collate(clips)
-    ref = load_bundle(tiny_model_dir).model
-    gpu = load_bundle(tiny_model_dir, device="cuda", dtype=dtype).model
-    with torch.inference_mode(), sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-        b = gpu(wav.cuda(), lengths.cuda())
-    for i, clip in enumerate(clips):
-        with torch.inference_mode():
-            a = ref(torch.from_numpy(clip)[None])
-        T = a.frames.shape[1]
-        scale = a.frames.abs().max()
-        assert (b.frames[i, :T].float().cpu() - a.frames[0]).abs().max() <= 0.1 * scale
+@pytest.mark.parametrize(
+    "resources,model,expected",
+    [
+        # (device, min_actors, max_actors, CPUs per actor, GPUs per actor, torch threads)
+        ({"CPU": 32.0, "GPU": 4.0}, {}, ("cuda", 4, None, 1.0, 1.0, 1)),
+        # a GPU node short of CPUs still gets an actor per GPU, on half a CPU each (32 / 4 ... 2 / 4 - 0.5)
+        ({"CPU": 2.0, "GPU": 4.0}, {}, ("cuda", 4, None, 0.5, 1.0, 1)),
+        # two actors per GPU; 4 CPUs asked, 16 / 4 - 0.5 = 3.5 given; threads follow what was asked
+        (
+            {"CPU": 16.0, "GPU": 2.0},
+            {"cpus_per_actor": 4, "gpus_per_actor": 0.5},
+            ("cuda", 4, None, 3.5, 0.5, 4),
+        ),
+        ({"CPU": 8.0, "GPU": 1.0}, {"num_actors": 2, "torch_threads": 3}, ("cuda", 2, 2, 1.0, 1.0, 3)),
+        ({"CPU": 8.0, "GPU": 2.0}, {"device": "cuda", "cpus_per_actor": 2.5}, ("cuda", 2, None, 2.5, 1.0, 3)),
+    ],
+)
+def test_gpu_placement_from_the_cluster_resource_map(resources, model, expected):
+    p = plan_placement(cfg(**model), resources)
+    assert (p.device, p.min_actors, p.max_actors, p.num_cpus, p.num_gpus, p.torch_threads) == expected
 
 
 def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_dir, tmp_path):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import chunk_bounds
 from pipeline.model import load_bundle
 from pipeline.predictor import EmotionPredictor, cpu_has_native, resolve_dtype
 
@@ -30,7 +29,9 @@ def test_windowed_clip_reassembles_to_the_mean_of_all_window_frames(tiny_model_d
 
     # independently: each window through the model, frames concatenated, their mean pooled
     model = load_bundle(tiny_model_dir).model
-    bounds = chunk_bounds(len(clip), 16_000)
+    # 1 s windows (50 frames of 320 samples) reach 80 samples past the next start, so their frames sit on
+    # the whole clip's 20 ms grid; the last one runs to the end of the 48777 samples
+    bounds = [(0, 16_080), (16_000, 32_080), (32_000, 48_080), (48_000, 48_777)]
     with torch.inference_mode():
         frames = torch.cat([model(torch.from_numpy(clip[s:e])[None]).frames[0] for s, e in bounds])
         _, scores = model.classify(frames.mean(0, keepdim=True))
@@ -116,3 +117,33 @@ def test_sticky_device_errors_are_told_from_recoverable_ones():
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     )
     assert not is_sticky_device_error(ValueError("input too short"))
+
+
+def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatch):
+    """Rows that were in flight when a model worker died: each runs alone in a child process. The
+    one that kills its process becomes a WorkerCrashed error row; the others get the results the
+    actor would have given; the actor lives on."""
+    import pyarrow as pa
+
+    clips = random_clips([16_000, 20_000, 12_000, 9_000], seed=21)
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "path": ["a.wav", "b.wav", "poison.wav", "d.wav"],
+            "error": [None, None, None, None],
+            "waveform": pa.array(clips, pa.large_list(pa.float32())),
+        }
+    )
+    monkeypatch.setenv("E2V_INJECT_CRASH", "model:poison.wav")  # the children inherit it
+    guarded = predictor(tiny_model_dir, suspects=["b", "c", "d"])
+    out = guarded(batch)
+    monkeypatch.delenv("E2V_INJECT_CRASH")
+    want = predictor(tiny_model_dir)(batch.filter(pa.array([True, True, False, True])))
+
+    errors = out["error"].to_pylist()
+    assert errors[:2] == [None, None] and errors[3] is None
+    assert errors[2].startswith("model: WorkerCrashed: ") and "poison.wav" in errors[2]
+    assert out["embedding"][2].as_py() is None
+    for i, j in ((0, 0), (1, 1), (3, 2)):  # a in the actor; b and d each alone in a child
+        np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][j].as_py(), atol=1e-5)
+        assert out["label"][i].as_py() == want["label"][j].as_py()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -14,14 +15,13 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
+from pipeline.cli import extract
 from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
 
 from .conftest import kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "samples" / "demo"
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 def job_config(tmp_path, manifest, model, out, extra="", unit=1000):
@@ -159,6 +159,26 @@ def test_resume_with_another_model_is_refused_and_overwrite_replaces(
     assert extract.main(["--config", str(cfg), "--set", "output.mode=error_if_exists"]) == 2
 
 
+def test_temp_files_a_killed_writer_left_are_removed_when_the_run_opens_the_output(
+    ray_session, tiny_model_dir, tmp_path
+):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"id": "a", "path": str(DEMO / "clips/000_calm.flac")}))
+    out = tmp_path / "out"
+    stale = [out / ".part-u-1.parquet.0a1b.inprogress", out / "_units/.u.json.2c3d.inprogress"]
+    fresh = out / "._lease.json.4e5f.inprogress"  # as if another run were creating the lease right now
+    for f in [*stale, fresh]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    for f in stale:
+        os.utime(f, (hour_ago, hour_ago))
+    assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
+    assert [f for f in stale if f.exists()] == [] and fresh.exists()
+    assert rows_of(out)["a"]["error"] is None
+
+
+@pytest.mark.slow
 def test_ten_minute_file_in_windows(ray_session, tiny_model_dir, tmp_path):
     speech, sr = sf.read(str(DEMO / "clips" / "000_calm.flac"), dtype="float32")
     n = 600 * sr + 1234
@@ -309,6 +329,7 @@ def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
     assert 0 < run["rows"]["ok"] <= 5 and run["rows"]["skipped"] == len(ids) - run["rows"]["ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["decode", "model"])
 def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_path, stage):
     """The decoder (or the model) crashes the worker process on one file, as a native crash would: the
@@ -382,6 +403,55 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_
     assert_exactly_once(out, ids)
 
 
+@pytest.mark.slow
+def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path):
+    """The driver is paused (SIGSTOP) past its lease's ttl with its renew thread held back, so that
+    nothing but the clock can tell it the lease is gone; a second run takes over and finishes. Woken,
+    the first must exit 1 without committing anything more: every row stays in the output once."""
+    m, ids = repeated_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 30\nray:\n  num_cpus: 2\n", unit=4)
+    stall = tmp_path / "stall-renewals"
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+        env={**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)},
+    )
+    try:
+        wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+        stall.write_text("")  # from now on the renew thread renews nothing
+        os.kill(first.pid, signal.SIGSTOP)
+        expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
+        wait_for(lambda: time.time() > expires.timestamp() + 0.5, 60, "the paused run's lease to expire")
+        second = run_extract(cfg)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "taking over the expired lease" in second.stderr
+        assert_exactly_once(out, ids)
+        after_second = committed_files(out)
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+    log = (tmp_path / "first.log").read_text()
+    assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
+    assert committed_files(out) == after_second  # markers, results, _run.json: byte for byte
+    assert not (out / "_lease.json").exists()
+    assert_exactly_once(out, ids)
+
+
+def committed_files(out: Path) -> dict[str, bytes]:
+    """Every file of the output but the staging area (a paused run's workers may still stage files:
+    hidden, uncommitted, discarded by the next run)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.relative_to(out).parts[0] != "_staging"
+    }
+
+
 def test_a_lease_left_by_a_dead_run_expires(ray_session, tiny_model_dir, tmp_path):
     m, ids = repeated_manifest(tmp_path, 1)
     out = tmp_path / "out"
@@ -398,3 +468,43 @@ def test_a_lease_left_by_a_dead_run_expires(ray_session, tiny_model_dir, tmp_pat
     (out / "_lease.json").write_text(json.dumps(dead))
     assert extract.main(["--config", str(job_config(tmp_path, m, tiny_model_dir, out))]) == 0
     assert_exactly_once(out, ids)
+
+
+@pytest.mark.slow
+def test_a_poison_row_with_the_gpu_configs_bundling_costs_one_restart(tiny_model_dir, tmp_path):
+    """The GPU config's bundling (256 rows per model call, 4-row decode blocks, 8-row units): a row
+    that kills the model worker costs one pipeline restart whatever blocks the restart cuts, becomes
+    one WorkerCrashed error row, every other row of its call is processed, and the console shows the
+    job's lines, not Ray's tracebacks."""
+    base = [json.loads(line) for line in (DEMO / "manifest.jsonl").read_text().splitlines()]
+    rows = [{**r, "id": f"{r['id']}-{k}", "path": str(DEMO / r["path"])} for k in range(3) for r in base][:48]
+    poison = rows[21]
+    unique = tmp_path / "poison-take.flac"  # the crash hook matches paths: this one only
+    unique.write_bytes(Path(poison["path"]).read_bytes())
+    poison["path"] = str(unique)
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = tmp_path / "gpu-like.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {m}\n  rows_per_unit: 8\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cpu\n  rows_per_call: 256\n"
+        f"audio:\n  decode_batch_size: 4\n"
+        f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
+        "ray:\n  num_cpus: 2\n"
+    )
+    env = {**os.environ, "E2V_INJECT_CRASH": f"model:{unique.name}"}
+    r = run_extract(cfg, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, [x["id"] for x in rows])
+    got = rows_of(out)
+    crashed = {k: v["error"] for k, v in got.items() if v["error"]}
+    assert list(crashed) == [poison["id"]], crashed
+    assert crashed[poison["id"]].startswith("model: WorkerCrashed")
+    run = json.loads((out / "_run.json").read_text())
+    assert run["restarts"] == 1, r.stderr[-3000:]
+    assert run["rows"] == {"input": 48, "ok": 47, "error": 1, "skipped": 0}
+    console = r.stderr + r.stdout
+    assert "Traceback" not in console, console[-5000:]
+    assert "An exception was raised from a task" not in console and "internal code" not in console
+    assert r.stderr.count("restarting on what is left") == 1 and "[emotion2vec] done" in r.stderr

@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import extract
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 pytestmark = pytest.mark.s3
 
@@ -161,3 +161,93 @@ def test_a_throttling_bucket_costs_retries_not_rows(
     run = json.loads(client.get_object(Bucket=bucket, Key="slow/out/_run.json")["Body"].read())
     assert run["rows"] == {"input": 4, "ok": 4, "error": 0, "skipped": 0}
     assert run["storage_retries"] > 0
+
+
+def _parquet_manifest(client, bucket: str, tmp_path, prefix: str, n: int) -> str:
+    """`n` rows of spoken audio on S3 and a Parquet manifest naming them (small row groups: many
+    ranged reads) -> the manifest's key."""
+    import pyarrow as pa
+
+    from pipeline.testing.samples import synthesize
+
+    clip = synthesize("one two three", tmp_path / "clip.wav")
+    for i in range(n):
+        client.upload_file(str(clip), bucket, f"{prefix}/audio/p{i}.wav")
+    table = pa.table({"id": [f"p{i}" for i in range(n)], "path": [f"audio/p{i}.wav" for i in range(n)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=3)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.parquet", Body=sink.getvalue())
+    return f"{prefix}/manifest.parquet"
+
+
+@pytest.mark.slow  # about 80 s on 2 cores
+def test_a_throttled_parquet_manifest_costs_retries_not_the_job(
+    ray_session, s3_server, s3_bucket, tiny_model_dir, tmp_path
+):
+    """Every other GET of the Parquet manifest (count pass and read tasks) answers 503 SlowDown, and
+    every 5th request of any kind: the job ends 0 with every row once."""
+    from .test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    key = _parquet_manifest(client, bucket, tmp_path, "pq", 12)
+    manifest_gets = []
+
+    def every_other_manifest_get(method: str, path: str) -> bool:
+        if method != "GET" or not path.split("?")[0].endswith(key):
+            return False
+        manifest_gets.append(path)
+        return len(manifest_gets) % 2 == 1
+
+    with FaultProxy(s3_server, fail_every=5, fail_if=every_other_manifest_get) as proxy:
+        cfg = tmp_path / "pq.yaml"
+        cfg.write_text(
+            f"input:\n  manifest: s3://{bucket}/{key}\n  rows_per_unit: 4\n"
+            f"model:\n  source: {tiny_model_dir}\n  device: cpu\n"
+            f"audio:\n  decode_batch_size: 2\n"
+            f"output:\n  path: s3://{bucket}/pq/out\n"
+            f"storage:\n  endpoint_url: {proxy.url}\n  retry_backoff_s: 0.05\n  retry_backoff_max_s: 0.2\n"
+        )
+        assert extract.main(["--config", str(cfg)]) == 0
+    failed_manifest_gets = [p for m, p in proxy.failures if m == "GET" and p.split("?")[0].endswith(key)]
+    assert len(failed_manifest_gets) >= 2  # the count pass and the read tasks both met a 503
+    fs = pafs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1")
+    ids = pads.dataset(f"{bucket}/pq/out", filesystem=fs, format="parquet").to_table()["id"].to_pylist()
+    assert sorted(ids) == sorted(f"p{i}" for i in range(12))  # every row, once
+    run = json.loads(client.get_object(Bucket=bucket, Key="pq/out/_run.json")["Body"].read())
+    assert run["rows"] == {"input": 12, "ok": 12, "error": 0, "skipped": 0}
+
+
+def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_server, s3_bucket, tmp_path):
+    """Storage failing through every retry while a task reads the manifest: the read task's failure
+    reaches the driver as StorageUnavailable, which restarts the pipeline (not exit 2, "bad input");
+    in the count pass it ends the run as failed (exit 1: rerun), not as a bad manifest."""
+    import ray.data
+
+    from pipeline import run as job
+    from pipeline.config import parse_config
+    from pipeline.manifest import Piece, Plan, Source
+    from pipeline.storage import Storage
+
+    from .test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    key = _parquet_manifest(client, bucket, tmp_path, "down", 4)
+    uri = f"s3://{bucket}/{key}"
+    cfg = parse_config({"input": {"manifest": uri}, "output": {"path": str(tmp_path / "out")}})
+    source = Source(uri, "parquet", "k", f"s3://{bucket}/down")
+    with FaultProxy(s3_server, always=True) as proxy:
+        storage = Storage(
+            endpoint_url=proxy.url, max_retries=1, retry_backoff_s=0.01, retry_backoff_max_s=0.02
+        )
+        with pytest.raises(job.RunFailed, match="StorageUnavailable: .*still failing after 2 attempts"):
+            job._count(cfg, storage, [source])
+        kwargs = {"plan": Plan(uri, [source], [4]), "cfg": cfg.input, "storage": storage, "skip": None}
+        ds = ray.data.from_items([Piece(0, 0, 1, 0, 4).item()]).map_batches(
+            job._read_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={**kwargs, "block_rows": 4}
+        )
+        with pytest.raises(Exception) as failed:
+            ds.take_all()
+    assert proxy.seen > 0
+    assert job._manifest_cause(failed.value) is None  # not reported as a bad manifest (exit 2)
+    assert job._recoverable(failed.value)  # run() restarts the pipeline on what is left
+    assert job._one_line(failed.value).startswith("StorageUnavailable: ")

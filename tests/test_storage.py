@@ -8,7 +8,9 @@ import io
 import os
 import pickle
 import re
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.storage import ReadOnlyError, Storage, is_remote, join, redact_url, scheme
+from pipeline.storage import (
+    ConditionFailed,
+    FileTooLarge,
+    ReadOnlyError,
+    Storage,
+    StorageUnavailable,
+    is_remote,
+    join,
+    scheme,
+)
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -31,12 +42,18 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 class FaultProxy:
     """A forwarding HTTP proxy (a thread on 127.0.0.1) that answers the first `fail_first` requests,
-    every `fail_every`-th request, or all of them (`always`) with `status` and an S3 error body
-    instead of forwarding. Counts what it saw and what it failed."""
+    every `fail_every`-th request, all of them (`always`), or those for which `fail_if(method, path)`
+    is true, with `status` and an S3 error body instead of forwarding. Counts what it saw and what it
+    failed."""
 
-    def __init__(self, upstream: str, fail_first=0, fail_every=0, always=False, status=503, body=SLOWDOWN):
+    def __init__(
+        self, upstream: str, fail_first=0, fail_every=0, always=False, status=503, body=SLOWDOWN, fail_if=None
+    ):
         self.upstream = upstream.split("://", 1)[1]
         self.fail_first, self.fail_every, self.always = fail_first, fail_every, always
+        self.fail_if = fail_if
+        self.failures: list[tuple[str, str]] = []  # (method, path) of the requests it failed
+        self.sent = SendCounter()  # response body bytes the client took, per path
         self.status, self.body = status, body
         self.seen = self.failed = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
@@ -55,12 +72,15 @@ class FaultProxy:
         self.server.server_close()
         self._thread.join(timeout=10)
 
-    def _should_fail(self) -> bool:
+    def _should_fail(self, method: str, path: str) -> bool:
         with self._lock:
             self.seen += 1
             n = self.seen
             fail = self.always or n <= self.fail_first or (self.fail_every and n % self.fail_every == 0)
+            fail = fail or (self.fail_if is not None and self.fail_if(method, path))
             self.failed += bool(fail)
+            if fail:
+                self.failures.append((method, path))
             return bool(fail)
 
     def _handler(self):
@@ -77,7 +97,7 @@ class FaultProxy:
                 assert "chunked" not in self.headers.get("Transfer-Encoding", "")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests.append((self.command, self.path, dict(self.headers.items())))
-                if proxy._should_fail():
+                if proxy._should_fail(self.command, self.path):
                     payload = b"" if self.command == "HEAD" else proxy.body
                     self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/xml")
@@ -98,7 +118,12 @@ class FaultProxy:
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    try:
+                        for at in range(0, len(data), 1 << 16):
+                            self.wfile.write(data[at : at + (1 << 16)])
+                            proxy.sent.add(self.path, len(data[at : at + (1 << 16)]))
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True  # the client hung up before the end
                 conn.close()
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
@@ -133,15 +158,6 @@ def test_scheme_join_and_remote():
     assert join("file:///data/c", "x.wav") == "file:///data/c/x.wav"
     assert join("/data/c", "../x.wav") == "/data/x.wav"
     assert join("s3://b/c", "https://h/x.wav") == "https://h/x.wav"
-
-
-def test_redact_url():
-    assert redact_url("http://user:s3cr3t@minio:9000/x") == "http://***@minio:9000/x"
-    signed = "https://b.s3.amazonaws.com/k.wav?X-Amz-Credential=AKIA1&X-Amz-Signature=abc&versionId=7"
-    out = redact_url(signed)
-    assert "AKIA1" not in out and "abc" not in out and "versionId=7" in out and out.startswith("https://b.s3")
-    assert "tok9" not in redact_url("https://h/a?sig=zz&token=tok9&sv=2020")
-    assert redact_url("/local/path?sig=x") == "/local/path?sig=x"  # not a URL: untouched
 
 
 def test_job_config_redacted():
@@ -189,9 +205,13 @@ def test_local_files(tmp_path):
     s.write_bytes_atomic(f"{root}/new/x.bin", b"xyz")
     s.move(f"{root}/new/x.bin", f"{root}/moved/y.bin")
     assert not s.exists(f"{root}/new/x.bin") and (tmp_path / "a/moved/y.bin").read_bytes() == b"xyz"
-    (tmp_path / "a/b/.2.parquet.0123.inprogress").write_bytes(b"partial")
-    assert s.remove_stale_temp_files(root) == 1
-    assert not (tmp_path / "a/b/.2.parquet.0123.inprogress").exists()
+    old, fresh = tmp_path / "a/b/.2.parquet.0123.inprogress", tmp_path / "a/.3.parquet.4567.inprogress"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert s.remove_stale_temp_files(root, min_age_s=60) == 1  # a writer may still own the fresh one
+    assert not old.exists() and fresh.exists()
+    assert s.remove_stale_temp_files(root) == 1 and not fresh.exists()
     with s.open_input(f"{root}/b/n.txt") as f:
         f.seek(2)
         assert f.read() == b"b/n.txt"
@@ -228,6 +248,51 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         self.wfile.write(data[start : end + 1])
+
+
+class SendCounter:
+    """What a server sent: per request path, the bytes that went into the socket before the client
+    stopped reading (a client that drops the connection cuts the count short)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, path: str, n: int) -> None:
+        with self.lock:
+            self.sent[path] = self.sent.get(path, 0) + n
+
+
+def counting_handler(counter: SendCounter, directory: str, length: bool = True):
+    """http.server serving `directory` in 64 KiB writes counted by `counter`; `length=False`: no
+    Content-Length (HTTP/1.0, the body ends when the connection closes)."""
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, directory=directory, **kw)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            path = self.translate_path(self.path)
+            if not os.path.isfile(path):
+                return self.send_error(404)
+            size = os.path.getsize(path)
+            self.send_response(200)
+            if length:
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            counter.add(self.path, 0)
+            with open(path, "rb") as f:
+                try:
+                    while chunk := f.read(1 << 16):
+                        self.wfile.write(chunk)
+                        counter.add(self.path, len(chunk))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up: what it refused is not counted
+
+    return Handler
 
 
 @pytest.fixture
@@ -268,14 +333,71 @@ def test_http_503_is_retried(http_dir):
     assert proxy.failed == 2 and s.retries == {"read": 2}
 
 
-def test_missing_backend_names_the_extra():
-    import importlib.util
+@pytest.mark.parametrize("uri,module,extra", [("gs://b/k", "gcsfs", "gcs"), ("az://c/k", "adlfs", "azure")])
+def test_missing_backend_names_the_extra(monkeypatch, uri, module, extra):
+    # None in sys.modules is how Python marks a module as not importable: the back end is missing here
+    # whether or not this machine has it installed
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(
+        ImportError, match=rf"{module} package: pip install 'emotion2vec-pipeline\[{extra}\]'"
+    ):
+        Storage().read_bytes(uri)
 
-    for uri, module, extra in (("gs://b/k", "gcsfs", "gcs"), ("az://c/k", "adlfs", "azure")):
-        if importlib.util.find_spec(module) is not None:
-            continue
-        with pytest.raises(ImportError, match=rf"pip install 'emotion2vec-pipeline\[{extra}\]'"):
-            Storage().read_bytes(uri)
+
+# -- size limits: refused before the download -----------------------------------------------------
+
+BIG = 48 << 20  # far more than loopback socket buffers hold, so an unread body shows in the count
+LIMIT = 1 << 20
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
+def test_http_file_over_the_limit_is_refused_unread(tmp_path, length):
+    (tmp_path / "big.wav").write_bytes(b"\0" * BIG)
+    (tmp_path / "small.wav").write_bytes(b"s" * 1000)
+    counter = SendCounter()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), counting_handler(counter, str(tmp_path), length))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        s = Storage()
+        assert s.read_bytes(f"{base}/small.wav", max_bytes=LIMIT) == b"s" * 1000
+        with pytest.raises(FileTooLarge) as e:
+            s.read_bytes(f"{base}/big.wav?sig=SECRETSIG", max_bytes=LIMIT)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if length:  # refused from the header: size and limit named
+        assert "48.0 MB (50331648 bytes), over the limit of 1 MB" in str(e.value)
+    else:  # no header: refused once past the limit
+        assert "more than 1 MB (the server sent no length)" in str(e.value)
+    assert "SECRETSIG" not in str(e.value) and "big.wav" in str(e.value)
+    assert counter.sent["/big.wav?sig=SECRETSIG"] < BIG // 2  # the body was not downloaded
+
+
+def test_local_file_over_the_limit_is_refused(tmp_path):
+    (tmp_path / "big.wav").write_bytes(b"\0" * (LIMIT + 1))
+    with pytest.raises(FileTooLarge, match=r"over the limit of 1 MB"):
+        Storage().read_bytes(str(tmp_path / "big.wav"), max_bytes=LIMIT)
+    assert Storage().read_bytes(str(tmp_path / "big.wav"), max_bytes=LIMIT + 1)[:1] == b"\0"
+
+
+@pytest.mark.s3
+def test_s3_object_over_the_limit_is_refused_unread(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="big.wav", Body=b"\0" * BIG)
+    client.put_object(Bucket=bucket, Key="small.wav", Body=b"ok")
+    with FaultProxy(s3_server) as proxy:  # fails nothing: logs the requests and what the client took
+        s = fast(proxy.url)
+        with pytest.raises(FileTooLarge, match=rf"s3://{bucket}/big.wav: 48.0 MB .*over the limit of 1 MB"):
+            s.read_bytes(f"s3://{bucket}/big.wav", max_bytes=LIMIT)
+        assert s.read_bytes(f"s3://{bucket}/small.wav", max_bytes=LIMIT) == b"ok"
+        with pytest.raises(FileNotFoundError, match=rf"s3://{bucket}/none.wav"):
+            s.read_bytes(f"s3://{bucket}/none.wav", max_bytes=LIMIT)
+    big = [(method, path) for method, path, _ in proxy.requests if path.split("?")[0].endswith("/big.wav")]
+    assert [m for m, _ in big] == ["GET"]  # one request, refused from its ContentLength
+    assert proxy.sent.sent.get(big[0][1], 0) < BIG // 2  # the body was not downloaded
+    assert s.retries == {}
 
 
 # -- S3 (moto) ------------------------------------------------------------------------------------
@@ -304,10 +426,8 @@ def test_s3_read_write_list_glob_move(s3_server, s3_bucket):
 
     s.write_bytes_atomic(f"{root}/w/out.bin", b"payload")
     assert read_s3(client, bucket, "d/w/out.bin") == b"payload"
-    info = s.info(f"{root}/w/out.bin")
-    head = client.head_object(Bucket=bucket, Key="d/w/out.bin")
-    assert info["size"] == 7 and info["etag"] == head["ETag"].strip('"')
-    assert info["mtime"] == head["LastModified"].timestamp()
+    assert s.info(f"{root}/w/out.bin") == {"type": "file", "size": 7}
+    assert s.info(f"{root}/e")["type"] == "directory"
 
     s.move(f"{root}/w/out.bin", f"{root}/w2/out.bin")
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="d/w")["Contents"]}
@@ -418,6 +538,35 @@ def test_persistent_503_fails_after_bounded_attempts(s3_server, s3_bucket):
 
 
 @pytest.mark.s3
+def test_parquet_reads_are_retried(s3_server, s3_bucket):
+    """A Parquet manifest is read in ranges through `open_input`: a 503 on any of them (footer,
+    column chunks) is retried like every other call."""
+    client, bucket = s3_bucket
+    table = pa.table({"id": [f"r{i}" for i in range(3000)], "path": [f"a/{i}.wav" for i in range(3000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=500)
+    client.put_object(Bucket=bucket, Key="m.parquet", Body=sink.getvalue())
+    with FaultProxy(s3_server, fail_every=2) as proxy:
+        s = fast(proxy.url)
+        with s.open_input(f"s3://{bucket}/m.parquet") as f:
+            pf = pq.ParquetFile(f)
+            got = pa.Table.from_batches(list(pf.iter_batches(batch_size=700)))
+    assert got.equals(table)
+    assert proxy.failed >= 1 and s.retries.get("read", 0) >= 1  # a range read failed and was retried
+
+
+@pytest.mark.s3
+def test_storage_that_stays_down_is_unavailable_not_missing(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="m.parquet", Body=b"x")
+    with FaultProxy(s3_server, always=True) as proxy:
+        s = fast(proxy.url, max_retries=1)
+        with pytest.raises(StorageUnavailable, match="still failing after 2 attempts"):
+            s.read_bytes(f"s3://{bucket}/m.parquet")
+    assert proxy.seen == 2
+
+
+@pytest.mark.s3
 def test_permanent_errors_are_not_retried(s3_server, s3_bucket):
     _, bucket = s3_bucket
     with FaultProxy(s3_server, always=True, status=403, body=ACCESS_DENIED) as proxy:
@@ -434,3 +583,55 @@ def test_refused_connection_before_any_contact_is_not_retried():
     with pytest.raises(OSError, match=r"read s3://bkt/x: EndpointConnectionError") as e:
         s.read_bytes("s3://bkt/x")
     assert "still failing" not in str(e.value) and s.retries == {}
+
+
+@pytest.mark.s3
+def test_s3_replace_if_version_is_an_if_match_put(s3_server, s3_bucket):
+    client, bucket = s3_bucket
+    uri = f"s3://{bucket}/leases/_lease.json"
+    with FaultProxy(s3_server) as proxy:  # no faults: it only records what goes over the wire
+        s = Storage(endpoint_url=proxy.url)
+        assert s.write_bytes_if_absent(uri, b"v1")
+        v1 = s.version(uri)
+        v2 = s.replace_if_version(uri, b"v2", v1)
+        assert v2 != v1 and v2 == client.head_object(Bucket=bucket, Key="leases/_lease.json")["ETag"].strip(
+            '"'
+        )
+        put = [h for m, _, h in proxy.requests if m == "PUT"][-1]
+        assert put.get("If-Match") == f'"{v1}"'
+        client.put_object(Bucket=bucket, Key="leases/_lease.json", Body=b"someone else")
+        with pytest.raises(ConditionFailed, match="rewritten by someone else"):
+            s.replace_if_version(uri, b"v3", v2)  # decided by the store: no read before the PUT
+        assert [m for m, _, _ in proxy.requests][-1] == "PUT"
+        assert read_s3(client, bucket, "leases/_lease.json") == b"someone else"
+        client.delete_object(Bucket=bucket, Key="leases/_lease.json")
+        with pytest.raises(ConditionFailed, match="gone"):
+            s.replace_if_version(uri, b"v4", v2)
+        assert s.exists(uri) is False
+
+
+def test_local_replace_if_version_compares_the_content(tmp_path):
+    s, uri = Storage(), str(tmp_path / "f.json")
+    assert s.write_bytes_if_absent(uri, b"v1")
+    v2 = s.replace_if_version(uri, b"v2", s.version(uri))
+    assert v2 == s.version(uri) and (tmp_path / "f.json").read_bytes() == b"v2"
+    (tmp_path / "f.json").write_bytes(b"someone else")
+    with pytest.raises(ConditionFailed):
+        s.replace_if_version(uri, b"v3", v2)
+    assert (tmp_path / "f.json").read_bytes() == b"someone else"
+
+
+@pytest.mark.s3
+def test_a_deadline_stops_retries_before_max_retries(s3_server, s3_bucket):
+    """Inside `Storage.deadline`, a call starts no attempt after the deadline, however many retries
+    `max_retries` would allow (the lease's renewals rely on it)."""
+    client, bucket = s3_bucket
+    with FaultProxy(s3_server, always=True) as proxy:
+        s = Storage(endpoint_url=proxy.url, max_retries=1000, retry_backoff_s=0.1, retry_backoff_max_s=0.1)
+        with Storage.deadline(time.time() + 1.0), pytest.raises(TimeoutError, match="deadline passed"):
+            s.write_bytes_atomic(f"s3://{bucket}/out.bin", b"y")
+        assert 1 <= proxy.seen < 100  # at most ~20 backoffs of 50-100 ms fit in a second
+        with pytest.raises(OSError, match="still failing after 4 attempts"):
+            Storage(endpoint_url=proxy.url, max_retries=3, retry_backoff_s=0.01).read_bytes(
+                f"s3://{bucket}/x"
+            )

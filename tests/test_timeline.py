@@ -130,7 +130,8 @@ def test_visualize_timeline_bad_input_exits_2(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory):
-    """(output dir, its ok rows): 3 recordings of 2 speakers, random segments and labels, 2 error rows."""
+    """(output dir, its speech segments): 3 recordings of 2 speakers with random segments and labels, an
+    error row, and a recording without speech (one row with no span)."""
     rng = np.random.default_rng(7)
     rows = []
     for rec, speaker in (("call-0042", "ann"), ("call-0043", "bob"), ("call-0044", "ann")):
@@ -142,11 +143,14 @@ def segmented(tmp_path_factory):
             t += d + float(rng.uniform(0.3, 3))
     rows.append({"id": "call-0042/9999", "recording_id": "call-0042", "start_s": 500.0, "end_s": 510.0,
                  "label": None, "scores": None, "error": "model: RuntimeError: x", "speaker": "ann"})  # fmt: skip
+    # a recording without speech: one row with no span and no label, which the recipes leave out
+    rows.append({"id": "call-0045", "recording_id": "call-0045", "start_s": None, "end_s": None,
+                 "label": None, "scores": None, "error": None, "speaker": "bob"})  # fmt: skip
     order = rng.permutation(len(rows))
     shuffled = [rows[i] for i in order]
     out = tmp_path_factory.mktemp("segmented") / "out"
     write_output(out, shuffled)
-    return out, [r for r in rows if r["error"] is None]
+    return out, [r for r in rows if r["error"] is None and r["start_s"] is not None]
 
 
 def doc_sql(name: str, out) -> list[dict]:

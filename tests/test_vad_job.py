@@ -2,7 +2,6 @@
 each equal to the model run on that span alone (cut independently), exactly once across reruns."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,13 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 from .speech import encode, long_recording, noise_only, sentence_clips
 
 pytest.importorskip("silero_vad")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 def reference(path: Path) -> np.ndarray:
@@ -64,7 +62,15 @@ def test_recordings_split_into_speech_segments(ray_session, tiny_model_dir, tmp_
             assert seg["error"] is None and seg["speaker"] == rows[0 if rec_id == "call" else 1]["speaker"]
             # around the true speech: speech_pad_ms (0.1 s), a 32 ms VAD window and the 20 ms grid
             assert a - 0.25 <= seg["start_s"] <= a + 0.05 and b - 0.05 <= seg["end_s"] <= b + 0.25
-            assert seg["id"] == f"{rec_id}-{round(seg['start_s'] * 100):07d}-{round(seg['end_s'] * 100):07d}"
+            # the id names the segment in centiseconds (7 digits), on the model's 20 ms grid: an even
+            # count of 160-sample steps from the start of the recording
+            name, a_cs, b_cs = seg["id"].rsplit("-", 2)
+            assert (name, len(a_cs), len(b_cs), int(a_cs) % 2, int(b_cs) % 2) == (rec_id, 7, 7, 0, 0)
+            assert (int(a_cs) * 160, int(b_cs) * 160) == (
+                round(seg["start_s"] * 16000),
+                round(seg["end_s"] * 16000),
+            )
+            assert seg["offset_s"] is None  # a whole file: no manifest span
             span = whole[round(seg["start_s"] * 16000) : round(seg["end_s"] * 16000)]
             with torch.no_grad():
                 ref = bundle.model(torch.from_numpy(span)[None])

@@ -1,4 +1,4 @@
-"""Manifests for public emotion corpora, ready for `jobs/extract.py` and `jobs/train_downstream.py`.
+"""Manifests for public emotion corpora, ready for `e2v-extract` and `e2v-train`.
 
 IEMOCAP (docs/model.md, "The IEMOCAP recipe"): from the release directory, `Session{N}/dialog/EmoEvaluation/*.txt` lines
 `[start - end]<TAB>UTT_ID<TAB>LABEL<TAB>[V, A, D]`; keep ang/exc/hap/neu/sad with exc renamed hap (the

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainConfig(BaseModel):
-    """Everything `jobs/train_downstream.py` takes; YAML keys and CLI flags share these names
+    """Everything `e2v-train` takes; YAML keys and CLI flags share these names
     (`label_column` in YAML is `--label-column` on the command line). Unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

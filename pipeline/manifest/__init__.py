@@ -9,7 +9,7 @@
 See docs/corpora.md for one recipe per corpus layout.
 """
 
-from .columns import ID_ALIASES, PATH_ALIASES, Columns, normalise
+from .columns import ID_ALIASES, PATH_ALIASES, Columns, check_unique_across, normalise
 from .errors import ManifestError
 from .formats import REGISTRY, Count, Format, count_rows, detect_format
 from .resume import Committed, Resume
@@ -32,6 +32,7 @@ __all__ = [
     "Resume",
     "Source",
     "block_rows",
+    "check_unique_across",
     "count_rows",
     "detect_format",
     "discover",

@@ -1,15 +1,21 @@
 """Normalising a manifest's columns: which holds the id, the audio (a path or the bytes), the span;
 everything else passes through.
 
-The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`; the audio from
-`input.path_column` or the first of `path`, `audio_filepath`, `wav`, `source`, `audio`. A binary
-column or the Hugging Face `Audio` struct<bytes, path> carries the audio itself. A row may name a span
-of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds). With `input.path_template`
-the audio path is built from the row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`),
-and without an id column the id is that path without its extension. The speaker comes from
-`input.speaker_column` or the first of `speaker`, `Speaker` (null when there is none).
-Relative paths resolve against the source's root. A passthrough column whose name collides with an
-output column is renamed `manifest_<name>`.
+The audio comes from `input.path_column`; else from a column holding the audio itself (`binary`, or
+the Hugging Face `Audio` struct<bytes, path>) when there is one, else from the first of `path`,
+`audio_filepath`, `wav`, `source`, `audio`. Embedded bytes win over a path column beside them (Common
+Voice ships a `path` naming a file that exists nowhere); a row without bytes is fetched from the
+struct's path, else from that path column. With `input.path_template` the path is built from the
+row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an empty one is an error
+row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds).
+Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
+first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
+an output column is renamed `manifest_<name>`.
+
+The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
+default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
+the path as written or built by the template), or, for a row with neither, `<manifest file name>:<row
+number>` (from 1).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, replace
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,9 +42,10 @@ SPEAKER_ALIASES = ("speaker", "Speaker")
 class Columns:
     """Which source columns hold what, resolved once per source from its schema."""
 
-    id: str
+    id: str | None  # None: the default id (see the module docstring)
     audio: str  # a path column, or a column of audio bytes (see `embedded`)
     embedded: bool  # audio bytes in the manifest: binary, or struct<bytes: binary, path: string>
+    fallback: str | None = None  # with embedded audio: a path column for rows without bytes
     start: str | None = None  # span start (NeMo offset, or start), seconds
     duration: str | None = None  # span length (NeMo duration, with offset), seconds
     end: str | None = None  # span end (with start), seconds
@@ -49,6 +58,10 @@ class Columns:
 def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     """A manifest's schema and the column settings -> its Columns. Raises ManifestError naming `uri`."""
     names = schema.names
+    id_col = (
+        _pick(names, cfg.id_column, ID_ALIASES, "id", uri) if cfg.id_column else _first(names, ID_ALIASES)
+    )
+    speaker = _pick(names, cfg.speaker_column, SPEAKER_ALIASES, "speaker", uri, required=False)
     template = cfg.path_template
     if template:
         missing = [f for f in template_fields(template) if f not in names]
@@ -56,20 +69,24 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
             raise ManifestError(
                 f"{uri}: input.path_template {template!r} names {missing[0]!r}, not a column (columns: {names})"
             )
-        id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri, required=False) or ""
-        audio, embedded = "", False
+        cols = Columns(id_col, "", False, speaker=speaker, template=template)
     else:
-        id_col = _pick(names, cfg.id_column, ID_ALIASES, "id", uri) or ""
-        audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri) or ""
-        t = schema.field(audio).type
-        embedded = pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
-    speaker = _pick(names, cfg.speaker_column, SPEAKER_ALIASES, "speaker", uri, required=False)
-    base = Columns(id_col, audio, embedded, speaker=speaker, template=template)
+        inside = [n for n in (*PATH_ALIASES, *names) if n in names and _is_embedded(schema.field(n).type)]
+        if cfg.path_column or not inside:
+            audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri) or ""
+        else:
+            audio = inside[0]
+        embedded = _is_embedded(schema.field(audio).type)
+        paths = [
+            n for n in PATH_ALIASES if n in names and n != audio and pa.types.is_string(schema.field(n).type)
+        ]
+        fallback = paths[0] if embedded and paths else None
+        cols = Columns(id_col, audio, embedded, fallback, speaker=speaker)
     if "offset" in names:
-        return replace(base, start="offset", duration=_opt(names, "duration"))
+        return replace(cols, start="offset", duration=_opt(names, "duration"))
     if "start" in names and "end" in names:
-        return replace(base, start="start", end="end")
-    return base
+        return replace(cols, start="start", end="end")
+    return cols
 
 
 def template_fields(template: str) -> list[str]:
@@ -78,6 +95,14 @@ def template_fields(template: str) -> list[str]:
         return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         raise ManifestError(f"input.path_template {template!r}: {e}") from None
+
+
+def _is_embedded(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_audio_struct(t)
+
+
+def _first(names: list[str], aliases: tuple[str, ...]) -> str | None:
+    return next((a for a in aliases if a in names), None)
 
 
 def is_audio_struct(t: pa.DataType) -> bool:
@@ -114,36 +139,31 @@ def _pick(
     )
 
 
-def normalise(raw: pa.Table, cols: Columns, root: str) -> pa.Table:
-    """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough."""
+def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_row: int = 0) -> pa.Table:
+    """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough.
+    `origin` (the manifest file) and `first_row` (the row number of `raw`'s first row in it, from 0)
+    name rows in default ids."""
     n = raw.num_rows
+    out: dict[str, pa.ChunkedArray | pa.Array] = {}
+    consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
     errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
-    templated = _templated(raw, cols.template) if cols.template else None
-    if cols.id:
-        ids = raw[cols.id].cast(pa.string())
-    else:  # a path template without an id column: the path without its extension
-        ids = pa.array([None if p is None else p.rsplit(".", 1)[0] for p in templated[0]], pa.string())
-    if ids.null_count:
-        first = pc.index(pc.is_null(ids), True).as_py()
-        what = repr(cols.id) if cols.id else "id (the path template has an empty column)"
-        raise ManifestError(f"{ids.null_count} rows have no {what} (the first is row {first + 1})")
-    out: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids}
-    consumed = {cols.id, cols.audio}
-    if templated is not None:
-        paths, problems = templated
-        out["path"] = pa.array([resolve_path(p, root) for p in paths], pa.string())
+    if cols.template:
+        built, problems = _templated(raw, cols.template)
+        written = pa.array(built, pa.string())
+        out["path"] = pa.array([resolve_path(p, root) for p in built], pa.string())
         errors = pc.coalesce(errors, pa.array(problems, pa.string()))
     elif cols.embedded:
-        data, paths = _embedded_audio(raw[cols.audio])
-        out["path"] = paths
+        data, named = _embedded_audio(raw[cols.audio])
+        written = named if cols.fallback is None else pc.coalesce(named, raw[cols.fallback].cast(pa.string()))
+        # with bytes, the path shown is the struct's (often just the name the file had where it was
+        # packed); without, the row is fetched from the path the manifest gives
+        fetch = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
+        out["path"] = pc.if_else(pc.is_null(data), fetch, named)
         out[AUDIO_BYTES] = data
-        # the path beside embedded bytes is often just the name the file had where it was packed
-        missing = pa.scalar(
-            f"the manifest's audio column {cols.audio!r} holds no bytes for this row", pa.string()
-        )
-        errors = pc.if_else(pc.is_null(data), pc.coalesce(errors, missing), errors)
     else:
-        out["path"] = pa.array([resolve_path(p, root) for p in raw[cols.audio].to_pylist()], pa.string())
+        written = raw[cols.audio].cast(pa.string())
+        out["path"] = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
+    out = {"id": _ids(raw, cols, written, origin, first_row), **out}
     out["recording_id"] = _column(raw, cols.recording, pa.string())
     out["speaker"] = _column(raw, cols.speaker, pa.string())
     start, end = _span(raw, cols)
@@ -186,6 +206,26 @@ def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str
     return paths, problems
 
 
+def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:
+    if cols.id is None:
+        return default_ids([written], raw.num_rows, origin, first_row)
+    ids = raw[cols.id].cast(pa.string())
+    if ids.null_count:
+        first = pc.index(pc.is_null(ids), True).as_py()
+        raise ManifestError(f"{raw.num_rows} rows have no {cols.id!r} (the first is row {first + 1})")
+    return ids
+
+
+def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> pa.Array:
+    """The default id of `n` rows (see the module docstring): the first non-empty of `names` (the
+    audio's names, in order of preference), else `<manifest file name>:<row number>`."""
+    file = origin.rsplit("/", 1)[-1]
+    rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
+    empty = pa.scalar(None, pa.string())
+    given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
+    return pc.coalesce(*given, rows)
+
+
 def _span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
     n = raw.num_rows
     if cols.start is None:
@@ -223,7 +263,9 @@ def resolve_path(path: str | None, root: str) -> str | None:
     return join(root, str(path).strip())
 
 
-def check_unique(ids: pa.ChunkedArray, uri: str) -> None:
+def check_unique(ids: pa.ChunkedArray, uri: str) -> np.ndarray:
+    """Refuse a file whose ids repeat; -> a 64-bit hash of each id, in row order, for the check
+    across the files of a manifest (`check_unique_across`)."""
     counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(dup):
@@ -231,4 +273,25 @@ def check_unique(ids: pa.ChunkedArray, uri: str) -> None:
         raise ManifestError(
             f"{uri}: duplicate ids: {len(dup)} ids occur more than once, e.g. {ex!r} ({n} times); "
             f"ids must be unique"
+        )
+    return pd.util.hash_array(ids.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+
+
+def check_unique_across(uris: list[str], hashes: list[np.ndarray | None]) -> None:
+    """Ids must be unique across all files of a manifest, not only within each. The driver holds 8
+    bytes per row for this; equal hashes are the same id with overwhelming likelihood (2^-64 a pair)."""
+    have = [(k, h) for k, h in enumerate(hashes) if h is not None and len(h)]
+    if len(have) < 2:
+        return
+    values = np.concatenate([h for _, h in have])
+    owner = np.concatenate([np.full(len(h), k, np.int64) for k, h in have])
+    row = np.concatenate([np.arange(len(h)) for _, h in have])
+    order = np.argsort(values, kind="stable")
+    same = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        raise ManifestError(
+            f"duplicate ids across the manifest's files: row {row[a] + 1} of {uris[owner[a]]} and row "
+            f"{row[b] + 1} of {uris[owner[b]]} have the same id ({len(same)} ids repeat); ids must be "
+            f"unique across all files"
         )

@@ -2,7 +2,7 @@
 
 `input.manifest` may be a manifest file, a glob or a directory of manifest files (all of one format,
 read as one manifest), a Kaldi data directory (it holds `wav.scp`), or a glob, a directory or one file
-of audio (every file is a row). Each source gets a stable short key: its units are named after it.
+of audio (every file is a row, see `audio_ids`). Each source gets a stable short key: its units are named after it.
 """
 
 from __future__ import annotations
@@ -91,9 +91,20 @@ def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
 def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
     if len(files) == 1 and not _is_under(files[0], base):
         base = parent(files[0])
-    ids = [posixpath.splitext(relative(f, base))[0] for f in files]
+    ids = audio_ids([relative(f, base) for f in files])
     table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
     return Source(base, "audio", "audio", cfg.audio_root or base, table)
+
+
+def audio_ids(names: list[str]) -> list[str]:
+    """Ids of listed audio files: the relative path without its extension, except where two files
+    share that stem (`take1.wav`, `take1.flac`): those keep their extension, so ids stay unique (and
+    the rule is the same on every rerun of the same listing)."""
+    stems = [posixpath.splitext(n)[0] for n in names]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    return [n if seen[s] > 1 else s for n, s in zip(names, stems, strict=True)]
 
 
 # -- names -------------------------------------------------------------------------------------------

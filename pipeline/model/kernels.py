@@ -6,8 +6,8 @@ falls back to that spelling wherever the fast path does not apply:
 - `linear` / `linear_add`: on CPU, a oneDNN inner product with the bias and an exact (erf) GELU or
   a residual add fused into the kernel (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
   compiler emits for CPU linears). Plain `F.linear` on CPU calls MKL's sgemm, and the GELU and the
-  add then each make another pass over freshly allocated memory: fc1 + GELU took 17-26 % longer
-  that way on an AVX2 EPYC (bench/RESULTS.md). Used for a (device, dtype) only after a probe on
+  add then each make another pass over freshly allocated memory, which makes fc1 + GELU 17-26 %
+  slower on an AVX2 EPYC (bench/RESULTS.md). Used for a (device, dtype) only after a probe on
   small tensors agrees with `F.linear`: a CPU without bfloat16 support in oneDNN (AVX2 only), a
   PyTorch build without the op, or autograd all take the fallback.
 - `conv_time_major`: a Conv1d over time-major [B, T, C] activations, run as a channels-last Conv2d

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from ...config import InputConfig
@@ -34,6 +35,7 @@ class Count:
     row_bytes: float = 0.0  # bytes per row (audio inside a Parquet manifest makes rows big)
     raw_schema: pa.Schema | None = None  # as parsed from the whole file: every piece is parsed with it
     starts: tuple[int, ...] | None = None  # where each unit starts (byte or row); None: not splittable
+    ids: np.ndarray | None = None  # a 64-bit hash of each id, in row order (columns.check_unique)
 
 
 # count(source, cfg, storage) -> Count
@@ -67,8 +69,8 @@ def count_whole(tables: Iterable[pa.Table], uri: str) -> Count:
         ids.append(t["id"])
         schema = schema or t.schema
     column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
-    check_unique(column, uri)
-    return Count(len(column), schema or pa.schema([]))
+    hashes = check_unique(column, uri)
+    return Count(len(column), schema or pa.schema([]), ids=hashes)
 
 
 def read_bytes(
@@ -82,6 +84,18 @@ def read_bytes(
     except OSError as e:
         raise ManifestError(f"{uri}: cannot read: {e}") from None
     return gunzip(data, uri) if unzip and start is None else data
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def text(data: bytes, first: bool = True) -> bytes:
+    """Text as Windows editors save it -> plain: a UTF-8 byte-order mark at the top of the file
+    (`first`: these bytes start the file) is dropped, CRLF line ends become LF. Byte offsets of
+    units are taken on the file as stored, so this runs on what is parsed, never on what is counted."""
+    if first and data.startswith(BOM):
+        data = data[len(BOM) :]
+    return data.replace(b"\r\n", b"\n") if b"\r\n" in data else data
 
 
 def gunzip(data: bytes, uri: str) -> bytes:
@@ -99,7 +113,7 @@ def is_gzip(data: bytes) -> bool:
 def two_columns(data: bytes, uri: str, form: str) -> tuple[pa.Array, pa.Array]:
     """Kaldi-style `<key> <rest of line>` lines (blank lines and # comments skipped)."""
     keys, values = [], []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.strip().split(maxsplit=1)

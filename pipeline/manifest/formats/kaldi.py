@@ -14,7 +14,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, never, two_columns
+from .base import Count, Format, count_whole, never, read_bytes, text, two_columns
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -39,7 +39,7 @@ def read(
 
     def file(name: str) -> bytes | None:
         uri = join(d, name)
-        return storage.read_bytes(uri) if storage.exists(uri) else None
+        return text(read_bytes(uri, storage)) if storage.exists(uri) else None
 
     rec_ids, rec_paths = two_columns(file("wav.scp") or b"", join(d, "wav.scp"), "<recording-id> <path>")
     where = dict(zip(rec_ids.to_pylist(), rec_paths.to_pylist(), strict=True))

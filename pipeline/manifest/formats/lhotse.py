@@ -15,7 +15,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes
+from .base import Count, Format, count_whole, read_bytes, text
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -43,7 +43,7 @@ def read(
     raw_schema: pa.Schema | None = None,
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
-    data = read_bytes(source.uri, storage)
+    data = text(read_bytes(source.uri, storage))
     rows: list[dict] = []
     for n, line in enumerate(io.BytesIO(data), 1):
         if not line.strip():

@@ -23,7 +23,7 @@ from ...config import InputConfig
 from ...storage import Storage, scheme
 from ..columns import check_unique, normalise, resolve
 from ..errors import ManifestError
-from .base import Count, Format, gunzip, is_gzip, read_bytes, two_columns
+from .base import Count, Format, gunzip, is_gzip, read_bytes, text, two_columns
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -50,11 +50,11 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     data = read_bytes(source.uri, storage, unzip=False)
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
-    raw = parse(data, source)
-    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root)
-    check_unique(table["id"], source.uri)
+    raw = parse(text(data), source)
+    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
+    hashes = check_unique(table["id"], source.uri)
     starts = None if compressed else unit_starts(data, source, raw.num_rows, cfg.rows_per_unit)
-    return Count(table.num_rows, table.schema, 0.0, raw.schema, starts)
+    return Count(table.num_rows, table.schema, 0.0, raw.schema, starts, hashes)
 
 
 def unit_starts(data: bytes, source: Source, rows: int, size: int) -> tuple[int, ...] | None:
@@ -82,18 +82,20 @@ def read(
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
     if piece is None or piece.start is None:
-        raw = parse(read_bytes(source.uri, storage), source)
+        raw = parse(text(read_bytes(source.uri, storage)), source)
     else:
-        data = read_bytes(source.uri, storage, piece.start, piece.end)
+        data = text(read_bytes(source.uri, storage, piece.start, piece.end), first=piece.start == 0)
         if source.format in ("csv", "tsv"):
             data = _header(source, storage) + data
         raw = parse(data, source, raw_schema)
-    yield normalise(raw.slice(skip_rows), resolve(raw.schema, cfg, source.uri), source.root)
+    first_row = (0 if piece is None else piece.first_row) + skip_rows
+    cols = resolve(raw.schema, cfg, source.uri)
+    yield normalise(raw.slice(skip_rows), cols, source.root, source.uri, first_row)
 
 
 def _header(source: Source, storage: Storage) -> bytes:
     """A CSV/TSV manifest's header line, newline included."""
-    head = read_bytes(source.uri, storage, 0, 1 << 16)
+    head = text(read_bytes(source.uri, storage, 0, 1 << 16))
     cut = head.find(b"\n")
     if cut < 0:
         raise ManifestError(f"{source.uri}: the header line is longer than 64 KiB")
@@ -121,11 +123,14 @@ def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> p
                 raise ManifestError(f"{uri}: a JSON manifest must be an array of objects")
             return pa.Table.from_pylist(rows)
         if fmt in ("csv", "tsv"):
-            opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+            # TSV has no quoting (Kaldi, Common Voice, MELD): a `"` opening a transcript is text
+            opts = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
             types = {f.name: f.type for f in raw_schema} if raw_schema is not None else None
-            return pacsv.read_csv(
+            table = pacsv.read_csv(
                 io.BytesIO(data), parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types)
             )
+            _check_rows(table, data, fmt, uri)
+            return table
         if fmt == "scp":
             ids, paths = two_columns(data, uri, "<id> <path>")
             return pa.table({"id": ids, "path": paths})
@@ -134,6 +139,22 @@ def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> p
         if isinstance(e, ManifestError):
             raise
         raise ManifestError(f"{uri}: cannot parse as {fmt}: {e}") from None
+
+
+def _check_rows(table: pa.Table, data: bytes, fmt: str, uri: str) -> None:
+    """A TSV (or a CSV without quotes) has one row per non-empty line after the header: any other
+    count means rows were merged or lost, which must never pass silently."""
+    if fmt == "csv" and b'"' in data:
+        return  # quoted CSV fields may hold newlines
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.concatenate((np.flatnonzero(buf == 10), [len(data)]))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lines = int(np.count_nonzero(ends > starts)) - 1  # the header
+    if table.num_rows != lines:
+        raise ManifestError(
+            f"{uri}: {table.num_rows} rows parsed from {lines} data lines; every line of a "
+            f"{fmt.upper()} manifest must be one row (a stray line break or field separator?)"
+        )
 
 
 FORMAT = Format(("jsonl", "json", "csv", "tsv", "scp"), detect, count, read)

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ...config import InputConfig
 from ...storage import Storage
-from ..columns import check_unique, normalise, resolve
+from ..columns import Columns, check_unique, default_ids, is_audio_struct, normalise, resolve
 from ..errors import ManifestError
 from .base import Count, Format
 
@@ -34,16 +35,16 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     with storage.open_input(source.uri) as f:
         pf = pq.ParquetFile(f)
         cols = resolve(pf.schema_arrow, cfg, source.uri)
-        ids = pf.read(columns=[cols.id]).column(0).cast(pa.string())
+        ids = _ids(pf, cols, source)
         head = next(pf.iter_batches(batch_size=1), None)
         meta = pf.metadata
         row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    check_unique(ids, source.uri)
+    hashes = check_unique(ids, source.uri)
     if head is None:
         return Count(0, pa.schema([]))
-    schema = normalise(pa.Table.from_batches([head]), cols, source.root).schema
+    schema = normalise(pa.Table.from_batches([head]), cols, source.root, source.uri).schema
     starts = tuple(range(0, len(ids), cfg.rows_per_unit))
-    return Count(len(ids), schema, row_bytes / max(len(ids), 1), pf.schema_arrow, starts)
+    return Count(len(ids), schema, row_bytes / max(len(ids), 1), pf.schema_arrow, starts, hashes)
 
 
 def read(
@@ -60,7 +61,24 @@ def read(
     cols = None
     for raw in _batches(source, storage, first_row):
         cols = cols or resolve(raw.schema, cfg, source.uri)
-        yield normalise(raw, cols, source.root)
+        yield normalise(raw, cols, source.root, source.uri, first_row)
+        first_row += raw.num_rows
+
+
+def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray | pa.Array:
+    """Every row's id, reading only the columns it is made of (never the audio bytes)."""
+    if cols.id is not None:
+        return pf.read(columns=[cols.id]).column(0).cast(pa.string())
+    names = []
+    t = pf.schema_arrow.field(cols.audio).type
+    if not cols.embedded:
+        names.append(pf.read(columns=[cols.audio]).column(0).combine_chunks().cast(pa.string()))
+    elif is_audio_struct(t) and t.get_field_index("path") >= 0:
+        struct = pf.read(columns=[f"{cols.audio}.path"]).column(0).combine_chunks()
+        names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
+    if cols.fallback:
+        names.append(pf.read(columns=[cols.fallback]).column(0).combine_chunks().cast(pa.string()))
+    return default_ids(names, pf.metadata.num_rows, source.uri, 0)
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:

@@ -1,0 +1,64 @@
+"""The commands: console scripts declared in pyproject.toml, `python -m pipeline.cli.<name>`, and the
+`jobs/<name>.py` wrappers that `ray job submit --working-dir .` runs; nothing edits sys.path."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+tomllib = pytest.importorskip("tomllib")
+
+
+def scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_console_script_is_a_cli_main_with_a_jobs_wrapper():
+    found = scripts()
+    assert "e2v-extract" in found
+    for name, target in found.items():
+        module, _, func = target.partition(":")
+        assert module.startswith("pipeline.cli.") and func == "main", (name, target)
+        assert callable(getattr(importlib.import_module(module), func))
+        wrapper = ROOT / "jobs" / f"{module.rsplit('.', 1)[1]}.py"
+        assert f"from {module} import main" in wrapper.read_text(), wrapper
+
+
+@pytest.mark.parametrize("name", sorted(scripts()))
+def test_each_command_answers_help(name, capsys):
+    module = importlib.import_module(scripts()[name].partition(":")[0])
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["jobs/extract.py"], ["-m", "pipeline.cli.extract"]])
+def test_extract_runs_as_a_script_and_as_a_module(argv, tmp_path):
+    """As `ray job submit` runs it: from the repository root, the package found on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, *argv, "--config", str(tmp_path / "missing.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and r.stderr.strip().endswith("config file not found"), r.stderr[-2000:]
+
+
+def test_no_script_edits_sys_path():
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("jobs", "bench", "pipeline", "tests")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

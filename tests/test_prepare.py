@@ -1,0 +1,70 @@
+"""The CPU stage on its own (no Ray): spans, segment ids and the span columns, with a segmenter whose
+answer is fixed so that every expected value below is worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import soundfile as sf
+
+from pipeline.prepare import prepare_block
+from pipeline.schema import SPAN_END, WAVEFORM
+from pipeline.storage import Storage
+
+
+def fixed_segments(samples: np.ndarray) -> list[tuple[int, int]]:
+    """Speech at samples [8000, 24000) and [40000, 72000) of anything long enough; silence has none."""
+    if not samples.any():
+        return []
+    return [(a, b) for a, b in ((8000, 24000), (40000, 72000)) if b <= len(samples)]
+
+
+def test_segments_get_kaldi_style_ids_and_the_manifest_span_stays_in_offset_s(tmp_path):
+    rng = np.random.default_rng(0)
+    speech = (0.1 * rng.standard_normal(5 * 16000)).astype(np.float32)  # 5 s at 16 kHz
+    sf.write(str(tmp_path / "talk.wav"), speech, 16000, subtype="FLOAT")
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(16000, np.float32), 16000, subtype="FLOAT")
+    talk, quiet = str(tmp_path / "talk.wav"), str(tmp_path / "quiet.wav")
+    block = pa.table(
+        {
+            "id": ["call", "span", "quiet"],
+            "path": [talk, talk, quiet],
+            "recording_id": [None, "talk", None],
+            "offset_s": pa.array([None, 1.0, None], pa.float64()),  # "span" is [1.0, 4.0) of talk.wav
+            SPAN_END: pa.array([None, 4.0, None], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage(), segmenter=fixed_segments)
+    rows = out.to_pylist()
+    got = [(r["id"], r["recording_id"], r["offset_s"], r["start_s"], r["end_s"]) for r in rows]
+    assert got == [
+        ("call-0000050-0000150", "call", None, 0.5, 1.5),  # 8000 / 16000 s = 50 cs
+        ("call-0000250-0000450", "call", None, 2.5, 4.5),
+        # the span's own samples [16000, 64000): segments 1.0 + 0.5 .. 1.0 + 1.5 s, the second too long
+        ("span-0000150-0000250", "span", 1.0, 1.5, 2.5),
+        ("quiet", "quiet", None, None, None),  # no speech: one row, nothing to run
+    ]
+    assert all(r["error"] is None for r in rows)
+    np.testing.assert_array_equal(rows[0][WAVEFORM], speech[8000:24000])
+    np.testing.assert_array_equal(rows[2][WAVEFORM], speech[24000:40000])
+    assert rows[3][WAVEFORM] is None and rows[3]["duration_s"] == 1.0
+
+
+def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):
+    x = np.linspace(-0.5, 0.5, 3 * 16000, dtype=np.float32)
+    sf.write(str(tmp_path / "a.wav"), x, 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["whole", "part"],
+            "path": [str(tmp_path / "a.wav")] * 2,
+            "offset_s": pa.array([None, 0.25], pa.float64()),
+            SPAN_END: pa.array([None, 2.0], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage())
+    rows = out.to_pylist()
+    assert [(r["offset_s"], r["start_s"], r["end_s"]) for r in rows] == [
+        (None, None, None),
+        (0.25, 0.25, 2.0),
+    ]
+    np.testing.assert_array_equal(rows[1][WAVEFORM], x[4000:32000])
