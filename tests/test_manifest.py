@@ -491,14 +491,19 @@ def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
-    (tmp_path / "wav.scp").write_text("call-1 /data/one.wav\ncall-2 rel/two.flac\n")
+    (tmp_path / "c.rttm").write_text(RTTM.splitlines(keepends=True)[3])
+    (tmp_path / "wav.scp").write_text(
+        "call-1 /data/one.wav\ncall-2 rel/two.flac\nlost sox x.wav -t wav - |\n"
+    )
     t = read(tmp_path).to_pylist()
     assert [(r["id"], r["path"]) for r in t] == [
         ("call-1_A_0000500", "/data/one.wav"),
         ("call-2_A_0000000", str(tmp_path / "rel" / "two.flac")),
+        ("lost_A_0000000", None),
     ]
+    assert "is a pipe command" in t[2]["_input_error"]
     with pytest.raises(ManifestError, match="line 1: a SPEAKER line has 10 fields"):
-        (tmp_path / "c.rttm").write_text("SPEAKER x 1 0.0 1.0\n")
+        (tmp_path / "d.rttm").write_text("SPEAKER x 1 0.0 1.0\n")
         read(tmp_path)
 
 

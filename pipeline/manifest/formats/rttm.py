@@ -109,6 +109,11 @@ class _Locator:
             path = self.scp.get(rec)
             if path is None:
                 return None, f"RTTM recording {rec!r} is not in {WAV_SCP} beside {self.source.uri}"
+            if path.rstrip().endswith("|"):
+                return (
+                    None,
+                    f"{WAV_SCP}: {rec!r} is a pipe command ({path.strip()!r}); give a file path instead",
+                )
             return path, None
         if self.index is None:
             self.index = _audio_index(self.storage, self.source.root)
