@@ -29,13 +29,22 @@ class InputConfig(_Section):
         description="a manifest file, a glob or directory of manifests, a Kaldi data dir, or a folder/glob of "
         "audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
     )
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio"] = (
-        "auto"
-    )
+    format: Literal[
+        "auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio", "rttm"
+    ] = "auto"
     audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
     id_column: str | None = Field(None, description="default: the first of id, key, utt_id")
     path_column: str | None = Field(
         None, description="default: the first of path, audio_filepath, wav, source, audio"
+    )
+    path_template: str | None = Field(
+        None,
+        description="build each row's audio path from its columns instead of a path column, e.g. "
+        "'dia{Dialogue_ID}_utt{Utterance_ID}.mp4' (MELD's CSV); without an id column the default id is "
+        "that path",
+    )
+    speaker_column: str | None = Field(
+        None, description="default: the first of speaker, Speaker; becomes the speaker column"
     )
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows")
     rows_per_unit: int = Field(

@@ -64,7 +64,7 @@ from .writer import COUNTS, RUN_FILE, Output, OutputError, Pending, write_parts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: units with commit markers, span and segment columns
+SCHEMA_VERSION = 3  # 2: units with commit markers, span and segment columns; 3: speaker, overlap_s
 READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model
 WRITE_CPUS = 0
 

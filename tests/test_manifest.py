@@ -453,3 +453,78 @@ def test_hf_shard_without_an_id_column_gets_default_ids_and_prefers_the_bytes(tm
         assert t["manifest_path"].to_pylist() == paths
     (tmp_path / "m.jsonl").write_text('{"path": "a/1.wav"}\n{"path": "b/2.wav"}\n')
     assert read(tmp_path / "m.jsonl")["id"].to_pylist() == ["a/1.wav", "b/2.wav"]
+
+
+# -- diariser output and manifests that name their audio by columns -------------------------------
+
+
+RTTM = (
+    "SPEAKER call-1 1 0.500 2.000 <NA> <NA> A <NA> <NA>\n"
+    "SPEAKER call-1 1 2.000 1.000 <NA> <NA> B <NA> <NA>\n"
+    "SPEAKER call-2 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n"
+    "SPEAKER lost 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n"
+    "SPEAKER twice 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n"
+)
+
+
+def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
+    (tmp_path / "audio").mkdir()
+    for name in ("call-1.wav", "call-2.mp3", "twice.wav", "twice.flac", "notes.txt"):
+        (tmp_path / "audio" / name).write_bytes(b"")
+    (tmp_path / "calls.rttm").write_text(RTTM)
+    t = read(tmp_path / "calls.rttm", audio_root=str(tmp_path / "audio")).to_pylist()
+    got = {r["id"]: r for r in t}
+    assert [r["id"] for r in t] == [
+        "call-1_A_0000500", "call-1_B_0002000", "call-2_A_0000000", "lost_A_0000000", "twice_A_0000000"
+    ]  # fmt: skip
+    one = got["call-1_A_0000500"]
+    assert (one["recording_id"], one["speaker"], one["offset_s"], one["_end_s"]) == ("call-1", "A", 0.5, 2.5)
+    assert one["overlap_s"] == pytest.approx(0.5) and got["call-1_B_0002000"]["overlap_s"] == pytest.approx(
+        0.5
+    )
+    assert one["path"] == str(tmp_path / "audio" / "call-1.wav") and one["_input_error"] is None
+    assert got["call-2_A_0000000"]["path"].endswith("call-2.mp3")
+    assert "no audio file lost.*" in got["lost_A_0000000"]["_input_error"]
+    assert "several audio files match (twice.flac, twice.wav)" in got["twice_A_0000000"]["_input_error"]
+
+
+def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
+    (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
+    (tmp_path / "c.rttm").write_text(RTTM.splitlines(keepends=True)[3])
+    (tmp_path / "wav.scp").write_text(
+        "call-1 /data/one.wav\ncall-2 rel/two.flac\nlost sox x.wav -t wav - |\n"
+    )
+    t = read(tmp_path).to_pylist()
+    assert [(r["id"], r["path"]) for r in t] == [
+        ("call-1_A_0000500", "/data/one.wav"),
+        ("call-2_A_0000000", str(tmp_path / "rel" / "two.flac")),
+        ("lost_A_0000000", None),
+    ]
+    assert "is a pipe command" in t[2]["_input_error"]
+    with pytest.raises(ManifestError, match="line 1: a SPEAKER line has 10 fields"):
+        (tmp_path / "d.rttm").write_text("SPEAKER x 1 0.0 1.0\n")
+        read(tmp_path)
+
+
+def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):
+    head = "Sr No.,Utterance,Speaker,Emotion,Dialogue_ID,Utterance_ID\n"
+    rows = '1,"Oh, my God!",Joey,surprise,0,0\n2,No.,Chandler,neutral,0,1\n'
+    (tmp_path / "meld.csv").write_text(head + rows)
+    (tmp_path / "gap.csv").write_text(head + rows + "3,Hm.,Monica,neutral,,2\n")
+    template = "dia{Dialogue_ID}_utt{Utterance_ID}.mp4"
+    t = read(tmp_path / "meld.csv", audio_root="/clips", path_template=template)
+    assert t["id"].to_pylist() == ["dia0_utt0.mp4", "dia0_utt1.mp4"]  # no id column: the path as built
+    assert t["path"].to_pylist() == ["/clips/dia0_utt0.mp4", "/clips/dia0_utt1.mp4"]
+    assert t["speaker"].to_pylist() == ["Joey", "Chandler"] and "Speaker" not in t.column_names
+    assert t["Emotion"].to_pylist()[0] == "surprise" and t["Dialogue_ID"].to_pylist() == [0, 0]
+    # an empty template column: an error row saying so (named by its row without an id column)
+    for id_column, ids in (
+        ("Sr No.", ["1", "2", "3"]),
+        (None, ["dia0_utt0.mp4", "dia0_utt1.mp4", "gap.csv:3"]),
+    ):
+        t = read(tmp_path / "gap.csv", id_column=id_column, path_template=template)
+        assert t["id"].to_pylist() == ids and t["_input_error"].to_pylist()[:2] == [None, None]
+        assert "column 'Dialogue_ID' is empty" in t["_input_error"].to_pylist()[2]
+    with pytest.raises(ManifestError, match="names 'Season', not a column"):
+        read(tmp_path / "meld.csv", path_template="s{Season}.mp4")

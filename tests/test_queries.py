@@ -85,6 +85,11 @@ TESTED = {
     "recording_timeline",
     "time_share_recording",
     "time_share_speaker",
+    # the conversation blocks need an output of speaker turns: tests/test_conversations.py runs them
+    "speaker_turns",
+    "speaker_time_share",
+    "emotion_changes",
+    "polars_speaker_share",
 }
 
 

@@ -5,17 +5,22 @@ The audio comes from `input.path_column`; else from a column holding the audio i
 the Hugging Face `Audio` struct<bytes, path>) when there is one, else from the first of `path`,
 `audio_filepath`, `wav`, `source`, `audio`. Embedded bytes win over a path column beside them (Common
 Voice ships a `path` naming a file that exists nowhere); a row without bytes is fetched from the
-struct's path, else from that path column. A row may name a span of its file: NeMo `offset` +
-`duration`, or `start` + `end` (seconds). Relative paths resolve against the source's root. A
-passthrough column whose name collides with an output column is renamed `manifest_<name>`.
+struct's path, else from that path column. With `input.path_template` the path is built from the
+row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an empty one is an error
+row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds).
+Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
+first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
+an output column is renamed `manifest_<name>`.
 
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
-the path as written), or, for a row with neither, `<manifest file name>:<row number>` (from 1).
+the path as written or built by the template), or, for a row with neither, `<manifest file name>:<row
+number>` (from 1).
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +35,7 @@ from .errors import ManifestError
 
 ID_ALIASES = ("id", "key", "utt_id")
 PATH_ALIASES = ("path", "audio_filepath", "wav", "source", "audio")
+SPEAKER_ALIASES = ("speaker", "Speaker")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Columns:
     duration: str | None = None  # span length (NeMo duration, with offset), seconds
     end: str | None = None  # span end (with start), seconds
     recording: str | None = None  # a recording id given by the manifest
+    speaker: str | None = None  # who speaks (absent from a table: null)
+    overlap: str | None = None  # seconds of the span that overlap another speaker (diariser turns)
+    template: str | None = None  # the audio path as a format string of columns, instead of `audio`
 
 
 def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
@@ -52,22 +61,40 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     id_col = (
         _pick(names, cfg.id_column, ID_ALIASES, "id", uri) if cfg.id_column else _first(names, ID_ALIASES)
     )
-    inside = [n for n in (*PATH_ALIASES, *names) if n in names and _is_embedded(schema.field(n).type)]
-    if cfg.path_column or not inside:
-        audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri)
+    speaker = _pick(names, cfg.speaker_column, SPEAKER_ALIASES, "speaker", uri, required=False)
+    template = cfg.path_template
+    if template:
+        missing = [f for f in template_fields(template) if f not in names]
+        if missing:
+            raise ManifestError(
+                f"{uri}: input.path_template {template!r} names {missing[0]!r}, not a column (columns: {names})"
+            )
+        cols = Columns(id_col, "", False, speaker=speaker, template=template)
     else:
-        audio = inside[0]
-    embedded = _is_embedded(schema.field(audio).type)
-    paths = [
-        n for n in PATH_ALIASES if n in names and n != audio and pa.types.is_string(schema.field(n).type)
-    ]
-    fallback = paths[0] if embedded and paths else None
-    cols = Columns(id_col, audio, embedded, fallback)
+        inside = [n for n in (*PATH_ALIASES, *names) if n in names and _is_embedded(schema.field(n).type)]
+        if cfg.path_column or not inside:
+            audio = _pick(names, cfg.path_column, PATH_ALIASES, "path", uri) or ""
+        else:
+            audio = inside[0]
+        embedded = _is_embedded(schema.field(audio).type)
+        paths = [
+            n for n in PATH_ALIASES if n in names and n != audio and pa.types.is_string(schema.field(n).type)
+        ]
+        fallback = paths[0] if embedded and paths else None
+        cols = Columns(id_col, audio, embedded, fallback, speaker=speaker)
     if "offset" in names:
         return replace(cols, start="offset", duration=_opt(names, "duration"))
     if "start" in names and "end" in names:
         return replace(cols, start="start", end="end")
     return cols
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a path template uses: `dia{Dialogue_ID}_utt{Utterance_ID}.mp4` -> both ids."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ManifestError(f"input.path_template {template!r}: {e}") from None
 
 
 def _is_embedded(t: pa.DataType) -> bool:
@@ -87,7 +114,14 @@ def _opt(names: list[str], name: str) -> str | None:
     return name if name in names else None
 
 
-def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], what: str, uri: str) -> str:
+def _pick(
+    columns: list[str],
+    explicit: str | None,
+    aliases: tuple[str, ...],
+    what: str,
+    uri: str,
+    required: bool = True,
+) -> str | None:
     if explicit:
         if explicit not in columns:
             raise ManifestError(
@@ -97,6 +131,8 @@ def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], wh
     for a in aliases:
         if a in columns:
             return a
+    if not required:
+        return None
     raise ManifestError(
         f"{uri}: no {what} column: expected one of {', '.join(aliases)} or set input.{what}_column "
         f"(columns: {columns})"
@@ -109,9 +145,14 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     name rows in default ids."""
     n = raw.num_rows
     out: dict[str, pa.ChunkedArray | pa.Array] = {}
-    consumed = {cols.id, cols.audio} - {None}  # a fallback path column also passes through
+    consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
     errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
-    if cols.embedded:
+    if cols.template:
+        built, problems = _templated(raw, cols.template)
+        written = pa.array(built, pa.string())
+        out["path"] = pa.array([resolve_path(p, root) for p in built], pa.string())
+        errors = pc.coalesce(errors, pa.array(problems, pa.string()))
+    elif cols.embedded:
         data, named = _embedded_audio(raw[cols.audio])
         written = named if cols.fallback is None else pc.coalesce(named, raw[cols.fallback].cast(pa.string()))
         # with bytes, the path shown is the struct's (often just the name the file had where it was
@@ -123,18 +164,46 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
         written = raw[cols.audio].cast(pa.string())
         out["path"] = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
     out = {"id": _ids(raw, cols, written, origin, first_row), **out}
-    recording = raw[cols.recording] if cols.recording else pa.nulls(n, pa.string())
-    out["recording_id"] = recording.cast(pa.string())
+    out["recording_id"] = _column(raw, cols.recording, pa.string())
+    out["speaker"] = _column(raw, cols.speaker, pa.string())
     start, end = _span(raw, cols)
     out["offset_s"] = start
     out[SPAN_END] = end
-    consumed |= {c for c in (cols.start, cols.duration, cols.end, cols.recording) if c}
+    out["overlap_s"] = _column(raw, cols.overlap, pa.float64())
+    consumed |= {
+        c for c in (cols.start, cols.duration, cols.end, cols.recording, cols.speaker, cols.overlap) if c
+    }
     out[INPUT_ERROR] = errors
     consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
             out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]
     return pa.table(out)
+
+
+def _column(raw: pa.Table, name: str | None, kind: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    """`raw[name]` as `kind`, or nulls when there is no such column."""
+    if name is None or name not in raw.column_names:
+        return pa.nulls(raw.num_rows, kind)
+    return raw[name].cast(kind)
+
+
+def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
+    """(the path of each row from `template`, or None with the reason in the second list)."""
+    fields = list(dict.fromkeys(template_fields(template)))
+    values = {f: raw[f].to_pylist() for f in fields}
+    paths: list[str | None] = []
+    problems: list[str | None] = []
+    for i in range(raw.num_rows):
+        row = {f: values[f][i] for f in fields}
+        empty = [f for f, v in row.items() if v is None or (isinstance(v, str) and not v.strip())]
+        if empty:
+            paths.append(None)
+            problems.append(f"input.path_template {template!r}: column {empty[0]!r} is empty in this row")
+        else:
+            paths.append(template.format_map(row))
+            problems.append(None)
+    return paths, problems
 
 
 def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:

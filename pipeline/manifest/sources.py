@@ -17,7 +17,7 @@ import pyarrow as pa
 from ..config import InputConfig
 from ..storage import Storage, join
 from .errors import ManifestError
-from .formats import detect_format
+from .formats import detect_format, family
 
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
@@ -46,7 +46,9 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
             if not files:
                 raise ManifestError(f"input.manifest: no files match {where}")
         elif storage.is_dir(where):
-            if storage.exists(join(where, "wav.scp")) and cfg.format in ("auto", "kaldi"):
+            if storage.exists(join(where, "wav.scp")) and (
+                cfg.format == "kaldi" or (cfg.format == "auto" and not storage.list_files(where, ".rttm"))
+            ):
                 return [Source(where, "kaldi", source_key("kaldi"), cfg.audio_root or where)]
             files, base = storage.list_files(where), where
             if not files:
@@ -70,10 +72,13 @@ def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
             f"input.manifest: {base} mixes manifests ({_name(manifests[0])}) and audio files "
             f"({_name(audio[0])}); point input.manifest at one kind (a glob such as {base}/*.jsonl)"
         )
+    formats = {f: cfg.format if cfg.format != "auto" else detect_format(f) for f in manifests}
+    # files a format reads beside its manifests (wav.scp beside RTTM files) are not sources
+    companions = {c for fmt in set(formats.values()) for c in family(fmt).companions}
     sources = []
-    for f in manifests:
-        fmt = cfg.format if cfg.format != "auto" else detect_format(f)
-        sources.append(Source(f, fmt, source_key(relative(f, base)), cfg.audio_root or parent(f)))
+    for f, fmt in formats.items():
+        if _name(f) not in companions:
+            sources.append(Source(f, fmt, source_key(relative(f, base)), cfg.audio_root or parent(f)))
     formats = {s.format for s in sources}
     if len(formats) > 1:
         raise ManifestError(

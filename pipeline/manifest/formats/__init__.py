@@ -15,7 +15,7 @@ import pyarrow as pa
 from ...config import InputConfig
 from ...storage import Storage
 from ..errors import ManifestError
-from . import audio_folder, kaldi, lhotse, lines, parquet
+from . import audio_folder, kaldi, lhotse, lines, parquet, rttm
 from .base import Count, Format
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ REGISTRY: tuple[Format, ...] = (
     parquet.FORMAT,
     kaldi.FORMAT,
     audio_folder.FORMAT,
+    rttm.FORMAT,
 )
 NAMES = tuple(name for f in REGISTRY for name in f.names)
 

@@ -54,6 +54,7 @@ class Format:
     detect: Callable[[str], str | None]  # a file name (lower case) -> one of `names`, or None
     count: Counter
     read: Reader
+    companions: frozenset[str] = frozenset()  # file names read beside its manifests, not manifests
 
 
 def never(name: str) -> str | None:

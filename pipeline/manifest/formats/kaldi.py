@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..sources import Source
     from ..units import Piece
 
-COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id")
+COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id", speaker="speaker")
 
 
 def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..units import Piece
 
 BATCH_ROWS = 4096
-COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id")
+COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id", speaker="speaker")
 NAMES = ["id", "path", "recording_id", "offset", "end", INPUT_ERROR, "speaker", "language", "text", "custom"]
 TYPES = [pa.string()] * 3 + [pa.float64()] * 2 + [pa.string()] * 5
 

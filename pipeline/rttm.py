@@ -1,0 +1,126 @@
+"""Diariser output (RTTM) -> speaker turns. Pure: text in, an Arrow table out; no storage, no Ray.
+
+    turns = parse_rttm(text, "calls.rttm")   # id, recording_id, speaker, start_s, end_s, overlap_s
+
+RTTM is what pyannote (`Annotation.write_rttm`), NeMo and dscore write, one turn per line:
+
+    SPEAKER <file-id> <channel> <onset> <duration> <NA> <NA> <speaker> <NA> <NA>
+
+Ten fields; the nine-field variant some tools write (no trailing `<NA>`) is read too. Lines of other
+types (`SPKR-INFO`, `LEXEME`, ...), blank lines and `#` / `;;` comments are skipped. One file may hold
+many recordings. Turns come out grouped by recording, in time order, so the audio of a recording is
+decoded once for all its turns. `overlap_s` is how much of a turn another speaker of the same
+recording also speaks (the union of their turns, so two others at once count once). Ids are
+`<file-id>_<speaker>_<onset in ms, 7 digits>`: stable across reruns and independent of the line order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+class RttmError(ValueError):
+    pass
+
+
+TURN_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("recording_id", pa.string()),
+        ("speaker", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("overlap_s", pa.float64()),
+    ]
+)
+
+
+def parse_rttm(text: str, uri: str = "<rttm>") -> pa.Table:
+    """RTTM text -> one row per SPEAKER line (see the module docstring). Raises RttmError naming the
+    file and line for a SPEAKER line with too few fields or times that are not numbers."""
+    recs, spks, starts, durs = [], [], [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", ";;")) or fields[0] != "SPEAKER":
+            continue
+        if len(fields) not in (9, 10):
+            raise RttmError(
+                f"{uri}: line {n}: a SPEAKER line has 10 fields (SPEAKER <file-id> <channel> <onset> "
+                f"<duration> <NA> <NA> <speaker> <NA> <NA>), got {len(fields)}: {line.strip()!r}"
+            )
+        try:
+            onset, duration = float(fields[3]), float(fields[4])
+        except ValueError:
+            raise RttmError(
+                f"{uri}: line {n}: onset and duration must be seconds, got {line.strip()!r}"
+            ) from None
+        recs.append(fields[1])
+        spks.append(fields[7])
+        starts.append(onset)
+        durs.append(duration)
+    start = np.array(starts, np.float64)
+    end = start + np.array(durs, np.float64)
+    order = sorted(range(len(recs)), key=lambda i: (recs[i], start[i], end[i], spks[i]))
+    recs = [recs[i] for i in order]
+    spks = [spks[i] for i in order]
+    start, end = start[order] if order else start, end[order] if order else end
+    return turns_table(recs, spks, start, end)
+
+
+def turns_table(recordings: list[str], speakers: list[str], start: np.ndarray, end: np.ndarray) -> pa.Table:
+    """Turns given as columns -> the turn table (ids and overlap_s added), rows in the order given."""
+    ids = [turn_id(r, s, t) for r, s, t in zip(recordings, speakers, start, strict=True)]
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "recording_id": pa.array(recordings, pa.string()),
+            "speaker": pa.array(speakers, pa.string()),
+            "start_s": pa.array(start, pa.float64()),
+            "end_s": pa.array(end, pa.float64()),
+            "overlap_s": pa.array(overlap_seconds(recordings, speakers, start, end), pa.float64()),
+        },
+        schema=TURN_SCHEMA,
+    )
+
+
+def turn_id(recording: str, speaker: str, start_s: float) -> str:
+    return f"{recording}_{speaker}_{max(0, round(start_s * 1000)):07d}"
+
+
+def overlap_seconds(
+    recordings: list[str], speakers: list[str], start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
+    """[N] seconds of each turn covered by the union of the other speakers' turns of its recording."""
+    out = np.zeros(len(recordings), np.float64)
+    rec = np.array(recordings, dtype=object)
+    spk = np.array(speakers, dtype=object)
+    for r in set(recordings):
+        in_rec = rec == r
+        for s in set(spk[in_rec]):
+            mine = np.flatnonzero(in_rec & (spk == s))
+            others = np.flatnonzero(in_rec & (spk != s))
+            if len(others):
+                lo, hi = _union(start[others], end[others])
+                out[mine] = [_covered(start[i], end[i], lo, hi) for i in mine]
+    return out
+
+
+def _union(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted intervals covering the given ones."""
+    order = np.argsort(start, kind="stable")
+    lo, hi = [], []
+    for a, b in zip(start[order], end[order], strict=True):
+        if b <= a:
+            continue
+        if lo and a <= hi[-1]:
+            hi[-1] = max(hi[-1], b)
+        else:
+            lo.append(a)
+            hi.append(b)
+    return np.array(lo, np.float64), np.array(hi, np.float64)
+
+
+def _covered(a: float, b: float, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Length of [a, b) inside the disjoint sorted intervals [lo, hi)."""
+    return float(np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None).sum())
