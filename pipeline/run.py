@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from . import __version__
-from .audio import RESAMPLER
+from .audio import RESAMPLERS
 from .cluster import ActorLost, ActorWatch, ClusterError, Placement, init_ray, plan_placement, quiet_ray_logs
 from .config import JobConfig
 from .interrupt import Stop, on_interrupt
@@ -324,7 +324,7 @@ def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: P
         "dtype": dtype,
         "max_chunk_s": cfg.audio.max_chunk_s,
         "segmentation": _segmentation(cfg),
-        "resampler": RESAMPLER,
+        "resampler": RESAMPLERS[cfg.audio.resampler],
         "sample_rate": model.sample_rate,
         "passthrough": hashlib.sha1(str(plan.passthrough).encode()).hexdigest()[:16],
         "pipeline_version": __version__,
@@ -484,6 +484,7 @@ def build_dataset(
                 "limits": Limits(cfg.audio.max_duration_s, cfg.audio.max_file_mb),
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
+                "resampler": cfg.audio.resampler,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
