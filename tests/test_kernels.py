@@ -129,3 +129,33 @@ def test_attention_masks_have_rows_aligned_for_the_cuda_kernels(tiny_model_dir):
             E = model.cfg.num_extra_tokens
             assert bias.shape[-2:] == (T + E, T + E)
             assert all(s % 16 == 0 for s in bias.stride()[:-1]) and bias.stride(-1) == 1
+
+
+@pytest.mark.parametrize("slow", ["fused", "plain"])
+def test_linear_kernel_is_chosen_by_measuring(monkeypatch, slow):
+    """The probe times both spellings of fc1 + GELU and keeps the faster: make one of them slow (a real
+    sleep inside it) and the other must be chosen; the answer is kept per dtype."""
+    import time
+
+    if not kernels.onednn_linear_available(torch.float32):
+        pytest.skip("no oneDNN fused linear in this build: nothing to choose")
+    real = getattr(kernels, f"_{slow}")
+
+    def slowed(*args):
+        time.sleep(0.05)
+        return real(*args)
+
+    kernels.onednn_linear_faster.cache_clear()
+    try:
+        # a small probe: the real work takes microseconds, so the sleep decides even on a loaded box
+        monkeypatch.setattr(kernels, "PROBE_SHAPE", (16, 32, 64))
+        monkeypatch.setattr(kernels, f"_{slow}", slowed)
+        assert kernels.onednn_linear_faster(torch.float32) == (slow == "plain")
+        monkeypatch.setattr(kernels, f"_{slow}", real)
+        assert kernels.onednn_linear_faster(torch.float32) == (slow == "plain")  # measured once
+        x, w, b = _rand(3, 24), _rand(8, 24), _rand(8)
+        with kernels.use_onednn(None), torch.inference_mode():
+            _, fused = _fused_ran(lambda: kernels.linear(x, w, b, gelu=True))
+        assert fused == (slow == "plain")
+    finally:
+        kernels.onednn_linear_faster.cache_clear()
