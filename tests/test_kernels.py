@@ -159,3 +159,35 @@ def test_linear_kernel_is_chosen_by_measuring(monkeypatch, slow):
         assert fused == (slow == "plain")
     finally:
         kernels.onednn_linear_faster.cache_clear()
+
+
+def test_conv_weight_layout_is_kept_until_the_weight_changes():
+    """The channels-last copy of a conv weight is made once; an in-place change of the weight (a
+    loaded state dict, a fine-tuning step) must not leave the old copy in use."""
+    x, w = _rand(2, 50, 8, seed=21), _rand(6, 8, 3, seed=22)
+    ref = F.conv1d(x.transpose(1, 2), w, stride=2).transpose(1, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        w.mul_(-3)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), -3 * ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 700, 512), (2, 60, 768)])
+def test_bfloat16_layer_norm_is_float32_arithmetic_rounded_once(shape):
+    """A bfloat16 input goes to PyTorch's bfloat16 kernel (no float32 copy): its result must be the
+    float32 layer norm of the same values rounded to bfloat16, to within one rounding step."""
+    from pipeline.model.components import layer_norm_fp32
+
+    x = (3 * _rand(*shape, seed=31) + 1).bfloat16()
+    w, b = (1 + 0.1 * _rand(shape[-1], seed=32)).bfloat16(), (0.1 * _rand(shape[-1], seed=33)).bfloat16()
+    got = layer_norm_fp32(x, (shape[-1],), w, b, 1e-5)
+    want = F.layer_norm(x.float(), (shape[-1],), w.float(), b.float(), 1e-5)
+    assert got.dtype == torch.bfloat16
+    step = want.abs().clamp_min(1e-2) * 2**-7  # one bfloat16 rounding step (8 significant bits)
+    assert bool(((got.float() - want).abs() <= step).all())
+    plain = F.layer_norm(x.float(), (shape[-1],), eps=1e-5)  # no affine, as the positional convs use it
+    got = layer_norm_fp32(x, (shape[-1],), None, None, 1e-5).float()
+    assert bool(((got - plain).abs() <= plain.abs().clamp_min(1e-2) * 2**-7).all())
