@@ -120,6 +120,11 @@ class AudioConfig(_Section):
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
     )
+    resampler: Literal["soxr", "torchaudio"] = Field(
+        "soxr",
+        description="to 16 kHz: soxr (libsoxr HQ, fast and accurate) or torchaudio (FunASR's resampler: "
+        "the reference's input bit for bit, slower, softer above ~6 kHz)",
+    )
     segmentation: Literal["none", "vad"] = Field(
         "none", description="none: one row per clip; vad: one row per speech segment of each recording"
     )

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from . import __version__, redact
-from .audio import RESAMPLER
+from .audio import RESAMPLERS
 from .cluster import (
     ActorLost,
     ActorWatch,
@@ -375,7 +375,7 @@ def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: P
         "dtype": dtype,
         "max_chunk_s": cfg.audio.max_chunk_s,
         "segmentation": _segmentation(cfg),
-        "resampler": RESAMPLER,
+        "resampler": RESAMPLERS[cfg.audio.resampler],
         "sample_rate": model.sample_rate,
         "passthrough": hashlib.sha1(str(plan.passthrough).encode()).hexdigest()[:16],
         "pipeline_version": __version__,
@@ -564,6 +564,7 @@ def build_dataset(
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
                 "poison_scope": poison_scope,
+                "resampler": cfg.audio.resampler,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
