@@ -13,13 +13,12 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
+from pipeline.cli import extract
 from pipeline.model import load_bundle
 
 from .test_corpora import assert_model_equal, decoded_ref
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 
 @pytest.fixture(scope="module")

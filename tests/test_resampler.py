@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,13 @@ import torch
 import torchaudio
 
 from pipeline.audio import RESAMPLERS, AudioError, decode, to_mono_16k
+from pipeline.cli import extract
 from pipeline.config import ConfigError, load_config
 
 from .test_audio import wav_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "samples" / "demo"
-sys.path.insert(0, str(ROOT / "jobs"))
-import extract  # noqa: E402
 
 EDGE = 400  # samples at each end left out of interior comparisons (the filters' ramp-in and -out)
 
