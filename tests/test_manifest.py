@@ -528,3 +528,26 @@ def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):
         assert "column 'Dialogue_ID' is empty" in t["_input_error"].to_pylist()[2]
     with pytest.raises(ManifestError, match="names 'Season', not a column"):
         read(tmp_path / "meld.csv", path_template="s{Season}.mp4")
+
+
+def test_span_rows_without_ids_get_the_span_in_their_default_id(tmp_path):
+    """A NeMo manifest as NeMo writes it (no id column), two segments of one file and one to the end:
+    three distinct ids, the span in seconds after the name."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest import count_rows, discover
+    from pipeline.manifest.formats import tables
+    from pipeline.storage import Storage
+
+    m = tmp_path / "train_manifest.json"
+    rows = [
+        {"audio_filepath": "calls/c1.wav", "offset": 12.5, "duration": 3.2},
+        {"audio_filepath": "calls/c1.wav", "offset": 0.25, "duration": 1.0},
+        {"audio_filepath": "calls/c1.wav", "offset": 20},
+    ]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = InputConfig(manifest=str(m))
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    assert count_rows(source, cfg, storage).rows == 3  # no duplicate ids
+    ids = [i for t in tables(source, cfg, storage) for i in t["id"].to_pylist()]
+    assert ids == ["calls/c1.wav@12.500-15.700", "calls/c1.wav@0.250-1.250", "calls/c1.wav@20.000-"]

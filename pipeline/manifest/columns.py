@@ -15,7 +15,7 @@ an output column is renamed `manifest_<name>`.
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
 the path as written or built by the template), or, for a row with neither, `<manifest file name>:<row
-number>` (from 1).
+number>` (from 1); a row with a span (NeMo offsets, start/end columns) adds it: `a.wav@1.250-3.500`.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     out = {"id": _ids(raw, cols, written, origin, first_row), **out}
     out["recording_id"] = _column(raw, cols.recording, pa.string())
     out["speaker"] = _column(raw, cols.speaker, pa.string())
-    start, end = _span(raw, cols)
+    start, end = span(raw, cols)
     out["offset_s"] = start
     out[SPAN_END] = end
     out["overlap_s"] = _column(raw, cols.overlap, pa.float64())
@@ -208,7 +208,8 @@ def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str
 
 def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:
     if cols.id is None:
-        return default_ids([written], raw.num_rows, origin, first_row)
+        ids = default_ids([written], raw.num_rows, origin, first_row)
+        return with_span(ids, *span(raw, cols)) if cols.start else ids
     ids = raw[cols.id].cast(pa.string())
     if ids.null_count:
         first = pc.index(pc.is_null(ids), True).as_py()
@@ -226,7 +227,16 @@ def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> p
     return pc.coalesce(*given, rows)
 
 
-def _span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
+def with_span(ids: pa.Array, start: pa.Array, end: pa.Array) -> pa.Array:
+    """Default ids of span rows (NeMo offsets, start/end columns): several spans of one file are
+    several rows, so the span joins the name: `a.wav@1.250-3.500` (`a.wav@1.250-` to the end)."""
+    out = []
+    for i, s, e in zip(ids.to_pylist(), start.to_pylist(), end.to_pylist(), strict=True):
+        out.append(i if s is None else f"{i}@{s:.3f}-" + ("" if e is None else f"{e:.3f}"))
+    return pa.array(out, pa.string())
+
+
+def span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
     n = raw.num_rows
     if cols.start is None:
         return pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())

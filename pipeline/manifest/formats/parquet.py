@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from ...config import InputConfig
 from ...storage import Storage
-from ..columns import Columns, check_unique, default_ids, is_audio_struct, normalise, resolve
+from ..columns import Columns, check_unique, default_ids, is_audio_struct, normalise, resolve, span, with_span
 from ..errors import ManifestError
 from .base import Count, Format
 
@@ -78,7 +78,11 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
     if cols.fallback:
         names.append(pf.read(columns=[cols.fallback]).column(0).combine_chunks().cast(pa.string()))
-    return default_ids(names, pf.metadata.num_rows, source.uri, 0)
+    ids = default_ids(names, pf.metadata.num_rows, source.uri, 0)
+    if cols.start is None:
+        return ids
+    spans = [c for c in (cols.start, cols.duration, cols.end) if c]
+    return with_span(ids, *span(pf.read(columns=spans), cols))
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
