@@ -20,16 +20,20 @@ GFLOP_PER_AUDIO_S = {768: 15.0, 1024: 22.5}
 def machine() -> dict:
     import torch
 
-    cpu = "?"
+    cpu, flags = "?", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "?":
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     info = {
         "cpu": cpu,
+        # what decides the fast paths: AVX-512, bfloat16 dot products, AMX tiles
+        "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_fp16"}),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -4,7 +4,9 @@ dtypes, and achieved FLOP/s against this machine's measured matmul FLOP/s for th
     python bench/model.py [--dim 768] [--seconds 60] [--threads N] [--budgets 0,16,60]
                           [--dtypes float32,bfloat16] [--kernels] [--funasr] [--rounds 3]
 
---kernels adds a row per dtype with the oneDNN fused linears off (plain torch linears), and
+The linear kernels are chosen as the job chooses them (measured at the first linear,
+`kernels.onednn_linear_faster`; the choice is printed); --kernels adds rows per dtype with the oneDNN
+fused linears forced on and forced off (plain torch linears), and
 --funasr a row for FunASR's own encoder (`extract_features`, one clip at a time, same weights).
 Every configuration runs once per round, rounds interleaved, and the median round is reported:
 on a shared machine whose speed drifts by +-10 % over minutes, only side-by-side numbers compare.
@@ -123,7 +125,7 @@ def main():
         f"{len(data)} clips, {total:.1f} s of audio, lengths 1-20 s, {a.rounds} interleaved rounds (median)"
     )
 
-    def ours(model, budget_s: float, onednn: bool):
+    def ours(model, budget_s: float, onednn: bool | None):
         def runner() -> tuple[float, float]:
             with kernels.use_onednn(onednn):
                 return run(
@@ -147,9 +149,13 @@ def main():
         model = random_model(cfg, seed=0).to(device=device, dtype=dtype).eval().requires_grad_(False)
         peaks[name] = matmul_gflops(dtype, device)
         run(model, data[:2], 10, 4, device)  # warm-up
+        if device == "cpu":
+            fused = kernels.onednn_linear_faster(dtype)
+            print(f"{name}: the start-up probe chose {'fused oneDNN linears' if fused else 'F.linear'}")
         for b in [float(x) for x in a.budgets.split(",")]:
-            configs.append((f"{b:g}", name, ours(model, b, True)))
+            configs.append((f"{b:g}", name, ours(model, b, None)))
         if a.kernels and device == "cpu":
+            configs.append(("0, oneDNN linears forced on", name, ours(model, 0.0, True)))
             configs.append(("0, oneDNN linears off", name, ours(model, 0.0, False)))
     if a.funasr:
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,10 @@ import os
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import JobConfig
 
@@ -41,15 +44,25 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
         check_reachable(address)
         ray.init(address=address, **quiet)
         return True, False
-    # "local": always a fresh embedded Ray, never some other cluster found on this machine
+    # "local": always a fresh embedded Ray, never some other cluster found on this machine. Its
+    # dashboard serves Ray's state API, which the job watches its model actors through (ActorWatch).
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
         _system_config={"idle_worker_killing_time_threshold_ms": WORKER_IDLE_MS},
         **quiet,
     )
     return True, True
+
+
+def _free_port() -> int:
+    """A port for the embedded Ray's dashboard: the default one may be another Ray's on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def quiet_ray_logs() -> None:
@@ -126,8 +139,8 @@ class Placement:
 
 
 def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
-    """Devices and pool size from the cluster's resources. Asking Ray for a GPU the cluster does
-    not have would wait forever, so that case is an error up front."""
+    """Devices and pool size from the cluster's resources (see place_model for a cluster that has
+    no GPU yet). Asking Ray for a GPU the cluster does not have and cannot get would wait forever."""
     m = cfg.model
     gpus = resources.get("GPU", 0.0)
     cpus = resources.get("CPU", 1.0)
@@ -139,7 +152,11 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
         n = m.num_actors or max(1, int(gpus / m.gpus_per_actor))
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
-        # the pool starts with every GPU busy and, unless num_actors pins it, follows GPUs added later
+        # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
+        # that waits for a GPU is the demand an autoscaler adds a GPU node for. Its minimum is that
+        # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the
+        # cluster has now, which would drop exactly the actors waiting for new nodes. Idle actors go
+        # once every input is handed out, and the whole pool at the end of the run.
         return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads)
     # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
     # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
@@ -151,46 +168,145 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
     return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)
 
 
+def place_model(
+    cfg: JobConfig, say: Callable[[str], None], local: bool = False
+) -> tuple[Placement, dict[str, Any]]:
+    """The model pool's placement on the cluster as it is, or as it becomes: a GPU pool on a cluster
+    with no GPU yet (`model.device: cuda`, or `auto` on a cluster whose autoscaler offers GPU nodes)
+    waits up to `ray.gpu_wait_s` for one actor's GPU share to join, asking the autoscaler for it.
+    -> (placement, facts for _run.json)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    m = cfg.model
+    facts: dict[str, Any] = {"gpu_wait_s": 0.0}
+    if m.device == "cpu" or resources.get("GPU", 0.0) > 0:
+        return plan_placement(cfg, resources), facts
+    offered = gpu_node_types()
+    if m.device == "auto" and not offered:
+        if not local:  # on a cluster, a model on CPU actors may be a surprise: say so
+            say(
+                "model.device auto: the Ray cluster has no GPU and offers no GPU node type; the model runs on "
+                "CPU actors (set model.device: cuda to wait for GPUs the cluster adds another way)"
+            )
+        return plan_placement(cfg, resources), facts
+    t0 = time.monotonic()
+    resources = wait_for_gpus(cfg, offered, say)
+    facts["gpu_wait_s"] = round(time.monotonic() - t0, 3)
+    return plan_placement(cfg, resources), facts
+
+
+def gpu_node_types() -> list[str]:
+    """Names of the node types with GPUs that the cluster's autoscaler may add, as it reported its
+    config to the GCS ([] without an autoscaler, or when the GCS does not tell)."""
+    try:
+        import ray._private.state as state  # the autoscaler's config has no public reader in Ray 2.60
+
+        config = state.state.get_cluster_config()
+        groups = config.node_group_configs if config else []
+        return [g.name for g in groups if g.resources.get("GPU", 0) > 0 and g.max_count != 0]
+    except Exception:  # noqa: BLE001 - no autoscaler or another Ray: treated as "offers none"
+        return []
+
+
+def wait_for_gpus(cfg: JobConfig, offered: list[str], say: Callable[[str], None]) -> dict[str, float]:
+    """Ask the autoscaler for the GPU actors' bundles and wait until one actor's GPU share joined.
+    The request is withdrawn afterwards: from then on the pool's own pending actors are the demand
+    (and the autoscaler may take idle GPU nodes back once the pool lets them go)."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    m = cfg.model
+    bundle = {"GPU": m.gpus_per_actor}
+    need = m.gpus_per_actor
+    where = f" (node types {', '.join(offered)})" if offered else ""
+    request_resources(bundles=[bundle] * (m.num_actors or 1))
+    t0 = time.monotonic()
+    try:
+        while True:
+            resources = ray.cluster_resources()
+            waited = time.monotonic() - t0
+            if resources.get("GPU", 0.0) >= need:
+                say(f"GPU {resources['GPU']:g} joined the cluster after {waited:.0f} s")
+                return resources
+            if waited >= cfg.ray.gpu_wait_s:
+                raise ClusterError(
+                    f"model.device {m.device}: no GPU joined the Ray cluster within ray.gpu_wait_s "
+                    f"{cfg.ray.gpu_wait_s:g} s (missing resource: GPU {need:g} per model actor{where})"
+                )
+            say(
+                f"waiting for a GPU node{where}: model actors need GPU {need:g} each, the cluster has "
+                f"none yet ({waited:.0f} s of ray.gpu_wait_s {cfg.ray.gpu_wait_s:g})"
+            )
+            time.sleep(min(cfg.ray.progress_interval_s, max(cfg.ray.gpu_wait_s - waited, 0.1)))
+    finally:
+        request_resources(bundles=[])
+
+
+def cpu_task_options(cfg: JobConfig) -> dict[str, Any]:
+    """Ray options of the read, decode and write tasks: `ray.cpu_task_label_selector` keeps them off
+    the nodes it excludes (GPU nodes whose CPUs their model actors need)."""
+    selector = cfg.ray.cpu_task_label_selector
+    return {"label_selector": dict(selector)} if selector else {}
+
+
 class ActorLost(RuntimeError):
     """A model actor's process died while the actor held no task (see ActorWatch)."""
 
 
-def dead_by_accident(class_fragment: str) -> dict[str, str]:
-    """Actor id -> why it died, for this job's actors of `class_fragment` that died by accident
-    (not killed on purpose by their pool)."""
-    import ray
-    import ray._private.state as state
-    from ray.core.generated import common_pb2
+# how an actor the pool let go dies: ray.kill(), or its last handle dropped (a pool scaling down)
+LET_GO = ("RAY_KILL", "OUT_OF_SCOPE", "REF_DELETED")
+UNWATCHED_AFTER = 5  # failed polls in a row before the watch says it cannot see the actors
 
-    job = ray.get_runtime_context().get_job_id()
-    names = common_pb2.ActorDiedErrorContext.Reason
+
+def dead_by_accident(class_fragment: str, gcs: str | None = None, job: str | None = None) -> dict[str, str]:
+    """Actor id -> why it died, for the actors of `class_fragment` of this job (or `job`) that died by
+    accident, not let go by their pool; from Ray's state API (`ray.util.state`)."""
+    import ray
+    from ray.util.state import list_actors
+
+    gcs = gcs or ray.get_runtime_context().gcs_address
+    job = job or ray.get_runtime_context().get_job_id()
     out = {}
-    for actor_id, a in state.actors().items():
-        if a.get("State") != "DEAD" or class_fragment not in a.get("ActorClassName", ""):
+    for a in list_actors(
+        address=gcs,
+        filters=[("state", "=", "DEAD"), ("job_id", "=", job)],
+        detail=True,
+        limit=10_000,
+        raise_on_missing_output=False,
+    ):
+        if class_fragment not in (a.class_name or ""):
             continue
-        if a.get("JobID") != job:
-            continue
-        ctx = a["DeathCause"].actor_died_error_context
-        if names.Name(ctx.reason) in ("RAY_KILL", "OUT_OF_SCOPE"):
-            continue  # the pool let it go
-        out[actor_id] = f"pid {a.get('Pid')}: {names.Name(ctx.reason)}"
+        ctx = (a.death_cause or {}).get("actor_died_error_context") or {}
+        reason = ctx.get("reason", "UNKNOWN")
+        if reason in LET_GO:
+            continue  # the pool let it go (scaling down, the end of an execution)
+        out[a.actor_id] = f"pid {a.pid}: {reason}"
     return out
 
 
 class ActorWatch:
     """Ray Data expects its pool actors to restart; the job runs them without restarts (see
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
-    running, never replaced and never reported: the run would wait forever. This watch polls the
-    GCS for actors of `class_fragment` that died (not killed on purpose: a pool scaling down) since
-    it started, and stops the dataset's executor so that run() restarts the pipeline."""
+    running, never replaced and never reported: the run would wait forever. This watch polls Ray's
+    state API (`ray.util.state`) for actors of `class_fragment` of this job that died by accident
+    (not let go by the pool: `ray.kill`, its handle dropped) since it started, and stops the dataset's
+    executor so that run() restarts the pipeline. It also notes the nodes that were alive while it
+    watched and died without being drained (a preempted GPU node), for `_run.json`."""
 
-    def __init__(self, class_fragment: str, interval_s: float = 2.0):
-        self.fragment, self.interval_s = class_fragment, interval_s
+    def __init__(
+        self, class_fragment: str, interval_s: float = 2.0, say: Callable[[str], None] | None = None
+    ):
+        import ray
+
+        self.fragment, self.interval_s, self.say = class_fragment, interval_s, say
+        self.gcs = ray.get_runtime_context().gcs_address
+        self.job = ray.get_runtime_context().get_job_id()
         self.lost: str | None = None
-        try:
-            self._seen = self._dead()
-        except Exception:  # the watch is a safety net: never the reason a run fails
-            self._seen = None
+        self.unwatched: str | None = None  # why the state API could not be asked (said once)
+        self._failures = 0
+        self.nodes_seen: set[str] = set()
+        self._seen = self._poll()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="actor-watch", daemon=True)
 
@@ -201,22 +317,76 @@ class ActorWatch:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._note_nodes()
 
-    def _dead(self) -> dict[str, str]:
-        return dead_by_accident(self.fragment)
+    def dead_actors(self) -> dict[str, str]:
+        """Actor id -> why it died, for this job's actors of the watched class that died by accident."""
+        return dead_by_accident(self.fragment, self.gcs, self.job)
+
+    def _poll(self) -> dict[str, str] | None:
+        self._note_nodes()
+        try:
+            dead = self.dead_actors()
+            self._failures = 0
+            return dead
+        except Exception as e:  # noqa: BLE001 - the watch is a safety net: never the reason a run fails
+            self._failures += 1
+            # a dashboard that is still starting misses a poll or two: say so only when it stays away
+            if self.unwatched is None and self._failures >= UNWATCHED_AFTER:
+                self.unwatched = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if self.say:
+                    self.say(
+                        f"Ray's state API does not answer ({self.unwatched[:200]}): a model actor that dies "
+                        f"while idle is not noticed (start the cluster with its dashboard)"
+                    )
+            return None
+
+    def _note_nodes(self) -> None:
+        import ray
+
+        try:
+            self.nodes_seen |= {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        except Exception:  # noqa: BLE001 - the GCS may be briefly unreachable; the next poll tells
+            pass
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                if self._seen is None:
-                    self._seen = self._dead()
-                    continue
-                new = {k: v for k, v in self._dead().items() if k not in self._seen}
-            except Exception:  # the GCS may be briefly unreachable; the next poll tells
+            now = self._poll()
+            if now is None:
                 continue
+            if self._seen is None:
+                self._seen = now
+                continue
+            new = {k: v for k, v in now.items() if k not in self._seen}
             if new:
                 self.lost = next(iter(new.values()))
+                # Ray Data has no public way to stop a running execution from outside its consumer;
+                # its executor thread has shutdown() (tests/test_reliability.py fails if it goes)
                 for t in threading.enumerate():
                     if t.name.startswith("StreamingExecutor-") and hasattr(t, "shutdown"):
                         t.shutdown(force=True, exception=ActorLost(self.lost))
                 return
+
+
+def lost_nodes(seen: set[str]) -> list[str]:
+    """Of the nodes seen alive, those that died by accident (raylet killed, node preempted or lost),
+    as Ray's state API tells: not those the autoscaler took back or that were drained."""
+    import ray
+    from ray.util.state import list_nodes
+
+    try:
+        dead = list_nodes(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("state", "=", "DEAD")],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+    except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
+        return []
+    out = []
+    for n in dead:
+        why = (n.state_message or "").lower()
+        if n.node_id in seen and ("unexpected" in why or "expected termination" not in why):
+            out.append(n.node_id)
+    return sorted(out)

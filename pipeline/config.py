@@ -120,6 +120,11 @@ class AudioConfig(_Section):
     decode_tasks: int | None = Field(
         None, ge=1, description="max concurrent decode tasks (default: Ray decides)"
     )
+    resampler: Literal["soxr", "torchaudio"] = Field(
+        "soxr",
+        description="to 16 kHz: soxr (libsoxr HQ, fast and accurate) or torchaudio (FunASR's resampler: "
+        "the reference's input bit for bit, slower, softer above ~6 kHz)",
+    )
     segmentation: Literal["none", "vad"] = Field(
         "none", description="none: one row per clip; vad: one row per speech segment of each recording"
     )
@@ -167,6 +172,18 @@ class RayConfig(_Section):
         3,
         ge=0,
         description="times the pipeline is restarted on what is left after a worker, actor or node dies",
+    )
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a GPU model pool waits for the cluster's first GPU (an autoscaler adding a GPU "
+        "node) before the job ends with exit 2",
+    )
+    cpu_task_label_selector: dict[str, str] | None = Field(
+        None,
+        description="Ray label selector for the read, decode and write tasks, e.g. "
+        "{ray.io/node-group: '!in(gpu-group)'}: keeps them off the GPU nodes so that those keep their CPUs "
+        "for the model actors",
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 # padded audio per forward pass when model.batch_seconds is not set (bench/RESULTS.md)
 DEFAULT_BATCH_SECONDS = {"cpu": 16.0, "cuda": 600.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# `EMOTION2VEC_SIMULATE_GPU=1` in the job's environment: a model actor that holds a Ray GPU (a fake
+# autoscaler's node, a dry run) but sees no CUDA device runs the model on its CPU instead of failing
+SIMULATE_GPU_ENV = "EMOTION2VEC_SIMULATE_GPU"
+SIMULATED = "(simulated gpu)"
+
+
+def simulate_gpu() -> bool:
+    return os.environ.get(SIMULATE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def resolve_device(device: str) -> str:
@@ -73,6 +84,13 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     else:
         return True
     return bool(isa) and kernels.onednn_linear_available(dtype)
+
+
+def _simulated_dtype(dtype: str) -> torch.dtype:
+    """The dtype a GPU would run (what the output's metadata says), where this CPU runs it natively;
+    float32 otherwise."""
+    want = resolve_dtype(dtype, "cuda")
+    return want if cpu_has_native(want) else torch.float32
 
 
 def is_sticky_device_error(e: BaseException) -> bool:
@@ -146,6 +164,7 @@ class EmotionPredictor:
         torch_threads: int | None = None,
         poison_scope: str | None = None,
         suspects: list[str] | None = None,
+        simulate_gpu: bool = False,
     ):
         # what a separate process needs to load the same model (suspect rows run there, see poison.py)
         self._model_kwargs = {
@@ -156,7 +175,17 @@ class EmotionPredictor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        simulated = simulate_gpu and self.device.startswith("cuda") and not torch.cuda.is_available()
+        if simulated:
+            self.device = "cpu"
+            # one line per actor on the driver's console (a logger's record would pass several handlers)
+            print(
+                f"{SIMULATE_GPU_ENV}=1: this model actor holds a Ray GPU but sees no CUDA device; "
+                f"the model runs on its CPU",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.dtype = _simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
         self.bundle: ModelBundle = load_model(
             source,
             revision=revision,
@@ -180,9 +209,9 @@ class EmotionPredictor:
         self.max_batch_size = max_batch_size
         self.labels = self.bundle.labels
         self.node = _node_id()
-        self.runtime = (
-            f"{self.device} {str(self.dtype).replace('torch.', '')}"  # what really ran, for _run.json
-        )
+        # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
+        device_name = f"{self.device} {SIMULATED}" if simulated else self.device
+        self.runtime = f"{device_name} {str(self.dtype).replace('torch.', '')}"
 
     # -- model work ---------------------------------------------------------------------------
 
@@ -289,7 +318,8 @@ class EmotionPredictor:
         attempt's actor died (suspects) run one at a time in a separate process instead."""
         suspect = [i for i, row_id in enumerate(ids) if row_id in self._suspects and clips[i] is not None]
         results: list = [None] * len(ids)
-        rest = [i for i in range(len(ids)) if i not in set(suspect)]
+        alone = set(suspect)
+        rest = [i for i in range(len(ids)) if i not in alone]
         if rest:
             self._in_flight.record([ids[i] for i in rest])
             for i in rest:

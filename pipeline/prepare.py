@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from .audio import TARGET_SR, AudioError, DecodedAudio, cut, decode
+from .audio import DEFAULT_RESAMPLER, TARGET_SR, AudioError, DecodedAudio, cut, decode
 from .poison import NAMESPACE, Guard, maybe_crash
 from .schema import (
     AUDIO_BYTES,
@@ -69,13 +69,15 @@ def prepare_block(
     segmenter: Segmenter | None = None,
     block_mb: float = 64.0,
     poison_scope: str = NAMESPACE,
+    resampler: str = DEFAULT_RESAMPLER,
 ) -> Iterator[pa.Table]:
-    """A block of manifest rows -> blocks of model-ready rows (see the module docstring)."""
+    """A block of manifest rows -> blocks of model-ready rows (see the module docstring); other rates
+    than 16 kHz go through `resampler` (`audio.RESAMPLERS`)."""
     t0 = time.perf_counter()
     budget = int(block_mb * 2**20 / 4)  # float32 samples per output block
     pending: list[Span] = []
     size = 0
-    loader = _Loader(storage, limits)
+    loader = _Loader(storage, limits, resampler)
     guard = Guard("decode", batch["id"].to_pylist(), poison_scope)
     for i, row in enumerate(_rows(batch)):
         if row["id"] in guard.poisoned:
@@ -112,8 +114,8 @@ def _rows(batch: pa.Table) -> Iterator[dict]:
 class _Loader:
     """Fetch + decode, remembering the last recording (segments of one file come in a row)."""
 
-    def __init__(self, storage: Storage, limits: Limits):
-        self.storage, self.limits = storage, limits
+    def __init__(self, storage: Storage, limits: Limits, resampler: str = DEFAULT_RESAMPLER):
+        self.storage, self.limits, self.resampler = storage, limits, resampler
         self._key: str | None = None
         self._last: DecodedAudio | str | None = None
         self._counted = sum(storage.retries.values())
@@ -151,7 +153,11 @@ class _Loader:
                 return f"fetch: {type(e).__name__}: {_msg(e, path)}"
         try:
             return decode(
-                data, name=name, max_duration_s=self.limits.max_duration_s, max_bytes=self._max_bytes()
+                data,
+                name=name,
+                max_duration_s=self.limits.max_duration_s,
+                max_bytes=self._max_bytes(),
+                resampler=self.resampler,
             )
         except Exception as e:  # noqa: BLE001 - whatever the decoder raises is this row's error
             return f"decode: {type(e).__name__}: {name}: {e}"

@@ -26,15 +26,17 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from . import __version__, redact
-from .audio import RESAMPLER
+from .audio import RESAMPLERS
 from .cluster import (
     ActorLost,
     ActorWatch,
     ClusterError,
     Placement,
+    cpu_task_options,
     dead_by_accident,
     init_ray,
-    plan_placement,
+    lost_nodes,
+    place_model,
     quiet_ray_logs,
 )
 from .config import JobConfig
@@ -196,7 +198,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         raise
     try:
         plan = _count(cfg, storage, sources)
-        placement = plan_placement(cfg, ray.cluster_resources())
+        placement, elastic = place_model(
+            cfg, lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True), local=started_local
+        )
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint)
         print(
@@ -210,8 +214,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         schema = output_schema(
             model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
         )
-        restarts = 0
+        nodes_seen: set[str] = set()
         for attempt in range(cfg.ray.max_restarts + 1):
+            elastic["restarts"] = attempt
             try:
                 skip = out.skip()
                 pieces = plan.pieces(
@@ -235,7 +240,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     suspects=suspects,
                 )
                 with on_interrupt() as stop:
-                    _execute(ds, out, tally, progress, lease, stop)
+                    _execute(ds, out, tally, progress, lease, stop, nodes_seen, stream)
                 break
             except RunFailed as e:
                 if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
@@ -245,10 +250,14 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
                     file=stream,
                     flush=True,
                 )
-                restarts += 1
                 out.reopen()
         progress.print()
-        ray_info = {"gcs_address": ray.get_runtime_context().gcs_address, "started_local": started_local}
+        elastic["nodes_lost"] = lost_nodes(nodes_seen)
+        ray_info = {
+            "gcs_address": ray.get_runtime_context().gcs_address,
+            "started_local": started_local,
+            **elastic,  # gpu_wait_s, restarts, nodes_lost
+        }
     except ClusterError as e:
         raise JobError(str(e)) from None
     except BaseException:
@@ -262,7 +271,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
             forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream, restarts)
+    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
 
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
@@ -366,7 +375,7 @@ def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: P
         "dtype": dtype,
         "max_chunk_s": cfg.audio.max_chunk_s,
         "segmentation": _segmentation(cfg),
-        "resampler": RESAMPLER,
+        "resampler": RESAMPLERS[cfg.audio.resampler],
         "sample_rate": model.sample_rate,
         "passthrough": hashlib.sha1(str(plan.passthrough).encode()).hexdigest()[:16],
         "pipeline_version": __version__,
@@ -379,11 +388,22 @@ def _segmentation(cfg: JobConfig) -> Any:
     return mode if mode == "none" else {"mode": mode, **cfg.audio.vad.model_dump()}
 
 
-def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, stop: Stop) -> None:
+def _execute(
+    ds,
+    out: Output,
+    tally: Tally,
+    progress: Progress,
+    lease: Lease,
+    stop: Stop,
+    nodes: set[str],
+    stream: TextIO,
+) -> None:
     """Consume the per-file summaries; commit each unit as soon as all its rows are written. A signal
-    stops the consumption (Interrupted), never a commit halfway."""
+    stops the consumption (Interrupted), never a commit halfway. `nodes` gains the nodes seen alive."""
     pending: dict[str, Pending] = {}
-    watch = ActorWatch("EmotionPredictor")
+    watch = ActorWatch(
+        "EmotionPredictor", say=lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)
+    )
     try:
         with watch:
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -408,6 +428,8 @@ def _execute(ds, out: Output, tally: Tally, progress: Progress, lease: Lease, st
         if watch.lost and not isinstance(e, ActorLost):
             e = ActorLost(f"a model actor died while idle ({watch.lost})")
         raise RunFailed(f"the run failed: {_one_line(e)}") from e
+    finally:
+        nodes |= watch.nodes_seen
     if pending:
         raise RunFailed(f"{len(pending)} units did not receive all their rows; rerun to redo them")
 
@@ -448,7 +470,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _finish(
-    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream, restarts: int
+    cfg, out: Output, plan: Plan, tally: Tally, fingerprint, placement, ray_info, t0, stream
 ) -> RunResult:
     wall = time.time() - t0
     totals = out.totals()
@@ -472,7 +494,6 @@ def _finish(
         "error_fraction": round(frac, 6),
         "stage_seconds": {k: round(tally[k], 3) for k in ("decode_s", "model_s", "write_s")},
         "storage_retries": int(tally["retries"]),  # transient fetch/write errors that a retry got past
-        "restarts": restarts,  # pipeline restarts after a worker, actor or node died
         "placement": placement.__dict__,
         "ray": ray_info,
         "rows_per_model_node": tally.per_node,
@@ -543,12 +564,14 @@ def build_dataset(
                 "segmenter": _segmenter(cfg),
                 "block_mb": cfg.audio.block_mb,
                 "poison_scope": poison_scope,
+                "resampler": cfg.audio.resampler,
             },
             num_cpus=0.5,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
             if cfg.audio.decode_tasks
             else None,
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
+            **cpu_task_options(cfg),
         )
         ds = _model_stage(ds, cfg, placement, weights_sha, poison_scope, suspects or [])
     return ds.map_batches(
@@ -568,6 +591,7 @@ def build_dataset(
         # a write op asking for a CPU share would wait behind them while results pile up in the object
         # store and no unit commits. So it asks for none.
         num_cpus=WRITE_CPUS,
+        **cpu_task_options(cfg),
     )
 
 
@@ -576,7 +600,7 @@ def _model_stage(
 ):
     import ray.data
 
-    from .predictor import EmotionPredictor
+    from .predictor import EmotionPredictor, simulate_gpu
 
     m = cfg.model
     return ds.map_batches(
@@ -598,6 +622,7 @@ def _model_stage(
             "torch_threads": placement.torch_threads,
             "poison_scope": poison_scope,
             "suspects": suspects,
+            "simulate_gpu": simulate_gpu(),
         },
         # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
         # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
@@ -633,6 +658,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},
         num_cpus=READ_CPUS,
+        **cpu_task_options(cfg),
     )
     # Ray merges what one task yields into one block. Pieces of one decode block each need nothing
     # more; a source read whole (compressed, a CutSet, a Kaldi dir) is re-cut so that decoding runs

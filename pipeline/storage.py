@@ -584,7 +584,8 @@ class Storage:
         return _RetryingReader(self, uri, f)  # type: ignore[return-value]
 
     def info(self, uri: str) -> dict[str, Any]:
-        """{"type": "file"|"directory", "size": bytes}. FileNotFoundError if absent."""
+        """{"type": "file"|"directory", "size": bytes, "etag": the object store's ETag or None}.
+        FileNotFoundError if absent."""
         path = self._path(uri)
         fs = self.filesystem(uri)
         try:
@@ -594,6 +595,7 @@ class Storage:
         return {
             "type": "directory" if raw.get("type") == "directory" else "file",
             "size": int(raw.get("size") or 0),
+            "etag": (raw.get("ETag") or raw.get("etag") or "").strip('"') or None,
         }
 
     def exists(self, uri: str) -> bool:

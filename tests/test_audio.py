@@ -104,7 +104,7 @@ def test_downmix_is_the_mean_of_known_different_channels():
     sr = 44100
     t = np.arange(sr) / sr
     chans = np.stack([0.5 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t), -0.1 * t], 1)
-    out = decode(wav_bytes(chans.astype(np.float32), sr), "three.wav")
+    out = decode(wav_bytes(chans.astype(np.float32), sr), "three.wav", resampler="torchaudio")
     mean = chans.astype(np.float32).mean(axis=1)  # numpy, then torchaudio's resampler directly
     expected = torchaudio.functional.resample(torch.from_numpy(mean), sr, 16000).numpy()
     assert out.channels == 3
@@ -122,7 +122,7 @@ def test_stereo_at_16k_is_exactly_the_channel_mean():
 def test_resampling_keeps_frequency_and_length(sr):
     n = 2 * sr
     x = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(n) / sr)).astype(np.float32)
-    y = to_mono_16k(x, sr)
+    y = to_mono_16k(x, sr, "torchaudio")
     assert y.dtype == np.float32 and len(y) == math.ceil(n * 16000 / sr) == 32000
     spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     assert abs(np.argmax(spectrum) * 16000 / len(y) - 1000) <= 0.5  # 1 kHz, to the 0.5 Hz bin
@@ -131,7 +131,7 @@ def test_resampling_keeps_frequency_and_length(sr):
     direct = torchaudio.functional.resample(torch.from_numpy(x), sr, 16000).numpy()
     np.testing.assert_allclose(y, direct, atol=1e-6)
     # through a file the result is the same
-    np.testing.assert_allclose(decode(wav_bytes(x, sr)).samples, direct, atol=1e-6)
+    np.testing.assert_allclose(decode(wav_bytes(x, sr), resampler="torchaudio").samples, direct, atol=1e-6)
 
 
 def test_to_mono_16k_accepts_float64_and_2d():
@@ -175,7 +175,7 @@ def _m4a_header() -> bytes:
         (wav_bytes(np.r_[np.zeros(1000), np.inf].astype(np.float32)), "x.wav", "non-finite"),
         (wav_bytes(np.r_[-np.inf, np.zeros(1000)].astype(np.float32), sr=44100), "x.wav", "non-finite"),
         (wav_bytes(np.full(400, np.nan, np.float32), sr=8000), "x.wav", "non-finite"),
-        (wav_bytes(np.zeros(20000, np.float32), sr=11127), "x.wav", "unsupported sample rate 11127 Hz"),
+        (wav_bytes(np.zeros(20000, np.float32), sr=800), "x.wav", "unsupported sample rate 800 Hz"),
     ],
 )
 def test_bad_inputs_raise_audio_errors(data, name, needle):
@@ -353,4 +353,4 @@ def test_cached_resampler_gives_torchaudio_functional_samples_exactly(rate):
     x = np.random.default_rng(rate).standard_normal(rate * 2).astype(np.float32)
     want = torchaudio.functional.resample(torch.from_numpy(x), rate, 16000).numpy()
     for _ in range(2):  # the second call uses the cached kernel
-        np.testing.assert_array_equal(to_mono_16k(x, rate), want)
+        np.testing.assert_array_equal(to_mono_16k(x, rate, "torchaudio"), want)

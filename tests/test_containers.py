@@ -127,7 +127,7 @@ def amr_with_pyav(work: Path, speech: Path) -> Path:
 
 def check_same_speech(name: str, path: Path, *, lossless: bool) -> None:
     expected, rate, channels = expected_16k(path)
-    out = decode(path.read_bytes(), name)
+    out = decode(path.read_bytes(), name, resampler="torchaudio")
     assert (out.sample_rate, out.channels) == (rate, channels)
     assert out.samples.dtype == np.float32 and out.samples.ndim == 1
     if lossless:
@@ -299,4 +299,6 @@ def test_a_long_multichannel_file_is_never_held_interleaved(work, suffix):
     finally:
         tracemalloc.stop()
     assert out.channels == 2 and len(out.samples) == 120 * 16000
-    assert peak < 0.7 * interleaved, (peak, interleaved)
+    # the mono buffer (1/2 of it) and the 16 kHz output (1/6; libsoxr's is a numpy array, torchaudio's
+    # a torch one that tracemalloc does not see) plus blocks: held whole, it alone would be 1
+    assert peak < 0.8 * interleaved, (peak, interleaved)

@@ -115,6 +115,7 @@ def run_job(tmp_path, manifest, model_dir, extra="", name="out"):
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n{extra}"
+        f"audio:\n  resampler: torchaudio\n"  # the references resample as FunASR does
         f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n"
         f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
     )

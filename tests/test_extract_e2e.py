@@ -67,6 +67,7 @@ def write_config(tmp_path, manifest, model_dir, out, extra=""):
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n"
         f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n  batch_seconds: 8\n"
+        f"audio:\n  resampler: torchaudio\n"  # reference_clip resamples as FunASR does
         f"output:\n  path: {out}\n  frames: true\n" + extra
     )
     return cfg

@@ -139,11 +139,33 @@ def test_kuberay_cluster_has_an_autoscaling_gpu_worker_group(kind):
                 gpu_groups.append(g)
                 assert c["resources"]["requests"].get("nvidia.com/gpu") == limits["nvidia.com/gpu"]
     assert gpu_groups, "no worker group requests nvidia.com/gpu"
-    assert any(g["minReplicas"] >= 1 for g in gpu_groups), (
-        "the job sizes its pool from the GPUs present at start"
-    )
+    # the job waits for the GPUs it asks for (ray.gpu_wait_s): no idle GPU pod between jobs
+    assert all(g["minReplicas"] == 0 for g in gpu_groups)
     # the head does no model work
     assert "nvidia.com/gpu" not in ray_containers(spec)[0]["resources"].get("limits", {})
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_kuberay_decode_runs_on_cpu_pods_and_stays_off_the_labelled_gpu_pods(kind):
+    """The heterogeneous layout: a CPU group for decode and write, a GPU group whose Ray label the
+    job config's ray.cpu_task_label_selector excludes."""
+    spec = cluster_spec(kind)
+    cfg = load_config(ROOT / "configs" / "cluster-gpu.yaml")
+    assert cfg.model.device == "cuda"
+    selector = cfg.ray.cpu_task_label_selector
+    assert selector and len(selector) == 1
+    ((key, value),) = selector.items()
+    assert value.startswith("!")
+    cpu_groups = []
+    for g in spec["workerGroupSpecs"]:
+        limits = [c["resources"]["limits"] for c in g["template"]["spec"]["containers"]]
+        labels = dict(kv.split("=", 1) for kv in g["rayStartParams"].get("labels", "").split(",") if kv)
+        if any(int(lim.get("nvidia.com/gpu", 0)) for lim in limits):
+            assert labels.get(key) == value[1:], (g["groupName"], labels)  # excluded from decode
+        else:
+            assert labels.get(key) != value[1:], g["groupName"]
+            cpu_groups.append(g)
+    assert cpu_groups, "no CPU worker group for decode and write"
 
 
 @pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])

@@ -129,3 +129,65 @@ def test_attention_masks_have_rows_aligned_for_the_cuda_kernels(tiny_model_dir):
             E = model.cfg.num_extra_tokens
             assert bias.shape[-2:] == (T + E, T + E)
             assert all(s % 16 == 0 for s in bias.stride()[:-1]) and bias.stride(-1) == 1
+
+
+@pytest.mark.parametrize("slow", ["fused", "plain"])
+def test_linear_kernel_is_chosen_by_measuring(monkeypatch, slow):
+    """The probe times both spellings of fc1 + GELU and keeps the faster: make one of them slow (a real
+    sleep inside it) and the other must be chosen; the answer is kept per dtype."""
+    import time
+
+    if not kernels.onednn_linear_available(torch.float32):
+        pytest.skip("no oneDNN fused linear in this build: nothing to choose")
+    real = getattr(kernels, f"_{slow}")
+
+    def slowed(*args):
+        time.sleep(0.05)
+        return real(*args)
+
+    kernels.onednn_linear_faster.cache_clear()
+    try:
+        # a small probe: the real work takes microseconds, so the sleep decides even on a loaded box
+        monkeypatch.setattr(kernels, "PROBE_SHAPE", (16, 32, 64))
+        monkeypatch.setattr(kernels, f"_{slow}", slowed)
+        assert kernels.onednn_linear_faster(torch.float32) == (slow == "plain")
+        monkeypatch.setattr(kernels, f"_{slow}", real)
+        assert kernels.onednn_linear_faster(torch.float32) == (slow == "plain")  # measured once
+        x, w, b = _rand(3, 24), _rand(8, 24), _rand(8)
+        with kernels.use_onednn(None), torch.inference_mode():
+            _, fused = _fused_ran(lambda: kernels.linear(x, w, b, gelu=True))
+        assert fused == (slow == "plain")
+    finally:
+        kernels.onednn_linear_faster.cache_clear()
+
+
+def test_conv_weight_layout_is_kept_until_the_weight_changes():
+    """The channels-last copy of a conv weight is made once; an in-place change of the weight (a
+    loaded state dict, a fine-tuning step) must not leave the old copy in use."""
+    x, w = _rand(2, 50, 8, seed=21), _rand(6, 8, 3, seed=22)
+    ref = F.conv1d(x.transpose(1, 2), w, stride=2).transpose(1, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        w.mul_(-3)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.conv_time_major(x, w, stride=2), -3 * ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 700, 512), (2, 60, 768)])
+def test_bfloat16_layer_norm_is_float32_arithmetic_rounded_once(shape):
+    """A bfloat16 input goes to PyTorch's bfloat16 kernel (no float32 copy): its result must be the
+    float32 layer norm of the same values rounded to bfloat16, to within one rounding step."""
+    from pipeline.model.components import layer_norm_fp32
+
+    x = (3 * _rand(*shape, seed=31) + 1).bfloat16()
+    w, b = (1 + 0.1 * _rand(shape[-1], seed=32)).bfloat16(), (0.1 * _rand(shape[-1], seed=33)).bfloat16()
+    got = layer_norm_fp32(x, (shape[-1],), w, b, 1e-5)
+    want = F.layer_norm(x.float(), (shape[-1],), w.float(), b.float(), 1e-5)
+    assert got.dtype == torch.bfloat16
+    step = want.abs().clamp_min(1e-2) * 2**-7  # one bfloat16 rounding step (8 significant bits)
+    assert bool(((got.float() - want).abs() <= step).all())
+    plain = F.layer_norm(x.float(), (shape[-1],), eps=1e-5)  # no affine, as the positional convs use it
+    got = layer_norm_fp32(x, (shape[-1],), None, None, 1e-5).float()
+    assert bool(((got - plain).abs() <= plain.abs().clamp_min(1e-2) * 2**-7).all())

@@ -147,3 +147,21 @@ def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatc
     for i, j in ((0, 0), (1, 1), (3, 2)):  # a in the actor; b and d each alone in a child
         np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][j].as_py(), atol=1e-5)
         assert out["label"][i].as_py() == want["label"][j].as_py()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU on a machine without one")
+def test_a_simulated_gpu_runs_the_model_on_the_cpu_and_says_so(tiny_model_dir, capsys):
+    """EMOTION2VEC_SIMULATE_GPU: an actor placed as on a GPU, with no CUDA device, runs on its CPU in
+    the GPU's dtype where this CPU has it (else float32) and labels what it ran; without the flag the
+    GPU placement fails as before."""
+    sim = EmotionPredictor(source=str(tiny_model_dir), device="cuda", simulate_gpu=True)
+    dtype = "bfloat16" if cpu_has_native(torch.bfloat16) else "float32"
+    assert (sim.device, sim.runtime) == ("cpu", f"cpu (simulated gpu) {dtype}")
+    err = capsys.readouterr().err
+    assert err.count("EMOTION2VEC_SIMULATE_GPU=1: this model actor holds a Ray GPU") == 1, err
+    clip = random_clips([16_000], seed=21)[0]
+    got = sim.predict([clip])[0]
+    ref = EmotionPredictor(source=str(tiny_model_dir), device="cpu", dtype=dtype).predict([clip])[0]
+    np.testing.assert_array_equal(got.embedding, ref.embedding)  # the same CPU computation
+    with pytest.raises((RuntimeError, AssertionError, AttributeError)):
+        EmotionPredictor(source=str(tiny_model_dir), device="cuda")  # no CUDA, no flag: not hidden

@@ -502,7 +502,7 @@ def test_a_poison_row_with_the_gpu_configs_bundling_costs_one_restart(tiny_model
     assert list(crashed) == [poison["id"]], crashed
     assert crashed[poison["id"]].startswith("model: WorkerCrashed")
     run = json.loads((out / "_run.json").read_text())
-    assert run["restarts"] == 1, r.stderr[-3000:]
+    assert run["ray"]["restarts"] == 1, r.stderr[-3000:]
     assert run["rows"] == {"input": 48, "ok": 47, "error": 1, "skipped": 0}
     console = r.stderr + r.stdout
     assert "Traceback" not in console, console[-5000:]

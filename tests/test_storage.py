@@ -426,7 +426,9 @@ def test_s3_read_write_list_glob_move(s3_server, s3_bucket):
 
     s.write_bytes_atomic(f"{root}/w/out.bin", b"payload")
     assert read_s3(client, bucket, "d/w/out.bin") == b"payload"
-    assert s.info(f"{root}/w/out.bin") == {"type": "file", "size": 7}
+    info = s.info(f"{root}/w/out.bin")
+    assert (info["type"], info["size"]) == ("file", 7)
+    assert info["etag"] == client.head_object(Bucket=bucket, Key="d/w/out.bin")["ETag"].strip('"')
     assert s.info(f"{root}/e")["type"] == "directory"
 
     s.move(f"{root}/w/out.bin", f"{root}/w2/out.bin")

@@ -45,7 +45,7 @@ def test_recordings_split_into_speech_segments(ray_session, tiny_model_dir, tmp_
     cfg.write_text(
         f"input:\n  manifest: {tmp_path / 'm.jsonl'}\n"
         f"model:\n  source: {tiny_model_dir}\n  device: cpu\n  dtype: float32\n"
-        f"audio:\n  segmentation: vad\n"
+        f"audio:\n  segmentation: vad\n  resampler: torchaudio\n"  # as `reference` resamples
         f"output:\n  path: {out}\n"
     )
     assert extract.main(["--config", str(cfg)]) == 0

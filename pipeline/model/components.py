@@ -23,9 +23,21 @@ class Fp32LayerNorm(nn.LayerNorm):
     `Fp32LayerNorm`; in float32 it is exactly `nn.LayerNorm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        return layer_norm_fp32(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def layer_norm_fp32(
+    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """`F.layer_norm` in float32 arithmetic, the result in x's dtype. PyTorch's own bfloat16 kernels
+    (CPU and CUDA) already accumulate and normalise in float32 and round once at the end, so a
+    bfloat16 input goes to them directly: the float32 copy of the input and the cast back cost more
+    than the norm itself (the CNN's norms run over [B, 32000 per 2 s, 512] activations)."""
+    if x.dtype == torch.bfloat16:
+        return F.layer_norm(x, shape, weight, bias, eps)
+    w = weight.float() if weight is not None else None
+    b = bias.float() if bias is not None else None
+    return F.layer_norm(x.float(), shape, w, b, eps).to(x.dtype)
 
 
 def conv_output_lengths(lengths: Tensor, spec: ConvSpec) -> Tensor:
@@ -102,7 +114,7 @@ class PositionalConv(nn.Sequential):
             )
             if self.kernel % 2 == 0:  # SamePad: an even kernel makes one frame too many
                 x = x[:, :-1]
-            x = kernels.gelu_(F.layer_norm(x.float(), (D,), eps=1e-5).to(x.dtype))  # LN over D, no affine
+            x = kernels.gelu_(layer_norm_fp32(x, (D,), None, None, 1e-5))  # LN over D, no affine
         return x  # [B, T, D]
 
 

@@ -150,7 +150,7 @@ class Emotion2vec(nn.Module):
             frames = frames * valid.unsqueeze(-1).to(frames.dtype)
 
         denom = frame_lengths.clamp_min(1).unsqueeze(1).to(torch.float32)
-        embedding = frames.float().sum(dim=1) / denom  # [B, D]
+        embedding = frames.sum(dim=1, dtype=torch.float32) / denom  # [B, D], summed in float32
         logits, scores = self.classify(embedding)
         return Emotion2vecOutput(frames, frame_lengths, embedding, logits, scores)
 

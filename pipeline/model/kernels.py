@@ -15,26 +15,45 @@ falls back to that spelling wherever the fast path does not apply:
   contiguous rows, and no [B, C, T] <-> [B, T, C] transposes are needed around them.
 - `gelu_`: GELU in place when nothing needs the input for a backward pass.
 
-`use_onednn(False)` (or EMOTION2VEC_ONEDNN=0 in the environment) turns the oneDNN linears off, for
-A/B measurements and as an escape hatch.
+Whether the fused linears beat `F.linear` depends on the CPU (+17-26 % on an AVX2 EPYC, no faster
+on an AVX-512 Xeon), so by default it is measured, once per process and dtype, on the first CPU
+linear (`onednn_linear_faster`: fc1 + GELU of a 256-frame batch, a few interleaved tries, well
+under a second). `use_onednn(True / False)` or EMOTION2VEC_ONEDNN=1 / 0 in the environment force
+the choice, for A/B measurements and as an escape hatch.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_enabled = os.environ.get("EMOTION2VEC_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
+log = logging.getLogger(__name__)
+_SWITCH = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+# True / False: forced on / off; None: measured per dtype on this CPU
+_enabled: bool | None = _SWITCH.get(os.environ.get("EMOTION2VEC_ONEDNN", "auto").strip().lower())
+PROBE_SHAPE = (256, 768, 3072)  # frames x D x FFN: a base-size fc1 on ~5 s of audio
+PROBE_TRIES = 5
 
 
 @contextmanager
-def use_onednn(enabled: bool):
-    """Turn the oneDNN linears on or off inside the block (restored afterwards)."""
+def use_onednn(enabled: bool | None):
+    """Force the oneDNN linears on or off inside the block, or None: as measured (restored afterwards)."""
     global _enabled
     before, _enabled = _enabled, enabled
     try:
@@ -66,18 +85,60 @@ def onednn_linear_available(dtype: torch.dtype) -> bool:
     )
 
 
+@functools.cache
+def onednn_linear_faster(dtype: torch.dtype) -> bool:
+    """Whether the fused oneDNN fc1 + GELU beats `F.linear` + GELU for `dtype` on this CPU, with the
+    current torch threads: best of `PROBE_TRIES` interleaved calls each (measured once per dtype)."""
+    if not onednn_linear_available(dtype):
+        return False
+    n, k, m = PROBE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, k, generator=g).to(dtype)
+    w, b = (torch.randn(m, k, generator=g) / k**0.5).to(dtype), torch.zeros(m, dtype=dtype)
+    variants = {True: lambda: _fused(x, w, b, True), False: lambda: _plain(x, w, b, True)}
+    best = dict.fromkeys(variants, float("inf"))
+    with torch.inference_mode():
+        for f in variants.values():
+            f()  # warm: oneDNN builds its primitive, MKL its buffers
+        for _ in range(PROBE_TRIES):
+            for fused, f in variants.items():
+                t = time.perf_counter()
+                f()
+                best[fused] = min(best[fused], time.perf_counter() - t)
+    faster = best[True] <= best[False]
+    log.info(
+        "linear kernels for %s: %s (fused oneDNN %.2f ms, F.linear %.2f ms on a %dx%dx%d fc1 + GELU)",
+        str(dtype).replace("torch.", ""),
+        "fused oneDNN" if faster else "F.linear",
+        1e3 * best[True],
+        1e3 * best[False],
+        n,
+        k,
+        m,
+    )
+    return faster
+
+
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    if not _enabled or x.device.type != "cpu" or weight.dtype != x.dtype:
+    if _enabled is False or x.device.type != "cpu" or weight.dtype != x.dtype:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the fused op has no backward
-    return onednn_linear_available(x.dtype)
+    if not onednn_linear_available(x.dtype):
+        return False
+    return _enabled or onednn_linear_faster(x.dtype)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
     """`F.linear(x, weight, bias)`, followed by an exact GELU when `gelu`. x [..., K] -> [..., N]."""
-    if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
+    return (_fused if _use_onednn(x, weight) else _plain)(x, weight, bias, gelu)
+
+
+def _fused(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
+
+
+def _plain(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool) -> Tensor:
     y = F.linear(x, weight, bias)
     return gelu_(y) if gelu else y
 
@@ -110,6 +171,20 @@ def conv_time_major(
     x4 = x.unsqueeze(1).permute(0, 3, 1, 2)  # [B, C_in, 1, T]: channels-last strides, no copy
     if C == 1:  # both layouts at once; make the format explicit so the output is channels-last too
         x4 = x4.contiguous(memory_format=torch.channels_last)
-    w4 = weight.unsqueeze(2)  # [C_out, C_in/groups, 1, k]
+    w4 = _channels_last_weight(weight)  # [C_out, C_in/groups, 1, k]
     y = F.conv2d(x4, w4, bias, stride=(1, stride), padding=(0, padding), groups=groups)  # [B, C_out, 1, T']
     return y.permute(0, 2, 3, 1).reshape(B, y.shape[-1], y.shape[1])  # [B, T', C_out]
+
+
+def _channels_last_weight(weight: Tensor) -> Tensor:
+    """A Conv1d weight as the channels-last Conv2d weight [C_out, C_in/groups, 1, k] that oneDNN wants
+    beside channels-last input. Made once and kept on the weight tensor (until the weight changes):
+    otherwise every call copied it into that layout (~0.1 s per 4 s forward of the base model)."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return weight.unsqueeze(2)
+    cached = getattr(weight, "_e2v_channels_last", None)
+    if cached is None or cached[0] != (weight._version, weight.data_ptr()):
+        w4 = weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        cached = ((weight._version, weight.data_ptr()), w4)
+        weight._e2v_channels_last = cached
+    return cached[1]
