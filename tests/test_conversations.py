@@ -50,6 +50,7 @@ def run_job(
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n{extra}"
         f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n"
+        f"audio:\n  resampler: torchaudio\n"  # as `reference` resamples
         f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
     )
     assert extract.main(["--config", str(cfg)]) == 0
