@@ -50,6 +50,7 @@ def run_job(
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n{extra}"
         f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n"
+        f"audio:\n  resampler: torchaudio\n"  # as `reference` resamples
         f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
     )
     assert extract.main(["--config", str(cfg)]) == 0
@@ -236,6 +237,7 @@ def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2], strict=True))
 
 
+@pytest.mark.slow  # needs the job's output (the rttm_output fixture)
 def test_timeline_has_a_lane_per_speaker_with_its_turns(rttm_output, convs, tmp_path):
     import matplotlib.image
 
@@ -309,6 +311,7 @@ def changed_ids(want: dict) -> set[str]:
     }
 
 
+@pytest.mark.slow  # needs the job's output (the rttm_output fixture)
 def test_summary_per_recording_and_speaker_from_the_known_turns(rttm_output, expected, tmp_path):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -348,6 +351,7 @@ def doc_sql(name: str, out: Path) -> list[dict]:
     return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()]
 
 
+@pytest.mark.slow  # needs the job's output (the rttm_output fixture)
 def test_conversation_recipes_of_docs_queries(rttm_output, expected):
     _, out = rttm_output
     want, labels = expected
