@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import statistics
 import sys
@@ -34,7 +35,14 @@ from pipeline.testing.checkpoints import random_model
 def old_model(before: Path, state: dict, dtype: torch.dtype):
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(before / "pipeline" / "model", tmp / "before_model")
-    sys.path.insert(0, str(tmp))
+    # the old model package under its own name, beside the current one (its imports are relative)
+    spec = importlib.util.spec_from_file_location(
+        "before_model",
+        tmp / "before_model" / "__init__.py",
+        submodule_search_locations=[str(tmp / "before_model")],
+    )
+    sys.modules["before_model"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["before_model"])
     enc = importlib.import_module("before_model.encoder")
     cfg_mod = importlib.import_module("before_model.config")
     m = enc.Emotion2vec(cfg_mod.Emotion2vecConfig(embed_dim=768, num_heads=12, num_classes=9))
