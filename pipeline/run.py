@@ -197,66 +197,12 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         _let_go(lease, cfg.output.path, fresh)
         raise
     try:
-        plan = _count(cfg, storage, sources)
-        placement, elastic = place_model(
-            cfg, lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True), local=started_local
-        )
-        fingerprint = _fingerprint(cfg, model, placement, plan)
-        out = _open_output(cfg, storage, fingerprint)
-        print(
-            f"[emotion2vec] manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
-            f"{len(out.markers)} units already committed -> {cfg.output.path}",
-            file=stream,
-            flush=True,
-        )
-        tally = Tally()
-        progress = Progress(_left(plan, out), cfg.ray.progress_interval_s, stream)
-        schema = output_schema(
-            model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
-        )
-        nodes_seen: set[str] = set()
-        for attempt in range(cfg.ray.max_restarts + 1):
-            elastic["restarts"] = attempt
-            try:
-                skip = out.skip()
-                pieces = plan.pieces(
-                    cfg.input.rows_per_unit, skip, plan.block_rows(cfg.audio.decode_batch_size)
-                )
-                if not pieces:
-                    break  # every unit is committed without errors: nothing to read
-                # rows in flight when the last attempt's model actors died run alone (poison.py)
-                dead = set(dead_by_accident("EmotionPredictor")) if attempt else set()
-                suspects = sorted(collect_suspects(poison_scope, dead)) if attempt else []
-                ds = build_dataset(
-                    cfg,
-                    plan,
-                    pieces,
-                    skip,
-                    storage,
-                    schema,
-                    placement,
-                    model.weights_sha256,
-                    poison_scope=poison_scope,
-                    suspects=suspects,
-                )
-                with on_interrupt() as stop:
-                    _execute(ds, out, tally, progress, lease, stop, nodes_seen, stream)
-                break
-            except RunFailed as e:
-                if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
-                    raise
-                print(
-                    f"[emotion2vec] {e}; restarting on what is left ({attempt + 2}/{cfg.ray.max_restarts + 1})",
-                    file=stream,
-                    flush=True,
-                )
-                out.reopen()
-        progress.print()
-        elastic["nodes_lost"] = lost_nodes(nodes_seen)
+        job = _Job.start(cfg, storage, sources, model, lease, poison_scope, stream, started_local)
+        job.attempts()
         ray_info = {
             "gcs_address": ray.get_runtime_context().gcs_address,
             "started_local": started_local,
-            **elastic,  # gpu_wait_s, restarts, nodes_lost
+            **job.elastic,  # gpu_wait_s, restarts, nodes_lost
         }
     except ClusterError as e:
         raise JobError(str(e)) from None
@@ -271,7 +217,105 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
             forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, out, plan, tally, fingerprint, placement, ray_info, t0, stream)
+    return _finish(cfg, job.out, job.plan, job.tally, job.fingerprint, job.placement, ray_info, t0, stream)
+
+
+@dataclass
+class _Job:
+    """One run's plan and what it has done so far, across its attempts."""
+
+    cfg: JobConfig
+    storage: Storage
+    plan: Plan
+    model: ModelInfo
+    placement: Placement
+    elastic: dict[str, Any]  # for _run.json's ray section
+    fingerprint: dict[str, Any]
+    out: Output
+    schema: pa.Schema
+    lease: Lease
+    poison_scope: str
+    stream: TextIO
+    tally: Tally = field(default_factory=Tally)
+    progress: Progress | None = None
+    nodes_seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, cfg, storage, sources, model, lease, poison_scope, stream, started_local) -> _Job:
+        """Count the manifest, place the model, open the output: everything before the first row."""
+        plan = _count(cfg, storage, sources)
+        say = lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)  # noqa: E731
+        placement, elastic = place_model(cfg, say, local=started_local)
+        fingerprint = _fingerprint(cfg, model, placement, plan)
+        out = _open_output(cfg, storage, fingerprint)
+        say(
+            f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
+            f"{len(out.markers)} units already committed -> {cfg.output.path}"
+        )
+        schema = output_schema(
+            model.embed_dim, len(model.labels), cfg.output.frames, plan.passthrough, fingerprint
+        )
+        job = cls(
+            cfg,
+            storage,
+            plan,
+            model,
+            placement,
+            elastic,
+            fingerprint,
+            out,
+            schema,
+            lease,
+            poison_scope,
+            stream,
+        )
+        job.progress = Progress(_left(plan, out), cfg.ray.progress_interval_s, stream)
+        return job
+
+    def attempts(self) -> None:
+        """Run the pipeline on what is not committed; after a Ray failure a restart can get past, run
+        it again on what is left, up to `ray.max_restarts` times."""
+        cfg = self.cfg
+        for attempt in range(cfg.ray.max_restarts + 1):
+            self.elastic["restarts"] = attempt
+            try:
+                self._attempt(attempt)
+                break
+            except RunFailed as e:
+                if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
+                    raise
+                print(
+                    f"[emotion2vec] {e}; restarting on what is left ({attempt + 2}/{cfg.ray.max_restarts + 1})",
+                    file=self.stream,
+                    flush=True,
+                )
+                self.out.reopen()
+        self.progress.print()
+        self.elastic["nodes_lost"] = lost_nodes(self.nodes_seen)
+
+    def _attempt(self, attempt: int) -> None:
+        cfg, plan = self.cfg, self.plan
+        skip = self.out.skip()
+        pieces = plan.pieces(cfg.input.rows_per_unit, skip, plan.block_rows(cfg.audio.decode_batch_size))
+        if not pieces:
+            return  # every unit is committed without errors: nothing to read
+        # rows in flight when the last attempt's model actors died run alone (poison.py)
+        dead = set(dead_by_accident("EmotionPredictor")) if attempt else set()
+        suspects = sorted(collect_suspects(self.poison_scope, dead)) if attempt else []
+        ds = build_dataset(
+            cfg,
+            plan,
+            pieces,
+            skip,
+            self.storage,
+            self.schema,
+            self.placement,
+            self.model.weights_sha256,
+            poison_scope=self.poison_scope,
+            suspects=suspects,
+        )
+        with on_interrupt() as stop:
+            _execute(ds, self.out, self.tally, self.progress, self.lease, stop, self.nodes_seen, self.stream)
 
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
