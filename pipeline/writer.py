@@ -268,6 +268,7 @@ class Output:
         self.corrupt: list[str] = []  # committed files found damaged, moved to _corrupt/
         self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
         self._resume = Resume()
+        self._committed_now: set[str] = set()  # units this run committed (not redone on a restart)
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -329,17 +330,22 @@ class Output:
         }
 
     def reopen(self) -> None:
-        """After a failed attempt: discard what it staged and never committed; keep the commits."""
+        """After a failed attempt: discard what it staged and never committed; keep the commits. The
+        next attempt finishes what is left: the error rows this run committed are final for this run
+        (a rerun redoes them), or a restart would process them, and count them, twice."""
         self._recover()
-        self._resume = self._record()
+        self._resume = self._record(final=self._committed_now)
 
     def skip(self) -> Resume:
         """What is done, for the planner: the resume record of the committed units."""
         return self._resume
 
-    def _record(self) -> Resume:
+    def _record(self, final: set[str] = frozenset()) -> Resume:
         return Resume(
-            {u: Committed(m.sources, frozenset(m.errors_by_manifest_id())) for u, m in self.markers.items()}
+            {
+                u: Committed(m.sources, frozenset() if u in final else frozenset(m.errors_by_manifest_id()))
+                for u, m in self.markers.items()
+            }
         )
 
     def _marker_uris(self) -> list[str]:
@@ -439,6 +445,7 @@ class Output:
             for name in set(old.files) - set(names):
                 self._delete_if_exists(join(self.path, name))
         self.markers[unit] = marker
+        self._committed_now.add(unit)
         return marker
 
     def _without(
