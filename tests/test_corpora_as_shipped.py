@@ -38,7 +38,9 @@ def job(tmp_path, manifest, model_dir, extra="", name="out"):
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n"
         f"model:\n  source: {model_dir}\n  device: cpu\n  dtype: float32\n"
-        f"output:\n  path: {out}\n  max_error_fraction: 1.0\n" + extra
+        f"output:\n  path: {out}\n  max_error_fraction: 1.0\n"
+        # the references resample as FunASR does (torchaudio), not with the job's default (soxr)
+        f"audio:\n  resampler: torchaudio\n" + extra
     )
     return cfg, out
 
@@ -167,7 +169,7 @@ def test_a_vad_segment_that_fails_in_the_model_is_redone_by_the_rerun(tiny_model
     (tmp_path / "poison.wav").write_bytes(encode(long_recording(clips[2:], [1.0, 1.0]), "WAV"))
     rows = [{"id": "calm", "path": "calm.wav"}, {"id": "victim", "path": "poison.wav"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    extra = "audio:\n  segmentation: vad\nray:\n  num_cpus: 2\n  max_restarts: 6\n"
+    extra = "  segmentation: vad\nray:\n  num_cpus: 2\n  max_restarts: 6\n"
     cfg, out = job(tmp_path, tmp_path / "m.jsonl", tiny_model_dir, extra)
     cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)]
     env = {**os.environ, "E2V_INJECT_CRASH": "model:poison.wav"}
