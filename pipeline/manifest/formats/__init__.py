@@ -1,6 +1,6 @@
 """The format families, one module each, and their registry.
 
-Adding a format: a module with a `FORMAT = Format(names, detect, count, read)` (see base.py), and
+Adding a format: a module with a `FORMAT = Format(names, detect, read[, count])` (see base.py), and
 one line in REGISTRY. Detection by file name asks the families in registry order (Lhotse's
 `cuts.jsonl` before plain JSON lines).
 """
@@ -16,7 +16,7 @@ from ...config import InputConfig
 from ...storage import Storage
 from ..errors import ManifestError
 from . import audio_folder, kaldi, lhotse, lines, parquet, rttm
-from .base import Count, Format
+from .base import Count, Format, count_whole
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -56,7 +56,10 @@ def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     """Rows of one source, its normalised schema and where its units start, checking on the way
     what can be checked cheaply: that it parses, has an id and an audio column, and has no
     duplicate ids. Raises ManifestError naming the file."""
-    return family(source.format).count(source, cfg, storage)
+    fmt = family(source.format)
+    if fmt.count is None:
+        return count_whole(fmt.read(source, cfg, storage), source.uri)
+    return fmt.count(source, cfg, storage)
 
 
 def tables(

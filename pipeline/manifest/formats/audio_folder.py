@@ -34,4 +34,4 @@ def read(
     yield source.audio.slice(skip_rows)
 
 
-FORMAT = Format(("audio",), never, count, read)
+FORMAT = Format(("audio",), never, read, count)

@@ -52,8 +52,8 @@ class Format:
 
     names: tuple[str, ...]  # the input.format values it reads
     detect: Callable[[str], str | None]  # a file name (lower case) -> one of `names`, or None
-    count: Counter
     read: Reader
+    count: Counter | None = None  # None: read the source whole and count that (`count_whole`)
     companions: frozenset[str] = frozenset()  # file names read beside its manifests, not manifests
 
 

@@ -14,17 +14,13 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, never, read_bytes, text, two_columns
+from .base import Format, never, read_bytes, text, two_columns
 
 if TYPE_CHECKING:
     from ..sources import Source
     from ..units import Piece
 
 COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id", speaker="speaker")
-
-
-def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
-    return count_whole(read(source, cfg, storage), source.uri)
 
 
 def read(
@@ -118,4 +114,4 @@ def _join_per_utterance(table: pa.Table, data: bytes, uri: str, column: str) -> 
     )
 
 
-FORMAT = Format(("kaldi",), never, count, read)
+FORMAT = Format(("kaldi",), never, read)

@@ -15,7 +15,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes, text
+from .base import Format, read_bytes, text
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -29,10 +29,6 @@ TYPES = [pa.string()] * 3 + [pa.float64()] * 2 + [pa.string()] * 5
 
 def detect(name: str) -> str | None:
     return "lhotse" if name.endswith((".jsonl", ".jsonl.gz")) and "cuts" in name else None
-
-
-def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
-    return count_whole(read(source, cfg, storage), source.uri)
 
 
 def read(
@@ -114,4 +110,4 @@ def _table(rows: list[dict], source: Source) -> pa.Table:
     return normalise(table, COLUMNS, source.root)
 
 
-FORMAT = Format(("lhotse",), detect, count, read)
+FORMAT = Format(("lhotse",), detect, read)

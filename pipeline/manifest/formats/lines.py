@@ -157,4 +157,4 @@ def _check_rows(table: pa.Table, data: bytes, fmt: str, uri: str) -> None:
         )
 
 
-FORMAT = Format(("jsonl", "json", "csv", "tsv", "scp"), detect, count, read)
+FORMAT = Format(("jsonl", "json", "csv", "tsv", "scp"), detect, read, count)

@@ -109,4 +109,4 @@ def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Ta
         raise ManifestError(f"{source.uri}: cannot read: {e}") from None
 
 
-FORMAT = Format(("parquet",), detect, count, read)
+FORMAT = Format(("parquet",), detect, read, count)

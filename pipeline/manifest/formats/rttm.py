@@ -33,7 +33,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes, two_columns
+from .base import Format, read_bytes, two_columns
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -55,10 +55,6 @@ WAV_SCP = "wav.scp"
 
 def detect(name: str) -> str | None:
     return "rttm" if name.endswith(".rttm") else None
-
-
-def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
-    return count_whole(read(source, cfg, storage), source.uri)
 
 
 def read(
@@ -201,4 +197,4 @@ def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa
     return turns_table(recs, spks, start[keep], end[keep])
 
 
-FORMAT = Format(("rttm",), detect, count, read, companions=frozenset({WAV_SCP}))
+FORMAT = Format(("rttm",), detect, read, companions=frozenset({WAV_SCP}))
