@@ -368,9 +368,42 @@ class ActorWatch:
                 return
 
 
-def lost_nodes(seen: set[str]) -> list[str]:
+# Ray's GCS declares a silent node dead after its health checks fail (by default 5 checks 3 s apart,
+# each with a 10 s timeout): the wait for a node whose raylet no longer answers is bounded by that.
+NODE_DEATH_WAIT_S = 60.0
+
+
+def lost_nodes(seen: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> list[str]:
     """Of the nodes seen alive, those that died by accident (raylet killed, node preempted or lost),
-    as Ray's state API tells: not those the autoscaler took back or that were drained."""
+    as Ray's state API tells: not those the autoscaler took back or that were drained.
+    A run can end before the GCS has noticed a node it lost; so while a seen node that Ray still
+    lists as alive does not answer at its raylet's port, wait (up to `wait_s`) for the GCS's verdict."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        lost = _dead_by_accident(seen)
+        try:
+            silent = [
+                n["NodeID"] for n in ray.nodes() if n["NodeID"] in seen and n.get("Alive") and not _answers(n)
+            ]
+        except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
+            silent = []
+        if not silent or time.monotonic() > deadline:
+            return lost
+        time.sleep(2)
+
+
+def _answers(node: dict) -> bool:
+    """Whether anything listens at the node's raylet port (a killed raylet refuses, a gone VM times out)."""
+    try:
+        with socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout=2):
+            return True
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _dead_by_accident(seen: set[str]) -> list[str]:
     import ray
     from ray.util.state import list_nodes
 
