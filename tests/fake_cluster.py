@@ -123,20 +123,42 @@ class FakeCluster:
         nodes = self.state("nodes", "state=ALIVE")
         return [n["node_id"] for n in nodes if (n.get("resources_total") or {}).get("GPU", 0) > 0]
 
-    def model_actor_nodes(self) -> set[str]:
-        actors = self.state("actors", "state=ALIVE")
-        return {a["node_id"] for a in actors if "EmotionPredictor" in (a.get("class_name") or "")}
-
     def raylet_pid(self, node_id: str) -> int:
         """The pid of one node's raylet (its command line names the node)."""
+        for pid, n in self._raylets().items():
+            if n == node_id:
+                return pid
+        raise LookupError(f"no raylet of node {node_id}")
+
+    def model_actor_nodes_now(self) -> set[str]:
+        """Nodes running a model actor's process right now, from /proc alone (the state API can lag
+        or time out on a loaded box): Ray titles an actor's process with its class, and a worker's
+        parent is its node's raylet."""
+        raylets, nodes = self._raylets(), set()
+        for pid in session_pids(self.sid):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            parent = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+            if b"EmotionPredictor" in title and parent in raylets:
+                nodes.add(raylets[parent])
+        return nodes
+
+    def _raylets(self) -> dict[int, str]:
+        """pid -> node id, for this cluster's raylets (each one's command line names its node)."""
+        out = {}
         for pid in session_pids(self.sid):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"raylet") and f"--node_id={node_id}".encode() in argv:
-                return pid
-        raise LookupError(f"no raylet of node {node_id}")
+            if argv and argv[0].endswith(b"raylet"):
+                for a in argv:
+                    if a.startswith(b"--node_id="):
+                        out[pid] = a.split(b"=", 1)[1].decode()
+        return out
 
     def shutdown(self, keep_logs: Path) -> None:
         if self.sid is not None:

@@ -1,0 +1,180 @@
+"""Where the time before the first batch goes: the job's start-up, phase by phase.
+
+    python bench/startup.py [--clips 8] [--repeats 3] [--size base|tiny] [--set KEY=VALUE ...]
+
+Runs `jobs/extract.py`'s `main` in a child process (own embedded Ray, as a user's first run) with the
+driver's start-up steps timed by wrappers, and reads Ray's own task events before the job shuts its
+Ray down: when the model actor's process was created, when its constructor (model load) ran, and when
+its first batch started. Every time is seconds from the child process's exec, read from /proc.
+The first batch is the first call of the model actor (Ray Data's MapWorker running EmotionPredictor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, base_model_dir, corpus, machine
+
+DRIVER_STEPS = {  # pipeline.run's names -> the phase they are
+    "discover": "list sources",
+    "init_ray": "Ray start (embedded)",
+    "_check_model": "model check (driver, beside Ray start)",
+    "_count": "count manifest",
+    "place_model": "place model",
+    "_open_output": "open output",
+    "build_dataset": "build dataset",
+}
+
+
+def process_start_epoch() -> float:
+    """When this process was exec'd, from /proc (clock ticks since boot)."""
+    stat = Path("/proc/self/stat").read_text()
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def child(config: str, overrides: list[str], report: str) -> int:
+    t_exec = process_start_epoch()
+    marks: dict[str, list[float]] = {}
+    t = time.time()
+    import ray
+
+    import pipeline.run as run_module
+    from pipeline.cli.extract import main
+
+    marks["imports (ray, pipeline)"] = [t - t_exec, time.time() - t_exec]
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.time() - t_exec
+            try:
+                return fn(*a, **k)
+            finally:
+                marks.setdefault(DRIVER_STEPS[name], [t0, time.time() - t_exec])
+
+        return wrapper
+
+    for name in DRIVER_STEPS:
+        setattr(run_module, name, timed(name, getattr(run_module, name)))
+
+    events: list[dict] = []
+    shutdown = ray.shutdown
+
+    def read_events_then_shutdown(*a, **k):
+        from ray.util.state import list_tasks
+
+        try:
+            address = ray.get_runtime_context().gcs_address
+            for task in list_tasks(address=address, detail=True, limit=10_000, raise_on_missing_output=False):
+                events.append(
+                    {
+                        "name": task.name,
+                        "type": task.type,
+                        "created": (task.creation_time_ms or 0) / 1e3 - t_exec,
+                        "start": (task.start_time_ms or 0) / 1e3 - t_exec,
+                        "end": (task.end_time_ms or 0) / 1e3 - t_exec,
+                    }
+                )
+        except Exception as e:  # noqa: BLE001 - report what could not be read
+            events.append({"error": repr(e)})
+        return shutdown(*a, **k)
+
+    ray.shutdown = read_events_then_shutdown
+    argv = ["--config", config]
+    for o in overrides:
+        argv += ["--set", o]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    marks["exit"] = [time.time() - t_exec, time.time() - t_exec]
+    Path(report).write_text(json.dumps({"marks": marks, "tasks": events}))
+    return int(rc or 0)
+
+
+def phases(report: dict) -> dict[str, tuple[float, float]]:
+    """The driver's steps, and from Ray's events: the first task of each kind, the model actor's
+    creation and its first batch."""
+    out = {k: tuple(v) for k, v in report["marks"].items()}
+    tasks = [t for t in report["tasks"] if "name" in t]
+    firsts: dict[str, tuple[float, float]] = {}
+    for t in sorted(tasks, key=lambda t: t["start"] or 1e9):
+        if t["start"] <= 0:
+            continue
+        if t["type"] == "ACTOR_CREATION_TASK":
+            key = f"actor created: {t['name']}"
+        elif "EmotionPredictor" in t["name"]:
+            key = "first model batch"
+        else:
+            key = f"first task: {t['name']}"
+        firsts.setdefault(key, (t["start"], t["end"]))
+    return {**out, **firsts}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--size", choices=["base", "tiny"], default="base")
+    p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-startup")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        config, report, overrides = a.child
+        sys.exit(child(config, json.loads(overrides), report))
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.size == "base":
+        model = base_model_dir(a.work / "model-base")
+    else:
+        from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
+
+        model = a.work / "model-tiny"
+        if not (model / "model.pt").exists():
+            write_checkpoint(random_model(tiny()), model, "hub")
+    manifest, audio_s = corpus(a.work / "corpus", a.clips, max_s=10.0)
+    cfg = a.work / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
+    )
+    print(json.dumps(machine()), flush=True)
+    runs = []
+    for r in range(a.repeats):
+        report = a.work / f"report-{r}.json"
+        t0 = time.time()
+        rc = subprocess.call(
+            [sys.executable, __file__, "--child", str(cfg), str(report), json.dumps(a.overrides)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(a.work / f"job-{r}.log", "w"),
+        )
+        wall = time.time() - t0
+        if rc != 0:
+            sys.exit(f"run {r}: exit {rc}, see {a.work}/job-{r}.log")
+        got = phases(json.loads(report.read_text()))
+        runs.append(got)
+        first = got.get("first model batch", (float("nan"),))[0]
+        print(f"[run {r + 1}] wall {wall:.1f} s, first batch at {first:.1f} s", flush=True)
+    keys = sorted(
+        {k for run in runs for k in run}, key=lambda k: statistics.median(r[k][0] for r in runs if k in r)
+    )
+    print(
+        f"\n{a.clips} clips, {audio_s:.0f} s of audio, {a.size} model; seconds from exec, median of {len(runs)}"
+    )
+    print("| phase | starts | ends | took |\n|---|---|---|---|")
+    for k in keys:
+        s = statistics.median(r[k][0] for r in runs if k in r)
+        e = statistics.median(r[k][1] for r in runs if k in r)
+        print(f"| {k} | {s:.1f} | {e:.1f} | {e - s:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
