@@ -409,7 +409,9 @@ def strict_load(model: Emotion2vec, state: dict[str, torch.Tensor], where: str) 
         problems.append(f"shape mismatches ({len(mismatched)}): {_few(mismatched)}")
     if problems:
         raise CheckpointError(f"{where}: checkpoint does not match the model config; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    # assign: the model is built on the meta device (no memory, no initial weights); contiguous, as
+    # a copy into allocated parameters would have made them
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
 
 
 def _few(items: list[str], n: int = 8) -> str:
@@ -482,10 +484,13 @@ def load_bundle(
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where_cfg}: {e}") from e
 
-    model = Emotion2vec(cfg)
+    # built without drawing random initial weights (half a second for the base size, on the path to
+    # a model actor's first batch): strict_load fills every parameter and buffer from the checkpoint
+    with torch.device("meta"):
+        model = Emotion2vec(cfg)
     strict_load(model, state, str(layout.weights))
-    if tokens:
-        model.label_mask = torch.tensor([t.startswith("unuse") for t in tokens], dtype=torch.bool)
+    # the one buffer a checkpoint does not hold
+    model.label_mask = torch.tensor([t.startswith("unuse") for t in tokens], dtype=torch.bool)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     return ModelBundle(
