@@ -18,7 +18,6 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -26,7 +25,6 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from . import __version__, redact
-from .audio import RESAMPLERS
 from .cluster import (
     ActorLost,
     ActorWatch,
@@ -50,13 +48,11 @@ from .manifest import (
     Plan,
     Source,
     check_unique_across,
-    count_rows,
     discover,
-    read_pieces,
     read_units,
 )
+from .manifest.tasks import count_task, read_task
 from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
-from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
 from .storage import Storage, StorageUnavailable, join
@@ -379,7 +375,7 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
     """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
     import ray
 
-    remote = ray.remote(num_cpus=READ_CPUS)(_count_rows)
+    remote = ray.remote(num_cpus=READ_CPUS)(count_task)
     refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
     details, schema = [], None
     for s, ref in zip(sources, refs, strict=True):
@@ -409,7 +405,8 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
     """Everything that changes the numbers in the output: a resumed run must match it."""
-    from .predictor import resolve_dtype  # torch: imported by now (the model check)
+    from .audio import RESAMPLERS  # these import torch: imported by now (the model check)
+    from .predictor import resolve_dtype
 
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
     return {
@@ -481,28 +478,6 @@ def _execute(
 def _manifest_cause(e: BaseException) -> ManifestError | None:
     found = find(e, ManifestError)
     return getattr(found, "cause", found)  # Ray's wrapper holds the manifest's own error
-
-
-def _read_pieces(batch: pa.Table, **kwargs: Any) -> Iterator[pa.Table]:
-    """The read task (see read_pieces); storage that stayed down is told apart from a bad manifest."""
-    try:
-        yield from read_pieces(batch, **kwargs)
-    except ManifestError as e:
-        raise _storage_down(e) from None
-
-
-def _count_rows(*args: Any) -> Count:
-    try:
-        return count_rows(*args)
-    except ManifestError as e:
-        raise _storage_down(e) from None
-
-
-def _storage_down(e: ManifestError) -> BaseException:
-    """A manifest that could not be read because its store kept failing through every retry is not
-    bad input: StorageUnavailable (the message of `e`) restarts the pipeline or asks for a rerun. Told
-    here, in the task: the chain that says so does not survive Ray's pickling."""
-    return StorageUnavailable(str(e)) if find(e, StorageUnavailable) else e
 
 
 def _one_line(e: BaseException) -> str:
@@ -585,6 +560,8 @@ def build_dataset(
 ):
     import ray
     import ray.data
+
+    from .prepare import Limits, prepare_block  # torch, which the driver imports beside Ray's start
 
     quiet_ray_logs()  # ray.data sets up its loggers on import
     ctx = ray.data.DataContext.get_current()
@@ -697,7 +674,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         return ray.data.from_arrow(blocks or [_empty_block()])
     items = [p.item() for p in pieces]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_pieces,
+        read_task,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},

@@ -226,6 +226,7 @@ def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_serve
     from pipeline import run as job
     from pipeline.config import parse_config
     from pipeline.manifest import Piece, Plan, Source
+    from pipeline.manifest.tasks import read_task
     from pipeline.storage import Storage
 
     from .test_storage import FaultProxy
@@ -243,7 +244,7 @@ def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_serve
             job._count(cfg, storage, [source])
         kwargs = {"plan": Plan(uri, [source], [4]), "cfg": cfg.input, "storage": storage, "skip": None}
         ds = ray.data.from_items([Piece(0, 0, 1, 0, 4).item()]).map_batches(
-            job._read_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={**kwargs, "block_rows": 4}
+            read_task, batch_size=1, batch_format="pyarrow", fn_kwargs={**kwargs, "block_rows": 4}
         )
         with pytest.raises(Exception) as failed:
             ds.take_all()
