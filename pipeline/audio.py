@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
@@ -37,11 +38,6 @@ import av
 import numpy as np
 import soundfile as sf
 import soxr
-
-# imported with the module, never lazily inside a task: two threads of a worker importing torch at
-# once fail with a partially initialised module
-import torch
-import torchaudio
 
 from .model import INPUT
 
@@ -146,8 +142,24 @@ def to_mono_16k(x: np.ndarray, sample_rate: int, resampler: str = DEFAULT_RESAMP
     if resampler == "soxr":
         return _soxr(mono, sample_rate)
     # (Ray starts task workers with OMP_NUM_THREADS=1, so resampling stays on one core.)
+    torch, _ = import_torch()
     with torch.inference_mode():
         return _resampler(sample_rate)(torch.from_numpy(mono)).numpy()
+
+
+_torch_lock = threading.Lock()
+
+
+def import_torch():
+    """(torch, torchaudio), imported on first use: a decode worker needs them only for the torchaudio
+    resampler or the VAD, and one that never does is spared the import (~1.5 s of CPU, ~250 MB).
+    Every lazy import of torch in the decode stage goes through here: two threads of one worker
+    importing it at once fail with a partially initialised module."""
+    with _torch_lock:
+        import torch
+        import torchaudio
+
+    return torch, torchaudio
 
 
 def _soxr(mono: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -183,7 +195,7 @@ def _resampler(sample_rate: int):
     """torchaudio's `Resample` to 16 kHz at the functional defaults: it builds the sinc kernel once per
     source rate, which `torchaudio.functional.resample` rebuilds on every call (half of the cost of a
     short clip); with the kernel in float32, as the functional builds it, the samples are identical."""
-
+    torch, torchaudio = import_torch()
     return torchaudio.transforms.Resample(sample_rate, TARGET_SR, dtype=torch.float32)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .audio import HOP, MIN_SAMPLES, TARGET_SR
+from .audio import HOP, MIN_SAMPLES, TARGET_SR, import_torch
 from .config import VadConfig
 
 WINDOW = 512  # samples per silero score at 16 kHz (silero's fixed window)
@@ -73,8 +73,7 @@ def speech_segments(
 def speech_probabilities(x: np.ndarray) -> np.ndarray:
     """Silero's speech probability of each 512-sample window of `x` ([N] float32, 16 kHz), the last
     window zero-padded: [ceil(N / 512)] float32."""
-    import torch
-
+    torch, _ = import_torch()
     model, _ = _load()
     probs = np.empty(-(-len(x) // WINDOW), dtype=np.float32)
     with _lock, torch.no_grad():
@@ -131,8 +130,7 @@ def _load() -> tuple[Any, Callable[..., list[dict[str, int]]]]:
     global _silero
     with _lock:
         if _silero is None:
-            import torch
-
+            torch, _ = import_torch()
             threads = torch.get_num_threads()
             try:
                 from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
