@@ -15,13 +15,13 @@ The model is near-free (D=32, 1+1 blocks, 32-channel CNN), so what is timed is t
 feed:    the real job (jobs/extract.py in a subprocess, embedded Ray with ray.num_cpus = cores) on N
          and factor x N rows, interleaved `--repeats` times. The marginal rate (T(fN) - T(N) cancels
          start-up) against the decode-only limit of a tight single-thread loop written here (read
-         bytes, soundfile, downmix, torchaudio resample), CPU seconds per audio hour by stage, the
+         bytes, soundfile, downmix, soxr resample: the job's default), CPU seconds per audio hour by stage, the
          marginal CPU per row by process role (from /proc, by the title Ray gives each worker: decode
          tasks, model actor, driver, Ray's own processes), and a projection to a GPU node's cores.
 scale:   one job per size: rows/s, driver peak RSS (VmHWM of the job process), first committed unit.
 rerun:   a job run to the end, then run again: the no-op rerun's exit code, rows processed, time.
-limit:   the decode-only limit per format, torchaudio resample as the job calls it and with each
-         rate's kernel built once.
+limit:   the decode-only limit per format: soxr, torchaudio as FunASR calls it, and torchaudio with
+         each rate's kernel built once.
 profile: the stage functions called directly on blocks (no Ray) under cProfile: time per row per
          stage and the top functions by own time.
 Results: a table on stdout and `<out>/feed-<mode>.json`.
@@ -57,7 +57,7 @@ from common import (
 
 CLIPS = {"mixed": (1.0, 20.0), "short": (0.5, 0.5)}
 TICK = os.sysconf("SC_CLK_TCK")
-LIMIT_VARIANTS = (("torchaudio", False), ("cached", True))
+LIMIT_VARIANTS = ("soxr", "torchaudio", "cached")  # the job's default resampler first
 GPU_NODE_CORES = 16  # a typical one-GPU node; one core is left to the driver, raylet and model actor
 
 
@@ -183,12 +183,14 @@ def _wait(proc: subprocess.Popen, watch: Watch, stop_s: float | None) -> int:
 # -- the decode-only limit -----------------------------------------------------------------------
 
 
-def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, cache_kernel: bool = False) -> dict:
-    """One thread, no pipeline code: read bytes, soundfile decode, downmix, torchaudio resample,
-    over the distinct files in manifest order until `seconds` have passed. `cache_kernel`: build
-    each rate's resampling kernel once (torchaudio rebuilds it on every call; same numbers)."""
+def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, resampler: str = "soxr") -> dict:
+    """One thread, no pipeline code: read bytes, soundfile decode, downmix, resample, over the
+    distinct files in manifest order until `seconds` have passed. `resampler`: soxr at its HQ setting
+    (the job's default), torchaudio as FunASR calls it, or `cached`: torchaudio with each rate's
+    kernel built once (torchaudio rebuilds it on every call; same numbers)."""
     import numpy as np
     import soundfile as sf
+    import soxr
     import torch
     import torchaudio
     import torchaudio.functional.functional as F
@@ -196,22 +198,23 @@ def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, cache_k
     torch.set_num_threads(1)
     kernels: dict[int, tuple] = {}
 
-    def resample(x: torch.Tensor, sr: int) -> torch.Tensor:
-        if not cache_kernel:
-            return torchaudio.functional.resample(x, sr, 16000)
+    def resample(mono: np.ndarray, sr: int) -> np.ndarray:
+        if resampler == "soxr":
+            return soxr.resample(mono, sr, 16000, quality="HQ")
+        x = torch.from_numpy(np.ascontiguousarray(mono))
+        if resampler == "torchaudio":
+            return torchaudio.functional.resample(x, sr, 16000).numpy()
         g = math.gcd(sr, 16000)
         if sr not in kernels:
             kernels[sr] = F._get_sinc_resample_kernel(sr, 16000, g, dtype=x.dtype)
         kernel, width = kernels[sr]
-        return F._apply_sinc_resample_kernel(x, sr, 16000, g, kernel, width)
+        return F._apply_sinc_resample_kernel(x, sr, 16000, g, kernel, width).numpy()
 
     def one(path: Path) -> np.ndarray:
         data = path.read_bytes()
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         mono = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
-        if sr != 16000:
-            return resample(torch.from_numpy(np.ascontiguousarray(mono)), sr).numpy()
-        return mono
+        return resample(mono, sr) if sr != 16000 else mono
 
     for p, _ in files:  # warm: imports, page cache
         one(p)
@@ -232,21 +235,23 @@ def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, cache_k
 
 
 def per_format_limit(a, files) -> dict:
-    """The decode-only limit per format, torchaudio as called by the job and with cached kernels."""
+    """The decode-only limit per format, per resampler (soxr, torchaudio, torchaudio with cached kernels)."""
     out = {}
     for fmt in a.formats.split(","):
         mine = [f for f in files if f[0].stem.endswith(fmt)]
-        out[fmt] = {c: decode_limit(mine, a.limit_s / 2, cache) for c, cache in LIMIT_VARIANTS}
+        out[fmt] = {r: decode_limit(mine, a.limit_s / 3, r) for r in LIMIT_VARIANTS}
     print(
-        "| format | rows/CPU-s (torchaudio resample) | rows/CPU-s (cached kernel) | audio-s/CPU-s | (cached) |"
+        "| format | "
+        + " | ".join(f"rows/CPU-s ({r})" for r in LIMIT_VARIANTS)
+        + " | "
+        + " | ".join(f"audio-s/CPU-s ({r})" for r in LIMIT_VARIANTS)
+        + " |"
     )
-    print("|---|---|---|---|---|")
+    print("|---" * (1 + 2 * len(LIMIT_VARIANTS)) + "|")
     for fmt, r in out.items():
-        t, c = r["torchaudio"], r["cached"]
-        print(
-            f"| {fmt} | {t['rows_per_cpu_s']} | {c['rows_per_cpu_s']} | {t['audio_s_per_cpu_s']} | "
-            f"{c['audio_s_per_cpu_s']} |"
-        )
+        rows = [str(r[v]["rows_per_cpu_s"]) for v in LIMIT_VARIANTS]
+        audio = [str(r[v]["audio_s_per_cpu_s"]) for v in LIMIT_VARIANTS]
+        print(f"| {fmt} | " + " | ".join(rows + audio) + " |")
     return {"per_format": out}
 
 
