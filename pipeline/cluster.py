@@ -37,7 +37,7 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
     if ray.is_initialized():
         return False, False
     quiet_ray_logs()
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(cfg)
     # Ray's own INFO lines (local instance started, data executor plans) are not the job's news
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
@@ -56,6 +56,11 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
         **quiet,
     )
     return True, True
+
+
+def cluster_address(cfg: JobConfig) -> str | None:
+    """The cluster this job joins (`ray.address`, else RAY_ADDRESS), or None for an embedded Ray."""
+    return cfg.ray.address or os.environ.get("RAY_ADDRESS")
 
 
 def _free_port() -> int:

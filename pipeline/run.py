@@ -30,6 +30,7 @@ from .cluster import (
     ActorWatch,
     ClusterError,
     Placement,
+    cluster_address,
     cpu_task_options,
     dead_by_accident,
     init_ray,
@@ -150,10 +151,20 @@ def _check_model(path, ref) -> ModelInfo:
 
 
 def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
-    """Check the model (import torch, load, hash: seconds) while Ray starts (seconds)."""
+    """Check the model (import torch, load, hash: seconds) while an embedded Ray starts (seconds).
+    A job that joins a cluster checks it first. Under `ray job submit --working-dir`, the driver runs
+    in the job's unpacked working directory, and a node's runtime-env agent may unpack it again while
+    the job starts (seen with several nodes on one host, as Ray's fake autoscaler runs them):
+    os.getcwd() then fails for good, and importing torch asks for it."""
     import ray
 
     path, ref = _resolve_model_source(cfg)
+    if cluster_address(cfg):
+        model = _check_model(path, ref)
+        try:
+            return model, *init_ray(cfg)
+        except ClusterError as e:
+            raise JobError(str(e)) from None
     with ThreadPoolExecutor(1, thread_name_prefix="e2v-model-check") as pool:
         checking = pool.submit(_check_model, path, ref)
         try:
