@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from . import __version__, redact
+from .audio import RESAMPLERS
 from .cluster import (
     ActorLost,
     ActorWatch,
@@ -54,6 +55,7 @@ from .manifest import (
 )
 from .manifest.tasks import count_task, read_task
 from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
+from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
 from .storage import Storage, StorageUnavailable, join
@@ -416,8 +418,7 @@ def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
     """Everything that changes the numbers in the output: a resumed run must match it."""
-    from .audio import RESAMPLERS  # these import torch: imported by now (the model check)
-    from .predictor import resolve_dtype
+    from .predictor import resolve_dtype  # torch: imported by now (the model check)
 
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
     return {
@@ -571,8 +572,6 @@ def build_dataset(
 ):
     import ray
     import ray.data
-
-    from .prepare import Limits, prepare_block  # torch, which the driver imports beside Ray's start
 
     quiet_ray_logs()  # ray.data sets up its loggers on import
     ctx = ray.data.DataContext.get_current()
