@@ -35,8 +35,8 @@ BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 HEAD_CPUS, HEAD_HELD, WORKER_CPUS, CPUS_PER_ACTOR = 6, 5.0, 2, 1.05
-COPIES = 15  # x 20 demo clips = 300 rows: enough work for the pool to grow to its second actor
-ROWS_PER_UNIT = 20  # 15 units: most are still uncommitted when the node-loss test kills the worker
+COPIES = 30  # x 20 demo clips = 600 rows: enough work for the pool to grow to its second actor
+ROWS_PER_UNIT = 20  # 30 units: most are still uncommitted when the node-loss test kills the worker (with 15, a faster start let a CI run commit all before the kill)
 pytestmark = pytest.mark.slow
 
 
