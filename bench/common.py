@@ -323,7 +323,7 @@ def process_role(argv: list[str]) -> str:
         for key, role in (
             ("prepare_block", "decode tasks"),
             ("EmotionPredictor", "model actor"),
-            ("read_pieces", "read tasks"),
+            ("read_task", "read tasks"),
             ("write_parts", "write tasks"),
             ("IDLE", "workers between tasks (start-up, imports)"),
         ):
