@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, base_model_dir, corpus, machine
+from common import ROOT, base_model_dir, corpus, machine, session_cpu_ticks
+
+TICK = os.sysconf("SC_CLK_TCK")
 
 DRIVER_STEPS = {  # pipeline.run's names -> the phase they are
     "discover": "list sources",
@@ -120,6 +122,53 @@ def phases(report: dict) -> dict[str, tuple[float, float]]:
     return {**out, **firsts}
 
 
+def process_kind(pid: int) -> str:
+    """What a process of the job is, from the title Ray gives it or the script it runs."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    title = argv[0]
+    if title.startswith("ray::"):
+        return title.split("(")[0].split(".")[0]
+    if title.startswith("ray-dashboard-"):
+        return "dashboard modules"
+    if title.endswith(("python", "python3")):
+        args = [x for x in argv[1:] if x and not x.startswith("-")]  # -u, -B
+        if "-c" in argv:
+            return "python -c (Ray's helpers)"
+        script = Path(args[0]).name if args else title
+        return "driver" if script == Path(__file__).name else script
+    return Path(title.split(" ")[0]).name
+
+
+def session_cpu(proc: subprocess.Popen, t0: float, period_s: float = 0.1) -> list[tuple[float, dict]]:
+    """Until `proc` exits: (seconds since t0, {pid: (CPU seconds so far, kind)}) for every process
+    of its session."""
+    seen: dict[int, int] = {}
+    kinds: dict[int, str] = {}
+    out = []
+    while proc.poll() is None:
+        session_cpu_ticks(proc.pid, seen)
+        for pid in seen.keys() - kinds.keys():
+            kinds[pid] = process_kind(pid)
+        for pid in seen:  # a worker's title follows its task: keep the latest one Ray gave it
+            if kinds[pid] == "ray::IDLE" or kinds[pid] == "default_worker.py":
+                kinds[pid] = process_kind(pid) if Path(f"/proc/{pid}").exists() else kinds[pid]
+        out.append((time.time() - t0, {pid: (t / TICK, kinds[pid]) for pid, t in seen.items()}))
+        time.sleep(period_s)
+    return out
+
+
+def cpu_before(samples: list[tuple[float, dict]], t: float) -> dict[str, float]:
+    """CPU seconds used by time `t` (the last sample at or before it), by process kind."""
+    last = max((x for x in samples if x[0] <= t), key=lambda x: x[0], default=(0.0, {}))[1]
+    by: dict[str, float] = {}
+    for cpu, kind in last.values():
+        by[kind] = by.get(kind, 0.0) + cpu
+    return by
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=8)
@@ -148,22 +197,32 @@ def main() -> None:
         f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
     )
     print(json.dumps(machine()), flush=True)
-    runs = []
+    runs, busy = [], []
     for r in range(a.repeats):
         report = a.work / f"report-{r}.json"
         t0 = time.time()
-        rc = subprocess.call(
-            [sys.executable, __file__, "--child", str(cfg), str(report), json.dumps(a.overrides)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(a.work / f"job-{r}.log", "w"),
-        )
+        with open(a.work / f"job-{r}.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", str(cfg), str(report), json.dumps(a.overrides)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,  # Ray's processes join the child's session: its CPU is theirs too
+            )
+            cpu = session_cpu(proc, t0)
         wall = time.time() - t0
-        if rc != 0:
-            sys.exit(f"run {r}: exit {rc}, see {a.work}/job-{r}.log")
+        if proc.returncode != 0:
+            sys.exit(f"run {r}: exit {proc.returncode}, see {a.work}/job-{r}.log")
         got = phases(json.loads(report.read_text()))
         runs.append(got)
         first = got.get("first model batch", (float("nan"),))[0]
-        print(f"[run {r + 1}] wall {wall:.1f} s, first batch at {first:.1f} s", flush=True)
+        by_kind = cpu_before(cpu, first)
+        used = sum(by_kind.values())
+        busy.append((used, by_kind))
+        print(
+            f"[run {r + 1}] wall {wall:.1f} s, first batch at {first:.1f} s; CPU used by then by the job's "
+            f"processes (driver, Ray, workers): {used:.1f} s = {used / first:.2f} of {os.cpu_count()} cores",
+            flush=True,
+        )
     keys = sorted(
         {k for run in runs for k in run}, key=lambda k: statistics.median(r[k][0] for r in runs if k in r)
     )
@@ -175,6 +234,17 @@ def main() -> None:
         s = statistics.median(r[k][0] for r in runs if k in r)
         e = statistics.median(r[k][1] for r in runs if k in r)
         print(f"| {k} | {s:.1f} | {e:.1f} | {e - s:.1f} |")
+    used = statistics.median(u for u, _ in busy)
+    print(
+        f"\nCPU used by the job's processes before the first batch (median): {used:.1f} s; on "
+        f"{os.cpu_count()} cores that alone takes at least {used / os.cpu_count():.1f} s"
+    )
+    kinds = sorted(
+        {k for _, b in busy for k in b}, key=lambda k: -statistics.median(b.get(k, 0) for _, b in busy)
+    )
+    print("| process (title or script) | CPU s before the first batch (median) |\n|---|---|")
+    for k in kinds:
+        print(f"| {k} | {statistics.median(b.get(k, 0.0) for _, b in busy):.2f} |")
 
 
 if __name__ == "__main__":
