@@ -123,6 +123,30 @@ def test_legacy_fairseq_pickle_with_omegaconf_config_loads_without_fairseq(tmp_p
     assert torch.equal(run(load_bundle(legacy), clip).frames, run(load_bundle(src), clip).frames)
 
 
+def test_pre_zip_torch_save_format_loads_and_agrees(tmp_path, model):
+    """Zip-format files are memory-mapped; a file in torch.save's older (pre-1.6) format cannot be
+    and is read whole, with the same result."""
+    import zipfile
+
+    src = write_checkpoint(model, tmp_path / "zip", "hub")
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in src.iterdir():
+        if f.name != "model.pt":
+            (old / f.name).write_bytes(f.read_bytes())
+    torch.save(
+        torch.load(src / "model.pt", weights_only=True),
+        old / "model.pt",
+        _use_new_zipfile_serialization=False,
+    )
+    assert zipfile.is_zipfile(src / "model.pt") and not zipfile.is_zipfile(old / "model.pt")
+    with pytest.raises(RuntimeError, match="mmap"):
+        torch.load(old / "model.pt", weights_only=True, mmap=True)
+    clip = random_clips([16_000])[0]
+    a, b = run(load_bundle(src), clip), run(load_bundle(old), clip)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.scores, b.scores)
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
