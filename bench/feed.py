@@ -185,11 +185,11 @@ def _wait(proc: subprocess.Popen, watch: Watch, stop_s: float | None) -> int:
 # -- the decode-only limit -----------------------------------------------------------------------
 
 
-def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, resampler: str = "soxr") -> dict:
-    """One thread, no pipeline code: read bytes, soundfile decode, downmix, resample, over the
-    distinct files in manifest order until `seconds` have passed. `resampler`: soxr at its HQ setting
-    (the job's default), torchaudio as FunASR calls it, or `cached`: torchaudio with each rate's
-    kernel built once (torchaudio rebuilds it on every call; same numbers)."""
+def tight_decoder(resampler: str = "soxr"):
+    """-> a function path -> 16 kHz mono float32, no pipeline code: read bytes, soundfile decode,
+    downmix, resample. `resampler`: soxr at its HQ setting (the job's default), torchaudio as FunASR
+    calls it, or `cached`: torchaudio with each rate's kernel built once (torchaudio rebuilds it on
+    every call; same numbers)."""
     import numpy as np
     import soundfile as sf
     import soxr
@@ -197,7 +197,6 @@ def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, resampl
     import torchaudio
     import torchaudio.functional.functional as F
 
-    torch.set_num_threads(1)
     kernels: dict[int, tuple] = {}
 
     def resample(mono: np.ndarray, sr: int) -> np.ndarray:
@@ -218,6 +217,16 @@ def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, resampl
         mono = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
         return resample(mono, sr) if sr != 16000 else mono
 
+    return one
+
+
+def decode_limit(files: list[tuple[Path, float]], seconds: float = 10.0, resampler: str = "soxr") -> dict:
+    """One thread: `tight_decoder(resampler)` over the distinct files in manifest order until
+    `seconds` have passed."""
+    import torch
+
+    torch.set_num_threads(1)
+    one = tight_decoder(resampler)
     for p, _ in files:  # warm: imports, page cache
         one(p)
     rows = samples = 0
@@ -241,9 +250,6 @@ def forward_limit(files: list[tuple[Path, float]], model_dir: Path, seconds: flo
     the timing), in the job's CPU batches (longest first, up to 32 clips and 16 s of padded audio
     per forward), repeated until `seconds` have passed. The model is part of the issue's limit: the
     job can at best decode and run the model back to back on every core."""
-    import numpy as np
-    import soundfile as sf
-    import soxr
     import torch
 
     from pipeline.batching import collate, pack
@@ -251,13 +257,8 @@ def forward_limit(files: list[tuple[Path, float]], model_dir: Path, seconds: flo
 
     torch.set_num_threads(1)
     model = load_model(str(model_dir), device="cpu", dtype=torch.float32).model
-
-    def mono16k(path: Path) -> np.ndarray:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        m = x.mean(axis=1, dtype=np.float32)
-        return soxr.resample(m, sr, 16000, quality="HQ") if sr != 16000 else m
-
-    clips = [mono16k(p) for p, _ in files]
+    decode = tight_decoder("soxr")
+    clips = [decode(p) for p, _ in files]
     batches = [[clips[i] for i in g] for g in pack([len(c) for c in clips], 16 * 16000, 32)]
 
     def forward_all() -> None:

@@ -122,12 +122,15 @@ def phases(report: dict) -> dict[str, tuple[float, float]]:
     return {**out, **firsts}
 
 
-def process_kind(pid: int) -> str:
-    """What a process of the job is, from the title Ray gives it or the script it runs."""
+IDLE_KINDS = ("ray::IDLE", "default_worker.py")  # a worker before its first task
+
+
+def process_kind(pid: int) -> str | None:
+    """What a process of the job is, from the title Ray gives it or the script it runs (None: gone)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return "?"
+        return None
     title = argv[0]
     if title.startswith("ray::"):
         return title.split("(")[0].split(".")[0]
@@ -150,11 +153,9 @@ def session_cpu(proc: subprocess.Popen, t0: float, period_s: float = 0.1) -> lis
     out = []
     while proc.poll() is None:
         session_cpu_ticks(proc.pid, seen)
-        for pid in seen.keys() - kinds.keys():
-            kinds[pid] = process_kind(pid)
-        for pid in seen:  # a worker's title follows its task: keep the latest one Ray gave it
-            if kinds[pid] == "ray::IDLE" or kinds[pid] == "default_worker.py":
-                kinds[pid] = process_kind(pid) if Path(f"/proc/{pid}").exists() else kinds[pid]
+        for pid in seen:  # a worker is named by the first task Ray gives it; "?": gone before it was seen
+            if kinds.get(pid, IDLE_KINDS[0]) in IDLE_KINDS:
+                kinds[pid] = process_kind(pid) or kinds.get(pid, "?")
         out.append((time.time() - t0, {pid: (t / TICK, kinds[pid]) for pid, t in seen.items()}))
         time.sleep(period_s)
     return out

@@ -129,11 +129,7 @@ def test_pre_zip_torch_save_format_loads_and_agrees(tmp_path, model):
     import zipfile
 
     src = write_checkpoint(model, tmp_path / "zip", "hub")
-    old = tmp_path / "old"
-    old.mkdir()
-    for f in src.iterdir():
-        if f.name != "model.pt":
-            (old / f.name).write_bytes(f.read_bytes())
+    old = write_checkpoint(model, tmp_path / "old", "hub")
     torch.save(
         torch.load(src / "model.pt", weights_only=True),
         old / "model.pt",
