@@ -3,10 +3,11 @@
     python bench/startup.py [--clips 8] [--repeats 3] [--size base|tiny] [--set KEY=VALUE ...]
 
 Runs `jobs/extract.py`'s `main` in a child process (own embedded Ray, as a user's first run) with the
-driver's start-up steps timed by wrappers, and reads Ray's own task events before the job shuts its
-Ray down: when the model actor's process was created, when its constructor (model load) ran, and when
-its first batch started. Every time is seconds from the child process's exec, read from /proc.
-The first batch is the first call of the model actor (Ray Data's MapWorker running EmotionPredictor).
+driver's start-up steps timed by wrappers, and reads Ray's own task events (`ray.timeline()`, from the
+GCS) before the job shuts its Ray down: when each actor's constructor (the model actor's: the model
+load) ran, and when the model actor's first batch started. Every time is seconds from the child
+process's exec, read from /proc. The first batch is the first `submit` call of the model actor (Ray
+Data's MapWorker running EmotionPredictor).
 """
 
 from __future__ import annotations
@@ -72,20 +73,13 @@ def child(config: str, overrides: list[str], report: str) -> int:
     shutdown = ray.shutdown
 
     def read_events_then_shutdown(*a, **k):
-        from ray.util.state import list_tasks
-
-        try:
-            address = ray.get_runtime_context().gcs_address
-            for task in list_tasks(address=address, detail=True, limit=10_000, raise_on_missing_output=False):
-                events.append(
-                    {
-                        "name": task.name,
-                        "type": task.type,
-                        "created": (task.creation_time_ms or 0) / 1e3 - t_exec,
-                        "start": (task.start_time_ms or 0) / 1e3 - t_exec,
-                        "end": (task.end_time_ms or 0) / 1e3 - t_exec,
-                    }
-                )
+        try:  # the GCS's task profile events (no dashboard needed): "task::<name>" spans, microseconds
+            for e in ray.timeline():
+                if str(e.get("cat", "")).startswith("task::"):
+                    start = e["ts"] / 1e6 - t_exec
+                    events.append(
+                        {"name": e["cat"][len("task::") :], "start": start, "end": start + e["dur"] / 1e6}
+                    )
         except Exception as e:  # noqa: BLE001 - report what could not be read
             events.append({"error": repr(e)})
         return shutdown(*a, **k)
@@ -104,17 +98,20 @@ def child(config: str, overrides: list[str], report: str) -> int:
 
 
 def phases(report: dict) -> dict[str, tuple[float, float]]:
-    """The driver's steps, and from Ray's events: the first task of each kind, the model actor's
-    creation and its first batch."""
+    """The driver's steps, and from Ray's events: the first task of each kind, each actor's
+    constructor, and the model actor's first batch (not its other calls: Ray Data asks a new actor
+    where it is before it hands it a batch)."""
     out = {k: tuple(v) for k, v in report["marks"].items()}
     tasks = [t for t in report["tasks"] if "name" in t]
     firsts: dict[str, tuple[float, float]] = {}
     for t in sorted(tasks, key=lambda t: t["start"] or 1e9):
         if t["start"] <= 0:
             continue
-        if t["type"] == "ACTOR_CREATION_TASK":
-            key = f"actor created: {t['name']}"
+        if t["name"].endswith(".__init__"):
+            key = f"actor constructor: {t['name'].removesuffix('.__init__')}"
         elif "EmotionPredictor" in t["name"]:
+            if not t["name"].endswith(".submit"):
+                continue
             key = "first model batch"
         else:
             key = f"first task: {t['name']}"

@@ -44,14 +44,14 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
         check_reachable(address)
         ray.init(address=address, **quiet)
         return True, False
-    # "local": always a fresh embedded Ray, never some other cluster found on this machine. Its
-    # dashboard serves Ray's state API, which the job watches its model actors through (ActorWatch).
+    # "local": always a fresh embedded Ray, never some other cluster found on this machine. Without
+    # Ray's dashboard: the job prints its own progress and reads what it watches (ActorWatch,
+    # lost_nodes) from the GCS, and the dashboard's processes cost ~1.5 s of the start and ~2.5
+    # CPU-seconds before the first batch on a 2-core box (bench/RESULTS.md).
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=_free_port(),
+        include_dashboard=False,
         _system_config={"idle_worker_killing_time_threshold_ms": WORKER_IDLE_MS},
         **quiet,
     )
@@ -61,13 +61,6 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
 def cluster_address(cfg: JobConfig) -> str | None:
     """The cluster this job joins (`ray.address`, else RAY_ADDRESS), or None for an embedded Ray."""
     return cfg.ray.address or os.environ.get("RAY_ADDRESS")
-
-
-def _free_port() -> int:
-    """A port for the embedded Ray's dashboard: the default one may be another Ray's on this machine."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quiet_ray_logs() -> None:
@@ -264,37 +257,37 @@ LET_GO = ("RAY_KILL", "OUT_OF_SCOPE", "REF_DELETED")
 UNWATCHED_AFTER = 5  # failed polls in a row before the watch says it cannot see the actors
 
 
-def dead_by_accident(class_fragment: str, gcs: str | None = None, job: str | None = None) -> dict[str, str]:
-    """Actor id -> why it died, for the actors of `class_fragment` of this job (or `job`) that died by
-    accident, not let go by their pool; from Ray's state API (`ray.util.state`)."""
+def dead_by_accident(class_fragment: str, job: str | None = None) -> dict[str, str]:
+    """Actor id -> why it died, for the actors of `class_fragment` of this job (or `job`, hex) that
+    died by accident, not let go by their pool; from the GCS's actor table. (Ray's state API,
+    `ray.util.state`, serves the same table through the dashboard, which the job's embedded Ray
+    does not start and a joined cluster may lack.)"""
     import ray
-    from ray.util.state import list_actors
+    from ray._private import state
 
-    gcs = gcs or ray.get_runtime_context().gcs_address
     job = job or ray.get_runtime_context().get_job_id()
     out = {}
-    for a in list_actors(
-        address=gcs,
-        filters=[("state", "=", "DEAD"), ("job_id", "=", job)],
-        detail=True,
-        limit=10_000,
-        raise_on_missing_output=False,
-    ):
-        if class_fragment not in (a.class_name or ""):
+    for actor_id, a in state.actors(job_id=ray.JobID.from_hex(job), actor_state_name="DEAD").items():
+        if class_fragment not in a["ActorClassName"]:
             continue
-        ctx = (a.death_cause or {}).get("actor_died_error_context") or {}
-        reason = ctx.get("reason", "UNKNOWN")
+        cause = a["DeathCause"]
+        kind = cause.WhichOneof("context")
+        if kind == "actor_died_error_context":
+            ctx = cause.actor_died_error_context
+            reason = ctx.Reason.Name(ctx.reason)
+        else:  # its constructor raised, its runtime env failed, ...
+            reason = (kind or "unknown").upper()
         if reason in LET_GO:
             continue  # the pool let it go (scaling down, the end of an execution)
-        out[a.actor_id] = f"pid {a.pid}: {reason}"
+        out[actor_id] = f"pid {a['Pid']}: {reason}"
     return out
 
 
 class ActorWatch:
     """Ray Data expects its pool actors to restart; the job runs them without restarts (see
     run._model_stage), and an actor that dies while it holds no task then stays in the pool as
-    running, never replaced and never reported: the run would wait forever. This watch polls Ray's
-    state API (`ray.util.state`) for actors of `class_fragment` of this job that died by accident
+    running, never replaced and never reported: the run would wait forever. This watch polls the
+    GCS's actor table for actors of `class_fragment` of this job that died by accident
     (not let go by the pool: `ray.kill`, its handle dropped) since it started, and stops the dataset's
     executor so that run() restarts the pipeline. It also notes the nodes that were alive while it
     watched and died without being drained (a preempted GPU node), for `_run.json`."""
@@ -305,10 +298,9 @@ class ActorWatch:
         import ray
 
         self.fragment, self.interval_s, self.say = class_fragment, interval_s, say
-        self.gcs = ray.get_runtime_context().gcs_address
         self.job = ray.get_runtime_context().get_job_id()
         self.lost: str | None = None
-        self.unwatched: str | None = None  # why the state API could not be asked (said once)
+        self.unwatched: str | None = None  # why the GCS could not be asked (said once)
         self._failures = 0
         self.nodes_seen: set[str] = set()
         self._seen = self._poll()
@@ -326,7 +318,7 @@ class ActorWatch:
 
     def dead_actors(self) -> dict[str, str]:
         """Actor id -> why it died, for this job's actors of the watched class that died by accident."""
-        return dead_by_accident(self.fragment, self.gcs, self.job)
+        return dead_by_accident(self.fragment, self.job)
 
     def _poll(self) -> dict[str, str] | None:
         self._note_nodes()
@@ -336,13 +328,13 @@ class ActorWatch:
             return dead
         except Exception as e:  # noqa: BLE001 - the watch is a safety net: never the reason a run fails
             self._failures += 1
-            # a dashboard that is still starting misses a poll or two: say so only when it stays away
+            # a GCS that is busy or failing over misses a poll or two: say so only when it stays away
             if self.unwatched is None and self._failures >= UNWATCHED_AFTER:
                 self.unwatched = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if self.say:
                     self.say(
-                        f"Ray's state API does not answer ({self.unwatched[:200]}): a model actor that dies "
-                        f"while idle is not noticed (start the cluster with its dashboard)"
+                        f"Ray's GCS does not tell its actors ({self.unwatched[:200]}): a model actor that "
+                        f"dies while idle is not noticed"
                     )
             return None
 
@@ -380,7 +372,7 @@ NODE_DEATH_WAIT_S = 60.0
 
 def lost_nodes(seen: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> list[str]:
     """Of the nodes seen alive, those that died by accident (raylet killed, node preempted or lost),
-    as Ray's state API tells: not those the autoscaler took back or that were drained.
+    as the GCS's node table tells: not those stopped or that the autoscaler drained as idle.
     A run can end before the GCS has noticed a node it lost; so while a seen node that Ray still
     lists as alive does not answer at its raylet's port, wait (up to `wait_s`) for the GCS's verdict."""
     import ray
@@ -408,23 +400,27 @@ def _answers(node: dict) -> bool:
         return False
 
 
+# how a node the job did not lose ends: stopped (SIGTERM, `ray stop`), or drained by the autoscaler
+# as idle. An unexpected end, a preemption or an unreadable reason counts as lost.
+NODE_ENDS_NOT_LOST = ("EXPECTED_TERMINATION", "AUTOSCALER_DRAIN_IDLE")
+
+
 def _dead_by_accident(seen: set[str]) -> list[str]:
     import ray
-    from ray.util.state import list_nodes
+    from ray.core.generated.common_pb2 import NodeDeathInfo
 
     try:
-        dead = list_nodes(
-            address=ray.get_runtime_context().gcs_address,
-            filters=[("state", "=", "DEAD")],
-            detail=True,
-            limit=10_000,
-            raise_on_missing_output=False,
-        )
+        nodes = ray.nodes()
     except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
         return []
     out = []
-    for n in dead:
-        why = (n.state_message or "").lower()
-        if n.node_id in seen and ("unexpected" in why or "expected termination" not in why):
-            out.append(n.node_id)
+    for n in nodes:
+        if n["NodeID"] not in seen or n.get("Alive"):
+            continue
+        try:
+            reason = NodeDeathInfo.Reason.Name(n.get("DeathReason", 0))
+        except ValueError:
+            reason = "UNKNOWN"
+        if reason not in NODE_ENDS_NOT_LOST or "unexpected" in (n.get("DeathReasonMessage") or "").lower():
+            out.append(n["NodeID"])
     return sorted(out)

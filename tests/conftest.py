@@ -71,9 +71,8 @@ for _k, _v in {
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One small local Ray for the whole test session (2 CPUs). With its dashboard, as the job's
-    embedded Ray: the state API (`ray.util.state`) the actor watch and the poison guard ask is
-    served by it."""
+    """One small local Ray for the whole test session (2 CPUs), without a dashboard as the job's
+    embedded Ray: the actor watch and the poison guard read the GCS's tables."""
     import ray
 
     from pipeline.cluster import WORKER_IDLE_MS
@@ -81,9 +80,7 @@ def ray_session():
     # as the job's embedded Ray: idle workers live a minute instead of being re-spawned
     ray.init(
         num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
+        include_dashboard=False,
         log_to_driver=False,
         _system_config={"idle_worker_killing_time_threshold_ms": WORKER_IDLE_MS},
     )
