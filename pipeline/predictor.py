@@ -157,6 +157,7 @@ class EmotionPredictor:
         device: str = "auto",
         dtype: str = "auto",
         weights_sha256: str | None = None,
+        weights_file_id: str | None = None,
         frames: bool = False,
         max_chunk_s: float = 30.0,
         batch_seconds: float | None = None,
@@ -193,6 +194,8 @@ class EmotionPredictor:
             dtype=self.dtype,
             cache_dir=cache_dir,
             offline=offline,
+            # the driver's hash stands for the same file on the same machine (the embedded Ray's case)
+            known_sha256={weights_file_id: weights_sha256} if weights_file_id and weights_sha256 else None,
         )
         if weights_sha256 and self.bundle.weights_sha256 != weights_sha256:
             raise RuntimeError(

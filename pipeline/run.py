@@ -93,6 +93,7 @@ class ModelInfo:
     embed_dim: int
     labels: list[str]
     weights_sha256: str
+    weights_file_id: str  # checkpoint.file_id of the weights the driver hashed
 
 
 @dataclass
@@ -149,6 +150,7 @@ def _check_model(path, ref) -> ModelInfo:
         bundle.embed_dim,
         bundle.labels,
         bundle.weights_sha256,
+        bundle.weights_file_id,
     )
 
 
@@ -319,7 +321,7 @@ class _Job:
             self.storage,
             self.schema,
             self.placement,
-            self.model.weights_sha256,
+            {"weights_sha256": self.model.weights_sha256, "weights_file_id": self.model.weights_file_id},
             poison_scope=self.poison_scope,
             suspects=suspects,
         )
@@ -565,7 +567,7 @@ def build_dataset(
     storage: Storage,
     schema: pa.Schema,
     placement: Placement,
-    weights_sha: str,
+    weights: dict[str, str],
     *,
     poison_scope: str = NAMESPACE,
     suspects: list[str] | None = None,
@@ -604,7 +606,7 @@ def build_dataset(
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
             **cpu_task_options(cfg),
         )
-        ds = _model_stage(ds, cfg, placement, weights_sha, poison_scope, suspects or [])
+        ds = _model_stage(ds, cfg, placement, weights, poison_scope, suspects or [])
     return ds.map_batches(
         write_parts,
         batch_size=None,
@@ -627,7 +629,7 @@ def build_dataset(
 
 
 def _model_stage(
-    ds, cfg: JobConfig, placement: Placement, weights_sha: str, poison_scope: str, suspects: list[str]
+    ds, cfg: JobConfig, placement: Placement, weights: dict[str, str], poison_scope: str, suspects: list[str]
 ):
     import ray.data
 
@@ -645,7 +647,7 @@ def _model_stage(
             "offline": m.offline,
             "device": placement.device,
             "dtype": m.dtype,
-            "weights_sha256": weights_sha,
+            **weights,
             "frames": cfg.output.frames,
             "max_chunk_s": cfg.audio.max_chunk_s,
             "batch_seconds": m.batch_seconds,

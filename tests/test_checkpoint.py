@@ -143,6 +143,25 @@ def test_pre_zip_torch_save_format_loads_and_agrees(tmp_path, model):
     assert torch.equal(a.frames, b.frames) and torch.equal(a.scores, b.scores)
 
 
+def test_weights_are_hashed_unless_the_same_file_was_hashed_already(tmp_path, model):
+    """A model actor beside the driver takes the driver's hash for the same file (same file id)
+    instead of reading the weights again; a changed file is hashed again."""
+    import hashlib
+
+    path = write_checkpoint(model, tmp_path, "hub")
+    weights = path / "model.pt"
+    real = hashlib.sha256(weights.read_bytes()).hexdigest()
+    first = load_bundle(path)
+    assert first.weights_sha256 == real
+    # a hash that is not the file's: taken as given only because the file id says it was this file's
+    given = load_bundle(path, known_sha256={first.weights_file_id: "f" * 64})
+    assert given.weights_sha256 == "f" * 64
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # the file changed since
+    again = load_bundle(path, known_sha256={first.weights_file_id: "f" * 64})
+    assert again.weights_file_id != first.weights_file_id and again.weights_sha256 == real
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

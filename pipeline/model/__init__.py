@@ -44,15 +44,22 @@ def load_model(
     dtype=None,
     cache_dir: str | None = None,
     offline: bool | None = None,
+    known_sha256: dict[str, str] | None = None,
 ) -> "ModelBundle":
-    """Resolve `source` (local path, hf:/ms: reference or short name) and load it."""
+    """Resolve `source` (local path, hf:/ms: reference or short name) and load it (`known_sha256`:
+    see load_bundle)."""
     import torch
 
     from .checkpoint import load_bundle
 
     path, ref = resolve(source, revision=revision, cache_dir=cache_dir, offline=offline)
     return load_bundle(
-        path, device=device, dtype=dtype or torch.float32, source=str(ref), revision=ref.revision
+        path,
+        device=device,
+        dtype=dtype or torch.float32,
+        source=str(ref),
+        revision=ref.revision,
+        known_sha256=known_sha256,
     )
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
+import socket
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +71,7 @@ class ModelBundle:
     tokens: list[str]  # raw tokens.txt entries in head order ([] for head-less models)
     weights_sha256: str
     weights_path: str
+    weights_file_id: str = ""  # file_id(weights_path) when it was hashed
     source: str = ""
     revision: str | None = None
 
@@ -124,6 +127,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_id(path: str | Path) -> str:
+    """Which file this is on this machine, as of its last change: boot id, device, inode, size and
+    modification time. Equal ids mean the same bytes, so a hash taken by another process on this
+    machine (the driver's, for a model actor beside it) need not be taken again."""
+    st = os.stat(path)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = socket.gethostname()
+    return f"{boot}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def read_tokens(path: Path) -> list[str]:
@@ -437,9 +452,11 @@ def load_bundle(
     dtype: torch.dtype = torch.float32,
     source: str | None = None,
     revision: str | None = None,
-    weights_sha256: str | None = None,
+    known_sha256: Mapping[str, str] | None = None,
 ) -> ModelBundle:
-    """Load any supported checkpoint layout from a local path into an eval-mode model."""
+    """Load any supported checkpoint layout from a local path into an eval-mode model.
+    `known_sha256`: file_id -> sha256 of weights files already hashed; the weights are hashed only
+    when their file_id is not there (hashing reads the whole file: ~0.3 s per 400 MB)."""
     path = Path(path)
     layout = _find_layout(path)
     obj = read_checkpoint(layout.weights)
@@ -502,12 +519,14 @@ def load_bundle(
     model.label_mask = torch.tensor([t.startswith("unuse") for t in tokens], dtype=torch.bool)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
+    weights_id = file_id(layout.weights)
     return ModelBundle(
         model=model,
         config=cfg,
         tokens=tokens,
-        weights_sha256=weights_sha256 or sha256_file(layout.weights),
+        weights_sha256=(known_sha256 or {}).get(weights_id) or sha256_file(layout.weights),
         weights_path=str(layout.weights),
+        weights_file_id=weights_id,
         source=source or str(path),
         revision=revision,
     )
