@@ -46,8 +46,8 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
         return True, False
     # "local": always a fresh embedded Ray, never some other cluster found on this machine. Without
     # Ray's dashboard: the job prints its own progress and reads what it watches (ActorWatch,
-    # lost_nodes) from the GCS, and the dashboard's processes cost ~1.5 s of the start and ~2.5
-    # CPU-seconds before the first batch on a 2-core box (bench/RESULTS.md).
+    # lost_nodes) from the GCS, and the dashboard's modules make ray.init ~1 s slower on a 2-core
+    # box (bench/RESULTS.md).
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
