@@ -33,7 +33,7 @@ DRIVER_STEPS = {  # pipeline.run's names -> the phase they are
     "place_model": "place model",
     "_open_output": "open output",
     "build_dataset": "build dataset",
-    "ActorWatch": "actor watch (first state API poll)",
+    "ActorWatch": "actor watch (first GCS poll)",
 }
 
 

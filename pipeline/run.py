@@ -321,7 +321,7 @@ class _Job:
             self.storage,
             self.schema,
             self.placement,
-            {"weights_sha256": self.model.weights_sha256, "weights_file_id": self.model.weights_file_id},
+            self.model,
             poison_scope=self.poison_scope,
             suspects=suspects,
         )
@@ -567,7 +567,7 @@ def build_dataset(
     storage: Storage,
     schema: pa.Schema,
     placement: Placement,
-    weights: dict[str, str],
+    model: ModelInfo,
     *,
     poison_scope: str = NAMESPACE,
     suspects: list[str] | None = None,
@@ -606,7 +606,7 @@ def build_dataset(
             max_retries=TASK_RETRIES,  # a poison row costs one retry (see poison.py)
             **cpu_task_options(cfg),
         )
-        ds = _model_stage(ds, cfg, placement, weights, poison_scope, suspects or [])
+        ds = _model_stage(ds, cfg, placement, model, poison_scope, suspects or [])
     return ds.map_batches(
         write_parts,
         batch_size=None,
@@ -629,7 +629,7 @@ def build_dataset(
 
 
 def _model_stage(
-    ds, cfg: JobConfig, placement: Placement, weights: dict[str, str], poison_scope: str, suspects: list[str]
+    ds, cfg: JobConfig, placement: Placement, model: ModelInfo, poison_scope: str, suspects: list[str]
 ):
     import ray.data
 
@@ -647,7 +647,8 @@ def _model_stage(
             "offline": m.offline,
             "device": placement.device,
             "dtype": m.dtype,
-            **weights,
+            "weights_sha256": model.weights_sha256,
+            "weights_file_id": model.weights_file_id,
             "frames": cfg.output.frames,
             "max_chunk_s": cfg.audio.max_chunk_s,
             "batch_seconds": m.batch_seconds,
