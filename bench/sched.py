@@ -12,8 +12,8 @@ Beside it, the model actor's threads as the kernel's scheduler counts them (/pro
 time on a CPU, time runnable but waiting for a core, and the rest of its life blocked (waiting for its
 next call, for the GIL, for the object store).
 
-It reads Ray Data internals (Ray 2.60: `streaming_executor_state.get_eligible_operators`, the
-policies' `can_add_input`, the op resource allocator's budgets): a diagnostic, not a contract.
+It reads Ray Data internals (Ray 2.60: `streaming_executor_state.get_eligible_operators`, the policy
+each operator records as holding it, the op resource allocator's budgets): a diagnostic, not a contract.
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ def child(config: str, overrides: list[str], report: str) -> int:
     select = state_module.get_eligible_operators
 
     def traced(topology, policies, **kwargs):
+        eligible = select(topology, policies, **kwargs)  # sets each op's backpressure verdict
         now = time.monotonic()
+        budget = next((p for p in policies if p.name == "ResourceBudget"), None)
+        allocator = getattr(getattr(budget, "_resource_manager", None), "_op_resource_allocator", None)
         for op, op_state in topology.items():
-            steps.append((now, op.name, describe(op, op_state, policies)))
-        return select(topology, policies, **kwargs)
+            steps.append((now, op.name, describe(op, op_state, allocator)))
+        return eligible
 
     state_module.get_eligible_operators = traced
     argv = ["--config", config]
@@ -58,13 +61,13 @@ def child(config: str, overrides: list[str], report: str) -> int:
         Path(report).write_text(json.dumps(shares(steps)))
 
 
-def describe(op, op_state, policies) -> str:
-    held = next((p for p in policies if not p.can_add_input(op)), None)
+def describe(op, op_state, allocator) -> str:
+    """The op's state in this step. The policy that held it is the one Ray Data's own selection just
+    recorded: asking the policies again would run them twice (one keeps running averages)."""
     text = f"running {op.num_active_tasks()}, input {'waits' if op_state.has_pending_bundles() else 'none'}"
-    if held is None:
+    why = getattr(op, "_task_submission_backpressure_policy", None)
+    if why is None:
         return text
-    why = held.name
-    allocator = getattr(getattr(held, "_resource_manager", None), "_op_resource_allocator", None)
     if why == "ResourceBudget" and allocator is not None:
         budget, need = allocator.get_budget(op), op.incremental_resource_usage()
         if budget is not None and need.cpu > budget.cpu:
