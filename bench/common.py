@@ -205,6 +205,8 @@ def run_job(config: Path, overrides: list[str], log: Path) -> tuple[int, float, 
 
 # name -> (suffix, sample rate, channels): the formats a mixed corpus draws from
 FORMATS = {"wav": (".wav", 16000, 1), "flac": (".flac", 44100, 2), "mp3": (".mp3", 48000, 1)}
+# corpus name -> (shortest, longest) clip in seconds
+CLIPS = {"mixed": (1.0, 20.0), "short": (0.5, 0.5)}
 
 
 def speech_pieces(cache: Path) -> list:
@@ -287,6 +289,28 @@ def feed_model_dir(out: Path) -> Path:
         cfg = dataclasses.replace(tiny(embed_dim=32, num_heads=4), depth=1, prenet_depth=1)
         write_checkpoint(random_model(cfg, seed=0), out, "hub")
     return out
+
+
+def feed_job_config(
+    path: Path,
+    manifest: Path,
+    model: Path,
+    out: Path,
+    *,
+    cores: int,
+    mode: str = "overwrite",
+    rows_per_unit: int = 1000,
+    torch_threads: int = 1,
+) -> Path:
+    """Write the job config the feed benchmarks run: `manifest` through `model` on the CPU into `out`,
+    on an embedded Ray of `cores` CPUs."""
+    path.write_text(
+        f"input:\n  manifest: {manifest}\n  rows_per_unit: {rows_per_unit}\n"
+        f"model:\n  source: {model}\n  device: cpu\n  torch_threads: {torch_threads}\n"
+        f"output:\n  path: {out}\n  mode: {mode}\n"
+        f"ray:\n  num_cpus: {cores}\n"
+    )
+    return path
 
 
 def session_cpu_ticks(sid: int, seen: dict[int, int]) -> None:

@@ -32,9 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, clip_files, machine, many_rows_manifest
-
-CLIPS = {"mixed": (1.0, 20.0), "short": (0.5, 0.5)}
+from common import CLIPS, ROOT, clip_files, machine, many_rows_manifest
 
 
 def tight_loop(paths: list[Path]) -> float:

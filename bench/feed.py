@@ -46,8 +46,10 @@ import time
 from pathlib import Path
 
 from common import (
+    CLIPS,
     ROOT,
     clip_files,
+    feed_job_config,
     feed_model_dir,
     kill_session,
     machine,
@@ -57,7 +59,6 @@ from common import (
     session_cpu_ticks,
 )
 
-CLIPS = {"mixed": (1.0, 20.0), "short": (0.5, 0.5)}
 TICK = os.sysconf("SC_CLK_TCK")
 LIMIT_VARIANTS = ("soxr", "torchaudio", "cached")  # the job's default resampler first
 GPU_NODE_CORES = 16  # a typical one-GPU node; one core is left to the driver, raylet and model actor
@@ -124,12 +125,15 @@ def job(
     """Run jobs/extract.py on the manifest; -> wall, rows, audio, stage seconds, memory, CPU.
     `stop_s`: end the job (its whole session) that long after its first unit is committed, and
     report only memory and the time to that unit."""
-    cfg = a.out / f"{log_name}.yaml"
-    cfg.write_text(
-        f"input:\n  manifest: {manifest_path}\n  rows_per_unit: {a.rows_per_unit}\n"
-        f"model:\n  source: {a.model}\n  device: cpu\n  torch_threads: {a.torch_threads}\n"
-        f"output:\n  path: {out}\n  mode: {mode}\n"
-        f"ray:\n  num_cpus: {a.cores}\n"
+    cfg = feed_job_config(
+        a.out / f"{log_name}.yaml",
+        manifest_path,
+        a.model,
+        out,
+        cores=a.cores,
+        mode=mode,
+        rows_per_unit=a.rows_per_unit,
+        torch_threads=a.torch_threads,
     )
     cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)]
     for o in a.overrides:

@@ -29,9 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, clip_files, feed_model_dir, machine, many_rows_manifest
-
-CLIPS = {"mixed": (1.0, 20.0), "short": (0.5, 0.5)}
+from common import CLIPS, ROOT, clip_files, feed_job_config, feed_model_dir, machine, many_rows_manifest
 
 
 def child(config: str, overrides: list[str], report: str) -> int:
@@ -164,12 +162,8 @@ def main() -> None:
     files = clip_files(a.cache, a.distinct, *CLIPS[a.clips])
     manifest = a.out / f"manifest-{a.clips}-{a.rows}.jsonl"
     many_rows_manifest(manifest, files, a.rows)
-    config = a.out / "job.yaml"
-    config.write_text(
-        f"input:\n  manifest: {manifest}\n  rows_per_unit: 1000\n"
-        f"model:\n  source: {feed_model_dir(a.cache / 'model')}\n  device: cpu\n  torch_threads: 1\n"
-        f"output:\n  path: {a.out / 'job'}\n  mode: overwrite\nray:\n  num_cpus: {a.cores}\n"
-    )
+    model = feed_model_dir(a.cache / "model")
+    config = feed_job_config(a.out / "job.yaml", manifest, model, a.out / "job", cores=a.cores)
     report = a.out / "sched.json"
     cmd = [sys.executable, __file__, "--child", str(config), str(report)]
     for o in a.overrides:
