@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -382,3 +383,54 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def head_node(cores: int, work: Path):
+    """A `ray start --head` cluster of `cores` CPUs, with its job server, in a session of its own with
+    its own auth token and temp dir; yields (its session id, the environment a client needs:
+    RAY_ADDRESS and the token, the job server's URL). Killed by its session afterwards, never with
+    `ray stop` (other Ray instances may share the machine)."""
+    import shutil
+    import uuid
+
+    gcs, jobs = _free_port(), _free_port()
+    token = (work / "ray_auth_token").resolve()  # absolute: a submitted job runs in its working dir
+    token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    bindir = str(Path(sys.executable).parent)  # a submitted job's `python` is this one
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = os.path.join(bindir, "ray")
+    temp = f"/tmp/ray_e2v_bench_{uuid.uuid4().hex[:8]}"
+    cmd = [ray_bin, "start", "--head", "--num-cpus", str(cores), "--num-gpus", "0", "--port", str(gcs)]
+    cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(jobs)]
+    cmd += ["--node-ip-address", "127.0.0.1", "--temp-dir", temp, "--disable-usage-stats"]
+    leader = subprocess.Popen(
+        ["setsid", "--wait", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    sid = leader.pid  # setsid --wait: the leader's pid is the new session id
+    try:
+        out, _ = leader.communicate(timeout=120)
+        if leader.returncode != 0:
+            raise RuntimeError(f"ray start failed: {out.decode(errors='replace')[-2000:]}")
+        url = f"http://127.0.0.1:{jobs}"
+        deadline = time.time() + 60
+        while subprocess.run(
+            [ray_bin, "job", "list", "--address", url], env=env, capture_output=True
+        ).returncode:
+            if time.time() > deadline:  # the job server answers a few seconds after `ray start` returns
+                raise RuntimeError(f"Ray's job server at {url} did not answer within 60 s")
+            time.sleep(1)
+        yield sid, {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, url
+    finally:
+        kill_session(sid)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

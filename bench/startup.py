@@ -1,9 +1,17 @@
 """Where the time before the first batch goes: the job's start-up, phase by phase.
 
-    python bench/startup.py [--clips 8] [--repeats 3] [--size base|tiny] [--set KEY=VALUE ...]
+    python bench/startup.py [--clips 8] [--repeats 3] [--size base|tiny] [--ray embedded|cluster|submit]
+                            [--cores N] [--set KEY=VALUE ...]
 
-Runs `jobs/extract.py`'s `main` in a child process (own embedded Ray, as a user's first run) with the
-driver's start-up steps timed by wrappers, and reads Ray's own task events (`ray.timeline()`, from the
+Runs `jobs/extract.py`'s `main` in a child process with the driver's start-up steps timed by wrappers.
+Where its Ray comes from (`--ray`):
+- `embedded` (default): the job starts its own local Ray, as a user's first run or `make demo`;
+- `cluster`: the child joins a `ray start --head` cluster of `--cores` CPUs that this script starts
+  once before the runs (the first run is then the first job on a fresh cluster) and kills after them;
+- `submit`: the same cluster, and each run goes through `ray job submit --working-dir` as the README's
+  recipe does; times then count from the submit command's start.
+
+It and reads Ray's own task events (`ray.timeline()`, from the
 GCS) before the job shuts its Ray down: when each actor's constructor (the model actor's: the model
 load) ran, and when the model actor's first batch started. Every time is seconds from the child
 process's exec, read from /proc. The first batch is the first `submit` call of the model actor (Ray
@@ -13,6 +21,7 @@ Data's MapWorker running EmotionPredictor).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -21,14 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, base_model_dir, corpus, machine, session_cpu_ticks
+from common import ROOT, base_model_dir, corpus, head_node, machine, session_cpu_ticks
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 DRIVER_STEPS = {  # pipeline.run's names -> the phase they are
     "discover": "list sources",
-    "init_ray": "Ray start (embedded)",
-    "_check_model": "model check (driver, beside Ray start)",
+    "init_ray": "Ray start (embedded) or connect",
+    "_check_model": "model check (driver; beside an embedded Ray's start, before a connect)",
     "_count": "count manifest",
     "place_model": "place model",
     "_open_output": "open output",
@@ -93,7 +102,7 @@ def child(config: str, overrides: list[str], report: str) -> int:
     except SystemExit as e:
         rc = e.code
     marks["exit"] = [time.time() - t_exec, time.time() - t_exec]
-    Path(report).write_text(json.dumps({"marks": marks, "tasks": events}))
+    Path(report).write_text(json.dumps({"exec": t_exec, "marks": marks, "tasks": events}))
     return int(rc or 0)
 
 
@@ -142,18 +151,29 @@ def process_kind(pid: int) -> str | None:
     return Path(title.split(" ")[0]).name
 
 
-def session_cpu(proc: subprocess.Popen, t0: float, period_s: float = 0.1) -> list[tuple[float, dict]]:
-    """Until `proc` exits: (seconds since t0, {pid: (CPU seconds so far, kind)}) for every process
-    of its session."""
+def session_cpu(
+    proc: subprocess.Popen, t0: float, others: tuple[int, ...] = (), period_s: float = 0.1
+) -> list[tuple[float, dict]]:
+    """Until `proc` exits: (seconds since t0, {pid: (CPU seconds since t0, kind)}) for every process
+    of its session and of the sessions `others` (a running cluster's, whose processes the job uses)."""
     seen: dict[int, int] = {}
+    before: dict[int, int] = {}
+    for sid in others:
+        session_cpu_ticks(sid, before)
     kinds: dict[int, str] = {}
     out = []
     while proc.poll() is None:
-        session_cpu_ticks(proc.pid, seen)
+        for sid in (proc.pid, *others):
+            session_cpu_ticks(sid, seen)
         for pid in seen:  # a worker is named by the first task Ray gives it; "?": gone before it was seen
             if kinds.get(pid, IDLE_KINDS[0]) in IDLE_KINDS:
                 kinds[pid] = process_kind(pid) or kinds.get(pid, "?")
-        out.append((time.time() - t0, {pid: (t / TICK, kinds[pid]) for pid, t in seen.items()}))
+        out.append(
+            (
+                time.time() - t0,
+                {pid: ((t - before.get(pid, 0)) / TICK, kinds[pid]) for pid, t in seen.items()},
+            )
+        )
         time.sleep(period_s)
     return out
 
@@ -167,18 +187,53 @@ def cpu_before(samples: list[tuple[float, dict]], t: float) -> dict[str, float]:
     return by
 
 
+def one_run(a, r: int, cfg: Path, env: dict | None, jobs: str | None, others: tuple[int, ...]):
+    """One job in a child process -> (wall s, its phases, CPU s by process kind before its first batch).
+    Through `ray job submit` (`jobs`: the job server), the child is the job's entrypoint, and its times
+    are shifted to count from the submit command's start."""
+    report = (a.work / f"report-{r}.json").resolve()
+    args = ["--child", str(cfg.resolve()), str(report), str((a.work / "overrides.json").resolve())]
+    cmd = [sys.executable, __file__, *args]
+    if a.ray == "submit":  # the entrypoint runs the copy of this script in the job's working dir
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        cmd = [ray_bin, "job", "submit", "--address", jobs, "--working-dir", str(ROOT), "--"]
+        cmd += ["python", "bench/startup.py", *args]
+    t0 = time.time()
+    with open(a.work / f"job-{r}.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log if a.ray == "submit" else subprocess.DEVNULL,  # submit prints the job's log
+            stderr=log,
+            env=env,
+            start_new_session=True,  # Ray's processes join the child's session: its CPU is theirs too
+        )
+        cpu = session_cpu(proc, t0, others)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        sys.exit(f"run {r}: exit {proc.returncode}, see {a.work}/job-{r}.log")
+    rep = json.loads(report.read_text())
+    got = phases(rep)
+    if a.ray == "submit":
+        shift = rep["exec"] - t0
+        got = {k: (s + shift, e + shift) for k, (s, e) in got.items()}
+        got["ray job submit -> the driver's exec"] = (0.0, shift)
+    return wall, got, cpu_before(cpu, got.get("first model batch", (float("nan"),))[0])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--size", choices=["base", "tiny"], default="base")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-startup")
+    p.add_argument("--cores", type=int, default=os.cpu_count())
+    p.add_argument("--ray", choices=["embedded", "cluster", "submit"], default="embedded")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         config, report, overrides = a.child
-        sys.exit(child(config, json.loads(overrides), report))
+        sys.exit(child(config, json.loads(Path(overrides).read_text()), report))
 
     a.work.mkdir(parents=True, exist_ok=True)
     if a.size == "base":
@@ -193,34 +248,26 @@ def main() -> None:
     cfg = a.work / "job.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\nmodel:\n  source: {model}\noutput:\n  path: {a.work}/out\n  mode: overwrite\n"
+        + (f"ray:\n  num_cpus: {a.cores}\n" if a.ray == "embedded" else "")
     )
     print(json.dumps(machine()), flush=True)
-    runs, busy = [], []
-    for r in range(a.repeats):
-        report = a.work / f"report-{r}.json"
-        t0 = time.time()
-        with open(a.work / f"job-{r}.log", "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--child", str(cfg), str(report), json.dumps(a.overrides)],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,  # Ray's processes join the child's session: its CPU is theirs too
+    (a.work / "overrides.json").write_text(json.dumps(a.overrides))
+    cluster = (
+        head_node(a.cores, a.work) if a.ray != "embedded" else contextlib.nullcontext((None, None, None))
+    )
+    with cluster as (head, env, jobs):
+        runs, busy = [], []
+        for r in range(a.repeats):
+            wall, got, by_kind = one_run(a, r, cfg, env, jobs, (head,) if head else ())
+            runs.append(got)
+            first = got.get("first model batch", (float("nan"),))[0]
+            used = sum(by_kind.values())
+            busy.append((used, by_kind))
+            print(
+                f"[run {r + 1}] wall {wall:.1f} s, first batch at {first:.1f} s; CPU used by then by the job's "
+                f"processes (driver, Ray, workers): {used:.1f} s = {used / first:.2f} of {a.cores} cores",
+                flush=True,
             )
-            cpu = session_cpu(proc, t0)
-        wall = time.time() - t0
-        if proc.returncode != 0:
-            sys.exit(f"run {r}: exit {proc.returncode}, see {a.work}/job-{r}.log")
-        got = phases(json.loads(report.read_text()))
-        runs.append(got)
-        first = got.get("first model batch", (float("nan"),))[0]
-        by_kind = cpu_before(cpu, first)
-        used = sum(by_kind.values())
-        busy.append((used, by_kind))
-        print(
-            f"[run {r + 1}] wall {wall:.1f} s, first batch at {first:.1f} s; CPU used by then by the job's "
-            f"processes (driver, Ray, workers): {used:.1f} s = {used / first:.2f} of {os.cpu_count()} cores",
-            flush=True,
-        )
     keys = sorted(
         {k for run in runs for k in run}, key=lambda k: statistics.median(r[k][0] for r in runs if k in r)
     )
@@ -235,7 +282,7 @@ def main() -> None:
     used = statistics.median(u for u, _ in busy)
     print(
         f"\nCPU used by the job's processes before the first batch (median): {used:.1f} s; on "
-        f"{os.cpu_count()} cores that alone takes at least {used / os.cpu_count():.1f} s"
+        f"{a.cores} cores that alone takes at least {used / a.cores:.1f} s"
     )
     kinds = sorted(
         {k for _, b in busy for k in b}, key=lambda k: -statistics.median(b.get(k, 0) for _, b in busy)
