@@ -5,9 +5,10 @@
       -> prepare_block (CPU tasks: fetch, decode, cut, segment) -> EmotionPredictor (actor pool)
       -> write_parts (CPU tasks: staged Parquet) -> per-file summaries -> the driver commits units
 
-The driver never holds a row: it lists the manifest's sources, counts their rows in Ray tasks,
-checks the model once (so a bad model fails before any work), then consumes only the small per-file
-summaries, committing each unit of work as soon as all of its rows are written.
+The driver never holds a row: it lists the manifest's sources, counts their rows (one source itself,
+beside the start; several in Ray tasks), checks the model once (so a bad model fails before any work),
+then consumes only the small per-file summaries, committing each unit of work as soon as all of its
+rows are written.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import sys
+import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -202,13 +205,15 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     fresh = not storage.exists(cfg.output.path)
     lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
     poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
+    one = len(sources) == 1 and sources[0].audio is None  # (a folder of audio was counted as listed)
+    early = _count_early(sources[0], cfg, storage) if one else None
     try:
         model, started_ray, started_local = _start(cfg)
     except BaseException:
         _let_go(lease, cfg.output.path, fresh)
         raise
     try:
-        job = _Job.start(cfg, storage, sources, model, lease, poison_scope, stream, started_local)
+        job = _Job.start(cfg, storage, sources, model, lease, poison_scope, stream, started_local, early)
         job.attempts()
         ray_info = {
             "gcs_address": ray.get_runtime_context().gcs_address,
@@ -252,9 +257,9 @@ class _Job:
     nodes_seen: set[str] = field(default_factory=set)
 
     @classmethod
-    def start(cls, cfg, storage, sources, model, lease, poison_scope, stream, started_local) -> _Job:
+    def start(cls, cfg, storage, sources, model, lease, poison_scope, stream, started_local, early) -> _Job:
         """Count the manifest, place the model, open the output: everything before the first row."""
-        plan = _count(cfg, storage, sources)
+        plan = _count(cfg, storage, sources, early)
         say = lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)  # noqa: E731
         placement, elastic = place_model(cfg, say, local=started_local)
         fingerprint = _fingerprint(cfg, model, placement, plan)
@@ -386,20 +391,47 @@ def _recoverable(e: BaseException | None) -> bool:
     return find(e, kinds) is not None
 
 
-def _count(cfg: JobConfig, storage: Storage, sources: list[Source]) -> Plan:
-    """Rows per source, counted (and checked: columns, duplicate ids) by Ray tasks in parallel."""
+def _count_early(source: Source, cfg: JobConfig, storage: Storage) -> Future[Count]:
+    """A manifest of one source, counted by the driver in a thread of its own while the model is
+    checked and Ray starts, instead of in a Ray task after them: a task first waits for Ray and for a
+    worker (the first task of a job under `ray job submit` starts a process with the job's working
+    dir), which is most of a small manifest's count and ~1-2 s of every run's start-up. The thread
+    is a daemon: a job that fails before it needs the count does not wait for a large one."""
+    counted: Future[Count] = Future()
+    copy = pickle.loads(pickle.dumps(storage))  # as a Ray task gets it: retry counts and clients of its own
+
+    def count() -> None:
+        try:
+            counted.set_result(count_task(source, cfg.input, copy))
+        except BaseException as e:  # noqa: BLE001 - raised again where the count is taken
+            counted.set_exception(e)
+
+    threading.Thread(target=count, name="e2v-count", daemon=True).start()
+    return counted
+
+
+def _count(
+    cfg: JobConfig, storage: Storage, sources: list[Source], early: Future[Count] | None = None
+) -> Plan:
+    """Rows per source, counted (and checked: columns, duplicate ids): one source by the driver
+    (`early`), several by Ray tasks in parallel."""
     import ray
 
     remote = ray.remote(num_cpus=READ_CPUS)(count_task)
-    refs = [None if s.audio is not None else remote.remote(s, cfg.input, storage) for s in sources]
+    by_task = early is None
+    refs = [remote.remote(s, cfg.input, storage) if by_task and s.audio is None else None for s in sources]
     details, schema = [], None
     for s, ref in zip(sources, refs, strict=True):
         try:
-            c = Count(s.audio.num_rows, s.audio.schema) if ref is None else ray.get(ref)
+            if ref is not None:
+                c = ray.get(ref)
+            else:
+                c = early.result() if early is not None else Count(s.audio.num_rows, s.audio.schema)
         except ManifestError as e:
             raise JobError(str(_manifest_cause(e))) from None
         except StorageUnavailable as e:
-            raise RunFailed(f"the manifest could not be read: {_one_line(e)}") from None
+            # its own line names the file, the attempts and the last error; under it is one attempt's
+            raise RunFailed(f"the manifest could not be read: {_one_line(e, StorageUnavailable)}") from None
         details.append(c)
         schema = schema or (c.schema if c.rows else None)
     try:
@@ -494,9 +526,10 @@ def _manifest_cause(e: BaseException) -> ManifestError | None:
     return getattr(found, "cause", found)  # Ray's wrapper holds the manifest's own error
 
 
-def _one_line(e: BaseException) -> str:
-    """A (Ray-wrapped) exception as `Type: first line`, from the innermost cause that says something."""
-    chain = list(causes(e))
+def _one_line(e: BaseException, kind: type[BaseException] = BaseException) -> str:
+    """A (Ray-wrapped) exception as `Type: first line`, from the innermost cause of `kind` that says
+    something."""
+    chain = [c for c in causes(e) if isinstance(c, kind)]
     said = [c for c in chain if str(c).strip()] or chain
     text = str(said[-1]).strip().splitlines()
     return f"{type(said[-1]).__name__}: {text[0] if text else ''}"

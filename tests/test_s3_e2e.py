@@ -220,7 +220,8 @@ def test_a_throttled_parquet_manifest_costs_retries_not_the_job(
 def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_server, s3_bucket, tmp_path):
     """Storage failing through every retry while a task reads the manifest: the read task's failure
     reaches the driver as StorageUnavailable, which restarts the pipeline (not exit 2, "bad input");
-    in the count pass it ends the run as failed (exit 1: rerun), not as a bad manifest."""
+    in the count pass (a Ray task per source, or the driver's thread for one source) it ends the run
+    as failed (exit 1: rerun), not as a bad manifest."""
     import ray.data
 
     from pipeline import run as job
@@ -241,7 +242,9 @@ def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_serve
             endpoint_url=proxy.url, max_retries=1, retry_backoff_s=0.01, retry_backoff_max_s=0.02
         )
         with pytest.raises(job.RunFailed, match="StorageUnavailable: .*still failing after 2 attempts"):
-            job._count(cfg, storage, [source])
+            job._count(cfg, storage, [source, source])  # several sources: counted by Ray tasks
+        with pytest.raises(job.RunFailed, match="StorageUnavailable: .*still failing after 2 attempts"):
+            job._count(cfg, storage, [source], job._count_early(source, cfg, storage))  # one: by the driver
         kwargs = {"plan": Plan(uri, [source], [4]), "cfg": cfg.input, "storage": storage, "skip": None}
         ds = ray.data.from_items([Piece(0, 0, 1, 0, 4).item()]).map_batches(
             read_task, batch_size=1, batch_format="pyarrow", fn_kwargs={**kwargs, "block_rows": 4}
