@@ -691,10 +691,10 @@ def _model_stage(
             "suspects": suspects,
             "simulate_gpu": simulate_gpu(),
         },
-        # one call queued per actor: a block goes to an idle actor wherever it is, instead of queueing
-        # at the actor beside the task that decoded it (blocks are large, the wait for the next is short)
         compute=ray.data.ActorPoolStrategy(
-            min_size=placement.min_actors, max_size=placement.max_actors, max_tasks_in_flight_per_actor=1
+            min_size=placement.min_actors,
+            max_size=placement.max_actors,
+            max_tasks_in_flight_per_actor=_calls_in_flight(placement),
         ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
@@ -706,6 +706,16 @@ def _model_stage(
 
 
 _NO_ACTOR_RESTARTS = {"max_restarts": 0}
+
+
+def _calls_in_flight(placement: Placement) -> int:
+    """Calls handed to a model actor at once (they run one after the other). Several actors: one
+    each, so that a block goes to an idle actor wherever it is instead of queueing at a busy one
+    beside the task that decoded it (Ray Data prefers the actor on the block's node while it has
+    room). One actor: two, so that its next block is already there when a call ends; Ray Data
+    notices a finished call only at its next scheduling step (up to 0.1 s later), a gap the size of
+    a whole call when the model is fast (bench/RESULTS.md)."""
+    return 2 if placement.max_actors == 1 else 1
 
 
 def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage):
