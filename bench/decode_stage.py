@@ -26,6 +26,7 @@ import argparse
 import cProfile
 import io
 import json
+import math
 import pstats
 import statistics
 import time
@@ -68,15 +69,15 @@ def stage(blocks, storage, resampler: str) -> float:
 
 def manifest_blocks(path: Path, block_rows: int):
     from pipeline.config import InputConfig, StorageConfig
-    from pipeline.manifest import count_rows, discover, read_units, whole
+    from pipeline.manifest import Piece, count_rows, discover, read_units
     from pipeline.storage import Storage
 
     storage = Storage.from_config(StorageConfig())
     icfg = InputConfig(manifest=str(path))
     (source,) = discover(icfg, storage)
-    count = count_rows(source, icfg, storage)
-    blocks = list(read_units(source, icfg, storage, piece=whole(count.rows, icfg.rows_per_unit), skip={},
-                             block_rows=block_rows))  # fmt: skip
+    rows = count_rows(source, icfg, storage).rows
+    whole = Piece(0, 0, math.ceil(rows / icfg.rows_per_unit), 0, rows)  # the whole source, as one read
+    blocks = list(read_units(source, icfg, storage, piece=whole, skip=None, block_rows=block_rows))
     return blocks, storage
 
 
