@@ -11,7 +11,7 @@ Where its Ray comes from (`--ray`):
 - `submit`: the same cluster, and each run goes through `ray job submit --working-dir` as the README's
   recipe does; times then count from the submit command's start.
 
-It and reads Ray's own task events (`ray.timeline()`, from the
+It also reads Ray's own task events (`ray.timeline()`, from the
 GCS) before the job shuts its Ray down: when each actor's constructor (the model actor's: the model
 load) ran, and when the model actor's first batch started. Every time is seconds from the child
 process's exec, read from /proc. The first batch is the first `submit` call of the model actor (Ray
