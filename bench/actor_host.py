@@ -102,8 +102,12 @@ def main() -> None:
     model = args.model or str(feed_model_dir(Path(tempfile.mkdtemp()) / "near-free"))
     data = blocks(args.blocks + 1, args.block_mb)
     m = machine()
-    print(f"# {m.get('cpu')} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| device | frames | audio s | host us per audio-s | forward CPU us per audio-s | audio-s/s (wall) |")
+    print(
+        f"# {m.get('cpu')} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(
+        "| device | frames | audio s | host us per audio-s | forward CPU us per audio-s | audio-s/s (wall) |"
+    )
     print("|---|---|---|---|---|---|")
     for frames in (False, True):
         p = EmotionPredictor(

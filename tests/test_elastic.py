@@ -62,7 +62,8 @@ def submit(c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str 
     cfg = tmp_path / "job.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n  rows_per_unit: 8\n"
-        f"model:\n  source: {model}\n  device: cuda\n  num_actors: 2\n  torch_threads: 1\n  rows_per_call: 4\n"
+        # the GPU defaults otherwise (batch budget, batch size, calls at once, torch threads, whole blocks)
+        f"model:\n  source: {model}\n  device: cuda\n  num_actors: 2\n"
         f"audio:\n  decode_batch_size: 4\n"
         f"output:\n  path: {out}\n  rows_per_file: 4\n"
         f"ray:\n  progress_interval_s: 2\n  gpu_wait_s: 240\n"
