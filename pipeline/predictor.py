@@ -326,9 +326,9 @@ class EmotionPredictor:
             wav, lengths = collate(clips, out=buf)  # host work: outside the device lock
             frame_lengths = self.bundle.model.frame_lengths(lengths).tolist()  # on the host: no sync
             with self._device_lock, kernels.exact_float32(self.exact_fp32):
-                out = self.bundle.model(
-                    wav.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
-                )
+                # lengths stay on the host: the model checks them and picks its padded path there,
+                # and queues its device work without waiting for the device (docs/model.md)
+                out = self.bundle.model(wav.to(self.device, non_blocking=True), lengths)
                 # frames leave the device only when they are written (on a GPU they are most of the copy
                 # back), already in the output's float16: half the bytes, no conversion per row
                 frames = out.frames.to(torch.float16).cpu().numpy() if self.frames else None
