@@ -11,12 +11,11 @@ from pipeline.config import InputConfig
 from pipeline.manifest import (
     Committed,
     ManifestError,
-    Piece,
     Plan,
     Resume,
     count_rows,
     discover,
-    read_units,
+    read_pieces,
     unit_name,
 )
 from pipeline.storage import Storage
@@ -38,11 +37,8 @@ def read(path, skip=None, limit=None, block_rows=1000, **kw):
     plan = Plan(str(path), sources, counts, details=details)
     tables = []
     for p in plan.pieces(cfg.rows_per_unit, skip, block_rows):
-        p = Piece.from_item(p.item())  # as the read task gets it
-        source, raw = sources[p.source], details[p.source].raw_schema
-        got = list(
-            read_units(source, cfg, storage, piece=p, skip=skip, block_rows=block_rows, raw_schema=raw)
-        )
+        item = pa.Table.from_pylist([p.item()])  # as the read task gets it
+        got = list(read_pieces(item, plan=plan, cfg=cfg, storage=storage, skip=skip, block_rows=block_rows))
         assert p.parts == 1 or len(got) == 1  # a part is one decode block
         tables += got
     return pa.concat_tables(tables, promote_options="permissive")
@@ -485,7 +481,7 @@ def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
     assert one["path"] == str(tmp_path / "audio" / "call-1.wav") and one["_input_error"] is None
     assert got["call-2_A_0000000"]["path"].endswith("call-2.mp3")
     assert "no audio file lost.*" in got["lost_A_0000000"]["_input_error"]
-    assert "several audio files match (twice.flac, twice.wav)" in got["twice_A_0000000"]["_input_error"]
+    assert "(twice.flac and twice.wav); keep one" in got["twice_A_0000000"]["_input_error"]
 
 
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):

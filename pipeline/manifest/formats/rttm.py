@@ -18,9 +18,11 @@ Rows come out grouped by recording in time order (one decode per recording), wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,11 +31,11 @@ import pyarrow.compute as pc
 
 from ...config import InputConfig
 from ...rttm import RttmError, parse_rttm, turns_table
-from ...schema import INPUT_ERROR
+from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Format, read_bytes, two_columns
+from .base import Count, Format, count_whole, read_bytes, text, two_columns, whole_groups
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -70,7 +72,18 @@ def read(
     else:
         turns = _parse(read_bytes(source.uri, storage), source.uri)
         table = _with_audio(turns, _Locator(source, storage))
+    # the channel to analyse travels as a private column (schema.CHANNEL), never into the output
+    table = table.rename_columns([CHANNEL if c == "channel" else c for c in table.column_names])
     yield normalise(table.slice(skip_rows), COLUMNS, source.root)
+
+
+def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    """Read whole; units hold whole recordings (a reader of one recording touches one unit, and a
+    resumed run decodes a recording once): see base.whole_groups for the bound."""
+    tables = list(read(source, cfg, storage))
+    found = count_whole(tables, source.uri)
+    recordings = [r for t in tables for r in t["recording_id"].to_pylist()]
+    return dataclasses.replace(found, units=whole_groups(recordings, cfg.rows_per_unit))
 
 
 def _parse(data: bytes, uri: str) -> pa.Table:
@@ -98,7 +111,7 @@ class _Locator:
         if storage.exists(scp):
             keys, values = two_columns(read_bytes(scp, storage), scp, "<recording-id> <path>")
             self.scp = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
-        self.index: dict[str, list[str]] | None = None
+        self.index: _AudioIndex | None = None
 
     def __call__(self, rec: str) -> tuple[str | None, str | None]:
         if self.scp is not None:
@@ -113,37 +126,68 @@ class _Locator:
             return path, None
         if self.index is None:
             self.index = _audio_index(self.storage, self.source.root)
-        paths = self.index.get(rec, [])
+        paths = self.index.find(rec)
         if not paths:
-            return None, f"RTTM recording {rec!r}: no audio file {rec}.* under {self.source.root}"
+            return (
+                None,
+                f"RTTM recording {rec!r}: no audio file {rec}.* (nor {rec}.<name>.*) under {self.source.root}",
+            )
         if len(paths) > 1:
-            names = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
-            return None, f"RTTM recording {rec!r}: several audio files match ({names}); keep one"
+            names = " and ".join(_under(p, self.source.root) for p in paths)
+            return (
+                None,
+                f"RTTM recording {rec!r}: several audio files match under {self.source.root} ({names}); "
+                f"keep one, or name each recording's file in a {WAV_SCP} beside the RTTM",
+            )
         return paths[0], None
 
 
-_INDEXES: dict[str, dict[str, list[str]]] = {}  # audio root -> its index, per process
+@dataclass
+class _AudioIndex:
+    """Audio files anywhere under a root, by name: `exact` by the name without its extension
+    (`ES2002a.wav` -> `ES2002a`), `qualified` by every leading part of that name up to a dot
+    (`ES2002a.Mix-Headset.wav` -> `ES2002a`; `a.b.c.wav` -> `a`, `a.b`)."""
+
+    exact: dict[str, list[str]] = field(default_factory=dict)
+    qualified: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, uri: str) -> None:
+        stem = posixpath.splitext(uri.rsplit("/", 1)[-1])[0]
+        self.exact.setdefault(stem, []).append(uri)
+        parts = stem.split(".")
+        for k in range(1, len(parts)):
+            self.qualified.setdefault(".".join(parts[:k]), []).append(uri)
+
+    def find(self, rec: str) -> list[str]:
+        """The files of recording `rec`: those named `<rec>.<ext>`, else those named `<rec>.<anything>.<ext>`."""
+        return self.exact.get(rec) or self.qualified.get(rec, [])
+
+
+_INDEXES: dict[str, _AudioIndex] = {}  # audio root -> its index, per process
 _MAX_INDEXES = 8
 
 
-def _audio_index(storage: Storage, root: str) -> dict[str, list[str]]:
-    """Audio files directly under `root`, by name without extension. Listed once per process and
-    root: the count pass and every RTTM of a glob look in the same folder."""
+def _audio_index(storage: Storage, root: str) -> _AudioIndex:
+    """Audio files anywhere under `root` (one recursive listing, local or any store), indexed by name.
+    Listed once per process and root: the count pass and every RTTM of a glob look in the same tree."""
     if root in _INDEXES:
         return _INDEXES[root]
     from ..sources import AUDIO_SUFFIXES
 
-    index: dict[str, list[str]] = {}
-    prefix = root.rstrip("/") + "/"
+    index = _AudioIndex()
     for f in storage.list_files(root):
-        rel = f[len(prefix) :] if f.startswith(prefix) else f.rsplit("/", 1)[-1]
-        stem, suffix = posixpath.splitext(rel)
-        if "/" not in rel and suffix.lower() in AUDIO_SUFFIXES:
-            index.setdefault(stem, []).append(f)
+        if posixpath.splitext(f)[1].lower() in AUDIO_SUFFIXES:
+            index.add(f)
     if len(_INDEXES) >= _MAX_INDEXES:
         _INDEXES.clear()
     _INDEXES[root] = index
     return index
+
+
+def _under(uri: str, root: str) -> str:
+    """`uri` relative to `root` where it lies under it (for messages)."""
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix) :] if uri.startswith(prefix) else uri
 
 
 def _folder(uri: str) -> str:
@@ -153,6 +197,17 @@ def _folder(uri: str) -> str:
 
 
 # -- NeMo diarisation manifests ---------------------------------------------------------------------
+
+
+def is_diarisation_manifest(head: bytes) -> bool:
+    """Whether a JSON-lines manifest, from its first bytes (decompressed), is a NeMo diarisation
+    manifest: its first line is an object with a non-empty `rttm_filepath`."""
+    line = text(head).lstrip().split(b"\n", 1)[0]
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and bool(entry.get("rttm_filepath"))
 
 
 def _nemo(source: Source, storage: Storage) -> pa.Table:
@@ -192,9 +247,10 @@ def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa
     start = np.maximum(turns["start_s"].to_numpy(), lo)
     end = np.minimum(turns["end_s"].to_numpy(), hi)
     keep = end > start
-    recs = pc.filter(turns["recording_id"], pa.array(keep)).to_pylist()
-    spks = pc.filter(turns["speaker"], pa.array(keep)).to_pylist()
-    return turns_table(recs, spks, start[keep], end[keep])
+    recs, spks, chans = (
+        pc.filter(turns[c], pa.array(keep)).to_pylist() for c in ("recording_id", "speaker", "channel")
+    )
+    return turns_table(recs, spks, start[keep], end[keep], chans)
 
 
-FORMAT = Format(("rttm",), detect, read, companions=frozenset({WAV_SCP}))
+FORMAT = Format(("rttm",), detect, read, count, companions=frozenset({WAV_SCP}))
