@@ -26,11 +26,11 @@ def done(units):
     return Resume({u: Committed(*c) if isinstance(c, tuple) else Committed(c) for u, c in units.items()})
 
 
-def read(path, skip=None, limit=None, block_rows=1000, **kw):
+def read(path, skip=None, limit=None, block_rows=1000, storage=None, **kw):
     """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
     cut into pieces as the job does, each piece read on its own. `skip`: the resume record."""
     cfg = InputConfig(manifest=str(path), **kw)
-    storage = Storage()
+    storage = storage or Storage()
     sources = discover(cfg, storage)
     details = [count_rows(s, cfg, storage) for s in sources]  # checks, as the job does first
     counts = [min(c.rows, limit) if limit else c.rows for c in details]
@@ -640,6 +640,30 @@ def test_rttm_audio_is_found_anywhere_under_the_root_as_corpora_nest_it(tmp_path
     (tmp_path / "one.rttm").write_text("SPEAKER ES2003a 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n")
     t = read(tmp_path / "one.rttm", audio_root=str(root))
     assert t["path"].to_pylist() == [f"{root}/amicorpus/ES2003a/audio/ES2003a.Headset-0.wav"]
+
+
+@pytest.mark.s3
+def test_rttm_audio_is_found_in_nested_folders_of_a_bucket_with_one_listing(s3_server, s3_bucket):
+    from tests.test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    keys = ["ami/ES2002a/audio/ES2002a.Mix-Headset.wav", "ami/ES2003a/audio/ES2003a.Mix-Headset.wav",
+            "vox/abjxc.wav", "callhome/eng/en_4065.wav", "callhome/deu/de_6625.flac"]  # fmt: skip
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=f"corpora/{key}", Body=b"")
+    recs = [k.rsplit("/", 1)[1].split(".")[0] for k in keys]
+    rttm = "".join(f"SPEAKER {r} 1 {s:.3f} 1.000 <NA> <NA> A <NA> <NA>\n" for r in recs for s in (0, 2))
+    client.put_object(Bucket=bucket, Key="all.rttm", Body=rttm.encode())
+    root = f"s3://{bucket}/corpora"
+    with FaultProxy(s3_server) as proxy:  # fails nothing: records the requests
+        t = read(f"s3://{bucket}/all.rttm", audio_root=root, storage=Storage(endpoint_url=proxy.url))
+    assert t["_input_error"].null_count == t.num_rows == 10
+    assert {r["recording_id"]: r["path"] for r in t.to_pylist()} == {
+        r: f"{root}/{k}" for r, k in zip(recs, keys, strict=True)
+    }
+    # one listing of the root for all recordings, by the count pass and the read alike (no walk each)
+    listings = [p for m, p, _ in proxy.requests if "list-type=2" in p and "prefix=corpora" in p]
+    assert len(listings) == 1, listings
 
 
 def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):
