@@ -3,17 +3,21 @@ speaker turn. Read whole by one task per file.
 
 An `.rttm` file may hold many recordings (see pipeline/rttm.py for the line format). The audio of
 `<file-id>` is found through a Kaldi `wav.scp` beside the RTTM when there is one (`<file-id> <path>`),
-else as the file directly under `input.audio_root` (default: the RTTM's folder) whose name without
-its extension is the file id, in any audio format the job decodes. A turn whose audio cannot be
-found, or is ambiguous, is an error row saying so.
+else anywhere under `input.audio_root` (default: the RTTM's folder), in any audio format the job
+decodes: the file named `<file-id>.<ext>`, else the one named `<file-id>.<anything>.<ext>` (AMI's
+`ES2002a.Mix-Headset.wav`). The root is listed once (an index, not a walk per recording). A turn
+whose audio cannot be found, or is ambiguous (two candidates, both named), is an error row saying so.
 
-With `input.format: rttm`, a JSON-lines file is a NeMo diarisation manifest: one line per recording
-with `audio_filepath` and `rttm_filepath` (relative paths resolve against `input.audio_root`, else the
-manifest's folder), and optional `offset` / `duration`: only the turns inside that window are kept,
-cut to it. Turn times are seconds in the audio file.
+With `input.format: rttm` (or `auto`, when the first line names an RTTM: sources.py), a JSON-lines
+file is a NeMo diarisation manifest: one line per recording with `audio_filepath` and `rttm_filepath`
+(relative paths resolve against `input.audio_root`, else the manifest's folder), and optional
+`offset` / `duration`: only the turns inside that window are kept, cut to it. Turn times are seconds
+in the audio file.
 
-Rows come out grouped by recording in time order (one decode per recording), with `recording_id`,
-`speaker`, the span, and `overlap_s`; ids are `<file-id>_<speaker>_<onset ms>`.
+Rows come out grouped by recording in time order (one decode per recording; per channel where the
+RTTM tells channels apart, the channel travelling as the private `schema.CHANNEL` column), with
+`recording_id`, `speaker`, the span, and `overlap_s`; ids are `<file-id>_<speaker>_<onset ms>`. Units
+hold whole recordings (`count`).
 """
 
 from __future__ import annotations
