@@ -170,7 +170,11 @@ def read_pieces(batch: pa.Table, *, plan: Plan, **kwargs) -> Iterator[pa.Table]:
     for d in batch.to_pylist():
         p = Piece.from_item(d)
         raw_schema = plan.details[p.source].raw_schema if plan.details else None
-        sizes = plan.unit_rows(p.source, kwargs["cfg"].rows_per_unit)[p.first_unit : p.first_unit + p.units]
+        sizes = None  # units of input.rows_per_unit rows
+        if plan.details and plan.details[p.source].units is not None:  # units of whole recordings
+            sizes = plan.unit_rows(p.source, kwargs["cfg"].rows_per_unit)[
+                p.first_unit : p.first_unit + p.units
+            ]
         yield from read_units(
             plan.sources[p.source], piece=p, raw_schema=raw_schema, unit_rows=sizes, **kwargs
         )

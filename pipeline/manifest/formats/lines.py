@@ -63,7 +63,11 @@ def _not_diarisation(raw: pa.Table, cfg: InputConfig, source: Source) -> None:
     """Never read rows that name an RTTM as clips unless told to: with `input.format: auto`, a NeMo
     diarisation manifest is recognised by its first line (sources._diarisation); one whose first line
     names no RTTM but a later one does is refused (its turns would be dropped without a word)."""
-    if cfg.format != "auto" or "rttm_filepath" not in raw.column_names:
+    if (
+        cfg.format != "auto"
+        or source.format not in ("json", "jsonl")
+        or "rttm_filepath" not in raw.column_names
+    ):
         return
     named = pc.fill_null(pc.not_equal(pc.cast(raw["rttm_filepath"], pa.string()), ""), False)
     if pc.any(named).as_py():

@@ -224,6 +224,10 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
             entry = json.loads(line)
         except ValueError as e:
             raise ManifestError(f"{source.uri}: line {n}: not JSON: {e}") from None
+        if not isinstance(entry, dict):
+            raise ManifestError(
+                f"{source.uri}: line {n}: a NeMo diarisation manifest holds one JSON object per line"
+            )
         missing = [k for k in ("audio_filepath", "rttm_filepath") if not entry.get(k)]
         if missing:
             raise ManifestError(
