@@ -130,13 +130,15 @@ def overlap_seconds(
 ) -> np.ndarray:
     """[N] seconds of each turn covered by the union of the other speakers' turns of its recording."""
     out = np.zeros(len(recordings), np.float64)
-    rec = np.array(recordings, dtype=object)
     spk = np.array(speakers, dtype=object)
-    for r in set(recordings):
-        in_rec = rec == r
-        for s in set(spk[in_rec]):
-            mine = np.flatnonzero(in_rec & (spk == s))
-            others = np.flatnonzero(in_rec & (spk != s))
+    by_recording: dict[str, list[int]] = {}  # one pass: a corpus-wide RTTM has thousands of recordings
+    for i, r in enumerate(recordings):
+        by_recording.setdefault(r, []).append(i)
+    for rows in by_recording.values():
+        idx = np.array(rows, np.int64)
+        for s in set(spk[idx]):
+            mine = idx[spk[idx] == s]
+            others = idx[spk[idx] != s]
             if len(others):
                 lo, hi = _union(start[others], end[others])
                 out[mine] = [_covered(start[i], end[i], lo, hi) for i in mine]
