@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ..config import InputConfig
-from ..storage import Storage, join
+from ..storage import Storage, StorageUnavailable, join
 from .errors import ManifestError
 from .formats import detect_format, family, rttm
 
@@ -102,6 +102,8 @@ def _diarisation(formats: dict[str, str], storage: Storage) -> dict[str, str]:
         return formats
     try:
         head = storage.read_bytes(lines[0], 0, HEAD_BYTES)
+    except StorageUnavailable:
+        raise  # a store down through every retry is a failed run (rerun), not a bad manifest
     except OSError as e:
         raise ManifestError(f"input.manifest: cannot read {lines[0]}: {e}") from None
     if head[:2] == b"\x1f\x8b":  # gzip: what of the head decompresses
