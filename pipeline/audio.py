@@ -16,6 +16,8 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
 - Limits (`max_bytes`, `max_duration_s`) are checked before decoding: the size first, then the duration
   the header states; the decoded length is checked again as frames arrive, for headers that lie or
   state no duration.
+- `channel` picks one channel of a multichannel file instead of the mix (one speaker per channel); a
+  mono file is its own mix and ignores it; a channel the file lacks is an `AudioError`.
 - `cut` takes a segment [start_s, end_s) of decoded 16 kHz samples on the sample grid.
 - Every failure is an `AudioError` (a `ValueError`) whose message says what is wrong; the caller
   prefixes the stage and the file. Silence is valid audio.
@@ -99,13 +101,14 @@ def decode(
     max_duration_s: float | None = None,
     max_bytes: int | None = None,
     resampler: str = DEFAULT_RESAMPLER,
+    channel: int | None = None,
 ) -> DecodedAudio:
     """Encoded audio -> validated 16 kHz mono float32. `name` is only used in messages.
 
     `data` is the file's bytes or a seekable binary file object holding the file from offset 0.
     `max_bytes` / `max_duration_s` reject a bigger / longer file before it is decoded (where the
     header states the duration; otherwise as soon as the decoded part passes the limit).
-    `resampler` is a key of `RESAMPLERS`.
+    `resampler` is a key of `RESAMPLERS`. `channel` (0-based): that channel alone instead of the mix.
     """
     f = _file(data)
     size = _size(f)
@@ -116,7 +119,7 @@ def decode(
             f"file too big: {size / 2**20:.1f} MB ({size} bytes), over the limit of "
             f"{max_bytes / 2**20:g} MB (audio.max_file_mb)"
         )
-    mono, sr, channels = _read(f, name, max_duration_s)
+    mono, sr, channels = _read(f, name, max_duration_s, channel)
     if len(mono) == 0:
         raise AudioError(f"no samples decoded (0 frames at {sr} Hz, {channels} channel(s))")
     if not np.isfinite(mono).all():
@@ -279,8 +282,10 @@ def _size(f: BinaryIO) -> int:
     return size
 
 
-def _read(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
-    """file -> ([frames] float32 mono at the source rate, source rate, source channels)."""
+def _read(
+    f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
+) -> tuple[np.ndarray, int, int]:
+    """file -> ([frames] float32 mono (or `channel`) at the source rate, source rate, source channels)."""
     try:
         sound = sf.SoundFile(f)
     except sf.LibsndfileError as e:
@@ -292,14 +297,18 @@ def _read(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndar
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
     if sound is None:
         f.seek(0)
-        return _read_ffmpeg(f, name, max_duration_s)
+        return _read_ffmpeg(f, name, max_duration_s, channel)
     with sound:
-        return _read_sndfile(sound, max_duration_s), sound.samplerate, sound.channels
+        return _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
 
 
-def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarray:
+def _read_sndfile(
+    sound: sf.SoundFile, max_duration_s: float | None, channel: int | None = None
+) -> np.ndarray:
     """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
     _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
+    if sound.channels > 1:
+        _check_channel(channel, sound.channels)
     mono = np.empty(sound.frames, np.float32)
     try:
         if sound.channels == 1:
@@ -311,7 +320,7 @@ def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarr
                 got = len(sound.read(out=block[: len(mono) - n]))
                 if got == 0:
                     break
-                _downmix_into(block[:got], mono[n : n + got])
+                _downmix_into(block[:got], mono[n : n + got], channel)
                 n += got
     except sf.LibsndfileError as e:
         raise AudioError(f"corrupt or truncated audio: {e.error_string.strip()}") from None
@@ -324,7 +333,9 @@ def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarr
     return mono[:n]
 
 
-def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+def _read_ffmpeg(
+    f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
+) -> tuple[np.ndarray, int, int]:
     """A file libsndfile does not read -> its first audio stream as ([frames] float32 mono, rate, channels)."""
     try:
         # tags in a legacy 8-bit encoding must not stop the audio
@@ -341,7 +352,9 @@ def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[
         header_s = _stated_duration(container, stream)
         if header_s is not None:
             _check_duration(header_s, max_duration_s, "as its header states")
-        buffer = _MonoBuffer(min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S))
+        buffer = _MonoBuffer(
+            min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S), channel
+        )
         try:
             for frame in container.decode(stream):
                 buffer.add(frame)
@@ -398,8 +411,8 @@ def _check_complete(container: av.container.InputContainer, stated_s: float | No
 class _MonoBuffer:
     """FFmpeg frames, downmixed one by one into a preallocated float32 mono buffer that grows if needed."""
 
-    def __init__(self, guess_s: float) -> None:
-        self.guess_s = guess_s
+    def __init__(self, guess_s: float, channel: int | None = None) -> None:
+        self.guess_s, self.channel = guess_s, channel
         self.rate = 0
         self.channels = 0
         self.n = 0
@@ -425,7 +438,7 @@ class _MonoBuffer:
             grown = np.empty(max(end, 2 * len(self.buf)), np.float32)
             grown[: self.n] = self.buf[: self.n]
             self.buf = grown
-        _downmix_into(x, self.buf[self.n : end])
+        _downmix_into(x, self.buf[self.n : end], self.channel)
         self.n = end
 
     def samples(self) -> np.ndarray:
@@ -475,8 +488,13 @@ def _downmix(x: np.ndarray) -> np.ndarray:
     return _downmix_into(x, np.empty(len(x), np.float32))
 
 
-def _downmix_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """[frames, channels] -> `out` ([frames] float32): the mean over channels, written in place."""
+def _downmix_into(x: np.ndarray, out: np.ndarray, channel: int | None = None) -> np.ndarray:
+    """[frames, channels] -> `out` ([frames] float32): the mean over channels, or `channel` alone
+    (a mono file is its own mix), written in place."""
+    if channel is not None and x.shape[1] > 1:
+        _check_channel(channel, x.shape[1])
+        out[:] = x[:, channel]
+        return out
     # a running sum over channels: same result as x.mean(axis=1), but ~10x faster for few channels,
     # and the same numbers whether a file arrives whole or block by block
     out[:] = x[:, 0]
@@ -485,6 +503,11 @@ def _downmix_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     if x.shape[1] > 1:
         out /= np.float32(x.shape[1])
     return out
+
+
+def _check_channel(channel: int | None, channels: int) -> None:
+    if channel is not None and not 0 <= channel < channels:
+        raise AudioError(f"no channel {channel + 1} (counting from 1): the file has {channels} channels")
 
 
 def _check_rate(sample_rate: int, resampler: str) -> None:
