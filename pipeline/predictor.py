@@ -6,7 +6,9 @@ for rows that already failed). Long clips are cut into `audio.max_chunk_s` windo
 the block are packed by length under the padded-samples budget, run as padded batches (whose
 results equal one-at-a-time inference), and reassembled per row. It returns exactly one row per
 input row, in input order, with the waveform dropped and the model columns added. A batch that
-fails is retried clip by clip, so one bad clip becomes one error row.
+fails is split in halves until the clip that fails is alone, so one bad clip becomes one error row;
+out of memory also frees the cache and lowers the actor's budget, and a device error that breaks the
+process ends the actor (gpu_errors.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import os
 import sys
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from . import gpu_errors
 from .audio import chunk_bounds
 from .batching import collate, pack
 from .model import ModelBundle, kernels, load_model
@@ -93,25 +97,30 @@ def _simulated_dtype(dtype: str) -> torch.dtype:
     return want if cpu_has_native(want) else torch.float32
 
 
-def is_sticky_device_error(e: BaseException) -> bool:
-    """A CUDA error that leaves the process's device context unusable (an illegal address, a
-    device-side assert, ECC): every later call fails too. Out-of-memory is not one of them."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return False
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    return isinstance(e, accelerator_error) or "CUDA error" in str(e)
-
-
 def exit_if_device_broken(e: BaseException) -> None:
-    """End this actor's process on a sticky device error: the job restarts the pipeline on a fresh
-    actor (and device context) instead of turning every later row into an error row."""
-    if is_sticky_device_error(e):
-        log.error("sticky device error, ending this model worker so that it is replaced: %s", e)
-        logging.shutdown()
-        os._exit(EXIT_DEVICE_BROKEN)
+    """End this actor's process on a sticky device error (gpu_errors.py): the job restarts the
+    pipeline on a fresh actor (and device context) instead of turning every later row into an error
+    row."""
+    if gpu_errors.classify(e) is gpu_errors.Kind.STICKY:
+        _exit_device_broken(e)
+
+
+def _exit_device_broken(e: BaseException) -> None:
+    log.error("device error, ending this model worker so that a fresh process replaces it: %s", e)
+    logging.shutdown()
+    os._exit(EXIT_DEVICE_BROKEN)
 
 
 EXIT_DEVICE_BROKEN = 70
+
+
+def _detached(e: BaseException) -> BaseException:
+    """`e` without its traceback and chained exceptions: their frames hold the failed call's tensors
+    (the activations of a batch that ran out of memory) for as long as the exception lives."""
+    e.__traceback__ = None
+    e.__cause__ = e.__context__ = None
+    e.__suppress_context__ = True
+    return e
 
 
 class WorkerCrashed(RuntimeError):
@@ -215,6 +224,17 @@ class EmotionPredictor:
         # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
         device_name = f"{self.device} {SIMULATED}" if simulated else self.device
         self.runtime = f"{device_name} {str(self.dtype).replace('torch.', '')}"
+        self._share_device()
+
+    def _share_device(self) -> None:
+        """Faults (gpu_errors.py): an actor that holds a share of a GPU (`model.gpus_per_actor` < 1,
+        as Ray assigned it) caps its caching allocator at that share of the device's memory, so that
+        one actor's long batch runs it out of memory, not its neighbour; `memory_fraction` says the
+        cap (None: the whole device), also on a simulated GPU, where nothing is capped."""
+        self._budget_lowered = False
+        self.memory_fraction = gpu_share()
+        if self.memory_fraction is not None and self.device.startswith("cuda"):
+            torch.cuda.set_per_process_memory_fraction(self.memory_fraction, torch.device(self.device))
 
     # -- model work ---------------------------------------------------------------------------
 
@@ -233,28 +253,76 @@ class EmotionPredictor:
         ]
 
     def _run_items(self, items: list[np.ndarray]) -> list[ItemResult | Exception]:
+        """Items -> one result or exception each. A batch that fails is split in halves until the
+        clip that fails is alone; out of memory also frees the cache and lowers this actor's budget
+        for the rest of the run, and a clip alone gets one more try after that. Windows smaller than
+        `audio.max_chunk_s` are never tried: they would change the row's numbers (the transformer
+        sees the whole window), so an item that fails alone is an error row."""
         results: list[ItemResult | Exception] = [None] * len(items)  # type: ignore[list-item]
-        for group in pack([len(x) for x in items], self.budget, self.max_batch_size):
-            try:
-                outs: list[ItemResult | Exception] = list(self._forward([items[i] for i in group]))
-            except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
-                exit_if_device_broken(e)
-                if len(group) == 1:
-                    results[group[0]] = e
-                    continue
-                log.warning(
-                    "batch of %d failed (%s: %s); retrying clip by clip", len(group), type(e).__name__, e
-                )
-                outs = []
-                for i in group:
-                    try:
-                        outs.append(self._forward([items[i]])[0])
-                    except Exception as e1:  # noqa: BLE001
-                        exit_if_device_broken(e1)
-                        outs.append(e1)
-            for i, o in zip(group, outs, strict=True):
-                results[i] = o
+        lengths = [len(x) for x in items]
+        todo = deque(pack(lengths, self.budget, self.max_batch_size))
+        tried_alone: set[int] = set()  # items that already had their one retry after a release
+        while todo:
+            group = todo.popleft()
+            if len(group) > 1 and len(group) * max(lengths[i] for i in group) > self.budget:
+                # packed before the budget fell: pack again under the new one
+                sub = pack([lengths[i] for i in group], self.budget, self.max_batch_size)
+                todo.extendleft(reversed([[group[j] for j in batch] for batch in sub]))
+                continue
+            outs, error = self._attempt(self._forward, [items[i] for i in group])
+            if error is None:
+                for i, o in zip(group, outs, strict=True):
+                    results[i] = o
+                continue
+            # out of the except block: the failed call's frames (and tensors) are gone
+            kind = gpu_errors.classify(error)
+            if kind is gpu_errors.Kind.STICKY:
+                _exit_device_broken(error)
+            if kind is gpu_errors.Kind.MEMORY:
+                self._release()
+                if len(group) > 1:
+                    self._lower_budget(len(group) * max(lengths[i] for i in group))
+            if len(group) > 1:
+                log.info("batch of %d failed (%s: %s); splitting it", len(group), type(error).__name__, error)
+                half = len(group) // 2
+                todo.extendleft([group[half:], group[:half]])
+            elif kind is gpu_errors.Kind.MEMORY and group[0] not in tried_alone:
+                tried_alone.add(group[0])
+                todo.appendleft(group)
+            else:
+                results[group[0]] = error
         return results
+
+    def _attempt(self, fn, *args) -> tuple[object, BaseException | None]:
+        """-> (fn(*args), None), or (None, the exception without its traceback)."""
+        try:
+            return fn(*args), None
+        except Exception as e:  # noqa: BLE001 - classified by the caller, outside this block
+            return None, _detached(e)
+
+    def _release(self) -> None:
+        """Give the cached blocks of a failed call back to the device (other processes share it)."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _lower_budget(self, failed_samples: int) -> None:
+        """A batch of `failed_samples` padded samples ran out of memory: later batches of this actor
+        stay under half of it."""
+        lower = max(self.input.receptive_field, failed_samples // 2)
+        if lower >= self.budget:
+            return
+        sr = self.input.sample_rate
+        level = logging.DEBUG if self._budget_lowered else logging.WARNING
+        log.log(
+            level,
+            "a model batch of %.1f s padded audio ran out of memory; this model actor's batch budget is "
+            "now %.1f s (was %.1f s) for the rest of the run",
+            failed_samples / sr,
+            lower / sr,
+            self.budget / sr,
+        )
+        self._budget_lowered = True
+        self.budget = lower
 
     @torch.inference_mode()
     def predict(self, clips: list[np.ndarray | None]) -> list[RowResult | Exception | None]:
@@ -359,11 +427,31 @@ class EmotionPredictor:
         return results
 
     def _classify(self, embeddings: list[np.ndarray]) -> np.ndarray | None:
-        """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models)."""
+        """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models). A
+        device error here is told apart as in `_run_items` (the head is often where an earlier
+        kernel's asynchronous CUDA error surfaces): sticky ends the actor; out of memory frees the
+        cache and runs the head in halves, and ends the actor if one embedding alone cannot run."""
         if not embeddings:
             return None
-        _, scores = self.bundle.model.classify(torch.from_numpy(np.stack(embeddings)).to(self.device))
-        return None if scores is None else scores.cpu().numpy()
+        return self._head(np.stack(embeddings))
+
+    def _head(self, x: np.ndarray) -> np.ndarray | None:
+        def run(x: np.ndarray) -> np.ndarray | None:
+            _, scores = self.bundle.model.classify(torch.from_numpy(x).to(self.device))
+            return None if scores is None else scores.cpu().numpy()
+
+        scores, error = self._attempt(run, x)
+        if error is None:
+            return scores
+        kind = gpu_errors.classify(error)
+        if kind is gpu_errors.Kind.ROW:
+            raise error  # not the device: a bug that would fail again
+        if kind is gpu_errors.Kind.STICKY or len(x) == 1:
+            _exit_device_broken(error)
+        self._release()
+        half = len(x) // 2
+        parts = [self._head(x[:half]), self._head(x[half:])]
+        return None if parts[0] is None else np.concatenate(parts)
 
     # -- Ray Data entry point -----------------------------------------------------------------
 
@@ -436,6 +524,19 @@ def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:
     """[n, width] float32 -> fixed_size_list<float32, width>, null where null_mask."""
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(null_mask, pa.bool_()))
+
+
+def gpu_share() -> float | None:
+    """The share of one GPU Ray assigned this actor when it is less than a whole GPU, else None."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    except Exception:  # noqa: BLE001 - outside an actor
+        return None
+    return share if 0 < share < 1 else None
 
 
 def _node_id() -> str:

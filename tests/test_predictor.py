@@ -109,16 +109,6 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
         assert np.abs(np.array(out["scores"][i].as_py()) - np.array(want["scores"][i].as_py())).max() <= 0.15
 
 
-def test_sticky_device_errors_are_told_from_recoverable_ones():
-    from pipeline.predictor import is_sticky_device_error
-
-    assert is_sticky_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
-    assert not is_sticky_device_error(
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    )
-    assert not is_sticky_device_error(ValueError("input too short"))
-
-
 def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatch):
     """Rows that were in flight when a model worker died: each runs alone in a child process. The
     one that kills its process becomes a WorkerCrashed error row; the others get the results the
