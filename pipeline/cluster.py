@@ -375,19 +375,35 @@ def lost_nodes(seen: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> list[str]:
     as the GCS's node table tells: not those stopped or that the autoscaler drained as idle.
     A run can end before the GCS has noticed a node it lost; so while a seen node that Ray still
     lists as alive does not answer at its raylet's port, wait (up to `wait_s`) for the GCS's verdict."""
+    wait_for_silent_nodes(seen, wait_s)
+    return _dead_by_accident(seen)
+
+
+def wait_for_silent_nodes(
+    seen: set[str], wait_s: float = NODE_DEATH_WAIT_S, say: Callable[[str], None] | None = None
+) -> list[str]:
+    """Wait (up to `wait_s`) while a node of `seen` that Ray still lists as alive does not answer at
+    its raylet's port, until the GCS declares it dead: Ray places new actors on a node it believes
+    alive, and an actor placed on a dying node fails once more. -> the nodes that were silent."""
     import ray
 
     deadline = time.monotonic() + wait_s
+    waited: list[str] = []
     while True:
-        lost = _dead_by_accident(seen)
         try:
             silent = [
                 n["NodeID"] for n in ray.nodes() if n["NodeID"] in seen and n.get("Alive") and not _answers(n)
             ]
-        except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
+        except Exception:  # noqa: BLE001 - a wait that cannot ask the GCS does not wait
             silent = []
+        if silent and not waited and say is not None:
+            say(
+                f"{len(silent)} node(s) no longer answer ({', '.join(n[:12] for n in silent)}); waiting up to "
+                f"{wait_s:.0f} s for Ray to declare them dead before the pipeline restarts"
+            )
+        waited = sorted(set(waited) | set(silent))
         if not silent or time.monotonic() > deadline:
-            return lost
+            return waited
         time.sleep(2)
 
 
