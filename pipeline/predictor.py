@@ -277,7 +277,7 @@ class EmotionPredictor:
             # out of the except block: the failed call's frames (and tensors) are gone
             kind = gpu_errors.classify(error)
             if kind is gpu_errors.Kind.STICKY:
-                _exit_device_broken(error)
+                self._device_broken(error)
             if kind is gpu_errors.Kind.MEMORY:
                 self._release()
                 if len(group) > 1:
@@ -299,6 +299,11 @@ class EmotionPredictor:
             return fn(*args), None
         except Exception as e:  # noqa: BLE001 - classified by the caller, outside this block
             return None, _detached(e)
+
+    def _device_broken(self, error: BaseException) -> None:
+        """End this process (a fresh one gets a fresh device context), noting its node for the driver."""
+        self._in_flight.device_broken(self.node)
+        _exit_device_broken(error)
 
     def _release(self) -> None:
         """Give the cached blocks of a failed call back to the device (other processes share it)."""
@@ -407,15 +412,24 @@ class EmotionPredictor:
 
     def _isolated(self, rows: list[tuple[str, str | None, np.ndarray]]) -> list:
         """Each row alone in a separate process holding its own model; a row that kills that process
-        becomes a WorkerCrashed error, and a fresh process takes the next row."""
+        becomes a WorkerCrashed error, and a fresh process takes the next row. Where no separate
+        process starts (a second model that does not fit beside this one, say), even after this
+        actor's cache is freed, the rows run here one at a time, each alone in flight: the run goes
+        on (before, it ended with exit 1), and a row that kills this actor costs a restart, after
+        which a fresh actor tries a separate process again."""
         from .isolate import ChildDied, Isolated
 
         log.warning("running %d suspect rows one at a time in a separate process", len(rows))
         results: list = []
         child: Isolated | None = None
+        here = False  # no separate process could start: the rest runs in this actor
         try:
             for row_id, path, clip in rows:
-                child = child or Isolated(self._model_kwargs)
+                if child is None and not here:
+                    child, here = self._start_child(Isolated)
+                if here:
+                    results.append(self._alone_here(row_id, path, clip))
+                    continue
                 try:
                     results.append(child.run(row_id, path, clip))
                 except ChildDied:
@@ -425,6 +439,26 @@ class EmotionPredictor:
             if child is not None:
                 child.close()
         return results
+
+    def _start_child(self, isolated: type) -> tuple[object | None, bool]:
+        """-> (a separate model process, False), or (None, True) when none starts after a retry
+        with this actor's cached device memory freed."""
+        for _ in range(2):
+            try:
+                return isolated(self._model_kwargs), False
+            except RuntimeError as e:
+                error = e
+            self._release()
+        log.warning("%s; running the suspect rows in this model actor, one at a time", error)
+        return None, True
+
+    def _alone_here(self, row_id: str, path: str | None, clip: np.ndarray) -> RowResult | Exception:
+        self._in_flight.record([row_id])
+        try:
+            (result,) = self.predict([clip])
+        finally:
+            self._in_flight.clear()
+        return result
 
     def _classify(self, embeddings: list[np.ndarray]) -> np.ndarray | None:
         """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models). A
@@ -447,7 +481,7 @@ class EmotionPredictor:
         if kind is gpu_errors.Kind.ROW:
             raise error  # not the device: a bug that would fail again
         if kind is gpu_errors.Kind.STICKY or len(x) == 1:
-            _exit_device_broken(error)
+            self._device_broken(error)
         self._release()
         half = len(x) // 2
         parts = [self._head(x[:half]), self._head(x[half:])]

@@ -39,6 +39,8 @@ from .cluster import (
     dead_by_accident,
     init_ray,
     lost_nodes,
+    model_actor_options,
+    nodes_to_avoid,
     place_model,
     quiet_ray_logs,
     wait_for_silent_nodes,
@@ -58,7 +60,7 @@ from .manifest import (
     read_units,
 )
 from .manifest.tasks import count_task, read_task
-from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
+from .poison import NAMESPACE, TASK_RETRIES, broken_devices, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -317,6 +319,9 @@ class _Job:
                     flush=True,
                 )
                 wait_for_silent_nodes(self.nodes_seen, say=self._say)
+                self.placement.avoid_nodes = nodes_to_avoid(
+                    self.placement, broken_devices(self.poison_scope), self._say
+                )
                 attempt += 1
                 self.out.reopen()
         self.progress.print()
@@ -718,6 +723,7 @@ def _model_stage(
         # (ray-project/ray#53727: unsafe, and an ERROR line in every run). A dead actor instead fails
         # this attempt, and run() restarts the pipeline on the units not yet committed.
         **_NO_ACTOR_RESTARTS,
+        **model_actor_options(placement),  # off nodes whose GPU broke twice in this run
     )
 
 

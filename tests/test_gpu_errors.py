@@ -6,7 +6,9 @@ error) and otherwise runs the real model; every row comes out exactly once."""
 from __future__ import annotations
 
 import logging
+import os
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -255,3 +257,130 @@ def test_a_sticky_error_surfacing_in_the_head_ends_the_actor(tiny_model_dir, mon
 
 def test_outside_ray_no_gpu_share_is_set(tiny_model_dir):
     assert predictor(tiny_model_dir).memory_fraction is None
+
+
+TWO_ON_ONE_GPU = """
+import json, os, sys
+import ray
+from pipeline.predictor import EmotionPredictor
+
+
+class Probe(EmotionPredictor):
+    def facts(self):
+        return {"fraction": self.memory_fraction, "gpu": ray.get_gpu_ids(), "pid": os.getpid(),
+                "runtime": self.runtime}
+
+
+ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+Actor = ray.remote(num_cpus=0, num_gpus=0.5)(Probe)
+actors = [Actor.remote(source=sys.argv[1], device="cuda", simulate_gpu=True) for _ in range(2)]
+print(json.dumps(ray.get([a.facts.remote() for a in actors])))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU on a machine without one")
+def test_two_actors_on_one_gpu_each_keep_half_its_memory(tiny_model_dir, tmp_path):
+    """model.gpus_per_actor 0.5: two model actors share one (simulated) GPU, and each caps its
+    allocator at the half Ray assigned it (on a real GPU through set_per_process_memory_fraction;
+    tests/test_gpu.py-style checks of the cap itself need the device)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_ON_ONE_GPU)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    facts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len({f["pid"] for f in facts}) == 2 and all(f["gpu"] == facts[0]["gpu"] for f in facts), facts
+    assert [f["fraction"] for f in facts] == [0.5, 0.5], facts
+    assert all("simulated gpu" in f["runtime"] for f in facts), facts
+
+
+# -- on a CUDA device (skipped without one) ---------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_out_of_memory_on_a_batch_is_split_to_what_fits(tiny_model_dir, caplog):
+    """A real out-of-memory: the allocator is capped so that one clip fits and the whole batch does
+    not; every row gets the result it gets alone, and the budget falls."""
+    clips = random_clips([20 * 16_000 - 999 * k for k in range(12)], seed=41)
+    alone = EmotionPredictor(source=str(tiny_model_dir), device="cuda", dtype="float32", batch_seconds=20.0)
+    want = alone.predict(clips)
+    p = EmotionPredictor(
+        source=str(tiny_model_dir), device="cuda", dtype="float32", batch_seconds=600.0, max_batch_size=64
+    )
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    p.predict(clips[:1])
+    one = torch.cuda.max_memory_allocated() - base
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction((base + 3 * one) / total)  # ~3 clips' activations
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+            got = p.predict(clips)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    print(f"\none clip's peak {one / 2**20:.1f} MiB; budget now {p.budget / 16_000:.1f} s (was 600 s)")
+    assert all(isinstance(r, mod.RowResult) for r in got), got
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.embedding, w.embedding, atol=1e-4)
+    assert p.budget < 600 * 16_000
+    assert sum("batch budget" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_errors_as_torch_raises_them():
+    """The classes of errors the device really raises: out of memory, and (in a child process, whose
+    context it breaks) a device-side assert."""
+    import subprocess
+    import sys
+
+    try:
+        torch.empty(2**62, dtype=torch.uint8, device="cuda")
+    except Exception as e:  # noqa: BLE001
+        oom = e
+    assert classify(oom) is Kind.MEMORY, repr(oom)
+    child = (
+        "import torch\nfrom pipeline.gpu_errors import classify\n"
+        "x = torch.zeros(4, device='cuda')\n"
+        "try:\n    x[torch.tensor([40], device='cuda')].sum().item()\n"
+        "except Exception as e:\n    print(type(e).__name__, getattr(e, 'error_code', None), classify(e).name)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, env=env)
+    print("\ndevice-side assert:", r.stdout.strip())
+    assert r.stdout.strip().endswith("STICKY"), r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_an_actor_on_half_a_gpu_caps_its_allocator_at_half(tiny_model_dir, monkeypatch):
+    """What a model actor holding GPU 0.5 sets: its allocator then refuses more than half the
+    device, whatever is free."""
+    monkeypatch.setattr(mod, "gpu_share", lambda: 0.5)
+    p = EmotionPredictor(source=str(tiny_model_dir), device="cuda", dtype="float32")
+    total = torch.cuda.get_device_properties(0).total_memory
+    try:
+        assert p.memory_fraction == 0.5
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(0.6 * total), dtype=torch.uint8, device="cuda")
+        x = torch.empty(int(0.4 * total), dtype=torch.uint8, device="cuda")
+        del x
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()

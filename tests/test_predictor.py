@@ -139,6 +139,30 @@ def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatc
         assert out["label"][i].as_py() == want["label"][j].as_py()
 
 
+def test_suspect_rows_run_in_the_actor_when_no_separate_process_starts(tiny_model_dir, monkeypatch):
+    """A separate process that cannot start (no room for a second model beside the actor's, say)
+    used to end the run with exit 1: the suspect rows now run in the actor, one at a time, and get
+    the results they get anywhere."""
+    import pyarrow as pa
+
+    clips = random_clips([16_000, 20_000, 12_000], seed=22)
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "path": ["a.wav", "b.wav", "c.wav"],
+            "error": [None, None, None],
+            "waveform": pa.array(clips, pa.large_list(pa.float32())),
+        }
+    )
+    monkeypatch.setenv("E2V_INJECT_CRASH", "isolate:start")  # every child dies as it starts
+    out = predictor(tiny_model_dir, suspects=["b", "c"])(batch)
+    monkeypatch.delenv("E2V_INJECT_CRASH")
+    want = predictor(tiny_model_dir)(batch)
+    assert out["id"].to_pylist() == ["a", "b", "c"] and out["error"].to_pylist() == [None, None, None]
+    for i in range(3):
+        np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][i].as_py(), atol=1e-5)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU on a machine without one")
 def test_a_simulated_gpu_runs_the_model_on_the_cpu_and_says_so(tiny_model_dir, capsys):
     """EMOTION2VEC_SIMULATE_GPU: an actor placed as on a GPU, with no CUDA device, runs on its CPU in
