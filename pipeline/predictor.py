@@ -234,7 +234,10 @@ class EmotionPredictor:
         self._budget_lowered = False
         self.memory_fraction = gpu_share()
         if self.memory_fraction is not None and self.device.startswith("cuda"):
-            torch.cuda.set_per_process_memory_fraction(self.memory_fraction, torch.device(self.device))
+            index = torch.device(self.device).index  # the call wants an index: "cuda" has none
+            torch.cuda.set_per_process_memory_fraction(
+                self.memory_fraction, torch.cuda.current_device() if index is None else index
+            )
 
     # -- model work ---------------------------------------------------------------------------
 

@@ -336,8 +336,8 @@ def test_gpu_out_of_memory_on_a_batch_is_split_to_what_fits(tiny_model_dir, capl
         torch.cuda.set_per_process_memory_fraction(1.0)
     print(f"\none clip's peak {one / 2**20:.1f} MiB; budget now {p.budget / 16_000:.1f} s (was 600 s)")
     assert all(isinstance(r, mod.RowResult) for r in got), got
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g.embedding, w.embedding, atol=1e-4)
+    for g, w in zip(got, want, strict=True):  # batched vs alone on a GPU: TF32 convolutions, other kernels
+        np.testing.assert_allclose(g.embedding, w.embedding, atol=2e-3)
     assert p.budget < 600 * 16_000
     assert sum("batch budget" in r.getMessage() for r in caplog.records) == 1
 
