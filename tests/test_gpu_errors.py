@@ -226,30 +226,53 @@ def test_a_sticky_device_error_ends_the_actor(tiny_model_dir, monkeypatch, no_ex
     assert ended.value.args == (EXIT_DEVICE_BROKEN,)
 
 
+def fail_in_the_head(p: EmotionPredictor, monkeypatch, fail) -> None:
+    """p's head call (`_classify`, once per model call on every embedding) runs `fail(x)` first; the
+    model's forward, which runs the head too, is left alone."""
+    head, forward = p.bundle.model.classify, p._forward
+    in_forward = []
+
+    def forward_(clips):
+        in_forward.append(True)
+        try:
+            return forward(clips)
+        finally:
+            in_forward.pop()
+
+    def classify_(x):
+        if not in_forward:
+            fail(x)
+        return head(x)
+
+    monkeypatch.setattr(p, "_forward", forward_)
+    monkeypatch.setattr(p.bundle.model, "classify", classify_)
+
+
 def test_out_of_memory_in_the_head_runs_it_in_halves(tiny_model_dir, monkeypatch, no_exit):
     """The head runs once per call on every embedding; out of memory there (or an asynchronous
     error surfacing there) used to escape the call and end the run."""
     clips = random_clips(LENGTHS[:5], seed=36)
     want = predictor(tiny_model_dir).predict(clips)
     p = predictor(tiny_model_dir)
-    head = p.bundle.model.classify
+    sizes: list[int] = []
 
-    def classify_(x):
+    def fail(x):
+        sizes.append(len(x))
         if len(x) > 2:
             raise RuntimeError(CUBLAS_ALLOC)
-        return head(x)
 
-    monkeypatch.setattr(p.bundle.model, "classify", classify_)
+    fail_in_the_head(p, monkeypatch, fail)
     assert_same_rows(p.predict(clips), want)
+    assert sizes == [5, 2, 3, 1, 2], sizes  # 5 fails; halves 2 and 3; 3 fails; halves 1 and 2
 
 
 def test_a_sticky_error_surfacing_in_the_head_ends_the_actor(tiny_model_dir, monkeypatch, no_exit):
     p = predictor(tiny_model_dir)
 
-    def classify_(x):
+    def fail(x):
         raise accelerator_error(ILLEGAL_ADDRESS, 700)
 
-    monkeypatch.setattr(p.bundle.model, "classify", classify_)
+    fail_in_the_head(p, monkeypatch, fail)
     with pytest.raises(Exited) as ended:
         p.predict(random_clips([16_000], seed=37))
     assert ended.value.args == (EXIT_DEVICE_BROKEN,)
