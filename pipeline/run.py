@@ -39,8 +39,11 @@ from .cluster import (
     dead_by_accident,
     init_ray,
     lost_nodes,
+    model_actor_options,
+    nodes_to_avoid,
     place_model,
     quiet_ray_logs,
+    wait_for_silent_nodes,
 )
 from .config import JobConfig
 from .errors import DeviceUnusable, causes, find
@@ -57,7 +60,7 @@ from .manifest import (
     read_units,
 )
 from .manifest.tasks import count_task, read_task
-from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
+from .poison import NAMESPACE, TASK_RETRIES, broken_devices, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -106,8 +109,10 @@ class Tally:
     counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     per_node: dict[str, int] = field(default_factory=dict)
     per_runtime: dict[str, int] = field(default_factory=dict)
+    units: int = 0  # commits: a restart loop's measure of progress
 
     def add(self, unit: Pending) -> None:
+        self.units += 1
         for k in COUNTS:
             self.counts[k] += unit.counts[k]
         for acc, part in ((self.per_node, unit.per_node), (self.per_runtime, unit.per_runtime)):
@@ -191,7 +196,8 @@ def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
 
 def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     """Run the job end to end. Raises JobError for failures that stop it before processing and
-    RunFailed when Ray fails under it more often than `ray.max_restarts`; the result says whether
+    RunFailed when Ray fails under it more than `ray.max_restarts` times in a row without a unit
+    committed in between; the result says whether
     the output's error fraction is too high."""
     import ray
 
@@ -290,24 +296,39 @@ class _Job:
 
     def attempts(self) -> None:
         """Run the pipeline on what is not committed; after a Ray failure a restart can get past, run
-        it again on what is left, up to `ray.max_restarts` times."""
+        it again on what is left. `ray.max_restarts` bounds the failed attempts in a row that
+        committed no unit: a run that keeps committing keeps going. Before a restart, nodes Ray still
+        lists as alive that no longer answer (a preempted node) are waited for until Ray declares
+        them dead, so that the new pool is not placed on them."""
         cfg = self.cfg
-        for attempt in range(cfg.ray.max_restarts + 1):
+        attempt = in_a_row = 0
+        while True:
             self.elastic["restarts"] = attempt
+            units = self.tally.units
             try:
                 self._attempt(attempt)
                 break
             except RunFailed as e:
-                if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
+                in_a_row = 1 if self.tally.units > units else in_a_row + 1
+                if in_a_row > cfg.ray.max_restarts or not _recoverable(e.__cause__):
                     raise
                 print(
-                    f"[emotion2vec] {e}; restarting on what is left ({attempt + 2}/{cfg.ray.max_restarts + 1})",
+                    f"[emotion2vec] {e}; restarting on what is left (restart {attempt + 1}; "
+                    f"{in_a_row} in a row without a commit, of ray.max_restarts {cfg.ray.max_restarts})",
                     file=self.stream,
                     flush=True,
                 )
+                wait_for_silent_nodes(self.nodes_seen, say=self._say)
+                self.placement.avoid_nodes = nodes_to_avoid(
+                    self.placement, broken_devices(self.poison_scope), self._say
+                )
+                attempt += 1
                 self.out.reopen()
         self.progress.print()
         self.elastic["nodes_lost"] = lost_nodes(self.nodes_seen)
+
+    def _say(self, line: str) -> None:
+        print(f"[emotion2vec] {line}", file=self.stream, flush=True)
 
     def _attempt(self, attempt: int) -> None:
         cfg, plan = self.cfg, self.plan
@@ -724,6 +745,7 @@ def _model_stage(
         # (ray-project/ray#53727: unsafe, and an ERROR line in every run). A dead actor instead fails
         # this attempt, and run() restarts the pipeline on the units not yet committed.
         **_NO_ACTOR_RESTARTS,
+        **model_actor_options(placement),  # off nodes whose GPU broke twice in this run
     )
 
 
