@@ -45,7 +45,6 @@ from common import (
     session_cpu_by_role,
 )
 
-
 TICK = os.sysconf("SC_CLK_TCK")
 WORKER_ROLES_EXCLUDED = ("driver", "Ray's system processes (GCS, raylet, agents)", "model actor")
 
@@ -87,7 +86,8 @@ def one_run(code: Path, cfg: Path, out: Path, log: Path, sets: list[str]) -> dic
     wall = time.perf_counter() - t0
     text = log.read_text(errors="replace")
     audio = sum(
-        x or 0.0 for x in pads.dataset(str(out), format="parquet").to_table(["duration_s"])["duration_s"].to_pylist()
+        x or 0.0
+        for x in pads.dataset(str(out), format="parquet").to_table(["duration_s"])["duration_s"].to_pylist()
     )
     cpu = {k: v / TICK for k, v in roles.roles.items()}
     decode = cpu.get("decode tasks", 0.0)
@@ -141,7 +141,9 @@ def main() -> None:
           "workers started | churn warnings | wall s |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for name, rs in results.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("per_decode_cpu_s", "per_worker_cpu_s", "wall_s")}
+        med = {
+            k: statistics.median(x[k] for x in rs) for k in ("per_decode_cpu_s", "per_worker_cpu_s", "wall_s")
+        }
         started = "/".join(str(x["workers_started"]) for x in rs)
         warns = "/".join(str(x["churn_warnings"]) for x in rs)
         print(f"| {name} ({codes[name]}) | {med['per_decode_cpu_s']:.0f} | {med['per_worker_cpu_s']:.0f} | "
