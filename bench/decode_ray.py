@@ -6,7 +6,8 @@ the worker processes Ray starts, for this checkout and another (e.g. the base co
 
 Each round runs the real job (jobs/extract.py, embedded Ray with `ray.num_cpus` = cores, a near-free
 model: bench/common.py's feed model) on a manifest of many rows over a few dozen real clips (`mixed`:
-1-20 s 16 kHz wav / 44.1 kHz stereo flac / 48 kHz mp3, `wav`: 1-20 s 16 kHz wav only), once with
+1-20 s 16 kHz wav / 44.1 kHz stereo flac / 48 kHz mp3, `wav`: 1-20 s 16 kHz wav only, `short`: the
+three formats in 0.5 s clips, many tasks per audio-second), once with
 this checkout's `pipeline` and once with `--other`'s (PYTHONPATH), interleaved. While it runs, every
 process of its session is sampled every 0.1 s (bench/common.py's session_cpu_by_role: CPU ticks
 under the role the process title names at that moment). Reported per code:
@@ -108,7 +109,7 @@ def one_run(code: Path, cfg: Path, out: Path, log: Path, sets: list[str]) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clips", choices=["mixed", "wav"], default="mixed")
+    p.add_argument("--clips", choices=["mixed", "wav", "short"], default="mixed")
     p.add_argument("--rows", type=int, default=600)
     p.add_argument("--distinct", type=int, default=12, help="distinct clips per format")
     p.add_argument("--cores", type=int, default=2)
@@ -119,8 +120,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-decode-ray")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    formats = ("wav", "flac", "mp3") if a.clips == "mixed" else ("wav",)
-    files = clip_files(a.cache, a.distinct, 1.0, 20.0, formats=formats)
+    formats = ("wav",) if a.clips == "wav" else ("wav", "flac", "mp3")
+    lo, hi = (0.5, 0.5) if a.clips == "short" else (1.0, 20.0)
+    files = clip_files(a.cache, a.distinct, lo, hi, formats=formats)
     manifest = a.out / f"manifest-{a.clips}.jsonl"
     many_rows_manifest(manifest, files, a.rows)
     model = feed_model_dir(a.cache / "feed-model")
