@@ -75,7 +75,8 @@ def one_run(code: Path, cfg: Path, out: Path, log: Path, sets: list[str]) -> dic
     cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)]
     for s in sets:
         cmd += ["--set", s]
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    # the code's root first; the rest of the path stays (a GPU machine's unpacked Ray, say)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--other", type=Path, help="another checkout (its root) to run side by side")
+    p.add_argument("--manifest", type=Path, help="an existing manifest instead of the generated corpus")
     p.add_argument("--set", action="append", default=[], help="job config override k=v, both codes")
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench-feed-cache")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-decode-ray")
@@ -122,9 +124,11 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     formats = ("wav",) if a.clips == "wav" else ("wav", "flac", "mp3")
     lo, hi = (0.5, 0.5) if a.clips == "short" else (1.0, 20.0)
-    files = clip_files(a.cache, a.distinct, lo, hi, formats=formats)
-    manifest = a.out / f"manifest-{a.clips}.jsonl"
-    many_rows_manifest(manifest, files, a.rows)
+    manifest = a.manifest
+    if manifest is None:
+        files = clip_files(a.cache, a.distinct, lo, hi, formats=formats)
+        manifest = a.out / f"manifest-{a.clips}.jsonl"
+        many_rows_manifest(manifest, files, a.rows)
     model = feed_model_dir(a.cache / "feed-model")
     codes = {"this": ROOT, **({"other": a.other.resolve()} if a.other else {})}
     results: dict[str, list[dict]] = {k: [] for k in codes}
