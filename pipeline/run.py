@@ -72,6 +72,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3  # 2: units with commit markers, span and segment columns; 3: speaker, overlap_s
 READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model
 WRITE_CPUS = 0
+# Concurrent read tasks and write tasks each: a quarter of the cluster's CPUs, at least 2. Their CPU
+# shares (0.1, 0) do not bound them, and every task in flight holds a Ray worker process: uncapped,
+# a 16-core node ran 64-112 workers at once (Ray warns from 4x its startup concurrency, the CPU
+# count), each paying Ray Data's imports. Reading and staging files are light and mostly wait on
+# storage, so a few tasks keep up with any decode rate.
+LIGHT_TASKS_PER_CPU, MIN_LIGHT_TASKS = 0.25, 2
 
 
 class JobError(RuntimeError):
@@ -651,7 +657,8 @@ def build_dataset(
     # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
     # decoded-audio budget of a model call, so the model stage gets one block per call.
     ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
-    ds = _read(cfg, plan, pieces, skip, storage)
+    light = light_tasks(ray.cluster_resources())
+    ds = _read(cfg, plan, pieces, skip, storage, light)
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameters for max_retries / max_restarts yet (pyproject
         # pins ray < 2.64, where the **ray_remote_args they go through are removed)
@@ -691,8 +698,9 @@ def build_dataset(
         # staging a file is light, mostly waiting on storage. Ray schedules a task only when its CPU
         # request fits, and decoding and the model can hold every CPU for as long as there is input:
         # a write op asking for a CPU share would wait behind them while results pile up in the object
-        # store and no unit commits. So it asks for none.
+        # store and no unit commits. So it asks for none, and the pool is capped instead.
         num_cpus=WRITE_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=light),
         **cpu_task_options(cfg),
     )
 
@@ -774,9 +782,17 @@ def _calls_in_flight(placement: Placement) -> dict[str, Any]:
     return {"max_tasks_in_flight_per_actor": 2 if placement.max_actors == 1 else 1}
 
 
-def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage):
+def light_tasks(resources: dict[str, float]) -> int:
+    """How many read tasks, and how many write tasks, run at once on a cluster with these resources."""
+    return max(MIN_LIGHT_TASKS, int(resources.get("CPU", 1.0) * LIGHT_TASKS_PER_CPU))
+
+
+def _read(
+    cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage, tasks: int
+):
     """The manifest as a Ray Dataset of unit blocks: one read task per piece (runs of whole units),
-    streamed. A folder of audio files was listed by the driver already: its blocks are cut there."""
+    at most `tasks` at once, streamed. A folder of audio files was listed by the driver already: its
+    blocks are cut there."""
     import ray.data
 
     rows = plan.block_rows(cfg.audio.decode_batch_size)
@@ -791,6 +807,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},
         num_cpus=READ_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=tasks),
         **cpu_task_options(cfg),
     )
     # Ray merges what one task yields into one block. Pieces of one decode block each need nothing
