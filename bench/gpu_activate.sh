@@ -12,7 +12,9 @@ PY=${PY:-python3}
 GPU_SITE=${GPU_SITE:-/tmp/e2v-site}
 if [ "$(cat "$GPU_SITE/.bundle-id" 2>/dev/null)" != "$(cat "$BUNDLE/id")" ]; then
   rm -rf "$GPU_SITE" && mkdir -p "$GPU_SITE" &&
-    tar -C "$GPU_SITE" -xJf "$BUNDLE/ray-site.tar.xz" &&
+    if command -v xz >/dev/null; then tar -C "$GPU_SITE" -xJf "$BUNDLE/ray-site.tar.xz"
+    else "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BUNDLE/ray-site.tar.xz" "$GPU_SITE"
+    fi &&
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
       --target "$GPU_SITE" "$BUNDLE"/whl/*.whl &&
     cp "$BUNDLE/id" "$GPU_SITE/.bundle-id" || { echo "gpu_activate: unpacking $BUNDLE failed" >&2; return 1; }

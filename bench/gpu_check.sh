@@ -30,11 +30,12 @@ WORK=${GPU_CHECK_WORK:-/tmp/e2v-gpu-check}
 LIMIT=${GPU_CHECK_LIMIT_S:-$([ "$DRY" = 1 ] && echo 900 || echo 460)}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK/logs"
 LOGS=$WORK/logs
-exec > >(tee "$OUT/gpu_check.log") 2>&1
+exec 3>&1 4>&2 > >(tee "$OUT/gpu_check.log") 2>&1
+TEE=$!
 SUMMARY=$WORK/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
 # budget CAP LATER: seconds for the next part: CAP, or less so that LATER seconds stay for what follows
-budget() { local b=$((LIMIT - SECONDS - $2)); echo $((b < $1 ? b : $1)); }
+budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b < 1 ? 1 : b)); }
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
   GPU_TESTS_S=60 ENCODER_S=90 CORPUS_S=60 JOB_S=120 JOB2_S=90
@@ -70,13 +71,14 @@ grep -E "^(FAILED|ERROR)" "$LOGS/gpu_tests.log" | cut -c1-200 | tee -a "$SUMMARY
 
 echo "== c. encoder alone"
 T=$(budget "$ENCODER_S" $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
-if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then ENCODER=(bench/gpu_encoder.py); fi
+# bench/gpu_encoder.py (encoder variants side by side), where it exists, replaces the plain rates
+if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then read -ra ENCODER <<< "bench/gpu_encoder.py ${GPU_ENCODER_ARGS:-}"; fi
 max_batch=$("$PY" -c "from pipeline.config import ModelConfig; print(ModelConfig().max_batch_size)")
 [ "${ENCODER[0]}" = bench/model.py ] && ENCODER+=(--max-batch "$max_batch")
 timeout "$T" "$PY" "${ENCODER[@]}" > "$LOGS/encoder.log" 2>&1
 rc=$?
 say "c. encoder alone: ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
-grep -E "clips, |^\|" "$LOGS/encoder.log" | tail -12 | tee -a "$SUMMARY"
+{ grep -E "clips, |^\|" "$LOGS/encoder.log" || tail -n 12 "$LOGS/encoder.log"; } | tail -n 14 | cut -c1-240 | tee -a "$SUMMARY"
 [ $rc = 0 ] || tail -5 "$LOGS/encoder.log" | cut -c1-300 | tee -a "$SUMMARY"
 
 echo "== corpus"
@@ -108,6 +110,11 @@ cp "$SUMMARY" "$OUT/summary.txt"
 cp "$WORK/jobs/gpu_jobs.jsonl" "$OUT/jobs.jsonl" 2>/dev/null
 cp "$WORK"/jobs/*.log "$WORK"/jobs/*.top "$LOGS/" 2>/dev/null
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
-echo
-echo "==================== GPU check summary ($((SECONDS)) s; logs: $OUT/logs.tar.gz) ===================="
-cat "$SUMMARY"
+# the summary goes last: the log's tee is closed (and waited for) first, so nothing lands after it
+exec 1>&3 2>&4 3>&- 4>&-
+wait "$TEE" 2>/dev/null || sleep 1
+{
+  echo
+  echo "==================== GPU check summary ($SECONDS s; logs: $OUT/logs.tar.gz) ===================="
+  cat "$SUMMARY"
+} | tee -a "$OUT/gpu_check.log"
