@@ -37,7 +37,14 @@ python3 -m pip download -q "${PLAT[@]}" -d "$DEST/dl" "ray[data,default]==2.60.0
   2>&1 | { grep -v "is ignored" || true; }
 
 # Ray: unpacked, slimmed, one tar.xz (unpacked there in a few seconds; a wheel would need pip to unzip 80 MB)
-mkdir -p "$DEST/ray" && (cd "$DEST/ray" && python3 -m zipfile -e ../dl/ray-*.whl .)
+mkdir -p "$DEST/ray" && python3 - "$DEST"/dl/ray-*.whl "$DEST/ray" <<'PY'
+import os, sys, zipfile  # as unzip does: with the files' modes (raylet, gcs_server are executables)
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for info in z.infolist():
+        path = z.extract(info, sys.argv[2])
+        if info.external_attr >> 16:
+            os.chmod(path, (info.external_attr >> 16) & 0o777)
+PY
 rm -rf "$DEST"/ray/ray/{jars,rllib,serve,llm}
 find "$DEST/ray/ray" -type f \( -name "*.so" -o -perm -u+x \) -print0 |
   while IFS= read -r -d '' f; do

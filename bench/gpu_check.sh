@@ -39,7 +39,7 @@ budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
   GPU_TESTS_S=60 ENCODER_S=90 CORPUS_S=60 JOB_S=120 JOB2_S=90
-  ENCODER=(bench/model.py --budgets 16 --dtypes float32 --seconds 60 --rounds 1)
+  ENCODER=(bench/model.py --budgets 16 --dtypes float32 --seconds 20 --rounds 1)
 else
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
   GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=30 JOB_S=100 JOB2_S=70
