@@ -31,11 +31,20 @@ def pack(lengths: Sequence[int], budget_samples: int, max_batch_size: int) -> li
     return batches
 
 
-def collate(clips: Sequence[np.ndarray], pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (wav [B, N] float32 zero-padded, lengths [B] int64)."""
+def collate(
+    clips: Sequence[np.ndarray], pin_memory: bool = False, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (wav [B, N] float32 zero-padded, lengths [B] int64). `out`: a flat float32 buffer of at
+    least B x N elements to collate into (reused across batches: only the padding is zeroed, not the
+    whole buffer)."""
     lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    wav = torch.zeros(len(clips), int(lengths.max()), dtype=torch.float32, pin_memory=pin_memory)
+    B, N = len(clips), int(lengths.max())
+    if out is None:
+        wav = torch.empty(B, N, dtype=torch.float32, pin_memory=pin_memory)
+    else:
+        wav = out[: B * N].view(B, N)
     buf = wav.numpy()  # shares memory with wav; numpy assignment copies from read-only views too
     for i, c in enumerate(clips):
         buf[i, : len(c)] = c
+        buf[i, len(c) :] = 0.0
     return wav, lengths

@@ -178,10 +178,12 @@ def place_model(
     resources = ray.cluster_resources()
     m = cfg.model
     facts: dict[str, Any] = {"gpu_wait_s": 0.0}
-    if m.device == "cpu" or resources.get("GPU", 0.0) > 0:
+    if m.device == "cpu":
+        return plan_placement(cfg, resources), facts
+    if resources.get("GPU", 0.0) > 0 and ray.available_resources().get("GPU", 0.0) >= m.gpus_per_actor:
         return plan_placement(cfg, resources), facts
     offered = gpu_node_types()
-    if m.device == "auto" and not offered:
+    if m.device == "auto" and not offered and resources.get("GPU", 0.0) <= 0:
         if not local:  # on a cluster, a model on CPU actors may be a surprise: say so
             say(
                 "model.device auto: the Ray cluster has no GPU and offers no GPU node type; the model runs on "
@@ -223,18 +225,24 @@ def wait_for_gpus(cfg: JobConfig, offered: list[str], say: Callable[[str], None]
     try:
         while True:
             resources = ray.cluster_resources()
+            free = ray.available_resources().get("GPU", 0.0)
+            total = resources.get("GPU", 0.0)
             waited = time.monotonic() - t0
-            if resources.get("GPU", 0.0) >= need:
-                say(f"GPU {resources['GPU']:g} joined the cluster after {waited:.0f} s")
+            if free >= need:
+                say(f"GPU {free:g} free on the cluster after {waited:.0f} s (GPU {total:g} in all)")
                 return resources
+            # GPUs that exist but are all held by other work are waited for like GPUs not there yet
+            have = (
+                f"its GPU {total:g} are all in use by other work" if total > 0 else "the cluster has none yet"
+            )
             if waited >= cfg.ray.gpu_wait_s:
                 raise ClusterError(
-                    f"model.device {m.device}: no GPU joined the Ray cluster within ray.gpu_wait_s "
-                    f"{cfg.ray.gpu_wait_s:g} s (missing resource: GPU {need:g} per model actor{where})"
+                    f"model.device {m.device}: no GPU became free on the Ray cluster within ray.gpu_wait_s "
+                    f"{cfg.ray.gpu_wait_s:g} s (missing resource: GPU {need:g} per model actor{where}; {have})"
                 )
             say(
-                f"waiting for a GPU node{where}: model actors need GPU {need:g} each, the cluster has "
-                f"none yet ({waited:.0f} s of ray.gpu_wait_s {cfg.ray.gpu_wait_s:g})"
+                f"waiting for a GPU node{where}: model actors need GPU {need:g} each, {have} "
+                f"({waited:.0f} s of ray.gpu_wait_s {cfg.ray.gpu_wait_s:g})"
             )
             time.sleep(min(cfg.ray.progress_interval_s, max(cfg.ray.gpu_wait_s - waited, 0.1)))
     finally:

@@ -69,12 +69,17 @@ class ModelConfig(_Section):
         description="padded audio per forward pass in seconds (batch size x longest clip); "
         "default 16 on CPU, where padding costs more than batching gains, 600 on GPU",
     )
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="clips per forward pass; default 32 on CPU, 256 on GPU (short clips fill a GPU's "
+        "batch_seconds budget only in large batches)",
+    )
     rows_per_call: int | None = Field(
         None,
         ge=1,
-        description="rows handed to an actor per call (packed inside); default: whole decoded blocks "
-        "(audio.block_mb), which avoids re-slicing waveforms between the stages",
+        description="at most this many rows per model call (a decoded block is handed over in slices); "
+        "default: whole decoded blocks. A call never holds more than a block (audio.block_mb) of audio",
     )
 
 

@@ -31,3 +31,10 @@ def causes(e: BaseException | None) -> Iterator[BaseException]:
 def find(e: BaseException | None, kinds: type[E] | tuple[type[E], ...]) -> E | None:
     """The first exception in `e`'s chain that is one of `kinds`, or None."""
     return next((x for x in causes(e) if isinstance(x, kinds)), None)
+
+
+class DeviceUnusable(RuntimeError):
+    """A model actor holds a Ray GPU but PyTorch cannot use any CUDA device there (a driver older than
+    the installed PyTorch needs, a build without CUDA, devices hidden from the process). No restart
+    fixes that: the job ends with this message (exit 2) instead of burning its restarts. Raised by
+    the model stage (`predictor.py`); defined here, where the driver reads it without importing torch."""

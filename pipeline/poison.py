@@ -85,21 +85,24 @@ class Guard:
 
 
 class InFlight:
-    """One model actor's record of the rows of its call in flight (one key per actor, named by
-    its Ray actor id)."""
+    """One model actor's record of the rows of its calls in flight: one key per call, named by the
+    actor's Ray actor id and the call (a GPU actor runs two calls at once)."""
 
     def __init__(self, namespace: str | None):
         self._kv = _kv() if namespace else None
         self._ns = namespace
-        self._key = f"{_IN_FLIGHT}{_actor_id() or uuid.uuid4().hex}"
+        self._actor = _actor_id() or uuid.uuid4().hex
 
-    def record(self, ids: list[str]) -> None:
+    def record(self, ids: list[str]) -> str:
+        """-> the key of this call, for `clear`."""
+        key = f"{_IN_FLIGHT}{self._actor}/{uuid.uuid4().hex[:12]}"
         if self._kv is not None:
-            self._kv._internal_kv_put(self._key, json.dumps(ids), overwrite=True, namespace=self._ns)
+            self._kv._internal_kv_put(key, json.dumps(ids), overwrite=True, namespace=self._ns)
+        return key
 
-    def clear(self) -> None:
+    def clear(self, key: str) -> None:
         if self._kv is not None:
-            self._kv._internal_kv_del(self._key, namespace=self._ns)
+            self._kv._internal_kv_del(key, namespace=self._ns)
 
 
 def collect_suspects(namespace: str, dead: set[str] | frozenset[str] = frozenset()) -> set[str]:
@@ -114,7 +117,7 @@ def collect_suspects(namespace: str, dead: set[str] | frozenset[str] = frozenset
     suspects = set(json.loads(raw)) if raw else set()
     keys = kv._internal_kv_list(_IN_FLIGHT, namespace=namespace)
     names = [k.decode() if isinstance(k, bytes) else k for k in keys]
-    of_dead = [k for k in names if k[len(_IN_FLIGHT) :] in dead]
+    of_dead = [k for k in names if k[len(_IN_FLIGHT) :].split("/")[0] in dead]
     for key in of_dead or names:
         ids = kv._internal_kv_get(key, namespace=namespace)
         suspects |= set(json.loads(ids)) if ids else set()

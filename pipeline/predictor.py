@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,14 +25,18 @@ import torch
 
 from .audio import chunk_bounds
 from .batching import collate, pack
+from .errors import DeviceUnusable
 from .model import ModelBundle, kernels, load_model
 from .poison import InFlight, crashed_alone, maybe_crash
 from .schema import MODEL_NODE, MODEL_RUNTIME, MODEL_TIME, WAVEFORM, segments_type
 
 log = logging.getLogger(__name__)
 
-# padded audio per forward pass when model.batch_seconds is not set (bench/RESULTS.md)
+# padded audio per forward pass when model.batch_seconds is not set, and clips per forward pass when
+# model.max_batch_size is not set (bench/RESULTS.md): on a GPU 3-5 s clips fill only 100-160 s of the
+# 600 s budget in batches of 32
 DEFAULT_BATCH_SECONDS = {"cpu": 16.0, "cuda": 600.0}
+DEFAULT_MAX_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,11 +58,12 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """`model.dtype` -> the dtype the model runs in on `device` of this machine. `auto`: bfloat16
-    on GPUs, float32 on CPUs. A half-precision dtype on a CPU without native support for it
+    on GPUs that have it in hardware (Ampere and later), float16 on older ones (a T4, a V100),
+    float32 on CPUs. A half-precision dtype on a CPU without native support for it
     (bfloat16 needs AVX512-BF16 or AMX) would run its matmuls in a scalar fallback, ~100x slower
     than float32: float32 is used instead, with a warning."""
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return gpu_auto_dtype() if device.startswith("cuda") else torch.float32
     want = DTYPES[dtype]
     if device == "cpu" and want != torch.float32 and not cpu_has_native(want):
         warnings.warn(
@@ -69,6 +75,14 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         )
         return torch.float32
     return want
+
+
+def gpu_auto_dtype() -> torch.dtype:
+    """`model.dtype: auto` on a GPU: bfloat16 where the GPU computes it natively, else float16 (which
+    every CUDA GPU's tensor cores take). Without a visible device (a simulated GPU): bfloat16."""
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return torch.bfloat16
 
 
 def cpu_has_native(dtype: torch.dtype) -> bool:
@@ -114,6 +128,24 @@ def exit_if_device_broken(e: BaseException) -> None:
 EXIT_DEVICE_BROKEN = 70
 
 
+def cuda_unusable_reason() -> str | None:
+    """Why PyTorch sees no CUDA device in this process (None when it sees one), in PyTorch's words
+    where it has some: its CUDA initialisation warns, e.g. that the driver is too old."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    said = [str(w.message).split("\n")[0] for w in seen if "CUDA" in str(w.message)]
+    if said:
+        return said[0]
+    if torch.version.cuda is None:
+        return f"this PyTorch ({torch.__version__}) is built without CUDA"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device" + (
+        f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    )
+
+
 class WorkerCrashed(RuntimeError):
     """The row killed the process that ran the model on it."""
 
@@ -131,8 +163,35 @@ class RowResult:
 @dataclass
 class ItemResult:  # one window (or whole short clip) through the model
     num_frames: int
-    frames: np.ndarray | None  # [T, D] float32, only when frames are written
+    frames: np.ndarray | None  # [T, D] float16 (the output's type), only when frames are written
     embedding: np.ndarray  # [D] float32
+
+
+class HostBuffers:
+    """Reusable host buffers that padded batches are collated into before they are copied to the
+    device: page-locked on a GPU, so that the copy is a DMA the host need not wait for (a fresh
+    pinned allocation per batch costs more than the copy), plain memory elsewhere. A buffer goes
+    back to the pool once the batch that used it has come back from the device."""
+
+    KEEP = 3  # one per call in flight, one spare
+
+    def __init__(self, pin: bool, size: int):
+        self.pin = pin and torch.cuda.is_available()  # a simulated GPU takes the decision, not the pages
+        self.size = size  # float32 samples: the padded-samples budget of one batch
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, numel: int) -> torch.Tensor:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if buf.numel() >= numel:
+                    return self._free.pop(i)
+        return torch.empty(max(numel, self.size), dtype=torch.float32, pin_memory=self.pin)
+
+    def give(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            if len(self._free) < self.KEEP:
+                self._free.append(buf)
 
 
 def waveforms(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
@@ -161,7 +220,8 @@ class EmotionPredictor:
         frames: bool = False,
         max_chunk_s: float = 30.0,
         batch_seconds: float | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | None = None,
+        rows_per_call: int | None = None,
         torch_threads: int | None = None,
         poison_scope: str | None = None,
         suspects: list[str] | None = None,
@@ -169,23 +229,31 @@ class EmotionPredictor:
     ):
         # what a separate process needs to load the same model (suspect rows run there, see poison.py)
         self._model_kwargs = {
-            k: v for k, v in locals().items() if k not in ("self", "poison_scope", "suspects", "__class__")
+            k: v
+            for k, v in locals().items()
+            if k not in ("self", "poison_scope", "suspects", "rows_per_call", "__class__")
         }
         self._in_flight = InFlight(poison_scope)
         self._suspects = set(suspects or ())
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.device = resolve_device(device)
-        simulated = simulate_gpu and self.device.startswith("cuda") and not torch.cuda.is_available()
-        if simulated:
-            self.device = "cpu"
-            # one line per actor on the driver's console (a logger's record would pass several handlers)
-            print(
-                f"{SIMULATE_GPU_ENV}=1: this model actor holds a Ray GPU but sees no CUDA device; "
-                f"the model runs on its CPU",
-                file=sys.stderr,
-                flush=True,
-            )
+        self.node = _node_id()
+        # `target` is the device every decision is taken for (batch budget, batch size, pinned buffers,
+        # float32 precision); `device` is where the tensors live. They differ only on a simulated GPU,
+        # which takes every GPU decision and runs the tensors on its CPU.
+        self.target = resolve_device(device)
+        self.device = self.target
+        simulated = False
+        if self.target.startswith("cuda"):
+            reason = cuda_unusable_reason()
+            if reason is not None and not simulate_gpu:
+                raise DeviceUnusable(
+                    f"model.device cuda: a model actor on node {self.node[:12]} holds a Ray GPU, but PyTorch "
+                    f"cannot use it: {reason}"
+                )
+            if reason is not None:
+                simulated, self.device = True, "cpu"
+        on_gpu = self.target.startswith("cuda")
         self.dtype = _simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
         self.bundle: ModelBundle = load_model(
             source,
@@ -206,29 +274,73 @@ class EmotionPredictor:
         # windows and budgets follow the loaded model's own input contract (its CNN), not a default
         self.input = self.bundle.input
         self.max_chunk = max(self.input.receptive_field, int(max_chunk_s * self.input.sample_rate))
+        kind = "cuda" if on_gpu else "cpu"
         if batch_seconds is None:
-            batch_seconds = DEFAULT_BATCH_SECONDS["cuda" if self.device.startswith("cuda") else "cpu"]
+            batch_seconds = DEFAULT_BATCH_SECONDS[kind]
         self.budget = max(self.input.receptive_field, int(batch_seconds * self.input.sample_rate))
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE[kind]
+        self.rows_per_call = rows_per_call
+        # on a GPU: batches collated into reused page-locked buffers; float32 means float32 (no TF32 in
+        # cuDNN convolutions, which PyTorch allows by default, nor in cuBLAS matmuls); one forward at a
+        # time, while the actor's other call in flight does its host work (run.py hands a GPU actor
+        # two concurrent calls)
+        self.buffers = HostBuffers(pin=on_gpu, size=self.budget)
+        self.exact_fp32 = on_gpu and self.dtype == torch.float32
+        self._device_lock = threading.Lock()
         self.labels = self.bundle.labels
-        self.node = _node_id()
         # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
         device_name = f"{self.device} {SIMULATED}" if simulated else self.device
         self.runtime = f"{device_name} {str(self.dtype).replace('torch.', '')}"
+        if simulated:
+            d = self.decisions()
+            # one line per actor on the driver's console (a logger's record would pass several handlers)
+            print(
+                f"{SIMULATE_GPU_ENV}=1: this model actor holds a Ray GPU but sees no CUDA device; the model "
+                f"runs on its CPU with the GPU's decisions: batch_seconds {d['batch_seconds']:g}, "
+                f"max_batch_size {d['max_batch_size']}, page-locked buffers {d['pinned_buffers']}, "
+                f"dtype {d['dtype']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def decisions(self) -> dict:
+        """What this actor decided for its device (tests, benchmarks): budget, batch size, pinning."""
+        return {
+            "target": self.target,
+            "device": self.device,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "batch_seconds": self.budget / self.input.sample_rate,
+            "max_batch_size": self.max_batch_size,
+            "pinned_buffers": self.target.startswith("cuda"),
+            "exact_float32": self.exact_fp32,
+            "rows_per_call": self.rows_per_call,
+        }
 
     # -- model work ---------------------------------------------------------------------------
 
     @torch.inference_mode()
     def _forward(self, clips: list[np.ndarray]) -> list[ItemResult]:
-        wav, lengths = collate(clips, pin_memory=self.device.startswith("cuda"))
-        wav = wav.to(self.device, non_blocking=True)
-        out = self.bundle.model(wav, lengths.to(self.device))
-        emb = out.embedding.cpu().numpy()
-        fl = out.frame_lengths.cpu().tolist()
-        # frames leave the device only when they are written (on a GPU they are most of the copy back)
-        frames = out.frames.float().cpu().numpy() if self.frames else None
+        lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+        buf = self.buffers.take(len(clips) * int(lengths.max()))
+        try:
+            wav, lengths = collate(clips, out=buf)  # host work: outside the device lock
+            frame_lengths = self.bundle.model.frame_lengths(lengths).tolist()  # on the host: no sync
+            with self._device_lock, kernels.exact_float32(self.exact_fp32):
+                out = self.bundle.model(
+                    wav.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
+                )
+                # frames leave the device only when they are written (on a GPU they are most of the copy
+                # back), already in the output's float16: half the bytes, no conversion per row
+                frames = out.frames.to(torch.float16).cpu().numpy() if self.frames else None
+                emb = out.embedding.cpu().numpy()
+        except BaseException:
+            if self.device.startswith("cuda"):  # a failed forward may leave the copy from buf queued
+                _synchronize_quietly()
+            raise
+        finally:
+            self.buffers.give(buf)  # the copies above have completed: the buffer is free again
         return [
-            ItemResult(fl[i], None if frames is None else frames[i, : fl[i]], emb[i])
+            ItemResult(frame_lengths[i], None if frames is None else frames[i, : frame_lengths[i]], emb[i])
             for i in range(len(clips))
         ]
 
@@ -324,12 +436,12 @@ class EmotionPredictor:
         alone = set(suspect)
         rest = [i for i in range(len(ids)) if i not in alone]
         if rest:
-            self._in_flight.record([ids[i] for i in rest])
+            call = self._in_flight.record([ids[i] for i in rest])
             for i in rest:
                 maybe_crash("model", paths[i] or ids[i])
             for i, r in zip(rest, self.predict([clips[i] for i in rest]), strict=True):
                 results[i] = r
-            self._in_flight.clear()
+            self._in_flight.clear(call)
         if suspect:
             for i, r in zip(
                 suspect, self._isolated([(ids[i], paths[i], clips[i]) for i in suspect]), strict=True
@@ -362,12 +474,19 @@ class EmotionPredictor:
         """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models)."""
         if not embeddings:
             return None
-        _, scores = self.bundle.model.classify(torch.from_numpy(np.stack(embeddings)).to(self.device))
+        with self._device_lock, kernels.exact_float32(self.exact_fp32):
+            _, scores = self.bundle.model.classify(torch.from_numpy(np.stack(embeddings)).to(self.device))
         return None if scores is None else scores.cpu().numpy()
 
     # -- Ray Data entry point -----------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        k = self.rows_per_call
+        if k and batch.num_rows > k:  # model.rows_per_call: the block in slices, each a call of its own
+            return pa.concat_tables([self._call(batch.slice(i, k)) for i in range(0, batch.num_rows, k)])
+        return self._call(batch)
+
+    def _call(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         t0 = time.perf_counter()
         clips = waveforms(batch[WAVEFORM])
@@ -406,7 +525,7 @@ class EmotionPredictor:
                     for j, (a, b) in enumerate(res.windows)
                 ]
                 if self.frames and res.frames is not None:
-                    frame_parts.append(res.frames.astype(np.float16))
+                    frame_parts.append(np.asarray(res.frames, np.float16))
                     frame_counts[i] = len(res.frames)
         has_scores = ok & bool(self.labels)
         mask = pa.array(~ok)
@@ -436,6 +555,13 @@ def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:
     """[n, width] float32 -> fixed_size_list<float32, width>, null where null_mask."""
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(null_mask, pa.bool_()))
+
+
+def _synchronize_quietly() -> None:
+    try:
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - a broken device is reported by the error being raised
+        pass
 
 
 def _node_id() -> str:

@@ -43,7 +43,7 @@ from .cluster import (
     quiet_ray_logs,
 )
 from .config import JobConfig
-from .errors import causes, find
+from .errors import DeviceUnusable, causes, find
 from .interrupt import Stop, on_interrupt
 from .lease import Lease, LeaseHeld, LeaseLost, acquire
 from .manifest import (
@@ -508,7 +508,7 @@ def _execute(
     except LeaseLost as e:
         raise RunFailed(str(e)) from None
     except Exception as e:
-        cause = _manifest_cause(e)
+        cause = _manifest_cause(e) or _device_unusable(e)
         if cause is not None:
             raise JobError(str(cause)) from None
         progress.forget(sum(int(p.counts[k]) for p in pending.values() for k in ("sources",)))
@@ -519,6 +519,21 @@ def _execute(
         nodes |= watch.nodes_seen
     if pending:
         raise RunFailed(f"{len(pending)} units did not receive all their rows; rerun to redo them")
+
+
+def _device_unusable(e: BaseException) -> DeviceUnusable | None:
+    """A model actor's PyTorch could not use its GPU (predictor.py). Raised in the actor's constructor,
+    it reaches the driver only as the text of Ray's ActorDiedError (Ray keeps a creation task's error
+    as a message, not as the exception): read back from there."""
+    found = find(e, DeviceUnusable)
+    if found is not None:
+        return found
+    marker = f"{DeviceUnusable.__name__}: "
+    for x in causes(e):
+        text = str(x)
+        if marker in text:
+            return DeviceUnusable(text.split(marker, 1)[1].splitlines()[0].strip())
+    return None
 
 
 def _manifest_cause(e: BaseException) -> ManifestError | None:
@@ -669,9 +684,15 @@ def _model_stage(
     from .predictor import EmotionPredictor, simulate_gpu
 
     m = cfg.model
-    return ds.map_batches(
+    # One call per decoded block, on CPUs and GPUs: a block holds at most audio.block_mb of audio, so a
+    # call's host memory is bounded by bytes whatever the clips' lengths (model.rows_per_call slices
+    # it further inside the actor). Ray Data's public map_batches refuses whole blocks (batch_size None)
+    # with num_gpus set, and an integer batch_size is a *minimum* of rows per bundle: 256 rows of
+    # 10-minute files would be ~10 GB in one call. map_batches_internal is the same operator without
+    # that check (Ray's own map_groups uses it to run whole blocks on GPUs).
+    return ds.map_batches_internal(
         EmotionPredictor,
-        batch_size=m.rows_per_call,
+        batch_size=None,
         batch_format="pyarrow",
         fn_constructor_kwargs={
             "source": m.source,
@@ -686,6 +707,7 @@ def _model_stage(
             "max_chunk_s": cfg.audio.max_chunk_s,
             "batch_seconds": m.batch_seconds,
             "max_batch_size": m.max_batch_size,
+            "rows_per_call": m.rows_per_call,
             "torch_threads": placement.torch_threads,
             "poison_scope": poison_scope,
             "suspects": suspects,
@@ -694,7 +716,7 @@ def _model_stage(
         compute=ray.data.ActorPoolStrategy(
             min_size=placement.min_actors,
             max_size=placement.max_actors,
-            max_tasks_in_flight_per_actor=_calls_in_flight(placement),
+            **_calls_in_flight(placement),
         ),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus or None,
@@ -706,16 +728,28 @@ def _model_stage(
 
 
 _NO_ACTOR_RESTARTS = {"max_restarts": 0}
+GPU_CONCURRENT_CALLS = 2  # calls a GPU actor runs at once: one on the device, one doing its host work
+GPU_CALLS_IN_FLIGHT = 4  # calls handed to a GPU actor at once: the next ones are there when one ends
 
 
-def _calls_in_flight(placement: Placement) -> int:
-    """Calls handed to a model actor at once (they run one after the other). Several actors: one
-    each, so that a block goes to an idle actor wherever it is instead of queueing at a busy one
+def _calls_in_flight(placement: Placement) -> dict[str, Any]:
+    """How Ray Data feeds a model actor. On a GPU: two calls run at once in the actor (its forwards
+    take turns on the device under a lock), so that one call's host work (Arrow in, collating into
+    page-locked buffers, the output's columns) overlaps the other's forward instead of leaving the
+    GPU idle, and four are handed over at once so that the next block is already there.
+    On CPUs: calls run one after the other (the forward uses every torch thread). Several actors:
+    one each, so that a block goes to an idle actor wherever it is instead of queueing at a busy one
     beside the task that decoded it (Ray Data prefers the actor on the block's node while it has
     room). One actor: two, so that its next block is already there when a call ends; Ray Data
     notices a finished call only at its next scheduling step (up to 0.1 s later), a gap the size of
     a whole call when the model is fast (bench/RESULTS.md)."""
-    return 2 if placement.max_actors == 1 else 1
+    if placement.device == "cuda":
+        return {
+            "max_tasks_in_flight_per_actor": GPU_CALLS_IN_FLIGHT,
+            "max_concurrent_calls_per_actor": GPU_CONCURRENT_CALLS,
+            "enable_true_multi_threading": True,
+        }
+    return {"max_tasks_in_flight_per_actor": 2 if placement.max_actors == 1 else 1}
 
 
 def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage):

@@ -1,6 +1,7 @@
 """`ray job submit` against a real `ray start --head` cluster that this test starts and stops by
 its own process session (never `ray stop`: other Ray instances may share the machine)."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +20,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def head_node(tmp_path):
+    with start_head(tmp_path) as head:
+        yield head
+
+
+@contextlib.contextmanager
+def start_head(tmp_path, num_gpus: int = 0):
+    """A `ray start --head` cluster of 2 CPUs (and `num_gpus` logical GPUs: a node that advertises
+    GPUs it does not have) with its job server -> (dashboard address, client env, GCS port)."""
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
     env.pop("RAY_ADDRESS", None)
@@ -59,6 +68,8 @@ def head_node(tmp_path):
         "--max-worker-port",
         str(low + 99),
         "--disable-usage-stats",
+        "--num-gpus",
+        str(num_gpus),
     ]
     for k, v in ports.items():
         cmd += [k, str(v)]

@@ -122,7 +122,7 @@ def test_from_zero_gpu_nodes_are_added_and_used(fake_cluster, tiny_model_dir, tm
     job, log, out, ids = submit(fake_cluster, tiny_model_dir, tmp_path, copies=5)
     run = finish(job, log, out, timeout=900)
     text = log.read_text()
-    assert "waiting for a GPU node" in text and "joined the cluster" in text, text[-3000:]
+    assert "waiting for a GPU node" in text and "free on the cluster" in text, text[-3000:]
     assert text.count("EMOTION2VEC_SIMULATE_GPU=1: this model actor") >= 1
     assert run["rows"] == {"input": len(ids), "ok": len(ids), "error": 0, "skipped": 0}
     assert_exactly_once(out, ids)

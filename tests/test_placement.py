@@ -115,7 +115,7 @@ def test_cuda_on_a_cluster_that_gets_no_gpu_waits_then_ends_in_one_line(tiny_mod
     assert r.returncode == 2, r.stderr[-3000:]
     assert "waiting for a GPU node: model actors need GPU 1 each" in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert "no GPU joined the Ray cluster within ray.gpu_wait_s 3 s" in last, last
+    assert "no GPU became free on the Ray cluster within ray.gpu_wait_s 3 s" in last, last
     assert "missing resource: GPU 1 per model actor" in last, last
 
 

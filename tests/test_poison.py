@@ -13,8 +13,7 @@ def test_in_flight_rows_become_suspects_of_their_own_run_only(ray_session):
     a, b = scope("run-a"), scope("run-b")  # two jobs on the same manifest: the same row ids
     first, second = InFlight(a), InFlight(a)
     first.record(["r1", "r2"])
-    second.record(["r3"])
-    second.clear()  # its call finished
+    second.clear(second.record(["r3"]))  # its call finished
     InFlight(b).record(["r1"])
     assert collect_suspects(a) == {"r1", "r2"}
     assert collect_suspects(a) == {"r1", "r2"}  # remembered across attempts, in-flight keys consumed
@@ -29,10 +28,21 @@ def test_in_flight_rows_become_suspects_of_their_own_run_only(ray_session):
     assert _keys(b) == []
 
 
+def test_two_calls_of_one_actor_in_flight_at_once_are_recorded_apart(ray_session):
+    """A GPU actor runs two calls at once: the one that finishes clears its own rows only."""
+    ns = scope("run-d")
+    flight = InFlight(ns)
+    slow = flight.record(["s1", "s2"])
+    fast = flight.record(["f1"])
+    flight.clear(fast)
+    assert collect_suspects(ns) == {"s1", "s2"}
+    flight.clear(slow)
+    forget(ns)
+
+
 def test_outside_ray_nothing_is_recorded():
     flight = InFlight(None)
-    flight.record(["x"])
-    flight.clear()
+    flight.clear(flight.record(["x"]))
 
 
 class PoisonRecorder:

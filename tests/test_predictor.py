@@ -39,7 +39,9 @@ def test_windowed_clip_reassembles_to_the_mean_of_all_window_frames(tiny_model_d
         len(bounds) == 4
         and a[0].num_frames == b[0].num_frames == frames.shape[0] == (len(clip) - 400) // 320 + 1
     )
-    np.testing.assert_allclose(a[0].frames, frames.numpy(), atol=1e-5)
+    # frames come back in the output's float16 (converted on the device): within its rounding
+    assert a[0].frames.dtype == np.float16
+    np.testing.assert_allclose(a[0].frames.astype(np.float32), frames.numpy(), atol=1e-5, rtol=2**-11)
     assert b[0].frames is None  # not copied out when they are not written
     for r in (a[0], b[0]):
         np.testing.assert_allclose(r.embedding, frames.mean(0).numpy(), atol=1e-5)
@@ -165,3 +167,76 @@ def test_a_simulated_gpu_runs_the_model_on_the_cpu_and_says_so(tiny_model_dir, c
     np.testing.assert_array_equal(got.embedding, ref.embedding)  # the same CPU computation
     with pytest.raises((RuntimeError, AssertionError, AttributeError)):
         EmotionPredictor(source=str(tiny_model_dir), device="cuda")  # no CUDA, no flag: not hidden
+
+
+def _flags() -> tuple[bool, bool]:
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float32_on_a_gpu_runs_without_tf32_and_leaves_the_process_setting_alone(tiny_model_dir, dtype):
+    """On a GPU, float32 means float32: cuDNN's convolutions (TF32 by PyTorch's default) and cuBLAS's
+    matmuls run without TF32 inside the model's calls, and the process's own setting is back after
+    them. Checked on a simulated GPU, which takes the GPU's decisions."""
+    p = EmotionPredictor(source=str(tiny_model_dir), device="cuda", dtype=dtype, simulate_gpu=True)
+    seen: list[tuple[bool, bool]] = []
+    p.bundle.model.register_forward_pre_hook(lambda *_: seen.append(_flags()))
+    p.bundle.model.proj.register_forward_pre_hook(lambda *_: seen.append(_flags()))
+    before = _flags()
+    torch.backends.cuda.matmul.allow_tf32 = True  # as a user's process may have it
+    try:
+        p.predict(random_clips([16_000, 8_000], seed=4))
+        after = _flags()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert after == (before[0], True)
+    assert seen, "the model did not run"
+    if dtype == "float32":
+        assert p.decisions()["exact_float32"] and set(seen) == {(False, False)}, seen
+    else:  # half precision: the flags do not apply and are left as they are
+        assert set(seen) == {(before[0], True)}, seen
+
+
+def test_a_simulated_gpu_takes_the_gpu_decisions(tiny_model_dir):
+    """Only the tensors' device differs from a real GPU: the 600 s budget, 256 clips, page-locked
+    buffers (the decision; without a CUDA device there are no pages to lock)."""
+    gpu = EmotionPredictor(source=str(tiny_model_dir), device="cuda", simulate_gpu=True).decisions()
+    cpu = EmotionPredictor(source=str(tiny_model_dir), device="cpu").decisions()
+    assert gpu["target"] == "cuda" and gpu["device"] == "cpu"
+    assert (gpu["batch_seconds"], gpu["max_batch_size"], gpu["pinned_buffers"]) == (600.0, 256, True)
+    assert (cpu["batch_seconds"], cpu["max_batch_size"], cpu["pinned_buffers"]) == (16.0, 32, False)
+
+
+def test_rows_per_call_slices_a_block_and_concurrent_calls_agree_with_one_at_a_time(tiny_model_dir):
+    """A block cut in slices of model.rows_per_call rows, and two calls at once in one actor (as a
+    GPU actor runs them), give what one call at a time gives, row for row."""
+    import threading
+
+    import pyarrow as pa
+
+    clips = random_clips([4_000 + 1_700 * i for i in range(9)], seed=8)
+    block = pa.table(
+        {
+            "id": [f"r{i}" for i in range(9)],
+            "path": [f"r{i}.wav" for i in range(9)],
+            "error": pa.array([None] * 9, pa.string()),
+            "waveform": pa.array([c.tolist() for c in clips], pa.large_list(pa.float32())),
+        }
+    )
+    whole = predictor(tiny_model_dir)(block)
+    sliced = predictor(tiny_model_dir, rows_per_call=4)(block)
+    assert sliced.num_rows == 9 and sliced.column("id").to_pylist() == whole.column("id").to_pylist()
+    np.testing.assert_allclose(
+        np.stack(sliced["embedding"].to_pylist()), np.stack(whole["embedding"].to_pylist()), atol=1e-5
+    )
+    shared = predictor(tiny_model_dir, frames=True)
+    one = shared(block)
+    got: dict[int, pa.Table] = {}
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, shared(block))) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        assert got[k]["frames"].to_pylist() == one["frames"].to_pylist()
+        assert got[k]["embedding"].to_pylist() == one["embedding"].to_pylist()

@@ -188,3 +188,20 @@ def _channels_last_weight(weight: Tensor) -> Tensor:
         cached = ((weight._version, weight.data_ptr()), w4)
         weight._e2v_channels_last = cached
     return cached[1]
+
+
+@contextmanager
+def exact_float32(enabled: bool = True):
+    """Float32 arithmetic in float32 inside the block: no TF32 in cuDNN convolutions (which PyTorch
+    allows by default) nor in cuBLAS matmuls. On an H200 TF32 moved the base model's frames by 0.01
+    (scale ~5) against the CPU's float32. The flags are process-wide, so they are set only around the
+    model's own calls and restored afterwards, never flipped for the whole process."""
+    if not enabled:
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul

@@ -1,0 +1,86 @@
+"""The GPU path as users meet it: a config that sets nothing the README does not tell users to set,
+run with `ray job submit` on a Ray node that advertises a GPU it does not have. With
+EMOTION2VEC_SIMULATE_GPU=1 the model actor takes every decision a GPU takes (Ray's bundle of whole
+blocks, two concurrent calls, the 600 s batch budget, 256 clips, page-locked buffers) and runs its
+tensors on the CPU; without it, the actor that holds a GPU PyTorch cannot use ends the job with one
+line (as a CUDA driver older than the installed PyTorch would), not with restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import cpu_runs_natively
+from .test_cluster_submit import start_head
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gpu_head(tmp_path_factory):
+    with start_head(tmp_path_factory.mktemp("gpu_head"), num_gpus=1) as head:
+        yield head
+
+
+def _submit(head, tmp_path: Path, cfg_text: str, env_vars: dict[str, str]) -> subprocess.CompletedProcess:
+    address, env, _ = head
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(cfg_text)
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT)]
+    if env_vars:
+        cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+    cmd += ["--", "python", "jobs/extract.py", "--config", str(cfg)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_default_config_runs_on_a_gpu_node(gpu_head, tiny_model_dir, tmp_path):
+    """Only input, model.source and output: model.device auto finds the node's GPU. Before the fix
+    Ray Data refused the model stage ("You must provide `batch_size` to `map_batches` when requesting
+    GPUs") and the job exited 1."""
+    import torch
+
+    out = tmp_path / "out"
+    cfg = (
+        "input:\n  manifest: samples/demo/manifest.jsonl\n"
+        f"model:\n  source: {tiny_model_dir}\n"
+        f"output:\n  path: {out}\n"
+    )
+    r = _submit(gpu_head, tmp_path, cfg, {"EMOTION2VEC_SIMULATE_GPU": "1"})
+    text = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in text, text[-4000:]
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"] == {"input": 20, "ok": 20, "error": 0, "skipped": 0}, run["rows"]
+    assert run["placement"]["device"] == "cuda" and run["placement"]["num_gpus"] == 1
+    dtype = "bfloat16" if cpu_runs_natively(torch.bfloat16) else "float32"
+    assert run["rows_per_model_runtime"] == {f"cpu (simulated gpu) {dtype}": 20}
+    # the actor took the GPU's decisions, not the CPU's (16 s, 32 clips, no pinning)
+    line = next(x for x in text.splitlines() if "EMOTION2VEC_SIMULATE_GPU=1: this model actor" in x)
+    assert "batch_seconds 600, max_batch_size 256, page-locked buffers True" in line, line
+
+
+def test_a_gpu_that_pytorch_cannot_use_ends_the_job_in_one_line(gpu_head, tiny_model_dir, tmp_path):
+    """The node advertises a GPU, the actor's PyTorch finds no CUDA device (the case of a driver too
+    old for the installed PyTorch): exit 2 with one error line saying so, and no restarts."""
+    out = tmp_path / "out"
+    cfg = (
+        "input:\n  manifest: samples/demo/manifest.jsonl\n  limit: 4\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cuda\n"
+        f"output:\n  path: {out}\n"
+    )
+    r = _submit(gpu_head, tmp_path, cfg, {})
+    text = r.stdout + r.stderr
+    (tmp_path / "job.log").write_text(text)
+    assert r.returncode != 0, text[-3000:]
+    assert "failed with exit code 2" in text, text[-3000:]
+    # (ray job submit prints the job's last lines twice: once as they come, once in its status)
+    errors = {x for x in text.splitlines() if x.startswith("error:")}
+    assert len(errors) == 1, text[-3000:]
+    assert "holds a Ray GPU, but PyTorch cannot use it: PyTorch" in errors.pop(), text[-3000:]
+    assert "restarting on what is left" not in text, text[-3000:]
