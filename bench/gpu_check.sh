@@ -10,8 +10,8 @@
 #   a. the machine: GPU, driver, cores, memory, /dev/shm, versions, commit
 #   b. the GPU tests: `pytest -m gpu` on the test files that have GPU tests (the others need moto, funasr...)
 #   c. the encoder alone: bench/gpu_encoder.py when it exists, else bench/model.py: >= 400 clips of 1-20 s
-#      packed as the job packs them (pipeline.batching pack/collate, 600 s budget, the job's
-#      max_batch_size), bf16 / fp16 / fp32, audio-s/s and % of the matmul rate
+#      packed as the job packs them (pipeline.batching pack/collate with the job's GPU batch_seconds and
+#      max_batch_size: 600 s, 256), bf16 / fp16 / fp32, audio-s/s and % of the matmul rate
 #   d. the job end to end with defaults (only input, model.source, model.device cuda, output set) on
 #      20,000 rows over 900 generated files: 16 kHz wav, 44.1 kHz stereo flac, 48 kHz mp3, 1-20 s
 #      (bench/gpu_corpus.py, from the bundle's speech pieces), one run through bench/gpu_job.py:
@@ -39,11 +39,11 @@ budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
   GPU_TESTS_S=60 ENCODER_S=90 CORPUS_S=60 JOB_S=120 JOB2_S=90
-  ENCODER=(bench/model.py --budgets 16 --dtypes float32 --seconds 20 --rounds 1)
+  ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
 else
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
   GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=30 JOB_S=100 JOB2_S=70
-  ENCODER=(bench/model.py --budgets 600 --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
+  ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
 fi
 
 echo "== bundle"
@@ -73,8 +73,9 @@ echo "== c. encoder alone"
 T=$(budget "$ENCODER_S" $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
 # bench/gpu_encoder.py (encoder variants side by side), where it exists, replaces the plain rates
 if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then read -ra ENCODER <<< "bench/gpu_encoder.py ${GPU_ENCODER_ARGS:-}"; fi
-max_batch=$("$PY" -c "from pipeline.config import ModelConfig; print(ModelConfig().max_batch_size)")
-[ "${ENCODER[0]}" = bench/model.py ] && ENCODER+=(--max-batch "$max_batch")
+# the job's own batch budget and clips per batch on this device
+read -r budget_s max_batch < <("$PY" -c "from pipeline.predictor import DEFAULT_BATCH_SECONDS as S, DEFAULT_MAX_BATCH_SIZE as B; print(S['$DEVICE'], B['$DEVICE'])")
+[ "${ENCODER[0]}" = bench/model.py ] && ENCODER+=(--budgets "$budget_s" --max-batch "$max_batch")
 timeout "$T" "$PY" "${ENCODER[@]}" > "$LOGS/encoder.log" 2>&1
 rc=$?
 say "c. encoder alone: ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
