@@ -54,7 +54,8 @@ say "bundle activated in $((SECONDS - t)) s ($BUNDLE -> $GPU_SITE)"
 echo "== a. machine"
 {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 | head -4
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 |
+    head -4 || echo "no nvidia-smi"
   echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores;" \
     "memory $(free -g | awk '/Mem:/ {print $2}') GiB; /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
   "$PY" -c "import sys, torch, ray, numpy, pyarrow; print('python', sys.version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda, '| ray', ray.__version__, '| numpy', numpy.__version__, '| pyarrow', pyarrow.__version__)"
