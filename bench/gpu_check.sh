@@ -42,7 +42,7 @@ if [ "$DRY" = 1 ]; then
   ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
 else
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
-  GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=30 JOB_S=100 JOB2_S=70
+  GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=45 JOB_S=100 JOB2_S=70
   ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
 fi
 
