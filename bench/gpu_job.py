@@ -62,7 +62,7 @@ def run(a) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
     timed_out = False
-    with open(log, "w") as f, GpuBusy() as gpu, NodeCpu() as cpu:
+    with open(log, "w", buffering=1) as f, GpuBusy() as gpu, NodeCpu() as cpu:
         f.write(f"$ {' '.join(cmd)}\n{cfg.read_text()}\n")
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env, text=True
