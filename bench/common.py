@@ -165,6 +165,68 @@ class Sampler:
         self._t.join()
 
 
+class GpuBusy(Sampler):
+    """nvidia-smi's utilization.gpu and memory.used of GPU 0; `.samples` (busy %), `.mib` (memory used)
+    and `.times` (time.monotonic() of each); no samples where there is no nvidia-smi."""
+
+    CMD = ("nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "--id=0")
+
+    def __init__(self, period_s: float = 0.5):
+        super().__init__(period_s)
+        self.samples: list[float] = []
+        self.mib: list[float] = []
+        self.times: list[float] = []
+
+    def sample(self) -> bool:
+        try:
+            out = subprocess.run(self.CMD, capture_output=True, text=True, timeout=10).stdout
+            busy, mib = (float(v) for v in out.strip().split(","))
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return False
+        self.samples.append(busy)
+        self.mib.append(mib)
+        self.times.append(time.monotonic())
+        return True
+
+    def summary(self) -> str:
+        busy = [x for x in self.samples if x > 0]  # from the first batch on: start-up excluded
+        if not busy:
+            return "GPU busy: no samples"
+        steady = sorted(busy)[len(busy) // 2]
+        return f"GPU busy: mean {sum(busy) / len(busy):.0f}% / median {steady:.0f}% over {len(busy)} samples"
+
+
+class NodeCpu(Sampler):
+    """The whole node's CPU busy % (all processes, from /proc/stat) over each period; `.samples`, `.times`."""
+
+    def __init__(self, period_s: float = 1.0):
+        super().__init__(period_s)
+        self.samples: list[float] = []
+        self.times: list[float] = []
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all ticks, idle + iowait ticks
+
+    def sample(self) -> bool:
+        now = self._read()
+        total, idle = now[0] - self._last[0], now[1] - self._last[1]
+        if total > 0:
+            self.samples.append(100.0 * (1 - idle / total))
+            self.times.append(time.monotonic())
+        self._last = now
+        return True
+
+
+def mean_between(times: list[float], values: list[float], t0: float, t1: float) -> float | None:
+    """Mean of the samples taken between t0 and t1 (monotonic seconds); None when there are none."""
+    inside = [v for t, v in zip(times, values, strict=True) if t0 <= t <= t1]
+    return sum(inside) / len(inside) if inside else None
+
+
 class PeakMemory(Sampler):
     """Samples `session_memory`; `.rss` and `.in_use` are the highest values seen."""
 
@@ -228,20 +290,27 @@ def speech_pieces(cache: Path) -> list:
 
 
 def clip_files(
-    cache: Path, per_format: int, min_s: float, max_s: float, formats=tuple(FORMATS), seed: int = 0
+    cache: Path,
+    per_format: int,
+    min_s: float,
+    max_s: float,
+    formats=tuple(FORMATS),
+    seed: int = 0,
+    encode=None,
+    workers: int = 1,
 ) -> list[tuple[Path, float]]:
     """`per_format` distinct speech clips of min_s..max_s seconds in each of `formats` (16 kHz mono wav,
-    44.1 kHz stereo flac, 48 kHz mono mp3), written once by sox and kept in `cache`; -> [(file,
-    duration at 16 kHz)], the formats interleaved."""
+    44.1 kHz stereo flac, 48 kHz mono mp3), written once by `encode` (default: sox; `encode_soundfile`
+    where there is no sox) in `workers` processes and kept in `cache`; -> [(file, duration at 16 kHz)],
+    the formats interleaved."""
     import random
 
     import numpy as np
-    import soundfile as sf
 
     folder = cache / f"clips-{min_s:g}-{max_s:g}-s{seed}"
     pieces = None
     rng = random.Random(seed)
-    out = []
+    out, todo = [], []
     for k in range(per_format):
         for name in formats:
             suffix, sr, ch = FORMATS[name]
@@ -251,17 +320,45 @@ def clip_files(
             if not path.exists():
                 pieces = pieces or speech_pieces(cache)
                 x = np.concatenate([pieces[j % len(pieces)] for j in order])[: int(target * 16000)]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.wav")
-                sf.write(str(tmp), x, 16000, subtype="FLOAT")
-                remix = ["remix", "1v0.9", "1v0.6"] if ch == 2 else []
-                fmt = ["-b", "16"] if suffix == ".wav" else []
-                subprocess.run(
-                    ["sox", "-V1", "-D", str(tmp), *fmt, "-r", str(sr), str(path), *remix], check=True
-                )
-                tmp.unlink()
+                todo.append((x, path, sr, ch))
             out.append((path, round(target, 3)))
+    folder.mkdir(parents=True, exist_ok=True)
+    encode = encode or encode_sox
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.starmap(encode, todo, chunksize=4)
+    else:
+        for job in todo:
+            encode(*job)
     return out
+
+
+def encode_sox(x, path: Path, sr: int, channels: int) -> None:
+    """16 kHz float32 speech `x` -> `path` at `sr` Hz (channel k scaled 0.9, 0.6), by sox."""
+    import soundfile as sf
+
+    tmp = path.with_suffix(".tmp.wav")
+    sf.write(str(tmp), x, 16000, subtype="FLOAT")
+    remix = ["remix", "1v0.9", "1v0.6"] if channels == 2 else []
+    fmt = ["-b", "16"] if path.suffix == ".wav" else []
+    subprocess.run(["sox", "-V1", "-D", str(tmp), *fmt, "-r", str(sr), str(path), *remix], check=True)
+    tmp.unlink()
+
+
+def encode_soundfile(x, path: Path, sr: int, channels: int) -> None:
+    """As `encode_sox`, with soxr and soundfile alone (a GPU node has no sox)."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    y = soxr.resample(x, 16000, sr) if sr != 16000 else x
+    if channels == 2:
+        y = np.stack([0.9 * y, 0.6 * y], 1)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(str(tmp), y, sr, format=path.suffix[1:].upper())
+    tmp.rename(path)  # a file cut short by a killed run is never taken for a finished one
 
 
 def many_rows_manifest(path: Path, files: list[tuple[Path, float]], rows: int) -> float:

@@ -23,13 +23,12 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import torch
-from common import ROOT, Sampler, base_model_dir, corpus, machine, run_job
+from common import ROOT, GpuBusy, base_model_dir, corpus, machine, run_job
 
 from pipeline.predictor import cpu_has_native
 
@@ -53,32 +52,6 @@ def funasr_labels(model_dir: Path, manifest: Path, device: str) -> tuple[dict[st
 def our_labels(out: Path) -> dict[str, str]:
     t = pads.dataset(str(out), format="parquet").to_table(columns=["id", "label"])
     return dict(zip(t["id"].to_pylist(), t["label"].to_pylist(), strict=True))
-
-
-class GpuBusy(Sampler):
-    """nvidia-smi's utilization.gpu; `.samples` in percent."""
-
-    CMD = ("nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0")
-
-    def __init__(self, period_s: float = 0.5):
-        super().__init__(period_s)
-        self.samples: list[float] = []
-
-    def sample(self) -> bool:
-        try:
-            self.samples.append(
-                float(subprocess.run(self.CMD, capture_output=True, text=True).stdout.strip())
-            )
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def summary(self) -> str:
-        busy = [x for x in self.samples if x > 0]  # from the first batch on: start-up excluded
-        if not busy:
-            return "GPU busy: no samples"
-        steady = sorted(busy)[len(busy) // 2]
-        return f"GPU busy: mean {sum(busy) / len(busy):.0f}% / median {steady:.0f}% over {len(busy)} samples"
 
 
 def agreement(a: dict[str, str], b: dict[str, str]) -> float:

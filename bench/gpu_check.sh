@@ -1,34 +1,122 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a GPU machine (about 6-8 minutes): the GPU tests, the encoder in
-# bf16/fp16/fp32, and the job end to end on generated clips with the base-size model. Writes logs and a
-# summary under ${OUT:-bench/gpu-results}; copy the numbers into bench/RESULTS.md (## GPU).
-#   bash bench/gpu_check.sh            # needs: nvidia-smi, the venv (make venv), espeak-ng and sox
+# The GPU check: one call on a bare GPU node (python3 + torch, no package index), at most 8 minutes.
+#   here:  bash bench/gpu_bundle.sh                  # once: .gpu-bundle/ (~40 MB, git-ignored)
+#   there: bash bench/gpu_check.sh                   # from this checkout, .gpu-bundle/ beside it
+#          (device tool: command "bash bench/gpu_check.sh", carry [".gpu-bundle"])
+#   dry run on a CPU box, same code paths, tiny sizes: GPU_CHECK_DRY=1 bash bench/gpu_check.sh  (or --cpu)
+# Activates the bundle (bench/gpu_activate.sh: Ray, soundfile, soxr, pydantic unpacked into /tmp, this
+# checkout first on PYTHONPATH, so the working tree as it is gets measured), then, each part under a
+# `timeout` cut from what is left of GPU_CHECK_LIMIT_S (default 460 s):
+#   a. the machine: GPU, driver, cores, memory, /dev/shm, versions, commit
+#   b. the GPU tests: `pytest -m gpu` on the test files that have GPU tests (the others need moto, funasr...)
+#   c. the encoder alone: bench/gpu_encoder.py when it exists, else bench/model.py: >= 400 clips of 1-20 s
+#      packed as the job packs them (pipeline.batching pack/collate with the job's GPU batch_seconds and
+#      max_batch_size: 600 s, 256), bf16 / fp16 / fp32, audio-s/s and % of the matmul rate
+#   d. the job end to end with defaults (only input, model.source, model.device cuda, output set) on
+#      20,000 rows over 900 generated files: 16 kHz wav, 44.1 kHz stereo flac, 48 kHz mp3, 1-20 s
+#      (bench/gpu_corpus.py, from the bundle's speech pieces), one run through bench/gpu_job.py:
+#      steady audio-s/s and rows/s from two progress lines, GPU busy %, node CPU busy %, peak memory,
+#      start-up and tail apart; SIGTERM at its deadline, the session killed 15 s later
+#   e. the same with 2 and 4 model actors per GPU (model.gpus_per_actor 0.5 / 0.25)
+# Prints a summary at the END (a device call returns only the output's tail). Full logs under
+# ${OUT:-bench/gpu-results}: gpu_check.log, summary.txt, jobs.jsonl and logs.tar.gz (every part's log).
+# Copy the numbers into bench/RESULTS.md (## GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=${GPU_CHECK_DRY:-0}
+[ "${1:-}" = --cpu ] && DRY=1
 OUT=${OUT:-bench/gpu-results}
-PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
-exec > >(tee "$OUT/gpu_check.log") 2>&1
+WORK=${GPU_CHECK_WORK:-/tmp/e2v-gpu-check}
+LIMIT=${GPU_CHECK_LIMIT_S:-$([ "$DRY" = 1 ] && echo 900 || echo 460)}
+mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK/logs"
+LOGS=$WORK/logs
+exec 3>&1 4>&2 > >(tee "$OUT/gpu_check.log") 2>&1
+TEE=$!
+SUMMARY=$WORK/summary.txt
+say() { echo "$*" | tee -a "$SUMMARY"; }
+# budget CAP LATER: seconds for the next part: CAP, or less so that LATER seconds stay for what follows
+budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b < 1 ? 1 : b)); }
+if [ "$DRY" = 1 ]; then
+  DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
+  GPU_TESTS_S=60 ENCODER_S=90 CORPUS_S=60 JOB_S=120 JOB2_S=90
+  ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
+else
+  DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
+  GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=45 JOB_S=100 JOB2_S=70
+  ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
+fi
 
-echo "== machine"; date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-lscpu | grep -E "Model name|^CPU\(s\)"; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+echo "== bundle"
+t=$SECONDS
+source bench/gpu_activate.sh || { say "FAILED: the bundle did not activate (bash bench/gpu_bundle.sh here first?)"; exit 1; }
+say "bundle activated in $((SECONDS - t)) s ($BUNDLE -> $GPU_SITE)"
 
-# peak GPU memory and busy % over the whole check, sampled twice a second
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/smi.csv" &
-SMI=$!
-trap 'kill $SMI 2>/dev/null' EXIT
+echo "== a. machine"
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 |
+    head -4 || echo "no nvidia-smi"
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores;" \
+    "memory $(free -g | awk '/Mem:/ {print $2}') GiB; /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
+  "$PY" -c "import sys, torch, ray, numpy, pyarrow; print('python', sys.version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda, '| ray', ray.__version__, '| numpy', numpy.__version__, '| pyarrow', pyarrow.__version__)"
+  echo "commit $(git describe --always --dirty 2>/dev/null || echo '? (no .git here)')"
+} 2>&1 | tee -a "$SUMMARY"
 
-echo "== GPU tests"
-timeout 120 $PY -m pytest -q -m gpu tests 2>&1 | tail -5
+echo "== b. GPU tests"
+files=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
+T=$(budget "$GPU_TESTS_S" $((ENCODER_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+timeout "$T" "$PY" -m pytest -q -m gpu -p no:cacheprovider $files > "$LOGS/gpu_tests.log" 2>&1
+rc=$?
+say "b. GPU tests ($files; rc $rc$([ $rc = 124 ] && echo ", cut at $T s")): $(grep -E '(passed|failed|skipped|error)' "$LOGS/gpu_tests.log" | tail -1)"
+grep -E "^(FAILED|ERROR)" "$LOGS/gpu_tests.log" | cut -c1-200 | tee -a "$SUMMARY"
 
-echo "== encoder: bf16 / fp16 / fp32, one clip at a time and 60 / 600 s batches"
-timeout 150 $PY bench/model.py --budgets 0,60,600 --dtypes bfloat16,float16,float32 --seconds 120 --rounds 1 2>&1 | tail -20
+echo "== c. encoder alone"
+T=$(budget "$ENCODER_S" $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+# bench/gpu_encoder.py (encoder variants side by side), where it exists, replaces the plain rates
+if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then read -ra ENCODER <<< "bench/gpu_encoder.py ${GPU_ENCODER_ARGS:-}"; fi
+# the job's own batch budget and clips per batch on this device
+read -r budget_s max_batch < <("$PY" -c "from pipeline.predictor import DEFAULT_BATCH_SECONDS as S, DEFAULT_MAX_BATCH_SIZE as B; print(S['$DEVICE'], B['$DEVICE'])")
+[ "${ENCODER[0]}" = bench/model.py ] && ENCODER+=(--budgets "$budget_s" --max-batch "$max_batch")
+timeout "$T" "$PY" "${ENCODER[@]}" > "$LOGS/encoder.log" 2>&1
+rc=$?
+say "c. encoder alone: ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
+{ grep -E "clips, |^\|" "$LOGS/encoder.log" || tail -n 12 "$LOGS/encoder.log"; } | tail -n 14 | cut -c1-240 | tee -a "$SUMMARY"
+[ $rc = 0 ] || tail -5 "$LOGS/encoder.log" | cut -c1-300 | tee -a "$SUMMARY"
 
-echo "== job end to end, base-size model, 2000 generated clips (GPU busy % from bench/e2e.py)"
-timeout 240 $PY bench/e2e.py --device cuda --clips 2000 --dtypes bfloat16 --repeats 1 --skip-funasr 2>&1 | tail -20
+echo "== corpus"
+T=$(budget "$CORPUS_S" $((JOB_S + 2 * JOB2_S + 3 * GRACE)))
+timeout "$T" "$PY" bench/gpu_corpus.py --pieces "$BUNDLE/pieces" --out "$WORK/corpus" --files "$FILES" \
+  --rows "$ROWS" > "$LOGS/corpus.log" 2>&1
+say "$(tail -1 "$LOGS/corpus.log" | cut -c1-300)"
 
-echo "== CPU-side feed rate on this node (near-free model: what the cores can feed)"
-timeout 120 $PY bench/feed.py --mode feed --clips mixed --rows 200 --repeats 1 --out "$OUT/feed" 2>&1 | tail -12
+job() { # job NAME CAP LATER [--set k=v ...]: one run of the job through bench/gpu_job.py
+  local name=$1 T
+  T=$(budget "$2" "$3")
+  shift 3
+  if [ "$T" -lt 20 ]; then say "$name: skipped, out of time"; return; fi
+  "$PY" bench/gpu_job.py --work "$WORK/jobs" --corpus "$WORK/corpus/corpus-$ROWS.json" --name "$name" \
+    --deadline "$T" --grace "$GRACE" --device "$DEVICE" --model "$MODEL" "$@" 2>&1 | tee -a "$SUMMARY"
+}
+if [ -f "$WORK/corpus/corpus-$ROWS.json" ]; then
+  echo "== d. the job with defaults"
+  job d.defaults "$JOB_S" $((2 * JOB2_S + 3 * GRACE))
+  echo "== e. 2 and 4 model actors per GPU"
+  job e.2-actors-per-gpu "$JOB2_S" $((JOB2_S + 2 * GRACE)) --set model.gpus_per_actor=0.5
+  job e.4-actors-per-gpu "$JOB2_S" "$GRACE" --set model.gpus_per_actor=0.25
+else
+  say "d/e: no corpus, no job runs"
+fi
 
-kill $SMI 2>/dev/null
-awk -F', ' '{ if ($2 > m) m = $2; s += $1; n++ } END { printf "peak GPU memory %d MiB, mean GPU busy %.0f %% over %d samples\n", m, s / n, n }' "$OUT/smi.csv"
+# at most 8 files come back from a device call: the logs go in one archive
+cp "$SUMMARY" "$OUT/summary.txt"
+cp "$WORK/jobs/gpu_jobs.jsonl" "$OUT/jobs.jsonl" 2>/dev/null
+cp "$WORK"/jobs/*.log "$WORK"/jobs/*.top "$LOGS/" 2>/dev/null
+tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
+# the summary goes last: the log's tee is closed (and waited for) first, so nothing lands after it
+exec 1>&3 2>&4 3>&- 4>&-
+wait "$TEE" 2>/dev/null || sleep 1
+{
+  echo
+  echo "==================== GPU check summary ($SECONDS s; logs: $OUT/logs.tar.gz) ===================="
+  cat "$SUMMARY"
+} | tee -a "$OUT/gpu_check.log"

@@ -3,6 +3,7 @@ dtypes, and achieved FLOP/s against this machine's measured matmul FLOP/s for th
 
     python bench/model.py [--dim 768] [--seconds 60] [--threads N] [--budgets 0,16,60]
                           [--dtypes float32,bfloat16] [--kernels] [--funasr] [--rounds 3]
+                          [--max-batch 64]
 
 The linear kernels are chosen as the job chooses them (measured at the first linear,
 `kernels.onednn_linear_faster`; the choice is printed); --kernels adds rows per dtype with the oneDNN
@@ -112,6 +113,9 @@ def main():
     p.add_argument("--kernels", action="store_true", help="also run with the oneDNN linears off")
     p.add_argument("--funasr", action="store_true", help="also run FunASR's encoder (float32, one at a time)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="clips per batch at most (the job: max_batch_size)"
+    )
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -129,7 +133,11 @@ def main():
         def runner() -> tuple[float, float]:
             with kernels.use_onednn(onednn):
                 return run(
-                    model, data, budget_s if budget_s > 0 else 1e-9, 1 if budget_s == 0 else 64, device
+                    model,
+                    data,
+                    budget_s if budget_s > 0 else 1e-9,
+                    1 if budget_s == 0 else a.max_batch,
+                    device,
                 )
 
         return runner
