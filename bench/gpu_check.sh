@@ -88,9 +88,9 @@ echo "== c2. the model actor's host work, and the large size"
 # at 20,000 audio-s/s: 50 us), base size with frames off and on; then the large size's encoder alone
 T=$(budget $((EXTRA_S / 2)) $((EXTRA_S / 2 + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
 base_dir=$WORK/base-model
-"$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import base_model_dir; from pathlib import Path; base_model_dir(Path('$base_dir'))" >> "$LOGS/actor_host.log" 2>&1
-timeout "$T" "$PY" bench/actor_host.py --device "$([ "$DRY" = 1 ] && echo sim || echo cuda)" --model "$base_dir" \
-  --blocks "$([ "$DRY" = 1 ] && echo 1 || echo 6)" >> "$LOGS/actor_host.log" 2>&1
+[ "$DRY" = 1 ] || "$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import base_model_dir; from pathlib import Path; base_model_dir(Path('$base_dir'))" >> "$LOGS/actor_host.log" 2>&1
+if [ "$DRY" = 1 ]; then HOST=(--device sim --blocks 1); else HOST=(--device cuda --model "$base_dir" --blocks 6); fi
+timeout "$T" "$PY" bench/actor_host.py "${HOST[@]}" >> "$LOGS/actor_host.log" 2>&1
 say "c2. actor host work (rc $?): $(grep -c '^| ' "$LOGS/actor_host.log") table lines"
 grep "^|" "$LOGS/actor_host.log" | cut -c1-200 | tee -a "$SUMMARY"
 T=$(budget $((EXTRA_S / 2)) $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
