@@ -207,39 +207,60 @@ def main() -> None:
     # parity first (float32 models are dropped before the timing)
     parity_batches = [batches[0], batches[-1]] if len(batches) > 1 else batches[:1]
     parity: dict[str, dict[str, float]] = {v.label: {} for v in vs}
+    failed: dict[str, str] = {}
+
+    def guarded(v: Variant, fn):
+        """fn() or None: a variant that fails is reported in the table and left out, not fatal."""
+        if v.label in failed:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # one broken variant must not cost the whole run
+            failed[v.label] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            print(f"FAILED {v.label}: {failed[v.label]}", flush=True)
+            return None
+
+    def worst(outs, ref, metric) -> float:
+        return max(metric(o, r) for o, r in zip(outs, ref, strict=True))
+
+    def max_rel(o, r) -> float:  # tests/test_gpu.py's metric
+        return float((o[0] - r[0]).abs().max() / r[0].abs().max())
+
+    def norm_rel(o, r) -> float:
+        return float((o[0] - r[0]).norm() / r[0].norm())
+
+    def scores(o, r) -> float:
+        return float((o[1] - r[1]).abs().max())
+
+    def outputs(models, v):
+        return guarded(v, lambda: [frames_of(models[v.model_key], b, v) for b in parity_batches])
+
     models32 = build_models(torch.float32, device)
     with no_tf32():
         ref = [frames_of(models32["old"], b, vs[0]) for b in parity_batches]
         for v in vs:
-            outs = [frames_of(models32[v.model_key], b, v) for b in parity_batches]
-            parity[v.label]["fp32"] = max(
-                float((f - rf).abs().max() / rf.abs().max())
-                for (f, _), (rf, _) in zip(outs, ref, strict=True)
-            )
-    with torch.inference_mode():  # float32 with the default TF32 settings (cuDNN convs use TF32)
-        for v in (vs[0], vs[-1]):
-            outs = [frames_of(models32[v.model_key], b, v) for b in parity_batches]
-            parity[v.label]["fp32_tf32_default"] = max(
-                float((f - rf).abs().max() / rf.abs().max())
-                for (f, _), (rf, _) in zip(outs, ref, strict=True)
-            )
+            if (outs := outputs(models32, v)) is not None:
+                parity[v.label]["fp32"] = worst(outs, ref, max_rel)
+    for v in (vs[0], vs[-1]):  # float32 with the default TF32 settings (cuDNN convs use TF32)
+        if (outs := outputs(models32, v)) is not None:
+            parity[v.label]["fp32_tf32_default"] = worst(outs, ref, max_rel)
     del models32
     models = build_models(torch.bfloat16, device)
     for v in vs:
-        outs = [frames_of(models[v.model_key], b, v) for b in parity_batches]
-        zipped = list(zip(outs, ref, strict=True))
-        parity[v.label]["bf16_max"] = max(
-            float((f - rf).abs().max() / rf.abs().max()) for (f, _), (rf, _) in zipped
-        )
-        parity[v.label]["bf16_rel"] = max(float((f - rf).norm() / rf.norm()) for (f, _), (rf, _) in zipped)
-        parity[v.label]["bf16_scores"] = max(float((s - rs).abs().max()) for (_, s), (_, rs) in zipped)
+        if (outs := outputs(models, v)) is not None:
+            parity[v.label].update(
+                bf16_max=worst(outs, ref, max_rel),
+                bf16_rel=worst(outs, ref, norm_rel),
+                bf16_scores=worst(outs, ref, scores),
+            )
     print(f"parity done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     # warm-up: every variant over every batch once
     for v in vs:
         t = time.perf_counter()
-        timed(models[v.model_key], batches, v, device)
+        guarded(v, lambda v=v: timed(models[v.model_key], batches, v, device))
         print(f"warm-up {v.label}: {time.perf_counter() - t:.1f} s", flush=True)
+    vs = [v for v in vs if v.label not in failed]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times: dict[str, list[float]] = {v.label: [] for v in vs}
@@ -288,7 +309,9 @@ def main() -> None:
             "matmul_tflops_bf16": ceiling,
             "peak_gib": peak_gib,
         }
-        Path(out_dir, "gpu_encoder.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        Path(out_dir, "gpu_encoder.json").write_text(
+            json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=1)
+        )
         Path(out_dir, "gpu_encoder_profile.txt").write_text(table)
 
     print(
@@ -307,6 +330,8 @@ def main() -> None:
             f"{r['bf16_rel']:.1e} | {r['bf16_scores']:.1e} |",
             flush=True,
         )
+    for label, err in failed.items():
+        print(f"| - | {label} | FAILED: {err} | | | | | | |")
 
 
 if __name__ == "__main__":

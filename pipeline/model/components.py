@@ -24,6 +24,8 @@ class Fp32LayerNorm(nn.LayerNorm):
     `Fp32LayerNorm`; in float32 it is exactly `nn.LayerNorm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if len(self.normalized_shape) == 1:
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
         return layer_norm_fp32(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 

@@ -14,17 +14,18 @@ falls back to that spelling wherever the fast path does not apply:
   of height 1. The LayerNorms over channels that follow every conv in this model then work on
   contiguous rows, and no [B, C, T] <-> [B, T, C] transposes are needed around them.
 - `gelu_`: GELU in place when nothing needs the input for a backward pass.
-- `layer_norm_gelu`: LayerNorm over the last dim in float32 arithmetic, then GELU (the CNN's and the
-  positional convs' norm + activation). On CUDA, one Triton kernel (`triton_kernels.py`): one read
-  and one write of the activations where PyTorch makes two passes each way, and PyTorch's layer
-  norm over 512-wide bfloat16 rows ran at ~0.3 TB/s on an H200 (40 % of the forward's CUDA time).
-  Elsewhere, or without Triton: `F.layer_norm` then `gelu_`, as before.
+- `layer_norm_gelu` / `layer_norm`: LayerNorm over the last dim in float32 arithmetic, then GELU
+  (the CNN's and the positional convs' norm + activation) or not (the transformer's norms). On CUDA,
+  one Triton kernel (`triton_kernels.py`): one read and one write of the activations where PyTorch
+  makes two passes each way, and PyTorch's layer norm over 512-wide bfloat16 rows ran at ~0.3 TB/s
+  on an H200 (40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
+  `gelu_`), as before.
 
 On CUDA, `conv_time_major` without padding or groups (the CNN) runs as batched GEMMs on strided
 views of the time-major input (cuBLAS picks a kernel for any shape), instead of cuDNN convolutions,
 whose default algorithms for these shapes took 22 % of the forward's CUDA time and which only find
 fast ones with `cudnn.benchmark`, i.e. a costly search for every new batch length. The CPU paths are
-unchanged. `use_cuda_paths(layer_norm_gelu=False, conv_gemm=False)` or
+unchanged. `use_cuda_paths(layer_norm_gelu=False, layer_norm=False, conv_gemm=False)` or
 EMOTION2VEC_CUDA_KERNELS=0 turn the CUDA paths off (A/B measurements, escape hatch).
 
 Whether the fused linears beat `F.linear` depends on the CPU (+17-26 % on an AVX2 EPYC, no faster
@@ -60,7 +61,7 @@ _SWITCH = {
 # True / False: forced on / off; None: measured per dtype on this CPU
 _enabled: bool | None = _SWITCH.get(os.environ.get("EMOTION2VEC_ONEDNN", "auto").strip().lower())
 # the CUDA fast paths that are on (all unless EMOTION2VEC_CUDA_KERNELS=0); see use_cuda_paths
-CUDA_PATHS = ("layer_norm_gelu", "conv_gemm")
+CUDA_PATHS = ("layer_norm_gelu", "layer_norm", "conv_gemm")
 _cuda_on: dict[str, bool] = dict.fromkeys(
     CUDA_PATHS, _SWITCH.get(os.environ.get("EMOTION2VEC_CUDA_KERNELS", "1").strip().lower(), True)
 )
@@ -220,15 +221,30 @@ def layer_norm_fp32(
     return F.layer_norm(x.float(), shape, w, b, eps).to(x.dtype)
 
 
-def layer_norm_gelu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """`gelu(layer_norm_fp32(x))` over the last dim: x [..., C] -> [..., C] in x's dtype."""
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """`layer_norm_fp32(x)` over the last dim (the transformer's and the projection's norms):
+    x [..., C] -> [..., C] in x's dtype."""
     C = x.shape[-1]
-    params = [t for t in (weight, bias) if t is not None]
-    if _on_cuda("layer_norm_gelu", x, *params) and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        tk = _triton()
-        if tk is not None and C <= tk.MAX_N:
-            return tk.layer_norm_gelu(x, weight, bias, eps, gelu=True)
+    if _triton_applies("layer_norm", x, weight, bias):
+        return _triton().layer_norm_gelu(x, weight, bias, eps, gelu=False)
+    return layer_norm_fp32(x, (C,), weight, bias, eps)
+
+
+def layer_norm_gelu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """`gelu(layer_norm_fp32(x))` over the last dim (the CNN's and the positional convs' norm and
+    activation): x [..., C] -> [..., C] in x's dtype."""
+    C = x.shape[-1]
+    if _triton_applies("layer_norm_gelu", x, weight, bias):
+        return _triton().layer_norm_gelu(x, weight, bias, eps, gelu=True)
     return gelu_(layer_norm_fp32(x, (C,), weight, bias, eps))
+
+
+def _triton_applies(name: str, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    params = [t for t in (weight, bias) if t is not None]
+    if not _on_cuda(name, x, *params) or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    tk = _triton()
+    return tk is not None and x.shape[-1] <= tk.MAX_N
 
 
 def conv_time_major(
