@@ -90,6 +90,7 @@ def variants() -> list[Variant]:
         Variant("main + batched normalize", "old_batched_norm", host_lengths=False),
         Variant("new, CUDA kernels off (normalize + no syncs)", "new", flags=off),
         Variant("new, + Triton LN+GELU only", "new", flags={**off, "layer_norm_gelu": True}),
+        Variant("new, + Triton LN (transformer) only", "new", flags={**off, "layer_norm": True}),
         Variant("new, + GEMM CNN convs only", "new", flags={**off, "conv_gemm": True}),
         Variant("new, all, lengths on the GPU", "new", host_lengths=False),
         Variant("new, all + cudnn.benchmark", "new", benchmark=True),
@@ -182,6 +183,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a few short clips: checks the script, not the GPU")
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--dtype", default=None, help="of the timed models (default bfloat16; float32 for --quick on CPU)"
+    )
     p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -245,7 +249,8 @@ def main() -> None:
         if (outs := outputs(models32, v)) is not None:
             parity[v.label]["fp32_tf32_default"] = worst(outs, ref, max_rel)
     del models32
-    models = build_models(torch.bfloat16, device)
+    dtype = getattr(torch, a.dtype or ("float32" if a.quick and device.type == "cpu" else "bfloat16"))
+    models = build_models(dtype, device)
     for v in vs:
         if (outs := outputs(models, v)) is not None:
             parity[v.label].update(
@@ -319,7 +324,8 @@ def main() -> None:
         f"(8192^3); peak memory {peak_gib:.1f} GiB; total {time.perf_counter() - t0:.0f} s"
     )
     print(
-        "| # | variant (bf16) | audio-s/s | TFLOP/s | % ceiling | fp32 max|d|/max|ref| | bf16 max|d|/max|ref| | bf16 ||d||/||ref|| | bf16 scores max|d| |"
+        f"| # | variant ({str(dtype)[6:]}) | audio-s/s | TFLOP/s | % ceiling | fp32 max|d|/max|ref| "
+        f"| {str(dtype)[6:]}: max|d|/max|ref| | ||d||/||ref|| | scores max|d| |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):
