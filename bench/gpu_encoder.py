@@ -76,10 +76,31 @@ class Variant:
         before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = self.benchmark
         try:
-            with kernels.use_cuda_paths(**self.flags):
+            with kernels.use_cuda_paths(**self.flags), (self.patch or contextlib.nullcontext)():
                 yield
         finally:
             torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
+def ncl_positional_convs():
+    """The positional convs (padded, grouped) as plain NCL `F.conv1d` with transposes around them,
+    instead of the channels-last Conv2d of height 1 that `kernels.conv_time_major` runs."""
+    import torch.nn.functional as F
+
+    time_major = kernels.conv_time_major
+
+    def conv(x, weight, bias=None, stride=1, padding=0, groups=1):
+        if padding == 0 and groups == 1:
+            return time_major(x, weight, bias, stride, padding, groups)
+        y = F.conv1d(x.transpose(1, 2), weight, bias, stride=stride, padding=padding, groups=groups)
+        return y.transpose(1, 2).contiguous()
+
+    kernels.conv_time_major = conv
+    try:
+        yield
+    finally:
+        kernels.conv_time_major = time_major
 
 
 def variants() -> list[Variant]:
@@ -94,6 +115,7 @@ def variants() -> list[Variant]:
         Variant("new, + GEMM CNN convs only", "new", flags={**off, "conv_gemm": True}),
         Variant("new, all, lengths on the GPU", "new", host_lengths=False),
         Variant("new, all + cudnn.benchmark", "new", benchmark=True),
+        Variant("new, all, positional convs as NCL conv1d", "new", patch=ncl_positional_convs),
         Variant("new, all (proposed)", "new"),
     ]
 
