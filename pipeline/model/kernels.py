@@ -20,7 +20,7 @@ falls back to that spelling wherever the fast path does not apply:
   (the CNN's and the positional convs' norm + activation) or not (the transformer's norms). On CUDA,
   one Triton kernel (`triton_kernels.py`): one read and one write of the activations where PyTorch
   makes two passes each way, and PyTorch's layer norm over 512-wide bfloat16 rows ran at ~0.3 TB/s
-  on an H200 (40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
+  on an H200 by a count of its bytes (layer_norm was 40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
   `gelu_`), as before.
 
 On CUDA, `conv_time_major` without padding or groups (the CNN) runs as batched GEMMs on strided
