@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .components import (
     AltBlock,
     BlockEncoder,
@@ -97,16 +98,8 @@ class Emotion2vec(nn.Module):
 
     def normalize(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """Per-utterance layer norm over the valid samples of each row (float32, eps 1e-5, as the
-        reference's `F.layer_norm(x, x.shape)` on the unpadded clip); padding comes out zero.
-        One batched masked pass for all rows (mean, then the variance of the centred values), with
-        no Python loop over rows and nothing read back to the host."""
-        x = wav.float()
-        valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # [B, N]
-        n = lengths.clamp_min(1).unsqueeze(1).to(torch.float32)  # [B, 1]
-        mean = torch.where(valid, x, 0.0).sum(dim=1, keepdim=True) / n
-        centred = torch.where(valid, x - mean, 0.0)
-        var = torch.linalg.vector_norm(centred, dim=1, keepdim=True).square_() / n  # biased
-        return centred.mul_(torch.rsqrt(var + 1e-5))
+        reference's `F.layer_norm(x, x.shape)` on the unpadded clip); padding comes out zero."""
+        return kernels.normalize_rows(wav, lengths)
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Emotion2vecOutput:
         """wav [B, N] float (mono at `self.input.sample_rate`, zero-padded), lengths [B] valid

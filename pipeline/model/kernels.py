@@ -14,11 +14,13 @@ falls back to that spelling wherever the fast path does not apply:
   of height 1. The LayerNorms over channels that follow every conv in this model then work on
   contiguous rows, and no [B, C, T] <-> [B, T, C] transposes are needed around them.
 - `gelu_`: GELU in place when nothing needs the input for a backward pass.
+- `normalize_rows`: the per-utterance waveform normalisation of a padded batch; a loop of one
+  `F.layer_norm` per row on CPU, one masked batched op elsewhere (no loop, no read-back).
 - `layer_norm_gelu` / `layer_norm`: LayerNorm over the last dim in float32 arithmetic, then GELU
   (the CNN's and the positional convs' norm + activation) or not (the transformer's norms). On CUDA,
   one Triton kernel (`triton_kernels.py`): one read and one write of the activations where PyTorch
   makes two passes each way, and PyTorch's layer norm over 512-wide bfloat16 rows ran at ~0.3 TB/s
-  on an H200 (40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
+  on an H200 by a count of its bytes (layer_norm was 40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
   `gelu_`), as before.
 
 On CUDA, `conv_time_major` without padding or groups (the CNN) runs as batched GEMMs on strided
@@ -219,6 +221,35 @@ def layer_norm_fp32(
     w = weight.float() if weight is not None else None
     b = bias.float() if bias is not None else None
     return F.layer_norm(x.float(), shape, w, b, eps).to(x.dtype)
+
+
+def normalize_rows(wav: Tensor, lengths: Tensor) -> Tensor:
+    """Each row of wav [B, N] layer-normalised over its first `lengths[i]` samples (float32, eps 1e-5,
+    no affine: `F.layer_norm(x, x.shape)` on the unpadded clip), zero beyond -> [B, N] float32.
+    lengths [B] on wav's device.
+
+    On a CPU, one `F.layer_norm` per row (its fused kernel makes two passes over a row; reading the
+    lengths is free there). Elsewhere `_normalize_batched`: one masked op for all rows, no loop and
+    no read-back of the lengths, which on a GPU would wait for all queued work."""
+    if wav.device.type == "cpu":
+        out = torch.zeros_like(wav, dtype=torch.float32)
+        for i, n in enumerate(lengths.tolist()):
+            x = wav[i, :n].float()
+            out[i, :n] = F.layer_norm(x, x.shape)
+        return out
+    return _normalize_batched(wav, lengths)
+
+
+def _normalize_batched(wav: Tensor, lengths: Tensor) -> Tensor:
+    """`normalize_rows` as masked batched ops: the mean, then the biased variance of the centred
+    values (two passes: no cancellation), both over the valid samples of each row only."""
+    x = wav.float()
+    valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # [B, N]
+    n = lengths.clamp_min(1).unsqueeze(1).to(torch.float32)  # [B, 1]
+    mean = torch.where(valid, x, 0.0).sum(dim=1, keepdim=True) / n
+    centred = torch.where(valid, x - mean, 0.0)
+    var = centred.square().sum(dim=1, keepdim=True) / n
+    return centred.mul_(torch.rsqrt(var + 1e-5))
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
