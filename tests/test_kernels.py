@@ -301,3 +301,40 @@ def test_cuda_paths_can_be_turned_off_by_name_and_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown CUDA paths"):
         with kernels.use_cuda_paths(conv=False):
             pass
+
+
+@pytest.mark.parametrize("B,T,C,groups,k", [(3, 57, 48, 16, 19), (2, 40, 768, 16, 19), (1, 5, 32, 4, 4)])
+def test_grouped_gemm_conv_matches_conv1d(B, T, C, groups, k):
+    """The positional convs' CUDA path (one batched GEMM over groups, taps gathered into rows) against
+    PyTorch's Conv1d with the same zero padding, odd and even kernels; run on the CPU, where the
+    function is the same arithmetic."""
+    import torch.nn.functional as F
+
+    from pipeline.model import kernels
+
+    g = torch.Generator().manual_seed(B * T + k)
+    x = torch.randn(B, T, C, generator=g)
+    w, b = torch.randn(C, C // groups, k, generator=g) / 10, torch.randn(C, generator=g)
+    want = F.conv1d(x.transpose(1, 2), w, b, padding=k // 2, groups=groups).transpose(1, 2)
+    got = kernels._grouped_conv_gemm(x, w, b, k // 2, groups)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    w.mul_(2)  # a changed weight is laid out again, not taken from the cache
+    want2 = F.conv1d(x.transpose(1, 2), w, b, padding=k // 2, groups=groups).transpose(1, 2)
+    torch.testing.assert_close(
+        kernels._grouped_conv_gemm(x, w, b, k // 2, groups), want2, atol=2e-4, rtol=1e-5
+    )
+
+
+def test_attention_is_scaled_dot_product_attention_with_the_mask():
+    import torch.nn.functional as F
+
+    from pipeline.model import kernels
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 11, 8, generator=g) for _ in range(3))
+    mask = torch.randn(2, 3, 11, 11, generator=g)
+    mask[1, :, :, 7:] = float("-inf")
+    torch.testing.assert_close(
+        kernels.attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    )

@@ -150,7 +150,7 @@ class Attention(nn.Module):
         qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)  # [B, T', 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T', Dh]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T', Dh]
+        out = kernels.attention(q, k, v, mask)  # [B, H, T', Dh]
         out = out.transpose(1, 2).reshape(B, T, D)
         return kernels.linear_add(out, self.proj.weight, self.proj.bias, residual)
 

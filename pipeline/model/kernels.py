@@ -26,9 +26,15 @@ falls back to that spelling wherever the fast path does not apply:
 On CUDA, `conv_time_major` without padding or groups (the CNN) runs as batched GEMMs on strided
 views of the time-major input (cuBLAS picks a kernel for any shape), instead of cuDNN convolutions,
 whose default algorithms for these shapes took 22 % of the forward's CUDA time and which only find
-fast ones with `cudnn.benchmark`, i.e. a costly search for every new batch length. The CPU paths are
-unchanged. `use_cuda_paths(layer_norm_gelu=False, layer_norm=False, conv_gemm=False)` or
-EMOTION2VEC_CUDA_KERNELS=0 turn the CUDA paths off (A/B measurements, escape hatch).
+fast ones with `cudnn.benchmark`, i.e. a costly search for every new batch length. The positional
+convs (zero-padded, grouped) run as one batched GEMM over their groups (`_grouped_conv_gemm`), and
+attention with a mask skips cuDNN's attention kernel (`attention`): cuDNN builds an execution plan or
+graph for every new (batch, length), and the job's batches rarely repeat a shape. On an H200 a model
+actor spent ~4x the GPU's time per forward on its CPU with a new shape in every batch, against ~1x
+in a benchmark that repeats 8 shapes (bench/RESULTS.md, GPU); these two paths are chosen on that
+reading and were not yet measured on a GPU. The CPU paths are unchanged.
+`use_cuda_paths(layer_norm_gelu=False, layer_norm=False, conv_gemm=False, attention_no_cudnn=False)`
+or EMOTION2VEC_CUDA_KERNELS=0 turn the CUDA paths off (A/B measurements, escape hatch).
 
 Whether the fused linears beat `F.linear` depends on the CPU (+17-26 % on an AVX2 EPYC, no faster
 on an AVX-512 Xeon), so by default it is measured, once per process and dtype, on the first CPU
@@ -63,7 +69,7 @@ _SWITCH = {
 # True / False: forced on / off; None: measured per dtype on this CPU
 _enabled: bool | None = _SWITCH.get(os.environ.get("EMOTION2VEC_ONEDNN", "auto").strip().lower())
 # the CUDA fast paths that are on (all unless EMOTION2VEC_CUDA_KERNELS=0); see use_cuda_paths
-CUDA_PATHS = ("layer_norm_gelu", "layer_norm", "conv_gemm")
+CUDA_PATHS = ("layer_norm_gelu", "layer_norm", "conv_gemm", "attention_no_cudnn")
 _cuda_on: dict[str, bool] = dict.fromkeys(
     CUDA_PATHS, _SWITCH.get(os.environ.get("EMOTION2VEC_CUDA_KERNELS", "1").strip().lower(), True)
 )
@@ -288,8 +294,11 @@ def conv_time_major(
 ) -> Tensor:
     """Conv1d over time on time-major activations: x [B, T, C_in], weight [C_out, C_in/groups, k]
     (an `nn.Conv1d` weight) -> [B, T', C_out] contiguous, T' = (T + 2 padding - k) // stride + 1."""
-    if padding == 0 and groups == 1 and _on_cuda("conv_gemm", x, weight):
-        return _conv_gemm(x, weight, bias, stride)
+    if _on_cuda("conv_gemm", x, weight):
+        if padding == 0 and groups == 1:
+            return _conv_gemm(x, weight, bias, stride)
+        if stride == 1:
+            return _grouped_conv_gemm(x, weight, bias, padding, groups)
     B, _, C = x.shape
     x4 = x.unsqueeze(1).permute(0, 3, 1, 2)  # [B, C_in, 1, T]: channels-last strides, no copy
     if C == 1:  # both layouts at once; make the format explicit so the output is channels-last too
@@ -358,6 +367,56 @@ def _gemm_weight(weight: Tensor, stride: int, C: int) -> list[tuple[int, int, Te
         chunks.append((first, taps, wc.contiguous()))
     weight._e2v_gemm = (key, chunks)
     return chunks
+
+
+def _grouped_conv_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, groups: int) -> Tensor:
+    """A zero-padded, grouped, stride-1 Conv1d on time-major x [B, T, C] (the positional convs) as one
+    batched GEMM over the groups: the k taps of every output frame are gathered into rows
+    [g, B * T', k * C/g] (one copy), times the weight as [g, k * C/g, C_out/g]. cuBLAS takes any
+    shape as it comes, where cuDNN builds an execution plan for every new (batch, length) and the
+    job's batches rarely repeat a shape (the model actor's CPU time per forward on an H200 was ~4x
+    the GPU's with a new shape in every batch)."""
+    B, T, C = x.shape
+    C_out, c_in, k = weight.shape
+    xp = F.pad(x, (0, 0, padding, padding))  # [B, T + 2p, C], contiguous
+    Tp = xp.shape[1]
+    T_out = Tp - k + 1
+    taps = xp.as_strided((B, T_out, k, groups, c_in), (Tp * C, C, C, c_in, 1))  # [B, T', k, g, c]
+    cols = taps.permute(3, 0, 1, 2, 4).reshape(groups, B * T_out, k * c_in)  # the one copy
+    out = torch.bmm(cols, _grouped_gemm_weight(weight, groups))  # [g, B * T', C_out/g]
+    out = out.view(groups, B, T_out, C_out // groups).permute(1, 2, 0, 3).reshape(B, T_out, C_out)
+    return out.add_(bias) if bias is not None else out
+
+
+def _grouped_gemm_weight(weight: Tensor, groups: int) -> Tensor:
+    """A grouped conv weight [C_out, C/g, k] as [g, k * C/g, C_out/g] (tap-major rows, as the gathered
+    input's), kept on the weight tensor until the weight changes."""
+    key = (weight._version, weight.data_ptr(), groups)
+    cached = getattr(weight, "_e2v_grouped_gemm", None)
+    if cached is None or cached[0] != key:
+        C_out, c_in, k = weight.shape
+        w = weight.detach().view(groups, C_out // groups, c_in, k).permute(0, 3, 2, 1)  # [g, k, c, C_out/g]
+        cached = (key, w.reshape(groups, k * c_in, C_out // groups).contiguous())
+        weight._e2v_grouped_gemm = cached
+    return cached[1]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """`F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`. On CUDA without cuDNN's attention
+    kernel: PyTorch picks it first on Hopper, and it builds a graph for every new (batch, length), a
+    cost paid on the host for nearly every batch of the job (shapes rarely repeat); the
+    memory-efficient kernel takes the additive ALiBi + padding mask as it is laid out here
+    (`encoder._aligned`) with no per-shape set-up."""
+    if mask is not None and _on_cuda("attention_no_cudnn", q, k, v):
+        with _sdpa_without_cudnn():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _sdpa_without_cudnn():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 @contextmanager
