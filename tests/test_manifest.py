@@ -382,25 +382,59 @@ def test_tsv_has_no_quoting_and_a_row_count_that_disagrees_with_the_lines_is_an_
         read(tmp_path / "cr.tsv")
 
 
-@pytest.mark.parametrize("form", ["scp", "jsonl", "csv", "tsv", "kaldi"])
+TEXT_FORMS = ["scp", "jsonl", "json", "csv", "tsv", "kaldi", "rttm", "nemo-rttm", "lhotse"]
+
+
+@pytest.mark.parametrize("form", TEXT_FORMS)
 def test_byte_order_marks_and_crlf_are_stripped(tmp_path, form):
+    """Every text manifest format, saved by a Windows editor (a UTF-8 BOM, CRLF line ends): the first
+    row is read like the others (a BOM glued to it must not drop it or rename its id)."""
     bom = b"\xef\xbb\xbf"
+    turns = "SPEAKER u1 1 0.000 1.000 <NA> <NA> A <NA> <NA>\nSPEAKER u2 1 0.500 1.000 <NA> <NA> B <NA> <NA>\n"
     body = {
         "scp": "u1 /a/1.wav\nu2 /a/2.wav\n",
         "jsonl": '{"id": "u1", "path": "/a/1.wav"}\n{"id": "u2", "path": "/a/2.wav"}\n',
+        "json": '[{"id": "u1", "path": "/a/1.wav"},\n {"id": "u2", "path": "/a/2.wav"}]\n',
         "csv": "id,path\nu1,/a/1.wav\nu2,/a/2.wav\n",
         "tsv": "id\tpath\nu1\t/a/1.wav\nu2\t/a/2.wav\n",
+        "rttm": turns,
+        "nemo-rttm": '{"audio_filepath": "/a/1.wav", "rttm_filepath": "one.rttm"}\n',
     }
+
+    def windows(name: str, content: str) -> None:
+        (tmp_path / name).write_bytes(bom + content.replace("\n", "\r\n").encode())
+
+    ids, kw = ["u1", "u2"], {}
     if form == "kaldi":
-        (tmp_path / "wav.scp").write_bytes(bom + body["scp"].replace("\n", "\r\n").encode())
-        (tmp_path / "utt2spk").write_bytes(bom + b"u1 alice\r\nu2 bob\r\n")
+        windows("wav.scp", body["scp"])
+        windows("utt2spk", "u1 alice\nu2 bob\n")
         where = tmp_path
+    elif form == "rttm":  # turns found through a wav.scp beside, saved the same way
+        windows("calls.rttm", turns)
+        windows("wav.scp", body["scp"])
+        where, ids = tmp_path / "calls.rttm", ["u1_A_0000000", "u2_B_0000500"]
+    elif form == "nemo-rttm":  # a NeMo diarisation manifest and the RTTM it names
+        windows("one.rttm", turns.replace("u2", "u1"))
+        windows("diar.json", body[form])
+        where, ids, kw = tmp_path / "diar.json", ["u1_A_0000000", "u1_B_0000500"], {"format": "rttm"}
+    elif form == "lhotse":
+        lhotse = pytest.importorskip("lhotse")
+        cuts = []
+        for k in ("1", "2"):
+            source = lhotse.audio.AudioSource(type="file", channels=[0], source=f"/a/{k}.wav")
+            rec = lhotse.Recording(f"r{k}", [source], 16000, 16000, 1.0)
+            cuts.append(lhotse.MonoCut(f"u{k}", 0.0, 1.0, 0, recording=rec))
+        lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "plain_cuts.jsonl")
+        windows("cuts.jsonl", (tmp_path / "plain_cuts.jsonl").read_text())
+        (tmp_path / "plain_cuts.jsonl").unlink()
+        where = tmp_path / "cuts.jsonl"
     else:
         where = tmp_path / {"scp": "wav.scp"}.get(form, f"m.{form}")
-        where.write_bytes(bom + body[form].replace("\n", "\r\n").encode())
-    t = read(where, rows_per_unit=1, block_rows=1)
-    assert t["id"].to_pylist() == ["u1", "u2"]
-    assert t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
+        windows(where.name, body[form])
+    assert where.is_dir() or where.read_bytes().startswith(bom)
+    t = read(where, rows_per_unit=1, block_rows=1, **kw)
+    assert t["id"].to_pylist() == ids
+    assert t["path"].to_pylist() == ["/a/1.wav", "/a/1.wav" if form == "nemo-rttm" else "/a/2.wav"]
     if form == "kaldi":
         assert t["speaker"].to_pylist() == ["alice", "bob"]
 

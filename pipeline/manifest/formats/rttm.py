@@ -33,7 +33,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Format, read_bytes, two_columns
+from .base import Format, read_bytes, text, two_columns
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -75,7 +75,7 @@ def read(
 
 def _parse(data: bytes, uri: str) -> pa.Table:
     try:
-        return parse_rttm(data.decode("utf-8"), uri)
+        return parse_rttm(text(data).decode("utf-8"), uri)
     except (RttmError, UnicodeDecodeError) as e:
         raise ManifestError(str(e) if isinstance(e, RttmError) else f"{uri}: not UTF-8 text: {e}") from None
 
@@ -158,7 +158,7 @@ def _folder(uri: str) -> str:
 def _nemo(source: Source, storage: Storage) -> pa.Table:
     tables = []
     data = read_bytes(source.uri, storage)
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
