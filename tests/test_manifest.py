@@ -541,6 +541,36 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
         read(tmp_path)
 
 
+MELD_ROWS = [
+    {"Sr No.": 1, "Speaker": "Joey", "Dialogue_ID": 0, "Utterance_ID": 0},
+    {"Sr No.": 2, "Speaker": "Chandler", "Dialogue_ID": 0, "Utterance_ID": 1},
+    {"Sr No.": 3, "Speaker": "Monica", "Dialogue_ID": None, "Utterance_ID": 2},
+]
+
+
+@pytest.mark.parametrize("form", ["csv", "tsv", "jsonl", "parquet"])
+def test_path_template_gives_the_same_default_ids_in_every_tabular_format(tmp_path, form):
+    """No id column: the id is the path as built, or `<file>:<row>` where a template column is
+    empty, whatever the manifest's format (the count pass of a Parquet file builds them too)."""
+    where = tmp_path / f"meld.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(MELD_ROWS), where)
+    elif form == "jsonl":
+        where.write_text("".join(json.dumps(r) + "\n" for r in MELD_ROWS))
+    else:
+        sep = "," if form == "csv" else "\t"
+        lines = [sep.join(MELD_ROWS[0])] + [
+            sep.join("" if v is None else str(v) for v in r.values()) for r in MELD_ROWS
+        ]
+        where.write_text("\n".join(lines) + "\n")
+    template = "dia{Dialogue_ID}_utt{Utterance_ID}.mp4"
+    t = read(where, audio_root="/clips", path_template=template, rows_per_unit=2, block_rows=2)
+    assert t["id"].to_pylist() == ["dia0_utt0.mp4", "dia0_utt1.mp4", f"meld.{form}:3"]
+    assert t["path"].to_pylist() == ["/clips/dia0_utt0.mp4", "/clips/dia0_utt1.mp4", None]
+    assert t["speaker"].to_pylist() == ["Joey", "Chandler", "Monica"]
+    assert "column 'Dialogue_ID' is empty" in t["_input_error"][2].as_py()
+
+
 def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):
     head = "Sr No.,Utterance,Speaker,Emotion,Dialogue_ID,Utterance_ID\n"
     rows = '1,"Oh, my God!",Joey,surprise,0,0\n2,No.,Chandler,neutral,0,1\n'

@@ -148,7 +148,7 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
     errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
     if cols.template:
-        built, problems = _templated(raw, cols.template)
+        built, problems = templated(raw, cols.template)
         written = pa.array(built, pa.string())
         out["path"] = pa.array([resolve_path(p, root) for p in built], pa.string())
         errors = pc.coalesce(errors, pa.array(problems, pa.string()))
@@ -188,7 +188,7 @@ def _column(raw: pa.Table, name: str | None, kind: pa.DataType) -> pa.ChunkedArr
     return raw[name].cast(kind)
 
 
-def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
+def templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
     """(the path of each row from `template`, or None with the reason in the second list)."""
     fields = list(dict.fromkeys(template_fields(template)))
     values = {f: raw[f].to_pylist() for f in fields}
