@@ -541,6 +541,57 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
         read(tmp_path)
 
 
+def _sha12(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_default_ids_of_urls_with_secrets_are_redacted_unique_and_stable(tmp_path, form):
+    """No id column: a presigned URL's signature and credential, a SAS `sig` or `user:password@` must
+    not become the id; two URLs that differ only in their signature stay two ids; a URL without
+    secrets is its own id; a row named by its row number in a presigned manifest carries no query."""
+    cred = "AKIALEAKEDKEY%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
+    paths = [
+        f"https://b.s3.amazonaws.com/a.wav?X-Amz-Credential={cred}&X-Amz-Date=20250101T000000Z"
+        "&X-Amz-Signature=SIGONE",
+        f"https://b.s3.amazonaws.com/a.wav?X-Amz-Credential={cred}&X-Amz-Date=20250101T000000Z"
+        "&X-Amz-Signature=SIGTWO",
+        "https://acct.blob.core.windows.net/c/b.wav?sv=2022-11-02&se=2030-01-01&sig=SASLEAK",
+        "http://alice:PASSLEAK@example.org/c.wav",
+        "https://example.org/plain.wav?version=3",
+        None,
+    ]
+    rows = [{"path": p, "n": k} for k, p in enumerate(paths)]
+    where = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), where)
+    else:
+        where.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = read(where, rows_per_unit=2, block_rows=2)["id"].to_pylist()
+    common = "?X-Amz-Credential=***&X-Amz-Date=20250101T000000Z&X-Amz-Signature=***"
+    assert ids == [
+        f"https://b.s3.amazonaws.com/a.wav{common}#{_sha12(paths[0])}",
+        f"https://b.s3.amazonaws.com/a.wav{common}#{_sha12(paths[1])}",
+        f"https://acct.blob.core.windows.net/c/b.wav?sv=2022-11-02&se=2030-01-01&sig=***#{_sha12(paths[2])}",
+        f"http://***@example.org/c.wav#{_sha12(paths[3])}",
+        "https://example.org/plain.wav?version=3",
+        f"m.{form}:6",
+    ]
+    assert read(where)["id"].to_pylist() == ids  # a rerun (read whole this time) names them the same
+    for leak in ("SIGONE", "SIGTWO", "AKIALEAKEDKEY", "SASLEAK", "PASSLEAK"):
+        assert not any(leak in i for i in ids)
+
+
+def test_the_row_number_id_of_a_presigned_manifest_names_the_file_without_its_query():
+    from pipeline.manifest.columns import default_ids
+
+    url = "https://h/m.jsonl?X-Amz-Signature=MANIFESTLEAK&X-Amz-Date=20250101T000000Z"
+    ids = default_ids([pa.array([None, ""], pa.string())], 2, url, 10)
+    assert ids.to_pylist() == ["m.jsonl:11", "m.jsonl:12"]
+
+
 MELD_ROWS = [
     {"Sr No.": 1, "Speaker": "Joey", "Dialogue_ID": 0, "Utterance_ID": 0},
     {"Sr No.": 2, "Speaker": "Chandler", "Dialogue_ID": 0, "Utterance_ID": 1},
