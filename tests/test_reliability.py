@@ -415,27 +415,46 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_
     assert_exactly_once(out, ids)
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 @pytest.mark.slow
-def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("when", ["mid-run", "after-last-commit"])
+def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path, when):
     """The driver is paused (SIGSTOP) past its lease's ttl with its renew thread held back, so that
     nothing but the clock can tell it the lease is gone; a second run takes over and finishes. Woken,
-    the first must exit 1 without committing anything more: every row stays in the output once."""
+    the first must exit 1 without writing anything more: every row stays in the output once, and the
+    second run's files, its `_run.json` included, stay as it left them. `mid-run`: paused after its
+    first commit; `after-last-commit`: it stops itself once every unit is committed, before
+    `_run.json` (pipeline.run.STOP_ENV), the last write a run makes."""
     m, ids = repeated_manifest(tmp_path, 3)
     out = tmp_path / "out"
     cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 30\nray:\n  num_cpus: 2\n", unit=4)
     stall = tmp_path / "stall-renewals"
+    env = {**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)}
+    if when == "after-last-commit":
+        env["E2V_INJECT_STOP_AFTER_COMMITS"] = "1"
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
         stdout=open(tmp_path / "first.log", "w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=tmp_path,
-        env={**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)},
+        env=env,
     )
     try:
-        wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
-        stall.write_text("")  # from now on the renew thread renews nothing
-        os.kill(first.pid, signal.SIGSTOP)
+        if when == "mid-run":
+            wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+            stall.write_text("")  # from now on the renew thread renews nothing
+            os.kill(first.pid, signal.SIGSTOP)
+        else:
+            wait_for(lambda: _stopped(first.pid) or first.poll() is not None, 300, "the run to stop itself")
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            stall.write_text("")
+            assert len(list((out / "_units").glob("*.json"))) == -(-len(ids) // 4)  # every unit
+            assert not (out / "_run.json").exists()
         expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
         wait_for(lambda: time.time() > expires.timestamp() + 0.5, 60, "the paused run's lease to expire")
         second = run_extract(cfg)
@@ -443,6 +462,7 @@ def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, t
         assert "taking over the expired lease" in second.stderr
         assert_exactly_once(out, ids)
         after_second = committed_files(out)
+        assert "_run.json" in after_second
         os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
     finally:
