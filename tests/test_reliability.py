@@ -474,6 +474,42 @@ def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, t
     assert_exactly_once(out, ids)
 
 
+@pytest.mark.slow
+def test_a_driver_woken_inside_its_lease_margin_commits_nothing_more(tiny_model_dir, tmp_path):
+    """Paused (SIGSTOP) with its renew thread held back, the driver wakes inside the last ttl/4 before
+    its lease expires: the lease is still its own, but a write sent now could land after another run
+    took over (a late request, clock skew). It must commit nothing more and exit 1, although its
+    workers have results waiting."""
+    m, ids = repeated_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 20\nray:\n  num_cpus: 2\n", unit=4)
+    stall = tmp_path / "stall-renewals"
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+        env={**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)},
+    )
+    try:
+        wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+        stall.write_text("")
+        os.kill(first.pid, signal.SIGSTOP)
+        expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
+        inside = expires.timestamp() - 20 / 4 + 1.5  # in the margin, 3.5 s before the expiry
+        wait_for(lambda: time.time() > inside, 60, "the margin")
+        before = committed_files(out)
+        assert len([k for k in before if k.startswith("_units")]) < len(ids) // 4
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+    log = (tmp_path / "first.log").read_text()
+    assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
+    assert committed_files(out) == before  # the lease file too: inside the margin it is left alone
+
+
 def committed_files(out: Path) -> dict[str, bytes]:
     """Every file of the output but the staging area (a paused run's workers may still stage files:
     hidden, uncommitted, discarded by the next run)."""
