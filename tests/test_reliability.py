@@ -345,17 +345,14 @@ def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
 @pytest.mark.parametrize("stage", ["decode", "model"])
 def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_path, stage):
     """The decoder (or the model) crashes the worker process on one file, as a native crash would: the
-    job finishes, that row is an error row naming the crash, every other row is ok, exactly once."""
+    job finishes at the default restart budget, that row is an error row naming the crash, every
+    other row is ok, exactly once. A decode crash costs a retry of its task, no pipeline restart; a
+    model crash costs one restart (poison.py)."""
     m, ids = repeated_manifest(tmp_path, 1)
     poison = json.loads(m.read_text().splitlines()[3])
     out = tmp_path / "out"
     cfg = job_config(
-        tmp_path,
-        m,
-        tiny_model_dir,
-        out,
-        "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 6\n",
-        unit=5,
+        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5
     )
     env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
     r = run_extract(cfg, env=env, cwd=tmp_path)
@@ -365,6 +362,8 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     crashed = [k for k, v in rows.items() if v["error"]]
     assert crashed == [poison["id"]], {k: rows[k]["error"] for k in crashed}
     assert rows[poison["id"]]["error"].startswith(f"{stage}: WorkerCrashed")
+    run = json.loads((out / "_run.json").read_text())
+    assert run["ray"]["restarts"] == {"decode": 0, "model": 1}[stage], r.stderr[-3000:]
 
 
 @pytest.mark.slow
