@@ -1,5 +1,6 @@
 """Dirty corpora and dying jobs: every manifest row ends up in the output exactly once."""
 
+import contextlib
 import json
 import os
 import signal
@@ -257,7 +258,9 @@ def _cpu_ticks(pid: int) -> int:
 def _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle: bool) -> None:
     """Start a job, SIGKILL its model actor's process once the first file landed (when `idle`:
     once the actor used no CPU for 0.3 s, between calls), and expect the job to finish on its own
-    with every row once."""
+    with every row once, through a restart. The kill must land mid-run, with most units still to do:
+    an actor killed after the last call went out is not needed, and the job would finish without
+    noticing (nor needing) its actor watch."""
     m, ids = repeated_manifest(tmp_path, 6)
     # an error row in the first unit, committed before the kill: the restart must neither redo nor
     # recount it (a rerun does redo error rows; a restart only finishes what is left)
@@ -272,37 +275,67 @@ def _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle: bool) -> N
         "  rows_per_file: 4\n  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n",
         unit=4,
     )
+    if idle:  # one decode task at a time: the model actor waits for input between calls, mid-run
+        cfg.write_text(
+            cfg.read_text().replace("  decode_batch_size: 4\n", "  decode_batch_size: 4\n  decode_tasks: 1\n")
+        )
     proc, log = start_job(cfg, tmp_path, "job")
 
-    def model_worker():
+    def workers(name: str) -> list[int]:
+        """The job's worker processes whose title names `name` (Ray titles a worker by its task)."""
+        found = []
         for pid in session_pids(proc.pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "EmotionPredictor" in cmd:
-                return pid
-        return None
+            if name in cmd:
+                found.append(pid)
+        return found
+
+    def model_worker():
+        return next(iter(workers("EmotionPredictor")), None)
 
     def between_calls(pid: int) -> bool:
         before = _cpu_ticks(pid)
         time.sleep(0.3)
         return _cpu_ticks(pid) == before
 
+    units = -(-len(ids) // 4)
+    committed = lambda: len(list((out / "_units").glob("*.json")))  # noqa: E731
+    held: list[int] = []  # decode workers paused so that the model actor runs dry mid-run
     try:
         wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
         victim = model_worker()
         assert victim is not None, "no model actor process found"
         if idle:
+            # the model actor is busy as long as input comes (on 2 cores it never idles mid-run):
+            # hold the decode task back until the actor has finished what it holds
+            wait_for(lambda: bool(held.extend(workers("prepare_block")) or held), 60, "a decode task")
+            for pid in held:
+                os.kill(pid, signal.SIGSTOP)
             wait_for(lambda: between_calls(victim), 120, "the model actor to be idle")
+        at_kill = committed()
         os.kill(victim, 9)
+        assert at_kill < units, f"the kill landed late: {at_kill} of {units} units committed"
+        if idle:  # no new input reaches the dead actor: only the job's actor watch can notice it
+            said = lambda: "restarting on what is left" in (tmp_path / "job.log").read_text()  # noqa: E731
+            wait_for(said, 60, "the run to notice the idle actor's death")
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
         assert proc.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
     finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         kill_session(proc.pid)
         log.close()
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
-    assert idle or run["ray"]["restarts"] >= 1  # an idle actor may die after the last call went out
+    text = (tmp_path / "job.log").read_text()
+    assert run["ray"]["restarts"] >= 1 and "restarting on what is left" in text, text[-3000:]
+    if idle:
+        assert "ActorLost: a model actor died while idle" in text, text[-3000:]
     assert run["rows"] == {"input": len(ids), "ok": len(ids) - 1, "error": 1, "skipped": 0}
 
 
