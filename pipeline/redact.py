@@ -9,7 +9,10 @@ The boundary has four doors, each calling `redact` / `redact_data`:
 - the console: `console()` wraps `sys.stdout` / `sys.stderr` (our lines, the progress line, the
   lines Ray forwards from its workers) and every log record (whatever handler writes it);
 - `_run.json` (`Output.write_run_json`) and `_lease.json` (the lease writer): `redact_data`;
-- error rows: the write stage redacts the `error` and `path` columns (`redact_column`).
+- error rows: the write stage redacts the `error` and `path` columns (`redact_column`);
+- default ids: a manifest without an id column names a row by its audio's path as written, which
+  may be such a URL: the id is built through `redact_names` before any stage sees it, so the `id`
+  column, the commit markers' error ids and every message quoting an id are clean.
 
 What is redacted: the value of every query parameter whose name looks secret (so `sig`, `se`, `sv`
 of a SAS token keep their names and only `sig` loses its value), also inside text and
@@ -19,6 +22,7 @@ percent-encoded once (a URL quoted in another URL's query), and the user info of
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import sys
@@ -66,11 +70,33 @@ def redact_column(table: pa.Table, name: str) -> pa.Table:
     if at < 0 or table.num_rows == 0:
         return table
     column = table.column(at)
-    suspect = pc.match_substring_regex(column, r"[=@]|%3[dD]")
+    suspect = pc.match_substring_regex(column, _SUSPECT)
     if not pc.any(suspect).as_py():
         return table
     values = [redact(v) for v in column.to_pylist()]
     return table.set_column(at, table.field(at), pa.array(values, column.type))
+
+
+def redacted_name(text: str) -> str:
+    """A name that may be a URL with secrets in it (a default id) -> the name to write: `text` as it
+    is when `redact` leaves it alone; else the redacted text plus `#` and the first 12 hex digits of
+    the SHA-256 of the whole text. The hash keeps two names apart that differ only in their secrets,
+    and is the same on every rerun of the same manifest; it does not reveal the secret."""
+    clean = redact(text)
+    if clean == text:
+        return text
+    return f"{clean}#{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+def redact_names(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`redacted_name` of every string (nulls stay); rows that need no change are not copied through
+    Python."""
+    if len(values) == 0 or not pc.any(pc.match_substring_regex(values, _SUSPECT)).as_py():
+        return values
+    return pa.array([None if v is None else redacted_name(v) for v in values.to_pylist()], pa.string())
+
+
+_SUSPECT = r"[=@]|%3[dD]"  # what any redaction needs (redact's own quick test, as a regex)
 
 
 # -- the console -------------------------------------------------------------------------------------

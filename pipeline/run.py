@@ -78,6 +78,7 @@ WRITE_CPUS = 0
 # count), each paying Ray Data's imports. Reading and staging files are light and mostly wait on
 # storage, so a few tasks keep up with any decode rate.
 LIGHT_TASKS_PER_CPU, MIN_LIGHT_TASKS = 0.25, 2
+STOP_ENV = "E2V_INJECT_STOP_AFTER_COMMITS"  # test seam (see _maybe_stop)
 
 
 class JobError(RuntimeError):
@@ -227,13 +228,20 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     try:
         job = _Job.start(cfg, storage, sources, model, lease, poison_scope, stream, started_local, early)
         job.attempts()
+        _maybe_stop()
         ray_info = {
             "gcs_address": ray.get_runtime_context().gcs_address,
             "started_local": started_local,
             **job.elastic,  # gpu_wait_s, restarts, nodes_lost
         }
+        # _run.json is the run's last write to the output: under the lease, like every other
+        return _finish(
+            cfg, job.out, job.plan, job.tally, job.fingerprint, job.placement, ray_info, t0, stream
+        )
     except ClusterError as e:
         raise JobError(str(e)) from None
+    except LeaseLost as e:  # opening the output, cleaning up after an attempt, writing _run.json
+        raise RunFailed(str(e)) from None
     except BaseException:
         _let_go(lease, cfg.output.path, fresh)
         lease = None
@@ -245,7 +253,15 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
             forget(poison_scope)
         if started_ray:
             ray.shutdown()
-    return _finish(cfg, job.out, job.plan, job.tally, job.fingerprint, job.placement, ray_info, t0, stream)
+
+
+def _maybe_stop() -> None:
+    """Test seam: the driver stops itself (SIGSTOP, as a paused VM or process would be) once every
+    unit is committed, before `_run.json`, when STOP_ENV is set. Unset in production."""
+    if os.environ.get(STOP_ENV):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass
@@ -275,7 +291,7 @@ class _Job:
         say = lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)  # noqa: E731
         placement, elastic = place_model(cfg, say, local=started_local)
         fingerprint = _fingerprint(cfg, model, placement, plan)
-        out = _open_output(cfg, storage, fingerprint)
+        out = _open_output(cfg, storage, fingerprint, lease)
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"
@@ -383,8 +399,8 @@ def _let_go(lease: Lease, output: str, fresh: bool) -> None:
             pass  # not empty (or not ours to remove): leave it
 
 
-def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any]) -> Output:
-    out = Output(storage, cfg.output.path)
+def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any], lease: Lease) -> Output:
+    out = Output(storage, cfg.output.path, fence=lease.check)
     try:
         out.open(cfg.output.mode, fingerprint)
     except OutputError as e:
@@ -528,7 +544,7 @@ def _execute(
                     if unit.complete:
                         with stop.shield():
                             lease.check()
-                            out.commit(s["unit"], unit, fence=lease.check)
+                            out.commit(s["unit"], unit)
                             tally.add(pending.pop(s["unit"]))
         if watch.lost:
             raise ActorLost(f"a model actor died while idle ({watch.lost})")

@@ -26,8 +26,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -258,10 +259,16 @@ class OutputError(RuntimeError):
 
 
 class Output:
-    """The driver's view of `output.path`: mode, fingerprint check, what is done, commits, totals."""
+    """The driver's view of `output.path`: mode, fingerprint check, what is done, commits, totals.
 
-    def __init__(self, storage: Storage, path: str):
+    `fence` is the lease's check (`Lease.check`): every write to the output (markers, result files,
+    the staging area's clean-up, `_run.json`) runs right after it, and within the deadline it returns.
+    It raises `LeaseLost` once this run may no longer write (paused past its lease, cut off from
+    storage, taken over), so a run that wakes up late writes nothing more."""
+
+    def __init__(self, storage: Storage, path: str, fence: Callable[[], float] | None = None):
         self.storage, self.path = storage, path
+        self.fence = fence
         self.markers: dict[str, Marker] = {}
         self.replaced = 0  # error rows replaced by a later result
         self.recovered = 0  # units whose interrupted commit this run finished or discarded
@@ -270,11 +277,19 @@ class Output:
         self._resume = Resume()
         self._committed_now: set[str] = set()  # units this run committed (not redone on a restart)
 
+    @contextmanager
+    def _fenced(self) -> Iterator[None]:
+        """Around each write to the output: the lease's check, then its deadline for the writes
+        inside (a local write has no deadline of its own: hence one check per write)."""
+        with self.storage.deadline(self.fence() if self.fence else None):
+            yield
+
     # -- opening ----------------------------------------------------------------------------------
 
     def open(self, mode: str, fingerprint: dict[str, Any]) -> None:
         """Call while holding the output's lease (see STALE_TEMP_S)."""
-        self.storage.remove_stale_temp_files(self.path, min_age_s=STALE_TEMP_S)
+        with self._fenced():
+            self.storage.remove_stale_temp_files(self.path, min_age_s=STALE_TEMP_S)
         files = self.storage.list_files(self.path, ".parquet")
         units = self._marker_uris()
         if (files or units) and mode == "error_if_exists":
@@ -307,11 +322,11 @@ class Output:
                 self.corrupt += [f for f in bad if f in listed]
                 for f in m.files:
                     if f in listed:
-                        self.storage.move(join(self.path, f), join(self.path, f"{CORRUPT_DIR}/{f}.set-aside"))
-                self.storage.delete(self._marker_uri(unit))
+                        self._move(join(self.path, f), join(self.path, f"{CORRUPT_DIR}/{f}.set-aside"))
+                self._delete(self._marker_uri(unit))
                 del self.markers[unit]
         for f in sorted(set(listed) - owned):
-            self.storage.move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
+            self._move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
             self.orphans.append(f)
         self._resume = self._record()
 
@@ -358,9 +373,9 @@ class Output:
 
     def _clear(self, files: list[str]) -> None:
         for uri in files + self._marker_uris() + self._staged():
-            self.storage.delete(uri)
+            self._delete(uri)
         if self.storage.exists(join(self.path, RUN_FILE)):
-            self.storage.delete(join(self.path, RUN_FILE))
+            self._delete(join(self.path, RUN_FILE))
 
     def _staged(self) -> list[str]:
         return [u for u in self.storage.list_files(join(self.path, STAGING_DIR)) if u.endswith(STAGED_SUFFIX)]
@@ -404,18 +419,18 @@ class Output:
             marker = self.markers.get(unit)
             if marker is None:
                 for uri in uris:
-                    self.storage.delete(uri)
+                    self._delete(uri)
             else:
                 self._publish(marker, uris)
             self.recovered += 1
 
     # -- committing -------------------------------------------------------------------------------
 
-    def commit(self, unit: str, seen: Pending, fence: Callable[[], float] | None = None) -> Marker:
+    def commit(self, unit: str, seen: Pending) -> Marker:
         """Make a complete unit visible: marker first, then the files; an earlier commit of the unit
-        (whose error rows this run redid, or whose manifest rows changed) is replaced. `fence`
-        (the lease's check) runs right before the marker, the commit point: it raises if this run
-        may no longer write, else returns the epoch time by which the marker write must be done."""
+        (whose error rows this run redid, or whose manifest rows changed) is replaced. The lease's
+        check runs right before the marker, the commit point, and before each move after it: a
+        commit cut short there is finished by the next run (the marker names its files)."""
         staged = [staged_uri(self.path, unit, name) for name in sorted(seen.files)]
         old = self.markers.get(unit)
         redo = self._resume.redo(unit)
@@ -438,7 +453,7 @@ class Output:
         marker = Marker(
             unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources, error_rows
         )
-        with self.storage.deadline(fence() if fence else None):
+        with self._fenced():
             self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
         if old is not None:
@@ -472,7 +487,9 @@ class Output:
             if rest.num_rows:
                 new = part_name(unit, rest["id"].to_pylist())
                 uri = staged_uri(self.path, unit, new)
-                self.storage.write_bytes_atomic(uri, encode_parquet(rest, _compression(path, fs)))
+                data = encode_parquet(rest, _compression(path, fs))
+                with self._fenced():
+                    self.storage.write_bytes_atomic(uri, data)
                 rewritten.append(uri)
         return kept, rewritten, gone
 
@@ -484,12 +501,20 @@ class Output:
         for uri in staged:
             name = _final_name(uri)
             if name in marker.files:
-                self.storage.move(uri, join(self.path, name))
+                self._move(uri, join(self.path, name))
             else:
-                self.storage.delete(uri)
+                self._delete(uri)
 
     def _delete_if_exists(self, uri: str) -> None:
         if self.storage.exists(uri):
+            self._delete(uri)
+
+    def _move(self, src: str, dst: str) -> None:
+        with self._fenced():
+            self.storage.move(src, dst)
+
+    def _delete(self, uri: str) -> None:
+        with self._fenced():
             self.storage.delete(uri)
 
     def _marker_uri(self, unit: str) -> str:
@@ -515,7 +540,8 @@ class Output:
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         text = json.dumps(redact_data(info), indent=2)
-        self.storage.write_bytes_atomic(join(self.path, RUN_FILE), text.encode())
+        with self._fenced():
+            self.storage.write_bytes_atomic(join(self.path, RUN_FILE), text.encode())
 
 
 def _of_manifest_rows(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
-tomllib = pytest.importorskip("tomllib")
 
 
 def scripts() -> dict[str, str]:

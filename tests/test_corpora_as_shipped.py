@@ -169,7 +169,7 @@ def test_a_vad_segment_that_fails_in_the_model_is_redone_by_the_rerun(tiny_model
     (tmp_path / "poison.wav").write_bytes(encode(long_recording(clips[2:], [1.0, 1.0]), "WAV"))
     rows = [{"id": "calm", "path": "calm.wav"}, {"id": "victim", "path": "poison.wav"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    extra = "  segmentation: vad\nray:\n  num_cpus: 2\n  max_restarts: 6\n"
+    extra = "  segmentation: vad\nray:\n  num_cpus: 2\n"  # the default restart budget
     cfg, out = job(tmp_path, tmp_path / "m.jsonl", tiny_model_dir, extra)
     cmd = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)]
     env = {**os.environ, "E2V_INJECT_CRASH": "model:poison.wav"}
@@ -179,6 +179,8 @@ def test_a_vad_segment_that_fails_in_the_model_is_redone_by_the_rerun(tiny_model
     # the error rows are segments: their ids are not the manifest row's
     assert failed and {r["recording_id"] for r in failed} == {"victim"}
     assert all(r["id"] != "victim" and "WorkerCrashed" in r["error"] for r in failed)
+    # the poison segments were in flight together: one restart runs each alone
+    assert json.loads((out / "_run.json").read_text())["ray"]["restarts"] == 1, first.stderr[-3000:]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     after = rows_once(out)

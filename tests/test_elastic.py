@@ -19,7 +19,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
+from .conftest import cpu_runs_natively
 from .fake_cluster import RAY, FakeCluster
 from .test_multinode import assert_exactly_once, repeated_manifest, wait_until
 
@@ -32,7 +34,8 @@ GPU_NODE = {
     "min_workers": 0,
     "max_workers": 2,
 }
-SIMULATED = "cpu (simulated gpu) bfloat16"  # this CPU runs bfloat16 natively (tests/conftest.py)
+# what a simulated GPU actor runs: the GPU's bfloat16 where this CPU has it natively, else float32
+SIMULATED = f"cpu (simulated gpu) {'bfloat16' if cpu_runs_natively(torch.bfloat16) else 'float32'}"
 # a few minutes each on an idle 2-core machine; allow for one shared with other work
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

@@ -199,14 +199,41 @@ def test_check_refuses_once_the_clock_nears_expiry_without_any_renewal_having_ru
     _stall_renewals(monkeypatch, tmp_path)
     out = tmp_path / "out"
     lease = acquire(Storage(), str(out), ttl_s=2.0)
-    assert lease.check() == pytest.approx(lease.expires_at - 0.5)  # a ttl/4 margin
-    while time.time() < lease.expires_at - lease.margin_s:
-        time.sleep(0.05)
-    with pytest.raises(LeaseLost, match="not renewed in time"):
-        lease.check()
+    expires = _epoch(_lease_file(out)["expires_at"])  # as written, to the millisecond
+    safe_until = expires - 0.5  # a ttl/4 margin
+    assert lease.check() == pytest.approx(safe_until, abs=0.002)  # the commit's deadline
+    checked = []
+    while True:  # check until it refuses: the moment it does is the margin's start, by the clock
+        try:
+            lease.check()
+        except LeaseLost as e:
+            refused_at = time.time()
+            assert "not renewed in time" in str(e)
+            break
+        checked.append(time.time())
+        time.sleep(0.01)
+    assert checked and max(checked) < safe_until <= refused_at < safe_until + 0.25, (
+        max(checked) - safe_until,
+        refused_at - safe_until,
+    )
     assert _lease_file(out)["generation"] == 0  # no renewal ran: the clock alone decided
     lease.release()
     assert (out / LEASE_NAME).exists()  # at the margin it may be taken over any moment: left alone
+
+
+def test_release_inside_the_margin_leaves_the_lease_file(tmp_path, monkeypatch):
+    """Before the margin a run deletes its lease on release; inside it (another run may take the
+    lease over any moment) it leaves the file alone."""
+    _stall_renewals(monkeypatch, tmp_path)
+    early = acquire(Storage(), str(tmp_path / "early"), ttl_s=2.0)
+    early.release()
+    assert not (tmp_path / "early" / LEASE_NAME).exists()
+    late = acquire(Storage(), str(tmp_path / "late"), ttl_s=2.0)
+    inside = _epoch(_lease_file(tmp_path / "late")["expires_at"]) - 0.5 + 0.05
+    while time.time() < inside:  # inside the last ttl/4, before the expiry
+        time.sleep(0.01)
+    late.release()
+    assert (tmp_path / "late" / LEASE_NAME).exists()
 
 
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -243,3 +270,102 @@ def test_a_late_renewal_cannot_overwrite_a_lease_another_run_took_over(where, tm
     a.release()  # must not delete B's lease either
     assert json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))["run_id"] == b.run_id
     b.release()
+
+
+def _failing_puts(s3_server):
+    """A proxy to S3 that answers every PUT with 503 SlowDown while `failing` is set."""
+    import threading
+
+    from .test_storage import FaultProxy
+
+    failing = threading.Event()
+    return FaultProxy(s3_server, fail_if=lambda method, path: failing.is_set() and method == "PUT"), failing
+
+
+@pytest.mark.s3
+def test_a_renewal_that_cannot_finish_within_its_deadline_gives_up_and_keeps_the_expiry(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
+    """Storage that fails every write (retried with backoff for ~10 s by default): a renewal gives
+    up at its deadline, ttl/4 after it started, and the lease keeps the expiry it had."""
+    _stall_renewals(monkeypatch, tmp_path)
+    _, bucket = s3_bucket
+    proxy, failing = _failing_puts(s3_server)
+    with proxy:
+        storage, out = Storage(endpoint_url=proxy.url), f"s3://{bucket}/out"
+        storage.exists(out)  # the S3 client is built (seconds) before the lease's clock starts
+        lease = acquire(storage, out, ttl_s=4.0)
+        before = storage.read_bytes(f"{out}/{LEASE_NAME}")
+        failing.set()
+        started = time.time()
+        with pytest.raises(OSError):
+            lease.renew()
+        gave_up = time.time() - started
+        failing.clear()
+        assert 1.0 - 0.05 <= gave_up < 2.5, gave_up  # ttl/4 (without a deadline: ~10 s of retries)
+        assert len(proxy.failures) >= 2  # it retried within the deadline
+        assert storage.read_bytes(f"{out}/{LEASE_NAME}") == before
+        assert lease.expires_at == _epoch(json.loads(before)["expires_at"])
+        lease.check()  # the lease is still held (the next renewal may succeed)
+        lease.release()
+
+
+@pytest.mark.s3
+def test_the_marker_write_gives_up_at_the_lease_margin(s3_server, s3_bucket, tmp_path, monkeypatch):
+    """A commit whose marker write keeps failing stops retrying when the lease's margin starts (ttl/4
+    before the expiry this run last wrote), and no marker lands: past that moment another run may
+    take the output over."""
+    from pipeline.writer import Output, Pending, staged_uri
+
+    _stall_renewals(monkeypatch, tmp_path)
+    _, bucket = s3_bucket
+    proxy, failing = _failing_puts(s3_server)
+    with proxy:
+        storage, out = Storage(endpoint_url=proxy.url), f"s3://{bucket}/out"
+        storage.exists(out)
+        lease = acquire(storage, out, ttl_s=4.0)
+        expires = _epoch(_lease_file_at(storage, out)["expires_at"])
+        storage.write_bytes_atomic(staged_uri(out, "u1", "part-u1-x.parquet"), b"rows")
+        output = Output(storage, out, fence=lease.check)
+        seen = Pending(files={"part-u1-x.parquet"})
+        failing.set()
+        with pytest.raises(OSError):
+            output.commit("u1", seen)
+        gave_up = time.time()
+        failing.clear()
+        assert expires - 1.0 - 0.05 <= gave_up < expires - 1.0 + 0.8, gave_up - expires  # ttl/4 margin
+        assert not storage.exists(f"{out}/_units/u1.json")
+        assert any("_units/u1.json" in path for _, path in proxy.failures)
+        lease.release()
+
+
+def _lease_file_at(storage: Storage, out: str) -> dict:
+    return json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))
+
+
+def test_an_output_writes_nothing_once_its_lease_check_fails(tmp_path, monkeypatch):
+    """After a failed attempt, or at the end, a run whose lease can no longer be trusted (paused,
+    cut off) must not clean up staged files, publish them or write _run.json: another run may own
+    the output by now."""
+    from pipeline.writer import Output, Pending, staged_uri
+
+    _stall_renewals(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    storage = Storage()
+    lease = acquire(storage, str(out), ttl_s=2.0)
+    output = Output(storage, str(out), fence=lease.check)
+    output.open("append", {"schema": 3})
+    staged = staged_uri(str(out), "u1", "part-u1-x.parquet")
+    storage.write_bytes_atomic(staged, b"rows of an attempt that failed")
+    while time.time() < _epoch(_lease_file(out)["expires_at"]) - 0.5:
+        time.sleep(0.02)
+    with pytest.raises(LeaseLost):
+        output.reopen()  # would discard the staged file
+    with pytest.raises(LeaseLost):
+        output.commit("u1", Pending(files={"part-u1-x.parquet"}))
+    with pytest.raises(LeaseLost):
+        output.write_run_json({"rows": 1})
+    with pytest.raises(LeaseLost):
+        Output(storage, str(out), fence=lease.check).open("overwrite", {"schema": 3})
+    assert storage.exists(staged) and not (out / "_units").exists() and not (out / "_run.json").exists()
+    lease.release()

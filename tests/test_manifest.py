@@ -378,25 +378,59 @@ def test_tsv_has_no_quoting_and_a_row_count_that_disagrees_with_the_lines_is_an_
         read(tmp_path / "cr.tsv")
 
 
-@pytest.mark.parametrize("form", ["scp", "jsonl", "csv", "tsv", "kaldi"])
+TEXT_FORMS = ["scp", "jsonl", "json", "csv", "tsv", "kaldi", "rttm", "nemo-rttm", "lhotse"]
+
+
+@pytest.mark.parametrize("form", TEXT_FORMS)
 def test_byte_order_marks_and_crlf_are_stripped(tmp_path, form):
+    """Every text manifest format, saved by a Windows editor (a UTF-8 BOM, CRLF line ends): the first
+    row is read like the others (a BOM glued to it must not drop it or rename its id)."""
     bom = b"\xef\xbb\xbf"
+    turns = "SPEAKER u1 1 0.000 1.000 <NA> <NA> A <NA> <NA>\nSPEAKER u2 1 0.500 1.000 <NA> <NA> B <NA> <NA>\n"
     body = {
         "scp": "u1 /a/1.wav\nu2 /a/2.wav\n",
         "jsonl": '{"id": "u1", "path": "/a/1.wav"}\n{"id": "u2", "path": "/a/2.wav"}\n',
+        "json": '[{"id": "u1", "path": "/a/1.wav"},\n {"id": "u2", "path": "/a/2.wav"}]\n',
         "csv": "id,path\nu1,/a/1.wav\nu2,/a/2.wav\n",
         "tsv": "id\tpath\nu1\t/a/1.wav\nu2\t/a/2.wav\n",
+        "rttm": turns,
+        "nemo-rttm": '{"audio_filepath": "/a/1.wav", "rttm_filepath": "one.rttm"}\n',
     }
+
+    def windows(name: str, content: str) -> None:
+        (tmp_path / name).write_bytes(bom + content.replace("\n", "\r\n").encode())
+
+    ids, kw = ["u1", "u2"], {}
     if form == "kaldi":
-        (tmp_path / "wav.scp").write_bytes(bom + body["scp"].replace("\n", "\r\n").encode())
-        (tmp_path / "utt2spk").write_bytes(bom + b"u1 alice\r\nu2 bob\r\n")
+        windows("wav.scp", body["scp"])
+        windows("utt2spk", "u1 alice\nu2 bob\n")
         where = tmp_path
+    elif form == "rttm":  # turns found through a wav.scp beside, saved the same way
+        windows("calls.rttm", turns)
+        windows("wav.scp", body["scp"])
+        where, ids = tmp_path / "calls.rttm", ["u1_A_0000000", "u2_B_0000500"]
+    elif form == "nemo-rttm":  # a NeMo diarisation manifest and the RTTM it names
+        windows("one.rttm", turns.replace("u2", "u1"))
+        windows("diar.json", body[form])
+        where, ids, kw = tmp_path / "diar.json", ["u1_A_0000000", "u1_B_0000500"], {"format": "rttm"}
+    elif form == "lhotse":
+        lhotse = pytest.importorskip("lhotse")
+        cuts = []
+        for k in ("1", "2"):
+            source = lhotse.audio.AudioSource(type="file", channels=[0], source=f"/a/{k}.wav")
+            rec = lhotse.Recording(f"r{k}", [source], 16000, 16000, 1.0)
+            cuts.append(lhotse.MonoCut(f"u{k}", 0.0, 1.0, 0, recording=rec))
+        lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "plain_cuts.jsonl")
+        windows("cuts.jsonl", (tmp_path / "plain_cuts.jsonl").read_text())
+        (tmp_path / "plain_cuts.jsonl").unlink()
+        where = tmp_path / "cuts.jsonl"
     else:
         where = tmp_path / {"scp": "wav.scp"}.get(form, f"m.{form}")
-        where.write_bytes(bom + body[form].replace("\n", "\r\n").encode())
-    t = read(where, rows_per_unit=1, block_rows=1)
-    assert t["id"].to_pylist() == ["u1", "u2"]
-    assert t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
+        windows(where.name, body[form])
+    assert where.is_dir() or where.read_bytes().startswith(bom)
+    t = read(where, rows_per_unit=1, block_rows=1, **kw)
+    assert t["id"].to_pylist() == ids
+    assert t["path"].to_pylist() == ["/a/1.wav", "/a/1.wav" if form == "nemo-rttm" else "/a/2.wav"]
     if form == "kaldi":
         assert t["speaker"].to_pylist() == ["alice", "bob"]
 
@@ -664,6 +698,87 @@ def test_rttm_audio_is_found_in_nested_folders_of_a_bucket_with_one_listing(s3_s
     # one listing of the root for all recordings, by the count pass and the read alike (no walk each)
     listings = [p for m, p, _ in proxy.requests if "list-type=2" in p and "prefix=corpora" in p]
     assert len(listings) == 1, listings
+
+
+def _sha12(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_default_ids_of_urls_with_secrets_are_redacted_unique_and_stable(tmp_path, form):
+    """No id column: a presigned URL's signature and credential, a SAS `sig` or `user:password@` must
+    not become the id; two URLs that differ only in their signature stay two ids; a URL without
+    secrets is its own id; a row named by its row number in a presigned manifest carries no query."""
+    cred = "AKIALEAKEDKEY%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
+    paths = [
+        f"https://b.s3.amazonaws.com/a.wav?X-Amz-Credential={cred}&X-Amz-Date=20250101T000000Z"
+        "&X-Amz-Signature=SIGONE",
+        f"https://b.s3.amazonaws.com/a.wav?X-Amz-Credential={cred}&X-Amz-Date=20250101T000000Z"
+        "&X-Amz-Signature=SIGTWO",
+        "https://acct.blob.core.windows.net/c/b.wav?sv=2022-11-02&se=2030-01-01&sig=SASLEAK",
+        "http://alice:PASSLEAK@example.org/c.wav",
+        "https://example.org/plain.wav?version=3",
+        None,
+    ]
+    rows = [{"path": p, "n": k} for k, p in enumerate(paths)]
+    where = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), where)
+    else:
+        where.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = read(where, rows_per_unit=2, block_rows=2)["id"].to_pylist()
+    common = "?X-Amz-Credential=***&X-Amz-Date=20250101T000000Z&X-Amz-Signature=***"
+    assert ids == [
+        f"https://b.s3.amazonaws.com/a.wav{common}#{_sha12(paths[0])}",
+        f"https://b.s3.amazonaws.com/a.wav{common}#{_sha12(paths[1])}",
+        f"https://acct.blob.core.windows.net/c/b.wav?sv=2022-11-02&se=2030-01-01&sig=***#{_sha12(paths[2])}",
+        f"http://***@example.org/c.wav#{_sha12(paths[3])}",
+        "https://example.org/plain.wav?version=3",
+        f"m.{form}:6",
+    ]
+    assert read(where)["id"].to_pylist() == ids  # a rerun (read whole this time) names them the same
+    for leak in ("SIGONE", "SIGTWO", "AKIALEAKEDKEY", "SASLEAK", "PASSLEAK"):
+        assert not any(leak in i for i in ids)
+
+
+def test_the_row_number_id_of_a_presigned_manifest_names_the_file_without_its_query():
+    from pipeline.manifest.columns import default_ids
+
+    url = "https://h/m.jsonl?X-Amz-Signature=MANIFESTLEAK&X-Amz-Date=20250101T000000Z"
+    ids = default_ids([pa.array([None, ""], pa.string())], 2, url, 10)
+    assert ids.to_pylist() == ["m.jsonl:11", "m.jsonl:12"]
+
+
+MELD_ROWS = [
+    {"Sr No.": 1, "Speaker": "Joey", "Dialogue_ID": 0, "Utterance_ID": 0},
+    {"Sr No.": 2, "Speaker": "Chandler", "Dialogue_ID": 0, "Utterance_ID": 1},
+    {"Sr No.": 3, "Speaker": "Monica", "Dialogue_ID": None, "Utterance_ID": 2},
+]
+
+
+@pytest.mark.parametrize("form", ["csv", "tsv", "jsonl", "parquet"])
+def test_path_template_gives_the_same_default_ids_in_every_tabular_format(tmp_path, form):
+    """No id column: the id is the path as built, or `<file>:<row>` where a template column is
+    empty, whatever the manifest's format (the count pass of a Parquet file builds them too)."""
+    where = tmp_path / f"meld.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(MELD_ROWS), where)
+    elif form == "jsonl":
+        where.write_text("".join(json.dumps(r) + "\n" for r in MELD_ROWS))
+    else:
+        sep = "," if form == "csv" else "\t"
+        lines = [sep.join(MELD_ROWS[0])] + [
+            sep.join("" if v is None else str(v) for v in r.values()) for r in MELD_ROWS
+        ]
+        where.write_text("\n".join(lines) + "\n")
+    template = "dia{Dialogue_ID}_utt{Utterance_ID}.mp4"
+    t = read(where, audio_root="/clips", path_template=template, rows_per_unit=2, block_rows=2)
+    assert t["id"].to_pylist() == ["dia0_utt0.mp4", "dia0_utt1.mp4", f"meld.{form}:3"]
+    assert t["path"].to_pylist() == ["/clips/dia0_utt0.mp4", "/clips/dia0_utt1.mp4", None]
+    assert t["speaker"].to_pylist() == ["Joey", "Chandler", "Monica"]
+    assert "column 'Dialogue_ID' is empty" in t["_input_error"][2].as_py()
 
 
 def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):

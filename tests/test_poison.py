@@ -40,9 +40,31 @@ def test_two_calls_of_one_actor_in_flight_at_once_are_recorded_apart(ray_session
     forget(ns)
 
 
+OUTSIDE_RAY = """
+import ray
+from pipeline.poison import Guard, InFlight, collect_suspects
+
+InFlight("run-x").record(["x"])
+InFlight(None).record(["y"])
+Guard("decode", ["a", "b"], "run-x").before("a")  # as if this attempt died on row a
+again = Guard("decode", ["a", "b"], "run-x")
+print(again.attempt, sorted(again.poisoned), sorted(collect_suspects("run-x")), ray.is_initialized())
+"""
+
+
 def test_outside_ray_nothing_is_recorded():
-    flight = InFlight(None)
-    flight.clear(flight.record(["x"]))
+    """The decode and model code run without Ray too (a notebook, a unit test): nothing is recorded or
+    remembered (a block's second try is still its first), and no Ray is started for it. In a fresh
+    interpreter: this test session may have started Ray already."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", OUTSIDE_RAY], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[-2] == "1 [] [] False", r.stdout
 
 
 class PoisonRecorder:

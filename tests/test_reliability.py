@@ -1,5 +1,6 @@
 """Dirty corpora and dying jobs: every manifest row ends up in the output exactly once."""
 
+import contextlib
 import json
 import os
 import signal
@@ -257,7 +258,9 @@ def _cpu_ticks(pid: int) -> int:
 def _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle: bool) -> None:
     """Start a job, SIGKILL its model actor's process once the first file landed (when `idle`:
     once the actor used no CPU for 0.3 s, between calls), and expect the job to finish on its own
-    with every row once."""
+    with every row once, through a restart. The kill must land mid-run, with most units still to do:
+    an actor killed after the last call went out is not needed, and the job would finish without
+    noticing (nor needing) its actor watch."""
     m, ids = repeated_manifest(tmp_path, 6)
     # an error row in the first unit, committed before the kill: the restart must neither redo nor
     # recount it (a rerun does redo error rows; a restart only finishes what is left)
@@ -272,37 +275,67 @@ def _kill_the_model_worker_and_finish(tiny_model_dir, tmp_path, idle: bool) -> N
         "  rows_per_file: 4\n  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n",
         unit=4,
     )
+    if idle:  # one decode task at a time: the model actor waits for input between calls, mid-run
+        cfg.write_text(
+            cfg.read_text().replace("  decode_batch_size: 4\n", "  decode_batch_size: 4\n  decode_tasks: 1\n")
+        )
     proc, log = start_job(cfg, tmp_path, "job")
 
-    def model_worker():
+    def workers(name: str) -> list[int]:
+        """The job's worker processes whose title names `name` (Ray titles a worker by its task)."""
+        found = []
         for pid in session_pids(proc.pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "EmotionPredictor" in cmd:
-                return pid
-        return None
+            if name in cmd:
+                found.append(pid)
+        return found
+
+    def model_worker():
+        return next(iter(workers("EmotionPredictor")), None)
 
     def between_calls(pid: int) -> bool:
         before = _cpu_ticks(pid)
         time.sleep(0.3)
         return _cpu_ticks(pid) == before
 
+    units = -(-len(ids) // 4)
+    committed = lambda: len(list((out / "_units").glob("*.json")))  # noqa: E731
+    held: list[int] = []  # decode workers paused so that the model actor runs dry mid-run
     try:
         wait_for(lambda: out.exists() and any(out.glob("*.parquet")), 240, "the first output file")
         victim = model_worker()
         assert victim is not None, "no model actor process found"
         if idle:
+            # the model actor is busy as long as input comes (on 2 cores it never idles mid-run):
+            # hold the decode task back until the actor has finished what it holds
+            wait_for(lambda: bool(held.extend(workers("prepare_block")) or held), 60, "a decode task")
+            for pid in held:
+                os.kill(pid, signal.SIGSTOP)
             wait_for(lambda: between_calls(victim), 120, "the model actor to be idle")
+        at_kill = committed()
         os.kill(victim, 9)
+        assert at_kill < units, f"the kill landed late: {at_kill} of {units} units committed"
+        if idle:  # no new input reaches the dead actor: only the job's actor watch can notice it
+            said = lambda: "restarting on what is left" in (tmp_path / "job.log").read_text()  # noqa: E731
+            wait_for(said, 60, "the run to notice the idle actor's death")
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
         assert proc.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
     finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         kill_session(proc.pid)
         log.close()
     assert_exactly_once(out, ids)
     run = json.loads((out / "_run.json").read_text())
-    assert idle or run["ray"]["restarts"] >= 1  # an idle actor may die after the last call went out
+    text = (tmp_path / "job.log").read_text()
+    assert run["ray"]["restarts"] >= 1 and "restarting on what is left" in text, text[-3000:]
+    if idle:
+        assert "ActorLost: a model actor died while idle" in text, text[-3000:]
     assert run["rows"] == {"input": len(ids), "ok": len(ids) - 1, "error": 1, "skipped": 0}
 
 
@@ -345,17 +378,14 @@ def test_truncated_or_unowned_output_files_are_set_aside_and_their_rows_redone(
 @pytest.mark.parametrize("stage", ["decode", "model"])
 def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_path, stage):
     """The decoder (or the model) crashes the worker process on one file, as a native crash would: the
-    job finishes, that row is an error row naming the crash, every other row is ok, exactly once."""
+    job finishes at the default restart budget, that row is an error row naming the crash, every
+    other row is ok, exactly once. A decode crash costs a retry of its task, no pipeline restart; a
+    model crash costs one restart (poison.py)."""
     m, ids = repeated_manifest(tmp_path, 1)
     poison = json.loads(m.read_text().splitlines()[3])
     out = tmp_path / "out"
     cfg = job_config(
-        tmp_path,
-        m,
-        tiny_model_dir,
-        out,
-        "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 6\n",
-        unit=5,
+        tmp_path, m, tiny_model_dir, out, "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n", unit=5
     )
     env = {**os.environ, "E2V_INJECT_CRASH": f"{stage}:{poison['path']}"}
     r = run_extract(cfg, env=env, cwd=tmp_path)
@@ -365,6 +395,8 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row(tiny_model_dir, tmp_pa
     crashed = [k for k, v in rows.items() if v["error"]]
     assert crashed == [poison["id"]], {k: rows[k]["error"] for k in crashed}
     assert rows[poison["id"]]["error"].startswith(f"{stage}: WorkerCrashed")
+    run = json.loads((out / "_run.json").read_text())
+    assert run["ray"]["restarts"] == {"decode": 0, "model": 1}[stage], r.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -415,14 +447,74 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tiny_model_
     assert_exactly_once(out, ids)
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 @pytest.mark.slow
-def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("when", ["mid-run", "after-last-commit"])
+def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, tmp_path, when):
     """The driver is paused (SIGSTOP) past its lease's ttl with its renew thread held back, so that
     nothing but the clock can tell it the lease is gone; a second run takes over and finishes. Woken,
-    the first must exit 1 without committing anything more: every row stays in the output once."""
+    the first must exit 1 without writing anything more: every row stays in the output once, and the
+    second run's files, its `_run.json` included, stay as it left them. `mid-run`: paused after its
+    first commit; `after-last-commit`: it stops itself once every unit is committed, before
+    `_run.json` (pipeline.run.STOP_ENV), the last write a run makes."""
     m, ids = repeated_manifest(tmp_path, 3)
     out = tmp_path / "out"
     cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 30\nray:\n  num_cpus: 2\n", unit=4)
+    stall = tmp_path / "stall-renewals"
+    env = {**os.environ, "E2V_INJECT_RENEW_STALL": str(stall)}
+    if when == "after-last-commit":
+        env["E2V_INJECT_STOP_AFTER_COMMITS"] = "1"
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        if when == "mid-run":
+            wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
+            stall.write_text("")  # from now on the renew thread renews nothing
+            os.kill(first.pid, signal.SIGSTOP)
+        else:
+            wait_for(lambda: _stopped(first.pid) or first.poll() is not None, 300, "the run to stop itself")
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            stall.write_text("")
+            assert len(list((out / "_units").glob("*.json"))) == -(-len(ids) // 4)  # every unit
+            assert not (out / "_run.json").exists()
+        expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
+        wait_for(lambda: time.time() > expires.timestamp() + 0.5, 60, "the paused run's lease to expire")
+        second = run_extract(cfg)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "taking over the expired lease" in second.stderr
+        assert_exactly_once(out, ids)
+        after_second = committed_files(out)
+        assert "_run.json" in after_second
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+    log = (tmp_path / "first.log").read_text()
+    assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
+    assert committed_files(out) == after_second  # markers, results, _run.json: byte for byte
+    assert not (out / "_lease.json").exists()
+    assert_exactly_once(out, ids)
+
+
+@pytest.mark.slow
+def test_a_driver_woken_inside_its_lease_margin_commits_nothing_more(tiny_model_dir, tmp_path):
+    """Paused (SIGSTOP) with its renew thread held back, the driver wakes inside the last ttl/4 before
+    its lease expires: the lease is still its own, but a write sent now could land after another run
+    took over (a late request, clock skew). It must commit nothing more and exit 1, although its
+    workers have results waiting."""
+    m, ids = repeated_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, m, tiny_model_dir, out, "  lease_ttl_s: 20\nray:\n  num_cpus: 2\n", unit=4)
     stall = tmp_path / "stall-renewals"
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / "extract.py"), "--config", str(cfg)],
@@ -434,24 +526,20 @@ def test_a_paused_driver_taken_over_commits_nothing_when_woken(tiny_model_dir, t
     )
     try:
         wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
-        stall.write_text("")  # from now on the renew thread renews nothing
+        stall.write_text("")
         os.kill(first.pid, signal.SIGSTOP)
         expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
-        wait_for(lambda: time.time() > expires.timestamp() + 0.5, 60, "the paused run's lease to expire")
-        second = run_extract(cfg)
-        assert second.returncode == 0, second.stderr[-3000:]
-        assert "taking over the expired lease" in second.stderr
-        assert_exactly_once(out, ids)
-        after_second = committed_files(out)
+        inside = expires.timestamp() - 20 / 4 + 1.5  # in the margin, 3.5 s before the expiry
+        wait_for(lambda: time.time() > inside, 60, "the margin")
+        before = committed_files(out)
+        assert len([k for k in before if k.startswith("_units")]) < len(ids) // 4
         os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 1, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         kill_session(first.pid)
     log = (tmp_path / "first.log").read_text()
     assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
-    assert committed_files(out) == after_second  # markers, results, _run.json: byte for byte
-    assert not (out / "_lease.json").exists()
-    assert_exactly_once(out, ids)
+    assert committed_files(out) == before  # the lease file too: inside the margin it is left alone
 
 
 def committed_files(out: Path) -> dict[str, bytes]:

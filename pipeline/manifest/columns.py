@@ -16,12 +16,16 @@ The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A man
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
 the path as written or built by the template), or, for a row with neither, `<manifest file name>:<row
 number>` (from 1); a row with a span (NeMo offsets, start/end columns) adds it: `a.wav@1.250-3.500`.
+A name that is a URL with secrets (a presigned URL's signature, `user:password@`) is redacted and
+gets a hash of the whole URL: `https://h/a.wav?X-Amz-Signature=abc` is named
+`https://h/a.wav?X-Amz-Signature=***#69ecf1c58c42`.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -29,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import InputConfig
+from ..redact import redact_names
 from ..schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END
 from ..storage import join
 from .errors import ManifestError
@@ -148,7 +153,7 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
     errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
     if cols.template:
-        built, problems = _templated(raw, cols.template)
+        built, problems = templated(raw, cols.template)
         written = pa.array(built, pa.string())
         out["path"] = pa.array([resolve_path(p, root) for p in built], pa.string())
         errors = pc.coalesce(errors, pa.array(problems, pa.string()))
@@ -188,7 +193,7 @@ def _column(raw: pa.Table, name: str | None, kind: pa.DataType) -> pa.ChunkedArr
     return raw[name].cast(kind)
 
 
-def _templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
+def templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
     """(the path of each row from `template`, or None with the reason in the second list)."""
     fields = list(dict.fromkeys(template_fields(template)))
     values = {f: raw[f].to_pylist() for f in fields}
@@ -219,12 +224,22 @@ def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row
 
 def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> pa.Array:
     """The default id of `n` rows (see the module docstring): the first non-empty of `names` (the
-    audio's names, in order of preference), else `<manifest file name>:<row number>`."""
-    file = origin.rsplit("/", 1)[-1]
+    audio's names, in order of preference), else `<manifest file name>:<row number>`. A name that
+    is a URL with secrets in it is redacted, with a hash of the whole URL (`redact.redacted_name`):
+    ids are written to the output, its commit markers and messages."""
+    file = _file_name(origin)
     rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
     empty = pa.scalar(None, pa.string())
     given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
-    return pc.coalesce(*given, rows)
+    return redact_names(pc.coalesce(*given, rows))
+
+
+def _file_name(uri: str) -> str:
+    """The manifest's file name: the last segment of its path (an http(s) URL's query, a presigned
+    manifest's signature, is not part of it)."""
+    if uri.lower().startswith(("http://", "https://")):
+        uri = urlsplit(uri).path
+    return uri.rsplit("/", 1)[-1]
 
 
 def with_span(ids: pa.Array, start: pa.Array, end: pa.Array) -> pa.Array:

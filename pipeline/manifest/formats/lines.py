@@ -126,8 +126,8 @@ def _header(source: Source, storage: Storage) -> bytes:
 
 
 def _line_format(data: bytes, fmt: str) -> str:
-    # NeMo names its JSON-lines manifests *.json
-    return "jsonl" if fmt == "json" and not data[:65536].lstrip().startswith(b"[") else fmt
+    # NeMo names its JSON-lines manifests *.json; a JSON array may follow a byte-order mark
+    return "jsonl" if fmt == "json" and not text(data[:65536]).lstrip().startswith(b"[") else fmt
 
 
 def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> pa.Table:

@@ -16,7 +16,18 @@ import pyarrow.parquet as pq
 
 from ...config import InputConfig
 from ...storage import Storage
-from ..columns import Columns, check_unique, default_ids, is_audio_struct, normalise, resolve, span, with_span
+from ..columns import (
+    Columns,
+    check_unique,
+    default_ids,
+    is_audio_struct,
+    normalise,
+    resolve,
+    span,
+    template_fields,
+    templated,
+    with_span,
+)
 from ..errors import ManifestError
 from .base import Count, Format
 
@@ -70,10 +81,13 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
     if cols.id is not None:
         return pf.read(columns=[cols.id]).column(0).cast(pa.string())
     names = []
-    t = pf.schema_arrow.field(cols.audio).type
-    if not cols.embedded:
+    if cols.template:  # the path as built from the row's columns (an empty one: none)
+        fields = sorted(set(template_fields(cols.template)))
+        built, _ = templated(pf.read(columns=fields), cols.template)
+        names.append(pa.array(built, pa.string()))
+    elif not cols.embedded:
         names.append(pf.read(columns=[cols.audio]).column(0).combine_chunks().cast(pa.string()))
-    elif is_audio_struct(t) and t.get_field_index("path") >= 0:
+    elif is_audio_struct(t := pf.schema_arrow.field(cols.audio).type) and t.get_field_index("path") >= 0:
         struct = pf.read(columns=[f"{cols.audio}.path"]).column(0).combine_chunks()
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
     if cols.fallback:

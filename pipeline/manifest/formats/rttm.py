@@ -92,7 +92,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
 
 def _parse(data: bytes, uri: str) -> pa.Table:
     try:
-        return parse_rttm(data.decode("utf-8"), uri)
+        return parse_rttm(text(data).decode("utf-8"), uri)
     except (RttmError, UnicodeDecodeError) as e:
         raise ManifestError(str(e) if isinstance(e, RttmError) else f"{uri}: not UTF-8 text: {e}") from None
 
@@ -217,7 +217,7 @@ def is_diarisation_manifest(head: bytes) -> bool:
 def _nemo(source: Source, storage: Storage) -> pa.Table:
     tables = []
     data = read_bytes(source.uri, storage)
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
