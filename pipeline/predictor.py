@@ -294,6 +294,7 @@ class EmotionPredictor:
     def _attempt(self, fn, *args) -> tuple[object, BaseException | None]:
         """-> (fn(*args), None), or (None, the exception without its traceback)."""
         try:
+            gpu_errors.maybe_inject(self.node)
             return fn(*args), None
         except Exception as e:  # noqa: BLE001 - classified by the caller, outside this block
             return None, _detached(e)
