@@ -21,6 +21,7 @@ broken one would turn every later row into an error row.
 from __future__ import annotations
 
 import enum
+import os
 import re
 
 import torch
@@ -92,3 +93,14 @@ def classify(e: BaseException) -> Kind:
         text = said.group(1).strip()
         return Kind.MEMORY if text.startswith(MEMORY_CODES[2]) else Kind.STICKY
     return Kind.ROW
+
+
+INJECT_ENV = "E2V_INJECT_DEVICE_ERROR"
+
+
+def maybe_inject(node: str) -> None:
+    """Test seam: on the Ray node whose id contains `E2V_INJECT_DEVICE_ERROR`, raise what a broken
+    GPU raises, as a model call's first CUDA call would. Unset in production."""
+    needle = os.environ.get(INJECT_ENV)
+    if needle and needle in node:
+        raise RuntimeError(f"CUDA error: {STICKY_CODES[700]} (injected: {INJECT_ENV})")

@@ -111,15 +111,10 @@ def _simulated_dtype(dtype: str) -> torch.dtype:
     return want if cpu_has_native(want) else torch.float32
 
 
-def exit_if_device_broken(e: BaseException) -> None:
-    """End this actor's process on a sticky device error (gpu_errors.py): the job restarts the
-    pipeline on a fresh actor (and device context) instead of turning every later row into an error
-    row."""
-    if gpu_errors.classify(e) is gpu_errors.Kind.STICKY:
-        _exit_device_broken(e)
-
-
 def _exit_device_broken(e: BaseException) -> None:
+    """End this actor's process on a device error it cannot get past (gpu_errors.py): the job
+    restarts the pipeline on a fresh actor (and device context) instead of turning every later row
+    into an error row."""
     log.error("device error, ending this model worker so that a fresh process replaces it: %s", e)
     logging.shutdown()
     os._exit(EXIT_DEVICE_BROKEN)
@@ -411,6 +406,7 @@ class EmotionPredictor:
     def _attempt(self, fn, *args) -> tuple[object, BaseException | None]:
         """-> (fn(*args), None), or (None, the exception without its traceback)."""
         try:
+            gpu_errors.maybe_inject(self.node)
             return fn(*args), None
         except Exception as e:  # noqa: BLE001 - classified by the caller, outside this block
             return None, _detached(e)

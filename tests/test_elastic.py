@@ -58,7 +58,9 @@ def fake_cluster(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
-def submit(c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str = ""):
+def submit(
+    c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str = "", env: dict | None = None
+):
     """`ray job submit` of jobs/extract.py with model.device cuda on simulated GPUs."""
     manifest, ids = repeated_manifest(tmp_path, copies)
     out = tmp_path / "out"
@@ -74,7 +76,7 @@ def submit(c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str 
         f"  cpu_task_label_selector:\n    emotion2vec/role: '!model'\n{extra}"
     )
     log = tmp_path / "job.log"
-    runtime_env = json.dumps({"env_vars": {"EMOTION2VEC_SIMULATE_GPU": "1"}})
+    runtime_env = json.dumps({"env_vars": {"EMOTION2VEC_SIMULATE_GPU": "1", **(env or {})}})
     job = subprocess.Popen(
         [RAY, "job", "submit", "--address", c.address, "--working-dir", str(ROOT)]
         + ["--runtime-env-json", runtime_env, "--", "python", "jobs/extract.py", "--config", str(cfg)],
@@ -197,3 +199,28 @@ def test_a_preempted_gpu_node_costs_only_its_uncommitted_units(fake_cluster, tin
     print(
         f"\npreemption: rows per node {run['rows_per_model_node']}, ray {run['ray']}, killed at {at_kill}/{units}"
     )
+
+
+def test_a_gpu_that_breaks_twice_is_avoided_for_the_rest_of_the_run(fake_cluster, tiny_model_dir, tmp_path):
+    """Two GPU nodes; the GPU of one raises a sticky CUDA error on every model call (injected,
+    `E2V_INJECT_DEVICE_ERROR`): its actor ends (exit 70), the restarted pool places an actor there
+    again, it ends again, and from then on the pool avoids that node. The job ends exit 0 with every
+    row once, as results: the rows in flight on the broken GPU were redone elsewhere."""
+    fake_cluster.start(head_cpus=2, gpu_nodes={**GPU_NODE, "min_workers": 2})
+    deadline = time.time() + 180
+    while len(nodes := fake_cluster.gpu_nodes()) != 2:
+        assert time.time() < deadline, "the GPU nodes did not join"
+        time.sleep(2)
+    broken = sorted(nodes)[0]
+    job, log, out, ids = submit(
+        fake_cluster, tiny_model_dir, tmp_path, copies=8, env={"E2V_INJECT_DEVICE_ERROR": broken}
+    )
+    run = finish(job, log, out, timeout=1200)
+    text = log.read_text()
+    assert run["rows"] == {"input": len(ids), "ok": len(ids), "error": 0, "skipped": 0}
+    assert_exactly_once(out, ids)
+    assert run["placement"]["avoid_nodes"] == [broken], run["placement"]
+    assert run["ray"]["restarts"] == 2 and run["ray"]["nodes_lost"] == [], run["ray"]
+    assert broken not in run["rows_per_model_node"], run["rows_per_model_node"]
+    assert "model pool avoids it for the rest of the run" in text, text[-3000:]
+    print(f"\nbroken GPU: rows per node {run['rows_per_model_node']}, ray {run['ray']}")
