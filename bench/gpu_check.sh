@@ -6,7 +6,7 @@
 #   dry run on a CPU box, same code paths, tiny sizes: GPU_CHECK_DRY=1 bash bench/gpu_check.sh  (or --cpu)
 # Activates the bundle (bench/gpu_activate.sh: Ray, soundfile, soxr, pydantic unpacked into /tmp, this
 # checkout first on PYTHONPATH, so the working tree as it is gets measured), then, each part under a
-# `timeout` cut from what is left of GPU_CHECK_LIMIT_S (default 460 s):
+# `timeout` cut from what is left of GPU_CHECK_LIMIT_S (default 480 s):
 #   a. the machine: GPU, driver, cores, memory, /dev/shm, versions, commit
 #   b. the GPU tests: `pytest -m gpu` on the test files that have GPU tests (the others need moto, funasr...)
 #   c. the encoder alone: bench/gpu_encoder.py when it exists, else bench/model.py: >= 400 clips of 1-20 s
@@ -27,7 +27,7 @@ DRY=${GPU_CHECK_DRY:-0}
 [ "${1:-}" = --cpu ] && DRY=1
 OUT=${OUT:-bench/gpu-results}
 WORK=${GPU_CHECK_WORK:-/tmp/e2v-gpu-check}
-LIMIT=${GPU_CHECK_LIMIT_S:-$([ "$DRY" = 1 ] && echo 900 || echo 460)}
+LIMIT=${GPU_CHECK_LIMIT_S:-$([ "$DRY" = 1 ] && echo 900 || echo 480)}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK/logs"
 LOGS=$WORK/logs
 exec 3>&1 4>&2 > >(tee "$OUT/gpu_check.log") 2>&1
@@ -42,7 +42,7 @@ if [ "$DRY" = 1 ]; then
   ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
 else
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
-  GPU_TESTS_S=45 ENCODER_S=60 EXTRA_S=40 CORPUS_S=45 JOB_S=100 JOB2_S=70
+  GPU_TESTS_S=45 ENCODER_S=60 EXTRA_S=40 CORPUS_S=45 JOB_S=100 JOB2_S=65
   ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
 fi
 
