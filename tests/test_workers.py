@@ -31,8 +31,10 @@ def test_many_small_tasks_stay_within_the_worker_pool_without_churn_warnings(tin
     cfg = tmp_path / "job.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n  rows_per_unit: 50\n"
-        f"audio:\n  decode_batch_size: 25\n"
-        f"model:\n  source: {tiny_model_dir}\n  device: cpu\n  num_actors: 2\n  torch_threads: 1\n"
+        # decoding held to 2 tasks and one model actor: what the test bounds is the read and write pools,
+        # and on a quiet machine 12 decode tasks at 0.5 CPU (their own bound) would reach the warning alone
+        f"audio:\n  decode_batch_size: 25\n  decode_tasks: 2\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cpu\n  num_actors: 1\n  torch_threads: 1\n"
         f"output:\n  path: {tmp_path / 'out'}\n  frames: false\n"
         f"ray:\n  num_cpus: 8\n"
     )
