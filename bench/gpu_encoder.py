@@ -5,6 +5,7 @@ a short table last; with $OUT set, also writes gpu_encoder.json and the profile 
 
     python bench/gpu_encoder.py                       # CUDA machine: ~1-2 minutes on an H200
     python bench/gpu_encoder.py --device cpu --quick  # checks the script itself
+    python bench/gpu_encoder.py --cpu-ab --rounds 5   # CPU: main vs now, aten ops, outputs, time
 
 Needs only torch (+ triton for the Triton variants), numpy and pyyaml: it imports pipeline.model,
 pipeline.batching and pipeline.testing.checkpoints, none of which imports Ray, pydantic, soundfile
@@ -199,6 +200,47 @@ def matmul_tflops(device, dtype=torch.bfloat16, n=8192, reps=20) -> float:
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
+def cpu_ab(rounds: int) -> None:
+    """On the CPU: main's code and this one on the same padded batch, float32 and bfloat16: the aten
+    ops each runs (the CPU paths are meant to be unchanged), whether the outputs are equal, and the
+    time of each, interleaved over `rounds` (medians)."""
+    import collections
+
+    clips = [
+        (0.1 * np.random.default_rng(i).standard_normal(n)).astype(np.float32)
+        for i, n in enumerate((16_000, 40_000, 7_777))
+    ]
+    wav, lengths = collate(clips)
+    for dtype in (torch.float32, torch.bfloat16):
+        models = build_models(dtype, torch.device("cpu"))
+        pair = {"main": models["old"], "now": models["new"]}
+        ops, outs, times = {}, {}, {k: [] for k in pair}
+        with torch.inference_mode():
+            for k, m in pair.items():
+                m(wav, lengths)
+                with torch.profiler.profile() as prof:
+                    outs[k] = m(wav, lengths)
+                ops[k] = collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+            for _ in range(rounds):
+                for k, m in pair.items():
+                    t = time.perf_counter()
+                    m(wav, lengths)
+                    times[k].append(time.perf_counter() - t)
+        differ = {
+            n: (ops["main"][n], ops["now"][n])
+            for n in ops["main"] | ops["now"]
+            if ops["main"][n] != ops["now"][n]
+        }
+        d = float((outs["main"].frames.float() - outs["now"].frames.float()).abs().max())
+        t_main, t_now = statistics.median(times["main"]), statistics.median(times["now"])
+        print(
+            f"{str(dtype)[6:]}: aten ops main {sum(ops['main'].values())}, now {sum(ops['now'].values())}, "
+            f"counts that differ (main, now): {differ}; max |d frames| {d:.1e}; "
+            f"forward of 4.0 s in 3 rows: main {t_main:.3f} s, now {t_now:.3f} s ({t_now / t_main:.2f}x)",
+            flush=True,
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -208,8 +250,11 @@ def main() -> None:
     p.add_argument(
         "--dtype", default=None, help="of the timed models (default bfloat16; float32 for --quick on CPU)"
     )
+    p.add_argument("--cpu-ab", action="store_true", help="only the CPU check: main vs now, ops and time")
     p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
     a = p.parse_args()
+    if a.cpu_ab:
+        return cpu_ab(a.rounds)
     device = torch.device(a.device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
