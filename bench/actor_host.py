@@ -14,7 +14,6 @@ the call's.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,14 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from common import feed_model_dir, machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common import feed_model_dir, machine  # noqa: E402
-
-from pipeline.predictor import EmotionPredictor  # noqa: E402
-from pipeline.schema import WAVEFORM  # noqa: E402
+from pipeline.predictor import EmotionPredictor
+from pipeline.schema import WAVEFORM
 
 SR = 16000
 

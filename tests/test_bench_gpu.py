@@ -2,12 +2,17 @@
 must parse (a changed format would leave the check without its numbers, with no error on the GPU)."""
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(autouse=True)
+def bench_on_the_path(monkeypatch):
+    """bench/ scripts import each other as `python bench/x.py` runs them (their folder first on the path)."""
+    monkeypatch.syspath_prepend(str(BENCH))
 
 
 @pytest.mark.parametrize(
