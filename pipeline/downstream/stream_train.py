@@ -280,6 +280,7 @@ class _Run:
             plan = train_plan(cat, train_idx, cfg.batch_size, self.capacity)
             model.train()
             step = skip
+            t_epoch = time.perf_counter()
             for x, mask, y in self.batches(plan, skip=skip):
                 optimizer.zero_grad()
                 logits = model(x.to(self.device), None if mask is None else mask.to(self.device))
@@ -314,6 +315,8 @@ class _Run:
                             "global_step": self.global_step,
                         }  # fmt: skip
                     )
+            self.stats["train_s"] = self.stats.get("train_s", 0.0) + time.perf_counter() - t_epoch
+            self.stats["train_rows"] = self.stats.get("train_rows", 0) + sum(len(b) for b in plan[skip:])
             skip = 0
             scheduler.step()
             losses.append(total / max(nb, 1))
@@ -387,7 +390,9 @@ def train_stream(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
     result = _result(cfg, cat, done)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["reader"] = {
-        "wait_s": round(run.stats.get("wait_s", 0.0), 2),
+        "wait_s": round(run.stats.get("wait_s", 0.0), 2),  # the model waiting for batches (train and eval)
+        "train_s": round(run.stats.get("train_s", 0.0), 2),
+        "train_rows": int(run.stats.get("train_rows", 0)),
         "peak_held_mb": round(run.stats.get("peak_held_bytes", 0) / 2**20, 1),
         "row_groups": len(cat.units),
     }
