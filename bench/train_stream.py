@@ -86,7 +86,50 @@ def generate(
     return {"files": files, "rows": rows, "bytes": written, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def row_group_compare(data: str, out: Path) -> dict:
+    """One generated file rewritten with the writer's former row groups (1024 rows) and with today's
+    (ROW_GROUP_MB): plain-read rate and peak RSS of each, each in its own process."""
+    import pyarrow.parquet as pq
+
+    from pipeline.writer import ROW_GROUP_MB
+
+    src = sorted(Path(data).glob("*.parquet"))[0]
+    table = pq.read_table(src)
+    res = {}
+    for name, rows in (("1024_rows", 1024), (f"{ROW_GROUP_MB}_mb", None)):
+        d = out / f"rg-{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        if rows is None:
+            shutil.copy(src, d / src.name)
+        else:
+            pq.write_table(table, d / src.name, compression="zstd", row_group_size=rows)
+        meta = pq.ParquetFile(d / src.name).metadata
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "plain",
+            "--dir",
+            str(d),
+            "--data",
+            str(d),
+            "--threads",
+            "2",
+        ]
+        p = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r["row_groups"] = meta.num_row_groups
+        r["rows_per_group"] = meta.row_group(0).num_rows
+        r["mb_per_group"] = round(meta.row_group(0).total_byte_size / 2**20, 1)
+        res[name] = r
+    return res
+
+
 def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -179,10 +222,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="plain read: row groups decoded at a time")
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", action="store_true", help="keep the generated output")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: reader,train")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: rg,reader,train")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
-    data = str(Path(args.dir) / "data")
+    data = args.data or str(Path(args.dir) / "data")
     if args.child == "plain":
         print(json.dumps(plain_read(data, args.threads)))
         return
@@ -202,6 +246,9 @@ def main() -> None:
             results["generate"] = generate(Path(data), args.gb)
             print("generated", results["generate"], file=sys.stderr, flush=True)
         results["data_gb"] = round(sum(f.stat().st_size for f in Path(data).glob("*.parquet")) / 1e9, 2)
+        if "rg" not in args.skip:
+            results["row_groups"] = row_group_compare(data, Path(args.dir))
+            print("row groups", results["row_groups"], file=sys.stderr, flush=True)
         results["plain_read"] = _child("plain", args)
         print("plain read", results["plain_read"], file=sys.stderr, flush=True)
         if "reader" not in args.skip:

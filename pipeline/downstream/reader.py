@@ -181,10 +181,17 @@ def read_unit(cat: Catalog, u: int, positions: np.ndarray) -> list[np.ndarray]:
 
         values, lengths = frames_to_numpy(col)  # [sum T, D] float16, [rows]
         starts = np.cumsum(lengths) - lengths
-        return [values[starts[p] : starts[p] + lengths[p]].copy() for p in positions.tolist()]
-    col = col.combine_chunks()
-    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), cat.dim)
-    return [np.asarray(emb[p], np.float32).copy() for p in positions.tolist()]
+        rows = [values[starts[p] : starts[p] + lengths[p]].copy() for p in positions.tolist()]
+        del values
+    else:
+        col = col.combine_chunks()
+        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), cat.dim)
+        rows = [np.asarray(emb[p], np.float32).copy() for p in positions.tolist()]
+    del col
+    # Arrow's allocator keeps freed pages for reuse; a row group's decode buffers are large and
+    # short-lived, so hand them back (peak RSS follows the buffer setting, not the allocator's history)
+    pa.default_memory_pool().release_unused()
+    return rows
 
 
 def collate(cat: Catalog, arrays: list[np.ndarray], y: np.ndarray):
