@@ -133,7 +133,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_read(data: str, threads: int) -> dict:
+def plain_read(data: str, threads: int, limit_s: float = 0.0) -> dict:
     """Every row group's frames column decoded to numpy, `threads` row groups at a time: the limit."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -152,9 +152,19 @@ def plain_read(data: str, threads: int) -> dict:
     t0 = time.perf_counter()
     rows = nbytes = 0
     with ThreadPoolExecutor(threads) as pool:
-        for n, b in pool.map(read, work):
+        futures = [pool.submit(read, w) for w in work[:threads]]
+        nxt = threads
+        while futures:
+            n, b = futures.pop(0).result()
             rows += n
             nbytes += b
+            if limit_s and time.perf_counter() - t0 > limit_s:
+                break
+            if nxt < len(work):
+                futures.append(pool.submit(read, work[nxt]))
+                nxt += 1
+        for f in futures:
+            f.cancel()
     s = time.perf_counter() - t0
     return {"rows": rows, "seconds": round(s, 1), "rows_per_s": round(rows / s, 1),
             "mb_per_s": round(nbytes / s / 2**20, 1), "peak_rss_mb": round(_peak_rss_mb())}  # fmt: skip
@@ -188,6 +198,48 @@ def reader_only(data: str, buffer_mb: float, batch_size: int) -> dict:
     }
 
 
+def train_limited(data: str, buffer_mb: float, batch_size: int, device: str, limit_s: float) -> dict:
+    """The streaming trainer's epoch loop (the same catalog, plan, reader, model and optimizer as
+    stream_train.py) over the train split, stopped after `limit_s` seconds: for boxes where a whole
+    epoch of a 10 GB output takes longer than one can wait. The plan still covers the whole epoch."""
+    import torch
+
+    from pipeline.downstream.reader import stream_batches, train_plan
+    from pipeline.downstream.stream_train import build_catalog
+    from pipeline.downstream.train import TrainConfig, frame_model, make_optimizer
+    from pipeline.storage import Storage
+
+    cfg = TrainConfig(features=data, label_column="emotion", split_column="split", output="unused",
+                      labels=LABELS, shuffle_buffer_mb=buffer_mb, batch_size=batch_size)  # fmt: skip
+    t_cat = time.perf_counter()
+    cat = build_catalog(cfg, Storage())
+    t_cat = time.perf_counter() - t_cat
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = frame_model(cat.dim, len(LABELS), cfg.hidden_dim).to(dev)
+    opt, _ = make_optimizer(cfg, model)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rows = np.flatnonzero(cat.splits == "train")
+    plan = train_plan(cat, rows, batch_size, int(buffer_mb * 2**20))
+    stats: dict = {}
+    n = 0
+    t0 = time.perf_counter()
+    for x, mask, y in stream_batches(cat, plan, stats=stats):
+        opt.zero_grad()
+        loss = loss_fn(model(x.to(dev), mask.to(dev)), y.to(dev))
+        loss.backward()
+        opt.step()
+        n += len(y)
+        if limit_s and time.perf_counter() - t0 > limit_s:
+            break
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    s = time.perf_counter() - t0
+    return {"rows": n, "epoch_rows": len(rows), "seconds": round(s, 1), "rows_per_s": round(n / s, 1),
+            "wait_s": round(stats.get("wait_s", 0.0), 1), "peak_held_mb": round(stats.get("peak_held_bytes", 0) / 2**20),
+            "catalog_s": round(t_cat, 1), "peak_rss_mb": round(_peak_rss_mb())}  # fmt: skip
+
+
 def train_epoch(data: str, buffer_mb: float, batch_size: int, out: str, device: str) -> dict:
     """One epoch of the frame recipe through the real trainer (split column: train / validation / test)."""
     from pipeline.downstream.train import TrainConfig, train
@@ -205,7 +257,8 @@ def train_epoch(data: str, buffer_mb: float, batch_size: int, out: str, device: 
 
 def _child(what: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", what, "--dir", args.dir, "--buffer-mb", str(args.buffer_mb),
-           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device,
+           "--limit-s", str(args.limit_s)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if p.returncode:
@@ -222,13 +275,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="plain read: row groups decoded at a time")
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", action="store_true", help="keep the generated output")
+    p.add_argument("--limit-s", type=float, default=0.0, help="stop the plain read and the epoch after this")
     p.add_argument("--skip", default="", help="comma list of parts to skip: rg,reader,train")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
     data = args.data or str(Path(args.dir) / "data")
     if args.child == "plain":
-        print(json.dumps(plain_read(data, args.threads)))
+        print(json.dumps(plain_read(data, args.threads, args.limit_s)))
+        return
+    if args.child == "train" and args.limit_s:
+        print(json.dumps(train_limited(data, args.buffer_mb, args.batch_size, args.device, args.limit_s)))
         return
     if args.child == "reader":
         print(json.dumps(reader_only(data, args.buffer_mb, args.batch_size)))
@@ -240,7 +297,7 @@ def main() -> None:
             )
         )
         return
-    results: dict = {"cpu": _cpu(), "args": vars(args)}
+    results: dict = {"cpu": _cpu(), "args": vars(args), "load_average_start": os.getloadavg()}
     try:
         if not Path(data).exists():
             results["generate"] = generate(Path(data), args.gb)
