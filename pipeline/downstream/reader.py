@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..storage import Storage
@@ -314,3 +315,23 @@ def stream_batches(
         thread.join()
         if stats is not None:
             stats["peak_held_bytes"] = max(stats.get("peak_held_bytes", 0), peak[0])
+
+
+def pad_frames(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A frames column as any reader returns it (the job's `list<fixed_size_list<float16, D>>`, Polars'
+    large lists, DuckDB's `list<list<float>>`) -> (x [B, T, D] float32 zero-padded, mask [B, T] True at
+    padding). From the Arrow list offsets: no loop over rows or frames. Null rows have length 0."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lens = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)  # [B]
+    inner = col.flatten()  # [sum T] one [D] list per frame (respects slicing, skips nulls)
+    if pa.types.is_fixed_size_list(inner.type):
+        dim = inner.type.list_size
+    else:
+        dim = int(pc.max(pc.list_value_length(inner)).as_py() or 0) if len(inner) else 0
+    flat = inner.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)  # [sum T, D]
+    b, t, total = len(lens), int(lens.max(initial=0)), int(lens.sum())
+    row = np.repeat(np.arange(b), lens)  # [sum T] destination row of each frame
+    pos = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)  # [sum T] time index in its row
+    x = np.zeros((b, t, dim), np.float32)
+    x[row, pos] = flat
+    return x, np.arange(t)[None, :] >= lens[:, None]
