@@ -198,6 +198,47 @@ def reader_only(data: str, buffer_mb: float, batch_size: int) -> dict:
     }
 
 
+def reader_compare(data: str, buffer_mb: float, batch_size: int) -> dict:
+    """The two candidate readers, each making shuffled padded batches of the same files with no model:
+    pyarrow row groups in our prefetching reader (reader.py), and Ray Data (read_parquet ->
+    iter_batches with a local shuffle buffer -> pad_frames) on a local 2-CPU Ray."""
+    import ray
+    import torch
+
+    from pipeline.downstream.reader import pad_frames, stream_batches, train_plan
+    from pipeline.downstream.stream_train import build_catalog
+    from pipeline.downstream.train import TrainConfig
+    from pipeline.storage import Storage
+
+    res = {}
+    cfg = TrainConfig(features=data, label_column="emotion", split_column="split", output="unused",
+                      labels=LABELS, shuffle_buffer_mb=buffer_mb)  # fmt: skip
+    t0 = time.perf_counter()
+    cat = build_catalog(cfg, Storage())
+    torch.manual_seed(0)
+    plan = train_plan(cat, np.arange(len(cat)), batch_size, int(buffer_mb * 2**20))
+    n = sum(len(y) for _, _, y in stream_batches(cat, plan))
+    s = time.perf_counter() - t0
+    res["pyarrow"] = {"rows": n, "seconds": round(s, 1), "rows_per_s": round(n / s, 1)}
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        ds = ray.data.read_parquet(data, file_extensions=["parquet"], columns=["id", "emotion", "frames"])
+        rows_buffer = int(buffer_mb * 2**20 / (100 * D * 2))
+        n = 0
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                     local_shuffle_buffer_size=rows_buffer, local_shuffle_seed=0):  # fmt: skip
+            x, _ = pad_frames(batch["frames"])
+            n += len(x)
+        s = time.perf_counter() - t0
+        res["ray_data"] = {"rows": n, "seconds": round(s, 1), "rows_per_s": round(n / s, 1),
+                           "peak_rss_mb_driver": round(_peak_rss_mb())}  # fmt: skip
+    finally:
+        ray.shutdown()
+    return res
+
+
 def train_limited(data: str, buffer_mb: float, batch_size: int, device: str, limit_s: float) -> dict:
     """The streaming trainer's epoch loop (the same catalog, plan, reader, model and optimizer as
     stream_train.py) over the train split, stopped after `limit_s` seconds: for boxes where a whole
@@ -281,6 +322,9 @@ def main() -> None:
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
     data = args.data or str(Path(args.dir) / "data")
+    if args.child == "compare":
+        print(json.dumps(reader_compare(data, args.buffer_mb, args.batch_size)))
+        return
     if args.child == "plain":
         print(json.dumps(plain_read(data, args.threads, args.limit_s)))
         return

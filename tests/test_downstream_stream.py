@@ -242,3 +242,25 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(synth, tmp_path):
     other = subprocess.run([*_train_cmd(synth, out), "--seed", "7"], env=env, capture_output=True, text=True,
                            timeout=600)  # fmt: skip
     assert other.returncode == 2 and "seed" in other.stderr
+
+
+@pytest.mark.s3
+def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_bucket, tmp_path):
+    """Features read from an object store (real HTTP, moto), metrics, PNG and checkpoint written there;
+    the numbers equal the same run on the local copy."""
+    client, bucket = s3_bucket
+    for f in synth.glob("*.parquet"):
+        client.put_object(Bucket=bucket, Key=f"runs/a/{f.name}", Body=f.read_bytes())
+    kw = dict(label_column="emotion", split_column="split", labels=LABELS, epochs=2, batch_size=32,
+              checkpoint_every=3, shuffle_buffer_mb=0.02)  # fmt: skip
+    local = train(TrainConfig(features=str(synth), output=str(tmp_path / "l"), **kw), log_fn=lambda s: None)
+    remote = train(
+        TrainConfig(features=f"s3://{bucket}/runs/a", output=f"s3://{bucket}/probe",
+                    storage={"endpoint_url": s3_server}, **kw),
+        log_fn=lambda s: None,
+    )  # fmt: skip
+    _same_numbers(local, remote)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="probe/")["Contents"]}
+    assert keys == {"probe/metrics.json", "probe/confusion.png", "probe/checkpoints/last.pt"}
+    body = client.get_object(Bucket=bucket, Key="probe/metrics.json")["Body"].read()
+    assert json.loads(body)["splits"] == remote["splits"]
