@@ -71,13 +71,20 @@ def part_name(unit: str, ids: Iterable[str]) -> str:
     return f"part-{unit}-{h}.parquet"
 
 
+# Row groups are the unit a streaming reader fetches and decodes (e2v-train, Ray Data, DuckDB): at most
+# 1024 rows, and about ROW_GROUP_MB of data. Small rows change nothing; frames rows (~150 KB for 2 s of
+# D 768) get row groups of ~200 rows instead of ~150 MB ones (bench/RESULTS.md, streaming training).
+ROW_GROUP_MB = 32
+
+
 def encode_parquet(table: pa.Table, compression: str) -> bytes:
     sink = io.BytesIO()
+    by_bytes = table.num_rows * ROW_GROUP_MB * 2**20 // max(table.nbytes, 1)
     pq.write_table(
         table,
         sink,
         compression=None if compression == "none" else compression,
-        row_group_size=max(1, min(table.num_rows, 1024)),
+        row_group_size=max(1, min(table.num_rows, 1024, by_bytes)),
     )
     return sink.getvalue()
 

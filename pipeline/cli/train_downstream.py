@@ -3,10 +3,14 @@
     e2v-train --features outputs/iemocap --label-column emotion \
         --fold-column session --output outputs/iemocap-probe \
         --label-map exc=hap --labels ang,hap,neu,sad [--input frames|utterance] [--epochs 100] [--seed 42]
+    e2v-train --features s3://bucket/msp --label-column emotion --split-column split --output s3://bucket/msp-probe
     e2v-train --config train.yaml [--epochs 30 ...]   # YAML keys = flag names with _
 
-Leave-one-group-out over --fold-column; writes OUTPUT/metrics.json (per fold and mean WA / UA / WF1)
-and OUTPUT/confusion.png. Exit codes: 0 done, 2 bad config or unusable features.
+Leave-one-group-out over --fold-column, or the corpus's train/validation/test split (--split-column);
+streams the features in batches with memory bounded by --shuffle-buffer-mb (--reader memory: the
+in-memory reference). Writes OUTPUT/metrics.json (per fold / split / group and mean WA / UA / WF1),
+OUTPUT/confusion.png and OUTPUT/checkpoints/last.pt (every --checkpoint-every steps; a rerun resumes
+from it). Exit codes: 0 done, 2 bad config or unusable features.
 """
 
 import argparse
@@ -24,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", help="extraction output directory or s3:// prefix")
     p.add_argument("--label-column", help="gold label column, e.g. emotion")
     p.add_argument("--fold-column", help="group column for leave-one-group-out, e.g. session")
-    p.add_argument("--output", help="directory for metrics.json and confusion.png")
+    p.add_argument(
+        "--split-column", help="train/validation/test column (EmoBox, MSP-Podcast) instead of folds"
+    )
+    p.add_argument("--output", help="directory or URI for metrics.json, confusion.png and checkpoints/")
     p.add_argument("--input", choices=["auto", "frames", "utterance"], help="default: frames if written")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
@@ -32,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--label-map", nargs="+", metavar="RAW=LABEL", help="e.g. exc=hap")
     p.add_argument("--labels", help="comma-separated label set and order, e.g. ang,hap,neu,sad")
+    p.add_argument(
+        "--reader", choices=["stream", "memory"], help="stream (default) or the in-memory reference"
+    )
+    p.add_argument(
+        "--shuffle-buffer-mb", type=float, help="stream: shuffle buffer (bounds memory), default 1024"
+    )
+    p.add_argument("--prefetch-batches", type=int, help="stream: batches built ahead of the model")
+    p.add_argument("--read-ahead", type=int, help="stream: row groups read in parallel")
+    p.add_argument("--checkpoint-every", type=int, help="stream: steps between checkpoints (0: none)")
     p.add_argument("--log-level", default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

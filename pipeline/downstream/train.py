@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import ConfigError, StorageConfig, read_yaml_mapping, validate
 from ..storage import Storage
@@ -65,8 +65,19 @@ class TrainConfig(BaseModel):
 
     features: str = Field(description="the extraction output: a directory or s3:// prefix of Parquet files")
     label_column: str = Field(description="gold label column (a passthrough manifest column)")
-    fold_column: str = Field(description="group column for leave-one-group-out (session, speaker, fold)")
-    output: str = Field(description="local directory for metrics.json and confusion.png")
+    fold_column: str | None = Field(
+        None,
+        description="group column: leave-one-group-out over it (session, speaker, fold); with split_column, "
+        "test metrics per group",
+    )
+    split_column: str | None = Field(
+        None,
+        description="train / validation / test per row, as EmoBox and MSP-Podcast ship them (train, "
+        "validation|valid|val|dev, test); replaces leave-one-group-out",
+    )
+    output: str = Field(
+        description="directory or storage URI for metrics.json, confusion.png and checkpoints/"
+    )
     input: Literal["auto", "frames", "utterance"] = Field(
         "auto", description="frames: the paper's recipe; utterance: linear probe on `embedding`"
     )
@@ -83,7 +94,28 @@ class TrainConfig(BaseModel):
     labels: list[str] | None = Field(None, description="label set and order (default: sorted labels seen)")
     order_by: str = Field("id", description="row order before the random split (reproducibility)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    reader: Literal["stream", "memory"] = Field(
+        "stream", description="stream: bounded memory (pipeline/downstream/reader.py); memory: the reference"
+    )
+    shuffle_buffer_mb: float = Field(
+        1024.0,
+        gt=0,
+        description="stream: rows held for shuffling (stored frames); bounds the reader's memory",
+    )
+    prefetch_batches: int = Field(2, ge=1, description="stream: padded batches built ahead of the model")
+    read_ahead: int = Field(2, ge=1, description="stream: row groups read in parallel ahead of need")
+    checkpoint_every: int = Field(
+        500, ge=0, description="stream: steps between checkpoints in OUTPUT/checkpoints/ (0: none)"
+    )
     storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _fold_or_split(self) -> TrainConfig:
+        if self.fold_column is None and self.split_column is None:
+            raise ValueError("fold_column: required key is missing (or give split_column)")
+        if self.reader == "memory" and self.split_column is not None:
+            raise ValueError("split_column: needs reader: stream")
+        return self
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -191,6 +223,55 @@ class FeatureSet:
         return len(self.ids)
 
 
+SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+          "val": "validation", "dev": "validation", "development": "validation", "test": "test"}  # fmt: skip
+
+
+def select_rows(
+    light: pa.Table, cfg: TrainConfig, kind: str
+) -> tuple[pa.Table, np.ndarray, list[str], dict[str, int]]:
+    """The rows to train and evaluate on -> (those rows sorted by (`order_by`, id), their label index,
+    the label names, skipped counts by reason). Skipped, in this order: error rows; no label; a label
+    outside the set (after `label_map`); no group (leave-one-group-out) or no known split value
+    (`split_column`); (frames) no frames."""
+    n_rows = light.num_rows
+    order_col = cfg.order_by if cfg.order_by in light.column_names else "id"
+    ok = pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+    raw = light[cfg.label_column].cast(pa.string()).to_pylist()
+    mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
+    label_names = cfg.labels or sorted(
+        {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
+    )
+    index = {name: i for i, name in enumerate(label_names)}
+    has_label = np.array([m is not None for m in mapped], bool)
+    in_set = np.array([m in index for m in mapped], bool)
+    skipped = {
+        "error": int((~ok).sum()),
+        "no_label": int((ok & ~has_label).sum()),
+        "label_not_in_set": int((ok & has_label & ~in_set).sum()),
+    }
+    if cfg.split_column is None:
+        has_place = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
+        skipped["no_group"] = int((ok & in_set & ~has_place).sum())
+    else:
+        split = light[cfg.split_column].cast(pa.string()).to_pylist()
+        has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
+        skipped["no_split"] = int((ok & in_set & ~has_place).sum())
+    has_frames = np.ones(n_rows, bool)
+    if kind == "frames":
+        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
+    skipped["no_frames"] = int((ok & in_set & has_place & ~has_frames).sum())
+    keep = ok & in_set & has_place & has_frames
+    kept = light.filter(pa.array(keep))
+    order = pc.sort_indices(kept, sort_keys=[(order_col, "ascending"), ("id", "ascending")])
+    kept = kept.take(order)
+    y = np.array(
+        [index[cfg.label_map.get(r, r)] for r in kept[cfg.label_column].cast(pa.string()).to_pylist()],
+        np.int64,
+    )
+    return kept, y, label_names, skipped
+
+
 def load_features(cfg: TrainConfig) -> FeatureSet:
     storage = Storage.from_config(cfg.storage)
     ds = open_output(cfg.features, storage)
@@ -217,36 +298,8 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
     light_cols = list(dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col]))
     if kind == "frames":
         light_cols.append("num_frames")
-    light = ds.to_table(columns=light_cols)
-    n_rows = light.num_rows
-    ok = pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
-    raw = light[cfg.label_column].cast(pa.string()).to_pylist()
-    mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
-    label_names = cfg.labels or sorted(
-        {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
-    )
-    index = {name: i for i, name in enumerate(label_names)}
-    has_label = np.array([m is not None for m in mapped], bool)
-    in_set = np.array([m in index for m in mapped], bool)
-    has_group = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
-    has_frames = np.ones(n_rows, bool)
-    if kind == "frames":
-        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
-    skipped = {
-        "error": int((~ok).sum()),
-        "no_label": int((ok & ~has_label).sum()),
-        "label_not_in_set": int((ok & has_label & ~in_set).sum()),
-        "no_group": int((ok & in_set & ~has_group).sum()),
-        "no_frames": int((ok & in_set & has_group & ~has_frames).sum()),
-    }
-    keep = ok & in_set & has_group & has_frames
-    kept = light.filter(pa.array(keep))
-    order = pc.sort_indices(kept, sort_keys=[(order_col, "ascending"), ("id", "ascending")])
-    kept = kept.take(order)
+    kept, y, label_names, skipped = select_rows(ds.to_table(columns=light_cols), cfg, kind)
     ids = kept["id"].to_pylist()
-    y = np.array(
-        [index[cfg.label_map.get(r, r)] for r in kept[cfg.label_column].cast(pa.string()).to_pylist()]
-    )
     groups = np.array(kept[cfg.fold_column].to_pylist(), dtype=object)
     if not ids:
         raise ValueError(f"no usable rows in {cfg.features} (skipped: {skipped})")
@@ -473,6 +526,10 @@ def _json_value(v: Any) -> Any:
 def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[str, Any]:
     """Run the leave-one-group-out recipe and write `metrics.json` + `confusion.png` into cfg.output.
     Returns the metrics dict."""
+    if fs is None and cfg.reader == "stream":
+        from .stream_train import train_stream
+
+        return train_stream(cfg, log_fn)
     torch = _torch()
     t0 = time.perf_counter()
     fs = fs or load_features(cfg)

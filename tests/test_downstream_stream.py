@@ -1,0 +1,266 @@
+"""The streaming trainer (pipeline/downstream/stream_train.py, reader.py): the in-memory trainer as its
+reference, bounded shuffles, corpus splits, bad rows, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.downstream.reader import stream_batches, train_plan
+from pipeline.downstream.stream_train import build_catalog
+from pipeline.downstream.train import TrainConfig, load_train_config, train
+from pipeline.storage import Storage
+
+from .downstream_corpus import LABELS as CORPUS_LABELS
+from .downstream_corpus import USABLE, extracted_output
+from .downstream_synth import LABELS, write_synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTH_ROWS = 240
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("synth") / "out", n=SYNTH_ROWS)
+
+
+def _independent_rows(out: Path) -> list[dict]:
+    """The good rows, read the slow way (pyarrow to_pylist), without the trainer's code."""
+    rows = pads.dataset(str(out), format="parquet").to_table(columns=["id", "error", "emotion", "num_frames",
+                                                                      "session", "split"]).to_pylist()  # fmt: skip
+    return [r for r in rows if r["error"] is None and r["emotion"] in LABELS and r["num_frames"]]
+
+
+def _same_numbers(a: dict, b: dict) -> None:
+    assert a["confusion"] == b["confusion"]
+    assert a["folds"] == b["folds"]
+    assert a["mean"] == b["mean"]
+
+
+# -- the reference ----------------------------------------------------------------------------------
+
+
+def test_stream_equals_in_memory_reference_on_real_output(
+    ray_session, tiny_model_dir, tmp_path_factory, tmp_path
+):
+    """IEMOCAP-shaped output written by the real job; the buffer holds the whole set: the same seed gives
+    the same split, init and batch order, so identical confusion matrices, per-fold numbers and losses."""
+    features = extracted_output(tmp_path_factory, tiny_model_dir)
+    kw = dict(features=str(features), label_column="emotion", fold_column="session",
+              label_map={"exc": "hap"}, labels=CORPUS_LABELS, epochs=6)  # fmt: skip
+    mem = train(TrainConfig(output=str(tmp_path / "mem"), reader="memory", **kw), log_fn=lambda s: None)
+    streamed = train(TrainConfig(output=str(tmp_path / "stream"), **kw), log_fn=lambda s: None)
+    _same_numbers(mem, streamed)
+    assert np.array(streamed["confusion"]).sum() == USABLE
+    assert streamed["skipped"] == {
+        "error": 1,
+        "no_label": 1,
+        "label_not_in_set": 1,
+        "no_group": 0,
+        "no_frames": 0,
+    }
+    # per group: leave-one-session-out tests each session once, so its group metrics are its fold's
+    assert {g: m["n"] for g, m in streamed["groups"].items()} == {
+        str(f["fold"]): f["n"] for f in streamed["folds"]
+    }
+    assert (tmp_path / "stream" / "confusion.png").stat().st_size > 8_000
+
+
+def test_stream_equals_reference_on_synthetic_and_skips_bad_rows(synth, tmp_path):
+    kw = dict(features=str(synth), label_column="emotion", fold_column="session", labels=LABELS, epochs=3,
+              batch_size=32, checkpoint_every=0)  # fmt: skip
+    mem = train(TrainConfig(output=str(tmp_path / "m"), reader="memory", **kw), log_fn=lambda s: None)
+    got = train(TrainConfig(output=str(tmp_path / "s"), **kw), log_fn=lambda s: None)
+    _same_numbers(mem, got)
+    good = _independent_rows(synth)
+    assert got["rows"] == {"used": len(good), "skipped": 4} and len(good) == SYNTH_ROWS
+    assert got["skipped"] == {"error": 1, "no_label": 1, "label_not_in_set": 1, "no_group": 0, "no_frames": 1}
+    assert got["mean"]["ua"] > 0.8  # the classes are separable; chance is 0.25
+
+
+# -- bounded shuffles -------------------------------------------------------------------------------
+
+
+def test_small_buffer_streams_every_row_once_in_bounded_memory(synth):
+    import torch
+
+    cfg = TrainConfig(features=str(synth), label_column="emotion", fold_column="session", output="unused",
+                      labels=LABELS)  # fmt: skip
+    cat = build_catalog(cfg, Storage())
+    rows = np.arange(len(cat))
+    row_bytes = cat.row_bytes(rows)
+    capacity = int(row_bytes.sum() // 8)  # an eighth of the set
+    torch.manual_seed(0)
+    plan = train_plan(cat, rows, 16, capacity)
+    order = np.concatenate(plan)
+    assert sorted(order.tolist()) == rows.tolist()  # every row once
+    assert [len(b) for b in plan[:-1]] == [16] * (len(plan) - 1)
+    # shuffled across row groups: the first batch draws from several, and not in file order
+    assert len(set(cat.unit[plan[0]].tolist())) >= 3
+    torch.manual_seed(0)
+    assert [b.tolist() for b in train_plan(cat, rows, 16, capacity)] == [b.tolist() for b in plan]  # a seed's
+    torch.manual_seed(1)
+    assert [b.tolist() for b in train_plan(cat, rows, 16, capacity)] != [b.tolist() for b in plan]
+
+    stats: dict = {}
+    seen = []
+    ids = np.array(cat.ids)
+    frames = {r["id"]: r["frames"] for r in pads.dataset(str(synth), format="parquet").to_table(
+        columns=["id", "frames"]).to_pylist()}  # fmt: skip
+    for b, (x, mask, y) in zip(
+        plan, stream_batches(cat, plan, stats=stats, prefetch=1, read_ahead=1), strict=True
+    ):
+        seen.extend(b.tolist())
+        assert y.tolist() == [LABELS.index(lab) for lab in np.array(cat.label_names)[cat.y[b]]]
+        k = int(np.argmax(cat.lengths[b]))  # the longest row: unpadded, equal to what is stored
+        want = np.array(frames[ids[b[k]]], np.float32)
+        np.testing.assert_array_equal(x[k].numpy(), want)
+        short = int(np.argmin(cat.lengths[b]))
+        n = int(cat.lengths[b[short]])
+        np.testing.assert_array_equal(x[short, :n].numpy(), np.array(frames[ids[b[short]]], np.float32))
+        assert not x[short, n:].any() and mask[short, n:].all() and not mask[short, :n].any()
+    assert seen == order.tolist()
+    # the bound reader.py states: the buffer, plus one row group, plus the batch being built
+    largest_group = max(int(row_bytes[cat.unit == u].sum()) for u in set(cat.unit.tolist()))
+    largest_batch = max(int(row_bytes[b].sum()) for b in plan)
+    bound = capacity + largest_group + largest_batch
+    assert 0 < stats["peak_held_bytes"] <= bound, (stats, capacity, largest_group, largest_batch)
+    assert stats["peak_held_bytes"] < row_bytes.sum() / 2  # far from the whole set
+
+    # resume: skipping the first k batches yields exactly the rest
+    rest = [y.tolist() for _, _, y in stream_batches(cat, plan, skip=5)]
+    assert rest == [cat.y[b].tolist() for b in plan[5:]]
+
+
+def test_small_buffer_training_learns(synth, tmp_path):
+    got = train(
+        TrainConfig(features=str(synth), label_column="emotion", fold_column="session", output=str(tmp_path),
+                    labels=LABELS, epochs=4, batch_size=16, shuffle_buffer_mb=0.02, checkpoint_every=0),
+        log_fn=lambda s: None,
+    )  # fmt: skip
+    assert got["mean"]["ua"] > 0.8 and got["reader"]["peak_held_mb"] < 0.1
+
+
+# -- splits as corpora ship them ----------------------------------------------------------------------
+
+
+def test_split_column_train_validation_test(synth, tmp_path):
+    out = tmp_path / "split"
+    got = train(
+        TrainConfig(features=str(synth), label_column="emotion", split_column="split", fold_column="session",
+                    output=str(out), labels=LABELS, epochs=4, batch_size=16, checkpoint_every=0),
+        log_fn=lambda s: None,
+    )  # fmt: skip
+    good = _independent_rows(synth)
+    by_split = Counter(r["split"] for r in good)
+    (fold,) = got["folds"]
+    assert got["split"] == "column"
+    assert fold["n_train"] == by_split["train"] and fold["n_val"] == by_split["validation"]
+    assert (
+        got["splits"]["test"]["n"] == by_split["test"]
+        and got["splits"]["validation"]["n"] == by_split["validation"]
+    )
+    test_sessions = Counter(str(r["session"]) for r in good if r["split"] == "test")
+    assert {g: m["n"] for g, m in got["groups"].items()} == dict(test_sessions)
+    assert got["splits"]["test"]["ua"] > 0.8
+    assert json.loads((out / "metrics.json").read_text())["splits"] == got["splits"]
+    assert (out / "confusion.png").stat().st_size > 8_000
+
+
+def test_config_fold_or_split():
+    base = dict(features="f", label_column="l", output="o")
+    with pytest.raises(ConfigError, match="fold_column: required key is missing"):
+        load_train_config(None, base)
+    with pytest.raises(ConfigError, match="split_column: needs reader: stream"):
+        load_train_config(None, {**base, "split_column": "split", "reader": "memory"})
+    cfg = load_train_config(None, {**base, "split_column": "split", "shuffle_buffer_mb": 64})
+    assert cfg.fold_column is None and cfg.reader == "stream" and cfg.shuffle_buffer_mb == 64
+
+
+# -- checkpoints: kill -9 and resume ------------------------------------------------------------------
+
+
+def _train_cmd(synth: Path, out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "jobs" / "train_downstream.py"), "--features", str(synth),
+            "--label-column", "emotion", "--split-column", "split", "--fold-column", "session",
+            "--labels", ",".join(LABELS), "--output", str(out), "--epochs", "8", "--batch-size", "8",
+            "--checkpoint-every", "5",
+            "--shuffle-buffer-mb", "0.05", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_uninterrupted_result(synth, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    whole = subprocess.run(_train_cmd(synth, tmp_path / "whole"), env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    want = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoints" / "last.pt"
+    kills = 0
+    for _ in range(2):  # killed twice: early, and again later
+        proc = subprocess.Popen(
+            _train_cmd(synth, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+                time.sleep(0.3 * kills)  # the second kill lands somewhere later in training
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        kills += 1
+        assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
+    resumed = subprocess.run(_train_cmd(synth, out), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    got = json.loads((out / "metrics.json").read_text())
+    _same_numbers(want, got)
+    assert got["splits"] == want["splits"] and got["groups"] == want["groups"]
+    # a finished run's checkpoint holds every fold: running again rewrites the same metrics
+    again = subprocess.run(_train_cmd(synth, out), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "1 folds done" in again.stderr
+    _same_numbers(want, json.loads((out / "metrics.json").read_text()))
+    # other settings against the same checkpoint: refused, exit 2
+    other = subprocess.run([*_train_cmd(synth, out), "--seed", "7"], env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert other.returncode == 2 and "seed" in other.stderr
+
+
+@pytest.mark.s3
+def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_bucket, tmp_path):
+    """Features read from an object store (real HTTP, moto), metrics, PNG and checkpoint written there;
+    the numbers equal the same run on the local copy."""
+    client, bucket = s3_bucket
+    for f in synth.glob("*.parquet"):
+        client.put_object(Bucket=bucket, Key=f"runs/a/{f.name}", Body=f.read_bytes())
+    kw = dict(label_column="emotion", split_column="split", labels=LABELS, epochs=2, batch_size=32,
+              checkpoint_every=3, shuffle_buffer_mb=0.02)  # fmt: skip
+    local = train(TrainConfig(features=str(synth), output=str(tmp_path / "l"), **kw), log_fn=lambda s: None)
+    remote = train(
+        TrainConfig(features=f"s3://{bucket}/runs/a", output=f"s3://{bucket}/probe",
+                    storage={"endpoint_url": s3_server}, **kw),
+        log_fn=lambda s: None,
+    )  # fmt: skip
+    _same_numbers(local, remote)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="probe/")["Contents"]}
+    assert keys == {"probe/metrics.json", "probe/confusion.png", "probe/checkpoints/last.pt"}
+    body = client.get_object(Bucket=bucket, Key="probe/metrics.json")["Body"].read()
+    assert json.loads(body)["splits"] == remote["splits"]
