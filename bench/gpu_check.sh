@@ -54,8 +54,9 @@ say "bundle activated in $((SECONDS - t)) s ($BUNDLE -> $GPU_SITE)"
 echo "== a. machine"
 {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 |
-    head -4 || echo "no nvidia-smi"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
+  else echo "no nvidia-smi"; fi
   echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores;" \
     "memory $(free -g | awk '/Mem:/ {print $2}') GiB; /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
   "$PY" -c "import sys, torch, ray, numpy, pyarrow; print('python', sys.version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda, '| ray', ray.__version__, '| numpy', numpy.__version__, '| pyarrow', pyarrow.__version__)"
