@@ -38,11 +38,11 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b < 1 ? 1 : b)); }
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
-  GPU_TESTS_S=60 ENCODER_S=90 CORPUS_S=60 JOB_S=120 JOB2_S=90
+  GPU_TESTS_S=60 ENCODER_S=90 EXTRA_S=60 CORPUS_S=60 JOB_S=120 JOB2_S=90
   ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
 else
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=15
-  GPU_TESTS_S=45 ENCODER_S=60 CORPUS_S=45 JOB_S=100 JOB2_S=70
+  GPU_TESTS_S=45 ENCODER_S=60 EXTRA_S=40 CORPUS_S=45 JOB_S=100 JOB2_S=70
   ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
 fi
 
@@ -65,14 +65,14 @@ echo "== a. machine"
 
 echo "== b. GPU tests"
 files=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
-T=$(budget "$GPU_TESTS_S" $((ENCODER_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+T=$(budget "$GPU_TESTS_S" $((ENCODER_S + EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
 timeout "$T" "$PY" -m pytest -q -m gpu -p no:cacheprovider $files > "$LOGS/gpu_tests.log" 2>&1
 rc=$?
 say "b. GPU tests ($files; rc $rc$([ $rc = 124 ] && echo ", cut at $T s")): $(grep -E '(passed|failed|skipped|error)' "$LOGS/gpu_tests.log" | tail -1)"
 grep -E "^(FAILED|ERROR)" "$LOGS/gpu_tests.log" | cut -c1-200 | tee -a "$SUMMARY"
 
 echo "== c. encoder alone"
-T=$(budget "$ENCODER_S" $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+T=$(budget "$ENCODER_S" $((EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
 # bench/gpu_encoder.py (encoder variants side by side), where it exists, replaces the plain rates
 if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then read -ra ENCODER <<< "bench/gpu_encoder.py ${GPU_ENCODER_ARGS:-}"; fi
 # the job's own batch budget and clips per batch on this device
@@ -83,6 +83,22 @@ rc=$?
 say "c. encoder alone: ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
 { grep -E "clips, |^\|" "$LOGS/encoder.log" || tail -n 12 "$LOGS/encoder.log"; } | tail -n 14 | cut -c1-240 | tee -a "$SUMMARY"
 [ $rc = 0 ] || tail -5 "$LOGS/encoder.log" | cut -c1-300 | tee -a "$SUMMARY"
+
+echo "== c2. the model actor's host work, and the large size"
+# a model actor's host CPU per audio-second outside the forward, on job-sized blocks (what one core allows
+# at 20,000 audio-s/s: 50 us), base size with frames off and on; then the large size's encoder alone
+T=$(budget $((EXTRA_S / 2)) $((EXTRA_S / 2 + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+base_dir=$WORK/base-model
+[ "$DRY" = 1 ] || "$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import base_model_dir; from pathlib import Path; base_model_dir(Path('$base_dir'))" >> "$LOGS/actor_host.log" 2>&1
+if [ "$DRY" = 1 ]; then HOST=(--device sim --blocks 1); else HOST=(--device cuda --model "$base_dir" --blocks 6); fi
+timeout "$T" "$PY" bench/actor_host.py "${HOST[@]}" >> "$LOGS/actor_host.log" 2>&1
+say "c2. actor host work (rc $?): $(grep -c '^| ' "$LOGS/actor_host.log") table lines"
+grep "^|" "$LOGS/actor_host.log" | cut -c1-200 | tee -a "$SUMMARY"
+T=$(budget $((EXTRA_S / 2)) $((CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+timeout "$T" "$PY" bench/model.py --dim 1024 --dtypes "$([ "$DRY" = 1 ] && echo float32 || echo bfloat16)" \
+  --budgets "$budget_s" --max-batch "$max_batch" --seconds "$([ "$DRY" = 1 ] && echo 20 || echo 2000)" --rounds 1 > "$LOGS/large.log" 2>&1
+say "c2. large size (D 1024), encoder alone (rc $?):"
+{ grep -E "^\|" "$LOGS/large.log" || tail -n 5 "$LOGS/large.log"; } | tail -n 6 | cut -c1-240 | tee -a "$SUMMARY"
 
 echo "== corpus"
 T=$(budget "$CORPUS_S" $((JOB_S + 2 * JOB2_S + 3 * GRACE)))

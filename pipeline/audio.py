@@ -16,9 +16,13 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
 - Limits (`max_bytes`, `max_duration_s`) are checked before decoding: the size first, then the duration
   the header states; the decoded length is checked again as frames arrive, for headers that lie or
   state no duration.
+- `channel` picks one channel of a multichannel file instead of the mix (one speaker per channel); a
+  mono file is its own mix and ignores it; a channel the file lacks is an `AudioError`.
 - `cut` takes a segment [start_s, end_s) of decoded 16 kHz samples on the sample grid.
 - Every failure is an `AudioError` (a `ValueError`) whose message says what is wrong; the caller
   prefixes the stage and the file. Silence is valid audio.
+- PyAV is imported only when a file needs FFmpeg: a node without it still reads everything libsndfile
+  reads, and a container then fails as that row's `AudioError` naming the missing package.
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet it cannot decode.
@@ -32,14 +36,16 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import av
 import numpy as np
 import soundfile as sf
 import soxr
 
 from .model import INPUT
+
+if TYPE_CHECKING:
+    import av
 
 # The model's input contract (docs/model.md): its sample rate, receptive field and hop.
 TARGET_SR = INPUT.sample_rate
@@ -99,13 +105,14 @@ def decode(
     max_duration_s: float | None = None,
     max_bytes: int | None = None,
     resampler: str = DEFAULT_RESAMPLER,
+    channel: int | None = None,
 ) -> DecodedAudio:
     """Encoded audio -> validated 16 kHz mono float32. `name` is only used in messages.
 
     `data` is the file's bytes or a seekable binary file object holding the file from offset 0.
     `max_bytes` / `max_duration_s` reject a bigger / longer file before it is decoded (where the
     header states the duration; otherwise as soon as the decoded part passes the limit).
-    `resampler` is a key of `RESAMPLERS`.
+    `resampler` is a key of `RESAMPLERS`. `channel` (0-based): that channel alone instead of the mix.
     """
     f = _file(data)
     size = _size(f)
@@ -116,7 +123,7 @@ def decode(
             f"file too big: {size / 2**20:.1f} MB ({size} bytes), over the limit of "
             f"{max_bytes / 2**20:g} MB (audio.max_file_mb)"
         )
-    mono, sr, channels = _read(f, name, max_duration_s)
+    mono, sr, channels = _read(f, name, max_duration_s, channel)
     if len(mono) == 0:
         raise AudioError(f"no samples decoded (0 frames at {sr} Hz, {channels} channel(s))")
     if not np.isfinite(mono).all():
@@ -279,8 +286,10 @@ def _size(f: BinaryIO) -> int:
     return size
 
 
-def _read(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
-    """file -> ([frames] float32 mono at the source rate, source rate, source channels)."""
+def _read(
+    f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
+) -> tuple[np.ndarray, int, int]:
+    """file -> ([frames] float32 mono (or `channel`) at the source rate, source rate, source channels)."""
     try:
         sound = sf.SoundFile(f)
     except sf.LibsndfileError as e:
@@ -292,14 +301,18 @@ def _read(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndar
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
     if sound is None:
         f.seek(0)
-        return _read_ffmpeg(f, name, max_duration_s)
+        return _read_ffmpeg(f, name, max_duration_s, channel)
     with sound:
-        return _read_sndfile(sound, max_duration_s), sound.samplerate, sound.channels
+        return _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
 
 
-def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarray:
+def _read_sndfile(
+    sound: sf.SoundFile, max_duration_s: float | None, channel: int | None = None
+) -> np.ndarray:
     """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
     _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
+    if sound.channels > 1:
+        _check_channel(channel, sound.channels)
     mono = np.empty(sound.frames, np.float32)
     try:
         if sound.channels == 1:
@@ -308,10 +321,10 @@ def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarr
             block = np.empty((BLOCK_FRAMES, sound.channels), np.float32)
             n = 0
             while n < len(mono):
-                got = len(sound.read(out=block[: len(mono) - n]))
+                got = _readf(sound, block[: len(mono) - n], first=n == 0)
                 if got == 0:
                     break
-                _downmix_into(block[:got], mono[n : n + got])
+                _downmix_into(block[:got], mono[n : n + got], channel)
                 n += got
     except sf.LibsndfileError as e:
         raise AudioError(f"corrupt or truncated audio: {e.error_string.strip()}") from None
@@ -324,8 +337,44 @@ def _read_sndfile(sound: sf.SoundFile, max_duration_s: float | None) -> np.ndarr
     return mono[:n]
 
 
-def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+def _pyav():
+    """The `av` module, imported on first use: wav/flac/ogg/mp3 never need it, and a node without PyAV
+    (a slim image, a GPU machine without a package index) must still read those."""
+    try:
+        import av
+    except ImportError as e:
+        raise AudioError(
+            f"this file needs FFmpeg (not wav/flac/ogg/mp3, which libsndfile reads) and PyAV is not "
+            f"installed on this node: pip install av ({e})"
+        ) from None
+    return av
+
+
+# libsndfile's frame reader through soundfile's C binding (None where soundfile has no such binding)
+_SF_READF = getattr(getattr(sf, "_snd", None), "sf_readf_float", None)
+
+
+def _readf(sound: sf.SoundFile, out: np.ndarray, first: bool) -> int:
+    """Read up to len(out) frames into `out` ([frames, channels] float32, C-contiguous); -> frames
+    read. After the `first` block, the same call soundfile's `read` makes without the tell() and
+    seek() it wraps around every read to track its position: libsndfile's seek in FLAC re-decodes
+    from a frame boundary, ~20 % of the decoding time of a 44.1 kHz stereo FLAC read in 64 k-frame
+    blocks. The first block goes through `read`, so a file whose seek fails (a FLAC cut inside its
+    header) is refused with the same message as before."""
+    if first or _SF_READF is None:
+        return len(sound.read(out=out))
+    got = _SF_READF(sound._file, sf._ffi.cast("float *", out.ctypes.data), len(out))
+    error = sf._snd.sf_error(sound._file)
+    if error:
+        raise sf.LibsndfileError(error)
+    return got
+
+
+def _read_ffmpeg(
+    f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
+) -> tuple[np.ndarray, int, int]:
     """A file libsndfile does not read -> its first audio stream as ([frames] float32 mono, rate, channels)."""
+    av = _pyav()
     try:
         # tags in a legacy 8-bit encoding must not stop the audio
         container = av.open(f, mode="r", metadata_errors="replace")
@@ -341,7 +390,9 @@ def _read_ffmpeg(f: BinaryIO, name: str, max_duration_s: float | None) -> tuple[
         header_s = _stated_duration(container, stream)
         if header_s is not None:
             _check_duration(header_s, max_duration_s, "as its header states")
-        buffer = _MonoBuffer(min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S))
+        buffer = _MonoBuffer(
+            min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S), channel
+        )
         try:
             for frame in container.decode(stream):
                 buffer.add(frame)
@@ -381,7 +432,7 @@ def _stated_duration(
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / av.time_base
+        return container.duration / _pyav().time_base
     return None
 
 
@@ -398,8 +449,8 @@ def _check_complete(container: av.container.InputContainer, stated_s: float | No
 class _MonoBuffer:
     """FFmpeg frames, downmixed one by one into a preallocated float32 mono buffer that grows if needed."""
 
-    def __init__(self, guess_s: float) -> None:
-        self.guess_s = guess_s
+    def __init__(self, guess_s: float, channel: int | None = None) -> None:
+        self.guess_s, self.channel = guess_s, channel
         self.rate = 0
         self.channels = 0
         self.n = 0
@@ -425,7 +476,7 @@ class _MonoBuffer:
             grown = np.empty(max(end, 2 * len(self.buf)), np.float32)
             grown[: self.n] = self.buf[: self.n]
             self.buf = grown
-        _downmix_into(x, self.buf[self.n : end])
+        _downmix_into(x, self.buf[self.n : end], self.channel)
         self.n = end
 
     def samples(self) -> np.ndarray:
@@ -475,8 +526,13 @@ def _downmix(x: np.ndarray) -> np.ndarray:
     return _downmix_into(x, np.empty(len(x), np.float32))
 
 
-def _downmix_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """[frames, channels] -> `out` ([frames] float32): the mean over channels, written in place."""
+def _downmix_into(x: np.ndarray, out: np.ndarray, channel: int | None = None) -> np.ndarray:
+    """[frames, channels] -> `out` ([frames] float32): the mean over channels, or `channel` alone
+    (a mono file is its own mix), written in place."""
+    if channel is not None and x.shape[1] > 1:
+        _check_channel(channel, x.shape[1])
+        out[:] = x[:, channel]
+        return out
     # a running sum over channels: same result as x.mean(axis=1), but ~10x faster for few channels,
     # and the same numbers whether a file arrives whole or block by block
     out[:] = x[:, 0]
@@ -485,6 +541,11 @@ def _downmix_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     if x.shape[1] > 1:
         out /= np.float32(x.shape[1])
     return out
+
+
+def _check_channel(channel: int | None, channels: int) -> None:
+    if channel is not None and not 0 <= channel < channels:
+        raise AudioError(f"no channel {channel + 1} (counting from 1): the file has {channels} channels")
 
 
 def _check_rate(sample_rate: int, resampler: str) -> None:

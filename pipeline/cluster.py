@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import JobConfig
@@ -134,6 +134,11 @@ class Placement:
     num_cpus: float
     num_gpus: float
     torch_threads: int
+    # the share of its GPU's memory each model actor's allocator may use (gpus_per_actor < 1, as each
+    # actor sets it from the GPU share Ray assigned it); None: the whole device
+    gpu_memory_fraction: float | None = None
+    # nodes whose GPU broke under two model actors of this run: the pool is kept off them
+    avoid_nodes: list[str] = field(default_factory=list)
 
 
 def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
@@ -155,7 +160,8 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
         # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the
         # cluster has now, which would drop exactly the actors waiting for new nodes. Idle actors go
         # once every input is handed out, and the whole pool at the end of the run.
-        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads)
+        share = m.gpus_per_actor if m.gpus_per_actor < 1 else None
+        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads, share)
     # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
     # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
     # cores the light stages leave idle.
@@ -247,6 +253,52 @@ def wait_for_gpus(cfg: JobConfig, offered: list[str], say: Callable[[str], None]
             time.sleep(min(cfg.ray.progress_interval_s, max(cfg.ray.gpu_wait_s - waited, 0.1)))
     finally:
         request_resources(bundles=[])
+
+
+# a node whose device broke under this many model actors of a run is avoided for the rest of it
+BROKEN_TWICE = 2
+NODE_ID_LABEL = "ray.io/node-id"  # Ray's default label of every node
+
+
+def nodes_to_avoid(placement: Placement, broken: dict[str, int], say: Callable[[str], None]) -> list[str]:
+    """The nodes the model pool should avoid: those whose device broke under `BROKEN_TWICE` actors
+    (broken: node -> count, poison.broken_devices), as long as another alive node can hold a model
+    actor or the autoscaler offers GPU nodes (a pool with nowhere to go would wait forever)."""
+    import ray
+
+    want = sorted(n for n, count in broken.items() if count >= BROKEN_TWICE)
+    new = [n for n in want if n not in placement.avoid_nodes]
+    if not new:
+        return placement.avoid_nodes
+    need = "GPU" if placement.num_gpus else "CPU"
+    size = placement.num_gpus or placement.num_cpus
+    try:
+        elsewhere = [
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and n["NodeID"] not in want and n.get("Resources", {}).get(need, 0) >= size
+        ]
+    except Exception:  # noqa: BLE001 - without the node table, avoid nothing
+        elsewhere = []
+    if not elsewhere and not gpu_node_types():
+        say(
+            f"the device of node {', '.join(n[:12] for n in new)} failed under {BROKEN_TWICE} model actors, "
+            f"but no other node can hold one: the pool stays on it"
+        )
+        return placement.avoid_nodes
+    say(
+        f"the device of node {', '.join(n[:12] for n in new)} failed under {BROKEN_TWICE} model actors: the "
+        f"model pool avoids it for the rest of the run"
+    )
+    return want
+
+
+def model_actor_options(placement: Placement) -> dict[str, Any]:
+    """Ray options of the model actors beyond their resources: a label selector that keeps them off
+    the nodes to avoid."""
+    if not placement.avoid_nodes:
+        return {}
+    return {"label_selector": {NODE_ID_LABEL: f"!in({','.join(placement.avoid_nodes)})"}}
 
 
 def cpu_task_options(cfg: JobConfig) -> dict[str, Any]:
@@ -383,19 +435,35 @@ def lost_nodes(seen: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> list[str]:
     as the GCS's node table tells: not those stopped or that the autoscaler drained as idle.
     A run can end before the GCS has noticed a node it lost; so while a seen node that Ray still
     lists as alive does not answer at its raylet's port, wait (up to `wait_s`) for the GCS's verdict."""
+    wait_for_silent_nodes(seen, wait_s)
+    return _dead_by_accident(seen)
+
+
+def wait_for_silent_nodes(
+    seen: set[str], wait_s: float = NODE_DEATH_WAIT_S, say: Callable[[str], None] | None = None
+) -> list[str]:
+    """Wait (up to `wait_s`) while a node of `seen` that Ray still lists as alive does not answer at
+    its raylet's port, until the GCS declares it dead: Ray places new actors on a node it believes
+    alive, and an actor placed on a dying node fails once more. -> the nodes that were silent."""
     import ray
 
     deadline = time.monotonic() + wait_s
+    waited: list[str] = []
     while True:
-        lost = _dead_by_accident(seen)
         try:
             silent = [
                 n["NodeID"] for n in ray.nodes() if n["NodeID"] in seen and n.get("Alive") and not _answers(n)
             ]
-        except Exception:  # noqa: BLE001 - a count for _run.json is never the reason a run fails
+        except Exception:  # noqa: BLE001 - a wait that cannot ask the GCS does not wait
             silent = []
+        if silent and not waited and say is not None:
+            say(
+                f"{len(silent)} node(s) no longer answer ({', '.join(n[:12] for n in silent)}); waiting up to "
+                f"{wait_s:.0f} s for Ray to declare them dead before the pipeline restarts"
+            )
+        waited = sorted(set(waited) | set(silent))
         if not silent or time.monotonic() > deadline:
-            return lost
+            return waited
         time.sleep(2)
 
 

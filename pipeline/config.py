@@ -176,7 +176,8 @@ class RayConfig(_Section):
     max_restarts: int = Field(
         3,
         ge=0,
-        description="times the pipeline is restarted on what is left after a worker, actor or node dies",
+        description="failed attempts in a row without a unit committed in between after which the run ends "
+        "(each restarts the pipeline on what is left after a worker, actor or node died); 0: no restarts",
     )
     gpu_wait_s: float = Field(
         300.0,

@@ -98,6 +98,7 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb")  # the protocol's channel; anything printed goes to stderr
     os.dup2(2, 1)
     inp = sys.stdin.buffer
+    maybe_crash("isolate", "start")  # a test seam: a child that cannot start
     predictor = EmotionPredictor(**_recv(inp))
     _send(out, "ready")
     while True:

@@ -33,6 +33,7 @@ NAMESPACE = "emotion2vec-poison"
 CRASH_ENV = "E2V_INJECT_CRASH"
 TASK_RETRIES = 10  # retries of a decode task whose worker died: each poison row costs one
 _IN_FLIGHT = "model/in-flight/"
+_BROKEN = "model/broken-device/"  # + actor id -> the node whose device failed under it
 _SUSPECTS = "model/suspects"
 
 
@@ -103,6 +104,27 @@ class InFlight:
     def clear(self, key: str) -> None:
         if self._kv is not None:
             self._kv._internal_kv_del(key, namespace=self._ns)
+
+    def device_broken(self, node: str) -> None:
+        """This actor ends on a device error that breaks its process (gpu_errors.py): its node is
+        noted for the driver, which keeps the pool off a node whose GPU keeps failing."""
+        if self._kv is not None:
+            key = _BROKEN + self._actor
+            self._kv._internal_kv_put(key, node, overwrite=True, namespace=self._ns)
+
+
+def broken_devices(namespace: str) -> dict[str, int]:
+    """Driver: node id -> model actors of this run that ended on a broken device there."""
+    kv = _kv()
+    if kv is None:
+        return {}
+    out: dict[str, int] = {}
+    for key in kv._internal_kv_list(_BROKEN, namespace=namespace):
+        node = kv._internal_kv_get(key, namespace=namespace)
+        if node:
+            name = node.decode() if isinstance(node, bytes) else node
+            out[name] = out.get(name, 0) + 1
+    return out
 
 
 def collect_suspects(namespace: str, dead: set[str] | frozenset[str] = frozenset()) -> set[str]:

@@ -6,7 +6,9 @@ for rows that already failed). Long clips are cut into `audio.max_chunk_s` windo
 the block are packed by length under the padded-samples budget, run as padded batches (whose
 results equal one-at-a-time inference), and reassembled per row. It returns exactly one row per
 input row, in input order, with the waveform dropped and the model columns added. A batch that
-fails is retried clip by clip, so one bad clip becomes one error row.
+fails is split in halves until the clip that fails is alone, so one bad clip becomes one error row;
+out of memory also frees the cache and lowers the actor's budget, and a device error that breaks the
+process ends the actor (gpu_errors.py).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from . import gpu_errors
 from .audio import chunk_bounds
 from .batching import collate, pack
 from .errors import DeviceUnusable
@@ -107,22 +111,18 @@ def _simulated_dtype(dtype: str) -> torch.dtype:
     return want if cpu_has_native(want) else torch.float32
 
 
-def is_sticky_device_error(e: BaseException) -> bool:
-    """A CUDA error that leaves the process's device context unusable (an illegal address, a
-    device-side assert, ECC): every later call fails too. Out-of-memory is not one of them."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return False
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    return isinstance(e, accelerator_error) or "CUDA error" in str(e)
-
-
 def exit_if_device_broken(e: BaseException) -> None:
-    """End this actor's process on a sticky device error: the job restarts the pipeline on a fresh
-    actor (and device context) instead of turning every later row into an error row."""
-    if is_sticky_device_error(e):
-        log.error("sticky device error, ending this model worker so that it is replaced: %s", e)
-        logging.shutdown()
-        os._exit(EXIT_DEVICE_BROKEN)
+    """End this actor's process on a sticky device error (gpu_errors.py): the job restarts the
+    pipeline on a fresh actor (and device context) instead of turning every later row into an error
+    row."""
+    if gpu_errors.classify(e) is gpu_errors.Kind.STICKY:
+        _exit_device_broken(e)
+
+
+def _exit_device_broken(e: BaseException) -> None:
+    log.error("device error, ending this model worker so that a fresh process replaces it: %s", e)
+    logging.shutdown()
+    os._exit(EXIT_DEVICE_BROKEN)
 
 
 EXIT_DEVICE_BROKEN = 70
@@ -144,6 +144,15 @@ def cuda_unusable_reason() -> str | None:
     return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device" + (
         f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
     )
+
+
+def _detached(e: BaseException) -> BaseException:
+    """`e` without its traceback and chained exceptions: their frames hold the failed call's tensors
+    (the activations of a batch that ran out of memory) for as long as the exception lives."""
+    e.__traceback__ = None
+    e.__cause__ = e.__context__ = None
+    e.__suppress_context__ = True
+    return e
 
 
 class WorkerCrashed(RuntimeError):
@@ -291,6 +300,7 @@ class EmotionPredictor:
         # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
         device_name = f"{self.device} {SIMULATED}" if simulated else self.device
         self.runtime = f"{device_name} {str(self.dtype).replace('torch.', '')}"
+        self._share_device()
         if simulated:
             d = self.decisions()
             # one line per actor on the driver's console (a logger's record would pass several handlers)
@@ -316,6 +326,19 @@ class EmotionPredictor:
             "rows_per_call": self.rows_per_call,
         }
 
+    def _share_device(self) -> None:
+        """Faults (gpu_errors.py): an actor that holds a share of a GPU (`model.gpus_per_actor` < 1,
+        as Ray assigned it) caps its caching allocator at that share of the device's memory, so that
+        one actor's long batch runs it out of memory, not its neighbour; `memory_fraction` says the
+        cap (None: the whole device), also on a simulated GPU, where nothing is capped."""
+        self._budget_lowered = False
+        self.memory_fraction = gpu_share()
+        if self.memory_fraction is not None and self.device.startswith("cuda"):
+            index = torch.device(self.device).index  # the call wants an index: "cuda" has none
+            torch.cuda.set_per_process_memory_fraction(
+                self.memory_fraction, torch.cuda.current_device() if index is None else index
+            )
+
     # -- model work ---------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -326,9 +349,9 @@ class EmotionPredictor:
             wav, lengths = collate(clips, out=buf)  # host work: outside the device lock
             frame_lengths = self.bundle.model.frame_lengths(lengths).tolist()  # on the host: no sync
             with self._device_lock, kernels.exact_float32(self.exact_fp32):
-                out = self.bundle.model(
-                    wav.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
-                )
+                # lengths stay on the host: the model checks them and picks its padded path there,
+                # and queues its device work without waiting for the device (docs/model.md)
+                out = self.bundle.model(wav.to(self.device, non_blocking=True), lengths)
                 # frames leave the device only when they are written (on a GPU they are most of the copy
                 # back), already in the output's float16: half the bytes, no conversion per row
                 frames = out.frames.to(torch.float16).cpu().numpy() if self.frames else None
@@ -345,28 +368,81 @@ class EmotionPredictor:
         ]
 
     def _run_items(self, items: list[np.ndarray]) -> list[ItemResult | Exception]:
+        """Items -> one result or exception each. A batch that fails is split in halves until the
+        clip that fails is alone; out of memory also frees the cache and lowers this actor's budget
+        for the rest of the run, and a clip alone gets one more try after that. Windows smaller than
+        `audio.max_chunk_s` are never tried: they would change the row's numbers (the transformer
+        sees the whole window), so an item that fails alone is an error row."""
         results: list[ItemResult | Exception] = [None] * len(items)  # type: ignore[list-item]
-        for group in pack([len(x) for x in items], self.budget, self.max_batch_size):
-            try:
-                outs: list[ItemResult | Exception] = list(self._forward([items[i] for i in group]))
-            except Exception as e:  # noqa: BLE001 - retry one by one so one clip cannot sink a batch
-                exit_if_device_broken(e)
-                if len(group) == 1:
-                    results[group[0]] = e
-                    continue
-                log.warning(
-                    "batch of %d failed (%s: %s); retrying clip by clip", len(group), type(e).__name__, e
-                )
-                outs = []
-                for i in group:
-                    try:
-                        outs.append(self._forward([items[i]])[0])
-                    except Exception as e1:  # noqa: BLE001
-                        exit_if_device_broken(e1)
-                        outs.append(e1)
-            for i, o in zip(group, outs, strict=True):
-                results[i] = o
+        lengths = [len(x) for x in items]
+        todo = deque(pack(lengths, self.budget, self.max_batch_size))
+        tried_alone: set[int] = set()  # items that already had their one retry after a release
+        while todo:
+            group = todo.popleft()
+            if len(group) > 1 and len(group) * max(lengths[i] for i in group) > self.budget:
+                # packed before the budget fell: pack again under the new one
+                sub = pack([lengths[i] for i in group], self.budget, self.max_batch_size)
+                todo.extendleft(reversed([[group[j] for j in batch] for batch in sub]))
+                continue
+            outs, error = self._attempt(self._forward, [items[i] for i in group])
+            if error is None:
+                for i, o in zip(group, outs, strict=True):
+                    results[i] = o
+                continue
+            # out of the except block: the failed call's frames (and tensors) are gone
+            kind = gpu_errors.classify(error)
+            if kind is gpu_errors.Kind.STICKY:
+                self._device_broken(error)
+            if kind is gpu_errors.Kind.MEMORY:
+                self._release()
+                if len(group) > 1:
+                    self._lower_budget(len(group) * max(lengths[i] for i in group))
+            if len(group) > 1:
+                log.info("batch of %d failed (%s: %s); splitting it", len(group), type(error).__name__, error)
+                half = len(group) // 2
+                todo.extendleft([group[half:], group[:half]])
+            elif kind is gpu_errors.Kind.MEMORY and group[0] not in tried_alone:
+                tried_alone.add(group[0])
+                todo.appendleft(group)
+            else:
+                results[group[0]] = error
         return results
+
+    def _attempt(self, fn, *args) -> tuple[object, BaseException | None]:
+        """-> (fn(*args), None), or (None, the exception without its traceback)."""
+        try:
+            return fn(*args), None
+        except Exception as e:  # noqa: BLE001 - classified by the caller, outside this block
+            return None, _detached(e)
+
+    def _device_broken(self, error: BaseException) -> None:
+        """End this process (a fresh one gets a fresh device context), noting its node for the driver."""
+        self._in_flight.device_broken(self.node)
+        _exit_device_broken(error)
+
+    def _release(self) -> None:
+        """Give the cached blocks of a failed call back to the device (other processes share it)."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _lower_budget(self, failed_samples: int) -> None:
+        """A batch of `failed_samples` padded samples ran out of memory: later batches of this actor
+        stay under half of it."""
+        lower = max(self.input.receptive_field, failed_samples // 2)
+        if lower >= self.budget:
+            return
+        sr = self.input.sample_rate
+        level = logging.DEBUG if self._budget_lowered else logging.WARNING
+        log.log(
+            level,
+            "a model batch of %.1f s padded audio ran out of memory; this model actor's batch budget is "
+            "now %.1f s (was %.1f s) for the rest of the run",
+            failed_samples / sr,
+            lower / sr,
+            self.budget / sr,
+        )
+        self._budget_lowered = True
+        self.budget = lower
 
     @torch.inference_mode()
     def predict(self, clips: list[np.ndarray | None]) -> list[RowResult | Exception | None]:
@@ -451,15 +527,24 @@ class EmotionPredictor:
 
     def _isolated(self, rows: list[tuple[str, str | None, np.ndarray]]) -> list:
         """Each row alone in a separate process holding its own model; a row that kills that process
-        becomes a WorkerCrashed error, and a fresh process takes the next row."""
+        becomes a WorkerCrashed error, and a fresh process takes the next row. Where no separate
+        process starts (a second model that does not fit beside this one, say), even after this
+        actor's cache is freed, the rows run here one at a time, each alone in flight: the run goes
+        on (before, it ended with exit 1), and a row that kills this actor costs a restart, after
+        which a fresh actor tries a separate process again."""
         from .isolate import ChildDied, Isolated
 
         log.warning("running %d suspect rows one at a time in a separate process", len(rows))
         results: list = []
         child: Isolated | None = None
+        here = False  # no separate process could start: the rest runs in this actor
         try:
             for row_id, path, clip in rows:
-                child = child or Isolated(self._model_kwargs)
+                if child is None and not here:
+                    child, here = self._start_child(Isolated)
+                if here:
+                    results.append(self._alone_here(row_id, path, clip))
+                    continue
                 try:
                     results.append(child.run(row_id, path, clip))
                 except ChildDied:
@@ -470,13 +555,53 @@ class EmotionPredictor:
                 child.close()
         return results
 
+    def _start_child(self, isolated: type) -> tuple[object | None, bool]:
+        """-> (a separate model process, False), or (None, True) when none starts after a retry
+        with this actor's cached device memory freed."""
+        for _ in range(2):
+            try:
+                return isolated(self._model_kwargs), False
+            except RuntimeError as e:
+                error = e
+            self._release()
+        log.warning("%s; running the suspect rows in this model actor, one at a time", error)
+        return None, True
+
+    def _alone_here(self, row_id: str, path: str | None, clip: np.ndarray) -> RowResult | Exception:
+        call = self._in_flight.record([row_id])
+        try:
+            (result,) = self.predict([clip])
+        finally:
+            self._in_flight.clear(call)
+        return result
+
     def _classify(self, embeddings: list[np.ndarray]) -> np.ndarray | None:
-        """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models)."""
+        """[D] embeddings -> [n, C] softmax scores in one head call (None for head-less models). A
+        device error here is told apart as in `_run_items` (the head is often where an earlier
+        kernel's asynchronous CUDA error surfaces): sticky ends the actor; out of memory frees the
+        cache and runs the head in halves, and ends the actor if one embedding alone cannot run."""
         if not embeddings:
             return None
-        with self._device_lock, kernels.exact_float32(self.exact_fp32):
-            _, scores = self.bundle.model.classify(torch.from_numpy(np.stack(embeddings)).to(self.device))
-        return None if scores is None else scores.cpu().numpy()
+        return self._head(np.stack(embeddings))
+
+    def _head(self, x: np.ndarray) -> np.ndarray | None:
+        def run(x: np.ndarray) -> np.ndarray | None:
+            with self._device_lock, kernels.exact_float32(self.exact_fp32):
+                _, scores = self.bundle.model.classify(torch.from_numpy(x).to(self.device))
+                return None if scores is None else scores.cpu().numpy()
+
+        scores, error = self._attempt(run, x)
+        if error is None:
+            return scores
+        kind = gpu_errors.classify(error)
+        if kind is gpu_errors.Kind.ROW:
+            raise error  # not the device: a bug that would fail again
+        if kind is gpu_errors.Kind.STICKY or len(x) == 1:
+            self._device_broken(error)
+        self._release()
+        half = len(x) // 2
+        parts = [self._head(x[:half]), self._head(x[half:])]
+        return None if parts[0] is None else np.concatenate(parts)
 
     # -- Ray Data entry point -----------------------------------------------------------------
 
@@ -562,6 +687,19 @@ def _synchronize_quietly() -> None:
         torch.cuda.synchronize()
     except Exception:  # noqa: BLE001 - a broken device is reported by the error being raised
         pass
+
+
+def gpu_share() -> float | None:
+    """The share of one GPU Ray assigned this actor when it is less than a whole GPU, else None."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    except Exception:  # noqa: BLE001 - outside an actor
+        return None
+    return share if 0 < share < 1 else None
 
 
 def _node_id() -> str:

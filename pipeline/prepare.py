@@ -23,6 +23,7 @@ from .audio import DEFAULT_RESAMPLER, TARGET_SR, AudioError, DecodedAudio, cut, 
 from .poison import NAMESPACE, Guard, maybe_crash
 from .schema import (
     AUDIO_BYTES,
+    CHANNEL,
     DECODE_TIME,
     INPUT_ERROR,
     MANIFEST_ID,
@@ -105,7 +106,7 @@ def prepare_block(
 
 
 def _rows(batch: pa.Table) -> Iterator[dict]:
-    names = ["id", "path", "recording_id", "offset_s", SPAN_END, AUDIO_BYTES, INPUT_ERROR]
+    names = ["id", "path", "recording_id", "offset_s", SPAN_END, AUDIO_BYTES, INPUT_ERROR, CHANNEL]
     cols = {n: batch[n].to_pylist() if n in batch.column_names else [None] * batch.num_rows for n in names}
     for i in range(batch.num_rows):
         yield {n: cols[n][i] for n in names}
@@ -116,7 +117,7 @@ class _Loader:
 
     def __init__(self, storage: Storage, limits: Limits, resampler: str = DEFAULT_RESAMPLER):
         self.storage, self.limits, self.resampler = storage, limits, resampler
-        self._key: str | None = None
+        self._key: tuple[str, int | None] | None = None
         self._last: DecodedAudio | str | None = None
         self._counted = sum(storage.retries.values())
 
@@ -132,7 +133,8 @@ class _Loader:
 
     def load(self, row: dict) -> DecodedAudio | str:
         """-> the decoded audio, or the error string for the row."""
-        key = row["path"] if row[AUDIO_BYTES] is None else None
+        # a turn analysed on its own channel (schema.CHANNEL) is another decode of the same file
+        key = (row["path"], row[CHANNEL]) if row[AUDIO_BYTES] is None and row["path"] is not None else None
         if key is not None and key == self._key:
             return self._last  # type: ignore[return-value]
         result = self._load(row)
@@ -158,6 +160,7 @@ class _Loader:
                 max_duration_s=self.limits.max_duration_s,
                 max_bytes=self._max_bytes(),
                 resampler=self.resampler,
+                channel=row[CHANNEL],
             )
         except Exception as e:  # noqa: BLE001 - whatever the decoder raises is this row's error
             return f"decode: {type(e).__name__}: {name}: {e}"
@@ -219,7 +222,8 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
 def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> pa.Table:
     n = len(spans)
     base = batch.take(pa.array([s.source for s in spans], pa.int64()))
-    base = base.drop_columns([c for c in (AUDIO_BYTES, SPAN_END, INPUT_ERROR) if c in base.column_names])
+    private = (AUDIO_BYTES, SPAN_END, INPUT_ERROR, CHANNEL)
+    base = base.drop_columns([c for c in private if c in base.column_names])
     audio = [s.audio for s in spans]
     known = np.array([a is not None for a in audio])
     has_wave = np.array([s.samples is not None for s in spans])

@@ -39,8 +39,11 @@ from .cluster import (
     dead_by_accident,
     init_ray,
     lost_nodes,
+    model_actor_options,
+    nodes_to_avoid,
     place_model,
     quiet_ray_logs,
+    wait_for_silent_nodes,
 )
 from .config import JobConfig
 from .errors import DeviceUnusable, causes, find
@@ -57,7 +60,7 @@ from .manifest import (
     read_units,
 )
 from .manifest.tasks import count_task, read_task
-from .poison import NAMESPACE, TASK_RETRIES, collect_suspects, forget, scope
+from .poison import NAMESPACE, TASK_RETRIES, broken_devices, collect_suspects, forget, scope
 from .prepare import Limits, prepare_block
 from .progress import Progress, hms
 from .schema import output_schema, passthrough_schema
@@ -69,6 +72,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3  # 2: units with commit markers, span and segment columns; 3: speaker, overlap_s
 READ_CPUS = 0.1  # reading manifests is light: leave the cores to decoding and the model
 WRITE_CPUS = 0
+# Concurrent read tasks and write tasks each: a quarter of the cluster's CPUs, at least 2. Their CPU
+# shares (0.1, 0) do not bound them, and every task in flight holds a Ray worker process: uncapped,
+# a 16-core node ran 64-112 workers at once (Ray warns from 4x its startup concurrency, the CPU
+# count), each paying Ray Data's imports. Reading and staging files are light and mostly wait on
+# storage, so a few tasks keep up with any decode rate.
+LIGHT_TASKS_PER_CPU, MIN_LIGHT_TASKS = 0.25, 2
 
 
 class JobError(RuntimeError):
@@ -106,8 +115,10 @@ class Tally:
     counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     per_node: dict[str, int] = field(default_factory=dict)
     per_runtime: dict[str, int] = field(default_factory=dict)
+    units: int = 0  # commits: a restart loop's measure of progress
 
     def add(self, unit: Pending) -> None:
+        self.units += 1
         for k in COUNTS:
             self.counts[k] += unit.counts[k]
         for acc, part in ((self.per_node, unit.per_node), (self.per_runtime, unit.per_runtime)):
@@ -191,7 +202,8 @@ def _start(cfg: JobConfig) -> tuple[ModelInfo, bool, bool]:
 
 def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
     """Run the job end to end. Raises JobError for failures that stop it before processing and
-    RunFailed when Ray fails under it more often than `ray.max_restarts`; the result says whether
+    RunFailed when Ray fails under it more than `ray.max_restarts` times in a row without a unit
+    committed in between; the result says whether
     the output's error fraction is too high."""
     import ray
 
@@ -290,24 +302,39 @@ class _Job:
 
     def attempts(self) -> None:
         """Run the pipeline on what is not committed; after a Ray failure a restart can get past, run
-        it again on what is left, up to `ray.max_restarts` times."""
+        it again on what is left. `ray.max_restarts` bounds the failed attempts in a row that
+        committed no unit: a run that keeps committing keeps going. Before a restart, nodes Ray still
+        lists as alive that no longer answer (a preempted node) are waited for until Ray declares
+        them dead, so that the new pool is not placed on them."""
         cfg = self.cfg
-        for attempt in range(cfg.ray.max_restarts + 1):
+        attempt = in_a_row = 0
+        while True:
             self.elastic["restarts"] = attempt
+            units = self.tally.units
             try:
                 self._attempt(attempt)
                 break
             except RunFailed as e:
-                if attempt == cfg.ray.max_restarts or not _recoverable(e.__cause__):
+                in_a_row = 1 if self.tally.units > units else in_a_row + 1
+                if in_a_row > cfg.ray.max_restarts or not _recoverable(e.__cause__):
                     raise
                 print(
-                    f"[emotion2vec] {e}; restarting on what is left ({attempt + 2}/{cfg.ray.max_restarts + 1})",
+                    f"[emotion2vec] {e}; restarting on what is left (restart {attempt + 1}; "
+                    f"{in_a_row} in a row without a commit, of ray.max_restarts {cfg.ray.max_restarts})",
                     file=self.stream,
                     flush=True,
                 )
+                wait_for_silent_nodes(self.nodes_seen, say=self._say)
+                self.placement.avoid_nodes = nodes_to_avoid(
+                    self.placement, broken_devices(self.poison_scope), self._say
+                )
+                attempt += 1
                 self.out.reopen()
         self.progress.print()
         self.elastic["nodes_lost"] = lost_nodes(self.nodes_seen)
+
+    def _say(self, line: str) -> None:
+        print(f"[emotion2vec] {line}", file=self.stream, flush=True)
 
     def _attempt(self, attempt: int) -> None:
         cfg, plan = self.cfg, self.plan
@@ -630,7 +657,8 @@ def build_dataset(
     # Ray Data merges what a task yields into blocks of up to target_max_block_size: make that the
     # decoded-audio budget of a model call, so the model stage gets one block per call.
     ctx.target_max_block_size = int(cfg.audio.block_mb * 2**20)
-    ds = _read(cfg, plan, pieces, skip, storage)
+    light = light_tasks(ray.cluster_resources())
+    ds = _read(cfg, plan, pieces, skip, storage, light)
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameters for max_retries / max_restarts yet (pyproject
         # pins ray < 2.64, where the **ray_remote_args they go through are removed)
@@ -670,8 +698,9 @@ def build_dataset(
         # staging a file is light, mostly waiting on storage. Ray schedules a task only when its CPU
         # request fits, and decoding and the model can hold every CPU for as long as there is input:
         # a write op asking for a CPU share would wait behind them while results pile up in the object
-        # store and no unit commits. So it asks for none.
+        # store and no unit commits. So it asks for none, and the pool is capped instead.
         num_cpus=WRITE_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=light),
         **cpu_task_options(cfg),
     )
 
@@ -724,6 +753,7 @@ def _model_stage(
         # (ray-project/ray#53727: unsafe, and an ERROR line in every run). A dead actor instead fails
         # this attempt, and run() restarts the pipeline on the units not yet committed.
         **_NO_ACTOR_RESTARTS,
+        **model_actor_options(placement),  # off nodes whose GPU broke twice in this run
     )
 
 
@@ -752,9 +782,17 @@ def _calls_in_flight(placement: Placement) -> dict[str, Any]:
     return {"max_tasks_in_flight_per_actor": 2 if placement.max_actors == 1 else 1}
 
 
-def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage):
+def light_tasks(resources: dict[str, float]) -> int:
+    """How many read tasks, and how many write tasks, run at once on a cluster with these resources."""
+    return max(MIN_LIGHT_TASKS, int(resources.get("CPU", 1.0) * LIGHT_TASKS_PER_CPU))
+
+
+def _read(
+    cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any], storage: Storage, tasks: int
+):
     """The manifest as a Ray Dataset of unit blocks: one read task per piece (runs of whole units),
-    streamed. A folder of audio files was listed by the driver already: its blocks are cut there."""
+    at most `tasks` at once, streamed. A folder of audio files was listed by the driver already: its
+    blocks are cut there."""
     import ray.data
 
     rows = plan.block_rows(cfg.audio.decode_batch_size)
@@ -769,6 +807,7 @@ def _read(cfg: JobConfig, plan: Plan, pieces: list[Piece], skip: dict[str, Any],
         batch_format="pyarrow",
         fn_kwargs={"plan": plan, **kwargs},
         num_cpus=READ_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=tasks),
         **cpu_task_options(cfg),
     )
     # Ray merges what one task yields into one block. Pieces of one decode block each need nothing

@@ -37,6 +37,7 @@ OUTPUT_COLUMNS = (
 # -- private columns (between stages only) --------------------------------------------------------
 AUDIO_BYTES = "_audio_bytes"  # audio carried inside the manifest (binary), instead of a path to fetch
 SPAN_END = "_end_s"  # end of the manifest row's span in its file, seconds (null: to the end)
+CHANNEL = "_channel"  # the 0-based channel to analyse (a diariser turn's); null: the mix of all channels
 INPUT_ERROR = "_input_error"  # a manifest row that cannot be processed, with the reason
 MANIFEST_ID = (
     "_manifest_id"  # the id of the manifest row an output row came from (a VAD segment's is not its own)

@@ -21,6 +21,18 @@ def tiny_model_dir(tmp_path_factory):
     return write_checkpoint(model, tmp_path_factory.mktemp("tiny_hub"), "hub")
 
 
+@pytest.fixture(scope="session")
+def spread_model_dir(tmp_path_factory):
+    """The tiny model with a head whose scores spread (0.001-0.9 instead of 0.05-0.2): label and score
+    comparisons between devices or dtypes can fail on it."""
+    from pipeline.testing.checkpoints import random_model, tiny, write_checkpoint
+
+    model = random_model(tiny(num_heads=6, embed_dim=48), seed=3)
+    with torch.no_grad():
+        model.proj.weight.mul_(40.0)
+    return write_checkpoint(model, tmp_path_factory.mktemp("spread_hub"), "hub")
+
+
 def random_clips(lengths, seed=0):
     rng = np.random.default_rng(seed)
     out = []

@@ -118,6 +118,30 @@ def test_stereo_at_16k_is_exactly_the_channel_mean():
     np.testing.assert_allclose(out.samples, ((left + right) / 2).astype(np.float32), atol=1e-7)
 
 
+@pytest.mark.parametrize("container", ["wav", "mka"])  # libsndfile; FFmpeg (PCM in Matroska)
+def test_a_channel_is_decoded_alone_and_a_mono_file_is_its_own_mix(tmp_path, container):
+    sr = 16000
+    t = np.arange(sr) / sr
+    chans = np.stack([0.5 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t), -0.1 * t], 1)
+    data = wav_bytes(chans.astype(np.float32), sr)
+    if container == "mka":
+        (tmp_path / "in.wav").write_bytes(data)
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "in.wav"), "-c:a", "pcm_f32le",
+             str(tmp_path / "out.mka")],
+            check=True,
+        )  # fmt: skip
+        data = (tmp_path / "out.mka").read_bytes()
+    for c in range(3):
+        out = decode(data, f"three.{container}", channel=c)
+        assert out.channels == 3
+        np.testing.assert_allclose(out.samples, chans[:, c].astype(np.float32), atol=1e-7)
+    with pytest.raises(AudioError, match="no channel 4 .*the file has 3 channels"):
+        decode(data, f"three.{container}", channel=3)
+    mono = wav_bytes(chans[:, :1].astype(np.float32), sr)
+    np.testing.assert_array_equal(decode(mono, "m.wav", channel=1).samples, decode(mono, "m.wav").samples)
+
+
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
 def test_resampling_keeps_frequency_and_length(sr):
     n = 2 * sr

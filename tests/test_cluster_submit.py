@@ -36,19 +36,25 @@ def start_head(tmp_path, num_gpus: int = 0):
     token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     temp = f"/tmp/ray_e2v_{uuid.uuid4().hex[:8]}"
-    gcs, dash = free_port(), free_port()
+    low = 20000 + (os.getpid() % 200) * 100
+
+    def port() -> int:  # a free port outside the workers' range (Ray refuses an overlap)
+        while low <= (p := free_port()) <= low + 99:
+            pass
+        return p
+
+    gcs, dash = port(), port()
     ports = {
         "--port": gcs,
         "--dashboard-port": dash,
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": port(),
+        "--dashboard-agent-grpc-port": port(),
+        "--metrics-export-port": port(),
+        "--runtime-env-agent-port": port(),
+        "--node-manager-port": port(),
+        "--object-manager-port": port(),
+        "--ray-client-server-port": port(),
     }
-    low = 20000 + (os.getpid() % 200) * 100
     cmd = [
         os.path.join(bindir, "ray"),
         "start",

@@ -21,7 +21,7 @@ import torchaudio
 from pipeline.cli import extract, visualize
 from pipeline.model import load_bundle
 from pipeline.rttm import turn_id
-from pipeline.testing.conversations import make_conversations, overlap_s
+from pipeline.testing.conversations import Conversation, make_conversations, overlap_s
 
 core = pytest.importorskip("pyannote.core")
 MIN_TURN_S = 0.025  # the model's receptive field, 400 samples at 16 kHz
@@ -146,8 +146,9 @@ def test_one_rttm_of_many_recordings_with_wav_scp_beside_it(ray_session, tiny_mo
 
 @pytest.mark.slow
 def test_nemo_diarisation_manifest_with_a_window(ray_session, tiny_model_dir, convs, tmp_path):
-    """NeMo's diarisation manifest: audio + RTTM per line; call-0001 limited to [3, 9) s, which drops
-    its first turn and cuts its last at 9 s."""
+    """NeMo's diarisation manifest as its inference writes it (every key, `label: infer`, `text: -`),
+    given with input.format left at auto: audio + RTTM per line; call-0001 limited to [3, 9) s, which
+    drops its first turn and cuts its last at 9 s."""
     import dataclasses
     import json
 
@@ -155,15 +156,19 @@ def test_nemo_diarisation_manifest_with_a_window(ray_session, tiny_model_dir, co
     lines = [
         {
             "audio_filepath": f"audio/{c.path.name}",
-            "rttm_filepath": f"rttm/{c.id}.rttm",
             "offset": 0,
             "duration": None,
+            "label": "infer",
+            "text": "-",
+            "num_speakers": 2,
+            "rttm_filepath": f"rttm/{c.id}.rttm",
+            "uem_filepath": None,
         }
         for c in cs
     ]
     lines[0].update(offset=3.0, duration=6.0)
     (d / "diar_manifest.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    rows, _ = run_job(tmp_path, d / "diar_manifest.json", tiny_model_dir, "  format: rttm\n")
+    rows, _ = run_job(tmp_path, d / "diar_manifest.json", tiny_model_dir)
     first = cs[0]
     window = [
         dataclasses.replace(t, start_s=max(t.start_s, 3.0), end_s=min(t.end_s, 9.0))
@@ -177,6 +182,67 @@ def test_nemo_diarisation_manifest_with_a_window(ray_session, tiny_model_dir, co
         load_bundle(tiny_model_dir),
         tmp_path,
     )
+
+
+def sox_channel(src: Path, channel: int, dst: Path) -> Path:
+    """One channel (1-based) of `src` alone, by sox."""
+    subprocess.run(["sox", str(src), str(dst), "remix", str(channel)], check=True)
+    return dst
+
+
+@pytest.mark.slow
+def test_rttm_channels_one_speaker_per_channel_and_a_mono_file_falls_back_to_its_mix(
+    ray_session, tiny_model_dir, convs, tmp_path
+):
+    """Call-centre stereo: each side's speech (an espeak-ng voice each, one turn overlapping the other
+    side's) on its own channel, merged by sox; the RTTM names channel 1 or 2 per turn. Every turn equals
+    the model on that channel alone cut by sox, not on the mix. call-0001 (mono) with an RTTM naming
+    channels 1 and 2 is analysed on its only channel."""
+    import dataclasses
+
+    from pipeline.testing.conversations import Plan
+
+    d, cs = convs
+    sides = make_conversations(
+        tmp_path / "sides",
+        (
+            Plan("agent", ".wav", 16000, 1, (("SPEAKER_00", 0.3, 0), ("SPEAKER_00", 5.6, 2)), 10.0),
+            Plan("customer", ".wav", 16000, 1, (("SPEAKER_01", 2.2, 1),), 10.0),
+        ),
+    )
+    folder = tmp_path / "calls"
+    (folder / "audio").mkdir(parents=True)
+    (folder / "rttm").mkdir()
+    stereo = folder / "audio" / "call-st.wav"
+    subprocess.run(["sox", "-M", str(sides[0].path), str(sides[1].path), str(stereo)], check=True)
+    (folder / "audio" / "call-0001.wav").symlink_to(cs[0].path)
+    turns = [dataclasses.replace(t, recording="call-st") for side in sides for t in side.turns]
+    channel = {"SPEAKER_00": 1, "SPEAKER_01": 2}
+    lines = [
+        f"SPEAKER {t.recording} {channel[t.speaker]} {t.start_s:.3f} {t.end_s - t.start_s:.3f} "
+        f"<NA> <NA> {t.speaker} <NA> <NA>\n"
+        for t in [*turns, *cs[0].turns]
+    ]
+    (folder / "rttm" / "all.rttm").write_text("".join(lines))
+    rows, _ = run_job(
+        tmp_path, folder / "rttm" / "all.rttm", tiny_model_dir, f"  audio_root: {folder / 'audio'}\n"
+    )
+    bundle = load_bundle(tiny_model_dir)
+    per_channel = [
+        Conversation("call-st", sox_channel(stereo, k + 1, tmp_path / f"ch{k + 1}.wav"), 16000, 2,
+                     tuple(t for t in turns if channel[t.speaker] == k + 1))
+        for k in range(2)
+    ]  # fmt: skip
+    on_mono = {turn_id(t.recording, t.speaker, t.start_s) for t in cs[0].turns}
+    check_turns(
+        {i: r for i, r in rows.items() if i not in on_mono}, per_channel, bundle, tmp_path, overlaps=False
+    )
+    check_turns({i: r for i, r in rows.items() if i in on_mono}, [cs[0]], bundle, tmp_path)
+    # the overlap is still measured across the channels; and on the mix the overlapped turn differs
+    late = rows[turn_id("call-st", "SPEAKER_01", 2.2)]
+    assert late["overlap_s"] == pytest.approx(overlap_s(turns[2], turns), abs=1e-6) and late["overlap_s"] > 0
+    mix = reference(sox_cut(stereo, late["start_s"], late["end_s"], tmp_path / "mix.wav"))
+    assert np.abs(np.array(late["embedding"]) - model_on(bundle, mix).embedding[0].numpy()).max() > 1e-3
 
 
 @pytest.mark.slow

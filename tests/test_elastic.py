@@ -62,7 +62,8 @@ def submit(c: FakeCluster, model: Path, tmp_path: Path, copies: int, extra: str 
     cfg = tmp_path / "job.yaml"
     cfg.write_text(
         f"input:\n  manifest: {manifest}\n  rows_per_unit: 8\n"
-        f"model:\n  source: {model}\n  device: cuda\n  num_actors: 2\n  torch_threads: 1\n  rows_per_call: 4\n"
+        # the GPU defaults otherwise (batch budget, batch size, calls at once, torch threads, whole blocks)
+        f"model:\n  source: {model}\n  device: cuda\n  num_actors: 2\n"
         f"audio:\n  decode_batch_size: 4\n"
         f"output:\n  path: {out}\n  rows_per_file: 4\n"
         f"ray:\n  progress_interval_s: 2\n  gpu_wait_s: 240\n"
@@ -188,7 +189,8 @@ def test_a_preempted_gpu_node_costs_only_its_uncommitted_units(fake_cluster, tin
     assert at_kill < units, "the job had committed every unit before the node was lost"
     assert run["rows"] == {"input": len(ids), "ok": len(ids), "error": 0, "skipped": 0}
     assert_exactly_once(out, ids)
-    assert run["ray"]["restarts"] >= 1 and run["ray"]["nodes_lost"] == [victim], run["ray"]
+    # one lost node, one restart: the restarted pool is not placed on the dying node
+    assert run["ray"]["restarts"] == 1 and run["ray"]["nodes_lost"] == [victim], run["ray"]
     print(
         f"\npreemption: rows per node {run['rows_per_model_node']}, ray {run['ray']}, killed at {at_kill}/{units}"
     )

@@ -84,3 +84,56 @@ def test_a_gpu_that_pytorch_cannot_use_ends_the_job_in_one_line(gpu_head, tiny_m
     assert len(errors) == 1, text[-3000:]
     assert "holds a Ray GPU, but PyTorch cannot use it: PyTorch" in errors.pop(), text[-3000:]
     assert "restarting on what is left" not in text, text[-3000:]
+
+
+HOLD_GPU = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1])
+@ray.remote(num_gpus=1, num_cpus=0)
+class Holder:
+    def ping(self):
+        return 1
+h = Holder.remote()
+ray.get(h.ping.remote())
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_gpus_all_held_by_other_work_are_waited_for_then_one_line(gpu_head, tiny_model_dir, tmp_path):
+    """The cluster has a GPU but another job holds it: the job says it waits for a GPU (as for GPUs
+    not there yet), and after ray.gpu_wait_s exits 2 naming the missing resource. Before, it
+    started a pool that waited silently for as long as the GPU stayed taken."""
+    address, env, gcs = gpu_head
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GPU, f"127.0.0.1:{gcs}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        said = []
+        while (line := holder.stdout.readline()) and line.strip() != "holding":
+            said.append(line)  # Ray's own lines about connecting
+        assert line.strip() == "holding", "".join(said)[-2000:]
+        cfg = (
+            "input:\n  manifest: samples/demo/manifest.jsonl\n  limit: 2\n"
+            f"model:\n  source: {tiny_model_dir}\n  device: cuda\n"
+            f"output:\n  path: {tmp_path / 'out'}\n"
+            "ray:\n  gpu_wait_s: 6\n  progress_interval_s: 2\n"
+        )
+        r = _submit(gpu_head, tmp_path, cfg, {"EMOTION2VEC_SIMULATE_GPU": "1"})
+    finally:
+        holder.kill()
+        holder.wait()
+    text = r.stdout + r.stderr
+    assert "failed with exit code 2" in text, text[-3000:]
+    assert "waiting for a GPU node: model actors need GPU 1 each, its GPU 1 are all in use" in text, text[
+        -3000:
+    ]
+    errors = {x for x in text.splitlines() if x.startswith("error:")}
+    assert (
+        len(errors) == 1 and "no GPU became free on the Ray cluster within ray.gpu_wait_s 6 s" in errors.pop()
+    )

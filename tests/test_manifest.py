@@ -11,12 +11,11 @@ from pipeline.config import InputConfig
 from pipeline.manifest import (
     Committed,
     ManifestError,
-    Piece,
     Plan,
     Resume,
     count_rows,
     discover,
-    read_units,
+    read_pieces,
     unit_name,
 )
 from pipeline.storage import Storage
@@ -27,22 +26,19 @@ def done(units):
     return Resume({u: Committed(*c) if isinstance(c, tuple) else Committed(c) for u, c in units.items()})
 
 
-def read(path, skip=None, limit=None, block_rows=1000, **kw):
+def read(path, skip=None, limit=None, block_rows=1000, storage=None, **kw):
     """Everything the read tasks would produce for `input.manifest: path`, as one table: counted and
     cut into pieces as the job does, each piece read on its own. `skip`: the resume record."""
     cfg = InputConfig(manifest=str(path), **kw)
-    storage = Storage()
+    storage = storage or Storage()
     sources = discover(cfg, storage)
     details = [count_rows(s, cfg, storage) for s in sources]  # checks, as the job does first
     counts = [min(c.rows, limit) if limit else c.rows for c in details]
     plan = Plan(str(path), sources, counts, details=details)
     tables = []
     for p in plan.pieces(cfg.rows_per_unit, skip, block_rows):
-        p = Piece.from_item(p.item())  # as the read task gets it
-        source, raw = sources[p.source], details[p.source].raw_schema
-        got = list(
-            read_units(source, cfg, storage, piece=p, skip=skip, block_rows=block_rows, raw_schema=raw)
-        )
+        item = pa.Table.from_pylist([p.item()])  # as the read task gets it
+        got = list(read_pieces(item, plan=plan, cfg=cfg, storage=storage, skip=skip, block_rows=block_rows))
         assert p.parts == 1 or len(got) == 1  # a part is one decode block
         tables += got
     return pa.concat_tables(tables, promote_options="permissive")
@@ -485,7 +481,7 @@ def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
     assert one["path"] == str(tmp_path / "audio" / "call-1.wav") and one["_input_error"] is None
     assert got["call-2_A_0000000"]["path"].endswith("call-2.mp3")
     assert "no audio file lost.*" in got["lost_A_0000000"]["_input_error"]
-    assert "several audio files match (twice.flac, twice.wav)" in got["twice_A_0000000"]["_input_error"]
+    assert "(twice.flac and twice.wav); keep one" in got["twice_A_0000000"]["_input_error"]
 
 
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
@@ -505,6 +501,169 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     with pytest.raises(ManifestError, match="line 1: a SPEAKER line has 10 fields"):
         (tmp_path / "d.rttm").write_text("SPEAKER x 1 0.0 1.0\n")
         read(tmp_path)
+
+
+def nemo_diarisation_line(audio, rttm_path, **over):
+    """A line as NeMo's diarisation inference writes its manifest (every key it writes)."""
+    line = {"audio_filepath": audio, "offset": 0, "duration": None, "label": "infer", "text": "-",
+            "num_speakers": 2, "rttm_filepath": rttm_path, "uem_filepath": None}  # fmt: skip
+    return json.dumps({**line, **over}) + "\n"
+
+
+def test_a_nemo_diarisation_manifest_is_read_as_turns_unless_told_otherwise(tmp_path):
+    (tmp_path / "rttm").mkdir()
+    lines = RTTM.splitlines(keepends=True)
+    (tmp_path / "rttm" / "call-1.rttm").write_text("".join(lines[:2]))
+    (tmp_path / "rttm" / "call-2.rttm").write_text(lines[2])
+    text = nemo_diarisation_line("/a/call-1.wav", "rttm/call-1.rttm") + nemo_diarisation_line(
+        "/a/call-2.wav", str(tmp_path / "rttm" / "call-2.rttm")
+    )
+    turns = [
+        ("call-1_A_0000500", "/a/call-1.wav", "A", 0.5),
+        ("call-1_B_0002000", "/a/call-1.wav", "B", 2.0),
+        ("call-2_A_0000000", "/a/call-2.wav", "A", 0.0),
+    ]
+    (tmp_path / "diar_manifest.json").write_text(text)
+    (tmp_path / "diar.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    for name in ("diar_manifest.json", "diar.jsonl.gz"):
+        t = read(tmp_path / name)  # input.format: auto
+        assert [(r["id"], r["path"], r["speaker"], r["offset_s"]) for r in t.to_pylist()] == turns
+    # told it is a manifest of clips: one row per line, as the user says
+    t = read(tmp_path / "diar_manifest.json", format="jsonl")
+    assert t["path"].to_pylist() == ["/a/call-1.wav", "/a/call-2.wav"] and t["speaker"].null_count == 2
+    assert t["rttm_filepath"].to_pylist()[0] == "rttm/call-1.rttm"
+    # the first line names no RTTM, a later one does: refused, never read as clips without a word
+    (tmp_path / "late.json").write_text(
+        nemo_diarisation_line("/a/call-1.wav", None)
+        + nemo_diarisation_line("/a/call-2.wav", "rttm/call-2.rttm")
+    )
+    with pytest.raises(ManifestError, match=r"late.json: row 2 names an RTTM .*input.format: rttm"):
+        read(tmp_path / "late.json")
+    assert read(tmp_path / "late.json", format="json").num_rows == 2
+
+
+MANY = {"a": 2, "b": 4, "c": 1, "d": 35, "e": 3}  # recording -> turns
+
+
+def many_recordings_rttm() -> str:
+    lines = [
+        f"SPEAKER {rec} 1 {k:.3f} 0.500 <NA> <NA> S{k % 2} <NA> <NA>\n"
+        for rec, n in MANY.items()
+        for k in range(n)
+    ]
+    return "".join(lines[::-1])  # any line order
+
+
+def test_units_of_a_multi_recording_rttm_hold_whole_recordings_up_to_a_bound(tmp_path):
+    (tmp_path / "all.rttm").write_text(many_recordings_rttm())
+    t = read(tmp_path / "all.rttm", rows_per_unit=3)
+    assert t.num_rows == sum(MANY.values()) and len(set(t["id"].to_pylist())) == t.num_rows
+    units: dict[str, list[str]] = {}
+    for r in t.to_pylist():
+        units.setdefault(r["_unit"], []).append(r["recording_id"])
+    for unit, recs in units.items():
+        assert len(recs) <= 3 or len(set(recs)) == 1, (unit, recs)  # over the size: one recording alone
+        assert len(recs) <= 30  # never more than 10 x rows_per_unit
+    # every recording of at most 10 x rows_per_unit turns lies in one unit; d (35 turns) is cut
+    for rec, n in MANY.items():
+        holding = {u for u, recs in units.items() if rec in recs}
+        assert len(holding) == (1 if n <= 30 else 12), rec
+    # _unit_rows (what the writer waits for) is each unit's size
+    assert all(r["_unit_rows"] == len(units[r["_unit"]]) for r in t.to_pylist())
+    # a rerun skips committed units by their sizes and reads the rest, each turn once
+    first = t["_unit"][0].as_py()
+    again = read(tmp_path / "all.rttm", rows_per_unit=3, skip=done({first: len(units[first])}))
+    assert sorted(
+        again["id"].to_pylist() + [r["id"] for r in t.to_pylist() if r["_unit"] == first]
+    ) == sorted(t["id"].to_pylist())
+    # input.limit: the first rows, whole recordings where the limit allows
+    limited = read(tmp_path / "all.rttm", rows_per_unit=3, limit=5)
+    assert limited["recording_id"].to_pylist() == ["a", "a", "b", "b", "b"]
+    assert len(set(limited["_unit"].to_pylist())) == 2
+
+
+def test_whole_groups_cuts_units_at_recording_edges():
+    from pipeline.manifest.formats.base import whole_groups
+
+    assert whole_groups(list("aabbbcd"), 3) == (2, 3, 2)
+    assert whole_groups(list("abbbbc"), 3) == (1, 4, 1)  # over the size: alone
+    assert whole_groups(["a"] * 20 + ["b"], 2) == (20, 1)  # up to 10 x the size: still alone
+    assert whole_groups(["a"] * 21 + ["b"], 2) == (2,) * 10 + (1, 1)  # past the bound: cut
+    assert whole_groups([], 3) == ()
+
+
+def test_rttm_audio_is_found_anywhere_under_the_root_as_corpora_nest_it(tmp_path):
+    root = tmp_path / "corpora"
+    files = [
+        "amicorpus/ES2002a/audio/ES2002a.Mix-Headset.wav",  # AMI: <id>.<stream>.wav
+        "amicorpus/ES2003a/audio/ES2003a.Mix-Headset.wav",  # two streams of one meeting: ambiguous
+        "amicorpus/ES2003a/audio/ES2003a.Headset-0.wav",
+        "voxconverse/abjxc.wav",  # flat
+        "callhome/eng/en_4065.wav",  # per-language folders
+        "callhome/deu/de_6625.flac",
+        "x/rec.wav",  # <id>.wav wins over <id>.<anything>.wav
+        "y/rec.16k.wav",
+        "a/dup.wav",  # the same name in two folders: ambiguous
+        "b/dup.wav",
+        "notes/ES2002a.txt",
+    ]
+    for f in files:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_bytes(b"")
+    recs = ["ES2002a", "ES2003a", "abjxc", "en_4065", "de_6625", "rec", "dup"]
+    (tmp_path / "all.rttm").write_text(
+        "".join(f"SPEAKER {r} 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n" for r in recs)
+    )
+    got = {r["recording_id"]: r for r in read(tmp_path / "all.rttm", audio_root=str(root)).to_pylist()}
+    want = {
+        "ES2002a": "amicorpus/ES2002a/audio/ES2002a.Mix-Headset.wav",
+        "abjxc": "voxconverse/abjxc.wav",
+        "en_4065": "callhome/eng/en_4065.wav",
+        "de_6625": "callhome/deu/de_6625.flac",
+        "rec": "x/rec.wav",
+    }
+    for rec, path in want.items():
+        assert got[rec]["path"] == str(root / path) and got[rec]["_input_error"] is None, got[rec]
+    for rec, both in (
+        (
+            "ES2003a",
+            "amicorpus/ES2003a/audio/ES2003a.Headset-0.wav and amicorpus/ES2003a/audio/ES2003a.Mix-Headset.wav",
+        ),
+        ("dup", "a/dup.wav and b/dup.wav"),
+    ):
+        assert (
+            got[rec]["path"] is None
+            and f"several audio files match under {root} ({both})" in got[rec]["_input_error"]
+        )
+    # wav.scp beside the RTTM stays the explicit route
+    (tmp_path / "wav.scp").write_text(f"ES2003a {root}/amicorpus/ES2003a/audio/ES2003a.Headset-0.wav\n")
+    (tmp_path / "one.rttm").write_text("SPEAKER ES2003a 1 0.000 1.000 <NA> <NA> A <NA> <NA>\n")
+    t = read(tmp_path / "one.rttm", audio_root=str(root))
+    assert t["path"].to_pylist() == [f"{root}/amicorpus/ES2003a/audio/ES2003a.Headset-0.wav"]
+
+
+@pytest.mark.s3
+def test_rttm_audio_is_found_in_nested_folders_of_a_bucket_with_one_listing(s3_server, s3_bucket):
+    from tests.test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    keys = ["ami/ES2002a/audio/ES2002a.Mix-Headset.wav", "ami/ES2003a/audio/ES2003a.Mix-Headset.wav",
+            "vox/abjxc.wav", "callhome/eng/en_4065.wav", "callhome/deu/de_6625.flac"]  # fmt: skip
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=f"corpora/{key}", Body=b"")
+    recs = [k.rsplit("/", 1)[1].split(".")[0] for k in keys]
+    rttm = "".join(f"SPEAKER {r} 1 {s:.3f} 1.000 <NA> <NA> A <NA> <NA>\n" for r in recs for s in (0, 2))
+    client.put_object(Bucket=bucket, Key="all.rttm", Body=rttm.encode())
+    root = f"s3://{bucket}/corpora"
+    with FaultProxy(s3_server) as proxy:  # fails nothing: records the requests
+        t = read(f"s3://{bucket}/all.rttm", audio_root=root, storage=Storage(endpoint_url=proxy.url))
+    assert t["_input_error"].null_count == t.num_rows == 10
+    assert {r["recording_id"]: r["path"] for r in t.to_pylist()} == {
+        r: f"{root}/{k}" for r, k in zip(recs, keys, strict=True)
+    }
+    # one listing of the root for all recordings, by the count pass and the read alike (no walk each)
+    listings = [p for m, p, _ in proxy.requests if "list-type=2" in p and "prefix=corpora" in p]
+    assert len(listings) == 1, listings
 
 
 def test_path_template_builds_paths_and_ids_and_speaker_is_a_column(tmp_path):

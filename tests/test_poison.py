@@ -30,7 +30,7 @@ def test_in_flight_rows_become_suspects_of_their_own_run_only(ray_session):
 
 def test_two_calls_of_one_actor_in_flight_at_once_are_recorded_apart(ray_session):
     """A GPU actor runs two calls at once: the one that finishes clears its own rows only."""
-    ns = scope("run-d")
+    ns = scope("run-two-calls")
     flight = InFlight(ns)
     slow = flight.record(["s1", "s2"])
     fast = flight.record(["f1"])
@@ -86,3 +86,60 @@ def test_only_the_calls_of_actors_that_died_by_accident_become_suspects(ray_sess
     InFlight(ns).record(["x"])  # a record of no actor known dead: taken as a suspect (the safe side)
     assert collect_suspects(ns, dead) == {"p", "q", "x"}
     forget(ns)
+
+
+class BrokenDevice:
+    """A model actor whose device breaks: it notes its node, as EmotionPredictor does before it ends."""
+
+    def __init__(self, namespace: str):
+        self.flight = InFlight(namespace)
+
+    def break_(self) -> str:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        self.flight.device_broken(node)
+        return node
+
+
+class Where:
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_a_node_whose_device_broke_twice_is_avoided_where_another_can_hold_the_pool(ray_session):
+    """Two actors of a run end on a broken device on one node: the driver counts two for that node.
+    The pool avoids such a node through a label selector on Ray's node id, which Ray honours for
+    actors; but not when no other node could hold a model actor (it would wait forever)."""
+    import ray
+
+    from pipeline.cluster import Placement, model_actor_options, nodes_to_avoid
+    from pipeline.poison import broken_devices
+
+    ns = scope("run-d")
+    actor = ray.remote(num_cpus=0, max_restarts=0)(BrokenDevice)
+    nodes = [ray.get(a.break_.remote()) for a in (actor.remote(ns), actor.remote(ns))]
+    here = nodes[0]
+    assert broken_devices(ns) == {here: 2} and broken_devices(scope("run-e")) == {}
+    forget(ns)
+
+    said: list[str] = []
+    placement = Placement("cpu", 1, 1, 1.0, 0.0, 1)
+    # the only node: the pool stays on it, and the driver says why
+    assert nodes_to_avoid(placement, {here: 2}, said.append) == [] and "no other node" in said[-1]
+    other = "f" * 56  # a node id of a node that failed twice elsewhere (gone now)
+    assert nodes_to_avoid(placement, {other: 2, here: 1}, said.append) == [other]
+    assert "avoids it" in said[-1]
+
+    def node_of(options: dict) -> list:
+        """The node a model-like actor with `options` is placed on ([]: not placed within 10 s)."""
+        probe = ray.remote(num_cpus=0, max_restarts=0)(Where).options(**options).remote()
+        ready, _ = ray.wait([probe.node.remote()], timeout=10)
+        placed = ray.get(ready)
+        ray.kill(probe)
+        return placed
+
+    assert node_of(model_actor_options(Placement("cpu", 1, 1, 1.0, 0.0, 1, avoid_nodes=[other]))) == [here]
+    assert node_of(model_actor_options(Placement("cpu", 1, 1, 1.0, 0.0, 1, avoid_nodes=[here]))) == []

@@ -111,16 +111,6 @@ def test_half_precision_stage_output_matches_the_schema_and_float32(tiny_model_d
         assert np.abs(np.array(out["scores"][i].as_py()) - np.array(want["scores"][i].as_py())).max() <= 0.15
 
 
-def test_sticky_device_errors_are_told_from_recoverable_ones():
-    from pipeline.predictor import is_sticky_device_error
-
-    assert is_sticky_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
-    assert not is_sticky_device_error(
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    )
-    assert not is_sticky_device_error(ValueError("input too short"))
-
-
 def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatch):
     """Rows that were in flight when a model worker died: each runs alone in a child process. The
     one that kills its process becomes a WorkerCrashed error row; the others get the results the
@@ -149,6 +139,30 @@ def test_suspect_rows_run_alone_in_a_separate_process(tiny_model_dir, monkeypatc
     for i, j in ((0, 0), (1, 1), (3, 2)):  # a in the actor; b and d each alone in a child
         np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][j].as_py(), atol=1e-5)
         assert out["label"][i].as_py() == want["label"][j].as_py()
+
+
+def test_suspect_rows_run_in_the_actor_when_no_separate_process_starts(tiny_model_dir, monkeypatch):
+    """A separate process that cannot start (no room for a second model beside the actor's, say)
+    used to end the run with exit 1: the suspect rows now run in the actor, one at a time, and get
+    the results they get anywhere."""
+    import pyarrow as pa
+
+    clips = random_clips([16_000, 20_000, 12_000], seed=22)
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "path": ["a.wav", "b.wav", "c.wav"],
+            "error": [None, None, None],
+            "waveform": pa.array(clips, pa.large_list(pa.float32())),
+        }
+    )
+    monkeypatch.setenv("E2V_INJECT_CRASH", "isolate:start")  # every child dies as it starts
+    out = predictor(tiny_model_dir, suspects=["b", "c"])(batch)
+    monkeypatch.delenv("E2V_INJECT_CRASH")
+    want = predictor(tiny_model_dir)(batch)
+    assert out["id"].to_pylist() == ["a", "b", "c"] and out["error"].to_pylist() == [None, None, None]
+    for i in range(3):
+        np.testing.assert_allclose(out["embedding"][i].as_py(), want["embedding"][i].as_py(), atol=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU on a machine without one")

@@ -520,3 +520,40 @@ def test_a_poison_row_with_the_gpu_configs_bundling_costs_one_restart(tiny_model
     assert "Traceback" not in console, console[-5000:]
     assert "An exception was raised from a task" not in console and "internal code" not in console
     assert r.stderr.count("restarting on what is left") == 1 and "[emotion2vec] done" in r.stderr
+
+
+@pytest.mark.slow
+def test_restarts_that_keep_committing_keep_going(tiny_model_dir, tmp_path):
+    """`ray.max_restarts` counts failed attempts in a row that committed nothing: three rows that
+    each kill the model worker, far apart in the manifest, cost three restarts under
+    `max_restarts: 1`, since every attempt commits units before it meets the next one; each becomes
+    one WorkerCrashed row and every other row is ok, exactly once."""
+    base = [json.loads(line) for line in (DEMO / "manifest.jsonl").read_text().splitlines()]
+    rows = [{**r, "id": f"{r['id']}-{k}", "path": str(DEMO / r["path"])} for k in range(4) for r in base][:72]
+    poison = [rows[i] for i in (3, 35, 67)]
+    for k, row in enumerate(poison):
+        copy = tmp_path / f"poison-take-{k}.flac"  # the crash hook matches paths: these only
+        copy.write_bytes(Path(row["path"]).read_bytes())
+        row["path"] = str(copy)
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = job_config(
+        tmp_path,
+        m,
+        tiny_model_dir,
+        out,
+        "  max_error_fraction: 1.0\nray:\n  num_cpus: 2\n  max_restarts: 1\n",
+        unit=4,
+    )
+    env = {**os.environ, "E2V_INJECT_CRASH": "model:poison-take-"}
+    r = run_extract(cfg, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(out, [x["id"] for x in rows])
+    got = rows_of(out)
+    crashed = {k: v["error"] for k, v in got.items() if v["error"]}
+    assert sorted(crashed) == sorted(p["id"] for p in poison), crashed
+    assert all(e.startswith("model: WorkerCrashed") for e in crashed.values())
+    run = json.loads((out / "_run.json").read_text())
+    assert run["ray"]["restarts"] == 3, r.stderr[-3000:]
+    assert run["rows"] == {"input": 72, "ok": 69, "error": 3, "skipped": 0}

@@ -82,3 +82,30 @@ def test_the_test_corpus_writes_rttm_as_pyannote_does():
     assert rttm(turns) == pyannote_rttm(
         [("c", t.speaker, t.start_s, t.end_s) for t in sorted(turns, key=lambda t: t.start_s)]
     )
+
+
+def test_channels_count_where_a_recording_names_more_than_one():
+    text = (
+        "SPEAKER call 1 0.0 1.0 <NA> <NA> agent <NA> <NA>\n"  # call-centre stereo: 1-based channels
+        "SPEAKER call 2 0.5 1.0 <NA> <NA> customer <NA> <NA>\n"
+        "SPEAKER call 1 2.0 1.0 <NA> <NA> agent <NA> <NA>\n"
+        "SPEAKER kaldi 0 0.0 1.0 <NA> <NA> a <NA> <NA>\n"  # 0-based (Kaldi writes 0)
+        "SPEAKER kaldi 1 1.0 1.0 <NA> <NA> b <NA> <NA>\n"
+        "SPEAKER mixed 1 0.0 1.0 <NA> <NA> a <NA> <NA>\n"  # pyannote/NeMo: 1 for any audio -> the mix
+        "SPEAKER mixed 1 1.0 1.0 <NA> <NA> b <NA> <NA>\n"
+        "SPEAKER odd A 0.0 1.0 <NA> <NA> a <NA> <NA>\n"  # not a number -> the mix
+        "SPEAKER odd B 1.0 1.0 <NA> <NA> b <NA> <NA>\n"
+    )
+    t = parse_rttm(text).to_pylist()
+    assert [(r["recording_id"], r["speaker"], r["start_s"], r["channel"]) for r in t] == [
+        ("call", "agent", 0.0, 0),  # grouped by channel, in time order within it: one decode each
+        ("call", "agent", 2.0, 0),
+        ("call", "customer", 0.5, 1),
+        ("kaldi", "a", 0.0, 0),
+        ("kaldi", "b", 1.0, 1),
+        ("mixed", "a", 0.0, None),
+        ("mixed", "b", 1.0, None),
+        ("odd", "a", 0.0, None),
+        ("odd", "b", 1.0, None),
+    ]
+    assert {r["id"]: r["overlap_s"] for r in t}["call_customer_0000500"] == pytest.approx(0.5)

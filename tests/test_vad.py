@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,55 @@ def test_config_keys_and_defaults(tmp_path):
         load_config(None, ["input.manifest=m", "output.path=o", "audio.vad.window=3"])
     with pytest.raises(ConfigError, match="audio.vad.max_segment_s"):
         load_config(None, ["input.manifest=m", "output.path=o", "audio.vad.max_segment_s=0.5"])
+
+
+def test_batched_scores_and_spans_match_silero_window_by_window(clips16, monkeypatch):
+    """The windows are scored in batches (only the LSTM state runs along them); silero's own model,
+    called on one window at a time as its get_speech_timestamps does, is the reference. Batched
+    kernels sum in another order, so scores agree to float rounding, and the spans exactly."""
+    import torch
+
+    from pipeline import vad
+
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        with warnings.catch_warnings():  # silero's loader uses deprecated importlib/jit APIs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            reference = load_silero_vad(onnx=False)  # a model of its own: none of pipeline.vad's state
+    finally:
+        torch.set_num_threads(threads)
+    rec = long_recording(clips16, GAPS, 16000, seed=2)
+    x = np.concatenate([rec.samples, rec.samples[:300]])  # a last window of 300 samples, zero-padded
+    monkeypatch.setattr(vad, "BATCH_WINDOWS", 37)  # batch edges inside speech: the state crosses them
+    ours = vad.speech_probabilities(x)
+
+    with torch.no_grad():
+        reference.reset_states()
+        padded = np.zeros(len(ours) * 512, np.float32)
+        padded[: len(x)] = x
+        theirs = np.array(
+            [
+                reference(torch.from_numpy(padded[i * 512 : (i + 1) * 512].copy()), SR).item()
+                for i in range(len(ours))
+            ],
+            np.float32,
+        )
+    assert len(ours) == -(-len(x) // 512)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+    cfg = VadConfig()
+    hysteresis = dict(
+        threshold=cfg.threshold,
+        min_speech_duration_ms=cfg.min_speech_ms,
+        min_silence_duration_ms=cfg.min_silence_ms,
+        speech_pad_ms=cfg.speech_pad_ms,
+        sampling_rate=SR,
+    )
+    with torch.no_grad():
+        silero_spans = get_speech_timestamps(torch.from_numpy(x), reference, **hysteresis)
+    torch.set_num_threads(threads)
+    _, from_probs = vad._load()
+    our_spans = from_probs(ours.tolist(), audio_length_samples=len(x), **hysteresis)
+    assert our_spans == silero_spans and len(silero_spans) == len(rec.spans)

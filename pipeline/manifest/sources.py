@@ -10,20 +10,22 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import zlib
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from ..config import InputConfig
-from ..storage import Storage, join
+from ..storage import Storage, StorageUnavailable, join
 from .errors import ManifestError
-from .formats import detect_format, family
+from .formats import detect_format, family, rttm
 
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
     ".3gp .aif .aiff .au .caf .ac3 .mpga".split()
 )
 GLOB_CHARS = "*?["
+HEAD_BYTES = 1 << 16  # what is read of a JSON-lines manifest to tell a NeMo diarisation manifest
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,10 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
             files, base = [where], parent(where)
     except OSError as e:
         raise ManifestError(f"input.manifest: cannot read {where}: {e}") from None
-    return _classify(files, base, cfg)
+    return _classify(files, base, cfg, storage)
 
 
-def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
+def _classify(files: list[str], base: str, cfg: InputConfig, storage: Storage) -> list[Source]:
     audio = [f for f in files if _suffix(f) in AUDIO_SUFFIXES]
     manifests = [f for f in files if f not in set(audio)]
     if cfg.format == "audio" or (audio and not manifests and cfg.format == "auto"):
@@ -73,6 +75,8 @@ def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
             f"({_name(audio[0])}); point input.manifest at one kind (a glob such as {base}/*.jsonl)"
         )
     formats = {f: cfg.format if cfg.format != "auto" else detect_format(f) for f in manifests}
+    if cfg.format == "auto":
+        formats = _diarisation(formats, storage)
     # files a format reads beside its manifests (wav.scp beside RTTM files) are not sources
     companions = {c for fmt in set(formats.values()) for c in family(fmt).companions}
     sources = []
@@ -86,6 +90,27 @@ def _classify(files: list[str], base: str, cfg: InputConfig) -> list[Source]:
             f"all manifest files must share one format"
         )
     return sources
+
+
+def _diarisation(formats: dict[str, str], storage: Storage) -> dict[str, str]:
+    """JSON-lines manifests found by name whose first line names an RTTM (`rttm_filepath`) are NeMo
+    diarisation manifests: read as turns (format `rttm`), not as one clip per line. The first
+    manifest's first 64 KiB decide for all (they share one format; lines.count refuses a later
+    file that disagrees)."""
+    lines = [f for f, fmt in formats.items() if fmt in ("json", "jsonl")]
+    if not lines:
+        return formats
+    try:
+        head = storage.read_bytes(lines[0], 0, HEAD_BYTES)
+    except StorageUnavailable:
+        raise  # a store down through every retry is a failed run (rerun), not a bad manifest
+    except OSError as e:
+        raise ManifestError(f"input.manifest: cannot read {lines[0]}: {e}") from None
+    if head[:2] == b"\x1f\x8b":  # gzip: what of the head decompresses
+        head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+    if not rttm.is_diarisation_manifest(head):
+        return formats
+    return {f: "rttm" if f in lines else fmt for f, fmt in formats.items()}
 
 
 def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:

@@ -1,7 +1,9 @@
 """How work is cut: units (what the writer commits as a whole) and pieces (what one read task reads).
 
-Each source is cut into units: runs of `input.rows_per_unit` consecutive rows, named by `unit_name`.
-The count pass notes where each unit starts (a byte offset in a line manifest, a row in Parquet). The
+Each source is cut into units: runs of `input.rows_per_unit` consecutive rows, named by `unit_name`;
+a source whose rows come in groups that must stay together (a recording's diariser turns) gives the
+rows of each unit instead (`Count.units`, see formats.base.whole_groups). The count pass notes where
+each unit starts (a byte offset in a line manifest, a row in Parquet). The
 driver turns the units not yet committed into pieces: a unit done whole becomes one piece per decode
 block, so a single 10M-row manifest is read in parallel and a rerun of a finished job reads nothing;
 a unit that redoes only its error rows is one piece; a source that cannot be read by ranges is one
@@ -11,8 +13,9 @@ piece. Blocks are cut at `block_rows` (one formula, here), each tagged with its 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -84,23 +87,36 @@ class Plan:
         for i, (source, n) in enumerate(zip(self.sources, self.counts, strict=True)):
             count = self.details[i] if i < len(self.details) else None
             starts = count.starts if count is not None else None
-            units = math.ceil(n / size)
-            todo = [
-                u for u in range(units) if not resume.done(unit_name(source.key, u), min(size, n - u * size))
-            ]
+            sizes = self.unit_rows(i, size)
+            todo = [u for u, rows in enumerate(sizes) if not resume.done(unit_name(source.key, u), rows)]
             if not todo:
                 continue
             if not starts or source.format == "audio":
-                out.append(Piece(i, 0, units, 0, n))
+                out.append(Piece(i, 0, len(sizes), 0, n))
                 continue
-            for u in todo:
-                rows = min(size, n - u * size)
+            for u in todo:  # units of a source read by ranges are all `size` rows (the last: fewer)
+                rows = sizes[u]
                 start = None if source.format == "parquet" else starts[u]
                 end = starts[u + 1] if start is not None and u + 1 < len(starts) else None
                 parts = 1
                 if block_rows and resume.redo(unit_name(source.key, u)) is None:
                     parts = math.ceil(rows / block_rows)
                 out += [Piece(i, u, 1, u * size, rows, start, end, k, parts) for k in range(parts)]
+        return out
+
+    def unit_rows(self, source: int, size: int) -> list[int]:
+        """Rows of each unit of a source: `size` each (the last: the rest), or what its count pass gave
+        (`Count.units`), cut at its count (input.limit)."""
+        n = self.counts[source]
+        given = self.details[source].units if source < len(self.details) else None
+        if given is None:
+            return [min(size, n - u * size) for u in range(math.ceil(n / size))]
+        out, left = [], n
+        for rows in given:
+            if left <= 0:
+                break
+            out.append(min(rows, left))
+            left -= out[-1]
         return out
 
     def needs_recut(self, pieces: list[Piece], block_rows: int) -> bool:
@@ -126,10 +142,12 @@ def read_units(
     skip: Resume | None,
     block_rows: int,
     raw_schema: pa.Schema | None = None,
+    unit_rows: Sequence[int] | None = None,
 ) -> Iterator[pa.Table]:
     """Stream one piece of a source as normalised blocks tagged with their unit, leaving out what
     `skip` (the resume record) says is done. Each block holds rows of one unit; `UNIT_ROWS` is the
-    number of that unit's rows this run processes, so the writer knows when the unit is complete."""
+    number of that unit's rows this run processes, so the writer knows when the unit is complete.
+    `unit_rows`: the rows of each of the piece's units (Plan.unit_rows; None: input.rows_per_unit)."""
     resume = skip or NOTHING
     if piece.parts > 1:  # one block of a unit done whole
         lo = piece.part * block_rows
@@ -138,9 +156,9 @@ def read_units(
         block = pa.concat_tables(list(_unit_tables(parts, rows, rows)), promote_options="permissive")
         yield _tag(block, unit_name(source.key, piece.first_unit), piece.rows)
         return
-    size = cfg.rows_per_unit
+    sizes = cfg.rows_per_unit if unit_rows is None else unit_rows
     parts = tables(source, cfg, storage, piece, raw_schema)
-    for k, unit_table in enumerate(_unit_tables(parts, size, piece.rows)):
+    for k, unit_table in enumerate(_unit_tables(parts, sizes, piece.rows)):
         unit = unit_name(source.key, piece.first_unit + k)
         todo = resume.todo(unit, unit_table)
         if todo.num_rows:
@@ -152,7 +170,14 @@ def read_pieces(batch: pa.Table, *, plan: Plan, **kwargs) -> Iterator[pa.Table]:
     for d in batch.to_pylist():
         p = Piece.from_item(d)
         raw_schema = plan.details[p.source].raw_schema if plan.details else None
-        yield from read_units(plan.sources[p.source], piece=p, raw_schema=raw_schema, **kwargs)
+        sizes = None  # units of input.rows_per_unit rows
+        if plan.details and plan.details[p.source].units is not None:  # units of whole recordings
+            sizes = plan.unit_rows(p.source, kwargs["cfg"].rows_per_unit)[
+                p.first_unit : p.first_unit + p.units
+            ]
+        yield from read_units(
+            plan.sources[p.source], piece=p, raw_schema=raw_schema, unit_rows=sizes, **kwargs
+        )
 
 
 def _tag(table: pa.Table, unit: str, unit_rows: int) -> pa.Table:
@@ -160,8 +185,13 @@ def _tag(table: pa.Table, unit: str, unit_rows: int) -> pa.Table:
     return table.append_column(UNIT_ROWS, pa.array([unit_rows] * table.num_rows, pa.int64()))
 
 
-def _unit_tables(tables: Iterable[pa.Table], size: int, limit: int | None) -> Iterator[pa.Table]:
-    """Re-cut a stream of tables into tables of exactly `size` rows (the last may be shorter)."""
+def _unit_tables(
+    tables: Iterable[pa.Table], sizes: int | Iterable[int], limit: int | None
+) -> Iterator[pa.Table]:
+    """Re-cut a stream of tables into tables of exactly `sizes` rows each (an int: all of that size;
+    the last may be shorter)."""
+    want = itertools.repeat(sizes) if isinstance(sizes, int) else iter(sizes)
+    size = next(want, None)
     pending: list[pa.Table] = []
     have = 0
     left = limit if limit is not None else -1
@@ -173,11 +203,12 @@ def _unit_tables(tables: Iterable[pa.Table], size: int, limit: int | None) -> It
             left -= t.num_rows
         pending.append(t)
         have += t.num_rows
-        while have >= size:
+        while size is not None and have >= size:
             whole = pa.concat_tables(pending, promote_options="permissive")
             yield whole.slice(0, size)
             rest = whole.slice(size)
             pending, have = [rest], rest.num_rows
+            size = next(want, None)
     if have:
         yield pa.concat_tables(pending, promote_options="permissive")
 

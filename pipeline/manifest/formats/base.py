@@ -9,7 +9,7 @@ free-form manifests through `columns.resolve`, fixed layouts (Kaldi, Lhotse) wit
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ class Count:
     raw_schema: pa.Schema | None = None  # as parsed from the whole file: every piece is parsed with it
     starts: tuple[int, ...] | None = None  # where each unit starts (byte or row); None: not splittable
     ids: np.ndarray | None = None  # a 64-bit hash of each id, in row order (columns.check_unique)
+    units: tuple[int, ...] | None = None  # rows of each unit where units differ in size (`whole_groups`)
 
 
 # count(source, cfg, storage) -> Count
@@ -71,6 +72,35 @@ def count_whole(tables: Iterable[pa.Table], uri: str) -> Count:
     column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
     hashes = check_unique(column, uri)
     return Count(len(column), schema or pa.schema([]), ids=hashes)
+
+
+MAX_GROUP_UNITS = 10  # a group (a recording's turns) is cut only past this many times input.rows_per_unit
+
+
+def whole_groups(groups: Sequence[object], size: int) -> tuple[int, ...]:
+    """Rows of each unit for rows that come in groups (runs of equal values: a recording's turns),
+    so that a group is never split between two units: a unit takes whole groups while it holds at most
+    `size` rows; a group of more than `size` rows is a unit of its own; only a group of more than
+    MAX_GROUP_UNITS x `size` rows is cut, into units of `size` (bounded units, whatever the input)."""
+    runs: list[int] = []
+    for k, g in enumerate(groups):
+        if k and g == groups[k - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    units: list[int] = []
+    held = 0
+    for n in runs:
+        if held and held + n > size:
+            units.append(held)
+            held = 0
+        if n <= size:
+            held += n
+        elif n <= MAX_GROUP_UNITS * size:
+            units.append(n)
+        else:
+            units += [size] * (n // size) + ([n % size] if n % size else [])
+    return tuple(units + [held] if held else units)
 
 
 def read_bytes(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
@@ -51,10 +52,32 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
     raw = parse(text(data), source)
+    _not_diarisation(raw, cfg, source)
     table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
     hashes = check_unique(table["id"], source.uri)
     starts = None if compressed else unit_starts(data, source, raw.num_rows, cfg.rows_per_unit)
     return Count(table.num_rows, table.schema, 0.0, raw.schema, starts, hashes)
+
+
+def _not_diarisation(raw: pa.Table, cfg: InputConfig, source: Source) -> None:
+    """Never read rows that name an RTTM as clips unless told to: with `input.format: auto`, a NeMo
+    diarisation manifest is recognised by its first line (sources._diarisation); one whose first line
+    names no RTTM but a later one does is refused (its turns would be dropped without a word)."""
+    if (
+        cfg.format != "auto"
+        or source.format not in ("json", "jsonl")
+        or "rttm_filepath" not in raw.column_names
+    ):
+        return
+    named = pc.fill_null(pc.not_equal(pc.cast(raw["rttm_filepath"], pa.string()), ""), False)
+    if pc.any(named).as_py():
+        row = pc.index(named, True).as_py() + 1
+        raise ManifestError(
+            f"{source.uri}: row {row} names an RTTM (rttm_filepath) but the first line of the manifest "
+            f"does not: is it a NeMo diarisation manifest? Set input.format: rttm to read the turns of "
+            f"each line's RTTM (every line then needs rttm_filepath), or input.format: {source.format} to "
+            f"read each line as one clip"
+        )
 
 
 def unit_starts(data: bytes, source: Source, rows: int, size: int) -> tuple[int, ...] | None:

@@ -3,24 +3,30 @@ speaker turn. Read whole by one task per file.
 
 An `.rttm` file may hold many recordings (see pipeline/rttm.py for the line format). The audio of
 `<file-id>` is found through a Kaldi `wav.scp` beside the RTTM when there is one (`<file-id> <path>`),
-else as the file directly under `input.audio_root` (default: the RTTM's folder) whose name without
-its extension is the file id, in any audio format the job decodes. A turn whose audio cannot be
-found, or is ambiguous, is an error row saying so.
+else anywhere under `input.audio_root` (default: the RTTM's folder), in any audio format the job
+decodes: the file named `<file-id>.<ext>`, else the one named `<file-id>.<anything>.<ext>` (AMI's
+`ES2002a.Mix-Headset.wav`). The root is listed once (an index, not a walk per recording). A turn
+whose audio cannot be found, or is ambiguous (two candidates, both named), is an error row saying so.
 
-With `input.format: rttm`, a JSON-lines file is a NeMo diarisation manifest: one line per recording
-with `audio_filepath` and `rttm_filepath` (relative paths resolve against `input.audio_root`, else the
-manifest's folder), and optional `offset` / `duration`: only the turns inside that window are kept,
-cut to it. Turn times are seconds in the audio file.
+With `input.format: rttm` (or `auto`, when the first line names an RTTM: sources.py), a JSON-lines
+file is a NeMo diarisation manifest: one line per recording with `audio_filepath` and `rttm_filepath`
+(relative paths resolve against `input.audio_root`, else the manifest's folder), and optional
+`offset` / `duration`: only the turns inside that window are kept, cut to it. Turn times are seconds
+in the audio file.
 
-Rows come out grouped by recording in time order (one decode per recording), with `recording_id`,
-`speaker`, the span, and `overlap_s`; ids are `<file-id>_<speaker>_<onset ms>`.
+Rows come out grouped by recording in time order (one decode per recording; per channel where the
+RTTM tells channels apart, the channel travelling as the private `schema.CHANNEL` column), with
+`recording_id`, `speaker`, the span, and `overlap_s`; ids are `<file-id>_<speaker>_<onset ms>`. Units
+hold whole recordings (`count`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,11 +35,11 @@ import pyarrow.compute as pc
 
 from ...config import InputConfig
 from ...rttm import RttmError, parse_rttm, turns_table
-from ...schema import INPUT_ERROR
+from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Format, read_bytes, two_columns
+from .base import Count, Format, count_whole, read_bytes, text, two_columns, whole_groups
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -70,7 +76,18 @@ def read(
     else:
         turns = _parse(read_bytes(source.uri, storage), source.uri)
         table = _with_audio(turns, _Locator(source, storage))
+    # the channel to analyse travels as a private column (schema.CHANNEL), never into the output
+    table = table.rename_columns([CHANNEL if c == "channel" else c for c in table.column_names])
     yield normalise(table.slice(skip_rows), COLUMNS, source.root)
+
+
+def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
+    """Read whole; units hold whole recordings (a reader of one recording touches one unit, and a
+    resumed run decodes a recording once): see base.whole_groups for the bound."""
+    tables = list(read(source, cfg, storage))
+    found = count_whole(tables, source.uri)
+    recordings = [r for t in tables for r in t["recording_id"].to_pylist()]
+    return dataclasses.replace(found, units=whole_groups(recordings, cfg.rows_per_unit))
 
 
 def _parse(data: bytes, uri: str) -> pa.Table:
@@ -98,7 +115,7 @@ class _Locator:
         if storage.exists(scp):
             keys, values = two_columns(read_bytes(scp, storage), scp, "<recording-id> <path>")
             self.scp = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
-        self.index: dict[str, list[str]] | None = None
+        self.index: _AudioIndex | None = None
 
     def __call__(self, rec: str) -> tuple[str | None, str | None]:
         if self.scp is not None:
@@ -113,37 +130,68 @@ class _Locator:
             return path, None
         if self.index is None:
             self.index = _audio_index(self.storage, self.source.root)
-        paths = self.index.get(rec, [])
+        paths = self.index.find(rec)
         if not paths:
-            return None, f"RTTM recording {rec!r}: no audio file {rec}.* under {self.source.root}"
+            return (
+                None,
+                f"RTTM recording {rec!r}: no audio file {rec}.* (nor {rec}.<name>.*) under {self.source.root}",
+            )
         if len(paths) > 1:
-            names = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
-            return None, f"RTTM recording {rec!r}: several audio files match ({names}); keep one"
+            names = " and ".join(_under(p, self.source.root) for p in paths)
+            return (
+                None,
+                f"RTTM recording {rec!r}: several audio files match under {self.source.root} ({names}); "
+                f"keep one, or name each recording's file in a {WAV_SCP} beside the RTTM",
+            )
         return paths[0], None
 
 
-_INDEXES: dict[str, dict[str, list[str]]] = {}  # audio root -> its index, per process
+@dataclass
+class _AudioIndex:
+    """Audio files anywhere under a root, by name: `exact` by the name without its extension
+    (`ES2002a.wav` -> `ES2002a`), `qualified` by every leading part of that name up to a dot
+    (`ES2002a.Mix-Headset.wav` -> `ES2002a`; `a.b.c.wav` -> `a`, `a.b`)."""
+
+    exact: dict[str, list[str]] = field(default_factory=dict)
+    qualified: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, uri: str) -> None:
+        stem = posixpath.splitext(uri.rsplit("/", 1)[-1])[0]
+        self.exact.setdefault(stem, []).append(uri)
+        parts = stem.split(".")
+        for k in range(1, len(parts)):
+            self.qualified.setdefault(".".join(parts[:k]), []).append(uri)
+
+    def find(self, rec: str) -> list[str]:
+        """The files of recording `rec`: those named `<rec>.<ext>`, else those named `<rec>.<anything>.<ext>`."""
+        return self.exact.get(rec) or self.qualified.get(rec, [])
+
+
+_INDEXES: dict[str, _AudioIndex] = {}  # audio root -> its index, per process
 _MAX_INDEXES = 8
 
 
-def _audio_index(storage: Storage, root: str) -> dict[str, list[str]]:
-    """Audio files directly under `root`, by name without extension. Listed once per process and
-    root: the count pass and every RTTM of a glob look in the same folder."""
+def _audio_index(storage: Storage, root: str) -> _AudioIndex:
+    """Audio files anywhere under `root` (one recursive listing, local or any store), indexed by name.
+    Listed once per process and root: the count pass and every RTTM of a glob look in the same tree."""
     if root in _INDEXES:
         return _INDEXES[root]
     from ..sources import AUDIO_SUFFIXES
 
-    index: dict[str, list[str]] = {}
-    prefix = root.rstrip("/") + "/"
+    index = _AudioIndex()
     for f in storage.list_files(root):
-        rel = f[len(prefix) :] if f.startswith(prefix) else f.rsplit("/", 1)[-1]
-        stem, suffix = posixpath.splitext(rel)
-        if "/" not in rel and suffix.lower() in AUDIO_SUFFIXES:
-            index.setdefault(stem, []).append(f)
+        if posixpath.splitext(f)[1].lower() in AUDIO_SUFFIXES:
+            index.add(f)
     if len(_INDEXES) >= _MAX_INDEXES:
         _INDEXES.clear()
     _INDEXES[root] = index
     return index
+
+
+def _under(uri: str, root: str) -> str:
+    """`uri` relative to `root` where it lies under it (for messages)."""
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix) :] if uri.startswith(prefix) else uri
 
 
 def _folder(uri: str) -> str:
@@ -153,6 +201,17 @@ def _folder(uri: str) -> str:
 
 
 # -- NeMo diarisation manifests ---------------------------------------------------------------------
+
+
+def is_diarisation_manifest(head: bytes) -> bool:
+    """Whether a JSON-lines manifest, from its first bytes (decompressed), is a NeMo diarisation
+    manifest: its first line is an object with a non-empty `rttm_filepath`."""
+    line = text(head).lstrip().split(b"\n", 1)[0]
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and bool(entry.get("rttm_filepath"))
 
 
 def _nemo(source: Source, storage: Storage) -> pa.Table:
@@ -165,6 +224,10 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
             entry = json.loads(line)
         except ValueError as e:
             raise ManifestError(f"{source.uri}: line {n}: not JSON: {e}") from None
+        if not isinstance(entry, dict):
+            raise ManifestError(
+                f"{source.uri}: line {n}: a NeMo diarisation manifest holds one JSON object per line"
+            )
         missing = [k for k in ("audio_filepath", "rttm_filepath") if not entry.get(k)]
         if missing:
             raise ManifestError(
@@ -192,9 +255,10 @@ def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa
     start = np.maximum(turns["start_s"].to_numpy(), lo)
     end = np.minimum(turns["end_s"].to_numpy(), hi)
     keep = end > start
-    recs = pc.filter(turns["recording_id"], pa.array(keep)).to_pylist()
-    spks = pc.filter(turns["speaker"], pa.array(keep)).to_pylist()
-    return turns_table(recs, spks, start[keep], end[keep])
+    recs, spks, chans = (
+        pc.filter(turns[c], pa.array(keep)).to_pylist() for c in ("recording_id", "speaker", "channel")
+    )
+    return turns_table(recs, spks, start[keep], end[keep], chans)
 
 
-FORMAT = Format(("rttm",), detect, read, companions=frozenset({WAV_SCP}))
+FORMAT = Format(("rttm",), detect, read, count, companions=frozenset({WAV_SCP}))
