@@ -59,3 +59,88 @@ def test_gpu_padded_batches_run_on_the_memory_efficient_attention_kernel(tiny_mo
         T = a.frames.shape[1]
         scale = a.frames.abs().max()
         assert (b.frames[i, :T].float().cpu() - a.frames[0]).abs().max() <= 0.1 * scale
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_forward_with_host_lengths_never_waits_for_the_gpu(tiny_model_dir):
+    """With the lengths on the host, a forward queues all its GPU work without one synchronisation
+    (torch's sync debug mode turns any into an error), so the host can prepare the next batch."""
+    from pipeline.batching import collate
+    from pipeline.model import load_bundle
+
+    from .conftest import random_clips
+
+    wav, lengths = collate(random_clips([16_000, 48_000, 7_777], seed=6))
+    gpu = load_bundle(tiny_model_dir, device="cuda", dtype=torch.bfloat16).model
+    wav = wav.cuda()
+    with torch.inference_mode():
+        gpu(wav, lengths)  # first call: ALiBi bias, Triton compilation
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = gpu(wav, lengths)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert out.frames.is_cuda and out.frame_lengths.tolist() == [49, 149, 24]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_fast_paths_match_plain_pytorch_at_base_size_shapes(dtype):
+    """The Triton LayerNorm + GELU and the GEMM convs against PyTorch's own ops on the CNN's real
+    shapes ([B, frames, 512]), float32 arithmetic (TF32 off) as the reference."""
+    import torch.nn.functional as F
+
+    from pipeline.model import kernels
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (3 * torch.randn(3, 4001, 512, device="cuda", generator=g) + 1).to(dtype)
+    w, b = (
+        1 + 0.1 * torch.randn(512, device="cuda", generator=g),
+        0.1 * torch.randn(512, device="cuda", generator=g),
+    )
+    want = F.gelu(F.layer_norm(x.float(), (512,), w, b, 1e-5))
+    with torch.inference_mode():
+        got = kernels.layer_norm_gelu(x, w.to(dtype), b.to(dtype), 1e-5).float()
+    tol = 1e-5 if dtype == torch.float32 else 2**-8
+    assert bool(((got - want).abs() <= want.abs().clamp_min(1e-2) * tol + 1e-6).all())
+    cw = 0.05 * torch.randn(512, 512, 3, device="cuda", generator=g)
+    wav = torch.randn(2, 16_003, 1, device="cuda", generator=g)
+    w0 = 0.3 * torch.randn(512, 1, 10, device="cuda", generator=g)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for inp, weight, stride in ((x, cw, 2), (wav.to(dtype), w0, 5)):
+            want = F.conv1d(inp.float().transpose(1, 2), weight, stride=stride).transpose(1, 2)
+            with torch.inference_mode():
+                got = kernels.conv_time_major(inp, weight.to(dtype), stride=stride).float()
+            scale = want.abs().max()
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= (1e-5 if dtype == torch.float32 else 2e-2) * scale
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_outputs_do_not_depend_on_the_cuda_paths(tiny_model_dir):
+    from pipeline.batching import collate
+    from pipeline.model import kernels, load_bundle
+
+    from .conftest import random_clips
+
+    wav, lengths = collate(random_clips([16_000, 48_000, 7_777], seed=7))
+    gpu = load_bundle(tiny_model_dir, device="cuda").model
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            fast = gpu(wav.cuda(), lengths)
+            with kernels.use_cuda_paths(**dict.fromkeys(kernels.CUDA_PATHS, False)):
+                plain = gpu(wav.cuda(), lengths)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0)

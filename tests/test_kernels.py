@@ -191,3 +191,113 @@ def test_bfloat16_layer_norm_is_float32_arithmetic_rounded_once(shape):
     plain = F.layer_norm(x.float(), (shape[-1],), eps=1e-5)  # no affine, as the positional convs use it
     got = layer_norm_fp32(x, (shape[-1],), None, None, 1e-5).float()
     assert bool(((got - plain).abs() <= plain.abs().clamp_min(1e-2) * 2**-7).all())
+
+
+# -- the CUDA paths, exercised on the CPU -------------------------------------------------------
+
+
+TRITON_CASES = [  # (shape, dtype, affine, gelu)
+    ((37, 512), torch.float32, True, True),  # the CNN: rows not a multiple of the block
+    ((2, 13, 768), torch.float32, False, True),  # the positional convs: D not a power of two
+    ((3, 50, 512), torch.bfloat16, True, True),
+    ((4, 9, 48), torch.float16, True, False),  # the transformer's norms
+]
+
+
+def _ln_inputs(shape, dtype, affine, seed):
+    C = shape[-1]
+    x = (3 * _rand(2 * shape[0], *shape[1:], seed=seed) + 1).to(dtype)
+    w = (1 + 0.1 * _rand(C, seed=seed + 1)).to(dtype) if affine else None
+    b = (0.1 * _rand(C, seed=seed + 2)).to(dtype) if affine else None
+    return x, w, b
+
+
+@pytest.fixture(scope="module")
+def triton_interpreted(tmp_path_factory):
+    """The Triton kernels run by Triton's interpreter on CPU tensors, in a child process:
+    TRITON_INTERPRET must be set before triton is first imported. -> {case: (contiguous, strided)}."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    out = tmp_path_factory.mktemp("triton") / "out.pt"
+    code = f"""
+import torch
+from pipeline.model import triton_kernels as tk
+from tests.test_kernels import TRITON_CASES, _ln_inputs
+res = {{}}
+for i, (shape, dtype, affine, gelu) in enumerate(TRITON_CASES):
+    x, w, b = _ln_inputs(shape, dtype, affine, seed=40 + 10 * i)
+    res[i] = (tk.layer_norm_gelu(x[: shape[0]], w, b, 1e-5, gelu), tk.layer_norm_gelu(x[::2], w, b, 1e-5, gelu))
+torch.save(res, {str(out)!r})
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, timeout=300)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("case", range(len(TRITON_CASES)))
+def test_triton_layer_norm_gelu_matches_a_float64_reference(triton_interpreted, case):
+    """Against the float64 layer norm (+ exact GELU) of the same values: float32 to ~1e-5 relative,
+    half precision to one step of the format; on a contiguous and on a strided (every other row) input."""
+    shape, dtype, affine, gelu = TRITON_CASES[case]
+    x, w, b = _ln_inputs(shape, dtype, affine, seed=40 + 10 * case)
+    # half precision: one step of the format (the interpreter truncates where a GPU rounds to nearest)
+    step = 1e-5 if dtype == torch.float32 else 2 ** -(7 if dtype == torch.bfloat16 else 10)
+    for inp, got in zip((x[: shape[0]], x[::2]), triton_interpreted[case], strict=True):
+        C = shape[-1]
+        want = F.layer_norm(
+            inp.double(), (C,), None if w is None else w.double(), None if b is None else b.double()
+        )
+        if gelu:
+            want = 0.5 * want * (1 + torch.erf(want / 2**0.5))
+        assert got.shape == shape and got.dtype == dtype and bool(torch.isfinite(got).all())
+        assert bool(((got.double() - want).abs() <= want.abs().clamp_min(1e-2) * step + 1e-6).all())
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,k,stride,T",
+    [
+        (1, 16, 10, 5, 400),  # the first CNN layer: the waveform, K padded to 16
+        (16, 16, 3, 2, 79),  # two GEMMs: taps 0-1 and tap 2
+        (16, 16, 2, 2, 21),  # one GEMM on a view, an odd frame left over
+        (8, 8, 3, 2, 80),
+        (3, 8, 4, 3, 50),  # narrow and k > stride: unfolded
+    ],
+)
+def test_gemm_conv_matches_conv1d(c_in, c_out, k, stride, T):
+    """The CUDA path of `conv_time_major` (unpadded, ungrouped) on the CPU, against Conv1d in float64,
+    on a contiguous and on a sliced input, with and without a bias."""
+    x = _rand(3, T + 1, c_in, seed=51)
+    w, b = _rand(c_out, c_in, k, seed=52), _rand(c_out, seed=53)
+    for inp in (x[:, :T], x[:, 1:]):
+        for bias in (b, None):
+            want = F.conv1d(
+                inp.double().transpose(1, 2), w.double(), None if bias is None else bias.double(), stride
+            )
+            got = kernels._conv_gemm(inp, w, bias, stride)
+            assert got.shape == want.transpose(1, 2).shape and got.is_contiguous()
+            torch.testing.assert_close(got.double(), want.transpose(1, 2), atol=1e-4, rtol=1e-5)
+
+
+def test_gemm_conv_weights_are_rebuilt_when_the_weight_changes():
+    x, w = _rand(2, 50, 8, seed=61), _rand(8, 8, 3, seed=62)
+    ref = F.conv1d(x.transpose(1, 2), w, stride=2).transpose(1, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels._conv_gemm(x, w, None, 2), ref, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():
+        w.mul_(-3)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels._conv_gemm(x, w, None, 2), -3 * ref, atol=1e-4, rtol=1e-5)
+
+
+def test_cuda_paths_can_be_turned_off_by_name_and_unknown_names_are_refused():
+    with kernels.use_cuda_paths(conv_gemm=False):
+        assert kernels._cuda_on["conv_gemm"] is False
+    assert kernels._cuda_on["conv_gemm"] is True
+    with pytest.raises(ValueError, match="unknown CUDA paths"):
+        with kernels.use_cuda_paths(conv=False):
+            pass

@@ -85,3 +85,41 @@ def test_silence_gives_finite_features(tiny_model_dir):
     with torch.no_grad():
         out = model(torch.zeros(2, 8_000), torch.tensor([8_000, 4_000]))
     assert torch.isfinite(out.frames).all() and torch.isfinite(out.scores).all()
+
+
+def test_normalisation_is_one_batched_pass_equal_to_a_layer_norm_per_row(tiny_model_dir):
+    """Each row is layer-normalised over its valid samples only (whatever sits in the padding), and
+    the work is the same handful of tensor ops for 2 rows as for 7: no loop over rows."""
+    import torch.nn.functional as F
+
+    model = load_bundle(tiny_model_dir).model
+    lengths = [16_000, 400, 7_777, 9_001, 12_000, 500, 16_000]
+    wav, lens = pad(random_clips(lengths, seed=11))
+    wav = wav + 5.0 * (torch.arange(wav.shape[1]) >= lens[:, None])  # garbage in the padding
+    with torch.inference_mode():
+        got = model.normalize(wav, lens)
+    for i, n in enumerate(lengths):
+        want = F.layer_norm(wav[i, :n].double(), (n,), eps=1e-5)
+        torch.testing.assert_close(got[i, :n].double(), want, atol=2e-5, rtol=0)
+        assert torch.all(got[i, n:] == 0)
+
+    def ops(rows: int) -> int:
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            model.normalize(wav[:rows], lens[:rows])
+        return len([e for e in prof.events() if e.name.startswith("aten::")])
+
+    assert ops(2) == ops(7)
+
+
+def test_forward_with_host_lengths_reads_nothing_back_from_the_device(tiny_model_dir):
+    """With the lengths on the host, the forward decides everything (length check, padded or not)
+    without reading a device tensor: on the meta device, which holds no values, any such read (a
+    `.tolist()`, a `bool()`) raises. On a GPU such a read would wait for all queued work."""
+    model = load_bundle(tiny_model_dir).model.to("meta")
+    wav, lens = pad(random_clips([16_000, 7_777, 401], seed=12))
+    with torch.inference_mode():
+        out = model(wav.to("meta"), lens)
+        assert out.frames.shape == (3, 49, model.cfg.embed_dim) and out.scores.shape == (3, 9)
+        with pytest.raises(InputTooShortError, match="utterance 1 has 399 samples"):
+            model(wav.to("meta"), torch.tensor([16_000, 399, 401]))
+        model(wav[:1].to("meta"))  # no lengths: every row full, also decided on the host

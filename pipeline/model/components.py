@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .config import ConvSpec
+from .kernels import layer_norm_fp32
 
 
 class Fp32LayerNorm(nn.LayerNorm):
@@ -23,21 +24,9 @@ class Fp32LayerNorm(nn.LayerNorm):
     `Fp32LayerNorm`; in float32 it is exactly `nn.LayerNorm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if len(self.normalized_shape) == 1:
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
         return layer_norm_fp32(x, self.normalized_shape, self.weight, self.bias, self.eps)
-
-
-def layer_norm_fp32(
-    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
-) -> Tensor:
-    """`F.layer_norm` in float32 arithmetic, the result in x's dtype. PyTorch's own bfloat16 kernels
-    (CPU and CUDA) already accumulate and normalise in float32 and round once at the end, so a
-    bfloat16 input goes to them directly: the float32 copy of the input and the cast back cost more
-    than the norm itself (the CNN's norms run over [B, 32000 per 2 s, 512] activations)."""
-    if x.dtype == torch.bfloat16:
-        return F.layer_norm(x, shape, weight, bias, eps)
-    w = weight.float() if weight is not None else None
-    b = bias.float() if bias is not None else None
-    return F.layer_norm(x.float(), shape, w, b, eps).to(x.dtype)
 
 
 def conv_output_lengths(lengths: Tensor, spec: ConvSpec) -> Tensor:
@@ -78,7 +67,8 @@ class FeatureExtractor(nn.Module):
         for layer in self.conv_layers:
             conv: nn.Conv1d = layer[0]
             x = kernels.conv_time_major(x, conv.weight, stride=conv.stride[0])  # [B, T_i, C]
-            x = kernels.gelu_(layer[2][1](x))  # LN over C, then GELU
+            ln: nn.LayerNorm = layer[2][1]
+            x = kernels.layer_norm_gelu(x, ln.weight, ln.bias, ln.eps)  # LN over C, then GELU
         return x  # [B, T, C]
 
 
@@ -104,7 +94,6 @@ class PositionalConv(nn.Sequential):
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:  # type: ignore[override]
         # x [B, T, D] (time-major throughout); keep [B, T] (True = valid frame) or None when nothing is padded
         keep3 = None if keep is None else keep.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
-        D = x.shape[-1]
         for layer in list(self)[1:]:
             conv: nn.Conv1d = layer[0]
             if keep3 is not None:
@@ -114,7 +103,7 @@ class PositionalConv(nn.Sequential):
             )
             if self.kernel % 2 == 0:  # SamePad: an even kernel makes one frame too many
                 x = x[:, :-1]
-            x = kernels.gelu_(layer_norm_fp32(x, (D,), None, None, 1e-5))  # LN over D, no affine
+            x = kernels.layer_norm_gelu(x, None, None, 1e-5)  # LN over D, no affine, then GELU
         return x  # [B, T, D]
 
 

@@ -97,28 +97,39 @@ class Emotion2vec(nn.Module):
 
     def normalize(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """Per-utterance layer norm over the valid samples of each row (float32, eps 1e-5, as the
-        reference's `F.layer_norm(x, x.shape)` on the unpadded clip); padding stays zero."""
-        out = torch.zeros_like(wav, dtype=torch.float32)
-        for i, n in enumerate(lengths.tolist()):
-            x = wav[i, :n].float()
-            out[i, :n] = F.layer_norm(x, x.shape)
-        return out
+        reference's `F.layer_norm(x, x.shape)` on the unpadded clip); padding comes out zero.
+        One batched masked pass for all rows (mean, then the variance of the centred values), with
+        no Python loop over rows and nothing read back to the host."""
+        x = wav.float()
+        valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # [B, N]
+        n = lengths.clamp_min(1).unsqueeze(1).to(torch.float32)  # [B, 1]
+        mean = torch.where(valid, x, 0.0).sum(dim=1, keepdim=True) / n
+        centred = torch.where(valid, x - mean, 0.0)
+        var = torch.linalg.vector_norm(centred, dim=1, keepdim=True).square_() / n  # biased
+        return centred.mul_(torch.rsqrt(var + 1e-5))
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Emotion2vecOutput:
         """wav [B, N] float (mono at `self.input.sample_rate`, zero-padded), lengths [B] valid
-        samples per row (None: every row is N long)."""
+        samples per row (None: every row is N long).
+
+        Pass `lengths` on the CPU even when `wav` is on a GPU: the length check and the choice of
+        the padded path then happen on the host, and the forward queues its GPU work without once
+        waiting for the GPU. Lengths on the GPU work too, at the cost of one read-back (which waits
+        for whatever the GPU still has queued) before any work is queued."""
         B, N = wav.shape
         if lengths is None:
-            lengths = torch.full((B,), N, dtype=torch.long, device=wav.device)
-        lengths = lengths.to(device=wav.device, dtype=torch.long)
+            host_lengths = torch.full((B,), N, dtype=torch.long)
+        else:
+            host_lengths = lengths.to(device="cpu", dtype=torch.long)
         spec = self.input
-        short = (lengths < spec.receptive_field).nonzero().flatten().tolist()
+        short = (host_lengths < spec.receptive_field).nonzero().flatten().tolist()
         if short:
             i = short[0]
             raise InputTooShortError(
-                f"utterance {i} has {int(lengths[i])} samples; emotion2vec needs at least "
+                f"utterance {i} has {int(host_lengths[i])} samples; emotion2vec needs at least "
                 f"{spec.receptive_field} ({1000 * spec.min_duration_s:.0f} ms at {spec.sample_rate} Hz)"
             )
+        lengths = host_lengths.to(wav.device, non_blocking=True)
         if self.cfg.normalize:
             wav = self.normalize(wav, lengths)
         enc = self.modality_encoders["AUDIO"]
@@ -126,9 +137,10 @@ class Emotion2vec(nn.Module):
 
         x = enc.local_encoder(wav.to(self.dtype))  # [B, T, C]
         T = x.shape[1]
-        frame_lengths = self.frame_lengths(lengths)  # [B]
+        host_frame_lengths = self.frame_lengths(host_lengths)  # [B], on the host: no sync
+        padded = bool((host_frame_lengths < T).any())
+        frame_lengths = host_frame_lengths.to(x.device, non_blocking=True)
         valid = torch.arange(T, device=x.device).unsqueeze(0) < frame_lengths.unsqueeze(1)  # [B, T]
-        padded = not bool(valid.all())
 
         y = enc.project_features(x)  # [B, T, D]
         if padded:

@@ -14,6 +14,19 @@ falls back to that spelling wherever the fast path does not apply:
   of height 1. The LayerNorms over channels that follow every conv in this model then work on
   contiguous rows, and no [B, C, T] <-> [B, T, C] transposes are needed around them.
 - `gelu_`: GELU in place when nothing needs the input for a backward pass.
+- `layer_norm_gelu` / `layer_norm`: LayerNorm over the last dim in float32 arithmetic, then GELU
+  (the CNN's and the positional convs' norm + activation) or not (the transformer's norms). On CUDA,
+  one Triton kernel (`triton_kernels.py`): one read and one write of the activations where PyTorch
+  makes two passes each way, and PyTorch's layer norm over 512-wide bfloat16 rows ran at ~0.3 TB/s
+  on an H200 (40 % of the forward's CUDA time). Elsewhere, or without Triton: `F.layer_norm` (then
+  `gelu_`), as before.
+
+On CUDA, `conv_time_major` without padding or groups (the CNN) runs as batched GEMMs on strided
+views of the time-major input (cuBLAS picks a kernel for any shape), instead of cuDNN convolutions,
+whose default algorithms for these shapes took 22 % of the forward's CUDA time and which only find
+fast ones with `cudnn.benchmark`, i.e. a costly search for every new batch length. The CPU paths are
+unchanged. `use_cuda_paths(layer_norm_gelu=False, layer_norm=False, conv_gemm=False)` or
+EMOTION2VEC_CUDA_KERNELS=0 turn the CUDA paths off (A/B measurements, escape hatch).
 
 Whether the fused linears beat `F.linear` depends on the CPU (+17-26 % on an AVX2 EPYC, no faster
 on an AVX-512 Xeon), so by default it is measured, once per process and dtype, on the first CPU
@@ -47,6 +60,11 @@ _SWITCH = {
 }
 # True / False: forced on / off; None: measured per dtype on this CPU
 _enabled: bool | None = _SWITCH.get(os.environ.get("EMOTION2VEC_ONEDNN", "auto").strip().lower())
+# the CUDA fast paths that are on (all unless EMOTION2VEC_CUDA_KERNELS=0); see use_cuda_paths
+CUDA_PATHS = ("layer_norm_gelu", "layer_norm", "conv_gemm")
+_cuda_on: dict[str, bool] = dict.fromkeys(
+    CUDA_PATHS, _SWITCH.get(os.environ.get("EMOTION2VEC_CUDA_KERNELS", "1").strip().lower(), True)
+)
 PROBE_SHAPE = (256, 768, 3072)  # frames x D x FFN: a base-size fc1 on ~5 s of audio
 PROBE_TRIES = 5
 
@@ -60,6 +78,38 @@ def use_onednn(enabled: bool | None):
         yield
     finally:
         _enabled = before
+
+
+@contextmanager
+def use_cuda_paths(**enabled: bool):
+    """Turn CUDA fast paths on or off by name (`CUDA_PATHS`) inside the block (restored afterwards)."""
+    unknown = set(enabled) - set(CUDA_PATHS)
+    if unknown:
+        raise ValueError(f"unknown CUDA paths {sorted(unknown)}; known: {CUDA_PATHS}")
+    before = dict(_cuda_on)
+    _cuda_on.update(enabled)
+    try:
+        yield
+    finally:
+        _cuda_on.update(before)
+
+
+def _on_cuda(name: str, *tensors: Tensor) -> bool:
+    """Whether the CUDA fast path `name` applies: on, tensors on a CUDA device, no autograd graph."""
+    if not _cuda_on[name] or tensors[0].device.type != "cuda":
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+@functools.cache
+def _triton():
+    """The Triton kernels module, or None where Triton is not installed (imported on first CUDA use)."""
+    try:
+        from . import triton_kernels
+    except ImportError:
+        log.info("triton is not installed: the CUDA layer norm + GELU runs as two PyTorch kernels")
+        return None
+    return triton_kernels
 
 
 @functools.cache
@@ -157,6 +207,46 @@ def gelu_(x: Tensor) -> Tensor:
     return torch.ops.aten.gelu_(x)
 
 
+def layer_norm_fp32(
+    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """`F.layer_norm` in float32 arithmetic, the result in x's dtype. PyTorch's own bfloat16 kernels
+    (CPU and CUDA) already accumulate and normalise in float32 and round once at the end, so a
+    bfloat16 input goes to them directly: the float32 copy of the input and the cast back cost more
+    than the norm itself (the CNN's norms run over [B, 32000 per 2 s, 512] activations)."""
+    if x.dtype == torch.bfloat16:
+        return F.layer_norm(x, shape, weight, bias, eps)
+    w = weight.float() if weight is not None else None
+    b = bias.float() if bias is not None else None
+    return F.layer_norm(x.float(), shape, w, b, eps).to(x.dtype)
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """`layer_norm_fp32(x)` over the last dim (the transformer's and the projection's norms):
+    x [..., C] -> [..., C] in x's dtype."""
+    C = x.shape[-1]
+    if _triton_applies("layer_norm", x, weight, bias):
+        return _triton().layer_norm_gelu(x, weight, bias, eps, gelu=False)
+    return layer_norm_fp32(x, (C,), weight, bias, eps)
+
+
+def layer_norm_gelu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """`gelu(layer_norm_fp32(x))` over the last dim (the CNN's and the positional convs' norm and
+    activation): x [..., C] -> [..., C] in x's dtype."""
+    C = x.shape[-1]
+    if _triton_applies("layer_norm_gelu", x, weight, bias):
+        return _triton().layer_norm_gelu(x, weight, bias, eps, gelu=True)
+    return gelu_(layer_norm_fp32(x, (C,), weight, bias, eps))
+
+
+def _triton_applies(name: str, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    params = [t for t in (weight, bias) if t is not None]
+    if not _on_cuda(name, x, *params) or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    tk = _triton()
+    return tk is not None and x.shape[-1] <= tk.MAX_N
+
+
 def conv_time_major(
     x: Tensor,
     weight: Tensor,
@@ -167,6 +257,8 @@ def conv_time_major(
 ) -> Tensor:
     """Conv1d over time on time-major activations: x [B, T, C_in], weight [C_out, C_in/groups, k]
     (an `nn.Conv1d` weight) -> [B, T', C_out] contiguous, T' = (T + 2 padding - k) // stride + 1."""
+    if padding == 0 and groups == 1 and _on_cuda("conv_gemm", x, weight):
+        return _conv_gemm(x, weight, bias, stride)
     B, _, C = x.shape
     x4 = x.unsqueeze(1).permute(0, 3, 1, 2)  # [B, C_in, 1, T]: channels-last strides, no copy
     if C == 1:  # both layouts at once; make the format explicit so the output is channels-last too
@@ -188,6 +280,53 @@ def _channels_last_weight(weight: Tensor) -> Tensor:
         cached = ((weight._version, weight.data_ptr()), w4)
         weight._e2v_channels_last = cached
     return cached[1]
+
+
+def _conv_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """An unpadded, ungrouped Conv1d on time-major x [B, T, C] as GEMMs: output frame t reads input
+    frames [stride t, stride t + k), i.e. the row of k * C values starting at element stride * t * C.
+    Taps are taken `stride` at a time, so that each chunk is a strided view whose rows do not overlap
+    (a valid GEMM operand, no copy), and the chunks' products are summed: k = s (2, 2) is one GEMM,
+    (3, 2) two. A narrow input (the waveform, C = 1) is unfolded into a small padded copy instead,
+    so that K is a multiple of 8 as the tensor cores want."""
+    B, T, C = x.shape
+    C_out, _, k = weight.shape
+    T_out = (T - k) // stride + 1
+    if not x.is_contiguous():
+        x = x.contiguous()
+    out = None
+    for first, taps, w in _gemm_weight(weight, stride, C):
+        cols = x.as_strided((B, T_out, taps * C), (T * C, stride * C, 1), x.storage_offset() + first * C)
+        if w.shape[0] != taps * C or taps > stride:  # narrow: unfold into a copy, K padded
+            cols = F.pad(cols, (0, w.shape[0] - taps * C)).contiguous()
+        wb = w.expand(B, *w.shape)
+        out = torch.bmm(cols, wb) if out is None else out.baddbmm_(cols, wb)
+    if bias is not None:
+        out = out.add_(bias)
+    return out
+
+
+def _gemm_weight(weight: Tensor, stride: int, C: int) -> list[tuple[int, int, Tensor]]:
+    """The conv weight [C_out, C, k] as GEMM operands, one per chunk of `stride` taps: (first tap,
+    taps, [taps * C (padded to a multiple of 8 when narrow), C_out]). Kept on the weight tensor until
+    the weight changes, like `_channels_last_weight`."""
+    key = (weight._version, weight.data_ptr(), stride)
+    cached = getattr(weight, "_e2v_gemm", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    C_out, _, k = weight.shape
+    w = weight.detach().permute(2, 1, 0)  # [k, C, C_out]: tap-major rows, as the input's time-major rows
+    narrow = stride * C % 8 != 0
+    chunks = []
+    taps_per_chunk = k if narrow else stride  # narrow: one unfolded copy holds all taps
+    for first in range(0, k, taps_per_chunk):
+        taps = min(taps_per_chunk, k - first)
+        wc = w[first : first + taps].reshape(taps * C, C_out)
+        if narrow:
+            wc = F.pad(wc, (0, 0, 0, -(-taps * C // 8) * 8 - taps * C))
+        chunks.append((first, taps, wc.contiguous()))
+    weight._e2v_gemm = (key, chunks)
+    return chunks
 
 
 @contextmanager
