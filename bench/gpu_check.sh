@@ -9,9 +9,10 @@
 # `timeout` cut from what is left of GPU_CHECK_LIMIT_S (default 470 s):
 #   a. the machine: GPU, driver, cores, memory, /dev/shm, versions, commit
 #   b. the GPU tests: `pytest -m gpu` on the test files that have GPU tests (the others need moto, funasr...)
-#   c. the encoder alone: bench/gpu_encoder.py when it exists, else bench/model.py: >= 400 clips of 1-20 s
-#      packed as the job packs them (pipeline.batching pack/collate with the job's GPU batch_seconds and
-#      max_batch_size: 600 s, 256), bf16 / fp16 / fp32, audio-s/s and % of the matmul rate
+#   c. the encoder alone on >= 400 clips of 1-20 s packed as the job packs them (pipeline.batching
+#      pack/collate, 600 s budget): bench/gpu_encoder.py (its GPU variants side by side in bf16, parity
+#      against fp32), then bench/model.py (the code as it is in bf16 / fp16 / fp32 with the job's own
+#      batch_seconds and max_batch_size: audio-s/s and % of the matmul rate)
 #   d. the job end to end with defaults (only input, model.source, model.device cuda, output set) on
 #      20,000 rows over 900 generated files: 16 kHz wav, 44.1 kHz stereo flac, 48 kHz mp3, 1-20 s
 #      (bench/gpu_corpus.py, from the bundle's speech pieces), one run through bench/gpu_job.py:
@@ -19,7 +20,8 @@
 #      start-up and tail apart; SIGTERM at its deadline, the session killed 12 s later
 #   e. the same with 2 and 4 model actors per GPU (model.gpus_per_actor 0.5 / 0.25)
 # Prints a summary at the END (a device call returns only the output's tail). Full logs under
-# ${OUT:-bench/gpu-results}: gpu_check.log, summary.txt, jobs.jsonl and logs.tar.gz (every part's log).
+# ${OUT:-bench/gpu-results}: gpu_check.log, summary.txt, jobs.jsonl, logs.tar.gz (every part's log),
+# gpu_encoder.json and gpu_encoder_profile.txt (6 files: a device call brings back at most 8).
 # Copy the numbers into bench/RESULTS.md (## GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,14 +40,16 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 budget() { local b=$((LIMIT - SECONDS - $2)); b=$((b < $1 ? b : $1)); echo $((b < 1 ? 1 : b)); }
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
-  GPU_TESTS_S=60 ENCODER_S=90 EXTRA_S=60 CORPUS_S=60 JOB_S=120 JOB2_S=90
-  ENCODER=(bench/model.py --dtypes float32 --seconds 20 --rounds 1)
+  GPU_TESTS_S=60 VARIANTS_S=90 ENCODER_S=60 EXTRA_S=60 CORPUS_S=60 JOB_S=120 JOB2_S=90
+  VARIANTS=(--device cpu --quick) ENCODER=(--dtypes float32 --seconds 20 --rounds 1)
 else
-  # the caps add up to 431 s: with unpacking, start-ups and model files (~30 s) the check stays under
-  # 8 minutes; each part's budget also leaves the caps of the parts after it, so none is starved
+  # the caps add up to 436 s: with unpacking, start-ups and model files (~30 s) the check stays under
+  # 8 minutes; each part's budget also leaves the caps of the parts after it, so none is starved. A job
+  # cut at its deadline still gives its steady-state rates (from the progress lines)
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=12
-  GPU_TESTS_S=45 ENCODER_S=45 EXTRA_S=40 CORPUS_S=35 JOB_S=100 JOB2_S=65
-  ENCODER=(bench/model.py --dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
+  GPU_TESTS_S=40 VARIANTS_S=75 ENCODER_S=30 EXTRA_S=40 CORPUS_S=35 JOB_S=80 JOB2_S=50
+  read -ra VARIANTS <<< "${GPU_ENCODER_ARGS:---rounds 2}"
+  ENCODER=(--dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
 fi
 
 echo "== bundle"
@@ -67,23 +71,30 @@ echo "== a. machine"
 
 echo "== b. GPU tests"
 files=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
-T=$(budget "$GPU_TESTS_S" $((ENCODER_S + EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+T=$(budget "$GPU_TESTS_S" $((VARIANTS_S + ENCODER_S + EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
 timeout "$T" "$PY" -m pytest -q -m gpu -p no:cacheprovider $files > "$LOGS/gpu_tests.log" 2>&1
 rc=$?
 say "b. GPU tests ($files; rc $rc$([ $rc = 124 ] && echo ", cut at $T s")): $(grep -E '(passed|failed|skipped|error)' "$LOGS/gpu_tests.log" | tail -1)"
 grep -E "^(FAILED|ERROR)" "$LOGS/gpu_tests.log" | cut -c1-200 | tee -a "$SUMMARY"
 
 echo "== c. encoder alone"
-T=$(budget "$ENCODER_S" $((EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
-# bench/gpu_encoder.py (encoder variants side by side), where it exists, replaces the plain rates
-if [ -f bench/gpu_encoder.py ] && [ "$DRY" = 0 ]; then read -ra ENCODER <<< "bench/gpu_encoder.py ${GPU_ENCODER_ARGS:-}"; fi
-# the job's own batch budget and clips per batch on this device
-read -r budget_s max_batch < <("$PY" -c "from pipeline.predictor import DEFAULT_BATCH_SECONDS as S, DEFAULT_MAX_BATCH_SIZE as B; print(S['$DEVICE'], B['$DEVICE'])")
-[ "${ENCODER[0]}" = bench/model.py ] && ENCODER+=(--budgets "$budget_s" --max-batch "$max_batch")
-timeout "$T" "$PY" "${ENCODER[@]}" > "$LOGS/encoder.log" 2>&1
+# bench/gpu_encoder.py: the encoder's GPU variants side by side in bf16 (>= 400 clips of 1-20 s packed
+# as the job packs them), parity against float32; writes gpu_encoder.json and a profile to $OUT
+T=$(budget "$VARIANTS_S" $((ENCODER_S + EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+OUT=$OUT timeout "$T" "$PY" bench/gpu_encoder.py "${VARIANTS[@]}" > "$LOGS/gpu_encoder.log" 2>&1
 rc=$?
-say "c. encoder alone: ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
-{ grep -E "clips, |^\|" "$LOGS/encoder.log" || tail -n 12 "$LOGS/encoder.log"; } | tail -n 14 | cut -c1-240 | tee -a "$SUMMARY"
+say "c. encoder variants: bench/gpu_encoder.py ${VARIANTS[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
+{ grep -E "^\||batches, .* audio; " "$LOGS/gpu_encoder.log" || tail -n 12 "$LOGS/gpu_encoder.log"; } | tail -n 16 | cut -c1-240 | tee -a "$SUMMARY"
+[ $rc = 0 ] || tail -5 "$LOGS/gpu_encoder.log" | cut -c1-300 | tee -a "$SUMMARY"
+# bench/model.py: the code as it is in bf16 / fp16 / fp32, with the job's own batch budget and clips per
+# batch on this device (pipeline.predictor's defaults: 600 s / 256 on a GPU)
+T=$(budget "$ENCODER_S" $((EXTRA_S + CORPUS_S + JOB_S + 2 * JOB2_S + 3 * GRACE)))
+read -r budget_s max_batch < <("$PY" -c "from pipeline.predictor import DEFAULT_BATCH_SECONDS as S, DEFAULT_MAX_BATCH_SIZE as B; print(S['$DEVICE'], B['$DEVICE'])")
+ENCODER+=(--budgets "$budget_s" --max-batch "$max_batch")
+timeout "$T" "$PY" bench/model.py "${ENCODER[@]}" > "$LOGS/encoder.log" 2>&1
+rc=$?
+say "c. encoder by dtype: bench/model.py ${ENCODER[*]} (rc $rc$([ $rc = 124 ] && echo ", cut at $T s"))"
+{ grep -E "clips, |^\|" "$LOGS/encoder.log" || tail -n 12 "$LOGS/encoder.log"; } | tail -n 8 | cut -c1-240 | tee -a "$SUMMARY"
 [ $rc = 0 ] || tail -5 "$LOGS/encoder.log" | cut -c1-300 | tee -a "$SUMMARY"
 
 echo "== c2. the model actor's host work, and the large size"
