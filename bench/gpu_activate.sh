@@ -26,7 +26,11 @@ if ! "$PY" -c "import av" 2>/dev/null && ! "$PY" -c "import pipeline.audio" 2>/d
 fi
 (cd "$E2V_ROOT" && "$PY" -c "
 import os, ray, torch, pydantic, soundfile, soxr, pipeline.audio, pipeline.config
-av = 'stand-in' if 'stand-ins' in os.environ['PYTHONPATH'] else 'real or not needed'
+try:
+    import av
+    av = 'stand-in (no containers)' if 'stand-ins' in av.__file__ else 'installed'
+except ImportError:
+    av = 'absent (containers become error rows)'
 print('gpu_activate: ray', ray.__version__, 'from', os.path.dirname(ray.__file__), '| torch', torch.__version__,
       '| cuda', torch.cuda.is_available(), '| pydantic', pydantic.__version__, '| PyAV', av)
 ") || { echo "gpu_activate: the project does not import with the bundle" >&2; return 1; }
