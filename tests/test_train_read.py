@@ -67,3 +67,22 @@ def test_pad_frames_matches_rowwise_padding():
         for b, r in enumerate(want):
             np.testing.assert_array_equal(x[b, : len(r)], r.astype(np.float32))
             assert not x[b, len(r) :].any() and mask[b, len(r) :].all() and not mask[b, : len(r)].any()
+
+
+def test_writer_row_groups_bounded_in_bytes_for_frames():
+    """Frames rows get row groups of ~ROW_GROUP_MB (a streaming reader fetches whole row groups); small
+    rows keep 1024-row groups."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipeline.writer import ROW_GROUP_MB, encode_parquet
+
+    big = pa.table({"id": [str(i) for i in range(300)],
+                    "frames": pa.array([np.zeros(100_000, np.float16)] * 300, pa.list_(pa.float16()))})  # fmt: skip
+    meta = pq.ParquetFile(io.BytesIO(encode_parquet(big, "none"))).metadata  # 200 KB a row, 60 MB in all
+    sizes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
+    assert meta.num_row_groups >= 2 and max(sizes) <= 1.1 * ROW_GROUP_MB * 2**20, sizes
+    small = pa.table({"id": [str(i) for i in range(3000)]})
+    meta = pq.ParquetFile(io.BytesIO(encode_parquet(small, "zstd"))).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [1024, 1024, 952]

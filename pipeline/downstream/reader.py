@@ -186,8 +186,11 @@ def read_unit(cat: Catalog, u: int, positions: np.ndarray) -> list[np.ndarray]:
         del values
     else:
         col = col.combine_chunks()
-        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), cat.dim)
-        rows = [np.asarray(emb[p], np.float32).copy() for p in positions.tolist()]
+        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, cat.dim)  # [valid rows, D]
+        at = (
+            np.cumsum(col.is_valid().to_numpy(zero_copy_only=False)) - 1
+        )  # row -> its index in emb (error rows are null)
+        rows = [np.asarray(emb[at[p]], np.float32).copy() for p in positions.tolist()]
     del col
     # Arrow's allocator keeps freed pages for reuse; a row group's decode buffers are large and
     # short-lived, so hand them back (peak RSS follows the buffer setting, not the allocator's history)

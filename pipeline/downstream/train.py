@@ -27,6 +27,11 @@ Rows are skipped, and counted, when they are error rows, have no label or a labe
 `list<fixed_size_list<float16, D>>` column becomes one `[sum T, D]` float16 array plus per-row offsets;
 padded float32 batches are gathered from it with index arithmetic, never a Python loop over frames.
 
+This module holds the config, the models, the metrics and the in-memory trainer, the reference
+(`reader: memory`). `train()` runs the streaming trainer by default (stream_train.py over reader.py:
+batches read as training goes, memory bounded by `shuffle_buffer_mb`, corpus splits, checkpoints);
+with a buffer that holds the training rows it gives this module's numbers exactly.
+
 Metrics (our own code, no sklearn): WA = accuracy; UA = mean recall over the classes present in the test
 set; WF1 = support-weighted F1 with tp/fp/fn counted per class, as the reference does.
 """
