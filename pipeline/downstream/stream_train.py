@@ -43,6 +43,7 @@ from .train import (
     make_optimizer,
     metrics_from_confusion,
     plot_confusion,
+    resolve_input,
     select_rows,
 )
 
@@ -56,25 +57,7 @@ _NOT_IN_FINGERPRINT = ("output", "device", "prefetch_batches", "read_ahead", "ch
 def build_catalog(cfg: TrainConfig, storage: Storage) -> Catalog:
     """Pass 1: the small columns of every file -> the usable rows, their labels, groups, splits, frame
     counts and row groups. Errors name the missing column."""
-    names = set(_schema_names(storage, cfg.features))
-    for key in ("label_column", "fold_column", "split_column"):
-        col = getattr(cfg, key)
-        if col is not None and col not in names:
-            raise ConfigError(f"{key}: no column {col!r} in {cfg.features} (columns: {sorted(names)})")
-    kind = cfg.input
-    if kind == "auto":
-        kind = "frames" if "frames" in names else "utterance"
-    feature_col = "frames" if kind == "frames" else "embedding"
-    if feature_col not in names:
-        raise ConfigError(
-            f"input: {kind} needs the {feature_col!r} column, which {cfg.features} lacks"
-            + (
-                " (run the extraction with output.frames: true, or use --input utterance)"
-                if kind == "frames"
-                else ""
-            )
-        )
-    order_col = cfg.order_by if cfg.order_by in names else "id"
+    kind, feature_col, order_col = resolve_input(cfg, set(_schema_names(storage, cfg.features)))
     cols = ["id", "error", cfg.label_column, cfg.fold_column, cfg.split_column, order_col]
     if kind == "frames":
         cols.append("num_frames")

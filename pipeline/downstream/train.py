@@ -277,12 +277,13 @@ def select_rows(
     return kept, y, label_names, skipped
 
 
-def load_features(cfg: TrainConfig) -> FeatureSet:
-    storage = Storage.from_config(cfg.storage)
-    ds = open_output(cfg.features, storage)
-    names = set(ds.schema.names)
-    for key, col in (("label_column", cfg.label_column), ("fold_column", cfg.fold_column)):
-        if col not in names:
+def resolve_input(cfg: TrainConfig, names: set[str]) -> tuple[str, str, str]:
+    """The output's columns `names` against the config -> (input kind, its feature column, the column
+    rows are ordered by). The configured label / fold / split columns and the feature column must
+    exist: errors name the key and the missing column."""
+    for key in ("label_column", "fold_column", "split_column"):
+        col = getattr(cfg, key)
+        if col is not None and col not in names:
             raise ConfigError(f"{key}: no column {col!r} in {cfg.features} (columns: {sorted(names)})")
     kind = cfg.input
     if kind == "auto":
@@ -297,7 +298,13 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
                 else ""
             )
         )
-    order_col = cfg.order_by if cfg.order_by in names else "id"
+    return kind, feature_col, cfg.order_by if cfg.order_by in names else "id"
+
+
+def load_features(cfg: TrainConfig) -> FeatureSet:
+    storage = Storage.from_config(cfg.storage)
+    ds = open_output(cfg.features, storage)
+    kind, feature_col, order_col = resolve_input(cfg, set(ds.schema.names))
 
     # pass 1: the small columns, to decide which rows to keep
     light_cols = list(dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col]))
