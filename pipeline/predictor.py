@@ -294,7 +294,8 @@ class EmotionPredictor:
         # time, while the actor's other call in flight does its host work (run.py hands a GPU actor
         # two concurrent calls)
         self.buffers = HostBuffers(pin=on_gpu, size=self.budget)
-        self.exact_fp32 = on_gpu and self.dtype == torch.float32
+        # the GPU's dtype, also where a simulated GPU's CPU runs another (float32 without native bf16)
+        self.exact_fp32 = on_gpu and resolve_dtype(dtype, "cuda") == torch.float32
         self._device_lock = threading.Lock()
         self.labels = self.bundle.labels
         # what really ran, for _run.json: "<device> <dtype>", "cpu (simulated gpu) <dtype>"
@@ -343,8 +344,7 @@ class EmotionPredictor:
 
     @torch.inference_mode()
     def _forward(self, clips: list[np.ndarray]) -> list[ItemResult]:
-        lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-        buf = self.buffers.take(len(clips) * int(lengths.max()))
+        buf = self.buffers.take(len(clips) * max(len(c) for c in clips))
         try:
             wav, lengths = collate(clips, out=buf)  # host work: outside the device lock
             frame_lengths = self.bundle.model.frame_lengths(lengths).tolist()  # on the host: no sync
