@@ -527,7 +527,7 @@ def test_a_driver_woken_inside_its_lease_margin_commits_nothing_more(tiny_model_
     try:
         wait_for(lambda: len(list((out / "_units").glob("*.json"))) >= 1, 240, "the first committed unit")
         stall.write_text("")
-        os.kill(first.pid, signal.SIGSTOP)
+        stop_between_writes(first.pid, out)
         expires = datetime.fromisoformat(json.loads((out / "_lease.json").read_text())["expires_at"])
         inside = expires.timestamp() - 20 / 4 + 1.5  # in the margin, 3.5 s before the expiry
         wait_for(lambda: time.time() > inside, 60, "the margin")
@@ -540,6 +540,23 @@ def test_a_driver_woken_inside_its_lease_margin_commits_nothing_more(tiny_model_
     log = (tmp_path / "first.log").read_text()
     assert "lost the lease" in log and "not renewed in time" in log, log[-3000:]
     assert committed_files(out) == before  # the lease file too: inside the margin it is left alone
+
+
+def stop_between_writes(pid: int, out: Path, tries: int = 50) -> None:
+    """SIGSTOP the driver where no write to the output is under way. A write already sent when the
+    process stops lands when it wakes, whatever the lease says (nothing can fence a request in
+    flight): a temporary file of an atomic write in the output means one is, so the driver is let
+    go on for a moment and stopped again."""
+    from pipeline.storage import TMP_SUFFIX
+
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        writing = [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX) and "_staging" not in p.parts]
+        if not writing:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    pytest.fail(f"the driver was writing each of {tries} times it was stopped")
 
 
 def committed_files(out: Path) -> dict[str, bytes]:
