@@ -18,7 +18,8 @@
 #      (bench/gpu_corpus.py, from the bundle's speech pieces), one run through bench/gpu_job.py:
 #      steady audio-s/s and rows/s from two progress lines, GPU busy %, node CPU busy %, peak memory,
 #      start-up and tail apart; SIGTERM at its deadline, the session killed 12 s later
-#   e. the same with 2 and 4 model actors per GPU (model.gpus_per_actor 0.5 / 0.25)
+#   e. the same with 1 and 2 model actors per GPU (model.gpus_per_actor 1 / 0.5; the defaults give an
+#      H200 with 16 cores 4: pipeline/cluster.py actors_per_gpu)
 # Prints a summary at the END (a device call returns only the output's tail). Full logs under
 # ${OUT:-bench/gpu-results}: gpu_check.log, summary.txt, jobs.jsonl, logs.tar.gz (every part's log),
 # gpu_encoder.json and gpu_encoder_profile.txt (6 files: a device call brings back at most 8).
@@ -146,9 +147,9 @@ job() { # job PART NAME [--set k=v ...]: one run of the job through bench/gpu_jo
 if [ -f "$WORK/corpus/corpus-$ROWS.json" ]; then
   echo "== d. the job with defaults"
   job d d.defaults
-  echo "== e. 2 and 4 model actors per GPU"
-  job e2 e.2-actors-per-gpu --set model.gpus_per_actor=0.5
-  job e4 e.4-actors-per-gpu --set model.gpus_per_actor=0.25
+  echo "== e. 1 and 2 model actors per GPU (the defaults chose 4 on a big GPU with 16 cores)"
+  job e2 e.1-actor-per-gpu --set model.gpus_per_actor=1
+  job e4 e.2-actors-per-gpu --set model.gpus_per_actor=0.5
 else
   say "d/e: no corpus, no job runs"
 fi

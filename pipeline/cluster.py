@@ -141,9 +141,96 @@ class Placement:
     avoid_nodes: list[str] = field(default_factory=list)
 
 
-def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
-    """Devices and pool size from the cluster's resources (see place_model for a cluster that has
-    no GPU yet). Asking Ray for a GPU the cluster does not have and cannot get would wait forever."""
+# Model actors per GPU when `model.gpus_per_actor` is unset. One actor cannot keep a big GPU busy: its
+# forward launches the GPU's work from one Python thread and its host work (collate, copies, Arrow)
+# runs beside it, so the GPU idles between its calls (on an H200 with 16 cores: 1 actor 4,805
+# audio-s/s at 34 % GPU busy, 2 actors 6,559, 4 actors 9,892, bench/RESULTS.md "GPU"). Each actor
+# needs GPU memory (the base model's 600 s batches peaked at ~17 GB per actor there, with the CUDA
+# context beside the allocator's cap) and CPUs: its own core, and the cores decoding for it.
+MAX_ACTORS_PER_GPU = 4
+GPU_GB_PER_ACTOR = 24
+CPUS_PER_GPU_ACTOR = 4
+# GPU memory by Ray's accelerator type (the `accelerator_type:<name>` resource Ray gives a GPU node,
+# named from NVML's device name). Where one name covers several sizes (A100, V100) the smaller one.
+# A type not listed gets one actor per GPU.
+GPU_MEMORY_GB = {
+    "T4": 16,
+    "V100": 16,
+    "A10G": 24,
+    "L4": 24,
+    "L40S": 48,
+    "A100": 40,
+    "A100-40G": 40,
+    "A100-80G": 80,
+    "H100": 80,
+    "H20": 96,
+    "RTX-PRO-6000": 96,
+    "H200": 141,
+    "B200": 180,
+}
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """What the pool size needs to know of one GPU node (from Ray's node table)."""
+
+    cpus: float
+    gpus: float
+    accelerator: str | None  # Ray's accelerator type, e.g. "H200"; None when Ray did not name it
+
+
+def actors_per_gpu(nodes: list[GpuNode]) -> tuple[int, str]:
+    """The default model actors per GPU (all actors of a pool ask for the same GPU share, so the
+    smallest node decides) -> (actors, why)."""
+    if not nodes:
+        return 1, "no GPU node to size it from"
+    counts, why = [], []
+    for node in nodes:
+        memory = GPU_MEMORY_GB.get(node.accelerator or "")
+        by_memory = memory // GPU_GB_PER_ACTOR if memory else 1
+        by_cpus = int(node.cpus / node.gpus) // CPUS_PER_GPU_ACTOR
+        counts.append(max(1, min(MAX_ACTORS_PER_GPU, by_memory, by_cpus)))
+        gpu = (
+            f"{node.accelerator} ({memory} GB)"
+            if memory
+            else f"{node.accelerator or 'unnamed'} (memory not known)"
+        )
+        why.append(f"{gpu}, {node.cpus / node.gpus:g} CPUs per GPU")
+    return min(counts), "; ".join(sorted(set(why)))
+
+
+def gpu_nodes() -> list[GpuNode]:
+    """The alive nodes with GPUs, from Ray's node table."""
+    import ray
+
+    out = []
+    for n in ray.nodes():
+        res = n.get("Resources", {}) if n.get("Alive") else {}
+        if res.get("GPU", 0) > 0:
+            kinds = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+            out.append(GpuNode(res.get("CPU", 0.0), res["GPU"], kinds[0] if kinds else None))
+    return out
+
+
+def gpu_share(cfg: JobConfig, nodes: list[GpuNode] | None = None) -> float:
+    """The GPU share of one model actor: `model.gpus_per_actor`; unset, a whole GPU when
+    `model.num_actors` sizes the pool by hand (the actors are then GPUs, as an autoscaling group is
+    sized), else 1 / actors_per_gpu(nodes), rounded down to Ray's resource precision so that that
+    many actors fit on one GPU."""
+    if cfg.model.gpus_per_actor is not None:
+        return cfg.model.gpus_per_actor
+    if cfg.model.num_actors is not None:
+        return 1.0
+    k, _ = actors_per_gpu(nodes or [])
+    return math.floor(10_000 / k) / 10_000
+
+
+def plan_placement(
+    cfg: JobConfig, resources: dict[str, float], nodes: list[GpuNode] | None = None
+) -> Placement:
+    """Devices and pool size from the cluster's resources and its GPU nodes (see place_model for a
+    cluster that has no GPU yet). Asking Ray for a GPU the cluster does not have and cannot get would
+    wait forever."""
     m = cfg.model
     gpus = resources.get("GPU", 0.0)
     cpus = resources.get("CPU", 1.0)
@@ -152,7 +239,8 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
             "model.device is cuda but the Ray cluster has no GPUs (set model.device: auto or cpu)"
         )
     if gpus > 0 and m.device in ("auto", "cuda"):
-        n = m.num_actors or max(1, int(gpus / m.gpus_per_actor))
+        share_of_gpu = gpu_share(cfg, nodes)
+        n = m.num_actors or max(1, int(gpus / share_of_gpu))
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
@@ -160,8 +248,8 @@ def plan_placement(cfg: JobConfig, resources: dict[str, float]) -> Placement:
         # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the
         # cluster has now, which would drop exactly the actors waiting for new nodes. Idle actors go
         # once every input is handed out, and the whole pool at the end of the run.
-        share = m.gpus_per_actor if m.gpus_per_actor < 1 else None
-        return Placement("cuda", n, m.num_actors, cpus_each, m.gpus_per_actor, threads, share)
+        share = share_of_gpu if share_of_gpu < 1 else None
+        return Placement("cuda", n, m.num_actors, cpus_each, share_of_gpu, threads, share)
     # CPU: leave a core for the decode and write tasks, or the pipeline starves (Ray Data does not
     # reserve CPUs for upstream tasks). The model is the only heavy work, so its threads may use the
     # cores the light stages leave idle.
@@ -186,8 +274,9 @@ def place_model(
     facts: dict[str, Any] = {"gpu_wait_s": 0.0}
     if m.device == "cpu":
         return plan_placement(cfg, resources), facts
-    if resources.get("GPU", 0.0) > 0 and ray.available_resources().get("GPU", 0.0) >= m.gpus_per_actor:
-        return plan_placement(cfg, resources), facts
+    nodes = gpu_nodes() if resources.get("GPU", 0.0) > 0 else []
+    if nodes and ray.available_resources().get("GPU", 0.0) >= gpu_share(cfg, nodes):
+        return _gpu_placement(cfg, resources, nodes, say), facts
     offered = gpu_node_types()
     if m.device == "auto" and not offered and resources.get("GPU", 0.0) <= 0:
         if not local:  # on a cluster, a model on CPU actors may be a surprise: say so
@@ -199,7 +288,21 @@ def place_model(
     t0 = time.monotonic()
     resources = wait_for_gpus(cfg, offered, say)
     facts["gpu_wait_s"] = round(time.monotonic() - t0, 3)
-    return plan_placement(cfg, resources), facts
+    return _gpu_placement(cfg, resources, gpu_nodes(), say), facts
+
+
+def _gpu_placement(
+    cfg: JobConfig, resources: dict[str, float], nodes: list[GpuNode], say: Callable[[str], None]
+) -> Placement:
+    """plan_placement on a cluster with GPUs, saying how many actors share a GPU when it chose."""
+    placement = plan_placement(cfg, resources, nodes)
+    if placement.device == "cuda" and cfg.model.gpus_per_actor is None and cfg.model.num_actors is None:
+        k, why = actors_per_gpu(nodes)
+        say(
+            f"model pool: {k} actor(s) per GPU ({why}; model.gpus_per_actor sets it), "
+            f"{placement.min_actors} in all"
+        )
+    return placement
 
 
 def gpu_node_types() -> list[str]:
@@ -223,14 +326,15 @@ def wait_for_gpus(cfg: JobConfig, offered: list[str], say: Callable[[str], None]
     from ray.autoscaler.sdk import request_resources
 
     m = cfg.model
-    bundle = {"GPU": m.gpus_per_actor}
-    need = m.gpus_per_actor
+    # with gpus_per_actor unset the share follows the GPU nodes there are: a whole GPU until one joins
+    bundle = {"GPU": gpu_share(cfg)}
     where = f" (node types {', '.join(offered)})" if offered else ""
     request_resources(bundles=[bundle] * (m.num_actors or 1))
     t0 = time.monotonic()
     try:
         while True:
             resources = ray.cluster_resources()
+            need = gpu_share(cfg, gpu_nodes() if resources.get("GPU", 0.0) > 0 else [])
             free = ray.available_resources().get("GPU", 0.0)
             total = resources.get("GPU", 0.0)
             waited = time.monotonic() - t0

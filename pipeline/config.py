@@ -61,7 +61,14 @@ class ModelConfig(_Section):
     offline: bool | None = Field(None, description="only use the local hub cache (default: HF_HUB_OFFLINE)")
     num_actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or 1 on CPU)")
     cpus_per_actor: float = Field(1.0, gt=0)
-    gpus_per_actor: float = Field(1.0, gt=0, le=1)
+    gpus_per_actor: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="GPU share of one model actor (0.25: four actors per GPU, each capping its allocator at "
+        "that share of the GPU's memory); default: 1 / (1-4 actors per GPU, from the GPU's memory and the "
+        "node's CPUs per GPU), or 1 when num_actors is set",
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: cpus_per_actor, rounded up")
     batch_seconds: float | None = Field(
         None,

@@ -3,7 +3,7 @@ GPU is tests/test_gpu.py)."""
 
 import pytest
 
-from pipeline.cluster import ClusterError, plan_placement
+from pipeline.cluster import ClusterError, GpuNode, actors_per_gpu, plan_placement
 from pipeline.config import parse_config
 
 
@@ -64,6 +64,86 @@ def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
 def test_gpu_placement_from_the_cluster_resource_map(resources, model, expected):
     p = plan_placement(cfg(**model), resources)
     assert (p.device, p.min_actors, p.max_actors, p.num_cpus, p.num_gpus, p.torch_threads) == expected
+
+
+@pytest.mark.parametrize(
+    "nodes,expected",
+    [
+        # one H200 (141 GB) with 16 cores, the node bench/RESULTS.md measured: 4 actors, 24 GB and 4 CPUs each
+        ([GpuNode(16, 1, "H200")], 4),
+        # 8 x H100 (80 GB) with 208 vCPUs: memory allows 3 (80 // 24), CPUs 6
+        ([GpuNode(208, 8, "H100")], 3),
+        # the same GPU with 8 CPUs per GPU: the CPUs allow 2
+        ([GpuNode(64, 8, "H100")], 2),
+        ([GpuNode(48, 1, "L40S")], 2),
+        # a 16 GB T4 with 48 vCPUs per 4 GPUs: memory allows none beyond the one
+        ([GpuNode(48, 4, "T4")], 1),
+        # a GPU Ray could not name, or one not in the table: one actor, as before
+        ([GpuNode(64, 1, None)], 1),
+        ([GpuNode(64, 1, "GeForce-RTX-4090")], 1),
+        # the smallest node decides (one GPU share for every actor of the pool)
+        ([GpuNode(16, 1, "H200"), GpuNode(8, 1, "L4")], 1),
+        ([], 1),
+    ],
+)
+def test_default_actors_per_gpu_from_the_gpu_memory_and_the_cpus_per_gpu(nodes, expected):
+    assert actors_per_gpu(nodes)[0] == expected
+
+
+def test_a_default_gpu_pool_shares_each_big_gpu_between_actors():
+    p = plan_placement(cfg(), {"CPU": 16.0, "GPU": 1.0}, [GpuNode(16, 1, "H200")])
+    assert (p.device, p.min_actors, p.max_actors, p.num_gpus, p.num_cpus) == ("cuda", 4, None, 0.25, 1.0)
+    assert p.gpu_memory_fraction == 0.25
+    # three per GPU: a share that three actors fit in (Ray counts GPU shares to 1e-4)
+    p = plan_placement(cfg(), {"CPU": 208.0, "GPU": 8.0}, [GpuNode(208, 8, "H100")])
+    assert (p.min_actors, p.num_gpus) == (24, 0.3333) and 3 * p.num_gpus <= 1
+    # what the user sets wins; num_actors set by hand keeps one actor per GPU
+    p = plan_placement(cfg(gpus_per_actor=1.0), {"CPU": 16.0, "GPU": 1.0}, [GpuNode(16, 1, "H200")])
+    assert (p.min_actors, p.num_gpus, p.gpu_memory_fraction) == (1, 1.0, None)
+    p = plan_placement(cfg(num_actors=8), {"CPU": 16.0, "GPU": 1.0}, [GpuNode(16, 1, "H200")])
+    assert (p.min_actors, p.num_gpus) == (8, 1.0)
+
+
+PLACE_ON_A_NODE = """
+import json, sys
+import ray
+from pipeline.cluster import place_model
+from pipeline.config import parse_config
+
+kind = sys.argv[1]
+ray.init(num_cpus=16, num_gpus=1, resources={f"accelerator_type:{kind}": 1} if kind else {},
+         include_dashboard=False, log_to_driver=False)
+cfg = parse_config({"input": {"manifest": "m.jsonl"}, "output": {"path": "o"}})
+said = []
+placement, _ = place_model(cfg, said.append)
+print(json.dumps({"actors": placement.min_actors, "gpus": placement.num_gpus,
+                  "fraction": placement.gpu_memory_fraction, "said": said}))
+"""
+
+
+@pytest.mark.parametrize("kind,actors", [("H200", 4), ("", 1)])
+def test_the_pool_is_sized_from_the_nodes_ray_reports(kind, actors, tmp_path):
+    """A real Ray node that advertises a GPU and, as Ray names a GPU it detects, its accelerator type
+    (nothing is scheduled: 16 logical CPUs cost nothing). The job says what it chose and why."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "place.py"
+    script.write_text(PLACE_ON_A_NODE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "RAY_AUTH_MODE": "token"}
+    r = subprocess.run(
+        [sys.executable, str(script), kind], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    facts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (facts["actors"], facts["gpus"]) == (actors, 1 / actors), facts
+    assert facts["fraction"] == (None if actors == 1 else 1 / actors), facts
+    line = next(x for x in facts["said"] if x.startswith("model pool:"))
+    want = "H200 (141 GB), 16 CPUs per GPU" if kind else "unnamed (memory not known), 16 CPUs per GPU"
+    assert f"{actors} actor(s) per GPU ({want}" in line, line
 
 
 def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_dir, tmp_path):
