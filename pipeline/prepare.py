@@ -54,7 +54,8 @@ class Span:
     id: str
     error: str | None = None
     audio: DecodedAudio | None = None
-    samples: np.ndarray | None = None  # what the model runs on
+    samples: np.ndarray | None = None  # what the model runs on, until it is copied into the block
+    length: int | None = None  # its samples in the block (None: nothing to run)
     start_s: float | None = None  # this row's span in the recording (a VAD segment's, or the manifest's)
     end_s: float | None = None
     offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
@@ -77,7 +78,7 @@ def prepare_block(
     t0 = time.perf_counter()
     budget = int(block_mb * 2**20 / 4)  # float32 samples per output block
     pending: list[Span] = []
-    size = 0
+    block = _Samples(budget)
     loader = _Loader(storage, limits, resampler)
     guard = Guard("decode", batch["id"].to_pylist(), poison_scope)
     for i, row in enumerate(_rows(batch)):
@@ -96,13 +97,42 @@ def prepare_block(
             spans = _spans(i, row, loader, segmenter)
         for span in spans:
             pending.append(span)
-            size += 0 if span.samples is None else len(span.samples)
-        if size >= budget:
-            yield _table(batch, pending, time.perf_counter() - t0, loader.retries())
-            pending, size, t0 = [], 0, time.perf_counter()
+            if span.samples is not None:
+                span.length = block.add(span.samples)
+                span.samples = None  # the block holds them now: the decoded array can go
+        if block.size >= budget:
+            yield _table(batch, pending, block.take(), time.perf_counter() - t0, loader.retries())
+            pending, block, t0 = [], _Samples(budget), time.perf_counter()
     if pending:
-        yield _table(batch, pending, time.perf_counter() - t0, loader.retries())
+        yield _table(batch, pending, block.take(), time.perf_counter() - t0, loader.retries())
     guard.done()
+
+
+class _Samples:
+    """The output block's samples, one after another. Each span's samples are copied in as soon as
+    they are made, while they are still in the CPU's caches: concatenating them when the block is
+    full read every sample back from memory, ~10 % of a decode task's CPU under Ray where other
+    processes compete for memory bandwidth (bench/RESULTS.md). Pages of the buffer that are never
+    written are never touched, so allocating a full block up front costs nothing."""
+
+    SLACK = 60 * TARGET_SR  # the span that fills a block goes past the budget by up to its length
+
+    def __init__(self, budget: int):
+        self._buf = np.empty(budget + self.SLACK, np.float32)
+        self.size = 0
+
+    def add(self, samples: np.ndarray) -> int:
+        end = self.size + len(samples)
+        if end > len(self._buf):  # a long recording: grow (one copy of what is there)
+            grown = np.empty(max(end, 2 * len(self._buf)), np.float32)
+            grown[: self.size] = self._buf[: self.size]
+            self._buf = grown
+        self._buf[self.size : end] = samples
+        self.size = end
+        return len(samples)
+
+    def take(self) -> np.ndarray:
+        return self._buf[: self.size]
 
 
 def _rows(batch: pa.Table) -> Iterator[dict]:
@@ -219,21 +249,17 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
     return spans
 
 
-def _table(batch: pa.Table, spans: list[Span], seconds: float, retries: int) -> pa.Table:
+def _table(batch: pa.Table, spans: list[Span], values: np.ndarray, seconds: float, retries: int) -> pa.Table:
+    """The block's rows; `values` holds the samples of the spans that have any, one after another."""
     n = len(spans)
     base = batch.take(pa.array([s.source for s in spans], pa.int64()))
     private = (AUDIO_BYTES, SPAN_END, INPUT_ERROR, CHANNEL)
     base = base.drop_columns([c for c in private if c in base.column_names])
     audio = [s.audio for s in spans]
     known = np.array([a is not None for a in audio])
-    has_wave = np.array([s.samples is not None for s in spans])
-    lengths = np.array([0 if s.samples is None else len(s.samples) for s in spans], np.int64)
+    has_wave = np.array([s.length is not None for s in spans])
+    lengths = np.array([s.length or 0 for s in spans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = (
-        np.concatenate([s.samples for s in spans if s.samples is not None])
-        if has_wave.any()
-        else np.zeros(0, np.float32)
-    )
     duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
     columns = {
         MANIFEST_ID: base["id"],

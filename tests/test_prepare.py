@@ -68,3 +68,26 @@ def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):
         (0.25, 0.25, 2.0),
     ]
     np.testing.assert_array_equal(rows[1][WAVEFORM], x[4000:32000])
+
+
+def test_blocks_are_cut_by_decoded_size_and_keep_every_sample(tmp_path):
+    """block_mb 0.1 holds 26,214 float32 samples (1.64 s at 16 kHz): a block is emitted as soon as it
+    reaches that. A 70 s recording is longer than a block's buffer and its slack (60 s): it still
+    arrives whole. Expected samples are what soundfile reads from the 16 kHz float files."""
+    rng = np.random.default_rng(1)
+    lengths = {"a": 32_000, "long": 70 * 16_000, "c": 16_000, "d": 8_000}
+    written = {}
+    for name, n in lengths.items():
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        sf.write(str(tmp_path / f"{name}.wav"), x, 16000, subtype="FLOAT")
+        written[name], _ = sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")
+    ids = ["a", "long", "c", "missing", "d"]
+    block = pa.table({"id": ids, "path": [str(tmp_path / f"{i}.wav") for i in ids], "recording_id": ids})
+    blocks = list(prepare_block(block, storage=Storage(), block_mb=0.1))
+    # a (32,000) fills the first; long the second; c + the error row + d (24,000) stay under a block
+    assert [b["id"].to_pylist() for b in blocks] == [["a"], ["long"], ["c", "missing", "d"]]
+    rows = {r["id"]: r for b in blocks for r in b.to_pylist()}
+    for name in lengths:
+        np.testing.assert_array_equal(np.asarray(rows[name][WAVEFORM], np.float32), written[name])
+        assert rows[name]["duration_s"] == lengths[name] / 16000
+    assert rows["missing"][WAVEFORM] is None and rows["missing"]["error"].startswith("fetch: ")
