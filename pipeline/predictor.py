@@ -13,7 +13,8 @@ process ends the actor (gpu_errors.py).
 On a GPU (or a simulated one) the actor takes the GPU's decisions: 600 s batches of up to 256 clips,
 reused page-locked host buffers, float32 without TF32; Ray Data runs two of its calls at once
 (run.py), so the class is thread-safe: each call keeps its own state, and forwards take turns on the
-device under one lock while the other call collates or builds its output columns.
+device under one lock while the other call collates, waits for its results (a blocking event: no
+core spins) or builds its output columns.
 """
 
 from __future__ import annotations
@@ -354,8 +355,9 @@ class EmotionPredictor:
                 out = self.bundle.model(wav.to(self.device, non_blocking=True), lengths)
                 # frames leave the device only when they are written (on a GPU they are most of the copy
                 # back), already in the output's float16: half the bytes, no conversion per row
-                frames = out.frames.to(torch.float16).cpu().numpy() if self.frames else None
-                emb = out.embedding.cpu().numpy()
+                back = CopyBack(out.frames.to(torch.float16) if self.frames else None, out.embedding)
+            # waited for outside the lock: the other call queues its forward while this one runs
+            frames, emb = back.wait()
         except BaseException:
             if self.device.startswith("cuda"):  # a failed forward may leave the copy from buf queued
                 _synchronize_quietly()
@@ -681,6 +683,37 @@ def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:
     """[n, width] float32 -> fixed_size_list<float32, width>, null where null_mask."""
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(null_mask, pa.bool_()))
+
+
+class CopyBack:
+    """Results of a forward -> numpy arrays. On CUDA the copies are queued behind the forward into
+    page-locked memory, with a blocking event after them: `wait` sleeps until the GPU is done. A
+    plain `.cpu()` waits by spinning a core for the whole forward (CUDA's default where a process has
+    fewer contexts than the node has cores), CPU the node's decoding needs, and when done under the
+    actor's device lock it kept the other call from queuing its forward until this one's results were
+    back, so the GPU ran dry between forwards. One stream: the next forward runs after this one, on
+    memory this one has freed. Elsewhere the tensors are read as they are."""
+
+    def __init__(self, *tensors: torch.Tensor | None):
+        self._event = None
+        if any(t is not None and t.is_cuda for t in tensors):
+            self._host = [None if t is None else _pinned_copy(t) for t in tensors]
+            self._event = torch.cuda.Event(blocking=True)
+            self._event.record()
+        else:
+            self._host = [None if t is None else t.cpu() for t in tensors]
+
+    def wait(self) -> list[np.ndarray | None]:
+        if self._event is not None:
+            self._event.synchronize()
+        return [None if t is None else t.numpy() for t in self._host]
+
+
+def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A device tensor's copy into page-locked host memory (PyTorch's caching host allocator),
+    queued on the current stream."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
 
 
 def _synchronize_quietly() -> None:

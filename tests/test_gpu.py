@@ -156,3 +156,21 @@ def test_gpu_outputs_do_not_depend_on_the_cuda_paths(tiny_model_dir):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=0)
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_results_come_back_through_page_locked_copies_and_a_blocking_event():
+    """The model actor's copy back (predictor.CopyBack): queued behind the work that made the
+    tensors, waited for on an event; the values, dtypes and shapes of `.cpu()`."""
+    import numpy as np
+
+    from pipeline.predictor import CopyBack
+
+    frames = torch.randn(3, 500, 64, device="cuda").to(torch.float16)
+    emb = torch.randn(3, 64, device="cuda") * 2  # still being computed when the copy is queued
+    back = CopyBack(frames, None, emb)
+    got_frames, nothing, got_emb = back.wait()
+    assert nothing is None and got_frames.dtype == np.float16 and got_emb.shape == (3, 64)
+    np.testing.assert_array_equal(got_frames, frames.cpu().numpy())
+    np.testing.assert_array_equal(got_emb, emb.cpu().numpy())

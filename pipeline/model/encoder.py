@@ -122,7 +122,7 @@ class Emotion2vec(nn.Module):
                 f"utterance {i} has {int(host_lengths[i])} samples; emotion2vec needs at least "
                 f"{spec.receptive_field} ({1000 * spec.min_duration_s:.0f} ms at {spec.sample_rate} Hz)"
             )
-        lengths = host_lengths.to(wav.device, non_blocking=True)
+        lengths = kernels.to_device(host_lengths, wav.device)
         if self.cfg.normalize:
             wav = self.normalize(wav, lengths)
         enc = self.modality_encoders["AUDIO"]
@@ -132,7 +132,7 @@ class Emotion2vec(nn.Module):
         T = x.shape[1]
         host_frame_lengths = self.frame_lengths(host_lengths)  # [B], on the host: no sync
         padded = bool((host_frame_lengths < T).any())
-        frame_lengths = host_frame_lengths.to(x.device, non_blocking=True)
+        frame_lengths = kernels.to_device(host_frame_lengths, x.device)
         valid = torch.arange(T, device=x.device).unsqueeze(0) < frame_lengths.unsqueeze(1)  # [B, T]
 
         y = enc.project_features(x)  # [B, T, D]

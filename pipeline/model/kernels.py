@@ -401,6 +401,16 @@ def _grouped_gemm_weight(weight: Tensor, groups: int) -> Tensor:
     return cached[1]
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor (lengths) onto `device` without waiting for it: on CUDA from page-locked
+    memory, since a copy from pageable memory may wait for the work already queued on the stream
+    (the CNN, when the frame lengths follow it), and the host then spins while the GPU's queue runs
+    dry. Elsewhere a plain copy (none on the CPU)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """`F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`. On CUDA without cuDNN's attention
     kernel: PyTorch picks it first on Hopper, and it builds a graph for every new (batch, length), a
