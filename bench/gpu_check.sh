@@ -116,11 +116,13 @@ say "c. encoder by dtype: bench/model.py ${ENCODER[*]} (rc $rc$([ $rc = 124 ] &&
 
 echo "== c2. the model actor's host work, and the large size"
 # a model actor's host CPU per audio-second outside the forward, on job-sized blocks (what one core allows
-# at 20,000 audio-s/s: 50 us), base size with frames off and on; then the large size's encoder alone
+# at 20,000 audio-s/s: 50 us), base size with frames off and on, each block's shape new and then seen
+# again (the forward's CPU was 4x the GPU's time: plans per new shape, or launches?), and the CPU side of
+# one call by op (torch.profiler); then the large size's encoder alone
 T=$(budget host)
 base_dir=$WORK/base-model
 [ "$DRY" = 1 ] || "$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import base_model_dir; from pathlib import Path; base_model_dir(Path('$base_dir'))" >> "$LOGS/actor_host.log" 2>&1
-if [ "$DRY" = 1 ]; then HOST=(--device sim --blocks 1); else HOST=(--device cuda --model "$base_dir" --blocks 6); fi
+if [ "$DRY" = 1 ]; then HOST=(--device sim --blocks 1 --again --profile 8); else HOST=(--device cuda --model "$base_dir" --blocks 6 --again --profile 15); fi
 timeout "$T" "$PY" bench/actor_host.py "${HOST[@]}" >> "$LOGS/actor_host.log" 2>&1
 say "c2. actor host work (rc $?): $(grep -c '^| ' "$LOGS/actor_host.log") table lines"
 grep "^|" "$LOGS/actor_host.log" | cut -c1-200 | tee -a "$SUMMARY"
