@@ -7,7 +7,8 @@ flac, 48 kHz mp3), one thread, best of 3, audio-s per CPU-s (process time):
 
 1. the decoders alone, per format: `soundfile.read` (libsndfile) and PyAV (ffmpeg) to float32 at the
    file's rate and channels, no resampling (the floor whatever the pipeline does);
-2. the job's `pipeline.audio.decode` per format (decode + downmix + soxr HQ to 16 kHz + checks);
+2. the channel mean and libsoxr (HQ, to 16 kHz) alone on the decoded samples, as the job runs them;
+   then the job's `pipeline.audio.decode` per format (decode + downmix + soxr HQ to 16 kHz + checks);
 3. the job's decode stage, `pipeline.prepare.prepare_block`, in this process on `--rows` rows of the
    mixed manifest (what a decode task does, without Ray);
 4. the same as a Ray Data `map_batches` over blocks of 100 rows on an embedded 2-CPU Ray, nothing
@@ -66,6 +67,25 @@ def job_decode(data: bytes) -> float:
     from pipeline.audio import decode
 
     return decode(data).duration_s
+
+
+def resample_rates(datas: list[bytes]) -> tuple[str, str]:
+    """(downmix, resample) alone in audio-s per CPU-s: the job's channel mean and its soxr HQ to 16 kHz
+    on the decoded samples ("-" where the files have one channel / are 16 kHz already)."""
+    import soundfile as sf
+
+    from pipeline.audio import TARGET_SR, _downmix, _soxr
+
+    decoded = [sf.read(io.BytesIO(d), dtype="float32") for d in datas]
+    monos = [(_downmix(x) if x.ndim == 2 else x, sr) for x, sr in decoded]
+    seconds = [len(x) / sr for x, sr in decoded]
+
+    def rate(fn, items) -> str:
+        return f"{best_rate(lambda i: (fn(items[i]), seconds[i])[1], list(range(len(items)))):,.0f}"
+
+    mix = rate(lambda d: _downmix(d[0]), decoded) if decoded[0][0].ndim == 2 else "-"
+    resample = rate(lambda m: _soxr(*m), monos) if monos[0][1] != TARGET_SR else "-"
+    return mix, resample
 
 
 def manifest_table(manifest: Path, rows: int):
@@ -164,12 +184,19 @@ def main() -> None:
     by_format: dict[str, list[bytes]] = {}
     for path, _ in files:
         by_format.setdefault(path.suffix[1:], []).append(path.read_bytes())
-    print("| format | clips | soundfile.read | PyAV | the job's decode (to 16 kHz mono) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| format | clips | soundfile.read | PyAV | downmix alone | soxr HQ alone "
+        "| the job's decode (to 16 kHz mono) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for fmt, datas in by_format.items():
         sf_rate = best_rate(soundfile_read, datas)
         av_rate = "-" if "pyav" in a.skip else f"{best_rate(pyav_read, datas):,.0f}"
-        print(f"| {fmt} | {len(datas)} | {sf_rate:,.0f} | {av_rate} | {best_rate(job_decode, datas):,.0f} |")
+        mix, resample = resample_rates(datas)
+        print(
+            f"| {fmt} | {len(datas)} | {sf_rate:,.0f} | {av_rate} | {mix} | {resample} "
+            f"| {best_rate(job_decode, datas):,.0f} |"
+        )
 
     manifest = a.cache / f"decode-floor-{a.distinct}-{a.rows}.jsonl"
     many_rows_manifest(manifest, files, a.rows)
