@@ -221,6 +221,38 @@ class NodeCpu(Sampler):
         return True
 
 
+class RoleCpu(Sampler):
+    """The CPU of every process of session `sid` by role (`process_role`), cumulative, every period:
+    `.times` and `.ticks` (role -> ticks so far) for `role_cpu_between`."""
+
+    def __init__(self, sid: int, period_s: float = 0.5):
+        super().__init__(period_s)
+        self.sid = sid
+        self._last: dict[int, int] = {}
+        self._total: dict[str, int] = {}
+        self.times: list[float] = []
+        self.ticks: list[dict[str, int]] = []
+
+    def sample(self) -> bool:
+        session_cpu_by_role(self.sid, self._last, self._total)
+        self.times.append(time.monotonic())
+        self.ticks.append(dict(self._total))
+        return True
+
+
+def role_cpu_between(cpu: RoleCpu, t0: float, t1: float) -> dict[str, float]:
+    """CPU-seconds by role between the samples nearest to t0 and t1 ({} with fewer than two)."""
+    if len(cpu.times) < 2:
+        return {}
+    a = min(range(len(cpu.times)), key=lambda i: abs(cpu.times[i] - t0))
+    b = min(range(len(cpu.times)), key=lambda i: abs(cpu.times[i] - t1))
+    if b <= a:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    first, last = cpu.ticks[a], cpu.ticks[b]
+    return {k: (v - first.get(k, 0)) / tick for k, v in last.items() if v > first.get(k, 0)}
+
+
 def mean_between(times: list[float], values: list[float], t0: float, t1: float) -> float | None:
     """Mean of the samples taken between t0 and t1 (monotonic seconds); None when there are none."""
     inside = [v for t, v in zip(times, values, strict=True) if t0 <= t <= t1]

@@ -36,10 +36,12 @@ from common import (
     GpuBusy,
     NodeCpu,
     PeakMemory,
+    RoleCpu,
     base_model_dir,
     feed_model_dir,
     kill_session,
     mean_between,
+    role_cpu_between,
 )
 
 PROGRESS = re.compile(r"\[emotion2vec\] (\d+)/(\d+) rows .*?\| ([\d.]+) h audio \|")
@@ -71,7 +73,7 @@ def run(a) -> dict:
         reader.start()
         top = threading.Timer(a.top_at, snapshot_top, args=(a.work / f"{a.name}.top",))
         top.start()
-        with PeakMemory(proc.pid) as mem:
+        with PeakMemory(proc.pid) as mem, RoleCpu(proc.pid) as roles:
             try:
                 rc = proc.wait(timeout=a.deadline)
             except subprocess.TimeoutExpired:
@@ -85,7 +87,7 @@ def run(a) -> dict:
             kill_session(proc.pid)  # Ray's processes of this job, whatever the driver left
         top.cancel()
         reader.join(timeout=5)
-    return summarise(a, corpus, progress, t0, wall, rc, timed_out, gpu, cpu, mem, out)
+    return summarise(a, corpus, progress, t0, wall, rc, timed_out, gpu, cpu, mem, out, roles)
 
 
 def read_lines(stream, f, progress: list) -> None:
@@ -106,7 +108,7 @@ def snapshot_top(path: Path) -> None:
         pass
 
 
-def summarise(a, corpus, progress, t0, wall, rc, timed_out, gpu, cpu, mem, out) -> dict:
+def summarise(a, corpus, progress, t0, wall, rc, timed_out, gpu, cpu, mem, out, roles) -> dict:
     counted = [p for p in progress if p[1] > 0]
     # the window ends at the last line that is not the final one (rows == total comes at the end)
     inner = [p for p in counted if p[1] < p[2]] or counted
@@ -136,6 +138,13 @@ def summarise(a, corpus, progress, t0, wall, rc, timed_out, gpu, cpu, mem, out) 
             gpu_busy_steady=None if busy is None else round(busy),
             cpu_busy_steady=None if node is None else round(node),
         )
+        # where the node's cores go in the steady state: cores busy per role, and CPU per audio-second
+        by_role = role_cpu_between(roles, ta, tb)
+        r["cores_by_role_steady"] = {k: round(v / (tb - ta), 2) for k, v in sorted(by_role.items())}
+        if sb > sa:
+            r["cpu_us_per_audio_s_by_role"] = {
+                k: round(1e6 * v / (sb - sa)) for k, v in sorted(by_role.items())
+            }
         if not timed_out and counted[-1][1] >= counted[-1][2]:
             r["tail_s"] = round(t0 + wall - tb, 1)
     run_json = out / "_run.json"
@@ -157,8 +166,32 @@ def line(r: dict) -> str:
         f"GPU busy {num('gpu_busy_steady', '{}%')} (whole run {num('gpu_busy_whole_run', '{}%')}), "
         f"node CPU busy {num('cpu_busy_steady', '{}%')} | start-up {num('startup_s', '{} s')}, "
         f"tail {num('tail_s', '{} s')} | peak memory {r['peak_in_use_gb']} GB in use "
-        f"(RSS sum {r['peak_rss_sum_gb']}), GPU {num('gpu_mem_peak_mib', '{:.0f} MiB')}"
+        f"(RSS sum {r['peak_rss_sum_gb']}), GPU {num('gpu_mem_peak_mib', '{:.0f} MiB')}" + roles_line(r)
     )
+
+
+ROLE_SHORT = {
+    "decode tasks": "decode",
+    "model actor": "model actors",
+    "read tasks": "read",
+    "write tasks": "write",
+    "driver": "driver",
+    "workers between tasks (start-up, imports)": "idle/starting workers",
+    "Ray Data's own actors": "Ray Data actors",
+    "Ray's system processes (GCS, raylet, agents)": "Ray system",
+}
+
+
+def roles_line(r: dict) -> str:
+    """'\n  steady cores by role: decode 9.1 (720 us/audio-s), ...', or '' without a steady window."""
+    cores, per = r.get("cores_by_role_steady"), r.get("cpu_us_per_audio_s_by_role", {})
+    if not cores:
+        return ""
+    parts = [
+        f"{ROLE_SHORT.get(k, k)} {v:.2f}" + (f" ({per[k]} us/audio-s)" if k in per else "")
+        for k, v in sorted(cores.items(), key=lambda kv: -kv[1])
+    ]
+    return "\n  steady cores by role: " + ", ".join(parts)
 
 
 def main():

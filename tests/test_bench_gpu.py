@@ -2,6 +2,7 @@
 must parse (a changed format would leave the check without its numbers, with no error on the GPU)."""
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_gpu_job_parses_the_jobs_progress_line(rows, total, audio_s):
 def test_gpu_job_takes_steady_rates_between_progress_lines_and_reports_startup_and_tail_apart(tmp_path):
     from types import SimpleNamespace
 
-    from gpu_job import summarise
+    from gpu_job import line, summarise
 
     t0 = 1000.0
     # (arrival, rows, total, audio s): first rows at 15 s, last partial line at 25 s, done at 28 s
@@ -46,8 +47,19 @@ def test_gpu_job_takes_steady_rates_between_progress_lines_and_reports_startup_a
     )
     cpu = SimpleNamespace(times=[t0 + 14, t0 + 18, t0 + 22], samples=[99.0, 30.0, 50.0])
     mem = SimpleNamespace(in_use=2e9, rss=3e9)
+    tick = os.sysconf("SC_CLK_TCK")
+    # cumulative CPU ticks by role; the samples nearest the window (15-25 s) are at 14 and 26 s
+    roles = SimpleNamespace(
+        times=[t0 + 2, t0 + 14, t0 + 20, t0 + 26],
+        ticks=[
+            {"decode tasks": 0},
+            {"decode tasks": 10 * tick, "model actor": 5 * tick},
+            {"decode tasks": 50 * tick, "model actor": 15 * tick},
+            {"decode tasks": 90 * tick, "model actor": 25 * tick, "driver": tick},
+        ],
+    )
     a = SimpleNamespace(name="x", overrides=[], device="cuda")
-    r = summarise(a, {"rows": 1000}, progress, t0, 30.0, 0, False, gpu, cpu, mem, tmp_path / "none")
+    r = summarise(a, {"rows": 1000}, progress, t0, 30.0, 0, False, gpu, cpu, mem, tmp_path / "none", roles)
     assert r["startup_s"] == 15.0
     assert r["steady_window_s"] == 10.0
     assert r["steady_audio_s_per_s"] == 500  # (6000 - 1000) / 10
@@ -56,3 +68,7 @@ def test_gpu_job_takes_steady_rates_between_progress_lines_and_reports_startup_a
     assert r["cpu_busy_steady"] == 40  # the samples at 18 and 22 s
     assert r["tail_s"] == 5.0  # 30 - 25
     assert r["rows_done"] == 1000 and r["gpu_mem_peak_mib"] == 9
+    # cores per role over the window: 80 / 20 / 1 CPU-s in 10 s; per audio-second: of 5,000 audio-s
+    assert r["cores_by_role_steady"] == {"decode tasks": 8.0, "driver": 0.1, "model actor": 2.0}
+    assert r["cpu_us_per_audio_s_by_role"] == {"decode tasks": 16000, "driver": 200, "model actor": 4000}
+    assert "decode 8.00 (16000 us/audio-s), model actors 2.00 (4000 us/audio-s)" in line(r)
