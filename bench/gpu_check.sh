@@ -61,7 +61,7 @@ else
   # jobs 69 / 57 / 56 s (start-up 25-32 s): 337 s in all. The floors (321 s with the graces) leave every
   # part something useful; a job cut at its deadline still gives its steady rates (progress lines)
   DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=12
-  CAP=([tests]=90 [variants]=75 [encoder]=40 [host]=30 [large]=25 [corpus]=35 [d]=100 [e2]=70 [e4]=70)
+  CAP=([tests]=90 [variants]=75 [encoder]=40 [host]=40 [large]=25 [corpus]=35 [d]=100 [e2]=70 [e4]=70)
   FLOOR=([tests]=30 [variants]=45 [encoder]=20 [host]=15 [large]=15 [corpus]=20 [d]=50 [e2]=45 [e4]=45)
   read -ra VARIANTS <<< "${GPU_ENCODER_ARGS:---rounds 2}"
   ENCODER=(--dtypes bfloat16,float16,float32 --seconds 4400 --rounds 1)
