@@ -1,6 +1,6 @@
 """Where a decode task's CPU goes, from the decoders up: what sets the floor of "audio-s per CPU-s".
 
-    python bench/decode_floor.py [--rows 6000] [--distinct 12] [--skip ray]
+    python bench/decode_floor.py [--rows 6000] [--distinct 12] [--skip ray] [--formats wav]
 
 On the clips `bench/decode_ray.py --clips mixed` uses (1-20 s: 16 kHz wav, 44.1 kHz stereo 24-bit
 flac, 48 kHz mp3), one thread, best of 3, audio-s per CPU-s (process time):
@@ -171,6 +171,7 @@ def main() -> None:
     p.add_argument("--distinct", type=int, default=12, help="distinct clips per format")
     p.add_argument("--per-task", type=int, default=100, help="rows per Ray task (part 4)")
     p.add_argument("--skip", action="append", default=[], choices=["pyav", "ray"])
+    p.add_argument("--formats", default="wav,flac,mp3", help="the clips' formats (e.g. wav alone)")
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench-feed-cache")
     a = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -180,7 +181,8 @@ def main() -> None:
         )
     )
 
-    files = clip_files(a.cache, a.distinct, 1.0, 20.0)
+    formats = a.formats.split(",")
+    files = [f for f in clip_files(a.cache, a.distinct, 1.0, 20.0) if f[0].suffix[1:] in formats]
     by_format: dict[str, list[bytes]] = {}
     for path, _ in files:
         by_format.setdefault(path.suffix[1:], []).append(path.read_bytes())
@@ -198,7 +200,7 @@ def main() -> None:
             f"| {best_rate(job_decode, datas):,.0f} |"
         )
 
-    manifest = a.cache / f"decode-floor-{a.distinct}-{a.rows}.jsonl"
+    manifest = a.cache / f"decode-floor-{'-'.join(formats)}-{a.distinct}-{a.rows}.jsonl"
     many_rows_manifest(manifest, files, a.rows)
     table = manifest_table(manifest, a.rows)
     print(f"\nprepare_block in process, {a.rows} rows: {in_process(table):,.0f} audio-s per CPU-s")
