@@ -151,19 +151,28 @@ MAX_ACTORS_PER_GPU = 4
 GPU_GB_PER_ACTOR = 24
 CPUS_PER_GPU_ACTOR = 4
 # GPU memory by Ray's accelerator type (the `accelerator_type:<name>` resource Ray gives a GPU node,
-# named from NVML's device name). Where one name covers several sizes (A100, V100) the smaller one.
+# named from NVML's device name: "NVIDIA A100-SXM4-80GB" -> A100, "NVIDIA RTX 6000 Ada Generation" ->
+# RTX-6000). Where one name covers several sizes (A100, V100, GH200) the smaller one.
 # A type not listed gets one actor per GPU.
 GPU_MEMORY_GB = {
     "T4": 16,
     "V100": 16,
+    "A10": 24,
     "A10G": 24,
+    "A30": 24,
     "L4": 24,
+    "A40": 48,
+    "L40": 48,
     "L40S": 48,
+    "RTX-A6000": 48,
+    "RTX-6000": 48,
     "A100": 40,
     "A100-40G": 40,
     "A100-80G": 80,
     "H100": 80,
+    "H800": 80,
     "H20": 96,
+    "GH200": 96,
     "RTX-PRO-6000": 96,
     "H200": 141,
     "B200": 180,

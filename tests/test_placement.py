@@ -90,6 +90,29 @@ def test_default_actors_per_gpu_from_the_gpu_memory_and_the_cpus_per_gpu(nodes, 
     assert actors_per_gpu(nodes)[0] == expected
 
 
+@pytest.mark.parametrize(
+    "nvml_name,gb",
+    [
+        ("NVIDIA H200", 141),
+        ("NVIDIA H100 80GB HBM3", 80),
+        ("NVIDIA A100-SXM4-80GB", 40),  # Ray names both A100 sizes "A100": the smaller one counts
+        ("Tesla T4", 16),
+        ("NVIDIA A10G", 24),
+        ("NVIDIA L4", 24),
+        ("NVIDIA L40S", 48),
+        ("NVIDIA RTX 6000 Ada Generation", 48),
+        ("NVIDIA B200", 180),
+    ],
+)
+def test_the_gpu_memory_table_knows_the_names_ray_gives_real_devices(nvml_name, gb):
+    # Ray's own naming of an NVML device name (what `accelerator_type:<name>` says on a GPU node)
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+    from pipeline.cluster import GPU_MEMORY_GB
+
+    assert GPU_MEMORY_GB[NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(nvml_name)] == gb
+
+
 def test_a_default_gpu_pool_shares_each_big_gpu_between_actors():
     p = plan_placement(cfg(), {"CPU": 16.0, "GPU": 1.0}, [GpuNode(16, 1, "H200")])
     assert (p.device, p.min_actors, p.max_actors, p.num_gpus, p.num_cpus) == ("cuda", 4, None, 0.25, 1.0)
