@@ -1,8 +1,9 @@
-"""An elastic Ray cluster on this one machine: Ray's fake autoscaler (provider `fake_multinode`)
-adds and removes "GPU" nodes (logical GPU resources, no device) as demand asks, like KubeRay or the
-cluster launcher would. The head is started under its own `setsid` session; the autoscaler
-monitor runs in that session and starts each fake node's processes there too, so killing the
-session stops the whole cluster (never `ray stop`: other Ray instances may share the machine).
+"""An elastic Ray cluster on this one machine: Ray's fake autoscaler (provider `fake_multinode`, each
+node with its own runtime-env folder: tests/ray_provider/e2v_fake_provider.py) adds and removes "GPU"
+nodes (logical GPU resources, no device) as demand asks, like KubeRay or the cluster launcher would.
+The head is started under its own `setsid` session; the autoscaler monitor runs in that session and
+starts each fake node's processes there too, so killing the session stops the whole cluster (never
+`ray stop`: other Ray instances may share the machine).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .conftest import free_port, kill_session, session_pids
 BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
 IP = "127.0.0.1"
+PROVIDER_DIR = Path(__file__).resolve().parent / "ray_provider"
 
 
 def autoscaling_config(gcs_port: int, head_cpus: int, gpu_nodes: dict) -> dict:
@@ -32,7 +34,9 @@ def autoscaling_config(gcs_port: int, head_cpus: int, gpu_nodes: dict) -> dict:
         "upscaling_speed": 2.0,
         "idle_timeout_minutes": gpu_nodes.pop("idle_timeout_minutes", 5),
         "provider": {
-            "type": "fake_multinode",
+            # Ray's fake_multinode provider, each fake node with its own runtime-env folder
+            "type": "external",
+            "module": "e2v_fake_provider.PerNodeRuntimeEnvProvider",
             "gcs_address": f"{IP}:{gcs_port}",
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
@@ -93,7 +97,9 @@ class FakeCluster:
         cmd += ["--max-worker-port", "0"]
         for k, v in ports.items():
             cmd += [k, str(v)]
-        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+        # the monitor (started by `ray start --head`, inheriting this environment) imports the provider
+        path = os.pathsep.join(p for p in (str(PROVIDER_DIR), self.env.get("PYTHONPATH", "")) if p)
+        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PYTHONPATH": path}
         leader = subprocess.Popen(
             ["setsid", "--wait", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
