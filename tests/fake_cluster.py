@@ -8,9 +8,11 @@ starts each fake node's processes there too, so killing the session stops the wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +137,28 @@ class FakeCluster:
             if n == node_id:
                 return pid
         raise LookupError(f"no raylet of node {node_id}")
+
+    def kill_node(self, node_id: str) -> list[int]:
+        """Every process of one node at once, as a preemption ends a machine: its raylet and what the
+        raylet started (workers, agents). Killing the raylet alone leaves its workers running here:
+        an actor went on taking calls from the driver until Ray declared the node dead (tens of
+        seconds), and a fast job finished without noticing the loss."""
+        raylet = self.raylet_pid(node_id)
+        os.kill(raylet, signal.SIGSTOP)  # no new worker while its children are collected
+        parents = {}
+        for pid in session_pids(self.sid):
+            with contextlib.suppress(OSError, StopIteration):
+                status = Path(f"/proc/{pid}/status").read_text()
+                parents[pid] = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+        node, grew = {raylet}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in node} - node
+            node |= more
+            grew = bool(more)
+        for pid in node:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(node)
 
     def model_actor_nodes_now(self) -> set[str]:
         """Nodes running a model actor's process right now, from /proc alone (the state API can lag

@@ -166,9 +166,9 @@ def test_the_pool_grows_onto_a_gpu_node_that_joins_while_it_runs(fake_cluster, t
 
 
 def test_a_preempted_gpu_node_costs_only_its_uncommitted_units(fake_cluster, tiny_model_dir, tmp_path):
-    """Two GPU nodes; the raylet of one that holds a model actor is killed once the first unit is
-    committed (a spot preemption mid-run): the job ends exit 0 with every row once, and _run.json
-    counts the restart and the lost node.
+    """Two GPU nodes; one that holds a model actor is killed, raylet, workers and agents at once, when
+    the first unit is committed (a spot preemption mid-run): the job ends exit 0 with every row once,
+    and _run.json counts the restart and the lost node.
     The kill waits for a committed unit and finds the model actors' nodes in /proc: waiting to see
     both actors through the state API raced the job (on a fast machine one actor finished the corpus
     first; on a loaded one the state API did not answer in time)."""
@@ -184,7 +184,7 @@ def test_a_preempted_gpu_node_costs_only_its_uncommitted_units(fake_cluster, tin
         wait_until(committed, job, log, 600, "a committed unit")
         holders = wait_until(fake_cluster.model_actor_nodes_now, job, log, 120, "a live model actor")
         victim = sorted(holders)[0]
-        os.kill(fake_cluster.raylet_pid(victim), signal.SIGKILL)
+        killed = fake_cluster.kill_node(victim)
         at_kill = committed()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
@@ -198,6 +198,7 @@ def test_a_preempted_gpu_node_costs_only_its_uncommitted_units(fake_cluster, tin
     assert run["ray"]["restarts"] == 1 and run["ray"]["nodes_lost"] == [victim], run["ray"]
     print(
         f"\npreemption: rows per node {run['rows_per_model_node']}, ray {run['ray']}, killed at {at_kill}/{units}"
+        f" ({len(killed)} processes of the node)"
     )
 
 
