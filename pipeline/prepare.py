@@ -109,16 +109,17 @@ def prepare_block(
 
 
 class _Samples:
-    """The output block's samples, one after another. Each span's samples are copied in as soon as
-    they are made, while they are still in the CPU's caches: concatenating them when the block is
-    full read every sample back from memory, ~10 % of a decode task's CPU under Ray where other
-    processes compete for memory bandwidth (bench/RESULTS.md). Pages of the buffer that are never
-    written are never touched, so allocating a full block up front costs nothing."""
+    """The output block's samples, one after another, in a buffer that Arrow then uses as it is.
+
+    Each span's samples are copied in as soon as they are made, while they are still in the CPU's
+    caches: concatenating them when the block is full read every sample back from memory, ~10 % of a
+    decode task's CPU under Ray (bench/RESULTS.md). The buffer comes from a per-process pool (`_POOL`)
+    and goes back to it when the last Arrow array over it is gone."""
 
     SLACK = 60 * TARGET_SR  # the span that fills a block goes past the budget by up to its length
 
     def __init__(self, budget: int):
-        self._buf = np.empty(budget + self.SLACK, np.float32)
+        self._buf = _POOL.get(budget + self.SLACK)
         self.size = 0
 
     def add(self, samples: np.ndarray) -> int:
@@ -131,8 +132,54 @@ class _Samples:
         self.size = end
         return len(samples)
 
-    def take(self) -> np.ndarray:
-        return self._buf[: self.size]
+    def take(self) -> pa.Array:
+        """The samples as a float32 Arrow array over the buffer (no copy); the buffer goes back to the
+        pool when that array and every slice of it are released. This object is spent then."""
+        buf, self._buf = self._buf, None
+        data = pa.foreign_buffer(buf.ctypes.data, self.size * 4, base=_Lease(buf, _POOL))
+        return pa.Array.from_buffers(pa.float32(), self.size, [None, data])
+
+
+class _Pool:
+    """Block buffers kept between blocks. A fresh buffer's pages are zeroed by the kernel on first
+    touch, which cost a decode task under Ray more CPU than reading 16 kHz wav (bench/RESULTS.md);
+    a buffer used before costs nothing. The pool only gets back what Arrow released, so a buffer that
+    anything still holds (Ray before it has copied the block into its object store, a caller keeping
+    the table) is never written again. It keeps `keep` buffers of at most `max_len` samples: one
+    block's worth of memory per decode worker process, resident between blocks."""
+
+    def __init__(self, keep: int = 2, max_len: int = 2**25):
+        self.keep, self.max_len = keep, max_len
+        self.free: list[np.ndarray] = []
+
+    def get(self, n: int) -> np.ndarray:
+        while self.free:
+            try:
+                buf = self.free.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if len(buf) >= n:
+                return buf
+        return np.empty(n, np.float32)
+
+    def put(self, buf: np.ndarray) -> None:  # no global lookups: may run as the interpreter shuts down
+        if len(self.free) < self.keep and len(buf) <= self.max_len:
+            self.free.append(buf)
+
+
+class _Lease:
+    """Holds a pooled buffer for as long as Arrow holds its memory; gives it back after."""
+
+    __slots__ = ("buf", "pool")
+
+    def __init__(self, buf: np.ndarray, pool: _Pool):
+        self.buf, self.pool = buf, pool
+
+    def __del__(self):
+        self.pool.put(self.buf)
+
+
+_POOL = _Pool()
 
 
 def _rows(batch: pa.Table) -> Iterator[dict]:
@@ -249,7 +296,7 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
     return spans
 
 
-def _table(batch: pa.Table, spans: list[Span], values: np.ndarray, seconds: float, retries: int) -> pa.Table:
+def _table(batch: pa.Table, spans: list[Span], values: pa.Array, seconds: float, retries: int) -> pa.Table:
     """The block's rows; `values` holds the samples of the spans that have any, one after another."""
     n = len(spans)
     base = batch.take(pa.array([s.source for s in spans], pa.int64()))
@@ -278,7 +325,7 @@ def _table(batch: pa.Table, spans: list[Span], values: np.ndarray, seconds: floa
         "sample_rate": pa.array([a.sample_rate if a else 0 for a in audio], pa.int32(), mask=~known),
         "channels": pa.array([a.channels if a else 0 for a in audio], pa.int32(), mask=~known),
         WAVEFORM: pa.LargeListArray.from_arrays(
-            pa.array(offsets, pa.int64()), pa.array(values, pa.float32()), mask=pa.array(~has_wave)
+            pa.array(offsets, pa.int64()), values, mask=pa.array(~has_wave)
         ),
         SEGMENT_TOTAL: pa.array(_totals(spans), pa.int64()),
         DECODE_TIME: pa.array(np.full(n, seconds / max(n, 1)), pa.float64()),

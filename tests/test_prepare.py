@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from pipeline import prepare
 from pipeline.prepare import prepare_block
 from pipeline.schema import SPAN_END, WAVEFORM
 from pipeline.storage import Storage
@@ -91,3 +92,49 @@ def test_blocks_are_cut_by_decoded_size_and_keep_every_sample(tmp_path):
         np.testing.assert_array_equal(np.asarray(rows[name][WAVEFORM], np.float32), written[name])
         assert rows[name]["duration_s"] == lengths[name] / 16000
     assert rows["missing"][WAVEFORM] is None and rows["missing"]["error"].startswith("fetch: ")
+
+
+def _values_address(table: pa.Table) -> int:
+    return table[WAVEFORM].chunk(0).values.buffers()[1].address
+
+
+def test_a_block_buffer_is_written_again_only_after_arrow_released_it(tmp_path, monkeypatch):
+    """Block buffers come from a per-process pool (a fresh one costs the kernel's zeroing of its
+    pages). A block still held (by Ray before it has stored it, or by a caller) keeps its samples
+    while later blocks are made, and its buffer stays out of the pool; once Arrow released it, the
+    buffer is back in the pool and the next block is made in it. Expected samples are what soundfile
+    reads from the files."""
+    pool = prepare._Pool(keep=2)
+    monkeypatch.setattr(prepare, "_POOL", pool)
+    rng = np.random.default_rng(2)
+    ids = [f"c{i}" for i in range(5)]
+    written = {}
+    for i in ids:
+        x = (0.1 * rng.standard_normal(16_000)).astype(np.float32)
+        sf.write(str(tmp_path / f"{i}.wav"), x, 16000, subtype="FLOAT")
+        written[i], _ = sf.read(str(tmp_path / f"{i}.wav"), dtype="float32")
+    block = pa.table({"id": ids, "path": [str(tmp_path / f"{i}.wav") for i in ids], "recording_id": ids})
+
+    def check(table: pa.Table) -> None:
+        for row in table.to_pylist():
+            np.testing.assert_array_equal(np.asarray(row[WAVEFORM], np.float32), written[row["id"]])
+
+    def pooled() -> set[int]:
+        return {b.ctypes.data for b in pool.free}
+
+    held = list(prepare_block(block, storage=Storage(), block_mb=0.05))  # 13,107 samples: one file each
+    assert [t["id"].to_pylist() for t in held] == [[i] for i in ids]
+    for t in held:  # every block intact after the later ones were made
+        check(t)
+    assert not pooled() & {_values_address(t) for t in held}
+    last = [_values_address(t) for t in held[-2:]]
+    del t
+    while held:
+        held.pop()  # c4 and c3 are released first: the pool keeps those two and frees the others
+    assert pooled() == set(last)
+
+    for t in prepare_block(block, storage=Storage(), block_mb=0.05):
+        check(t)
+        assert _values_address(t) in set(last)
+        assert _values_address(t) not in pooled()
+        del t  # released before the next block is made
