@@ -136,7 +136,7 @@ class _Samples:
         """The samples as a float32 Arrow array over the buffer (no copy); the buffer goes back to the
         pool when that array and every slice of it are released. This object is spent then."""
         buf, self._buf = self._buf, None
-        data = pa.foreign_buffer(buf.ctypes.data, self.size * 4, base=_Lease(buf, _POOL))
+        data = pa.foreign_buffer(buf.ctypes.data, self.size * buf.itemsize, base=_Lease(buf, _POOL))
         return pa.Array.from_buffers(pa.float32(), self.size, [None, data])
 
 
@@ -145,8 +145,9 @@ class _Pool:
     touch, which cost a decode task under Ray more CPU than reading 16 kHz wav (bench/RESULTS.md);
     a buffer used before costs nothing. The pool only gets back what Arrow released, so a buffer that
     anything still holds (Ray before it has copied the block into its object store, a caller keeping
-    the table) is never written again. It keeps `keep` buffers of at most `max_len` samples: one
-    block's worth of memory per decode worker process, resident between blocks."""
+    the table) is never written again. It keeps `keep` buffers of at most `max_len` samples (two, as
+    Ray holds the last block while the next is made: two blocks' worth of memory per decode worker
+    process, resident between blocks; a buffer grown for a long recording past 128 MB is freed)."""
 
     def __init__(self, keep: int = 2, max_len: int = 2**25):
         self.keep, self.max_len = keep, max_len
