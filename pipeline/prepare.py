@@ -127,6 +127,7 @@ class _Samples:
         if end > len(self._buf):  # a long recording: grow (one copy of what is there)
             grown = np.empty(max(end, 2 * len(self._buf)), np.float32)
             grown[: self.size] = self._buf[: self.size]
+            _POOL.put(self._buf)  # nothing else holds it yet: not exported to Arrow
             self._buf = grown
         self._buf[self.size : end] = samples
         self.size = end

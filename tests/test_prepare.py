@@ -138,3 +138,19 @@ def test_a_block_buffer_is_written_again_only_after_arrow_released_it(tmp_path, 
         assert _values_address(t) in set(last)
         assert _values_address(t) not in pooled()
         del t  # released before the next block is made
+
+
+def test_a_buffer_outgrown_by_a_long_recording_goes_back_to_the_pool(monkeypatch):
+    """A recording longer than a block's slack grows the buffer; the one it replaced was never
+    exported, so it is kept for the next block instead of freed. The samples survive the growth."""
+    pool = prepare._Pool(keep=2)
+    monkeypatch.setattr(prepare, "_POOL", pool)
+    samples = prepare._Samples(budget=100)
+    small = samples.add(np.ones(50, np.float32))
+    before = {b.ctypes.data for b in pool.free}
+    long = np.arange(prepare._Samples.SLACK + 200, dtype=np.float32)
+    samples.add(long)
+    assert len(pool.free) == 1 and pool.free[0].ctypes.data not in before
+    values = samples.take().to_numpy()
+    np.testing.assert_array_equal(values[:small], np.ones(50, np.float32))
+    np.testing.assert_array_equal(values[small:], long)
