@@ -101,9 +101,12 @@ class Lease:
             request_timeout_s=timeout,
             retries={},
         )
-        try:  # its client is built now (a fraction of a second, more on a busy host), not inside the
-            self.storage.exists(uri)  # first renewal's deadline
-        except OSError:
+        # its client is built now (a fraction of a second, more on a busy host), not inside the first
+        # renewal's deadline; bounded like a renewal
+        try:
+            with self.storage.deadline(time.time() + self.renew_deadline_s):
+                self.storage.exists(uri)
+        except OSError:  # TimeoutError included
             pass  # the renewal retries, and fails within its deadline if storage stays down
         self._state = (record, version)  # replaced as a whole: the main thread reads it unlocked
         self._lost: str | None = None
