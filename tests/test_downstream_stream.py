@@ -244,6 +244,24 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(synth, tmp_path):
     assert other.returncode == 2 and "seed" in other.stderr
 
 
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_output_uri_is_written_where_it_names_by_either_reader(synth, tmp_path, monkeypatch, reader):
+    """`output` is a storage URI for both readers (TrainConfig.output); the in-memory reference wrote
+    `file:///x` (or `s3://b/x`) to a local directory named `file:` (`s3:`) under the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    target = tmp_path / "probe"
+    got = train(
+        TrainConfig(features=str(synth), label_column="emotion", fold_column="session", labels=LABELS,
+                    output=f"file://{target}", reader=reader, epochs=1, batch_size=32, checkpoint_every=0),
+        log_fn=lambda s: None,
+    )  # fmt: skip
+    assert list(cwd.iterdir()) == []
+    assert json.loads((target / "metrics.json").read_text())["mean"] == got["mean"]
+    assert (target / "confusion.png").stat().st_size > 8_000
+
+
 @pytest.mark.s3
 def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_bucket, tmp_path):
     """Features read from an object store (real HTTP, moto), metrics, PNG and checkpoint written there;

@@ -39,7 +39,6 @@ set; WF1 = support-weighted F1 with tp/fp/fn counted per class, as the reference
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -595,18 +594,11 @@ def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[
         "seconds": round(time.perf_counter() - t0, 2),
         "config": cfg.model_dump(mode="json"),
     }
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    plot_confusion(total_cm, fs.label_names, out / "confusion.png", title=_title(cfg, fs, mean))
+    # through Storage, as the streaming trainer: `output` may be a URI (s3://, file://), not only a path
+    from .stream_train import write_outputs
+
+    write_outputs(Storage.from_config(cfg.storage), cfg, result, total_cm, fs.label_names, fs.kind)
     return result
-
-
-def _title(cfg: TrainConfig, fs: FeatureSet, mean: dict[str, float]) -> str:
-    return (
-        f"{fs.kind} model, leave-one-{cfg.fold_column}-out, summed over folds\n"
-        f"mean WA {100 * mean['wa']:.1f}  UA {100 * mean['ua']:.1f}  WF1 {100 * mean['wf1']:.1f}"
-    )
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
