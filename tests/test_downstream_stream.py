@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SYNTH_ROWS = 240
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("synth") / "out", n=SYNTH_ROWS)
@@ -260,6 +266,21 @@ def test_output_uri_is_written_where_it_names_by_either_reader(synth, tmp_path, 
     assert list(cwd.iterdir()) == []
     assert json.loads((target / "metrics.json").read_text())["mean"] == got["mean"]
     assert (target / "confusion.png").stat().st_size > 8_000
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_device_cuda_without_cuda_is_a_config_error(synth, tmp_path, capsys, reader):
+    """`--device cuda` where torch sees no GPU is a bad setting: exit 2 naming the key (it was a torch
+    traceback from the first `model.to`, exit 1)."""
+    from pipeline.cli import train_downstream
+
+    rc = train_downstream.main(["--features", str(synth), "--label-column", "emotion", "--fold-column",
+                                "session", "--output", str(tmp_path / "o"), "--epochs", "1", "--reader", reader,
+                                "--device", "cuda", "--checkpoint-every", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "device: cuda" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
 
 
 @pytest.mark.s3

@@ -42,6 +42,7 @@ from .train import (
     linear_probe,
     make_optimizer,
     metrics_from_confusion,
+    pick_device,
     plot_confusion,
     resolve_input,
     select_rows,
@@ -165,10 +166,7 @@ class Checkpoints:
 
 
 def _device(cfg: TrainConfig):
-    import torch
-
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
+    return pick_device(cfg)
 
 
 def _folds(cfg: TrainConfig, cat: Catalog) -> list[tuple[Any, np.ndarray, np.ndarray | None, np.ndarray]]:

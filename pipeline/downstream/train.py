@@ -530,6 +530,17 @@ def train_fold(cfg: TrainConfig, fs: FeatureSet, train_val: np.ndarray, test: np
     }
 
 
+def pick_device(cfg: TrainConfig):
+    """`device` -> torch.device; `cuda` where torch sees none is a config error (exit 2), not a traceback
+    from the first `model.to`."""
+    torch = _torch()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but torch finds no CUDA device here (use auto or cpu)")
+    return torch.device(
+        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+
+
 def _json_value(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
@@ -543,10 +554,8 @@ def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[
         return train_stream(cfg, log_fn)
     torch = _torch()
     t0 = time.perf_counter()
+    device = pick_device(cfg)
     fs = fs or load_features(cfg)
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
     group_values = sorted(set(fs.groups.tolist()), key=lambda g: (str(type(g)), g))
     if len(group_values) < 2:
         raise ValueError(
