@@ -268,6 +268,30 @@ def test_output_uri_is_written_where_it_names_by_either_reader(synth, tmp_path, 
     assert (target / "confusion.png").stat().st_size > 8_000
 
 
+def test_recipe_keys_are_command_line_flags(synth, tmp_path):
+    """TrainConfig: 'YAML keys and CLI flags share these names'; the README names `--val-fraction`. The
+    recipe's keys were YAML-only (argparse: unrecognized arguments, exit 2)."""
+    from pipeline.cli import train_downstream
+
+    out = tmp_path / "o"
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--output", str(out), "--epochs", "1", "--checkpoint-every", "0", "--labels", ",".join(LABELS),
+        "--val-fraction", "0.5",
+        "--lr", "0.001", "--max-lr", "0.002", "--step-size-up", "3", "--momentum", "0.5", "--hidden-dim", "8",
+        "--order-by", "path",
+    ])  # fmt: skip
+    assert rc == 0
+    got = json.loads((out / "metrics.json").read_text())
+    want = {"val_fraction": 0.5, "lr": 0.001, "max_lr": 0.002, "step_size_up": 3, "momentum": 0.5,
+            "hidden_dim": 8, "order_by": "path"}  # fmt: skip
+    assert {k: got["config"][k] for k in want} == want
+    per_session = Counter(r["session"] for r in _independent_rows(synth))
+    for fold in got["folds"]:
+        n = sum(v for s, v in per_session.items() if s != fold["fold"])  # the other sessions' rows
+        assert (fold["n_train"], fold["n_val"]) == (n // 2, n - n // 2)
+
+
 @pytest.mark.skipif(torch_cuda_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("reader", ["memory", "stream"])
 def test_device_cuda_without_cuda_is_a_config_error(synth, tmp_path, capsys, reader):
@@ -275,9 +299,11 @@ def test_device_cuda_without_cuda_is_a_config_error(synth, tmp_path, capsys, rea
     traceback from the first `model.to`, exit 1)."""
     from pipeline.cli import train_downstream
 
-    rc = train_downstream.main(["--features", str(synth), "--label-column", "emotion", "--fold-column",
-                                "session", "--output", str(tmp_path / "o"), "--epochs", "1", "--reader", reader,
-                                "--device", "cuda", "--checkpoint-every", "0"])  # fmt: skip
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--output", str(tmp_path / "o"), "--epochs", "1", "--reader", reader, "--device", "cuda",
+        "--checkpoint-every", "0",
+    ])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "device: cuda" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()

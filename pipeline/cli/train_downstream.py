@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--lr", type=float, help="RMSprop lr and CyclicLR base_lr (default 5e-4)")
+    p.add_argument("--max-lr", type=float, help="CyclicLR max_lr (default 1e-3)")
+    p.add_argument("--step-size-up", type=int, help="CyclicLR step_size_up in epochs (default 10)")
+    p.add_argument("--momentum", type=float, help="RMSprop momentum (default 0.9)")
+    p.add_argument("--hidden-dim", type=int, help="width of the frame model's first layer (default 256)")
+    p.add_argument("--val-fraction", type=float, help="share of the non-test rows for validation (0.2)")
+    p.add_argument("--order-by", help="row order before the random split (default: id)")
     p.add_argument("--label-map", nargs="+", metavar="RAW=LABEL", help="e.g. exc=hap")
     p.add_argument("--labels", help="comma-separated label set and order, e.g. ang,hap,neu,sad")
     p.add_argument(
