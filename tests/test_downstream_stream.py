@@ -184,6 +184,34 @@ def test_split_column_train_validation_test(synth, tmp_path):
     assert (out / "confusion.png").stat().st_size > 8_000
 
 
+def test_unknown_split_values_are_named(synth, tmp_path, caplog):
+    """MSP-Podcast's `Split_Set` is Train / Development / Test1 / Test2: `Test1` is no split value the
+    trainer knows, so its rows are skipped (`no_split`) and, with no test rows left, the run stops. The
+    values it skipped are named (the README said MSP-Podcast's column works as shipped; it said nothing
+    of `Test1`, and the error only counted rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    msp = {"train": "Train", "validation": "Development", "test": "Test1"}
+    out = tmp_path / "msp"
+    out.mkdir()
+    n_test1 = 0
+    for f in synth.glob("*.parquet"):
+        t = pq.read_table(f)
+        split = [None if s is None else msp[s] for s in t["split"].to_pylist()]
+        n_test1 += sum(s == "Test1" and e in LABELS and err is None and nf > 0
+                       for s, e, err, nf in zip(split, t["emotion"].to_pylist(), t["error"].to_pylist(),
+                                                t["num_frames"].to_pylist(), strict=True))  # fmt: skip
+        pq.write_table(
+            t.set_column(t.schema.get_field_index("split"), "split", pa.array(split)), out / f.name
+        )
+    cfg = TrainConfig(features=str(out), label_column="emotion", split_column="split", labels=LABELS,
+                      output=str(tmp_path / "o"), epochs=1, checkpoint_every=0)  # fmt: skip
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="needs train and test rows"):
+        train(cfg, log_fn=lambda s: None)
+    assert f"'Test1' ({n_test1} rows)" in caplog.text and "Development" not in caplog.text
+
+
 def test_config_fold_or_split():
     base = dict(features="f", label_column="l", output="o")
     with pytest.raises(ConfigError, match="fold_column: required key is missing"):

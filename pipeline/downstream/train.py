@@ -42,6 +42,7 @@ import copy
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -76,8 +77,9 @@ class TrainConfig(BaseModel):
     )
     split_column: str | None = Field(
         None,
-        description="train / validation / test per row, as EmoBox and MSP-Podcast ship them (train, "
-        "validation|valid|val|dev, test); replaces leave-one-group-out",
+        description="train / validation / test per row (train|training, "
+        "validation|valid|val|dev|development, test; other values are skipped: MSP-Podcast's Test1 needs "
+        "renaming); replaces leave-one-group-out",
     )
     output: str = Field(
         description="directory or storage URI for metrics.json, confusion.png and checkpoints/"
@@ -261,6 +263,14 @@ def select_rows(
         split = light[cfg.split_column].cast(pa.string()).to_pylist()
         has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
         skipped["no_split"] = int((ok & in_set & ~has_place).sum())
+        # a count alone hides why: corpora name their sets their own way (MSP-Podcast: Test1, Test2)
+        unknown = Counter(v for v, s in zip(split, ok & in_set & ~has_place, strict=True) if s)
+        if unknown:
+            log.warning(
+                "%s: rows skipped for a value that is not train, validation or test: %s",
+                cfg.split_column,
+                ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unknown.items(), key=lambda t: str(t[0]))),
+            )
     has_frames = np.ones(n_rows, bool)
     if kind == "frames":
         has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
