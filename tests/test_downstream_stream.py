@@ -212,6 +212,26 @@ def test_unknown_split_values_are_named(synth, tmp_path, caplog):
     assert f"'Test1' ({n_test1} rows)" in caplog.text and "Development" not in caplog.text
 
 
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_a_single_label_is_refused_not_scored_100(synth, tmp_path, reader):
+    """Every usable row has the same label (a constant column, a label_map onto one class): a one-class
+    'classifier' scored WA = UA = WF1 = 100 %. `labels` given must name two; the labels seen must too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "one"
+    out.mkdir()
+    for f in synth.glob("*.parquet"):
+        t = pq.read_table(f)
+        emo = pa.array([None if e is None else "neu" for e in t["emotion"].to_pylist()], pa.string())
+        pq.write_table(t.set_column(t.schema.get_field_index("emotion"), "emotion", emo), out / f.name)
+    cfg = TrainConfig(features=str(out), label_column="emotion", fold_column="session", reader=reader,
+                      output=str(tmp_path / "o"), epochs=1, checkpoint_every=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"emotion: one label \('neu'\)"):
+        train(cfg, log_fn=lambda s: None)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
 def test_config_fold_or_split():
     base = dict(features="f", label_column="l", output="o")
     with pytest.raises(ConfigError, match="fold_column: required key is missing"):

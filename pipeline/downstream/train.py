@@ -248,6 +248,12 @@ def select_rows(
     label_names = cfg.labels or sorted(
         {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
     )
+    if len(label_names) == 1:  # a one-class model is always right: 100 % on every metric, meaning nothing
+        raise ValueError(
+            f"{cfg.label_column}: one label ({label_names[0]!r}) among the usable rows"
+            + (" after label_map" if cfg.label_map else "")
+            + "; a classifier needs at least two"
+        )
     index = {name: i for i, name in enumerate(label_names)}
     has_label = np.array([m is not None for m in mapped], bool)
     in_set = np.array([m in index for m in mapped], bool)
