@@ -298,6 +298,34 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(synth, tmp_path):
     assert other.returncode == 2 and "seed" in other.stderr
 
 
+def test_checkpoint_of_other_rows_is_refused(synth, tmp_path):
+    """The checkpoint holds catalog row numbers (each fold's rows and predictions). When the features'
+    usable rows change under the same settings (an extraction rerun redid an error row, which now sorts
+    first), resuming read those numbers against other rows: the 'resumed' metrics scored predictions
+    against the wrong labels. Refused like other settings (exit 2)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for f in synth.glob("*.parquet"):
+        (feats / f.name).write_bytes(f.read_bytes())
+    kw = dict(features=str(feats), label_column="emotion", fold_column="session", labels=LABELS,
+              input="utterance", output=str(tmp_path / "o"), epochs=1, batch_size=32,
+              checkpoint_every=3)  # fmt: skip
+    train(TrainConfig(**kw), log_fn=lambda s: None)
+    assert (tmp_path / "o" / "checkpoints" / "last.pt").exists()
+    # the error row comes back ok (its embedding and label are there): one more usable row, sorted first
+    for f in feats.glob("*.parquet"):
+        t = pq.read_table(f)
+        err = [None if i == "bad-error" else e for i, e in zip(t["id"].to_pylist(), t["error"].to_pylist(),
+                                                                strict=True)]  # fmt: skip
+        pq.write_table(t.set_column(t.schema.get_field_index("error"), "error", pa.array(err, pa.string())),
+                       f, row_group_size=16)  # fmt: skip
+    with pytest.raises(ConfigError, match="rows"):
+        train(TrainConfig(**kw), log_fn=lambda s: None)
+
+
 @pytest.mark.parametrize("reader", ["memory", "stream"])
 def test_output_uri_is_written_where_it_names_by_either_reader(synth, tmp_path, monkeypatch, reader):
     """`output` is a storage URI for both readers (TrainConfig.output); the in-memory reference wrote

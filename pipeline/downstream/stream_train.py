@@ -10,7 +10,7 @@ the training rows the two give identical results with the same seed.
 Checkpoints. Every `checkpoint_every` optimizer steps, and at the end of each fold, the whole state goes
 to OUTPUT/checkpoints/last.pt in one atomic write: folds done, this fold's rows, model, optimizer,
 scheduler, best checkpoint so far, losses, the step within the epoch, and the global RNG state as the
-epoch began. A run that finds one (made with the same settings) resumes: it restores the RNG, rebuilds
+epoch began. A run that finds one (made with the same settings on the same rows) resumes: it restores the RNG, rebuilds
 the epoch's plan (the same draws give the same order), skips the batches done and goes on, so the
 result equals an uninterrupted run's. A finished run's last checkpoint holds every fold; running again
 only rewrites the metrics.
@@ -19,6 +19,7 @@ only rewrites the metrics.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -125,16 +126,30 @@ def _schema_names(storage: Storage, uri: str) -> list[str]:
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
+def rows_digest(cat: Catalog) -> str:
+    """The catalog's rows in order (id, label, group, split): what a checkpoint's row numbers mean."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps([cat.ids, cat.label_names, cat.groups.tolist(), cat.splits.tolist()], default=str).encode()
+    )
+    h.update(np.ascontiguousarray(cat.y, np.int64).tobytes())
+    return h.hexdigest()
+
+
 class Checkpoints:
     """OUTPUT/checkpoints/last.pt: written whole and atomically (a rename locally, one PUT on object
     stores), so a kill at any moment leaves the previous checkpoint or the new one."""
 
-    def __init__(self, storage: Storage, cfg: TrainConfig) -> None:
+    def __init__(self, storage: Storage, cfg: TrainConfig, cat: Catalog | None = None) -> None:
         self.storage = storage
         self.uri = join(cfg.output, CHECKPOINT)
         self.fingerprint = {
             k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT
         }
+        if cat is not None:
+            # the state holds catalog row numbers: only the same rows give them their meaning (an
+            # extraction rerun that redid an error row shifts them, under the same settings)
+            self.fingerprint["features_rows"] = rows_digest(cat)
 
     def load(self) -> dict[str, Any] | None:
         import torch
@@ -340,7 +355,7 @@ def train_stream(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
         f"{mode}, {len(cat.units)} row groups); skipped {skipped_total}: "
         + ", ".join(f"{k} {v}" for k, v in cat.skipped.items() if v)
     )
-    ckpt = Checkpoints(storage, cfg)
+    ckpt = Checkpoints(storage, cfg, cat)
     state = ckpt.load() if cfg.checkpoint_every else None
     torch.manual_seed(cfg.seed)  # once, at the start (the reference's order of draws follows)
     done: list[dict] = list(state["folds_done"]) if state else []
