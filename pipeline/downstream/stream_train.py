@@ -10,10 +10,10 @@ the training rows the two give identical results with the same seed.
 Checkpoints. Every `checkpoint_every` optimizer steps, and at the end of each fold, the whole state goes
 to OUTPUT/checkpoints/last.pt in one atomic write: folds done, this fold's rows, model, optimizer,
 scheduler, best checkpoint so far, losses, the step within the epoch, and the global RNG state as the
-epoch began. A run that finds one (made with the same settings on the same rows) resumes: it restores the RNG, rebuilds
-the epoch's plan (the same draws give the same order), skips the batches done and goes on, so the
-result equals an uninterrupted run's. A finished run's last checkpoint holds every fold; running again
-only rewrites the metrics.
+epoch began. A run that finds one (made with the same settings on the same rows) resumes: it restores
+the RNG, rebuilds the epoch's plan (the same draws give the same order), skips the batches done and
+goes on, so the result equals an uninterrupted run's. A finished run's last checkpoint holds every
+fold; running again only rewrites the metrics.
 """
 
 from __future__ import annotations
