@@ -825,3 +825,19 @@ def test_span_rows_without_ids_get_the_span_in_their_default_id(tmp_path):
     assert count_rows(source, cfg, storage).rows == 3  # no duplicate ids
     ids = [i for t in tables(source, cfg, storage) for i in t["id"].to_pylist()]
     assert ids == ["calls/c1.wav@12.500-15.700", "calls/c1.wav@0.250-1.250", "calls/c1.wav@20.000-"]
+
+
+def test_a_json_array_keeps_keys_that_its_first_object_lacks(tmp_path):
+    # a JSON array (not JSON lines) whose first object has no span, id or text: the later objects' keys
+    # must still be read, as JSON lines read them (else their spans are lost and the whole file runs)
+    rows = [
+        {"audio_filepath": "/a.wav"},
+        {"audio_filepath": "/b.wav", "offset": 1.5, "duration": 2.0, "text": "hi"},
+    ]
+    (tmp_path / "m.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    for name in ("m.json", "m.jsonl"):
+        t = read(tmp_path / name)
+        assert t["offset_s"].to_pylist() == [None, 1.5], name
+        assert t["text"].to_pylist() == [None, "hi"], name
+        assert t["id"].to_pylist() == ["/a.wav", "/b.wav@1.500-3.500"], name

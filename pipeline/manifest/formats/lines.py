@@ -144,7 +144,9 @@ def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> p
             rows = json.loads(data)
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ManifestError(f"{uri}: a JSON manifest must be an array of objects")
-            return pa.Table.from_pylist(rows)
+            # every object's keys, as JSON lines reads them (from_pylist keeps only the first object's)
+            keys = dict.fromkeys(k for r in rows for k in r)
+            return pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in keys})
         if fmt in ("csv", "tsv"):
             # TSV has no quoting (Kaldi, Common Voice, MELD): a `"` opening a transcript is text
             opts = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
