@@ -94,6 +94,13 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     return cols
 
 
+def text_columns(cfg: InputConfig) -> list[str]:
+    """Columns a CSV/TSV manifest must give as written, never as numbers: ids, speakers and paths name
+    things, and `007` read as a number is `7` (`01` and `1` then collide)."""
+    names = [*ID_ALIASES, *SPEAKER_ALIASES, *PATH_ALIASES, cfg.id_column, cfg.speaker_column, cfg.path_column]
+    return [n for n in dict.fromkeys(names) if n]
+
+
 def template_fields(template: str) -> list[str]:
     """The column names a path template uses: `dia{Dialogue_ID}_utt{Utterance_ID}.mp4` -> both ids."""
     try:

@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 
 from ...config import InputConfig
 from ...storage import Storage, scheme
-from ..columns import check_unique, normalise, resolve
+from ..columns import check_unique, normalise, resolve, text_columns
 from ..errors import ManifestError
 from .base import Count, Format, gunzip, is_gzip, read_bytes, text, two_columns
 
@@ -51,7 +51,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     data = read_bytes(source.uri, storage, unzip=False)
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
-    raw = parse(text(data), source)
+    raw = parse(text(data), source, strings=text_columns(cfg))
     _not_diarisation(raw, cfg, source)
     table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
     hashes = check_unique(table["id"], source.uri)
@@ -105,7 +105,7 @@ def read(
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
     if piece is None or piece.start is None:
-        raw = parse(text(read_bytes(source.uri, storage)), source)
+        raw = parse(text(read_bytes(source.uri, storage)), source, strings=text_columns(cfg))
     else:
         data = text(read_bytes(source.uri, storage, piece.start, piece.end), first=piece.start == 0)
         if source.format in ("csv", "tsv"):
@@ -130,9 +130,12 @@ def _line_format(data: bytes, fmt: str) -> str:
     return "jsonl" if fmt == "json" and not text(data[:65536]).lstrip().startswith(b"[") else fmt
 
 
-def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> pa.Table:
+def parse(
+    data: bytes, source: Source, raw_schema: pa.Schema | None = None, strings: list[str] | None = None
+) -> pa.Table:
     """Manifest bytes (decompressed) -> a table. `raw_schema` (the whole file's, from the count pass)
-    keeps the column types of a piece what they are in the whole file."""
+    keeps the column types of a piece what they are in the whole file; `strings`: CSV/TSV columns read as
+    strings, not numbers (columns.text_columns)."""
     uri, fmt = source.uri, _line_format(data, source.format)
     try:
         if fmt == "jsonl":
@@ -151,6 +154,7 @@ def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> p
             # TSV has no quoting (Kaldi, Common Voice, MELD): a `"` opening a transcript is text
             opts = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
             types = {f.name: f.type for f in raw_schema} if raw_schema is not None else None
+            types = types or {n: pa.string() for n in strings or ()}
             table = pacsv.read_csv(
                 io.BytesIO(data), parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types)
             )
