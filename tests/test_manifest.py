@@ -856,3 +856,21 @@ def test_csv_ids_speakers_and_paths_are_read_as_written(tmp_path, sep):
     assert t["path"].to_pylist() == ["/007.wav", "/010.wav", "/1.50.wav"]
     (tmp_path / name).write_text(f"key{sep}path\n01{sep}/a.wav\n1{sep}/b.wav\n")
     assert read(tmp_path / name)["id"].to_pylist() == ["01", "1"]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+@pytest.mark.parametrize("ids", [["a", "b", None, "d", None], ["a", "b", None, "d", "e"]])
+def test_a_row_without_an_id_is_refused_by_the_count_naming_the_file_and_the_row(tmp_path, form, ids):
+    # found before any work starts (as duplicate ids are), not by a read task in the middle of the run
+    rows = [{"id": i, "path": f"/{k}.wav"} for k, i in enumerate(ids)]
+    path = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = InputConfig(manifest=str(path))
+    storage = Storage()
+    with pytest.raises(ManifestError) as e:
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+    missing = f"{ids.count(None)} rows have no 'id' (the first is row 3)"
+    assert str(e.value).startswith(str(path)) and missing in str(e.value)

@@ -222,10 +222,16 @@ def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row
     if cols.id is None:
         ids = default_ids([written], raw.num_rows, origin, first_row)
         return with_span(ids, *span(raw, cols)) if cols.start else ids
-    ids = raw[cols.id].cast(pa.string())
+    return given_ids(raw[cols.id], cols.id, origin, first_row)
+
+
+def given_ids(column: pa.ChunkedArray | pa.Array, name: str, origin: str, first_row: int = 0) -> pa.Array:
+    """The id column as strings; a row without one is refused, naming the file and the row."""
+    ids = column.cast(pa.string())
     if ids.null_count:
-        first = pc.index(pc.is_null(ids), True).as_py()
-        raise ManifestError(f"{raw.num_rows} rows have no {cols.id!r} (the first is row {first + 1})")
+        first = pc.index(pc.is_null(ids), True).as_py() + first_row + 1
+        where = f"{origin}: " if origin else ""
+        raise ManifestError(f"{where}{ids.null_count} rows have no {name!r} (the first is row {first})")
     return ids
 
 

@@ -20,6 +20,7 @@ from ..columns import (
     Columns,
     check_unique,
     default_ids,
+    given_ids,
     is_audio_struct,
     normalise,
     resolve,
@@ -79,7 +80,7 @@ def read(
 def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray | pa.Array:
     """Every row's id, reading only the columns it is made of (never the audio bytes)."""
     if cols.id is not None:
-        return pf.read(columns=[cols.id]).column(0).cast(pa.string())
+        return given_ids(pf.read(columns=[cols.id]).column(0), cols.id, source.uri)
     names = []
     if cols.template:  # the path as built from the row's columns (an empty one: none)
         fields = sorted(set(template_fields(cols.template)))
