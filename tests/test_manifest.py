@@ -874,3 +874,45 @@ def test_a_row_without_an_id_is_refused_by_the_count_naming_the_file_and_the_row
         count_rows(discover(cfg, storage)[0], cfg, storage)
     missing = f"{ids.count(None)} rows have no 'id' (the first is row 3)"
     assert str(e.value).startswith(str(path)) and missing in str(e.value)
+
+
+def test_a_lhotse_cut_on_one_channel_reads_that_channel_from_the_file_that_holds_it(tmp_path):
+    # Lhotse's MonoCut is one channel of its recording (cut.load_audio() returns that channel alone):
+    # a stereo call's channel 1 is the customer alone, and an AMI-style recording with a file per
+    # headset keeps channel 1 in its second file. A MultiCut over a file per channel cannot be one
+    # decode: an error row, never the first file alone.
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource
+
+    def rec(rid, sources):
+        return lhotse.Recording(rid, sources, sampling_rate=16000, num_samples=160000, duration=10.0)
+
+    recs = [
+        rec("call", [source(type="file", channels=[0, 1], source="/a/call.wav")]),
+        rec("mtg", [source(type="file", channels=[c], source=f"/a/mtg.Headset-{c}.wav") for c in (0, 1)]),
+    ]
+    sups = [
+        lhotse.SupervisionSegment(f"{r}-{c}", r, start=1.0 + c, duration=1.0, channel=c, speaker="AB"[c])
+        for r in ("call", "mtg")
+        for c in (0, 1)
+    ]
+    whole = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings(recs),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    )
+    whole.trim_to_supervisions().to_file(tmp_path / "cuts_mono.jsonl")
+    t = read(tmp_path / "cuts_mono.jsonl")
+    assert t["id"].to_pylist() == ["call-0", "call-1", "mtg-0", "mtg-1"]
+    assert t["path"].to_pylist() == [
+        "/a/call.wav",
+        "/a/call.wav",
+        "/a/mtg.Headset-0.wav",
+        "/a/mtg.Headset-1.wav",
+    ]
+    assert t["_channel"].to_pylist() == [0, 1, None, None]  # a one-channel file is its own channel
+    assert t["_input_error"].to_pylist() == [None] * 4
+    whole.to_file(tmp_path / "cuts_multi.jsonl")  # MultiCuts: the mix of the call; the meeting cannot
+    t = read(tmp_path / "cuts_multi.jsonl")
+    assert t["path"].to_pylist()[:2] == ["/a/call.wav"] * 2 and t["_channel"].to_pylist()[:2] == [None] * 2
+    assert t["_input_error"].to_pylist()[:2] == [None] * 2 and t["path"].to_pylist()[2:] == [None] * 2
+    assert all("several files" in e for e in t["_input_error"].to_pylist()[2:])
