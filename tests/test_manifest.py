@@ -916,3 +916,16 @@ def test_a_lhotse_cut_on_one_channel_reads_that_channel_from_the_file_that_holds
     assert t["path"].to_pylist()[:2] == ["/a/call.wav"] * 2 and t["_channel"].to_pylist()[:2] == [None] * 2
     assert t["_input_error"].to_pylist()[:2] == [None] * 2 and t["path"].to_pylist()[2:] == [None] * 2
     assert all("several files" in e for e in t["_input_error"].to_pylist()[2:])
+
+
+def test_a_kaldi_text_with_an_empty_transcript_is_read(tmp_path):
+    # Kaldi reads `text` as token vectors: `u2` alone is utterance u2 with no words (a noise or
+    # silence segment), not a broken file that stops the whole job
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\n")
+    (tmp_path / "segments").write_text("u1 rec1 0.5 1.75\nu2 rec1 2.0 3.0\nu3 rec1 3.0 4.0\n")
+    (tmp_path / "text").write_text("u1 hello there\nu2\nu3 \n")
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == ["u1", "u2", "u3"] and t["text"].to_pylist() == ["hello there", "", ""]
+    (tmp_path / "utt2spk").write_text("u1 alice\nu2\nu3 carol\n")  # a speaker is never optional
+    with pytest.raises(ManifestError, match=r"utt2spk: line 2: expected '<utt> <value>'"):
+        read(tmp_path)

@@ -107,7 +107,7 @@ def _column(name: str) -> str:
 
 
 def _join_per_utterance(table: pa.Table, data: bytes, uri: str, column: str) -> pa.Table:
-    keys, values = two_columns(data, uri, "<utt> <value>")
+    keys, values = two_columns(data, uri, "<utt> <value>", empty=column == "text")
     lookup = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
     return table.append_column(
         column, pa.array([lookup.get(i) for i in table["id"].to_pylist()], pa.string())
