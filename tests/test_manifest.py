@@ -929,3 +929,38 @@ def test_a_kaldi_text_with_an_empty_transcript_is_read(tmp_path):
     (tmp_path / "utt2spk").write_text("u1 alice\nu2\nu3 carol\n")  # a speaker is never optional
     with pytest.raises(ManifestError, match=r"utt2spk: line 2: expected '<utt> <value>'"):
         read(tmp_path)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A plain HTTP server on 127.0.0.1 serving a folder (it ignores a URL's query, as a presigned URL's
+    store checks it)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_presigned_manifest_url_is_read_by_the_format_of_its_name(http_folder):
+    # the query of a presigned URL is not part of the file's name: `m.jsonl?X-Amz-Signature=...` is JSON
+    # lines, `a.wav?...` is audio (input.format: auto), as an unsigned URL is
+    root, url = http_folder
+    (root / "m.jsonl").write_text('{"id": "u1", "path": "a.wav"}\n{"id": "u2", "path": "b.wav"}\n')
+    (root / "a.wav").write_bytes(b"RIFF")
+    query = "?X-Amz-Date=20250101T000000Z&X-Amz-Signature=0f1e2d"
+    t = read(f"{url}/m.jsonl{query}")
+    assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == [f"{url}/a.wav", f"{url}/b.wav"]
+    # a GCS signed URL's credential has dots in it: the id is the file's, never a part of the query
+    gcs = "?X-Goog-Credential=sa%40proj.iam.gserviceaccount.com%2F20250101&X-Goog-Signature=0f1e2d"
+    for q in (query, gcs):
+        sources = discover(InputConfig(manifest=f"{url}/a.wav{q}"), Storage())
+        assert [s.format for s in sources] == ["audio"]
+        assert sources[0].audio.to_pylist() == [{"id": "a", "path": f"{url}/a.wav{q}"}]

@@ -240,16 +240,16 @@ def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> p
     audio's names, in order of preference), else `<manifest file name>:<row number>`. A name that
     is a URL with secrets in it is redacted, with a hash of the whole URL (`redact.redacted_name`):
     ids are written to the output, its commit markers and messages."""
-    file = _file_name(origin)
+    file = file_name(origin)
     rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
     empty = pa.scalar(None, pa.string())
     given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
     return redact_names(pc.coalesce(*given, rows))
 
 
-def _file_name(uri: str) -> str:
-    """The manifest's file name: the last segment of its path (an http(s) URL's query, a presigned
-    manifest's signature, is not part of it)."""
+def file_name(uri: str) -> str:
+    """A file's name: the last segment of its path (an http(s) URL's query, a presigned URL's
+    signature, is not part of it)."""
     if uri.lower().startswith(("http://", "https://")):
         uri = urlsplit(uri).path
     return uri.rsplit("/", 1)[-1]

@@ -37,7 +37,7 @@ from ...config import InputConfig
 from ...rttm import RttmError, parse_rttm, turns_table
 from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
-from ..columns import Columns, normalise
+from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
 from .base import Count, Format, count_whole, read_bytes, text, two_columns, whole_groups
 
@@ -71,7 +71,7 @@ def read(
     raw_schema: pa.Schema | None = None,
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
-    if source.uri.lower().endswith(NEMO_SUFFIXES):
+    if file_name(source.uri).lower().endswith(NEMO_SUFFIXES):
         table = _nemo(source, storage)
     else:
         turns = _parse(read_bytes(source.uri, storage), source.uri)
