@@ -964,3 +964,31 @@ def test_a_presigned_manifest_url_is_read_by_the_format_of_its_name(http_folder)
         sources = discover(InputConfig(manifest=f"{url}/a.wav{q}"), Storage())
         assert [s.format for s in sources] == ["audio"]
         assert sources[0].audio.to_pylist() == [{"id": "a", "path": f"{url}/a.wav{q}"}]
+
+
+@pytest.mark.parametrize(
+    "name, body, column",
+    [
+        # a span given as clock times, not seconds
+        ("m.csv", "id,path,start,end\nu1,/a.wav,00:00:01.500,00:00:03.000\n", "start"),
+        ("m.jsonl", '{"id": "u1", "path": "/a.wav", "offset": "1.5", "duration": "long"}\n', "duration"),
+        ("m.jsonl", '{"id": "u1", "path": "/a.wav", "speaker": {"name": "x"}}\n', "speaker"),
+        ("m.jsonl", '{"id": {"k": 1}, "path": "/a.wav"}\n', "id"),
+        ("m.jsonl", '{"id": "u1", "path": ["/a.wav"]}\n', "path"),
+        ("m.parquet", None, "id"),
+    ],
+)
+def test_a_column_of_the_wrong_type_is_a_manifest_error_naming_the_file_and_column(
+    tmp_path, name, body, column
+):
+    # bad input (exit 2, one line naming the file), not an Arrow cast error that fails the run (exit 1)
+    path = tmp_path / name
+    if body is None:
+        pq.write_table(pa.table({"id": [{"k": 1}], "path": ["/a.wav"]}), path)
+    else:
+        path.write_text(body)
+    cfg = InputConfig(manifest=str(path))
+    storage = Storage()
+    with pytest.raises(ManifestError) as e:
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+    assert str(e.value).startswith(f"{path}: column {column!r} ")

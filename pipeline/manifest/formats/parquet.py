@@ -18,6 +18,7 @@ from ...config import InputConfig
 from ...storage import Storage
 from ..columns import (
     Columns,
+    cast,
     check_unique,
     default_ids,
     given_ids,
@@ -87,7 +88,11 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
         built, _ = templated(pf.read(columns=fields), cols.template)
         names.append(pa.array(built, pa.string()))
     elif not cols.embedded:
-        names.append(pf.read(columns=[cols.audio]).column(0).combine_chunks().cast(pa.string()))
+        names.append(
+            cast(
+                pf.read(columns=[cols.audio]).column(0).combine_chunks(), cols.audio, pa.string(), source.uri
+            )
+        )
     elif is_audio_struct(t := pf.schema_arrow.field(cols.audio).type) and t.get_field_index("path") >= 0:
         struct = pf.read(columns=[f"{cols.audio}.path"]).column(0).combine_chunks()
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
@@ -97,7 +102,7 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
     if cols.start is None:
         return ids
     spans = [c for c in (cols.start, cols.duration, cols.end) if c]
-    return with_span(ids, *span(pf.read(columns=spans), cols))
+    return with_span(ids, *span(pf.read(columns=spans), cols, source.uri))
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
