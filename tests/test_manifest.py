@@ -992,3 +992,16 @@ def test_a_column_of_the_wrong_type_is_a_manifest_error_naming_the_file_and_colu
     with pytest.raises(ManifestError) as e:
         count_rows(discover(cfg, storage)[0], cfg, storage)
     assert str(e.value).startswith(f"{path}: column {column!r} ")
+
+
+@pytest.mark.parametrize("empty", ["", "\n\n", "\r\n"])
+def test_an_empty_json_lines_shard_adds_no_rows_and_stops_nothing(tmp_path, empty):
+    # writers leave empty shards (a worker with no rows): a shard with no rows is a shard with no rows,
+    # as a CSV holding only its header or an empty Parquet shard is, not a manifest refused whole
+    d = tmp_path / "shards"
+    d.mkdir()
+    (d / "part-0.jsonl").write_text('{"id": "u1", "path": "/a.wav"}\n{"id": "u2", "path": "/b.wav"}\n')
+    (d / "part-1.jsonl").write_text(empty)
+    assert read(d)["id"].to_pylist() == ["u1", "u2"]
+    cfg = InputConfig(manifest=str(d / "part-1.jsonl"))
+    assert count_rows(discover(cfg, Storage())[0], cfg, Storage()).rows == 0

@@ -52,6 +52,8 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
     raw = parse(text(data), source, strings=text_columns(cfg))
+    if not raw.num_columns:  # an empty shard (nothing but blank lines): no rows, nothing to resolve
+        return Count(0, pa.schema([]))
     _not_diarisation(raw, cfg, source)
     table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
     hashes = check_unique(table["id"], source.uri)
@@ -139,6 +141,8 @@ def parse(
     uri, fmt = source.uri, _line_format(data, source.format)
     try:
         if fmt == "jsonl":
+            if not data.strip():
+                return pa.table({})  # Arrow refuses an empty file
             parse = pajson.ParseOptions(explicit_schema=raw_schema) if raw_schema is not None else None
             return pajson.read_json(
                 io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=parse
