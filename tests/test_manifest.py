@@ -1005,3 +1005,30 @@ def test_an_empty_json_lines_shard_adds_no_rows_and_stops_nothing(tmp_path, empt
     assert read(d)["id"].to_pylist() == ["u1", "u2"]
     cfg = InputConfig(manifest=str(d / "part-1.jsonl"))
     assert count_rows(discover(cfg, Storage())[0], cfg, Storage()).rows == 0
+
+
+def test_a_lhotse_cut_of_a_transformed_recording_is_an_error_row_unless_only_resampled(tmp_path):
+    # a speed-perturbed cut's times are in the perturbed recording (lhotse perturb_speed): the original
+    # file cut at them is other speech; the pipeline applies no transform but resampling (its own)
+    lhotse = pytest.importorskip("lhotse")
+
+    def cutset(rid, sid):
+        rec = lhotse.Recording(
+            rid,
+            [lhotse.audio.AudioSource(type="file", channels=[0], source="/a/r.wav")],
+            sampling_rate=16000,
+            num_samples=160000,
+            duration=10.0,
+        )
+        return lhotse.CutSet.from_manifests(
+            recordings=lhotse.RecordingSet.from_recordings([rec]),
+            supervisions=lhotse.SupervisionSet.from_segments([lhotse.SupervisionSegment(sid, rid, 2.0, 1.0)]),
+        )
+
+    cuts = cutset("r", "s")
+    (cuts + cuts.perturb_speed(1.1) + cutset("q", "s_rs").resample(8000)).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl").to_pylist()
+    assert [r["id"] for r in t] == ["s", "s_sp1.1", "s_rs"]
+    assert [r["path"] for r in t] == ["/a/r.wav", None, "/a/r.wav"]
+    assert t[0]["_input_error"] is None and t[2]["_input_error"] is None
+    assert "transform 'Speed'" in t[1]["_input_error"]

@@ -129,6 +129,16 @@ def _recording_path(rec: dict, channel: object, cut: str) -> tuple[str | None, i
             f"Lhotse cut {cut!r}: its channels lie in several files ({len(sources)} sources); cut it to one "
             f"channel (CutSet.trim_to_supervisions) to read it",
         )
+    # a transform's cut times are in the transformed audio (perturb_speed): the file cut at them is other
+    # speech. Resampling is the one the pipeline does itself
+    done = [t.get("name") for t in rec.get("transforms") or [] if t.get("name") != "Resample"]
+    if done:
+        return (
+            None,
+            None,
+            f"Lhotse recording {rec.get('id')!r}: transform {done[0]!r} is not applied by this pipeline "
+            f"(only Resample); use the cuts before it",
+        )
     if src.get("type") in ("file", "url"):
         return src.get("source"), pick, None
     return (
