@@ -848,10 +848,11 @@ def test_csv_ids_speakers_and_paths_are_read_as_written(tmp_path, sep):
     # zero-padded numbers name things (ESD's speaker 0011, utterance 000123): they are not numbers to
     # convert, or `007` becomes id `7` and `01` and `1` collide
     name = "m.csv" if sep == "," else "m.tsv"
-    rows = "".join(f"{i}{sep}/{i}.wav{sep}{i}\n" for i in ("007", "010", "1.50"))
-    (tmp_path / name).write_text(f"id{sep}path{sep}speaker\n" + rows)
+    rows = "".join(f"{i}{sep}/{i}.wav{sep}{i}{sep}{i}\n" for i in ("007", "010", "1.50"))
+    (tmp_path / name).write_text(f"id{sep}path{sep}speaker{sep}take\n" + rows)
     t = read(tmp_path / name)
     assert t["id"].to_pylist() == ["007", "010", "1.50"]
+    assert t["take"].to_pylist() == [7, 10, 1.5]  # a column passed through keeps its type
     assert t["speaker"].to_pylist() == ["007", "010", "1.50"]
     assert t["path"].to_pylist() == ["/007.wav", "/010.wav", "/1.50.wav"]
     (tmp_path / name).write_text(f"key{sep}path\n01{sep}/a.wav\n1{sep}/b.wav\n")

@@ -94,11 +94,13 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     return cols
 
 
-def text_columns(cfg: InputConfig) -> list[str]:
-    """Columns a CSV/TSV manifest must give as written, never as numbers: ids, speakers and paths name
-    things, and `007` read as a number is `7` (`01` and `1` then collide)."""
-    names = [*ID_ALIASES, *SPEAKER_ALIASES, *PATH_ALIASES, cfg.id_column, cfg.speaker_column, cfg.path_column]
-    return [n for n in dict.fromkeys(names) if n]
+def text_columns(schema: pa.Schema, cfg: InputConfig, uri: str) -> list[str]:
+    """The columns of a CSV/TSV manifest that must be read as written, not as the numbers Arrow took
+    them for: its id, speaker and path name things, and `007` read as a number is `7` (`01` and `1`
+    then collide)."""
+    cols = resolve(schema, cfg, uri)
+    used = dict.fromkeys(c for c in (cols.id, cols.speaker, cols.audio) if c)
+    return [c for c in used if not pa.types.is_string(schema.field(c).type)]
 
 
 def template_fields(template: str) -> list[str]:

@@ -51,7 +51,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     data = read_bytes(source.uri, storage, unzip=False)
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
-    raw = parse(text(data), source, strings=text_columns(cfg))
+    raw = _parse_whole(text(data), source, cfg)
     if not raw.num_columns:  # an empty shard (nothing but blank lines): no rows, nothing to resolve
         return Count(0, pa.schema([]))
     _not_diarisation(raw, cfg, source)
@@ -107,7 +107,7 @@ def read(
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
     if piece is None or piece.start is None:
-        raw = parse(text(read_bytes(source.uri, storage)), source, strings=text_columns(cfg))
+        raw = _parse_whole(text(read_bytes(source.uri, storage)), source, cfg)
     else:
         data = text(read_bytes(source.uri, storage, piece.start, piece.end), first=piece.start == 0)
         if source.format in ("csv", "tsv"):
@@ -130,6 +130,16 @@ def _header(source: Source, storage: Storage) -> bytes:
 def _line_format(data: bytes, fmt: str) -> str:
     # NeMo names its JSON-lines manifests *.json; a JSON array may follow a byte-order mark
     return "jsonl" if fmt == "json" and not text(data[:65536]).lstrip().startswith(b"[") else fmt
+
+
+def _parse_whole(data: bytes, source: Source, cfg: InputConfig) -> pa.Table:
+    """A whole manifest file -> a table; a CSV/TSV whose id, speaker or path column Arrow read as numbers
+    is parsed again with them as text (columns.text_columns): its pieces are parsed with this schema."""
+    raw = parse(data, source)
+    if source.format not in ("csv", "tsv") or not raw.num_columns:
+        return raw
+    strings = text_columns(raw.schema, cfg, source.uri)
+    return parse(data, source, strings=strings) if strings else raw
 
 
 def parse(
