@@ -1033,3 +1033,21 @@ def test_a_lhotse_cut_of_a_transformed_recording_is_an_error_row_unless_only_res
     assert [r["path"] for r in t] == ["/a/r.wav", None, "/a/r.wav"]
     assert t[0]["_input_error"] is None and t[2]["_input_error"] is None
     assert "transform 'Speed'" in t[1]["_input_error"]
+
+
+def test_a_kaldi_data_dir_split_for_parallel_jobs_reads_its_own_files_once(tmp_path):
+    # utils/split_data.sh leaves split<N>/<k>/ copies of utt2spk, text, ... inside the data dir: they are
+    # not more columns of it (nor the same column again)
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 /audio/rec2.wav\n")
+    (tmp_path / "utt2spk").write_text("rec1 alice\nrec2 bob\n")
+    (tmp_path / "text").write_text("rec1 hello\nrec2 bye\n")
+    for k, rec in ((1, "rec1"), (2, "rec2")):
+        part = tmp_path / "split2" / str(k)
+        part.mkdir(parents=True)
+        (part / "wav.scp").write_text(f"{rec} /audio/{rec}.wav\n")
+        (part / "utt2spk").write_text(f"{rec} someone\n")
+        (part / "text").write_text(f"{rec} words\n")
+        (part / "utt2lang").write_text(f"{rec} xx\n")
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == ["rec1", "rec2"] and t["speaker"].to_pylist() == ["alice", "bob"]
+    assert t["text"].to_pylist() == ["hello", "bye"] and "lang" not in t.column_names

@@ -96,8 +96,10 @@ def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.A
 
 
 def _extras(storage: Storage, d: str) -> list[str]:
-    names = [f.rsplit("/", 1)[-1] for f in storage.list_files(d)]
-    return sorted(n for n in names if n == "text" or (n.startswith("utt2") and "." not in n))
+    names = {f.rsplit("/", 1)[-1] for f in storage.list_files(d)}
+    wanted = (n for n in names if n == "text" or (n.startswith("utt2") and "." not in n))
+    # the dir's own files only: utils/split_data.sh leaves split<N>/<k>/ copies of them inside it
+    return sorted(n for n in wanted if storage.exists(join(d, n)))
 
 
 def _column(name: str) -> str:
