@@ -1051,3 +1051,19 @@ def test_a_kaldi_data_dir_split_for_parallel_jobs_reads_its_own_files_once(tmp_p
     t = read(tmp_path)
     assert t["id"].to_pylist() == ["rec1", "rec2"] and t["speaker"].to_pylist() == ["alice", "bob"]
     assert t["text"].to_pylist() == ["hello", "bye"] and "lang" not in t.column_names
+
+
+def test_a_parquet_shard_that_is_not_parquet_is_a_manifest_error_naming_it(tmp_path):
+    # a Hugging Face dataset cloned without git-lfs holds pointer files named *.parquet: bad input
+    # naming the file (exit 2), not an Arrow error without a name that fails the run (exit 1)
+    d = tmp_path / "data"
+    d.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "path": ["/a.wav"]}), d / "train-00000-of-00002.parquet")
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a21\nsize 123456\n"
+    (d / "train-00001-of-00002.parquet").write_text(pointer)
+    cfg = InputConfig(manifest=str(d))
+    storage = Storage()
+    sources = discover(cfg, storage)
+    assert count_rows(sources[0], cfg, storage).rows == 1
+    with pytest.raises(ManifestError, match=r"train-00001-of-00002\.parquet: cannot parse as parquet"):
+        count_rows(sources[1], cfg, storage)

@@ -7,6 +7,7 @@ read at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,7 @@ def detect(name: str) -> str | None:
 
 
 def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
-    with storage.open_input(source.uri) as f:
-        pf = pq.ParquetFile(f)
+    with _opened(source, storage) as pf:
         cols = resolve(pf.schema_arrow, cfg, source.uri)
         ids = _ids(pf, cols, source)
         head = next(pf.iter_batches(batch_size=1), None)
@@ -106,21 +106,28 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
+    with _opened(source, storage) as pf:
+        groups, skip = [], first_row
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if not groups and skip >= n:
+                skip -= n
+            else:
+                groups.append(g)
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
+            t = pa.Table.from_batches([batch])
+            t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
+            if t.num_rows:
+                yield t
+
+
+@contextlib.contextmanager
+def _opened(source: Source, storage: Storage) -> Iterator[pq.ParquetFile]:
+    """The Parquet file of a source; what cannot be opened or parsed (a git-lfs pointer named
+    *.parquet, a truncated upload) is a ManifestError naming it, in the count pass as in a read."""
     try:
         with storage.open_input(source.uri) as f:
-            pf = pq.ParquetFile(f)
-            groups, skip = [], first_row
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                if not groups and skip >= n:
-                    skip -= n
-                else:
-                    groups.append(g)
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
-                t = pa.Table.from_batches([batch])
-                t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
-                if t.num_rows:
-                    yield t
+            yield pq.ParquetFile(f)
     except FileNotFoundError:
         raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
     except pa.ArrowInvalid as e:
