@@ -1067,3 +1067,31 @@ def test_a_parquet_shard_that_is_not_parquet_is_a_manifest_error_naming_it(tmp_p
     assert count_rows(sources[0], cfg, storage).rows == 1
     with pytest.raises(ManifestError, match=r"train-00001-of-00002\.parquet: cannot parse as parquet"):
         count_rows(sources[1], cfg, storage)
+
+
+@pytest.mark.parametrize("bad", ["text", "wav.scp", "segments"])
+def test_a_kaldi_file_that_is_not_utf8_is_a_manifest_error_naming_it(tmp_path, bad):
+    # Kaldi data dirs of older corpora may be Latin-1 or GBK: bad input naming the file (exit 2), not
+    # a UnicodeDecodeError without a name that fails the run (exit 1)
+    files = {"wav.scp": "r1 /audio/r1.wav\n", "segments": "u1 r1 0.0 1.0\n", "text": "u1 bonjour\n"}
+    for name, body in files.items():
+        (tmp_path / name).write_bytes(body.encode() + ("u2 café\n".encode("latin-1") if name == bad else b""))
+    cfg = InputConfig(manifest=str(tmp_path))
+    storage = Storage()
+    with pytest.raises(ManifestError, match=rf"{bad}: not UTF-8 text"):
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+
+
+def test_a_nemo_diarisation_manifest_that_is_not_utf8_is_a_manifest_error_naming_it(tmp_path):
+    (tmp_path / "a.rttm").write_text("SPEAKER a 1 0.00 1.00 <NA> <NA> s1 <NA> <NA>\n")
+    first = nemo_diarisation_line("a.wav", "a.rttm").encode()
+    second = (
+        nemo_diarisation_line("b.wav", "a.rttm", text="TEXT")
+        .encode()
+        .replace(b"TEXT", "café".encode("latin-1"))
+    )
+    (tmp_path / "diar.json").write_bytes(first + second)
+    cfg = InputConfig(manifest=str(tmp_path / "diar.json"))
+    storage = Storage()
+    with pytest.raises(ManifestError, match=r"diar\.json: not UTF-8 text"):
+        count_rows(discover(cfg, storage)[0], cfg, storage)

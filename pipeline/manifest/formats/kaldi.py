@@ -14,7 +14,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Format, never, read_bytes, text, two_columns
+from .base import Format, never, read_bytes, text, two_columns, utf8
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -73,7 +73,7 @@ def read(
 
 def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
     utts, recs, starts, ends = [], [], [], []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(utf8(data, uri).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue

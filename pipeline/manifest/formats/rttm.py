@@ -39,7 +39,7 @@ from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes, text, two_columns, whole_groups
+from .base import Count, Format, count_whole, read_bytes, text, two_columns, utf8, whole_groups
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -217,7 +217,7 @@ def is_diarisation_manifest(head: bytes) -> bool:
 def _nemo(source: Source, storage: Storage) -> pa.Table:
     tables = []
     data = read_bytes(source.uri, storage)
-    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(utf8(text(data), source.uri).splitlines(), 1):
         if not line.strip():
             continue
         try:
