@@ -206,6 +206,48 @@ def test_lhotse_cutset(ray_session, tiny_model_dir, recording, tmp_path):
     assert rows["a"]["speaker"] == "x" and json.loads(rows["b"]["custom"]) == {"emotion": "ang"}
 
 
+def test_lhotse_mono_cuts_are_their_channel_alone(ray_session, tiny_model_dir, recording, tmp_path):
+    """Lhotse MonoCuts of a stereo call (one speaker per channel) and of a recording kept as a file per
+    headset: each is its own channel, as Lhotse loads it, never the mix nor the first file."""
+    lhotse = pytest.importorskip("lhotse")
+    x, sr = sf.read(str(recording / "rec.flac"), dtype="float32")
+    left, right = x[:, 0], np.ascontiguousarray(x[::-1, 0])  # two different signals
+    sf.write(str(tmp_path / "call.flac"), np.stack([left, right], axis=1), sr, subtype="PCM_24")
+    for c, ch in enumerate((left, right)):
+        sf.write(str(tmp_path / f"mtg.Headset-{c}.flac"), ch, sr, subtype="PCM_24")
+    recs = [
+        lhotse.Recording.from_file(str(tmp_path / "call.flac"), recording_id="call"),
+        lhotse.Recording(
+            "mtg",
+            [
+                lhotse.audio.AudioSource(
+                    type="file", channels=[c], source=str(tmp_path / f"mtg.Headset-{c}.flac")
+                )
+                for c in (0, 1)
+            ],
+            sampling_rate=sr,
+            num_samples=len(left),
+            duration=len(left) / sr,
+        ),
+    ]
+    sups = [
+        lhotse.SupervisionSegment(f"{r}-{c}", r, start=0.5, duration=1.5, channel=c)
+        for r in ("call", "mtg")
+        for c in (0, 1)
+    ]
+    cuts = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings(recs),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    ).trim_to_supervisions(keep_overlapping=False)  # each cut: its own supervision
+    cuts.to_file(tmp_path / "cuts.jsonl")
+    rows, _ = run_job(tmp_path, tmp_path / "cuts.jsonl", tiny_model_dir)
+    bundle = load_bundle(tiny_model_dir)
+    for c, ch in enumerate((left, right)):
+        clip = resample_ref(ch, sr)[8000:32000]
+        for r in ("call", "mtg"):
+            assert_model_equal(bundle, rows[f"{r}-{c}"], clip)
+
+
 def test_hugging_face_parquet_with_embedded_audio(ray_session, tiny_model_dir, recording, tmp_path):
     datasets = pytest.importorskip("datasets")
     from datasets.table import embed_table_storage

@@ -825,3 +825,273 @@ def test_span_rows_without_ids_get_the_span_in_their_default_id(tmp_path):
     assert count_rows(source, cfg, storage).rows == 3  # no duplicate ids
     ids = [i for t in tables(source, cfg, storage) for i in t["id"].to_pylist()]
     assert ids == ["calls/c1.wav@12.500-15.700", "calls/c1.wav@0.250-1.250", "calls/c1.wav@20.000-"]
+
+
+def test_a_json_array_keeps_keys_that_its_first_object_lacks(tmp_path):
+    # a JSON array (not JSON lines) whose first object has no span, id or text: the later objects' keys
+    # must still be read, as JSON lines read them (else their spans are lost and the whole file runs)
+    rows = [
+        {"audio_filepath": "/a.wav"},
+        {"audio_filepath": "/b.wav", "offset": 1.5, "duration": 2.0, "text": "hi"},
+    ]
+    (tmp_path / "m.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    for name in ("m.json", "m.jsonl"):
+        t = read(tmp_path / name)
+        assert t["offset_s"].to_pylist() == [None, 1.5], name
+        assert t["text"].to_pylist() == [None, "hi"], name
+        assert t["id"].to_pylist() == ["/a.wav", "/b.wav@1.500-3.500"], name
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_csv_ids_speakers_and_paths_are_read_as_written(tmp_path, sep):
+    # zero-padded numbers name things (ESD's speaker 0011, utterance 000123): they are not numbers to
+    # convert, or `007` becomes id `7` and `01` and `1` collide
+    name = "m.csv" if sep == "," else "m.tsv"
+    rows = "".join(f"{i}{sep}/{i}.wav{sep}{i}{sep}{i}\n" for i in ("007", "010", "1.50"))
+    (tmp_path / name).write_text(f"id{sep}path{sep}speaker{sep}take\n" + rows)
+    t = read(tmp_path / name)
+    assert t["id"].to_pylist() == ["007", "010", "1.50"]
+    assert t["take"].to_pylist() == [7, 10, 1.5]  # a column passed through keeps its type
+    assert t["speaker"].to_pylist() == ["007", "010", "1.50"]
+    assert t["path"].to_pylist() == ["/007.wav", "/010.wav", "/1.50.wav"]
+    (tmp_path / name).write_text(f"key{sep}path\n01{sep}/a.wav\n1{sep}/b.wav\n")
+    assert read(tmp_path / name)["id"].to_pylist() == ["01", "1"]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+@pytest.mark.parametrize("ids", [["a", "b", None, "d", None], ["a", "b", None, "d", "e"]])
+def test_a_row_without_an_id_is_refused_by_the_count_naming_the_file_and_the_row(tmp_path, form, ids):
+    # found before any work starts (as duplicate ids are), not by a read task in the middle of the run
+    rows = [{"id": i, "path": f"/{k}.wav"} for k, i in enumerate(ids)]
+    path = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = InputConfig(manifest=str(path))
+    storage = Storage()
+    with pytest.raises(ManifestError) as e:
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+    missing = f"{ids.count(None)} rows have no 'id' (the first is row 3)"
+    assert str(e.value).startswith(str(path)) and missing in str(e.value)
+
+
+def test_a_lhotse_cut_on_one_channel_reads_that_channel_from_the_file_that_holds_it(tmp_path):
+    # Lhotse's MonoCut is one channel of its recording (cut.load_audio() returns that channel alone):
+    # a stereo call's channel 1 is the customer alone, and an AMI-style recording with a file per
+    # headset keeps channel 1 in its second file. A MultiCut over a file per channel cannot be one
+    # decode: an error row, never the first file alone.
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource
+
+    def rec(rid, sources):
+        return lhotse.Recording(rid, sources, sampling_rate=16000, num_samples=160000, duration=10.0)
+
+    recs = [
+        rec("call", [source(type="file", channels=[0, 1], source="/a/call.wav")]),
+        rec("mtg", [source(type="file", channels=[c], source=f"/a/mtg.Headset-{c}.wav") for c in (0, 1)]),
+    ]
+    sups = [
+        lhotse.SupervisionSegment(f"{r}-{c}", r, start=1.0 + c, duration=1.0, channel=c, speaker="AB"[c])
+        for r in ("call", "mtg")
+        for c in (0, 1)
+    ]
+    whole = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings(recs),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    )
+    whole.trim_to_supervisions().to_file(tmp_path / "cuts_mono.jsonl")
+    t = read(tmp_path / "cuts_mono.jsonl")
+    assert t["id"].to_pylist() == ["call-0", "call-1", "mtg-0", "mtg-1"]
+    assert t["path"].to_pylist() == [
+        "/a/call.wav",
+        "/a/call.wav",
+        "/a/mtg.Headset-0.wav",
+        "/a/mtg.Headset-1.wav",
+    ]
+    assert t["_channel"].to_pylist() == [0, 1, None, None]  # a one-channel file is its own channel
+    assert t["_input_error"].to_pylist() == [None] * 4
+    whole.to_file(tmp_path / "cuts_multi.jsonl")  # MultiCuts: the mix of the call; the meeting cannot
+    t = read(tmp_path / "cuts_multi.jsonl")
+    assert t["path"].to_pylist()[:2] == ["/a/call.wav"] * 2 and t["_channel"].to_pylist()[:2] == [None] * 2
+    assert t["_input_error"].to_pylist()[:2] == [None] * 2 and t["path"].to_pylist()[2:] == [None] * 2
+    assert all("several files" in e for e in t["_input_error"].to_pylist()[2:])
+
+
+def test_a_kaldi_text_with_an_empty_transcript_is_read(tmp_path):
+    # Kaldi reads `text` as token vectors: `u2` alone is utterance u2 with no words (a noise or
+    # silence segment), not a broken file that stops the whole job
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\n")
+    (tmp_path / "segments").write_text("u1 rec1 0.5 1.75\nu2 rec1 2.0 3.0\nu3 rec1 3.0 4.0\n")
+    (tmp_path / "text").write_text("u1 hello there\nu2\nu3 \n")
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == ["u1", "u2", "u3"] and t["text"].to_pylist() == ["hello there", "", ""]
+    (tmp_path / "utt2spk").write_text("u1 alice\nu2\nu3 carol\n")  # a speaker is never optional
+    with pytest.raises(ManifestError, match=r"utt2spk: line 2: expected '<utt> <value>'"):
+        read(tmp_path)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A plain HTTP server on 127.0.0.1 serving a folder (it ignores a URL's query, as a presigned URL's
+    store checks it)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_presigned_manifest_url_is_read_by_the_format_of_its_name(http_folder):
+    # the query of a presigned URL is not part of the file's name: `m.jsonl?X-Amz-Signature=...` is JSON
+    # lines, `a.wav?...` is audio (input.format: auto), as an unsigned URL is
+    root, url = http_folder
+    (root / "m.jsonl").write_text('{"id": "u1", "path": "a.wav"}\n{"id": "u2", "path": "b.wav"}\n')
+    (root / "a.wav").write_bytes(b"RIFF")
+    query = "?X-Amz-Date=20250101T000000Z&X-Amz-Signature=0f1e2d"
+    t = read(f"{url}/m.jsonl{query}")
+    assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == [f"{url}/a.wav", f"{url}/b.wav"]
+    # a GCS signed URL's credential has dots in it: the id is the file's, never a part of the query
+    gcs = "?X-Goog-Credential=sa%40proj.iam.gserviceaccount.com%2F20250101&X-Goog-Signature=0f1e2d"
+    for q in (query, gcs):
+        sources = discover(InputConfig(manifest=f"{url}/a.wav{q}"), Storage())
+        assert [s.format for s in sources] == ["audio"]
+        assert sources[0].audio.to_pylist() == [{"id": "a", "path": f"{url}/a.wav{q}"}]
+
+
+@pytest.mark.parametrize(
+    "name, body, column",
+    [
+        # a span given as clock times, not seconds
+        ("m.csv", "id,path,start,end\nu1,/a.wav,00:00:01.500,00:00:03.000\n", "start"),
+        ("m.jsonl", '{"id": "u1", "path": "/a.wav", "offset": "1.5", "duration": "long"}\n', "duration"),
+        ("m.jsonl", '{"id": "u1", "path": "/a.wav", "speaker": {"name": "x"}}\n', "speaker"),
+        ("m.jsonl", '{"id": {"k": 1}, "path": "/a.wav"}\n', "id"),
+        ("m.jsonl", '{"id": "u1", "path": ["/a.wav"]}\n', "path"),
+        ("m.parquet", None, "id"),
+    ],
+)
+def test_a_column_of_the_wrong_type_is_a_manifest_error_naming_the_file_and_column(
+    tmp_path, name, body, column
+):
+    # bad input (exit 2, one line naming the file), not an Arrow cast error that fails the run (exit 1)
+    path = tmp_path / name
+    if body is None:
+        pq.write_table(pa.table({"id": [{"k": 1}], "path": ["/a.wav"]}), path)
+    else:
+        path.write_text(body)
+    cfg = InputConfig(manifest=str(path))
+    storage = Storage()
+    with pytest.raises(ManifestError) as e:
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+    assert str(e.value).startswith(f"{path}: column {column!r} ")
+
+
+@pytest.mark.parametrize("empty", ["", "\n\n", "\r\n"])
+def test_an_empty_json_lines_shard_adds_no_rows_and_stops_nothing(tmp_path, empty):
+    # writers leave empty shards (a worker with no rows): a shard with no rows is a shard with no rows,
+    # as a CSV holding only its header or an empty Parquet shard is, not a manifest refused whole
+    d = tmp_path / "shards"
+    d.mkdir()
+    (d / "part-0.jsonl").write_text('{"id": "u1", "path": "/a.wav"}\n{"id": "u2", "path": "/b.wav"}\n')
+    (d / "part-1.jsonl").write_text(empty)
+    assert read(d)["id"].to_pylist() == ["u1", "u2"]
+    cfg = InputConfig(manifest=str(d / "part-1.jsonl"))
+    assert count_rows(discover(cfg, Storage())[0], cfg, Storage()).rows == 0
+
+
+def test_a_lhotse_cut_of_a_transformed_recording_is_an_error_row_unless_only_resampled(tmp_path):
+    # a speed-perturbed cut's times are in the perturbed recording (lhotse perturb_speed): the original
+    # file cut at them is other speech; the pipeline applies no transform but resampling (its own)
+    lhotse = pytest.importorskip("lhotse")
+
+    def cutset(rid, sid):
+        rec = lhotse.Recording(
+            rid,
+            [lhotse.audio.AudioSource(type="file", channels=[0], source="/a/r.wav")],
+            sampling_rate=16000,
+            num_samples=160000,
+            duration=10.0,
+        )
+        return lhotse.CutSet.from_manifests(
+            recordings=lhotse.RecordingSet.from_recordings([rec]),
+            supervisions=lhotse.SupervisionSet.from_segments([lhotse.SupervisionSegment(sid, rid, 2.0, 1.0)]),
+        )
+
+    cuts = cutset("r", "s")
+    (cuts + cuts.perturb_speed(1.1) + cutset("q", "s_rs").resample(8000)).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl").to_pylist()
+    assert [r["id"] for r in t] == ["s", "s_sp1.1", "s_rs"]
+    assert [r["path"] for r in t] == ["/a/r.wav", None, "/a/r.wav"]
+    assert t[0]["_input_error"] is None and t[2]["_input_error"] is None
+    assert "transform 'Speed'" in t[1]["_input_error"]
+
+
+def test_a_kaldi_data_dir_split_for_parallel_jobs_reads_its_own_files_once(tmp_path):
+    # utils/split_data.sh leaves split<N>/<k>/ copies of utt2spk, text, ... inside the data dir: they are
+    # not more columns of it (nor the same column again)
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 /audio/rec2.wav\n")
+    (tmp_path / "utt2spk").write_text("rec1 alice\nrec2 bob\n")
+    (tmp_path / "text").write_text("rec1 hello\nrec2 bye\n")
+    for k, rec in ((1, "rec1"), (2, "rec2")):
+        part = tmp_path / "split2" / str(k)
+        part.mkdir(parents=True)
+        (part / "wav.scp").write_text(f"{rec} /audio/{rec}.wav\n")
+        (part / "utt2spk").write_text(f"{rec} someone\n")
+        (part / "text").write_text(f"{rec} words\n")
+        (part / "utt2lang").write_text(f"{rec} xx\n")
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == ["rec1", "rec2"] and t["speaker"].to_pylist() == ["alice", "bob"]
+    assert t["text"].to_pylist() == ["hello", "bye"] and "lang" not in t.column_names
+
+
+def test_a_parquet_shard_that_is_not_parquet_is_a_manifest_error_naming_it(tmp_path):
+    # a Hugging Face dataset cloned without git-lfs holds pointer files named *.parquet: bad input
+    # naming the file (exit 2), not an Arrow error without a name that fails the run (exit 1)
+    d = tmp_path / "data"
+    d.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "path": ["/a.wav"]}), d / "train-00000-of-00002.parquet")
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a21\nsize 123456\n"
+    (d / "train-00001-of-00002.parquet").write_text(pointer)
+    cfg = InputConfig(manifest=str(d))
+    storage = Storage()
+    sources = discover(cfg, storage)
+    assert count_rows(sources[0], cfg, storage).rows == 1
+    with pytest.raises(ManifestError, match=r"train-00001-of-00002\.parquet: cannot parse as parquet"):
+        count_rows(sources[1], cfg, storage)
+
+
+@pytest.mark.parametrize("bad", ["text", "wav.scp", "segments"])
+def test_a_kaldi_file_that_is_not_utf8_is_a_manifest_error_naming_it(tmp_path, bad):
+    # Kaldi data dirs of older corpora may be Latin-1 or GBK: bad input naming the file (exit 2), not
+    # a UnicodeDecodeError without a name that fails the run (exit 1)
+    files = {"wav.scp": "r1 /audio/r1.wav\n", "segments": "u1 r1 0.0 1.0\n", "text": "u1 bonjour\n"}
+    for name, body in files.items():
+        (tmp_path / name).write_bytes(body.encode() + ("u2 café\n".encode("latin-1") if name == bad else b""))
+    cfg = InputConfig(manifest=str(tmp_path))
+    storage = Storage()
+    with pytest.raises(ManifestError, match=rf"{bad}: not UTF-8 text"):
+        count_rows(discover(cfg, storage)[0], cfg, storage)
+
+
+def test_a_nemo_diarisation_manifest_that_is_not_utf8_is_a_manifest_error_naming_it(tmp_path):
+    (tmp_path / "a.rttm").write_text("SPEAKER a 1 0.00 1.00 <NA> <NA> s1 <NA> <NA>\n")
+    first = nemo_diarisation_line("a.wav", "a.rttm").encode()
+    second = (
+        nemo_diarisation_line("b.wav", "a.rttm", text="TEXT")
+        .encode()
+        .replace(b"TEXT", "café".encode("latin-1"))
+    )
+    (tmp_path / "diar.json").write_bytes(first + second)
+    cfg = InputConfig(manifest=str(tmp_path / "diar.json"))
+    storage = Storage()
+    with pytest.raises(ManifestError, match=r"diar\.json: not UTF-8 text"):
+        count_rows(discover(cfg, storage)[0], cfg, storage)

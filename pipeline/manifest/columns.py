@@ -94,6 +94,15 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
     return cols
 
 
+def text_columns(schema: pa.Schema, cfg: InputConfig, uri: str) -> list[str]:
+    """The columns of a CSV/TSV manifest that must be read as written, not as the numbers Arrow took
+    them for: its id, speaker and path name things, and `007` read as a number is `7` (`01` and `1`
+    then collide)."""
+    cols = resolve(schema, cfg, uri)
+    used = dict.fromkeys(c for c in (cols.id, cols.speaker, cols.audio) if c)
+    return [c for c in used if not pa.types.is_string(schema.field(c).type)]
+
+
 def template_fields(template: str) -> list[str]:
     """The column names a path template uses: `dia{Dialogue_ID}_utt{Utterance_ID}.mp4` -> both ids."""
     try:
@@ -166,15 +175,15 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
         out["path"] = pc.if_else(pc.is_null(data), fetch, named)
         out[AUDIO_BYTES] = data
     else:
-        written = raw[cols.audio].cast(pa.string())
+        written = cast(raw[cols.audio], cols.audio, pa.string(), origin)
         out["path"] = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
     out = {"id": _ids(raw, cols, written, origin, first_row), **out}
-    out["recording_id"] = _column(raw, cols.recording, pa.string())
-    out["speaker"] = _column(raw, cols.speaker, pa.string())
-    start, end = span(raw, cols)
+    out["recording_id"] = _column(raw, cols.recording, pa.string(), origin)
+    out["speaker"] = _column(raw, cols.speaker, pa.string(), origin)
+    start, end = span(raw, cols, origin)
     out["offset_s"] = start
     out[SPAN_END] = end
-    out["overlap_s"] = _column(raw, cols.overlap, pa.float64())
+    out["overlap_s"] = _column(raw, cols.overlap, pa.float64(), origin)
     consumed |= {
         c for c in (cols.start, cols.duration, cols.end, cols.recording, cols.speaker, cols.overlap) if c
     }
@@ -186,11 +195,25 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     return pa.table(out)
 
 
-def _column(raw: pa.Table, name: str | None, kind: pa.DataType) -> pa.ChunkedArray | pa.Array:
+def _column(
+    raw: pa.Table, name: str | None, kind: pa.DataType, origin: str = ""
+) -> pa.ChunkedArray | pa.Array:
     """`raw[name]` as `kind`, or nulls when there is no such column."""
     if name is None or name not in raw.column_names:
         return pa.nulls(raw.num_rows, kind)
-    return raw[name].cast(kind)
+    return cast(raw[name], name, kind, origin)
+
+
+def cast(column: pa.ChunkedArray | pa.Array, name: str, kind: pa.DataType, origin: str = "") -> pa.Array:
+    """A column the pipeline reads (an id, a path, a speaker, a span's times) as `kind`; values that are
+    not (clock times for seconds, objects for text) are a bad manifest naming the file and column,
+    not an Arrow error that fails the run."""
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        want = "seconds (numbers)" if pa.types.is_floating(kind) else "text"
+        where = f"{origin}: " if origin else ""
+        raise ManifestError(f"{where}column {name!r} must hold {want}: {e}") from None
 
 
 def templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str | None]]:
@@ -214,11 +237,17 @@ def templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str 
 def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:
     if cols.id is None:
         ids = default_ids([written], raw.num_rows, origin, first_row)
-        return with_span(ids, *span(raw, cols)) if cols.start else ids
-    ids = raw[cols.id].cast(pa.string())
+        return with_span(ids, *span(raw, cols, origin)) if cols.start else ids
+    return given_ids(raw[cols.id], cols.id, origin, first_row)
+
+
+def given_ids(column: pa.ChunkedArray | pa.Array, name: str, origin: str, first_row: int = 0) -> pa.Array:
+    """The id column as strings; a row without one is refused, naming the file and the row."""
+    ids = cast(column, name, pa.string(), origin)
     if ids.null_count:
-        first = pc.index(pc.is_null(ids), True).as_py()
-        raise ManifestError(f"{raw.num_rows} rows have no {cols.id!r} (the first is row {first + 1})")
+        first = pc.index(pc.is_null(ids), True).as_py() + first_row + 1
+        where = f"{origin}: " if origin else ""
+        raise ManifestError(f"{where}{ids.null_count} rows have no {name!r} (the first is row {first})")
     return ids
 
 
@@ -227,16 +256,16 @@ def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> p
     audio's names, in order of preference), else `<manifest file name>:<row number>`. A name that
     is a URL with secrets in it is redacted, with a hash of the whole URL (`redact.redacted_name`):
     ids are written to the output, its commit markers and messages."""
-    file = _file_name(origin)
+    file = file_name(origin)
     rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
     empty = pa.scalar(None, pa.string())
     given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
     return redact_names(pc.coalesce(*given, rows))
 
 
-def _file_name(uri: str) -> str:
-    """The manifest's file name: the last segment of its path (an http(s) URL's query, a presigned
-    manifest's signature, is not part of it)."""
+def file_name(uri: str) -> str:
+    """A file's name: the last segment of its path (an http(s) URL's query, a presigned URL's
+    signature, is not part of it)."""
     if uri.lower().startswith(("http://", "https://")):
         uri = urlsplit(uri).path
     return uri.rsplit("/", 1)[-1]
@@ -251,17 +280,17 @@ def with_span(ids: pa.Array, start: pa.Array, end: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def span(raw: pa.Table, cols: Columns) -> tuple[pa.Array, pa.Array]:
+def span(raw: pa.Table, cols: Columns, origin: str = "") -> tuple[pa.Array, pa.Array]:
     n = raw.num_rows
     if cols.start is None:
         return pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())
-    start = raw[cols.start].cast(pa.float64())
+    start = cast(raw[cols.start], cols.start, pa.float64(), origin)
     if cols.end is not None:
-        end = raw[cols.end].cast(pa.float64())
+        end = cast(raw[cols.end], cols.end, pa.float64(), origin)
         # Kaldi's convention: an end of -1 means "to the end of the file"
         end = pc.if_else(pc.less(end, 0), pa.scalar(None, pa.float64()), end)
     elif cols.duration is not None:
-        end = pc.add(start, raw[cols.duration].cast(pa.float64()))
+        end = pc.add(start, cast(raw[cols.duration], cols.duration, pa.float64(), origin))
     else:
         end = pa.nulls(n, pa.float64())
     return start, end

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ..config import InputConfig
 from ..storage import Storage, StorageUnavailable, join
+from .columns import file_name
 from .errors import ManifestError
 from .formats import detect_format, family, rttm
 
@@ -116,7 +117,10 @@ def _diarisation(formats: dict[str, str], storage: Storage) -> dict[str, str]:
 def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
     if len(files) == 1 and not _is_under(files[0], base):
         base = parent(files[0])
-    ids = audio_ids([relative(f, base) for f in files])
+    # a presigned URL's query (its signature, a credential) is not part of the file's name, nor its id
+    ids = audio_ids(
+        [relative(parent(f) + "/" + file_name(f), base) if "?" in f else relative(f, base) for f in files]
+    )
     table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
     return Source(base, "audio", "audio", cfg.audio_root or base, table)
 
@@ -140,7 +144,7 @@ def source_key(relative: str) -> str:
 
 
 def _suffix(uri: str) -> str:
-    name = uri.rsplit("/", 1)[-1].lower()
+    name = file_name(uri).lower()
     return name[name.rfind(".") :] if "." in name else ""
 
 

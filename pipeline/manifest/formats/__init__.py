@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ...config import InputConfig
 from ...storage import Storage
+from ..columns import file_name
 from ..errors import ManifestError
 from . import audio_folder, kaldi, lhotse, lines, parquet, rttm
 from .base import Count, Format, count_whole
@@ -35,7 +36,7 @@ NAMES = tuple(name for f in REGISTRY for name in f.names)
 
 def detect_format(uri: str) -> str:
     """A manifest file's `input.format` value, from its name."""
-    name = uri.rsplit("/", 1)[-1].lower()
+    name = file_name(uri).lower()
     for fmt in REGISTRY:
         found = fmt.detect(name)
         if found:

@@ -140,13 +140,24 @@ def is_gzip(data: bytes) -> bool:
     return data[:2] == b"\x1f\x8b"
 
 
-def two_columns(data: bytes, uri: str, form: str) -> tuple[pa.Array, pa.Array]:
-    """Kaldi-style `<key> <rest of line>` lines (blank lines and # comments skipped)."""
+def utf8(data: bytes, uri: str) -> str:
+    """A text manifest's bytes as text; another encoding (Latin-1, GBK) is a ManifestError naming it."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{uri}: not UTF-8 text: {e}") from None
+
+
+def two_columns(data: bytes, uri: str, form: str, empty: bool = False) -> tuple[pa.Array, pa.Array]:
+    """Kaldi-style `<key> <rest of line>` lines (blank lines and # comments skipped). `empty`: a key
+    alone has the value "" (Kaldi's `text`: an utterance without words)."""
     keys, values = [], []
-    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(utf8(text(data), uri).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.strip().split(maxsplit=1)
+        if empty and len(parts) == 1:
+            parts.append("")
         if len(parts) != 2:
             raise ManifestError(f"{uri}: line {n}: expected '{form}', got {line.strip()!r}")
         keys.append(parts[0])

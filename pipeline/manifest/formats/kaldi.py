@@ -14,7 +14,7 @@ from ...schema import INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
-from .base import Format, never, read_bytes, text, two_columns
+from .base import Format, never, read_bytes, text, two_columns, utf8
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -73,7 +73,7 @@ def read(
 
 def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
     utts, recs, starts, ends = [], [], [], []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(utf8(data, uri).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -96,8 +96,10 @@ def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.A
 
 
 def _extras(storage: Storage, d: str) -> list[str]:
-    names = [f.rsplit("/", 1)[-1] for f in storage.list_files(d)]
-    return sorted(n for n in names if n == "text" or (n.startswith("utt2") and "." not in n))
+    names = {f.rsplit("/", 1)[-1] for f in storage.list_files(d)}
+    wanted = (n for n in names if n == "text" or (n.startswith("utt2") and "." not in n))
+    # the dir's own files only: utils/split_data.sh leaves split<N>/<k>/ copies of them inside it
+    return sorted(n for n in wanted if storage.exists(join(d, n)))
 
 
 def _column(name: str) -> str:
@@ -107,7 +109,7 @@ def _column(name: str) -> str:
 
 
 def _join_per_utterance(table: pa.Table, data: bytes, uri: str, column: str) -> pa.Table:
-    keys, values = two_columns(data, uri, "<utt> <value>")
+    keys, values = two_columns(data, uri, "<utt> <value>", empty=column == "text")
     lookup = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
     return table.append_column(
         column, pa.array([lookup.get(i) for i in table["id"].to_pylist()], pa.string())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from ...config import InputConfig
-from ...schema import INPUT_ERROR
+from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage
 from ..columns import Columns, normalise
 from ..errors import ManifestError
@@ -23,8 +23,20 @@ if TYPE_CHECKING:
 
 BATCH_ROWS = 4096
 COLUMNS = Columns("id", "path", False, start="offset", end="end", recording="recording_id", speaker="speaker")
-NAMES = ["id", "path", "recording_id", "offset", "end", INPUT_ERROR, "speaker", "language", "text", "custom"]
-TYPES = [pa.string()] * 3 + [pa.float64()] * 2 + [pa.string()] * 5
+NAMES = [
+    "id",
+    "path",
+    "recording_id",
+    "offset",
+    "end",
+    INPUT_ERROR,
+    "speaker",
+    "language",
+    "text",
+    "custom",
+    CHANNEL,
+]
+TYPES = [pa.string()] * 3 + [pa.float64()] * 2 + [pa.string()] * 5 + [pa.int64()]
 
 
 def detect(name: str) -> str | None:
@@ -60,10 +72,14 @@ def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
     if "id" not in cut:
         raise ManifestError(f"{source.uri}: line {line}: a cut without an 'id'")
     rec = cut.get("recording") or {}
-    path, error = _recording_path(rec)
+    path, channel, error = _recording_path(rec, cut.get("channel"), cut["id"])
     if cut.get("type") == "MixedCut" or "tracks" in cut:
-        path, error = None, f"Lhotse cut {cut['id']!r} is a MixedCut; only single-recording cuts are read"
-    base = {"path": path, "recording_id": rec.get("id"), INPUT_ERROR: error}
+        path, channel, error = (
+            None,
+            None,
+            f"Lhotse cut {cut['id']!r} is a MixedCut; only single-recording cuts are read",
+        )
+    base = {"path": path, "recording_id": rec.get("id"), INPUT_ERROR: error, CHANNEL: channel}
     start = float(cut.get("start", 0.0))
     sups = cut.get("supervisions") or []
     if not sups:
@@ -92,14 +108,41 @@ def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
     return out
 
 
-def _recording_path(rec: dict) -> tuple[str | None, str | None]:
+def _recording_path(rec: dict, channel: object, cut: str) -> tuple[str | None, int | None, str | None]:
+    """(the file to read, the channel of it to analyse (None: the mix), or why neither). A MonoCut
+    (`channel` an int) is that channel of its recording alone, as Lhotse loads it: read from the source
+    that holds it (a recording may keep a file per channel: AMI's headsets)."""
     sources = rec.get("sources") or []
     if not sources:
-        return None, f"Lhotse recording {rec.get('id')!r} has no sources"
-    src = sources[0]
+        return None, None, f"Lhotse recording {rec.get('id')!r} has no sources"
+    src, pick = sources[0], None
+    if isinstance(channel, int) and not isinstance(channel, bool):
+        src = next((s for s in sources if channel in (s.get("channels") or [])), None)
+        if src is None:
+            return None, None, f"Lhotse cut {cut!r}: channel {channel} is in no source of its recording"
+        held = src.get("channels") or []
+        pick = held.index(channel) if len(held) > 1 else None  # a one-channel file is its own channel
+    elif len(sources) > 1:
+        return (
+            None,
+            None,
+            f"Lhotse cut {cut!r}: its channels lie in several files ({len(sources)} sources); cut it to one "
+            f"channel (CutSet.trim_to_supervisions) to read it",
+        )
+    # a transform's cut times are in the transformed audio (perturb_speed): the file cut at them is other
+    # speech. Resampling is the one the pipeline does itself
+    done = [t.get("name") for t in rec.get("transforms") or [] if t.get("name") != "Resample"]
+    if done:
+        return (
+            None,
+            None,
+            f"Lhotse recording {rec.get('id')!r}: transform {done[0]!r} is not applied by this pipeline "
+            f"(only Resample); use the cuts before it",
+        )
     if src.get("type") in ("file", "url"):
-        return src.get("source"), None
+        return src.get("source"), pick, None
     return (
+        None,
         None,
         f"Lhotse recording {rec.get('id')!r}: source type {src.get('type')!r} is not supported (file, url)",
     )

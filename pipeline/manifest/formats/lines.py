@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 
 from ...config import InputConfig
 from ...storage import Storage, scheme
-from ..columns import check_unique, normalise, resolve
+from ..columns import check_unique, normalise, resolve, text_columns
 from ..errors import ManifestError
 from .base import Count, Format, gunzip, is_gzip, read_bytes, text, two_columns
 
@@ -51,7 +51,9 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     data = read_bytes(source.uri, storage, unzip=False)
     compressed = is_gzip(data)
     data = gunzip(data, source.uri)
-    raw = parse(text(data), source)
+    raw = _parse_whole(text(data), source, cfg)
+    if not raw.num_columns:  # an empty shard (nothing but blank lines): no rows, nothing to resolve
+        return Count(0, pa.schema([]))
     _not_diarisation(raw, cfg, source)
     table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
     hashes = check_unique(table["id"], source.uri)
@@ -105,7 +107,7 @@ def read(
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
     if piece is None or piece.start is None:
-        raw = parse(text(read_bytes(source.uri, storage)), source)
+        raw = _parse_whole(text(read_bytes(source.uri, storage)), source, cfg)
     else:
         data = text(read_bytes(source.uri, storage, piece.start, piece.end), first=piece.start == 0)
         if source.format in ("csv", "tsv"):
@@ -130,12 +132,27 @@ def _line_format(data: bytes, fmt: str) -> str:
     return "jsonl" if fmt == "json" and not text(data[:65536]).lstrip().startswith(b"[") else fmt
 
 
-def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> pa.Table:
+def _parse_whole(data: bytes, source: Source, cfg: InputConfig) -> pa.Table:
+    """A whole manifest file -> a table; a CSV/TSV whose id, speaker or path column Arrow read as numbers
+    is parsed again with them as text (columns.text_columns): its pieces are parsed with this schema."""
+    raw = parse(data, source)
+    if source.format not in ("csv", "tsv") or not raw.num_columns:
+        return raw
+    strings = text_columns(raw.schema, cfg, source.uri)
+    return parse(data, source, strings=strings) if strings else raw
+
+
+def parse(
+    data: bytes, source: Source, raw_schema: pa.Schema | None = None, strings: list[str] | None = None
+) -> pa.Table:
     """Manifest bytes (decompressed) -> a table. `raw_schema` (the whole file's, from the count pass)
-    keeps the column types of a piece what they are in the whole file."""
+    keeps the column types of a piece what they are in the whole file; `strings`: CSV/TSV columns read as
+    strings, not numbers (columns.text_columns)."""
     uri, fmt = source.uri, _line_format(data, source.format)
     try:
         if fmt == "jsonl":
+            if not data.strip():
+                return pa.table({})  # Arrow refuses an empty file
             parse = pajson.ParseOptions(explicit_schema=raw_schema) if raw_schema is not None else None
             return pajson.read_json(
                 io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=parse
@@ -144,11 +161,14 @@ def parse(data: bytes, source: Source, raw_schema: pa.Schema | None = None) -> p
             rows = json.loads(data)
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ManifestError(f"{uri}: a JSON manifest must be an array of objects")
-            return pa.Table.from_pylist(rows)
+            # every object's keys, as JSON lines reads them (from_pylist keeps only the first object's)
+            keys = dict.fromkeys(k for r in rows for k in r)
+            return pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in keys})
         if fmt in ("csv", "tsv"):
             # TSV has no quoting (Kaldi, Common Voice, MELD): a `"` opening a transcript is text
             opts = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
             types = {f.name: f.type for f in raw_schema} if raw_schema is not None else None
+            types = types or {n: pa.string() for n in strings or ()}
             table = pacsv.read_csv(
                 io.BytesIO(data), parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types)
             )

@@ -7,6 +7,7 @@ read at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,10 @@ from ...config import InputConfig
 from ...storage import Storage
 from ..columns import (
     Columns,
+    cast,
     check_unique,
     default_ids,
+    given_ids,
     is_audio_struct,
     normalise,
     resolve,
@@ -43,8 +46,7 @@ def detect(name: str) -> str | None:
 
 
 def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
-    with storage.open_input(source.uri) as f:
-        pf = pq.ParquetFile(f)
+    with _opened(source, storage) as pf:
         cols = resolve(pf.schema_arrow, cfg, source.uri)
         ids = _ids(pf, cols, source)
         head = next(pf.iter_batches(batch_size=1), None)
@@ -79,14 +81,18 @@ def read(
 def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray | pa.Array:
     """Every row's id, reading only the columns it is made of (never the audio bytes)."""
     if cols.id is not None:
-        return pf.read(columns=[cols.id]).column(0).cast(pa.string())
+        return given_ids(pf.read(columns=[cols.id]).column(0), cols.id, source.uri)
     names = []
     if cols.template:  # the path as built from the row's columns (an empty one: none)
         fields = sorted(set(template_fields(cols.template)))
         built, _ = templated(pf.read(columns=fields), cols.template)
         names.append(pa.array(built, pa.string()))
     elif not cols.embedded:
-        names.append(pf.read(columns=[cols.audio]).column(0).combine_chunks().cast(pa.string()))
+        names.append(
+            cast(
+                pf.read(columns=[cols.audio]).column(0).combine_chunks(), cols.audio, pa.string(), source.uri
+            )
+        )
     elif is_audio_struct(t := pf.schema_arrow.field(cols.audio).type) and t.get_field_index("path") >= 0:
         struct = pf.read(columns=[f"{cols.audio}.path"]).column(0).combine_chunks()
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
@@ -96,25 +102,32 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
     if cols.start is None:
         return ids
     spans = [c for c in (cols.start, cols.duration, cols.end) if c]
-    return with_span(ids, *span(pf.read(columns=spans), cols))
+    return with_span(ids, *span(pf.read(columns=spans), cols, source.uri))
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
+    with _opened(source, storage) as pf:
+        groups, skip = [], first_row
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if not groups and skip >= n:
+                skip -= n
+            else:
+                groups.append(g)
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
+            t = pa.Table.from_batches([batch])
+            t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
+            if t.num_rows:
+                yield t
+
+
+@contextlib.contextmanager
+def _opened(source: Source, storage: Storage) -> Iterator[pq.ParquetFile]:
+    """The Parquet file of a source; what cannot be opened or parsed (a git-lfs pointer named
+    *.parquet, a truncated upload) is a ManifestError naming it, in the count pass as in a read."""
     try:
         with storage.open_input(source.uri) as f:
-            pf = pq.ParquetFile(f)
-            groups, skip = [], first_row
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                if not groups and skip >= n:
-                    skip -= n
-                else:
-                    groups.append(g)
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
-                t = pa.Table.from_batches([batch])
-                t, skip = t.slice(min(skip, t.num_rows)), max(skip - t.num_rows, 0)
-                if t.num_rows:
-                    yield t
+            yield pq.ParquetFile(f)
     except FileNotFoundError:
         raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
     except pa.ArrowInvalid as e:

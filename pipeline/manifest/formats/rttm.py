@@ -37,9 +37,9 @@ from ...config import InputConfig
 from ...rttm import RttmError, parse_rttm, turns_table
 from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
-from ..columns import Columns, normalise
+from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes, text, two_columns, whole_groups
+from .base import Count, Format, count_whole, read_bytes, text, two_columns, utf8, whole_groups
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -71,7 +71,7 @@ def read(
     raw_schema: pa.Schema | None = None,
     skip_rows: int = 0,
 ) -> Iterator[pa.Table]:
-    if source.uri.lower().endswith(NEMO_SUFFIXES):
+    if file_name(source.uri).lower().endswith(NEMO_SUFFIXES):
         table = _nemo(source, storage)
     else:
         turns = _parse(read_bytes(source.uri, storage), source.uri)
@@ -217,7 +217,7 @@ def is_diarisation_manifest(head: bytes) -> bool:
 def _nemo(source: Source, storage: Storage) -> pa.Table:
     tables = []
     data = read_bytes(source.uri, storage)
-    for n, line in enumerate(text(data).decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(utf8(text(data), source.uri).splitlines(), 1):
         if not line.strip():
             continue
         try:
