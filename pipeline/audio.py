@@ -23,6 +23,9 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   prefixes the stage and the file. Silence is valid audio.
 - PyAV is imported only when a file needs FFmpeg: a node without it still reads everything libsndfile
   reads, and a container then fails as that row's `AudioError` naming the missing package.
+- An mp3 (MPEG audio) whose length libsndfile only estimates (no Xing/Info header: VBR from many
+  encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
+  bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it).
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet it cannot decode.
@@ -71,6 +74,8 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 # the mono buffer's first size: the stated duration, or this when none is stated; at most the limit or
 # MAX_GUESS_S (a header can lie); it doubles when frames keep coming
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
+# bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag
+MP3_TAIL = 128
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
 # libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
@@ -303,7 +308,40 @@ def _read(
         f.seek(0)
         return _read_ffmpeg(f, name, max_duration_s, channel)
     with sound:
-        return _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
+        read = _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
+        # libsndfile stops at the frame count it took from an mp3's first frame where no header
+        # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio
+        cut_short = sound.format == "MP3" and _size_from(f, f.tell()) > MP3_TAIL
+    if cut_short:
+        return _mp3_in_full(f, name, max_duration_s, channel, read)
+    return read
+
+
+def _size_from(f: BinaryIO, at: int) -> int:
+    """Bytes of `f` from `at` to its end (leaves `f` at its end)."""
+    return f.seek(0, io.SEEK_END) - at
+
+
+def _mp3_in_full(
+    f: BinaryIO,
+    name: str,
+    max_duration_s: float | None,
+    channel: int | None,
+    read: tuple[np.ndarray, int, int],
+) -> tuple[np.ndarray, int, int]:
+    """An mp3 that libsndfile read only part of, decoded whole by FFmpeg; what libsndfile `read` where
+    FFmpeg is missing or cannot decode it (junk after the last frame), as before. Limits still apply."""
+    try:
+        _pyav()
+    except AudioError:
+        return read
+    f.seek(0)
+    try:
+        return _read_ffmpeg(f, name, max_duration_s, channel)
+    except AudioError as e:
+        if str(e).startswith(_TOO_LONG):  # the limit holds whichever decoder finds it
+            raise
+        return read
 
 
 def _read_sndfile(
@@ -506,10 +544,13 @@ def _ffmpeg_reason(e: av.FFmpegError) -> str:
     return e.strerror or type(e).__name__
 
 
+_TOO_LONG = "too long: "
+
+
 def _check_duration(seconds: float, max_duration_s: float | None, how: str) -> None:
     if max_duration_s is not None and seconds > max_duration_s:
         raise AudioError(
-            f"too long: {seconds:.1f} s {how}, over the limit of {max_duration_s:g} s (audio.max_duration_s)"
+            f"{_TOO_LONG}{seconds:.1f} s {how}, over the limit of {max_duration_s:g} s (audio.max_duration_s)"
         )
 
 

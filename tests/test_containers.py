@@ -178,6 +178,22 @@ def test_the_same_pcm_gives_the_same_numbers_through_either_decoder(work, speech
     np.testing.assert_array_equal(a.samples, b.samples)
 
 
+def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech):
+    """libsndfile takes an mp3's length from its first frame's size when no Xing/Info header states
+    it, and reads no further: a clip that starts on speech (a big frame) and ends in silence (small
+    frames) came out a fraction of its length."""
+    path = work / "noxing.mp3"
+    trimmed = "silenceremove=start_periods=1:start_threshold=0.02,apad=pad_dur=2"
+    ffmpeg("-i", speech, "-af", trimmed, "-c:a", "libmp3lame", "-q:a", "4", "-write_xing", "0", path)
+    check_same_speech("noxing.mp3", path, lossless=False)
+    # the limit counts the whole file (3.6 s), not libsndfile's estimate (~1 s)
+    with pytest.raises(AudioError, match=r"^too long: "):
+        decode(path.read_bytes(), "noxing.mp3", max_duration_s=2.5)
+    # junk after the last frame, which FFmpeg refuses: what libsndfile reads, as before (no error)
+    junk = path.read_bytes() + bytes(range(256)) * 12
+    assert decode(junk, "junk.mp3").duration_s > 0.5
+
+
 def test_a_seekable_file_object_decodes_like_bytes(work, speech):
     path = make(work, speech, "v.mp4", LOSSY["v.mp4"])
     with open(path, "rb") as f:
