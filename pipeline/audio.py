@@ -25,7 +25,8 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   reads, and a container then fails as that row's `AudioError` naming the missing package.
 - An mp3 (MPEG audio) whose length libsndfile only estimates (no Xing/Info header: VBR from many
   encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
-  bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it).
+  bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
+  does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk").
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet it cannot decode.
@@ -76,6 +77,8 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
 # bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag
 MP3_TAIL = 128
+# libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
+_WAV_CODEC = "'fmt ' chunk"
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
 # libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
@@ -295,16 +298,23 @@ def _read(
     f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
 ) -> tuple[np.ndarray, int, int]:
     """file -> ([frames] float32 mono (or `channel`) at the source rate, source rate, source channels)."""
+    refused = None
     try:
         sound = sf.SoundFile(f)
     except sf.LibsndfileError as e:
         error = e.error_string.strip()
         if not any(s in error.lower() for s in _NOT_SNDFILE):
-            raise AudioError(f"corrupt or truncated audio: {error}") from None
+            refused = AudioError(f"corrupt or truncated audio: {error}")
+            if _WAV_CODEC not in error:
+                raise refused from None
         sound = None  # not a format libsndfile reads: FFmpeg's turn
     except Exception as e:  # noqa: BLE001 - whatever the C decoder or its wrapper throws is bad input
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
     if sound is None:
+        if refused is not None:
+            # a WAV of a codec libsndfile lacks (G.726, AC-3, WMA...) or a corrupt one: FFmpeg decodes
+            # the first; libsndfile's error stands for the second
+            return _ffmpeg_or(f, name, max_duration_s, channel, refused)
         f.seek(0)
         return _read_ffmpeg(f, name, max_duration_s, channel)
     with sound:
@@ -313,7 +323,7 @@ def _read(
         # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio
         cut_short = sound.format == "MP3" and _size_from(f, f.tell()) > MP3_TAIL
     if cut_short:
-        return _mp3_in_full(f, name, max_duration_s, channel, read)
+        return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read
 
 
@@ -322,26 +332,29 @@ def _size_from(f: BinaryIO, at: int) -> int:
     return f.seek(0, io.SEEK_END) - at
 
 
-def _mp3_in_full(
+def _ffmpeg_or(
     f: BinaryIO,
     name: str,
     max_duration_s: float | None,
     channel: int | None,
-    read: tuple[np.ndarray, int, int],
+    otherwise: tuple[np.ndarray, int, int] | AudioError,
 ) -> tuple[np.ndarray, int, int]:
-    """An mp3 that libsndfile read only part of, decoded whole by FFmpeg; what libsndfile `read` where
-    FFmpeg is missing or cannot decode it (junk after the last frame), as before. Limits still apply."""
+    """A file libsndfile read only part of (an mp3) or refused (a WAV's codec), decoded by FFmpeg; where
+    FFmpeg is missing, cannot decode it (junk after an mp3's last frame) or finds no samples: what
+    libsndfile read, or its error (`otherwise`), as before. Limits still apply."""
     try:
         _pyav()
-    except AudioError:
-        return read
-    f.seek(0)
-    try:
-        return _read_ffmpeg(f, name, max_duration_s, channel)
+        f.seek(0)
+        read = _read_ffmpeg(f, name, max_duration_s, channel)
     except AudioError as e:
         if str(e).startswith(_TOO_LONG):  # the limit holds whichever decoder finds it
             raise
-        return read
+        read = None
+    if read is None or len(read[0]) == 0:
+        if isinstance(otherwise, AudioError):
+            raise otherwise
+        return otherwise
+    return read
 
 
 def _read_sndfile(

@@ -194,6 +194,18 @@ def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech):
     assert decode(junk, "junk.mp3").duration_s > 0.5
 
 
+@pytest.mark.parametrize(
+    "name,codec",
+    [("g726.wav", ["-ar", "8000", "-ac", "1", "-c:a", "g726"]), ("ac3.wav", ["-c:a", "ac3"])],
+)
+def test_a_wav_of_a_codec_libsndfile_lacks_goes_to_ffmpeg(work, speech, name, codec):
+    """libsndfile refuses a WAV whose format tag it does not know ("Malformed 'fmt ' chunk"): that was
+    an error row, though FFmpeg decodes it (telephony G.726, AC-3 from video)."""
+    path = work / name
+    ffmpeg("-i", speech, *codec, path)
+    check_same_speech(name, path, lossless=False)
+
+
 def test_a_seekable_file_object_decodes_like_bytes(work, speech):
     path = make(work, speech, "v.mp4", LOSSY["v.mp4"])
     with open(path, "rb") as f:
