@@ -15,7 +15,7 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   way a file gives the same numbers whichever decoder read it.
 - Limits (`max_bytes`, `max_duration_s`) are checked before decoding: the size first, then the duration
   the header states; the decoded length is checked again as frames arrive, for headers that lie or
-  state no duration.
+  state no duration (a FLAC written to a pipe says 0 samples: libsndfile reads it to its end).
 - `channel` picks one channel of a multichannel file instead of the mix (one speaker per channel); a
   mono file is its own mix and ignores it; a channel the file lacks is an `AudioError`.
 - `cut` takes a segment [start_s, end_s) of decoded 16 kHz samples on the sample grid.
@@ -75,6 +75,7 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 # the mono buffer's first size: the stated duration, or this when none is stated; at most the limit or
 # MAX_GUESS_S (a header can lie); it doubles when frames keep coming
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
+SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that never stated its length
 # bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag
 MP3_TAIL = 128
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
@@ -361,22 +362,34 @@ def _read_sndfile(
     sound: sf.SoundFile, max_duration_s: float | None, channel: int | None = None
 ) -> np.ndarray:
     """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
-    _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
+    # a FLAC written to a pipe could not go back to state its length: libsndfile says SF_COUNT_MAX
+    stated = sound.frames < SF_UNKNOWN_FRAMES
+    if stated:
+        _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
     if sound.channels > 1:
         _check_channel(channel, sound.channels)
-    mono = np.empty(sound.frames, np.float32)
+    guess_s = min(FIRST_GUESS_S, max_duration_s or MAX_GUESS_S)
+    mono = np.empty(sound.frames if stated else math.ceil(sound.samplerate * guess_s), np.float32)
     try:
-        if sound.channels == 1:
+        if sound.channels == 1 and stated:
             n = len(sound.read(out=mono))  # straight into the buffer
         else:
             block = np.empty((BLOCK_FRAMES, sound.channels), np.float32)
             n = 0
-            while n < len(mono):
-                got = _readf(sound, block[: len(mono) - n], first=n == 0)
+            while n < len(mono) or not stated:
+                got = _readf(sound, block[: len(mono) - n] if stated else block, first=n == 0)
                 if got == 0:
                     break
+                if n + got > len(mono):  # a length nobody stated outgrew the guess: double the buffer
+                    grown = np.empty(max(n + got, 2 * len(mono)), np.float32)
+                    grown[:n] = mono[:n]
+                    mono = grown
                 _downmix_into(block[:got], mono[n : n + got], channel)
                 n += got
+                if not stated:
+                    _check_duration(n / sound.samplerate, max_duration_s, "decoded so far")
+    except AudioError:
+        raise
     except sf.LibsndfileError as e:
         raise AudioError(f"corrupt or truncated audio: {e.error_string.strip()}") from None
     except Exception as e:  # noqa: BLE001

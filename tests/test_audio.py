@@ -142,6 +142,29 @@ def test_a_channel_is_decoded_alone_and_a_mono_file_is_its_own_mix(tmp_path, con
     np.testing.assert_array_equal(decode(mono, "m.wav", channel=1).samples, decode(mono, "m.wav").samples)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_flac_that_states_no_length_decodes_whole(speech_dir, channels):
+    """A FLAC written to a pipe (ffmpeg, sox or flac to stdout, a recorder's stream) cannot go back to
+    write its length: STREAMINFO says 0 samples, which libsndfile reports as 2**63 - 1 frames. That
+    was an error row ("too long ... as its header states", or numpy's "array is too big" with no
+    limit); the limit is now checked on what is decoded, as for other files that state no duration."""
+    wav = synthesize(TEXT, speech_dir / f"piped{channels}.wav", sample_rate=44100, channels=channels)
+    streamed = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-f", "flac", "pipe:1"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert sf.info(io.BytesIO(streamed)).frames == 2**63 - 1  # what libsndfile makes of "unknown"
+    x, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+    expected = torchaudio.functional.resample(torch.from_numpy(x.mean(axis=1)), sr, 16000).numpy()
+    for limit in (None, 14400):
+        out = decode(streamed, "piped.flac", resampler="torchaudio", max_duration_s=limit)
+        assert (out.sample_rate, out.channels) == (44100, channels)
+        np.testing.assert_allclose(out.samples, expected, atol=1e-6)
+    with pytest.raises(AudioError, match=r"^too long: 1\.\d s decoded so far, over the limit of 1 s"):
+        decode(streamed, "piped.flac", max_duration_s=1)
+
+
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
 def test_resampling_keeps_frequency_and_length(sr):
     n = 2 * sr
