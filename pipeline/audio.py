@@ -23,6 +23,8 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   prefixes the stage and the file. Silence is valid audio.
 - PyAV is imported only when a file needs FFmpeg: a node without it still reads everything libsndfile
   reads, and a container then fails as that row's `AudioError` naming the missing package.
+- A file of which libsndfile reads 0 frames though bytes follow its header (a WAV whose writer never
+  closed it, sizes still 0) goes to FFmpeg, which reads a WAV's data to the end of the file.
 - An mp3 (MPEG audio) whose length libsndfile only estimates (no Xing/Info header: VBR from many
   encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
   bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
@@ -321,8 +323,10 @@ def _read(
     with sound:
         read = _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
         # libsndfile stops at the frame count it took from an mp3's first frame where no header
-        # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio
-        cut_short = sound.format == "MP3" and _size_from(f, f.tell()) > MP3_TAIL
+        # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio.
+        # A WAV whose writer never closed it states 0 bytes of data before its samples: 0 frames.
+        unread = _size_from(f, f.tell())
+        cut_short = (sound.format == "MP3" and unread > MP3_TAIL) or (len(read[0]) == 0 and unread > 0)
     if cut_short:
         return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read
@@ -340,9 +344,9 @@ def _ffmpeg_or(
     channel: int | None,
     otherwise: tuple[np.ndarray, int, int] | AudioError,
 ) -> tuple[np.ndarray, int, int]:
-    """A file libsndfile read only part of (an mp3) or refused (a WAV's codec), decoded by FFmpeg; where
-    FFmpeg is missing, cannot decode it (junk after an mp3's last frame) or finds no samples: what
-    libsndfile read, or its error (`otherwise`), as before. Limits still apply."""
+    """A file libsndfile read only part of (an mp3, an unfinished WAV) or refused (a WAV's codec),
+    decoded by FFmpeg; where FFmpeg is missing, cannot decode it (junk after an mp3's last frame) or
+    finds no samples: what libsndfile read, or its error (`otherwise`), as before. Limits still apply."""
     try:
         _pyav()
         f.seek(0)

@@ -250,6 +250,25 @@ def test_truncated_wav_decodes_the_part_that_is_there(speech_dir):
         decode(data[:head])
 
 
+def test_a_wav_whose_writer_never_finished_its_header_decodes(speech_dir):
+    """A recorder killed before it closed its WAV (many write 0 as the RIFF and data sizes first and
+    the real ones on close) leaves sizes of 0 before the samples: libsndfile reads 0 frames, which was
+    a "no samples decoded" error row; FFmpeg reads the data to the end of the file."""
+    path = synthesize(TEXT, speech_dir / "unfinished.wav", encoding="pcm16")
+    x, sr = sf.read(str(path), dtype="int16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    assert data[:4] == b"RIFF" and len(data) - at - 8 == 2 * len(x)  # sox's plain header, then samples
+    data[4:8] = data[at + 4 : at + 8] = bytes(4)  # the sizes a writer leaves until it closes the file
+    assert sf.info(io.BytesIO(data)).frames == 0
+    out = decode(bytes(data), "unfinished.wav")
+    assert (out.sample_rate, out.channels) == (16000, 1)
+    np.testing.assert_array_equal(out.samples, x.astype(np.float32) / 32768)
+    # a file that holds no samples after its header stays the error it was
+    with pytest.raises(AudioError, match="no samples decoded"):
+        decode(bytes(data[: at + 8]), "empty.wav")
+
+
 def test_silence_and_the_shortest_clip_are_valid():
     out = decode(wav_bytes(np.zeros(8000, np.float32), subtype="PCM_16"), "s.wav")
     assert out.duration_s == 0.5 and not out.samples.any()
