@@ -84,8 +84,9 @@ MP3_TAIL = 128
 _WAV_CODEC = "'fmt ' chunk"
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
-# libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
-_NOT_SNDFILE = ("format not recognised", "unsupported", "unknown")
+# libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead ("unimplemented":
+# an Ogg holding other streams than audio, a Theora video)
+_NOT_SNDFILE = ("format not recognised", "unsupported", "unknown", "unimplemented")
 # FFmpeg sample formats (packed names) -> scale to [-1, 1) float, as FFmpeg's own conversion does
 _INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 2.0**-31, "s64": 2.0**-63}
 

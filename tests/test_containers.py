@@ -158,6 +158,15 @@ def test_lossless_containers_match_the_ffmpeg_cli(work, speech, speech6, name):
     check_same_speech(name, path, lossless=True)
 
 
+def test_an_ogg_video_goes_to_ffmpeg(work, speech):
+    """Theora video with Vorbis audio (.ogv): libsndfile opens the Ogg, then says "File contains data in
+    an unimplemented format", which was an error row ("corrupt or truncated") though FFmpeg decodes it."""
+    if not has_encoder("libtheora"):
+        pytest.skip("this ffmpeg has no Theora encoder")
+    spec = (VIDEO, ["-map", "0:v", "-map", "1:a", "-c:v", "libtheora", "-c:a", "libvorbis", "-ar", "44100"])
+    check_same_speech("v.ogv", make(work, speech, "v.ogv", spec), lossless=False)
+
+
 def test_the_first_audio_stream_is_decoded(work, speech):
     """video, then speech (flac, stereo), then a tone (flac, mono): the speech is what comes out."""
     path = work / "two.mkv"
