@@ -28,7 +28,8 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
 - An mp3 (MPEG audio) whose length libsndfile only estimates (no Xing/Info header: VBR from many
   encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
   bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
-  does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk").
+  does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk"),
+  and an Ogg of one (Speex).
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet it cannot decode.
@@ -82,6 +83,8 @@ SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that neve
 MP3_TAIL = 128
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
 _WAV_CODEC = "'fmt ' chunk"
+# the first packet of the Ogg streams libsndfile decodes: Vorbis, Opus, FLAC
+_SNDFILE_OGG = (b"\x01vorbis", b"OpusHead", b"\x7fFLAC")
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
 # libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead ("unimplemented":
@@ -309,15 +312,15 @@ def _read(
         error = e.error_string.strip()
         if not any(s in error.lower() for s in _NOT_SNDFILE):
             refused = AudioError(f"corrupt or truncated audio: {error}")
-            if _WAV_CODEC not in error:
+            if _WAV_CODEC not in error and not _ogg_of_another_codec(f):
                 raise refused from None
         sound = None  # not a format libsndfile reads: FFmpeg's turn
     except Exception as e:  # noqa: BLE001 - whatever the C decoder or its wrapper throws is bad input
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
     if sound is None:
         if refused is not None:
-            # a WAV of a codec libsndfile lacks (G.726, AC-3, WMA...) or a corrupt one: FFmpeg decodes
-            # the first; libsndfile's error stands for the second
+            # a WAV or Ogg of a codec libsndfile lacks (G.726, AC-3, WMA, Speex...) or a corrupt one:
+            # FFmpeg decodes the first; libsndfile's error stands for the second
             return _ffmpeg_or(f, name, max_duration_s, channel, refused)
         f.seek(0)
         return _read_ffmpeg(f, name, max_duration_s, channel)
@@ -331,6 +334,15 @@ def _read(
     if cut_short:
         return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read
+
+
+def _ogg_of_another_codec(f: BinaryIO) -> bool:
+    """Whether `f` is an Ogg whose first stream is not Vorbis, Opus or FLAC (Speex): libsndfile lacks it."""
+    f.seek(0)
+    page = f.read(27 + 255 + 8)  # the first page's header, its segment table, a packet's first bytes
+    if len(page) < 28 or page[:4] != b"OggS":
+        return False
+    return not page[27 + page[26] :].startswith(_SNDFILE_OGG)
 
 
 def _size_from(f: BinaryIO, at: int) -> int:
