@@ -276,7 +276,8 @@ def chunk_bounds(
     w = max(hop, max_chunk_samples // hop * hop)
     overlap = min_samples - hop
     bounds = [(s, min(s + w + overlap, num_samples)) for s in range(0, num_samples, w)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_samples:
+    # windows of one hop: the last two can both be cut short by the end, so merge until it is long enough
+    while len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_samples:
         bounds.pop()
         bounds[-1] = (bounds[-1][0], num_samples)
     return bounds

@@ -369,15 +369,21 @@ def test_chunk_bounds(n, w, expected):
     assert chunk_bounds(n, w) == expected
 
 
-@pytest.mark.parametrize("n", [16_000 * 61 + 123, 16_000 * 60, 16_000 * 90 + 399, 16_000 * 90 + 400])
-def test_windows_tile_the_frame_grid_of_the_whole_clip(n):
+@pytest.mark.parametrize(
+    "n,w",
+    [(16_000 * 61 + 123, 480_000), (16_000 * 60, 480_000), (16_000 * 90 + 399, 480_000)]
+    # windows of one hop (audio.max_chunk_s under 40 ms): the last two both reach the end of a clip
+    # 1-79 samples past the grid, and the last one merged into the one before was still under 400
+    + [(16_000 * 90 + 400, 480_000), (16_040, 434), (16_000 * 3 + 79, 639), (16_000 * 3 + 80, 434)],
+)
+def test_windows_tile_the_frame_grid_of_the_whole_clip(n, w):
     """The windows' frames, concatenated, are exactly the unsplit clip's frames: same count and
     start times; windows are in order, cover the clip and are at least 400 samples long."""
 
     def frame_starts(a: int, b: int) -> list[int]:
         return [a + 320 * t for t in range((b - a - 400) // 320 + 1)]
 
-    windows = chunk_bounds(n, 16_000 * 30)
+    windows = chunk_bounds(n, w)
     assert windows[0][0] == 0 and windows[-1][1] == n
     assert all(a1 < a2 for (a1, _), (a2, _) in zip(windows, windows[1:], strict=False))
     assert all(b - a >= 400 for a, b in windows)
