@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -83,6 +84,8 @@ SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that neve
 MP3_TAIL = 128
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
 _WAV_CODEC = "'fmt ' chunk"
+# libsndfile's log of an mp3 whose Xing header states its length (else it estimates it from a bitrate)
+_MP3_XING = re.compile(r"^\s*bitrate mode\s*:\s*variable\s*$", re.MULTILINE)
 # the first packet of the Ogg streams libsndfile decodes: Vorbis, Opus, FLAC
 _SNDFILE_OGG = (b"\x01vorbis", b"OpusHead", b"\x7fFLAC")
 # libsndfile log lines that explain why a file yielded nothing
@@ -381,13 +384,22 @@ def _read_sndfile(
 ) -> np.ndarray:
     """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
     # a FLAC written to a pipe could not go back to state its length: libsndfile says SF_COUNT_MAX
-    stated = sound.frames < SF_UNKNOWN_FRAMES
+    known = sound.frames < SF_UNKNOWN_FRAMES
+    # an mp3 without a Xing header (ffmpeg writing VBR to a pipe): libsndfile's length is the size over
+    # the first frame's bitrate, several times too long after a quiet start; the limit then applies to
+    # what is decoded, and the estimate (at most the limit's worth) only sizes the buffer
+    stated = known and not (sound.format == "MP3" and not _MP3_XING.search(sound.extra_info))
     if stated:
         _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
     if sound.channels > 1:
         _check_channel(channel, sound.channels)
-    guess_s = min(FIRST_GUESS_S, max_duration_s or MAX_GUESS_S)
-    mono = np.empty(sound.frames if stated else math.ceil(sound.samplerate * guess_s), np.float32)
+    if stated:
+        size = sound.frames
+    elif known:
+        size = min(sound.frames, math.ceil(sound.samplerate * (max_duration_s or MAX_GUESS_S)) + BLOCK_FRAMES)
+    else:
+        size = math.ceil(sound.samplerate * min(FIRST_GUESS_S, max_duration_s or MAX_GUESS_S))
+    mono = np.empty(size, np.float32)
     try:
         if sound.channels == 1 and stated:
             n = len(sound.read(out=mono))  # straight into the buffer

@@ -224,6 +224,23 @@ def test_a_wav_of_a_codec_libsndfile_lacks_goes_to_ffmpeg(work, speech, name, co
     check_same_speech(name, path, lossless=False)
 
 
+def test_an_mp3_under_the_limit_is_not_refused_for_libsndfile_s_estimate(work, speech):
+    """Without a Xing header (ffmpeg writing VBR mp3 to a pipe) libsndfile's length is the file size
+    over the first frame's bitrate: a quiet start (small frames) makes it several times too long, and
+    a file well under audio.max_duration_s was refused as "too long ... as its header states"."""
+    path = work / "quiet_start.mp3"
+    lead = "adelay=1500|1500,apad=pad_dur=0.5"
+    path.write_bytes(ffmpeg("-i", speech, "-af", lead, "-c:a", "libmp3lame", "-q:a", "4", "-f", "mp3", "-"))
+    estimate_s = sf.info(str(path)).duration
+    expected, _, _ = expected_16k(path)
+    actual_s = len(expected) / 16000
+    assert estimate_s > 2 * actual_s  # the precondition: libsndfile's length is far too long
+    out = decode(path.read_bytes(), "quiet_start.mp3", max_duration_s=actual_s + 0.5)
+    assert abs(len(out.samples) - len(expected)) <= 16
+    with pytest.raises(AudioError, match=r"^too long: .* decoded so far, over the limit of 1 s"):
+        decode(path.read_bytes(), "quiet_start.mp3", max_duration_s=1)
+
+
 def test_a_seekable_file_object_decodes_like_bytes(work, speech):
     path = make(work, speech, "v.mp4", LOSSY["v.mp4"])
     with open(path, "rb") as f:
