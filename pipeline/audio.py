@@ -80,8 +80,10 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 # MAX_GUESS_S (a header can lie); it doubles when frames keep coming
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
 SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that never stated its length
-# bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag
+# bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag; and the tags
+# that may follow its last frame (APEv2, ID3v1, Lyrics3): unread bytes starting so are no audio
 MP3_TAIL = 128
+_MP3_END_TAGS = (b"APETAGEX", b"TAG", b"LYRICSBEGIN")
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
 _WAV_CODEC = "'fmt ' chunk"
 # libsndfile's log of an mp3 whose Xing header states its length (else it estimates it from a bitrate)
@@ -333,11 +335,18 @@ def _read(
         # libsndfile stops at the frame count it took from an mp3's first frame where no header
         # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio.
         # A WAV whose writer never closed it states 0 bytes of data before its samples: 0 frames.
-        unread = _size_from(f, f.tell())
-        cut_short = (sound.format == "MP3" and unread > MP3_TAIL) or (len(read[0]) == 0 and unread > 0)
+        at = f.tell()
+        unread = _size_from(f, at)
+        more_mp3 = sound.format == "MP3" and unread > MP3_TAIL and not _starts_with(f, at, _MP3_END_TAGS)
+        cut_short = more_mp3 or (len(read[0]) == 0 and unread > 0)
     if cut_short:
         return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read
+
+
+def _starts_with(f: BinaryIO, at: int, prefixes: tuple[bytes, ...]) -> bool:
+    f.seek(at)
+    return f.read(max(map(len, prefixes))).startswith(prefixes)
 
 
 def _ogg_of_another_codec(f: BinaryIO) -> bool:

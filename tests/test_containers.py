@@ -196,7 +196,7 @@ def test_the_same_pcm_gives_the_same_numbers_through_either_decoder(work, speech
     np.testing.assert_array_equal(a.samples, b.samples)
 
 
-def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech):
+def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech, monkeypatch):
     """libsndfile takes an mp3's length from its first frame's size when no Xing/Info header states
     it, and reads no further: a clip that starts on speech (a big frame) and ends in silence (small
     frames) came out a fraction of its length."""
@@ -207,6 +207,15 @@ def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech):
     # the limit counts the whole file (3.6 s), not libsndfile's estimate (~1 s)
     with pytest.raises(AudioError, match=r"^too long: "):
         decode(path.read_bytes(), "noxing.mp3", max_duration_s=2.5)
+    # a tag after the last frame is no audio: libsndfile's reading stands, FFmpeg is not asked
+    tagged = work / "tagged.mp3"
+    ffmpeg("-i", speech, "-c:a", "libmp3lame", "-q:a", "4", tagged)  # with a Xing header
+    ape = b"APETAGEX" + (2000).to_bytes(4, "little") + (32).to_bytes(4, "little") + bytes(20)
+    whole = decode(tagged.read_bytes(), "tagged.mp3")
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.audio._read_ffmpeg", lambda *a, **k: pytest.fail("FFmpeg read a tagged mp3"))
+        for tail in (ape, ape + b"TAG" + bytes(125)):
+            np.testing.assert_array_equal(decode(tagged.read_bytes() + tail, "t.mp3").samples, whole.samples)
     # junk after the last frame, which FFmpeg refuses: what libsndfile reads, as before (no error)
     junk = path.read_bytes() + bytes(range(256)) * 12
     assert decode(junk, "junk.mp3").duration_s > 0.5
