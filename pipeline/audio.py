@@ -29,7 +29,7 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
   bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
   does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk"),
-  and an Ogg of one (Speex).
+  an Ogg of one (Speex), and a chained Ogg (files joined end to end: libsndfile reads the first).
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet it cannot decode.
@@ -337,8 +337,9 @@ def _read(
         # A WAV whose writer never closed it states 0 bytes of data before its samples: 0 frames.
         at = f.tell()
         unread = _size_from(f, at)
-        more_mp3 = sound.format == "MP3" and unread > MP3_TAIL and not _starts_with(f, at, _MP3_END_TAGS)
-        cut_short = more_mp3 or (len(read[0]) == 0 and unread > 0)
+        # A chained Ogg (files joined end to end): libsndfile reads its first link only.
+        more = sound.format in ("MP3", "OGG") and unread > MP3_TAIL and not _starts_with(f, at, _MP3_END_TAGS)
+        cut_short = more or (len(read[0]) == 0 and unread > 0)
     if cut_short:
         return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read

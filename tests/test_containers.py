@@ -233,6 +233,25 @@ def test_a_wav_of_a_codec_libsndfile_lacks_goes_to_ffmpeg(work, speech, name, co
     check_same_speech(name, path, lossless=False)
 
 
+@pytest.mark.parametrize("codec,suffix", [("libvorbis", "ogg"), ("libopus", "opus")])
+def test_a_chained_ogg_decodes_every_link(work, speech, codec, suffix):
+    """Ogg files joined end to end (`cat`, a stream recorded across a metadata change) are one chained
+    Ogg: libsndfile reads the first link only and stopped there, silently; FFmpeg reads them all. (At
+    the junction FFmpeg builds differ by a few ms: the length is checked to 20 ms, the first link's
+    samples against the CLI's decoding of that link alone.)"""
+    links = [work / f"link{k}.{suffix}" for k in range(2)]
+    for link, lead in zip(links, ("anull", "adelay=300|300"), strict=True):  # two different links
+        ffmpeg("-i", speech, "-af", lead, "-c:a", codec, "-ar", "48000", link)
+    path = work / f"chained.{suffix}"
+    path.write_bytes(b"".join(link.read_bytes() for link in links))
+    out = decode(path.read_bytes(), path.name, resampler="torchaudio").samples
+    first, second = (expected_16k(link)[0] for link in links)
+    assert abs(len(out) - len(first) - len(second)) <= 320, (len(out), len(first), len(second))
+    n = len(first) - 320
+    a, b = out[:n].astype(np.float64), first[:n].astype(np.float64)
+    assert (a @ b) / np.sqrt((a @ a) * (b @ b)) > 0.99
+
+
 def test_an_mp3_under_the_limit_is_not_refused_for_libsndfile_s_estimate(work, speech):
     """Without a Xing header (ffmpeg writing VBR mp3 to a pipe) libsndfile's length is the file size
     over the first frame's bitrate: a quiet start (small frames) makes it several times too long, and
