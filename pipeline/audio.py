@@ -86,6 +86,8 @@ MP3_TAIL = 128
 _MP3_END_TAGS = (b"APETAGEX", b"TAG", b"LYRICSBEGIN")
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
 _WAV_CODEC = "'fmt ' chunk"
+# FFmpeg demuxers of raw streams, whose duration FFmpeg estimates from a bitrate
+_RAW_STREAMS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "amr", "amrnb", "amrwb"})
 # libsndfile's log of an mp3 whose Xing header states its length (else it estimates it from a bitrate)
 _MP3_XING = re.compile(r"^\s*bitrate mode\s*:\s*variable\s*$", re.MULTILINE)
 # the first packet of the Ogg streams libsndfile decodes: Vorbis, Opus, FLAC
@@ -492,7 +494,9 @@ def _read_ffmpeg(
     with container:
         stream = _audio_stream(container)
         header_s = _stated_duration(container, stream)
-        if header_s is not None:
+        # a raw stream (ADTS AAC, mp3, AC-3) states no duration: FFmpeg's is its size over the bitrate of
+        # its first frames, several times too long after a quiet start; only the buffer's size uses it
+        if header_s is not None and container.format.name not in _RAW_STREAMS:
             _check_duration(header_s, max_duration_s, "as its header states")
         buffer = _MonoBuffer(
             min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S), channel

@@ -333,6 +333,20 @@ def test_too_long_is_rejected_from_the_header_before_decoding(work, long_speech)
         decode(mp4.read_bytes()[: mp4.stat().st_size // 10], "long.mp4", max_duration_s=10)
 
 
+def test_a_raw_aac_under_the_limit_is_not_refused_for_ffmpeg_s_estimate(work, speech):
+    """Raw ADTS AAC (an .aac from a phone recorder) states no duration: FFmpeg estimates one from the
+    bitrate of its first frames, several times too long after a quiet start (88 s for these 5 s), and a
+    file well under audio.max_duration_s was refused as "too long ... as its header states"."""
+    path = work / "quiet_start.aac"
+    ffmpeg("-i", speech, "-af", "adelay=3000|3000,apad=pad_dur=0.5", "-c:a", "aac", "-q:a", "2", path)
+    expected, _, _ = expected_16k(path)
+    limit = len(expected) / 16000 + 1
+    out = decode(path.read_bytes(), path.name, max_duration_s=limit)
+    assert abs(len(out.samples) - len(expected)) <= 16
+    with pytest.raises(AudioError, match=r"^too long: .* decoded so far, over the limit of 2 s"):
+        decode(path.read_bytes(), path.name, max_duration_s=2)
+
+
 def test_too_long_without_a_stated_duration_stops_while_decoding(long_speech):
     # Matroska written to a pipe has no duration in its header: the limit applies as frames arrive
     data = ffmpeg("-i", long_speech, "-c:a", "flac", "-f", "matroska", "-")
