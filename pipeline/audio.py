@@ -32,7 +32,7 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   an Ogg of one (Speex), and a chained Ogg (files joined end to end: libsndfile reads the first).
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
-  or a packet it cannot decode.
+  or a packet of a container it cannot decode; in a raw stream (mp3, ADTS AAC) such a frame is skipped.
 """
 
 from __future__ import annotations
@@ -374,8 +374,9 @@ def _ffmpeg_or(
     otherwise: tuple[np.ndarray, int, int] | AudioError,
 ) -> tuple[np.ndarray, int, int]:
     """A file libsndfile read only part of (an mp3, an unfinished WAV) or refused (a WAV's codec),
-    decoded by FFmpeg; where FFmpeg is missing, cannot decode it (junk after an mp3's last frame) or
-    finds no samples: what libsndfile read, or its error (`otherwise`), as before. Limits still apply."""
+    decoded by FFmpeg; where FFmpeg is missing, cannot decode it (a chained Ogg whose links differ in
+    rate) or finds no samples: what libsndfile read, or its error (`otherwise`), as before. Limits
+    still apply."""
     try:
         _pyav()
         f.seek(0)
@@ -501,10 +502,20 @@ def _read_ffmpeg(
         buffer = _MonoBuffer(
             min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S), channel
         )
+        # a raw stream (mp3 files joined end to end, junk between frames) goes on at the next frame
+        # after one it cannot decode, as the ffmpeg CLI does; a container's bad packet is an error
+        raw = container.format.name in _RAW_STREAMS
         try:
-            for frame in container.decode(stream):
-                buffer.add(frame)
-                _check_duration(buffer.duration_s, max_duration_s, "decoded so far")
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:
+                    if not raw:
+                        raise
+                    continue
+                for frame in frames:
+                    buffer.add(frame)
+                    _check_duration(buffer.duration_s, max_duration_s, "decoded so far")
         except av.FFmpegError as e:
             raise AudioError(
                 f"corrupt or truncated audio: FFmpeg stopped at {buffer.duration_s:.2f} s "

@@ -216,9 +216,9 @@ def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech, monkeypatch
         m.setattr("pipeline.audio._read_ffmpeg", lambda *a, **k: pytest.fail("FFmpeg read a tagged mp3"))
         for tail in (ape, ape + b"TAG" + bytes(125)):
             np.testing.assert_array_equal(decode(tagged.read_bytes() + tail, "t.mp3").samples, whole.samples)
-    # junk after the last frame, which FFmpeg refuses: what libsndfile reads, as before (no error)
+    # junk after the last frame: no error (FFmpeg skips what it cannot decode in a raw stream)
     junk = path.read_bytes() + bytes(range(256)) * 12
-    assert decode(junk, "junk.mp3").duration_s > 0.5
+    assert decode(junk, "junk.mp3").duration_s == pytest.approx(len(expected_16k(path)[0]) / 16000, abs=0.1)
 
 
 @pytest.mark.parametrize(
@@ -231,6 +231,24 @@ def test_a_wav_of_a_codec_libsndfile_lacks_goes_to_ffmpeg(work, speech, name, co
     path = work / name
     ffmpeg("-i", speech, *codec, path)
     check_same_speech(name, path, lossless=False)
+
+
+def test_mp3_files_joined_end_to_end_decode_whole(work, speech):
+    """`cat a.mp3 b.mp3` (podcast parts, call segments): libsndfile stops at the length the first
+    part's Xing header states, and FFmpeg, asked then, refused the second part's header frame as
+    invalid data, so the result was the first part alone. A raw stream skips a frame it cannot decode
+    and goes on at the next, as the ffmpeg CLI and libsndfile do."""
+    parts = [work / f"part{k}.mp3" for k in range(2)]
+    for part, lead in zip(parts, ("anull", "adelay=300|300"), strict=True):
+        ffmpeg("-i", speech, "-af", lead, "-c:a", "libmp3lame", "-q:a", "4", part)  # ID3 + Xing each
+    joined = b"".join(part.read_bytes() for part in parts)
+    out = decode(joined, "joined.mp3", resampler="torchaudio").samples
+    first, second = (expected_16k(part)[0] for part in parts)
+    # the second part's encoder delay and padding (<= 2 frames) stay: its Xing header is not the file's
+    assert 0 <= len(out) - len(first) - len(second) <= 2 * 1152 // 3 + 16, (len(out), len(first), len(second))
+    n = len(first) - 320
+    a, b = out[:n].astype(np.float64), first[:n].astype(np.float64)
+    assert (a @ b) / np.sqrt((a @ a) * (b @ b)) > 0.99
 
 
 @pytest.mark.parametrize("codec,suffix", [("libvorbis", "ogg"), ("libopus", "opus")])
