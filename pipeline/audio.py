@@ -80,8 +80,8 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 # MAX_GUESS_S (a header can lie); it doubles when frames keep coming
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
 SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that never stated its length
-# bytes an mp3 may end with after its last frame without holding audio: an ID3v1 tag; and the tags
-# that may follow its last frame (APEv2, ID3v1, Lyrics3): unread bytes starting so are no audio
+# bytes left unread after libsndfile's last frame of an mp3 or Ogg that hold no audio: an ID3v1 tag,
+# or any number starting with a tag that follows an mp3's last frame (APEv2, ID3v1, Lyrics3)
 MP3_TAIL = 128
 _MP3_END_TAGS = (b"APETAGEX", b"TAG", b"LYRICSBEGIN")
 # libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
@@ -335,11 +335,11 @@ def _read(
     with sound:
         read = _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
         # libsndfile stops at the frame count it took from an mp3's first frame where no header
-        # states it (VBR without a Xing header): unread bytes past the frames it gave are more audio.
-        # A WAV whose writer never closed it states 0 bytes of data before its samples: 0 frames.
+        # states it (VBR without a Xing header), and at the end of a chained Ogg's first link (files
+        # joined end to end): unread bytes past the frames it gave are more audio. A WAV whose writer
+        # never closed it states 0 bytes of data before its samples: 0 frames.
         at = f.tell()
         unread = _size_from(f, at)
-        # A chained Ogg (files joined end to end): libsndfile reads its first link only.
         more = sound.format in ("MP3", "OGG") and unread > MP3_TAIL and not _starts_with(f, at, _MP3_END_TAGS)
         cut_short = more or (len(read[0]) == 0 and unread > 0)
     if cut_short:
