@@ -15,7 +15,7 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   way a file gives the same numbers whichever decoder read it.
 - Limits (`max_bytes`, `max_duration_s`) are checked before decoding: the size first, then the duration
   the header states; the decoded length is checked again as frames arrive, for headers that lie or
-  state no duration.
+  state no duration (a FLAC written to a pipe says 0 samples: libsndfile reads it to its end).
 - `channel` picks one channel of a multichannel file instead of the mix (one speaker per channel); a
   mono file is its own mix and ignores it; a channel the file lacks is an `AudioError`.
 - `cut` takes a segment [start_s, end_s) of decoded 16 kHz samples on the sample grid.
@@ -23,9 +23,16 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   prefixes the stage and the file. Silence is valid audio.
 - PyAV is imported only when a file needs FFmpeg: a node without it still reads everything libsndfile
   reads, and a container then fails as that row's `AudioError` naming the missing package.
+- A file of which libsndfile reads 0 frames though bytes follow its header (a WAV whose writer never
+  closed it, sizes still 0) goes to FFmpeg, which reads a WAV's data to the end of the file.
+- An mp3 (MPEG audio) whose length libsndfile only estimates (no Xing/Info header: VBR from many
+  encoders and streams) is read by libsndfile no further than the estimate; when that leaves audio
+  bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
+  does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk"),
+  an Ogg of one (Speex), and a chained Ogg (files joined end to end: libsndfile reads the first).
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
-  or a packet it cannot decode.
+  or a packet of a container it cannot decode; in a raw stream (mp3, ADTS AAC) such a frame is skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -71,10 +79,24 @@ INDEX_SLACK, INDEX_SLACK_S = 0.01, 0.1
 # the mono buffer's first size: the stated duration, or this when none is stated; at most the limit or
 # MAX_GUESS_S (a header can lie); it doubles when frames keep coming
 FIRST_GUESS_S, MAX_GUESS_S = 60, 4 * 3600
+SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that never stated its length
+# bytes left unread after libsndfile's last frame of an mp3 or Ogg that hold no audio: an ID3v1 tag,
+# or any number starting with a tag that follows an mp3's last frame (APEv2, ID3v1, Lyrics3)
+MP3_TAIL = 128
+_MP3_END_TAGS = (b"APETAGEX", b"TAG", b"LYRICSBEGIN")
+# libsndfile's open error for a WAV whose format tag (codec) it does not know, or a damaged one
+_WAV_CODEC = "'fmt ' chunk"
+# FFmpeg demuxers of raw streams, whose duration FFmpeg estimates from a bitrate
+_RAW_STREAMS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "amr", "amrnb", "amrwb"})
+# libsndfile's log of an mp3 whose Xing header states its length (else it estimates it from a bitrate)
+_MP3_XING = re.compile(r"^\s*bitrate mode\s*:\s*variable\s*$", re.MULTILINE)
+# the first packet of the Ogg streams libsndfile decodes: Vorbis, Opus, FLAC
+_SNDFILE_OGG = (b"\x01vorbis", b"OpusHead", b"\x7fFLAC")
 # libsndfile log lines that explain why a file yielded nothing
 _LOG_PROBLEMS = ("error", "unexpected", "should be", "malformed", "lacks")
-# libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead
-_NOT_SNDFILE = ("format not recognised", "unsupported", "unknown")
+# libsndfile open errors that mean "not a format I read": FFmpeg gets the file instead ("unimplemented":
+# an Ogg holding other streams than audio, a Theora video)
+_NOT_SNDFILE = ("format not recognised", "unsupported", "unknown", "unimplemented")
 # FFmpeg sample formats (packed names) -> scale to [-1, 1) float, as FFmpeg's own conversion does
 _INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 2.0**-31, "s64": 2.0**-63}
 
@@ -261,7 +283,8 @@ def chunk_bounds(
     w = max(hop, max_chunk_samples // hop * hop)
     overlap = min_samples - hop
     bounds = [(s, min(s + w + overlap, num_samples)) for s in range(0, num_samples, w)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_samples:
+    # windows of one hop: the last two can both be cut short by the end, so merge until it is long enough
+    while len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_samples:
         bounds.pop()
         bounds[-1] = (bounds[-1][0], num_samples)
     return bounds
@@ -290,42 +313,126 @@ def _read(
     f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
 ) -> tuple[np.ndarray, int, int]:
     """file -> ([frames] float32 mono (or `channel`) at the source rate, source rate, source channels)."""
+    refused = None
     try:
         sound = sf.SoundFile(f)
     except sf.LibsndfileError as e:
         error = e.error_string.strip()
         if not any(s in error.lower() for s in _NOT_SNDFILE):
-            raise AudioError(f"corrupt or truncated audio: {error}") from None
+            refused = AudioError(f"corrupt or truncated audio: {error}")
+            if _WAV_CODEC not in error and not _ogg_of_another_codec(f):
+                raise refused from None
         sound = None  # not a format libsndfile reads: FFmpeg's turn
     except Exception as e:  # noqa: BLE001 - whatever the C decoder or its wrapper throws is bad input
         raise AudioError(f"cannot decode: {type(e).__name__}: {e}") from None
     if sound is None:
+        if refused is not None:
+            # a WAV or Ogg of a codec libsndfile lacks (G.726, AC-3, WMA, Speex...) or a corrupt one:
+            # FFmpeg decodes the first; libsndfile's error stands for the second
+            return _ffmpeg_or(f, name, max_duration_s, channel, refused)
         f.seek(0)
         return _read_ffmpeg(f, name, max_duration_s, channel)
     with sound:
-        return _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
+        read = _read_sndfile(sound, max_duration_s, channel), sound.samplerate, sound.channels
+        # libsndfile stops at the frame count it took from an mp3's first frame where no header
+        # states it (VBR without a Xing header), and at the end of a chained Ogg's first link (files
+        # joined end to end): unread bytes past the frames it gave are more audio. A WAV whose writer
+        # never closed it states 0 bytes of data before its samples: 0 frames.
+        at = f.tell()
+        unread = _size_from(f, at)
+        more = sound.format in ("MP3", "OGG") and unread > MP3_TAIL and not _starts_with(f, at, _MP3_END_TAGS)
+        cut_short = more or (len(read[0]) == 0 and unread > 0)
+    if cut_short:
+        return _ffmpeg_or(f, name, max_duration_s, channel, read)
+    return read
+
+
+def _starts_with(f: BinaryIO, at: int, prefixes: tuple[bytes, ...]) -> bool:
+    f.seek(at)
+    return f.read(max(map(len, prefixes))).startswith(prefixes)
+
+
+def _ogg_of_another_codec(f: BinaryIO) -> bool:
+    """Whether `f` is an Ogg whose first stream is not Vorbis, Opus or FLAC (Speex): libsndfile lacks it."""
+    f.seek(0)
+    page = f.read(27 + 255 + 8)  # the first page's header, its segment table, a packet's first bytes
+    if len(page) < 28 or page[:4] != b"OggS":
+        return False
+    return not page[27 + page[26] :].startswith(_SNDFILE_OGG)
+
+
+def _size_from(f: BinaryIO, at: int) -> int:
+    """Bytes of `f` from `at` to its end (leaves `f` at its end)."""
+    return f.seek(0, io.SEEK_END) - at
+
+
+def _ffmpeg_or(
+    f: BinaryIO,
+    name: str,
+    max_duration_s: float | None,
+    channel: int | None,
+    otherwise: tuple[np.ndarray, int, int] | AudioError,
+) -> tuple[np.ndarray, int, int]:
+    """A file libsndfile read only part of (an mp3, an unfinished WAV) or refused (a WAV's codec),
+    decoded by FFmpeg; where FFmpeg is missing, cannot decode it (a chained Ogg whose links differ in
+    rate) or finds no samples: what libsndfile read, or its error (`otherwise`), as before. Limits
+    still apply."""
+    try:
+        _pyav()
+        f.seek(0)
+        read = _read_ffmpeg(f, name, max_duration_s, channel)
+    except AudioError as e:
+        if str(e).startswith(_TOO_LONG):  # the limit holds whichever decoder finds it
+            raise
+        read = None
+    if read is None or len(read[0]) == 0:
+        if isinstance(otherwise, AudioError):
+            raise otherwise
+        return otherwise
+    return read
 
 
 def _read_sndfile(
     sound: sf.SoundFile, max_duration_s: float | None, channel: int | None = None
 ) -> np.ndarray:
     """An open libsndfile file -> [frames] float32 mono, read in blocks into one buffer."""
-    _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
+    # a FLAC written to a pipe could not go back to state its length: libsndfile says SF_COUNT_MAX
+    known = sound.frames < SF_UNKNOWN_FRAMES
+    # an mp3 without a Xing header (ffmpeg writing VBR to a pipe): libsndfile's length is the size over
+    # the first frame's bitrate, several times too long after a quiet start; the limit then applies to
+    # what is decoded, and the estimate (at most the limit's worth) only sizes the buffer
+    stated = known and not (sound.format == "MP3" and not _MP3_XING.search(sound.extra_info))
+    if stated:
+        _check_duration(sound.frames / sound.samplerate, max_duration_s, "as its header states")
     if sound.channels > 1:
         _check_channel(channel, sound.channels)
-    mono = np.empty(sound.frames, np.float32)
+    if stated:
+        size = sound.frames
+    elif known:
+        size = min(sound.frames, math.ceil(sound.samplerate * (max_duration_s or MAX_GUESS_S)) + BLOCK_FRAMES)
+    else:
+        size = math.ceil(sound.samplerate * min(FIRST_GUESS_S, max_duration_s or MAX_GUESS_S))
+    mono = np.empty(size, np.float32)
     try:
-        if sound.channels == 1:
+        if sound.channels == 1 and stated:
             n = len(sound.read(out=mono))  # straight into the buffer
         else:
             block = np.empty((BLOCK_FRAMES, sound.channels), np.float32)
             n = 0
-            while n < len(mono):
-                got = _readf(sound, block[: len(mono) - n], first=n == 0)
+            while n < len(mono) or not stated:
+                got = _readf(sound, block[: len(mono) - n] if stated else block, first=n == 0)
                 if got == 0:
                     break
+                if n + got > len(mono):  # a length nobody stated outgrew the guess: double the buffer
+                    grown = np.empty(max(n + got, 2 * len(mono)), np.float32)
+                    grown[:n] = mono[:n]
+                    mono = grown
                 _downmix_into(block[:got], mono[n : n + got], channel)
                 n += got
+                if not stated:
+                    _check_duration(n / sound.samplerate, max_duration_s, "decoded so far")
+    except AudioError:
+        raise
     except sf.LibsndfileError as e:
         raise AudioError(f"corrupt or truncated audio: {e.error_string.strip()}") from None
     except Exception as e:  # noqa: BLE001
@@ -388,15 +495,27 @@ def _read_ffmpeg(
     with container:
         stream = _audio_stream(container)
         header_s = _stated_duration(container, stream)
-        if header_s is not None:
+        # a raw stream (ADTS AAC, mp3, AC-3) states no duration: FFmpeg's is its size over the bitrate of
+        # its first frames, several times too long after a quiet start; only the buffer's size uses it
+        if header_s is not None and container.format.name not in _RAW_STREAMS:
             _check_duration(header_s, max_duration_s, "as its header states")
         buffer = _MonoBuffer(
             min(header_s or FIRST_GUESS_S, max_duration_s or MAX_GUESS_S, MAX_GUESS_S), channel
         )
+        # a raw stream (mp3 files joined end to end, junk between frames) goes on at the next frame
+        # after one it cannot decode, as the ffmpeg CLI does; a container's bad packet is an error
+        raw = container.format.name in _RAW_STREAMS
         try:
-            for frame in container.decode(stream):
-                buffer.add(frame)
-                _check_duration(buffer.duration_s, max_duration_s, "decoded so far")
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:
+                    if not raw:
+                        raise
+                    continue
+                for frame in frames:
+                    buffer.add(frame)
+                    _check_duration(buffer.duration_s, max_duration_s, "decoded so far")
         except av.FFmpegError as e:
             raise AudioError(
                 f"corrupt or truncated audio: FFmpeg stopped at {buffer.duration_s:.2f} s "
@@ -506,10 +625,13 @@ def _ffmpeg_reason(e: av.FFmpegError) -> str:
     return e.strerror or type(e).__name__
 
 
+_TOO_LONG = "too long: "
+
+
 def _check_duration(seconds: float, max_duration_s: float | None, how: str) -> None:
     if max_duration_s is not None and seconds > max_duration_s:
         raise AudioError(
-            f"too long: {seconds:.1f} s {how}, over the limit of {max_duration_s:g} s (audio.max_duration_s)"
+            f"{_TOO_LONG}{seconds:.1f} s {how}, over the limit of {max_duration_s:g} s (audio.max_duration_s)"
         )
 
 

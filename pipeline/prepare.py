@@ -61,6 +61,7 @@ class Span:
     offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
+    seconds: float | None = None  # decoded duration of a span without speech (None: the file's)
 
 
 def prepare_block(
@@ -294,7 +295,17 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec, offset_s=whole.offset_s)]
+        seconds = len(whole.samples) / sr  # the span's, not the whole file's
+        return [
+            Span(
+                whole.source,
+                rec,
+                audio=whole.audio,
+                recording_id=rec,
+                offset_s=whole.offset_s,
+                seconds=seconds,
+            )
+        ]
     return spans
 
 
@@ -309,7 +320,11 @@ def _table(batch: pa.Table, spans: list[Span], values: pa.Array, seconds: float,
     has_wave = np.array([s.length is not None for s in spans])
     lengths = np.array([s.length or 0 for s in spans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
+    unrun = [
+        0.0 if a is None else a.duration_s if s.seconds is None else s.seconds
+        for s, a in zip(spans, audio, strict=True)
+    ]
+    duration = np.where(has_wave, lengths / TARGET_SR, unrun)
     columns = {
         MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),

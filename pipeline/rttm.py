@@ -23,6 +23,8 @@ recording also speaks (the union of their turns, so two others at once count onc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 
@@ -46,7 +48,7 @@ TURN_SCHEMA = pa.schema(
 
 def parse_rttm(text: str, uri: str = "<rttm>") -> pa.Table:
     """RTTM text -> one row per SPEAKER line (see the module docstring). Raises RttmError naming the
-    file and line for a SPEAKER line with too few fields or times that are not numbers."""
+    file and line for a SPEAKER line with too few fields or times that are not (finite) numbers."""
     recs, spks, starts, durs, fields2 = [], [], [], [], []
     for n, line in enumerate(text.splitlines(), 1):
         fields = line.split()
@@ -59,6 +61,8 @@ def parse_rttm(text: str, uri: str = "<rttm>") -> pa.Table:
             )
         try:
             onset, duration = float(fields[3]), float(fields[4])
+            if not (math.isfinite(onset) and math.isfinite(duration)):  # float() reads "nan", "inf"
+                raise ValueError(fields[3:5])
         except ValueError:
             raise RttmError(
                 f"{uri}: line {n}: onset and duration must be seconds, got {line.strip()!r}"

@@ -142,6 +142,29 @@ def test_a_channel_is_decoded_alone_and_a_mono_file_is_its_own_mix(tmp_path, con
     np.testing.assert_array_equal(decode(mono, "m.wav", channel=1).samples, decode(mono, "m.wav").samples)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_flac_that_states_no_length_decodes_whole(speech_dir, channels):
+    """A FLAC written to a pipe (ffmpeg, sox or flac to stdout, a recorder's stream) cannot go back to
+    write its length: STREAMINFO says 0 samples, which libsndfile reports as 2**63 - 1 frames. That
+    was an error row ("too long ... as its header states", or numpy's "array is too big" with no
+    limit); the limit is now checked on what is decoded, as for other files that state no duration."""
+    wav = synthesize(TEXT, speech_dir / f"piped{channels}.wav", sample_rate=44100, channels=channels)
+    streamed = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-f", "flac", "pipe:1"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert sf.info(io.BytesIO(streamed)).frames == 2**63 - 1  # what libsndfile makes of "unknown"
+    x, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+    expected = torchaudio.functional.resample(torch.from_numpy(x.mean(axis=1)), sr, 16000).numpy()
+    for limit in (None, 14400):
+        out = decode(streamed, "piped.flac", resampler="torchaudio", max_duration_s=limit)
+        assert (out.sample_rate, out.channels) == (44100, channels)
+        np.testing.assert_allclose(out.samples, expected, atol=1e-6)
+    with pytest.raises(AudioError, match=r"^too long: 1\.\d s decoded so far, over the limit of 1 s"):
+        decode(streamed, "piped.flac", max_duration_s=1)
+
+
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
 def test_resampling_keeps_frequency_and_length(sr):
     n = 2 * sr
@@ -225,6 +248,25 @@ def test_truncated_wav_decodes_the_part_that_is_there(speech_dir):
     np.testing.assert_array_equal(part, full[:8000])
     with pytest.raises(AudioError, match="corrupt or truncated audio: no samples decoded"):
         decode(data[:head])
+
+
+def test_a_wav_whose_writer_never_finished_its_header_decodes(speech_dir):
+    """A recorder killed before it closed its WAV (many write 0 as the RIFF and data sizes first and
+    the real ones on close) leaves sizes of 0 before the samples: libsndfile reads 0 frames, which was
+    a "no samples decoded" error row; FFmpeg reads the data to the end of the file."""
+    path = synthesize(TEXT, speech_dir / "unfinished.wav", encoding="pcm16")
+    x, sr = sf.read(str(path), dtype="int16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    assert data[:4] == b"RIFF" and len(data) - at - 8 == 2 * len(x)  # sox's plain header, then samples
+    data[4:8] = data[at + 4 : at + 8] = bytes(4)  # the sizes a writer leaves until it closes the file
+    assert sf.info(io.BytesIO(data)).frames == 0
+    out = decode(bytes(data), "unfinished.wav")
+    assert (out.sample_rate, out.channels) == (16000, 1)
+    np.testing.assert_array_equal(out.samples, x.astype(np.float32) / 32768)
+    # a file that holds no samples after its header stays the error it was
+    with pytest.raises(AudioError, match="no samples decoded"):
+        decode(bytes(data[: at + 8]), "empty.wav")
 
 
 def test_silence_and_the_shortest_clip_are_valid():
@@ -327,15 +369,21 @@ def test_chunk_bounds(n, w, expected):
     assert chunk_bounds(n, w) == expected
 
 
-@pytest.mark.parametrize("n", [16_000 * 61 + 123, 16_000 * 60, 16_000 * 90 + 399, 16_000 * 90 + 400])
-def test_windows_tile_the_frame_grid_of_the_whole_clip(n):
+@pytest.mark.parametrize(
+    "n,w",
+    [(16_000 * 61 + 123, 480_000), (16_000 * 60, 480_000), (16_000 * 90 + 399, 480_000)]
+    # windows of one hop (audio.max_chunk_s under 40 ms): the last two both reach the end of a clip
+    # 1-79 samples past the grid, and the last one merged into the one before was still under 400
+    + [(16_000 * 90 + 400, 480_000), (16_040, 434), (16_000 * 3 + 79, 639), (16_000 * 3 + 80, 434)],
+)
+def test_windows_tile_the_frame_grid_of_the_whole_clip(n, w):
     """The windows' frames, concatenated, are exactly the unsplit clip's frames: same count and
     start times; windows are in order, cover the clip and are at least 400 samples long."""
 
     def frame_starts(a: int, b: int) -> list[int]:
         return [a + 320 * t for t in range((b - a - 400) // 320 + 1)]
 
-    windows = chunk_bounds(n, 16_000 * 30)
+    windows = chunk_bounds(n, w)
     assert windows[0][0] == 0 and windows[-1][1] == n
     assert all(a1 < a2 for (a1, _), (a2, _) in zip(windows, windows[1:], strict=False))
     assert all(b - a >= 400 for a, b in windows)

@@ -158,6 +158,24 @@ def test_lossless_containers_match_the_ffmpeg_cli(work, speech, speech6, name):
     check_same_speech(name, path, lossless=True)
 
 
+def test_an_ogg_video_goes_to_ffmpeg(work, speech):
+    """Theora video with Vorbis audio (.ogv): libsndfile opens the Ogg, then says "File contains data in
+    an unimplemented format", which was an error row ("corrupt or truncated") though FFmpeg decodes it."""
+    if not has_encoder("libtheora"):
+        pytest.skip("this ffmpeg has no Theora encoder")
+    spec = (VIDEO, ["-map", "0:v", "-map", "1:a", "-c:v", "libtheora", "-c:a", "libvorbis", "-ar", "44100"])
+    check_same_speech("v.ogv", make(work, speech, "v.ogv", spec), lossless=False)
+
+
+def test_ogg_speex_goes_to_ffmpeg(work, speech):
+    """Speex in Ogg (.spx, VoIP and older speech corpora): libsndfile opens the Ogg, then fails with
+    "Unspecified internal error", which was an error row though FFmpeg decodes Speex."""
+    if not has_encoder("libspeex"):
+        pytest.skip("this ffmpeg has no Speex encoder")
+    spec = ([], ["-c:a", "libspeex", "-ar", "16000", "-ac", "1"])
+    check_same_speech("a.spx", make(work, speech, "a.spx", spec), lossless=False)
+
+
 def test_the_first_audio_stream_is_decoded(work, speech):
     """video, then speech (flac, stereo), then a tone (flac, mono): the speech is what comes out."""
     path = work / "two.mkv"
@@ -176,6 +194,97 @@ def test_the_same_pcm_gives_the_same_numbers_through_either_decoder(work, speech
     assert sf.info(str(speech)).frames > 65536  # more than one libsndfile block
     assert (a.sample_rate, a.channels) == (b.sample_rate, b.channels) == (48000, 2)
     np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_a_vbr_mp3_without_a_xing_header_decodes_whole(work, speech, monkeypatch):
+    """libsndfile takes an mp3's length from its first frame's size when no Xing/Info header states
+    it, and reads no further: a clip that starts on speech (a big frame) and ends in silence (small
+    frames) came out a fraction of its length."""
+    path = work / "noxing.mp3"
+    trimmed = "silenceremove=start_periods=1:start_threshold=0.02,apad=pad_dur=2"
+    ffmpeg("-i", speech, "-af", trimmed, "-c:a", "libmp3lame", "-q:a", "4", "-write_xing", "0", path)
+    check_same_speech("noxing.mp3", path, lossless=False)
+    # the limit counts the whole file (3.6 s), not libsndfile's estimate (~1 s)
+    with pytest.raises(AudioError, match=r"^too long: "):
+        decode(path.read_bytes(), "noxing.mp3", max_duration_s=2.5)
+    # a tag after the last frame is no audio: libsndfile's reading stands, FFmpeg is not asked
+    tagged = work / "tagged.mp3"
+    ffmpeg("-i", speech, "-c:a", "libmp3lame", "-q:a", "4", tagged)  # with a Xing header
+    ape = b"APETAGEX" + (2000).to_bytes(4, "little") + (32).to_bytes(4, "little") + bytes(20)
+    whole = decode(tagged.read_bytes(), "tagged.mp3")
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.audio._read_ffmpeg", lambda *a, **k: pytest.fail("FFmpeg read a tagged mp3"))
+        for tail in (ape, ape + b"TAG" + bytes(125)):
+            np.testing.assert_array_equal(decode(tagged.read_bytes() + tail, "t.mp3").samples, whole.samples)
+    # junk after the last frame: no error (FFmpeg skips what it cannot decode in a raw stream)
+    junk = path.read_bytes() + bytes(range(256)) * 12
+    assert decode(junk, "junk.mp3").duration_s == pytest.approx(len(expected_16k(path)[0]) / 16000, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "name,codec",
+    [("g726.wav", ["-ar", "8000", "-ac", "1", "-c:a", "g726"]), ("ac3.wav", ["-c:a", "ac3"])],
+)
+def test_a_wav_of_a_codec_libsndfile_lacks_goes_to_ffmpeg(work, speech, name, codec):
+    """libsndfile refuses a WAV whose format tag it does not know ("Malformed 'fmt ' chunk"): that was
+    an error row, though FFmpeg decodes it (telephony G.726, AC-3 from video)."""
+    path = work / name
+    ffmpeg("-i", speech, *codec, path)
+    check_same_speech(name, path, lossless=False)
+
+
+def test_mp3_files_joined_end_to_end_decode_whole(work, speech):
+    """`cat a.mp3 b.mp3` (podcast parts, call segments): libsndfile stops at the length the first
+    part's Xing header states, and FFmpeg, asked then, refused the second part's header frame as
+    invalid data, so the result was the first part alone. A raw stream skips a frame it cannot decode
+    and goes on at the next, as the ffmpeg CLI and libsndfile do."""
+    parts = [work / f"part{k}.mp3" for k in range(2)]
+    for part, lead in zip(parts, ("anull", "adelay=300|300"), strict=True):
+        ffmpeg("-i", speech, "-af", lead, "-c:a", "libmp3lame", "-q:a", "4", part)  # ID3 + Xing each
+    joined = b"".join(part.read_bytes() for part in parts)
+    out = decode(joined, "joined.mp3", resampler="torchaudio").samples
+    first, second = (expected_16k(part)[0] for part in parts)
+    # the second part's encoder delay and padding (<= 2 frames) stay: its Xing header is not the file's
+    assert 0 <= len(out) - len(first) - len(second) <= 2 * 1152 // 3 + 16, (len(out), len(first), len(second))
+    n = len(first) - 320
+    a, b = out[:n].astype(np.float64), first[:n].astype(np.float64)
+    assert (a @ b) / np.sqrt((a @ a) * (b @ b)) > 0.99
+
+
+@pytest.mark.parametrize("codec,suffix", [("libvorbis", "ogg"), ("libopus", "opus")])
+def test_a_chained_ogg_decodes_every_link(work, speech, codec, suffix):
+    """Ogg files joined end to end (`cat`, a stream recorded across a metadata change) are one chained
+    Ogg: libsndfile reads the first link only and stopped there, silently; FFmpeg reads them all. (At
+    the junction FFmpeg builds differ by a few ms: the length is checked to 20 ms, the first link's
+    samples against the CLI's decoding of that link alone.)"""
+    links = [work / f"link{k}.{suffix}" for k in range(2)]
+    for link, lead in zip(links, ("anull", "adelay=300|300"), strict=True):  # two different links
+        ffmpeg("-i", speech, "-af", lead, "-c:a", codec, "-ar", "48000", link)
+    path = work / f"chained.{suffix}"
+    path.write_bytes(b"".join(link.read_bytes() for link in links))
+    out = decode(path.read_bytes(), path.name, resampler="torchaudio").samples
+    first, second = (expected_16k(link)[0] for link in links)
+    assert abs(len(out) - len(first) - len(second)) <= 320, (len(out), len(first), len(second))
+    n = len(first) - 320
+    a, b = out[:n].astype(np.float64), first[:n].astype(np.float64)
+    assert (a @ b) / np.sqrt((a @ a) * (b @ b)) > 0.99
+
+
+def test_an_mp3_under_the_limit_is_not_refused_for_libsndfile_s_estimate(work, speech):
+    """Without a Xing header (ffmpeg writing VBR mp3 to a pipe) libsndfile's length is the file size
+    over the first frame's bitrate: a quiet start (small frames) makes it several times too long, and
+    a file well under audio.max_duration_s was refused as "too long ... as its header states"."""
+    path = work / "quiet_start.mp3"
+    lead = "adelay=1500|1500,apad=pad_dur=0.5"
+    path.write_bytes(ffmpeg("-i", speech, "-af", lead, "-c:a", "libmp3lame", "-q:a", "4", "-f", "mp3", "-"))
+    estimate_s = sf.info(str(path)).duration
+    expected, _, _ = expected_16k(path)
+    actual_s = len(expected) / 16000
+    assert estimate_s > 2 * actual_s  # the precondition: libsndfile's length is far too long
+    out = decode(path.read_bytes(), "quiet_start.mp3", max_duration_s=actual_s + 0.5)
+    assert abs(len(out.samples) - len(expected)) <= 16
+    with pytest.raises(AudioError, match=r"^too long: .* decoded so far, over the limit of 1 s"):
+        decode(path.read_bytes(), "quiet_start.mp3", max_duration_s=1)
 
 
 def test_a_seekable_file_object_decodes_like_bytes(work, speech):
@@ -240,6 +349,20 @@ def test_too_long_is_rejected_from_the_header_before_decoding(work, long_speech)
     # the first tenth of the mp4 still has its index (faststart) but not the audio: rejected unread
     with pytest.raises(AudioError, match=limit):
         decode(mp4.read_bytes()[: mp4.stat().st_size // 10], "long.mp4", max_duration_s=10)
+
+
+def test_a_raw_aac_under_the_limit_is_not_refused_for_ffmpeg_s_estimate(work, speech):
+    """Raw ADTS AAC (an .aac from a phone recorder) states no duration: FFmpeg estimates one from the
+    bitrate of its first frames, several times too long after a quiet start (88 s for these 5 s), and a
+    file well under audio.max_duration_s was refused as "too long ... as its header states"."""
+    path = work / "quiet_start.aac"
+    ffmpeg("-i", speech, "-af", "adelay=3000|3000,apad=pad_dur=0.5", "-c:a", "aac", "-q:a", "2", path)
+    expected, _, _ = expected_16k(path)
+    limit = len(expected) / 16000 + 1
+    out = decode(path.read_bytes(), path.name, max_duration_s=limit)
+    assert abs(len(out.samples) - len(expected)) <= 16
+    with pytest.raises(AudioError, match=r"^too long: .* decoded so far, over the limit of 2 s"):
+        decode(path.read_bytes(), path.name, max_duration_s=2)
 
 
 def test_too_long_without_a_stated_duration_stops_while_decoding(long_speech):

@@ -51,6 +51,24 @@ def test_segments_get_kaldi_style_ids_and_the_manifest_span_stays_in_offset_s(tm
     assert rows[3][WAVEFORM] is None and rows[3]["duration_s"] == 1.0
 
 
+def test_a_span_without_speech_has_the_span_s_duration(tmp_path):
+    """duration_s is the span's for spans (README): a silent manifest span [0.5, 1.75) of a 4 s file
+    said 4.0, and each such span added the whole file to the run's audio hours."""
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(4 * 16000, np.float32), 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["part"],
+            "path": [str(tmp_path / "quiet.wav")],
+            "offset_s": pa.array([0.5], pa.float64()),
+            SPAN_END: pa.array([1.75], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage(), segmenter=fixed_segments)
+    (row,) = out.to_pylist()
+    assert (row["id"], row["error"], row[WAVEFORM], row["offset_s"]) == ("part", None, None, 0.5)
+    assert row["duration_s"] == 1.25
+
+
 def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):
     x = np.linspace(-0.5, 0.5, 3 * 16000, dtype=np.float32)
     sf.write(str(tmp_path / "a.wav"), x, 16000, subtype="FLOAT")

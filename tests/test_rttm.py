@@ -77,6 +77,15 @@ def test_bad_lines_name_the_file_and_line():
     assert parse_rttm("").num_rows == 0
 
 
+@pytest.mark.parametrize("onset,duration", [("nan", "1.0"), ("inf", "1.0"), ("0.5", "nan"), ("0.5", "-inf")])
+def test_times_that_are_not_finite_name_the_file_and_line(onset, duration):
+    """float() reads "nan" and "inf": a NaN onset crashed the id's rounding with a bare ValueError (an
+    inf one with an OverflowError) instead of the error that names the file and line."""
+    good = "SPEAKER r 1 0.0 1.0 <NA> <NA> s <NA> <NA>\n"
+    with pytest.raises(RttmError, match=r"^x\.rttm: line 2: onset and duration must be seconds"):
+        parse_rttm(good + f"SPEAKER r 1 {onset} {duration} <NA> <NA> s <NA> <NA>\n", "x.rttm")
+
+
 def test_the_test_corpus_writes_rttm_as_pyannote_does():
     turns = [Turn("c", "SPEAKER_01", 3.5, 5.02, ""), Turn("c", "SPEAKER_00", 0.5, 2.84, "")]
     assert rttm(turns) == pyannote_rttm(
