@@ -405,3 +405,20 @@ def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_
     assert keys == {"probe/metrics.json", "probe/confusion.png", "probe/checkpoints/last.pt"}
     body = client.get_object(Bucket=bucket, Key="probe/metrics.json")["Body"].read()
     assert json.loads(body)["splits"] == remote["splits"]
+
+
+# -- settings and corpora the recipe cannot use -----------------------------------------------------
+
+
+def test_misspelled_order_by_is_a_config_error(synth, tmp_path, capsys):
+    """`--order-by sesion` (no such column) trained ordered by id, silently: another split than the one
+    asked for. A bad setting is exit 2 naming the key and the column, as a misspelled label column is."""
+    from pipeline.cli import train_downstream
+
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--output", str(tmp_path / "o"), "--epochs", "1", "--checkpoint-every", "0", "--order-by", "sesion",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "order_by" in err and "'sesion'" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -294,9 +294,9 @@ def select_rows(
 
 def resolve_input(cfg: TrainConfig, names: set[str]) -> tuple[str, str, str]:
     """The output's columns `names` against the config -> (input kind, its feature column, the column
-    rows are ordered by). The configured label / fold / split columns and the feature column must
-    exist: errors name the key and the missing column."""
-    for key in ("label_column", "fold_column", "split_column"):
+    rows are ordered by). The configured label / fold / split / order_by columns and the feature column
+    must exist: errors name the key and the missing column."""
+    for key in ("label_column", "fold_column", "split_column", "order_by"):
         col = getattr(cfg, key)
         if col is not None and col not in names:
             raise ConfigError(f"{key}: no column {col!r} in {cfg.features} (columns: {sorted(names)})")
@@ -313,7 +313,7 @@ def resolve_input(cfg: TrainConfig, names: set[str]) -> tuple[str, str, str]:
                 else ""
             )
         )
-    return kind, feature_col, cfg.order_by if cfg.order_by in names else "id"
+    return kind, feature_col, cfg.order_by
 
 
 def load_features(cfg: TrainConfig) -> FeatureSet:
