@@ -422,3 +422,22 @@ def test_misspelled_order_by_is_a_config_error(synth, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "order_by" in err and "'sesion'" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_no_training_rows_after_the_validation_split_names_the_fold(synth, tmp_path, capsys, reader):
+    """A validation share that leaves no training row (a tiny corpus, a high --val-fraction) stopped
+    with torch's 'num_samples should be a positive integer value'; the error names the fold and counts."""
+    from pipeline.cli import train_downstream
+
+    outside = len([r for r in _independent_rows(synth) if r["session"] != 1])  # fold 1's train+val rows
+    assert int((1 - 0.999) * outside) == 0
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--labels", ",".join(LABELS), "--output", str(tmp_path / "o"), "--epochs", "1",
+        "--checkpoint-every", "0", "--reader", reader, "--val-fraction", "0.999",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "num_samples" not in err, err
+    assert "fold 1" in err and f"{outside} rows" in err and "val_fraction" in err, err
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -485,6 +485,17 @@ def make_optimizer(cfg: TrainConfig, model):
     return optimizer, scheduler
 
 
+def check_train_split(cfg: TrainConfig, n: int, where: str) -> None:
+    """`n` rows to split at random into train / validation must leave a training row: checked for every
+    fold before any trains (torch's sampler would stop with 'num_samples should be a positive integer
+    value', naming neither the fold nor the counts)."""
+    if int((1 - cfg.val_fraction) * n) == 0:
+        raise ValueError(
+            f"{where}: {n} rows to split into train and validation, and val_fraction {cfg.val_fraction} "
+            "leaves none to train on (lower val_fraction, or add rows)"
+        )
+
+
 def train_fold(cfg: TrainConfig, fs: FeatureSet, train_val: np.ndarray, test: np.ndarray, device) -> dict:
     """One leave-one-group-out fold: split, train, keep the best-validation checkpoint, test."""
     torch = _torch()
@@ -577,6 +588,8 @@ def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[
         raise ValueError(
             f"{cfg.fold_column}: leave-one-group-out needs at least 2 groups, found {group_values}"
         )
+    for g in group_values:
+        check_train_split(cfg, int((fs.groups != g).sum()), f"fold {g}")
     skipped_total = sum(fs.skipped.values())
     log_fn(
         f"{len(fs)} rows ({fs.kind}, D={fs.dim}, {len(fs.label_names)} classes {fs.label_names}, "
