@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
@@ -410,6 +411,16 @@ def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_
 # -- settings and corpora the recipe cannot use -----------------------------------------------------
 
 
+def _copy_synth(synth: Path, out: Path, edit) -> Path:
+    """The synthetic output's files, each table passed through `edit` (pyarrow Table -> Table)."""
+    import pyarrow.parquet as pq
+
+    out.mkdir()
+    for f in synth.glob("*.parquet"):
+        pq.write_table(edit(pq.read_table(f)), out / f.name, row_group_size=16)
+    return out
+
+
 def test_misspelled_order_by_is_a_config_error(synth, tmp_path, capsys):
     """`--order-by sesion` (no such column) trained ordered by id, silently: another split than the one
     asked for. A bad setting is exit 2 naming the key and the column, as a misspelled label column is."""
@@ -441,3 +452,18 @@ def test_no_training_rows_after_the_validation_split_names_the_fold(synth, tmp_p
     assert rc == 2 and "num_samples" not in err, err
     assert "fold 1" in err and f"{outside} rows" in err and "val_fraction" in err, err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_features_without_an_error_column_have_no_error_rows(synth, tmp_path, reader):
+    """Features written by another tool may have no `error` column: every row is then an ok row (as the
+    summary reads them). The streaming reader crashed (KeyError: 'error'), the in-memory one exited 2
+    with Arrow's 'No match for FieldRef.Name(error)'."""
+    bad_error_row = "bad-error"
+    out = _copy_synth(synth, tmp_path / "f", lambda t: t.filter(
+        pc.not_equal(t["id"], bad_error_row)).drop_columns(["error"]))  # fmt: skip
+    got = train(TrainConfig(features=str(out), label_column="emotion", fold_column="session", labels=LABELS,
+                            output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader),
+                log_fn=lambda s: None)  # fmt: skip
+    assert got["rows"]["used"] == len(_independent_rows(synth)) == SYNTH_ROWS
+    assert got["skipped"]["error"] == 0 and got["skipped"]["no_frames"] == 1

@@ -239,10 +239,14 @@ def select_rows(
     """The rows to train and evaluate on -> (those rows sorted by (`order_by`, id), their label index,
     the label names, skipped counts by reason). Skipped, in this order: error rows; no label; a label
     outside the set (after `label_map`); no group (leave-one-group-out) or no known split value
-    (`split_column`); (frames) no frames."""
+    (`split_column`); (frames) no frames. Without an `error` column no row is an error row."""
     n_rows = light.num_rows
     order_col = cfg.order_by if cfg.order_by in light.column_names else "id"
-    ok = pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+    ok = (
+        pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+        if "error" in light.column_names
+        else np.ones(n_rows, bool)  # features written by another tool: no error rows (as summary.py reads)
+    )
     raw = light[cfg.label_column].cast(pa.string()).to_pylist()
     mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
     label_names = cfg.labels or sorted(
@@ -322,7 +326,9 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
     kind, feature_col, order_col = resolve_input(cfg, set(ds.schema.names))
 
     # pass 1: the small columns, to decide which rows to keep
-    light_cols = list(dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col]))
+    names = set(ds.schema.names)
+    light_cols = [c for c in dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col])
+                  if c != "error" or "error" in names]  # fmt: skip
     if kind == "frames":
         light_cols.append("num_frames")
     kept, y, label_names, skipped = select_rows(ds.to_table(columns=light_cols), cfg, kind)
