@@ -421,6 +421,15 @@ def _copy_synth(synth: Path, out: Path, edit) -> Path:
     return out
 
 
+def _set_by_id(t, column: str, values: dict):
+    """Column `column` with the rows whose id is a key of `values` set to that value."""
+    import pyarrow as pa
+
+    at = t.schema.get_field_index(column)
+    col = [values.get(i, v) for i, v in zip(t["id"].to_pylist(), t[column].to_pylist(), strict=True)]
+    return t.set_column(at, t.schema.field(column), pa.array(col, t.schema.field(column).type))
+
+
 def test_misspelled_order_by_is_a_config_error(synth, tmp_path, capsys):
     """`--order-by sesion` (no such column) trained ordered by id, silently: another split than the one
     asked for. A bad setting is exit 2 naming the key and the column, as a misspelled label column is."""
@@ -467,3 +476,22 @@ def test_features_without_an_error_column_have_no_error_rows(synth, tmp_path, re
                 log_fn=lambda s: None)  # fmt: skip
     assert got["rows"]["used"] == len(_independent_rows(synth)) == SYNTH_ROWS
     assert got["skipped"]["error"] == 0 and got["skipped"]["no_frames"] == 1
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_label_set_comes_from_the_usable_rows(synth, tmp_path, reader):
+    """Without `labels`, a label seen only on rows that are skipped anyway (no group, no frames) became a
+    class that no row trains or tests: a wider model and confusion matrix, a dead output."""
+    edit = {"bad-noframes": "exc", "bad-fru": "fru"}  # bad-fru keeps its frames but loses its session
+    out = _copy_synth(synth, tmp_path / "f", lambda t: _set_by_id(
+        _set_by_id(t, "emotion", edit), "session", {"bad-fru": None}))  # fmt: skip
+    rows = pads.dataset(str(out), format="parquet").to_table(
+        columns=["error", "emotion", "num_frames", "session"]).to_pylist()  # fmt: skip
+    usable = sorted({r["emotion"] for r in rows if r["error"] is None and r["emotion"] is not None
+                     and r["num_frames"] and r["session"] is not None})  # fmt: skip
+    assert usable == LABELS
+    got = train(TrainConfig(features=str(out), label_column="emotion", fold_column="session",
+                            output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader),
+                log_fn=lambda s: None)  # fmt: skip
+    assert got["labels"] == usable and np.array(got["confusion"]).shape == (len(usable), len(usable))
+    assert got["rows"]["used"] == SYNTH_ROWS

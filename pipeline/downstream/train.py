@@ -97,7 +97,9 @@ class TrainConfig(BaseModel):
     hidden_dim: int = Field(256, ge=1, description="width of the frame model's first layer")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the non-test rows for validation")
     label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label, e.g. exc: hap")
-    labels: list[str] | None = Field(None, description="label set and order (default: sorted labels seen)")
+    labels: list[str] | None = Field(
+        None, description="label set and order (default: sorted labels of the usable rows)"
+    )
     order_by: str = Field("id", description="row order before the random split (reproducibility)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     reader: Literal["stream", "memory"] = Field(
@@ -249,8 +251,18 @@ def select_rows(
     )
     raw = light[cfg.label_column].cast(pa.string()).to_pylist()
     mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
+    if cfg.split_column is None:
+        has_place = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
+    else:
+        split = light[cfg.split_column].cast(pa.string()).to_pylist()
+        has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
+    has_frames = np.ones(n_rows, bool)
+    if kind == "frames":
+        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
+    # the labels of rows that train or test: one seen only on rows skipped anyway would be a dead class
+    usable = ok & has_place & has_frames
     label_names = cfg.labels or sorted(
-        {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
+        {m for m, good in zip(mapped, usable, strict=True) if good and m is not None}
     )
     if len(label_names) == 1:  # a one-class model is always right: 100 % on every metric, meaning nothing
         raise ValueError(
@@ -267,23 +279,19 @@ def select_rows(
         "label_not_in_set": int((ok & has_label & ~in_set).sum()),
     }
     if cfg.split_column is None:
-        has_place = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
         skipped["no_group"] = int((ok & in_set & ~has_place).sum())
     else:
-        split = light[cfg.split_column].cast(pa.string()).to_pylist()
-        has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
         skipped["no_split"] = int((ok & in_set & ~has_place).sum())
         # a count alone hides why: corpora name their sets their own way (MSP-Podcast: Test1, Test2)
-        unknown = Counter(v for v, s in zip(split, ok & in_set & ~has_place, strict=True) if s)
+        # labels left to be seen (no `labels`): a label found only on these rows is in no set yet
+        named = ok & (in_set if cfg.labels else has_label) & ~has_place
+        unknown = Counter(v for v, s in zip(split, named, strict=True) if s)
         if unknown:
             log.warning(
                 "%s: rows skipped for a value that is not train, validation or test: %s",
                 cfg.split_column,
                 ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unknown.items(), key=lambda t: str(t[0]))),
             )
-    has_frames = np.ones(n_rows, bool)
-    if kind == "frames":
-        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
     skipped["no_frames"] = int((ok & in_set & has_place & ~has_frames).sum())
     keep = ok & in_set & has_place & has_frames
     kept = light.filter(pa.array(keep))
