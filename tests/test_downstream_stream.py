@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
@@ -405,3 +406,92 @@ def test_stream_from_s3_with_metrics_and_checkpoints_on_s3(synth, s3_server, s3_
     assert keys == {"probe/metrics.json", "probe/confusion.png", "probe/checkpoints/last.pt"}
     body = client.get_object(Bucket=bucket, Key="probe/metrics.json")["Body"].read()
     assert json.loads(body)["splits"] == remote["splits"]
+
+
+# -- settings and corpora the recipe cannot use -----------------------------------------------------
+
+
+def _copy_synth(synth: Path, out: Path, edit) -> Path:
+    """The synthetic output's files, each table passed through `edit` (pyarrow Table -> Table)."""
+    import pyarrow.parquet as pq
+
+    out.mkdir()
+    for f in synth.glob("*.parquet"):
+        pq.write_table(edit(pq.read_table(f)), out / f.name, row_group_size=16)
+    return out
+
+
+def _set_by_id(t, column: str, values: dict):
+    """Column `column` with the rows whose id is a key of `values` set to that value."""
+    import pyarrow as pa
+
+    at = t.schema.get_field_index(column)
+    col = [values.get(i, v) for i, v in zip(t["id"].to_pylist(), t[column].to_pylist(), strict=True)]
+    return t.set_column(at, t.schema.field(column), pa.array(col, t.schema.field(column).type))
+
+
+def test_misspelled_order_by_is_a_config_error(synth, tmp_path, capsys):
+    """`--order-by sesion` (no such column) trained ordered by id, silently: another split than the one
+    asked for. A bad setting is exit 2 naming the key and the column, as a misspelled label column is."""
+    from pipeline.cli import train_downstream
+
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--output", str(tmp_path / "o"), "--epochs", "1", "--checkpoint-every", "0", "--order-by", "sesion",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "order_by" in err and "'sesion'" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_no_training_rows_after_the_validation_split_names_the_fold(synth, tmp_path, capsys, reader):
+    """A validation share that leaves no training row (a tiny corpus, a high --val-fraction) stopped
+    with torch's 'num_samples should be a positive integer value'; the error names the fold and counts."""
+    from pipeline.cli import train_downstream
+
+    outside = len([r for r in _independent_rows(synth) if r["session"] != 1])  # fold 1's train+val rows
+    assert int((1 - 0.999) * outside) == 0
+    rc = train_downstream.main([
+        "--features", str(synth), "--label-column", "emotion", "--fold-column", "session",
+        "--labels", ",".join(LABELS), "--output", str(tmp_path / "o"), "--epochs", "1",
+        "--checkpoint-every", "0", "--reader", reader, "--val-fraction", "0.999",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "num_samples" not in err, err
+    assert "fold 1" in err and f"{outside} rows" in err and "val_fraction" in err, err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_features_without_an_error_column_have_no_error_rows(synth, tmp_path, reader):
+    """Features written by another tool may have no `error` column: every row is then an ok row (as the
+    summary reads them). The streaming reader crashed (KeyError: 'error'), the in-memory one exited 2
+    with Arrow's 'No match for FieldRef.Name(error)'."""
+    bad_error_row = "bad-error"
+    out = _copy_synth(synth, tmp_path / "f", lambda t: t.filter(
+        pc.not_equal(t["id"], bad_error_row)).drop_columns(["error"]))  # fmt: skip
+    got = train(TrainConfig(features=str(out), label_column="emotion", fold_column="session", labels=LABELS,
+                            output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader),
+                log_fn=lambda s: None)  # fmt: skip
+    assert got["rows"]["used"] == len(_independent_rows(synth)) == SYNTH_ROWS
+    assert got["skipped"]["error"] == 0 and got["skipped"]["no_frames"] == 1
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_label_set_comes_from_the_usable_rows(synth, tmp_path, reader):
+    """Without `labels`, a label seen only on rows that are skipped anyway (no group, no frames) became a
+    class that no row trains or tests: a wider model and confusion matrix, a dead output."""
+    edit = {"bad-noframes": "exc", "bad-fru": "fru"}  # bad-fru keeps its frames but loses its session
+    out = _copy_synth(synth, tmp_path / "f", lambda t: _set_by_id(
+        _set_by_id(t, "emotion", edit), "session", {"bad-fru": None}))  # fmt: skip
+    rows = pads.dataset(str(out), format="parquet").to_table(
+        columns=["error", "emotion", "num_frames", "session"]).to_pylist()  # fmt: skip
+    usable = sorted({r["emotion"] for r in rows if r["error"] is None and r["emotion"] is not None
+                     and r["num_frames"] and r["session"] is not None})  # fmt: skip
+    assert usable == LABELS
+    got = train(TrainConfig(features=str(out), label_column="emotion", fold_column="session",
+                            output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader),
+                log_fn=lambda s: None)  # fmt: skip
+    assert got["labels"] == usable and np.array(got["confusion"]).shape == (len(usable), len(usable))
+    assert got["rows"]["used"] == SYNTH_ROWS

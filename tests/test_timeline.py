@@ -187,3 +187,32 @@ def test_time_share_recipes(segmented, name, key):
         assert r["share"] == pytest.approx(seconds[(r[key], r["label"])] / total[r[key]])
     for g in total:
         assert sum(r["share"] for r in got if r[key] == g) == pytest.approx(1.0)
+
+
+def test_summary_of_whole_files_keeps_each_clip_its_own_recording(tmp_path, capsys):
+    """A job on whole files (no spans) writes `recording_id` null and no speaker: --summary put every
+    clip into one 'recording' and counted a label 'change' between unrelated clips."""
+    clips = [("a", "happy"), ("b", "sad"), ("c", "happy"), ("d", "neutral")]
+    table = pa.table(
+        {
+            "id": [c for c, _ in clips],
+            "recording_id": pa.nulls(len(clips), pa.string()),
+            "error": pa.nulls(len(clips), pa.string()),
+            "duration_s": pa.array([1.0, 2.0, 3.0, 4.0], pa.float32()),
+            "label": [label for _, label in clips],
+            "scores": pa.array([one_hot(label) for _, label in clips], pa.list_(pa.float32(), len(LABELS))),
+        }
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(table, out / "part-0.parquet")
+    assert visualize_main(["--features", str(out), "--summary", "--output", str(tmp_path / "viz")]) == 0
+    speakers = pq.read_table(tmp_path / "viz" / "speakers.parquet").to_pylist()
+    changes = pq.read_table(tmp_path / "viz" / "changes.parquet")
+    assert changes.num_rows == 0
+    assert sorted(s["recording_id"] for s in speakers) == sorted(c for c, _ in clips)
+    assert sorted((s["turns"], s["changes"], s["seconds"]) for s in speakers) == [
+        (1, 0, 1.0), (1, 0, 2.0), (1, 0, 3.0), (1, 0, 4.0)
+    ]  # fmt: skip
+    for s, (_, label) in zip(sorted(speakers, key=lambda s: s["seconds"]), clips, strict=True):
+        assert s[f"share_{label}"] == 1.0

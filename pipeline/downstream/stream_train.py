@@ -38,6 +38,7 @@ from .train import (
     SPLITS,
     TrainConfig,
     _json_value,
+    check_train_split,
     confusion_matrix,
     frame_model,
     linear_probe,
@@ -348,6 +349,10 @@ def train_stream(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
     cat = build_catalog(cfg, storage)
     device = _device(cfg)
     folds = _folds(cfg, cat)
+    for name, train_rows, val_rows, _ in folds:
+        if val_rows is None:  # the random val_fraction split of the training rows
+            where = f"fold {name}" if cfg.split_column is None else f"{cfg.split_column} (no validation rows)"
+            check_train_split(cfg, len(train_rows), where)
     skipped_total = sum(cat.skipped.values())
     mode = f"split by {cfg.split_column}" if cfg.split_column else f"{len(folds)} groups"
     log_fn(

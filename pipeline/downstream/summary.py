@@ -10,7 +10,8 @@ sum of the turns' lengths, `end_s - start_s`, or `duration_s` for rows without a
 `changes` (how many of the speaker's turns have another top label than the speaker's turn before), then
 `share_<label>` (fraction of the speaking time whose turn has that top label; they sum to 1) and
 `score_<label>` (the class scores averaged over the speaking time, each turn weighted by its length).
-A null speaker (rows that name none) is a group of its own.
+A null speaker (rows that name none) is a group of its own. A row without a `recording_id` (a whole
+file) is a recording of its own, named by its `id`.
 
 `changes`: one row per turn whose top label differs from the same speaker's previous turn in that
 recording (turns in order of `start_s`): recording_id, speaker, id, start_s, end_s, previous_label,
@@ -71,6 +72,10 @@ def _load(features: str, storage: Storage | None) -> tuple[pa.Table, list[str]]:
     for name, kind in (("speaker", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())):
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, kind))
+    # a whole file (no spans) has no recording_id: it is a recording of its own, not one with every
+    # other whole file (whose labels would count as one speaker's changes)
+    at = table.schema.get_field_index("recording_id")
+    table = table.set_column(at, "recording_id", pc.coalesce(table["recording_id"], table["id"]))
     keys = [
         ("recording_id", "ascending"),
         ("speaker", "ascending"),

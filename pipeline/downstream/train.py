@@ -97,7 +97,9 @@ class TrainConfig(BaseModel):
     hidden_dim: int = Field(256, ge=1, description="width of the frame model's first layer")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the non-test rows for validation")
     label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label, e.g. exc: hap")
-    labels: list[str] | None = Field(None, description="label set and order (default: sorted labels seen)")
+    labels: list[str] | None = Field(
+        None, description="label set and order (default: sorted labels of the usable rows)"
+    )
     order_by: str = Field("id", description="row order before the random split (reproducibility)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     reader: Literal["stream", "memory"] = Field(
@@ -239,14 +241,28 @@ def select_rows(
     """The rows to train and evaluate on -> (those rows sorted by (`order_by`, id), their label index,
     the label names, skipped counts by reason). Skipped, in this order: error rows; no label; a label
     outside the set (after `label_map`); no group (leave-one-group-out) or no known split value
-    (`split_column`); (frames) no frames."""
+    (`split_column`); (frames) no frames. Without an `error` column no row is an error row."""
     n_rows = light.num_rows
     order_col = cfg.order_by if cfg.order_by in light.column_names else "id"
-    ok = pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+    ok = (
+        pc.is_null(light["error"]).to_numpy(zero_copy_only=False)
+        if "error" in light.column_names
+        else np.ones(n_rows, bool)  # features written by another tool: no error rows (as summary.py reads)
+    )
     raw = light[cfg.label_column].cast(pa.string()).to_pylist()
     mapped = [None if r is None else cfg.label_map.get(r, r) for r in raw]
+    if cfg.split_column is None:
+        has_place = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
+    else:
+        split = light[cfg.split_column].cast(pa.string()).to_pylist()
+        has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
+    has_frames = np.ones(n_rows, bool)
+    if kind == "frames":
+        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
+    # the labels of rows that train or test: one seen only on rows skipped anyway would be a dead class
+    usable = ok & has_place & has_frames
     label_names = cfg.labels or sorted(
-        {m for m, good in zip(mapped, ok, strict=True) if good and m is not None}
+        {m for m, good in zip(mapped, usable, strict=True) if good and m is not None}
     )
     if len(label_names) == 1:  # a one-class model is always right: 100 % on every metric, meaning nothing
         raise ValueError(
@@ -263,23 +279,19 @@ def select_rows(
         "label_not_in_set": int((ok & has_label & ~in_set).sum()),
     }
     if cfg.split_column is None:
-        has_place = pc.is_valid(light[cfg.fold_column]).to_numpy(zero_copy_only=False)
         skipped["no_group"] = int((ok & in_set & ~has_place).sum())
     else:
-        split = light[cfg.split_column].cast(pa.string()).to_pylist()
-        has_place = np.array([v is not None and v.strip().lower() in SPLITS for v in split], bool)
         skipped["no_split"] = int((ok & in_set & ~has_place).sum())
         # a count alone hides why: corpora name their sets their own way (MSP-Podcast: Test1, Test2)
-        unknown = Counter(v for v, s in zip(split, ok & in_set & ~has_place, strict=True) if s)
+        # labels left to be seen (no `labels`): a label found only on these rows is in no set yet
+        named = ok & (in_set if cfg.labels else has_label) & ~has_place
+        unknown = Counter(v for v, s in zip(split, named, strict=True) if s)
         if unknown:
             log.warning(
                 "%s: rows skipped for a value that is not train, validation or test: %s",
                 cfg.split_column,
                 ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unknown.items(), key=lambda t: str(t[0]))),
             )
-    has_frames = np.ones(n_rows, bool)
-    if kind == "frames":
-        has_frames = pc.fill_null(light["num_frames"], 0).to_numpy(zero_copy_only=False) >= 1
     skipped["no_frames"] = int((ok & in_set & has_place & ~has_frames).sum())
     keep = ok & in_set & has_place & has_frames
     kept = light.filter(pa.array(keep))
@@ -294,9 +306,9 @@ def select_rows(
 
 def resolve_input(cfg: TrainConfig, names: set[str]) -> tuple[str, str, str]:
     """The output's columns `names` against the config -> (input kind, its feature column, the column
-    rows are ordered by). The configured label / fold / split columns and the feature column must
-    exist: errors name the key and the missing column."""
-    for key in ("label_column", "fold_column", "split_column"):
+    rows are ordered by). The configured label / fold / split / order_by columns and the feature column
+    must exist: errors name the key and the missing column."""
+    for key in ("label_column", "fold_column", "split_column", "order_by"):
         col = getattr(cfg, key)
         if col is not None and col not in names:
             raise ConfigError(f"{key}: no column {col!r} in {cfg.features} (columns: {sorted(names)})")
@@ -313,7 +325,7 @@ def resolve_input(cfg: TrainConfig, names: set[str]) -> tuple[str, str, str]:
                 else ""
             )
         )
-    return kind, feature_col, cfg.order_by if cfg.order_by in names else "id"
+    return kind, feature_col, cfg.order_by
 
 
 def load_features(cfg: TrainConfig) -> FeatureSet:
@@ -322,7 +334,9 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
     kind, feature_col, order_col = resolve_input(cfg, set(ds.schema.names))
 
     # pass 1: the small columns, to decide which rows to keep
-    light_cols = list(dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col]))
+    names = set(ds.schema.names)
+    light_cols = [c for c in dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col])
+                  if c != "error" or "error" in names]  # fmt: skip
     if kind == "frames":
         light_cols.append("num_frames")
     kept, y, label_names, skipped = select_rows(ds.to_table(columns=light_cols), cfg, kind)
@@ -485,6 +499,17 @@ def make_optimizer(cfg: TrainConfig, model):
     return optimizer, scheduler
 
 
+def check_train_split(cfg: TrainConfig, n: int, where: str) -> None:
+    """`n` rows to split at random into train / validation must leave a training row: checked for every
+    fold before any trains (torch's sampler would stop with 'num_samples should be a positive integer
+    value', naming neither the fold nor the counts)."""
+    if int((1 - cfg.val_fraction) * n) == 0:
+        raise ValueError(
+            f"{where}: {n} rows to split into train and validation, and val_fraction {cfg.val_fraction} "
+            "leaves none to train on (lower val_fraction, or add rows)"
+        )
+
+
 def train_fold(cfg: TrainConfig, fs: FeatureSet, train_val: np.ndarray, test: np.ndarray, device) -> dict:
     """One leave-one-group-out fold: split, train, keep the best-validation checkpoint, test."""
     torch = _torch()
@@ -577,6 +602,8 @@ def train(cfg: TrainConfig, fs: FeatureSet | None = None, log_fn=print) -> dict[
         raise ValueError(
             f"{cfg.fold_column}: leave-one-group-out needs at least 2 groups, found {group_values}"
         )
+    for g in group_values:
+        check_train_split(cfg, int((fs.groups != g).sum()), f"fold {g}")
     skipped_total = sum(fs.skipped.values())
     log_fn(
         f"{len(fs)} rows ({fs.kind}, D={fs.dim}, {len(fs.label_names)} classes {fs.label_names}, "
