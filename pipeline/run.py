@@ -463,7 +463,7 @@ def _count(
     remote = ray.remote(num_cpus=READ_CPUS)(count_task)
     by_task = early is None
     refs = [remote.remote(s, cfg.input, storage) if by_task and s.audio is None else None for s in sources]
-    details, schema = [], None
+    details = []
     for s, ref in zip(sources, refs, strict=True):
         try:
             if ref is not None:
@@ -476,7 +476,6 @@ def _count(
             # its own line names the file, the attempts and the last error; under it is one attempt's
             raise RunFailed(f"the manifest could not be read: {_one_line(e, StorageUnavailable)}") from None
         details.append(c)
-        schema = schema or (c.schema if c.rows else None)
     try:
         check_unique_across([s.uri for s in sources], [c.ids for c in details])
     except ManifestError as e:
@@ -490,7 +489,21 @@ def _count(
             counts[i] = min(n, left)
             left -= counts[i]
     row_bytes = max(c.row_bytes for c in details)
-    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes, details)
+    passthrough = _passthrough(cfg, [c.schema for c, n in zip(details, counts, strict=True) if n])
+    return Plan(cfg.input.manifest, sources, counts, passthrough, row_bytes, details)
+
+
+def _passthrough(cfg: JobConfig, schemas: list[pa.Schema]) -> pa.Schema:
+    """The passthrough columns of every source that is read, as one schema: a column only some shards
+    have, or one that is null throughout a shard (JSON `null`) and typed in another, is written like
+    any other. Types that cannot be merged (a number in one shard, text in another) are refused here,
+    before any work, instead of failing every write of the run."""
+    try:
+        return pa.unify_schemas([passthrough_schema(s) for s in schemas], promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+        raise JobError(
+            f"input.manifest: {cfg.input.manifest}: the sources' columns do not agree: {e}"
+        ) from None
 
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
