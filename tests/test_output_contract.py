@@ -4,9 +4,12 @@ contracts, on real outputs of the job (tiny random model, generated audio)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
+import pytest
 import soundfile as sf
 
 from pipeline.cli import extract
@@ -74,3 +77,42 @@ def test_shards_whose_column_types_conflict_exit_2_naming_the_column(
     assert err[-1].startswith("error: input.manifest: "), err
     assert "session" in err[-1], err
     assert not list(out.glob("*.parquet"))
+
+
+ARCH = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+
+
+@pytest.fixture(scope="module")
+def mixed(ray_session, tiny_model_dir, tmp_path_factory):
+    """One output of a manifest with ok rows and error rows of each early stage: a missing file
+    (fetch), an empty wav (decode), a span past the end of its file (decode)."""
+    d = tmp_path_factory.mktemp("mixed")
+    wav = clips(d, 3)
+    sf.write(d / "empty.wav", np.zeros(0, np.float32), 16000)
+    rows = [{"id": f"ok{i}", "path": str(p)} for i, p in enumerate(wav)]
+    rows += [
+        {"id": "missing", "path": str(d / "nope.wav")},
+        {"id": "empty", "path": str(d / "empty.wav")},
+        {"id": "past", "path": str(wav[0]), "offset": 100.0, "duration": 1.0},
+    ]
+    write_jsonl(d / "manifest.jsonl", rows)
+    cfg, out = job(d, d / "manifest.jsonl", tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    return out
+
+
+def run_json_table() -> list[str]:
+    """The keys the `_run.json` contract table of docs/architecture.md names."""
+    text = ARCH.read_text(encoding="utf-8").split("### `_run.json` (contract)", 1)[1].split("\n#", 1)[0]
+    keys = []
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            keys += re.findall(r"`([a-z_]+)`", line.split("|")[1])
+    return keys
+
+
+def test_run_json_has_exactly_the_keys_of_the_contract_table(mixed):
+    run = json.loads((mixed / "_run.json").read_text())
+    documented = run_json_table()
+    assert len(documented) > 10  # the table was found
+    assert sorted(documented) == sorted(run), "docs/architecture.md's _run.json table and _run.json differ"
