@@ -116,3 +116,15 @@ def test_run_json_has_exactly_the_keys_of_the_contract_table(mixed):
     documented = run_json_table()
     assert len(documented) > 10  # the table was found
     assert sorted(documented) == sorted(run), "docs/architecture.md's _run.json table and _run.json differ"
+
+
+def test_rows_per_model_node_and_runtime_count_the_ok_rows(mixed):
+    """docs/architecture.md: `rows_per_model_node`, `rows_per_model_runtime`: ok rows per node and
+    per runtime; rows that failed before the model never ran on a node's model."""
+    run = json.loads((mixed / "_run.json").read_text())
+    table = pads.dataset(str(mixed), format="parquet").to_table()
+    ok = sum(e is None for e in table["error"].to_pylist())
+    assert (ok, table.num_rows) == (3, 6)
+    assert run["rows"]["ok"] == ok
+    assert sum(run["rows_per_model_runtime"].values()) == ok
+    assert sum(run["rows_per_model_node"].values()) == ok, run["rows_per_model_node"]
