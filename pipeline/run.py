@@ -567,7 +567,10 @@ def _execute(
         cause = _manifest_cause(e) or _device_unusable(e)
         if cause is not None:
             raise JobError(str(cause)) from None
-        progress.forget(sum(int(p.counts[k]) for p in pending.values() for k in ("sources",)))
+        progress.forget(
+            *(int(sum(p.counts[k] for p in pending.values())) for k in ("sources", "ok", "error")),
+            sum(p.counts["audio_s"] for p in pending.values()),
+        )
         if watch.lost and not isinstance(e, ActorLost):
             e = ActorLost(f"a model actor died while idle ({watch.lost})")
         raise RunFailed(f"the run failed: {_one_line(e)}") from e
