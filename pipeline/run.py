@@ -58,6 +58,7 @@ from .manifest import (
     check_unique_across,
     discover,
     read_units,
+    unit_name,
 )
 from .manifest.tasks import count_task, read_task
 from .poison import NAMESPACE, TASK_RETRIES, broken_devices, collect_suspects, forget, scope
@@ -292,6 +293,7 @@ class _Job:
         placement, elastic = place_model(cfg, say, local=started_local)
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint, lease)
+        out.align(_unit_sizes(plan, cfg.input.rows_per_unit))
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"
@@ -407,6 +409,15 @@ def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any], 
         raise JobError(str(e)) from None
     storage.makedirs(cfg.output.path)
     return out
+
+
+def _unit_sizes(plan: Plan, rows_per_unit: int) -> dict[str, int]:
+    """Unit name -> its manifest rows in this run's plan."""
+    return {
+        unit_name(s.key, u): rows
+        for i, s in enumerate(plan.sources)
+        for u, rows in enumerate(plan.unit_rows(i, rows_per_unit))
+    }
 
 
 def _left(plan: Plan, out: Output) -> int:

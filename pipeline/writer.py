@@ -283,6 +283,7 @@ class Output:
         self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
         self._resume = Resume()
         self._committed_now: set[str] = set()  # units this run committed (not redone on a restart)
+        self._sizes: dict[str, int] = {}  # unit -> its manifest rows in this run (`align`)
 
     @contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -362,13 +363,20 @@ class Output:
         """What is done, for the planner: the resume record of the committed units."""
         return self._resume
 
+    def align(self, sizes: dict[str, int]) -> None:
+        """The manifest rows of each unit in this run (the plan's). A committed unit with another count
+        is redone whole, error rows or not: redoing only its error rows would miss the rows the
+        manifest gained and keep those it lost."""
+        self._sizes = sizes
+        self._resume = self._record(final=self._committed_now)
+
     def _record(self, final: set[str] = frozenset()) -> Resume:
-        return Resume(
-            {
-                u: Committed(m.sources, frozenset() if u in final else frozenset(m.errors_by_manifest_id()))
-                for u, m in self.markers.items()
-            }
-        )
+        def errors(u: str, m: Marker) -> frozenset[str]:
+            if u in final or self._sizes.get(u, m.sources) != m.sources:
+                return frozenset()  # final for this run, or (rows changed) not done: redone whole
+            return frozenset(m.errors_by_manifest_id())
+
+        return Resume({u: Committed(m.sources, errors(u, m)) for u, m in self.markers.items()})
 
     def _marker_uris(self) -> list[str]:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")

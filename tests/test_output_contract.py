@@ -128,3 +128,24 @@ def test_rows_per_model_node_and_runtime_count_the_ok_rows(mixed):
     assert run["rows"]["ok"] == ok
     assert sum(run["rows_per_model_runtime"].values()) == ok
     assert sum(run["rows_per_model_node"].values()) == ok, run["rows_per_model_node"]
+
+
+def test_a_unit_with_error_rows_whose_manifest_gained_rows_is_redone_whole(
+    ray_session, tiny_model_dir, tmp_path
+):
+    """README: a rerun redoes the error rows of a unit, "and a unit whose row count changed in the
+    manifest is redone". A row appended to a manifest whose (last) unit has an error row must reach
+    the output on the rerun, not only the error row's redo."""
+    wav = clips(tmp_path, 2)
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"id": "r0", "path": str(wav[0])}, {"id": "r1", "path": str(tmp_path / "nope.wav")}]
+    write_jsonl(manifest, rows)
+    cfg, out = job(tmp_path, manifest, tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    write_jsonl(manifest, [*rows, {"id": "r2", "path": str(wav[1])}])
+    assert extract.main(["--config", str(cfg)]) == 0
+    table = pads.dataset(str(out), format="parquet").to_table()
+    got = sorted(zip(table["id"].to_pylist(), [e is None for e in table["error"].to_pylist()], strict=True))
+    assert got == [("r0", True), ("r1", False), ("r2", True)]
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"]["input"] == 3 and run["output_totals"]["rows"] == 3
