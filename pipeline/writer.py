@@ -568,7 +568,7 @@ def _of_manifest_rows(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
     if not pc.any(maybe).as_py():
         return mask
     segment = [
-        bool(m) and re.fullmatch(re.escape(r) + r"-\d{7}-\d{7}", i) is not None
+        bool(m) and re.fullmatch(re.escape(r) + r"-\d{7,}-\d{7,}", i) is not None  # 7+: past 27.7 h, 8
         for m, r, i in zip(
             maybe.to_pylist(), table["recording_id"].to_pylist(), table["id"].to_pylist(), strict=True
         )

@@ -1,0 +1,88 @@
+"""The write stage and the commits of pipeline/writer.py on a local output, outside Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from pipeline.prepare import Span, _segment
+from pipeline.schema import MANIFEST_ID, SEGMENT_TOTAL, UNIT, UNIT_ROWS, output_schema
+from pipeline.storage import Storage
+from pipeline.writer import Output, Pending, write_parts
+
+D = 4
+SR = 16_000
+
+
+def segment_rows(spans: list[Span], errors: list[str | None], unit: str, unit_rows: int) -> pa.Table:
+    """What reaches the write stage for VAD segments (prepare, then the model): a recording's spans,
+    each with the manifest id and the count of segments on its recording's first one."""
+    n = len(spans)
+    totals = [0] * n
+    for s in spans:
+        totals[next(j for j in range(n) if spans[j].recording_id == s.recording_id)] += 1
+    ok = [e is None for e in errors]
+    return pa.table(
+        {
+            "id": [s.id for s in spans],
+            "path": ["long.flac"] * n,
+            "error": errors,
+            "recording_id": [s.recording_id for s in spans],
+            "offset_s": [s.offset_s for s in spans],
+            "start_s": [s.start_s for s in spans],
+            "end_s": [s.end_s for s in spans],
+            "duration_s": pa.array([(s.end_s - s.start_s) for s in spans], pa.float32()),
+            "num_frames": pa.array([4 if k else None for k in ok], pa.int32()),
+            "embedding": pa.array([[0.5] * D if k else None for k in ok], pa.list_(pa.float32(), D)),
+            MANIFEST_ID: [s.recording_id for s in spans],
+            UNIT: [unit] * n,
+            UNIT_ROWS: [unit_rows] * n,
+            SEGMENT_TOTAL: totals,
+        }
+    )
+
+
+def stage_and_commit(output: Output, path: str, schema: pa.Schema, rows: pa.Table, unit: str) -> None:
+    summaries = write_parts(
+        rows,
+        output=path,
+        schema=schema,
+        storage=Storage(),
+        compression="zstd",
+        max_file_mb=256,
+        rows_per_file=2000,
+    )
+    seen = Pending()
+    for s in summaries.to_pylist():
+        seen.add(s)
+    assert seen.complete
+    output.commit(unit, seen)
+
+
+def test_redoing_a_failed_vad_segment_of_a_span_past_27_hours_replaces_every_segment(tmp_path):
+    """A manifest span that starts 100,000 s into a long recording (audio.max_duration_s raised or
+    null): its VAD segment ids carry 8-digit centiseconds. A rerun redoes the recording whole when one
+    of its segments failed; its earlier segment rows must all go, or the output holds them twice."""
+    whole = Span(0, "rec", samples=np.zeros(2 * SR, np.float32), start_s=100_000.0, offset_s=100_000.0)
+    spans = _segment(whole, lambda samples: [(0, SR), (SR, 2 * SR)])
+    assert [s.id for s in spans] == ["rec-10000000-10000100", "rec-10000100-10000200"]
+    # another manifest row of the unit, in the same file: a short clip, one segment
+    other = _segment(Span(1, "clip", samples=np.zeros(SR, np.float32)), lambda samples: [(0, SR)])
+    unit, path = "a-000000", str(tmp_path / "out")
+    schema = output_schema(D, 9, False, pa.schema([]))
+
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    failed = segment_rows(spans + other, [None, "model: RuntimeError: boom", None], unit, 2)
+    stage_and_commit(first, path, schema, failed, unit)
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    assert rerun.skip().redo(unit) == {"rec"}  # the recording is redone whole
+    stage_and_commit(rerun, path, schema, segment_rows(spans, [None, None], unit, 1), unit)
+
+    table = pads.dataset(path, format="parquet").to_table()
+    assert sorted(table["id"].to_pylist()) == sorted(s.id for s in spans + other)
+    assert table["error"].null_count == table.num_rows
+    assert (rerun.totals()["rows"], rerun.totals()["error"]) == (3, 0)
