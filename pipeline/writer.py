@@ -417,11 +417,13 @@ class Output:
                 return json.loads(self.storage.read_bytes(run)).get("output_metadata")
             except (ValueError, OSError):
                 pass
-        files = self.storage.list_files(self.path, ".parquet")
-        if not files:
-            return None
-        fs, path = self.storage.resolve(files[0])
-        return read_metadata(pq.read_schema(path, filesystem=fs))
+        for uri in self.storage.list_files(self.path, ".parquet"):
+            fs, path = self.storage.resolve(uri)
+            try:
+                return read_metadata(pq.read_schema(path, filesystem=fs))
+            except (pa.ArrowInvalid, OSError):
+                continue  # a damaged file (a truncated copy): set aside by _check_files, its rows redone
+        return None
 
     def _recover(self) -> None:
         """Finish the commits a dead run left half done (its marker is written) and discard the

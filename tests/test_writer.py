@@ -86,3 +86,30 @@ def test_redoing_a_failed_vad_segment_of_a_span_past_27_hours_replaces_every_seg
     assert sorted(table["id"].to_pylist()) == sorted(s.id for s in spans + other)
     assert table["error"].null_count == table.num_rows
     assert (rerun.totals()["rows"], rerun.totals()["error"]) == (3, 0)
+
+
+def test_a_truncated_result_file_is_set_aside_also_when_the_fingerprint_is_read_from_it(tmp_path):
+    """Without `_run.json` (the run that wrote the output was killed before its end), the output's
+    fingerprint is read from a result file. A truncated copy of that file must be set aside and its
+    rows redone, as any damaged file is (README), not end the rerun on the file's read error."""
+    clips = [
+        _segment(Span(i, f"clip{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)]) for i in range(2)
+    ]
+    path = str(tmp_path / "out")
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    for i, spans in enumerate(clips):
+        unit = f"a-{i:06d}"
+        stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
+    assert not (tmp_path / "out" / "_run.json").exists()
+    damaged = sorted((tmp_path / "out").glob("part-*.parquet"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    assert rerun.corrupt == [damaged.name]
+    assert (tmp_path / "out" / "_corrupt" / f"{damaged.name}.set-aside").exists()
+    assert len(rerun.skip().units) == 1  # the other unit stays committed; this one is redone
+    kept = [s.id for i, spans in enumerate(clips) for s in spans if f"a-{i:06d}" not in damaged.name]
+    assert pads.dataset(path, format="parquet").to_table()["id"].to_pylist() == kept
