@@ -54,6 +54,7 @@ from .manifest import (
     ManifestError,
     Piece,
     Plan,
+    Resume,
     Source,
     check_unique_across,
     discover,
@@ -293,7 +294,8 @@ class _Job:
         placement, elastic = place_model(cfg, say, local=started_local)
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint, lease)
-        out.align(_unit_sizes(plan, cfg.input.rows_per_unit))
+        sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
+        out.align(sizes)
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"
@@ -315,7 +317,7 @@ class _Job:
             poison_scope,
             stream,
         )
-        job.progress = Progress(_left(plan, out), cfg.ray.progress_interval_s, stream)
+        job.progress = Progress(_left(sizes, out.skip()), cfg.ray.progress_interval_s, stream)
         return job
 
     def attempts(self) -> None:
@@ -420,9 +422,15 @@ def _unit_sizes(plan: Plan, rows_per_unit: int) -> dict[str, int]:
     }
 
 
-def _left(plan: Plan, out: Output) -> int:
-    """Manifest rows this run expects to process (those of units committed without errors are done)."""
-    return max(plan.rows - sum(m.sources for m in out.markers.values() if not m.error), 0)
+def _left(sizes: dict[str, int], resume: Resume) -> int:
+    """Manifest rows this run expects to process: every row of a unit to do whole, only the rows
+    behind the error rows of a unit that redoes those."""
+    left = 0
+    for unit, rows in sizes.items():
+        if not resume.done(unit, rows):
+            redo = resume.redo(unit)
+            left += rows if redo is None else min(len(redo), rows)
+    return left
 
 
 def _recoverable(e: BaseException | None) -> bool:

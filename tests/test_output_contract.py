@@ -149,3 +149,20 @@ def test_a_unit_with_error_rows_whose_manifest_gained_rows_is_redone_whole(
     assert got == [("r0", True), ("r1", False), ("r2", True)]
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"]["input"] == 3 and run["output_totals"]["rows"] == 3
+
+
+def test_the_progress_of_a_rerun_that_redoes_error_rows_reaches_its_total(
+    ray_session, tiny_model_dir, tmp_path, capsys
+):
+    """A rerun redoes only the error rows of a committed unit: its progress line counts those rows
+    against those rows, and ends at 100 %, not at the share of error rows in the unit."""
+    wav = clips(tmp_path, 3)
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"id": f"r{i}", "path": str(p)} for i, p in enumerate(wav)]
+    write_jsonl(manifest, [*rows, {"id": "bad", "path": str(tmp_path / "nope.wav")}])
+    cfg, out = job(tmp_path, manifest, tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert extract.main(["--config", str(cfg)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if " rows (" in line]
+    assert lines and lines[-1].startswith("[emotion2vec] 1/1 rows (100%) | ok 0 err 1 |"), lines
