@@ -61,6 +61,7 @@ class Span:
     offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
+    duration_s: float | None = None  # a row with nothing to run: its span's seconds (None: the file's)
 
 
 def prepare_block(
@@ -294,7 +295,17 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        return [Span(whole.source, rec, audio=whole.audio, recording_id=rec, offset_s=whole.offset_s)]
+        seconds = len(whole.samples) / sr  # the span's, not its file's
+        return [
+            Span(
+                whole.source,
+                rec,
+                audio=whole.audio,
+                recording_id=rec,
+                offset_s=whole.offset_s,
+                duration_s=seconds,
+            )
+        ]
     return spans
 
 
@@ -309,7 +320,11 @@ def _table(batch: pa.Table, spans: list[Span], values: pa.Array, seconds: float,
     has_wave = np.array([s.length is not None for s in spans])
     lengths = np.array([s.length or 0 for s in spans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    duration = np.where(has_wave, lengths / TARGET_SR, [a.duration_s if a else 0.0 for a in audio])
+    unrun = [
+        a.duration_s if s.duration_s is None and a else s.duration_s or 0.0
+        for s, a in zip(spans, audio, strict=True)
+    ]
+    duration = np.where(has_wave, lengths / TARGET_SR, unrun)
     columns = {
         MANIFEST_ID: base["id"],
         "id": pa.array([s.id for s in spans], pa.string()),

@@ -51,6 +51,24 @@ def test_segments_get_kaldi_style_ids_and_the_manifest_span_stays_in_offset_s(tm
     assert rows[3][WAVEFORM] is None and rows[3]["duration_s"] == 1.0
 
 
+def test_a_span_without_speech_has_the_duration_of_the_span_not_of_its_file(tmp_path):
+    """README: `duration_s` is the decoded duration "of the span, for spans". A manifest span in which
+    the VAD finds no speech is still one row; its duration (and the run's audio hours) is the span's."""
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(60 * 16000, np.float32), 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["span"],
+            "path": [str(tmp_path / "quiet.wav")],
+            "offset_s": pa.array([10.0], pa.float64()),  # [10.0, 12.5) of a 60 s file
+            SPAN_END: pa.array([12.5], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage(), segmenter=fixed_segments)
+    (row,) = out.to_pylist()
+    assert (row["id"], row["error"], row["offset_s"], row["start_s"]) == ("span", None, 10.0, None)
+    assert row[WAVEFORM] is None and row["duration_s"] == 2.5
+
+
 def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):
     x = np.linspace(-0.5, 0.5, 3 * 16000, dtype=np.float32)
     sf.write(str(tmp_path / "a.wav"), x, 16000, subtype="FLOAT")
