@@ -12,6 +12,7 @@ cut by decoded audio size, so the model stage gets similar amounts of work per c
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -263,12 +264,24 @@ def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> l
         try:
             samples = cut(samples, offset or 0.0, end)
         except AudioError as e:
-            return [replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}")]
+            inside = _inside(len(samples), offset or 0.0, end)  # the span's duration, not the file's
+            return [
+                replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}", duration_s=inside)
+            ]
         base.end_s = base.start_s + len(samples) / TARGET_SR
     whole = replace(base, samples=samples)
     if segmenter is None:
         return [whole]
     return _segment(whole, segmenter)
+
+
+def _inside(n: int, start_s: float, end_s: float | None) -> float:
+    """Seconds of the span [start_s, end_s) that lie within `n` samples at 16 kHz (0 for bad times)."""
+    if not all(t is None or (math.isfinite(t) and t >= 0) for t in (start_s, end_s)):
+        return 0.0
+    a = round(start_s * TARGET_SR)
+    b = n if end_s is None else min(n, round(end_s * TARGET_SR))
+    return max(0, b - a) / TARGET_SR
 
 
 def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:

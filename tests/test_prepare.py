@@ -69,6 +69,27 @@ def test_a_span_without_speech_has_the_duration_of_the_span_not_of_its_file(tmp_
     assert row[WAVEFORM] is None and row["duration_s"] == 2.5
 
 
+def test_a_span_that_cannot_be_cut_reports_what_of_it_lies_in_the_audio_not_the_files_duration(tmp_path):
+    """An error row of a span (a diariser turn shorter than 25 ms, a span past the end of a truncated
+    file) has the decoded duration of the span (README), not its file's: 60 s for each such row of a
+    60 s file also went into the run's audio hours."""
+    sf.write(str(tmp_path / "call.wav"), np.full(60 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["short", "past", "tail"],
+            "path": [str(tmp_path / "call.wav")] * 3,
+            "offset_s": pa.array([5.0, 61.0, 59.99], pa.float64()),
+            SPAN_END: pa.array([5.02, 62.0, None], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage())
+    rows = out.to_pylist()
+    assert all("AudioError" in r["error"] for r in rows), [r["error"] for r in rows]
+    assert [r["sample_rate"] for r in rows] == [16000] * 3  # the file's, as for any row of it
+    # 320 samples of [5.0, 5.02); nothing of [61, 62); the last 160 samples of the file
+    assert [r["duration_s"] for r in rows] == [np.float32(0.02), 0.0, np.float32(0.01)]
+
+
 def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):
     x = np.linspace(-0.5, 0.5, 3 * 16000, dtype=np.float32)
     sf.write(str(tmp_path / "a.wav"), x, 16000, subtype="FLOAT")
