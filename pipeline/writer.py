@@ -306,7 +306,7 @@ class Output:
                 f"output.mode is error_if_exists"
             )
         if mode == "overwrite":
-            self._clear(files)
+            self._clear()
             return
         if files or units:
             self._check_fingerprint(fingerprint)
@@ -386,8 +386,12 @@ class Output:
             markers = list(pool.map(lambda u: Marker.decode(self.storage.read_bytes(u)), uris))
         return {m.unit: m for m in markers}
 
-    def _clear(self, files: list[str]) -> None:
-        for uri in files + self._marker_uris() + self._staged():
+    def _clear(self) -> None:
+        """Delete this output's own files: result files (`part-*.parquet` at the top, as `_listing`
+        sees them), markers, staged files, `_run.json`; never other Parquet files under the path (a
+        manifest beside the output, another run's output in a subfolder)."""
+        results = [join(self.path, name) for name in sorted(self._listing())]
+        for uri in results + self._marker_uris() + self._staged():
             self._delete(uri)
         if self.storage.exists(join(self.path, RUN_FILE)):
             self._delete(join(self.path, RUN_FILE))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from pipeline.prepare import Span, _segment
 from pipeline.schema import MANIFEST_ID, SEGMENT_TOTAL, UNIT, UNIT_ROWS, output_schema
@@ -113,3 +114,27 @@ def test_a_truncated_result_file_is_set_aside_also_when_the_fingerprint_is_read_
     assert len(rerun.skip().units) == 1  # the other unit stays committed; this one is redone
     kept = [s.id for i, spans in enumerate(clips) for s in spans if f"a-{i:06d}" not in damaged.name]
     assert pads.dataset(path, format="parquet").to_table()["id"].to_pylist() == kept
+
+
+def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
+    """`output.mode: overwrite` replaces this job's output: its result files, markers, staged files and
+    `_run.json`. Parquet files of anything else under output.path (the corpus's own manifest when the
+    features are written beside it, another run's output in a subfolder) are not this job's to delete."""
+    out = tmp_path / "out"
+    (out / "earlier-run").mkdir(parents=True)
+    manifest = pa.table({"id": ["x"], "path": ["x.wav"]})
+    pq.write_table(manifest, out / "manifest.parquet")
+    pq.write_table(manifest, out / "earlier-run" / "part-0.parquet")
+    spans = _segment(Span(0, "clip", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    first = Output(Storage(), str(out))
+    first.open("resume", {"schema": 3})
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    stage_and_commit(first, str(out), schema, segment_rows(spans, [None], "a-000000", 1), "a-000000")
+    (out / "_run.json").write_text("{}")
+    ours = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert len(ours) == 1
+
+    Output(Storage(), str(out)).open("overwrite", {"schema": 3})
+    assert not list(out.glob("part-*.parquet")) and not (out / "_run.json").exists()
+    assert not list((out / "_units").glob("*.json"))
+    assert (out / "manifest.parquet").exists() and (out / "earlier-run" / "part-0.parquet").exists()
