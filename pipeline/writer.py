@@ -424,9 +424,11 @@ class Output:
         for uri in self.storage.list_files(self.path, ".parquet"):
             fs, path = self.storage.resolve(uri)
             try:
-                return read_metadata(pq.read_schema(path, filesystem=fs))
+                found = read_metadata(pq.read_schema(path, filesystem=fs))
             except (pa.ArrowInvalid, OSError):
                 continue  # a damaged file (a truncated copy): set aside by _check_files, its rows redone
+            if found is not None:  # else not the job's file (a manifest beside the results)
+                return found
         return None
 
     def _recover(self) -> None:

@@ -6,11 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.prepare import Span, _segment
 from pipeline.schema import MANIFEST_ID, SEGMENT_TOTAL, UNIT, UNIT_ROWS, output_schema
 from pipeline.storage import Storage
-from pipeline.writer import Output, Pending, write_parts
+from pipeline.writer import Output, OutputError, Pending, write_parts
 
 D = 4
 SR = 16_000
@@ -138,3 +139,22 @@ def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
     assert not list(out.glob("part-*.parquet")) and not (out / "_run.json").exists()
     assert not list((out / "_units").glob("*.json"))
     assert (out / "manifest.parquet").exists() and (out / "earlier-run" / "part-0.parquet").exists()
+
+
+def test_the_fingerprint_check_reads_a_result_file_not_a_foreign_parquet_file_beside_it(tmp_path):
+    """Without `_run.json` the fingerprint of the output is read from its files: a Parquet file that is
+    not the job's (a manifest beside the results, sorted first) has none, and must not make a resume
+    with another model pass unchecked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["x"], "path": ["x.wav"]}), out / "manifest.parquet")
+    written = {"schema": 3, "weights_sha256": "aaaa"}
+    spans = _segment(Span(0, "clip", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    first = Output(Storage(), str(out))
+    first.open("resume", written)
+    schema = output_schema(D, 9, False, pa.schema([]), written)
+    stage_and_commit(first, str(out), schema, segment_rows(spans, [None], "a-000000", 1), "a-000000")
+    assert not (out / "_run.json").exists()
+
+    with pytest.raises(OutputError, match="weights_sha256"):
+        Output(Storage(), str(out)).open("resume", {"schema": 3, "weights_sha256": "bbbb"})
