@@ -517,12 +517,23 @@ def _passthrough(cfg: JobConfig, schemas: list[pa.Schema]) -> pa.Schema:
     have, or one that is null throughout a shard (JSON `null`) and typed in another, is written like
     any other. Types that cannot be merged (a number in one shard, text in another) are refused here,
     before any work, instead of failing every write of the run."""
+    columns = [passthrough_schema(s) for s in schemas]
     try:
-        return pa.unify_schemas([passthrough_schema(s) for s in schemas], promote_options="permissive")
+        return pa.unify_schemas(columns, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    # one tool wrote a text column dictionary-encoded (a pandas category), another plain: its values
+    plain = [pa.schema([f.with_type(_undictionary(f.type)) for f in c]) for c in columns]
+    try:
+        return pa.unify_schemas(plain, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
         raise JobError(
             f"input.manifest: {cfg.input.manifest}: the sources' columns do not agree: {e}"
         ) from None
+
+
+def _undictionary(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:

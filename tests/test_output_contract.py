@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -61,6 +63,24 @@ def test_passthrough_columns_of_every_shard_reach_the_output(ray_session, tiny_m
         (None, None),
         ("loud", "en"),
     ]
+
+
+def test_parquet_shards_with_a_dictionary_encoded_column_and_a_plain_one(
+    ray_session, tiny_model_dir, tmp_path
+):
+    """Parquet shards written by different tools: one stores a text column dictionary-encoded (a pandas
+    category), the other as plain strings. Both are the same passthrough column."""
+    wav = clips(tmp_path, 2)
+    shards = tmp_path / "manifest"
+    shards.mkdir()
+    emotion = pa.array(["ang"]).dictionary_encode()
+    pq.write_table(pa.table({"id": ["a0"], "path": [str(wav[0])], "emotion": emotion}), shards / "a.parquet")
+    pq.write_table(pa.table({"id": ["b0"], "path": [str(wav[1])], "emotion": ["sad"]}), shards / "b.parquet")
+    cfg, out = job(tmp_path, shards, tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    table = pads.dataset(str(out), format="parquet").to_table().sort_by("id")
+    assert table["id"].to_pylist() == ["a0", "b0"] and table["error"].null_count == 2
+    assert table["emotion"].to_pylist() == ["ang", "sad"]
 
 
 def test_shards_whose_column_types_conflict_exit_2_naming_the_column(
