@@ -186,3 +186,18 @@ def test_the_progress_of_a_rerun_that_redoes_error_rows_reaches_its_total(
     assert extract.main(["--config", str(cfg)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if " rows (" in line]
     assert lines and lines[-1].startswith("[emotion2vec] 1/1 rows (100%) | ok 0 err 1 |"), lines
+
+
+def test_a_manifest_column_named_like_the_stages_waveform_passes_through_renamed(
+    ray_session, tiny_model_dir, tmp_path
+):
+    """`waveform` is the column that carries the decoded audio between decoding and the model; a
+    manifest column of that name is renamed `manifest_waveform`, as a clash with an output column is,
+    instead of failing every block of the run on a duplicated column."""
+    wav = clips(tmp_path, 1)
+    write_jsonl(tmp_path / "manifest.jsonl", [{"id": "r0", "path": str(wav[0]), "waveform": "mono"}])
+    cfg, out = job(tmp_path, tmp_path / "manifest.jsonl", tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    (row,) = pads.dataset(str(out), format="parquet").to_table().to_pylist()
+    assert (row["id"], row["error"], row["manifest_waveform"]) == ("r0", None, "mono")
+    assert "waveform" not in row
