@@ -461,7 +461,12 @@ class Output:
         ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
         sources = int(seen.counts["sources"])
         error_rows = {k: sorted(v) for k, v in seen.error_rows.items()}
-        if old is not None and redo is not None:
+        # the read task redid only the error rows' manifest rows (fewer than the unit has), or the
+        # whole unit (its rows changed: Resume.todo), which replaces every old row
+        partial = redo is not None and seen.unit_rows != self._sizes.get(unit)
+        if old is not None and not partial:
+            self.replaced += old.error
+        if old is not None and partial:
             kept, rewritten, gone = self._without(old, redo, unit)
             staged += rewritten
             self.replaced += gone["error"]

@@ -201,3 +201,24 @@ def test_a_manifest_column_named_like_the_stages_waveform_passes_through_renamed
     (row,) = pads.dataset(str(out), format="parquet").to_table().to_pylist()
     assert (row["id"], row["error"], row["manifest_waveform"]) == ("r0", None, "mono")
     assert "waveform" not in row
+
+
+def test_a_failed_row_whose_id_changed_in_the_manifest_is_processed_on_the_rerun(
+    ray_session, tiny_model_dir, tmp_path
+):
+    """A manifest without an id column names each row by its path. Fixing the path of a row that failed
+    (a typo) changes its id: the rerun must process the fixed row and drop the old error row, not look
+    for the old id in vain and leave the unit as it was on every rerun."""
+    clips(tmp_path, 2)
+    manifest = tmp_path / "manifest.jsonl"
+    write_jsonl(manifest, [{"path": "c0.wav"}, {"path": "c1.wvv"}])  # a typo in the second path
+    cfg, out = job(tmp_path, manifest, tiny_model_dir)
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert pads.dataset(str(out), format="parquet").to_table()["error"].null_count == 1
+    write_jsonl(manifest, [{"path": "c0.wav"}, {"path": "c1.wav"}])
+    assert extract.main(["--config", str(cfg)]) == 0
+    table = pads.dataset(str(out), format="parquet").to_table()
+    assert sorted(table["id"].to_pylist()) == ["c0.wav", "c1.wav"]
+    assert table["error"].null_count == 2
+    run = json.loads((out / "_run.json").read_text())
+    assert run["output_totals"]["rows"] == 2 and run["output_totals"]["error"] == 0
