@@ -669,7 +669,8 @@ class EmotionPredictor:
             inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float16()), D)
             offsets = pa.array(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int32))
             cols["frames"] = pa.ListArray.from_arrays(offsets, inner, mask=mask)
-        cols[MODEL_NODE] = pa.array([self.node] * n, pa.string())
+        # per ok row, as the runtime: rows that failed before or in the model are no node's result
+        cols[MODEL_NODE] = pa.array([self.node if ok[i] else None for i in range(n)], pa.string())
         cols[MODEL_RUNTIME] = pa.array([self.runtime if ok[i] else None for i in range(n)], pa.string())
         cols[MODEL_TIME] = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)), pa.float64())
         out = batch.drop_columns([WAVEFORM])

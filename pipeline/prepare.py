@@ -12,6 +12,7 @@ cut by decoded audio size, so the model stage gets similar amounts of work per c
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -61,7 +62,7 @@ class Span:
     offset_s: float | None = None  # where the manifest row's span starts (null: a whole file)
     recording_id: str | None = None
     first: bool = True  # the first row its manifest row became
-    seconds: float | None = None  # decoded duration of a span without speech (None: the file's)
+    duration_s: float | None = None  # a row with nothing to run: its span's seconds (None: the file's)
 
 
 def prepare_block(
@@ -263,12 +264,24 @@ def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> l
         try:
             samples = cut(samples, offset or 0.0, end)
         except AudioError as e:
-            return [replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}")]
+            inside = _inside(len(samples), offset or 0.0, end)  # the span's duration, not the file's
+            return [
+                replace(base, error=f"decode: AudioError: {row['path'] or row['id']}: {e}", duration_s=inside)
+            ]
         base.end_s = base.start_s + len(samples) / TARGET_SR
     whole = replace(base, samples=samples)
     if segmenter is None:
         return [whole]
     return _segment(whole, segmenter)
+
+
+def _inside(n: int, start_s: float, end_s: float | None) -> float:
+    """Seconds of the span [start_s, end_s) that lie within `n` samples at 16 kHz (0 for bad times)."""
+    if not all(t is None or (math.isfinite(t) and t >= 0) for t in (start_s, end_s)):
+        return 0.0
+    a = round(start_s * TARGET_SR)
+    b = n if end_s is None else min(n, round(end_s * TARGET_SR))
+    return max(0, b - a) / TARGET_SR
 
 
 def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
@@ -295,7 +308,7 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
             )
         )
     if not spans:  # no speech: the recording still appears once, with nothing to run
-        seconds = len(whole.samples) / sr  # the span's, not the whole file's
+        seconds = len(whole.samples) / sr  # the span's, not its file's
         return [
             Span(
                 whole.source,
@@ -303,7 +316,7 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
                 audio=whole.audio,
                 recording_id=rec,
                 offset_s=whole.offset_s,
-                seconds=seconds,
+                duration_s=seconds,
             )
         ]
     return spans
@@ -321,7 +334,7 @@ def _table(batch: pa.Table, spans: list[Span], values: pa.Array, seconds: float,
     lengths = np.array([s.length or 0 for s in spans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     unrun = [
-        0.0 if a is None else a.duration_s if s.seconds is None else s.seconds
+        a.duration_s if s.duration_s is None and a else s.duration_s or 0.0
         for s, a in zip(spans, audio, strict=True)
     ]
     duration = np.where(has_wave, lengths / TARGET_SR, unrun)

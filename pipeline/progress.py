@@ -32,9 +32,13 @@ class Progress:
             self._last = now
             self.print()
 
-    def forget(self, rows: int) -> None:
-        """Rows of units that will be redone (their first attempt died)."""
+    def forget(self, rows: int, ok: int, error: int, audio_s: float) -> None:
+        """What the rows of units that will be redone (their attempt died) added: the next attempt
+        counts them again."""
         self.rows -= rows
+        self.ok -= ok
+        self.error -= error
+        self.audio_s -= audio_s
 
     def print(self) -> None:
         line = self.line()

@@ -54,10 +54,12 @@ from .manifest import (
     ManifestError,
     Piece,
     Plan,
+    Resume,
     Source,
     check_unique_across,
     discover,
     read_units,
+    unit_name,
 )
 from .manifest.tasks import count_task, read_task
 from .poison import NAMESPACE, TASK_RETRIES, broken_devices, collect_suspects, forget, scope
@@ -292,6 +294,8 @@ class _Job:
         placement, elastic = place_model(cfg, say, local=started_local)
         fingerprint = _fingerprint(cfg, model, placement, plan)
         out = _open_output(cfg, storage, fingerprint, lease)
+        sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
+        out.align(sizes)
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"
@@ -313,7 +317,7 @@ class _Job:
             poison_scope,
             stream,
         )
-        job.progress = Progress(_left(plan, out), cfg.ray.progress_interval_s, stream)
+        job.progress = Progress(_left(sizes, out.skip()), cfg.ray.progress_interval_s, stream)
         return job
 
     def attempts(self) -> None:
@@ -409,9 +413,24 @@ def _open_output(cfg: JobConfig, storage: Storage, fingerprint: dict[str, Any], 
     return out
 
 
-def _left(plan: Plan, out: Output) -> int:
-    """Manifest rows this run expects to process (those of units committed without errors are done)."""
-    return max(plan.rows - sum(m.sources for m in out.markers.values() if not m.error), 0)
+def _unit_sizes(plan: Plan, rows_per_unit: int) -> dict[str, int]:
+    """Unit name -> its manifest rows in this run's plan."""
+    return {
+        unit_name(s.key, u): rows
+        for i, s in enumerate(plan.sources)
+        for u, rows in enumerate(plan.unit_rows(i, rows_per_unit))
+    }
+
+
+def _left(sizes: dict[str, int], resume: Resume) -> int:
+    """Manifest rows this run expects to process: every row of a unit to do whole, only the rows
+    behind the error rows of a unit that redoes those."""
+    left = 0
+    for unit, rows in sizes.items():
+        if not resume.done(unit, rows):
+            redo = resume.redo(unit)
+            left += rows if redo is None else min(len(redo), rows)
+    return left
 
 
 def _recoverable(e: BaseException | None) -> bool:
@@ -463,7 +482,7 @@ def _count(
     remote = ray.remote(num_cpus=READ_CPUS)(count_task)
     by_task = early is None
     refs = [remote.remote(s, cfg.input, storage) if by_task and s.audio is None else None for s in sources]
-    details, schema = [], None
+    details = []
     for s, ref in zip(sources, refs, strict=True):
         try:
             if ref is not None:
@@ -476,7 +495,6 @@ def _count(
             # its own line names the file, the attempts and the last error; under it is one attempt's
             raise RunFailed(f"the manifest could not be read: {_one_line(e, StorageUnavailable)}") from None
         details.append(c)
-        schema = schema or (c.schema if c.rows else None)
     try:
         check_unique_across([s.uri for s in sources], [c.ids for c in details])
     except ManifestError as e:
@@ -490,7 +508,32 @@ def _count(
             counts[i] = min(n, left)
             left -= counts[i]
     row_bytes = max(c.row_bytes for c in details)
-    return Plan(cfg.input.manifest, sources, counts, passthrough_schema(schema), row_bytes, details)
+    passthrough = _passthrough(cfg, [c.schema for c, n in zip(details, counts, strict=True) if n])
+    return Plan(cfg.input.manifest, sources, counts, passthrough, row_bytes, details)
+
+
+def _passthrough(cfg: JobConfig, schemas: list[pa.Schema]) -> pa.Schema:
+    """The passthrough columns of every source that is read, as one schema: a column only some shards
+    have, or one that is null throughout a shard (JSON `null`) and typed in another, is written like
+    any other. Types that cannot be merged (a number in one shard, text in another) are refused here,
+    before any work, instead of failing every write of the run."""
+    columns = [passthrough_schema(s) for s in schemas]
+    try:
+        return pa.unify_schemas(columns, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    # one tool wrote a text column dictionary-encoded (a pandas category), another plain: its values
+    plain = [pa.schema([f.with_type(_undictionary(f.type)) for f in c]) for c in columns]
+    try:
+        return pa.unify_schemas(plain, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+        raise JobError(
+            f"input.manifest: {cfg.input.manifest}: the sources' columns do not agree: {e}"
+        ) from None
+
+
+def _undictionary(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
@@ -554,7 +597,10 @@ def _execute(
         cause = _manifest_cause(e) or _device_unusable(e)
         if cause is not None:
             raise JobError(str(cause)) from None
-        progress.forget(sum(int(p.counts[k]) for p in pending.values() for k in ("sources",)))
+        progress.forget(
+            *(int(sum(p.counts[k] for p in pending.values())) for k in ("sources", "ok", "error")),
+            sum(p.counts["audio_s"] for p in pending.values()),
+        )
         if watch.lost and not isinstance(e, ActorLost):
             e = ActorLost(f"a model actor died while idle ({watch.lost})")
         raise RunFailed(f"the run failed: {_one_line(e)}") from e

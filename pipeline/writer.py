@@ -283,6 +283,7 @@ class Output:
         self.orphans: list[str] = []  # result files no marker names, moved to _orphans/
         self._resume = Resume()
         self._committed_now: set[str] = set()  # units this run committed (not redone on a restart)
+        self._sizes: dict[str, int] = {}  # unit -> its manifest rows in this run (`align`)
 
     @contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -305,7 +306,7 @@ class Output:
                 f"output.mode is error_if_exists"
             )
         if mode == "overwrite":
-            self._clear(files)
+            self._clear()
             return
         if files or units:
             self._check_fingerprint(fingerprint)
@@ -362,13 +363,20 @@ class Output:
         """What is done, for the planner: the resume record of the committed units."""
         return self._resume
 
+    def align(self, sizes: dict[str, int]) -> None:
+        """The manifest rows of each unit in this run (the plan's). A committed unit with another count
+        is redone whole, error rows or not: redoing only its error rows would miss the rows the
+        manifest gained and keep those it lost."""
+        self._sizes = sizes
+        self._resume = self._record(final=self._committed_now)
+
     def _record(self, final: set[str] = frozenset()) -> Resume:
-        return Resume(
-            {
-                u: Committed(m.sources, frozenset() if u in final else frozenset(m.errors_by_manifest_id()))
-                for u, m in self.markers.items()
-            }
-        )
+        def errors(u: str, m: Marker) -> frozenset[str]:
+            if u in final or self._sizes.get(u, m.sources) != m.sources:
+                return frozenset()  # final for this run, or (rows changed) not done: redone whole
+            return frozenset(m.errors_by_manifest_id())
+
+        return Resume({u: Committed(m.sources, errors(u, m)) for u, m in self.markers.items()})
 
     def _marker_uris(self) -> list[str]:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")
@@ -378,8 +386,12 @@ class Output:
             markers = list(pool.map(lambda u: Marker.decode(self.storage.read_bytes(u)), uris))
         return {m.unit: m for m in markers}
 
-    def _clear(self, files: list[str]) -> None:
-        for uri in files + self._marker_uris() + self._staged():
+    def _clear(self) -> None:
+        """Delete this output's own files: result files (`part-*.parquet` at the top, as `_listing`
+        sees them), markers, staged files, `_run.json`; never other Parquet files under the path (a
+        manifest beside the output, another run's output in a subfolder)."""
+        results = [join(self.path, name) for name in sorted(self._listing())]
+        for uri in results + self._marker_uris() + self._staged():
             self._delete(uri)
         if self.storage.exists(join(self.path, RUN_FILE)):
             self._delete(join(self.path, RUN_FILE))
@@ -409,11 +421,15 @@ class Output:
                 return json.loads(self.storage.read_bytes(run)).get("output_metadata")
             except (ValueError, OSError):
                 pass
-        files = self.storage.list_files(self.path, ".parquet")
-        if not files:
-            return None
-        fs, path = self.storage.resolve(files[0])
-        return read_metadata(pq.read_schema(path, filesystem=fs))
+        for uri in self.storage.list_files(self.path, ".parquet"):
+            fs, path = self.storage.resolve(uri)
+            try:
+                found = read_metadata(pq.read_schema(path, filesystem=fs))
+            except (pa.ArrowInvalid, OSError):
+                continue  # a damaged file (a truncated copy): set aside by _check_files, its rows redone
+            if found is not None:  # else not the job's file (a manifest beside the results)
+                return found
+        return None
 
     def _recover(self) -> None:
         """Finish the commits a dead run left half done (its marker is written) and discard the
@@ -445,7 +461,12 @@ class Output:
         ok, error, audio_s = int(seen.counts["ok"]), int(seen.counts["error"]), seen.counts["audio_s"]
         sources = int(seen.counts["sources"])
         error_rows = {k: sorted(v) for k, v in seen.error_rows.items()}
-        if old is not None and redo is not None:
+        # the read task redid only the error rows' manifest rows (fewer than the unit has), or the
+        # whole unit (its rows changed: Resume.todo), which replaces every old row
+        partial = redo is not None and seen.unit_rows != self._sizes.get(unit)
+        if old is not None and not partial:
+            self.replaced += old.error
+        if old is not None and partial:
             kept, rewritten, gone = self._without(old, redo, unit)
             staged += rewritten
             self.replaced += gone["error"]
@@ -560,7 +581,7 @@ def _of_manifest_rows(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
     if not pc.any(maybe).as_py():
         return mask
     segment = [
-        bool(m) and re.fullmatch(re.escape(r) + r"-\d{7}-\d{7}", i) is not None
+        bool(m) and re.fullmatch(re.escape(r) + r"-\d{7,}-\d{7,}", i) is not None  # 7+: past 27.7 h, 8
         for m, r, i in zip(
             maybe.to_pylist(), table["recording_id"].to_pylist(), table["id"].to_pylist(), strict=True
         )

@@ -66,3 +66,25 @@ def test_no_script_edits_sys_path():
         if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_extract_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_path):
+    """README: exit 2 for a bad config or argument, and every failure ends in one `error:` line (it
+    was the logging module's traceback, exit 1)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["--config", str(tmp_path / "missing.yaml")]
+    if how == "flag":
+        argv += ["--log-level", "loud"]
+    else:
+        env["E2V_LOG_LEVEL"] = "loud"
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.extract", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]

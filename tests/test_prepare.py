@@ -51,22 +51,43 @@ def test_segments_get_kaldi_style_ids_and_the_manifest_span_stays_in_offset_s(tm
     assert rows[3][WAVEFORM] is None and rows[3]["duration_s"] == 1.0
 
 
-def test_a_span_without_speech_has_the_span_s_duration(tmp_path):
-    """duration_s is the span's for spans (README): a silent manifest span [0.5, 1.75) of a 4 s file
-    said 4.0, and each such span added the whole file to the run's audio hours."""
-    sf.write(str(tmp_path / "quiet.wav"), np.zeros(4 * 16000, np.float32), 16000, subtype="FLOAT")
+def test_a_span_without_speech_has_the_duration_of_the_span_not_of_its_file(tmp_path):
+    """README: `duration_s` is the decoded duration "of the span, for spans". A manifest span in which
+    the VAD finds no speech is still one row; its duration (and the run's audio hours) is the span's."""
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(60 * 16000, np.float32), 16000, subtype="FLOAT")
     block = pa.table(
         {
-            "id": ["part"],
+            "id": ["span"],
             "path": [str(tmp_path / "quiet.wav")],
-            "offset_s": pa.array([0.5], pa.float64()),
-            SPAN_END: pa.array([1.75], pa.float64()),
+            "offset_s": pa.array([10.0], pa.float64()),  # [10.0, 12.5) of a 60 s file
+            SPAN_END: pa.array([12.5], pa.float64()),
         }
     )
     (out,) = prepare_block(block, storage=Storage(), segmenter=fixed_segments)
     (row,) = out.to_pylist()
-    assert (row["id"], row["error"], row[WAVEFORM], row["offset_s"]) == ("part", None, None, 0.5)
-    assert row["duration_s"] == 1.25
+    assert (row["id"], row["error"], row["offset_s"], row["start_s"]) == ("span", None, 10.0, None)
+    assert row[WAVEFORM] is None and row["duration_s"] == 2.5
+
+
+def test_a_span_that_cannot_be_cut_reports_what_of_it_lies_in_the_audio_not_the_files_duration(tmp_path):
+    """An error row of a span (a diariser turn shorter than 25 ms, a span past the end of a truncated
+    file) has the decoded duration of the span (README), not its file's: 60 s for each such row of a
+    60 s file also went into the run's audio hours."""
+    sf.write(str(tmp_path / "call.wav"), np.full(60 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["short", "past", "tail"],
+            "path": [str(tmp_path / "call.wav")] * 3,
+            "offset_s": pa.array([5.0, 61.0, 59.99], pa.float64()),
+            SPAN_END: pa.array([5.02, 62.0, None], pa.float64()),
+        }
+    )
+    (out,) = prepare_block(block, storage=Storage())
+    rows = out.to_pylist()
+    assert all("AudioError" in r["error"] for r in rows), [r["error"] for r in rows]
+    assert [r["sample_rate"] for r in rows] == [16000] * 3  # the file's, as for any row of it
+    # 320 samples of [5.0, 5.02); nothing of [61, 62); the last 160 samples of the file
+    assert [r["duration_s"] for r in rows] == [np.float32(0.02), 0.0, np.float32(0.01)]
 
 
 def test_without_segmentation_offset_and_start_are_the_manifest_span(tmp_path):

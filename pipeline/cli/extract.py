@@ -30,9 +30,9 @@ def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="job YAML (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--log-level", default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-level", type=_log_level, default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
         result = run(cfg)
@@ -61,6 +61,15 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {result.message}", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
     return EXIT_OK
+
+
+def _log_level(name: str) -> str:
+    """A logging level name (any case; also from E2V_LOG_LEVEL): an unknown one is an argument error
+    (exit 2, one line), not the logging module's traceback."""
+    level = name.strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise argparse.ArgumentTypeError(f"unknown level {name!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    return level
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an e
 row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds).
 Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
 first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
-an output column is renamed `manifest_<name>`.
+an output column (or `waveform`, the stages' decoded audio) is renamed `manifest_<name>`.
 
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from ..config import InputConfig
 from ..redact import redact_names
-from ..schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END
+from ..schema import AUDIO_BYTES, INPUT_ERROR, OUTPUT_COLUMNS, SPAN_END, WAVEFORM
 from ..storage import join
 from .errors import ManifestError
 
@@ -191,7 +191,9 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
-            out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = raw[name]
+            # the stages' decoded audio travels as `waveform` too: a manifest column of that name clashes
+            clash = name in OUTPUT_COLUMNS or name == WAVEFORM
+            out[f"manifest_{name}" if clash else name] = raw[name]
     return pa.table(out)
 
 

@@ -1,0 +1,160 @@
+"""The write stage and the commits of pipeline/writer.py on a local output, outside Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.prepare import Span, _segment
+from pipeline.schema import MANIFEST_ID, SEGMENT_TOTAL, UNIT, UNIT_ROWS, output_schema
+from pipeline.storage import Storage
+from pipeline.writer import Output, OutputError, Pending, write_parts
+
+D = 4
+SR = 16_000
+
+
+def segment_rows(spans: list[Span], errors: list[str | None], unit: str, unit_rows: int) -> pa.Table:
+    """What reaches the write stage for VAD segments (prepare, then the model): a recording's spans,
+    each with the manifest id and the count of segments on its recording's first one."""
+    n = len(spans)
+    totals = [0] * n
+    for s in spans:
+        totals[next(j for j in range(n) if spans[j].recording_id == s.recording_id)] += 1
+    ok = [e is None for e in errors]
+    return pa.table(
+        {
+            "id": [s.id for s in spans],
+            "path": ["long.flac"] * n,
+            "error": errors,
+            "recording_id": [s.recording_id for s in spans],
+            "offset_s": [s.offset_s for s in spans],
+            "start_s": [s.start_s for s in spans],
+            "end_s": [s.end_s for s in spans],
+            "duration_s": pa.array([(s.end_s - s.start_s) for s in spans], pa.float32()),
+            "num_frames": pa.array([4 if k else None for k in ok], pa.int32()),
+            "embedding": pa.array([[0.5] * D if k else None for k in ok], pa.list_(pa.float32(), D)),
+            MANIFEST_ID: [s.recording_id for s in spans],
+            UNIT: [unit] * n,
+            UNIT_ROWS: [unit_rows] * n,
+            SEGMENT_TOTAL: totals,
+        }
+    )
+
+
+def stage_and_commit(output: Output, path: str, schema: pa.Schema, rows: pa.Table, unit: str) -> None:
+    summaries = write_parts(
+        rows,
+        output=path,
+        schema=schema,
+        storage=Storage(),
+        compression="zstd",
+        max_file_mb=256,
+        rows_per_file=2000,
+    )
+    seen = Pending()
+    for s in summaries.to_pylist():
+        seen.add(s)
+    assert seen.complete
+    output.commit(unit, seen)
+
+
+def test_redoing_a_failed_vad_segment_of_a_span_past_27_hours_replaces_every_segment(tmp_path):
+    """A manifest span that starts 100,000 s into a long recording (audio.max_duration_s raised or
+    null): its VAD segment ids carry 8-digit centiseconds. A rerun redoes the recording whole when one
+    of its segments failed; its earlier segment rows must all go, or the output holds them twice."""
+    whole = Span(0, "rec", samples=np.zeros(2 * SR, np.float32), start_s=100_000.0, offset_s=100_000.0)
+    spans = _segment(whole, lambda samples: [(0, SR), (SR, 2 * SR)])
+    assert [s.id for s in spans] == ["rec-10000000-10000100", "rec-10000100-10000200"]
+    # another manifest row of the unit, in the same file: a short clip, one segment
+    other = _segment(Span(1, "clip", samples=np.zeros(SR, np.float32)), lambda samples: [(0, SR)])
+    unit, path = "a-000000", str(tmp_path / "out")
+    schema = output_schema(D, 9, False, pa.schema([]))
+
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    failed = segment_rows(spans + other, [None, "model: RuntimeError: boom", None], unit, 2)
+    stage_and_commit(first, path, schema, failed, unit)
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    assert rerun.skip().redo(unit) == {"rec"}  # the recording is redone whole
+    stage_and_commit(rerun, path, schema, segment_rows(spans, [None, None], unit, 1), unit)
+
+    table = pads.dataset(path, format="parquet").to_table()
+    assert sorted(table["id"].to_pylist()) == sorted(s.id for s in spans + other)
+    assert table["error"].null_count == table.num_rows
+    assert (rerun.totals()["rows"], rerun.totals()["error"]) == (3, 0)
+
+
+def test_a_truncated_result_file_is_set_aside_also_when_the_fingerprint_is_read_from_it(tmp_path):
+    """Without `_run.json` (the run that wrote the output was killed before its end), the output's
+    fingerprint is read from a result file. A truncated copy of that file must be set aside and its
+    rows redone, as any damaged file is (README), not end the rerun on the file's read error."""
+    clips = [
+        _segment(Span(i, f"clip{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)]) for i in range(2)
+    ]
+    path = str(tmp_path / "out")
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    for i, spans in enumerate(clips):
+        unit = f"a-{i:06d}"
+        stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
+    assert not (tmp_path / "out" / "_run.json").exists()
+    damaged = sorted((tmp_path / "out").glob("part-*.parquet"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    assert rerun.corrupt == [damaged.name]
+    assert (tmp_path / "out" / "_corrupt" / f"{damaged.name}.set-aside").exists()
+    assert len(rerun.skip().units) == 1  # the other unit stays committed; this one is redone
+    kept = [s.id for i, spans in enumerate(clips) for s in spans if f"a-{i:06d}" not in damaged.name]
+    assert pads.dataset(path, format="parquet").to_table()["id"].to_pylist() == kept
+
+
+def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
+    """`output.mode: overwrite` replaces this job's output: its result files, markers, staged files and
+    `_run.json`. Parquet files of anything else under output.path (the corpus's own manifest when the
+    features are written beside it, another run's output in a subfolder) are not this job's to delete."""
+    out = tmp_path / "out"
+    (out / "earlier-run").mkdir(parents=True)
+    manifest = pa.table({"id": ["x"], "path": ["x.wav"]})
+    pq.write_table(manifest, out / "manifest.parquet")
+    pq.write_table(manifest, out / "earlier-run" / "part-0.parquet")
+    spans = _segment(Span(0, "clip", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    first = Output(Storage(), str(out))
+    first.open("resume", {"schema": 3})
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    stage_and_commit(first, str(out), schema, segment_rows(spans, [None], "a-000000", 1), "a-000000")
+    (out / "_run.json").write_text("{}")
+    ours = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert len(ours) == 1
+
+    Output(Storage(), str(out)).open("overwrite", {"schema": 3})
+    assert not list(out.glob("part-*.parquet")) and not (out / "_run.json").exists()
+    assert not list((out / "_units").glob("*.json"))
+    assert (out / "manifest.parquet").exists() and (out / "earlier-run" / "part-0.parquet").exists()
+
+
+def test_the_fingerprint_check_reads_a_result_file_not_a_foreign_parquet_file_beside_it(tmp_path):
+    """Without `_run.json` the fingerprint of the output is read from its files: a Parquet file that is
+    not the job's (a manifest beside the results, sorted first) has none, and must not make a resume
+    with another model pass unchecked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["x"], "path": ["x.wav"]}), out / "manifest.parquet")
+    written = {"schema": 3, "weights_sha256": "aaaa"}
+    spans = _segment(Span(0, "clip", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    first = Output(Storage(), str(out))
+    first.open("resume", written)
+    schema = output_schema(D, 9, False, pa.schema([]), written)
+    stage_and_commit(first, str(out), schema, segment_rows(spans, [None], "a-000000", 1), "a-000000")
+    assert not (out / "_run.json").exists()
+
+    with pytest.raises(OutputError, match="weights_sha256"):
+        Output(Storage(), str(out)).open("resume", {"schema": 3, "weights_sha256": "bbbb"})
