@@ -1153,3 +1153,27 @@ def test_a_folder_of_audio_lists_every_format_the_decoder_reads(tmp_path):
     for fmt in ("auto", "audio"):
         t = read(tmp_path, format=fmt)
         assert sorted(p.rsplit("/", 1)[-1] for p in t["path"].to_pylist()) == want, fmt
+
+
+def test_a_lhotse_multicut_of_one_channel_reads_that_channel_not_the_mix(tmp_path):
+    # a MultiCut whose `channel` is [1] loads channel 1 alone in Lhotse (cut.load_audio() has one row),
+    # as a MonoCut on channel 1 does: the customer of a stereo call, not the mix of both sides
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource
+
+    def rec(rid, sources):
+        return lhotse.Recording(rid, sources, sampling_rate=16000, num_samples=160000, duration=10.0)
+
+    call = rec("call", [source(type="file", channels=[0, 1], source="/a/call.wav")])
+    mtg = rec("mtg", [source(type="file", channels=[c], source=f"/a/mtg.Headset-{c}.wav") for c in (0, 1)])
+    cuts = [
+        lhotse.MultiCut("call-1", 1.0, 2.0, [1], recording=call),
+        lhotse.MultiCut("mtg-1", 1.0, 2.0, [1], recording=mtg),
+        lhotse.MultiCut("call-both", 1.0, 2.0, [0, 1], recording=call),
+    ]
+    lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl")
+    assert t["id"].to_pylist() == ["call-1", "mtg-1", "call-both"]
+    assert t["path"].to_pylist() == ["/a/call.wav", "/a/mtg.Headset-1.wav", "/a/call.wav"]
+    assert t["_channel"].to_pylist() == [1, None, None]  # the Headset-1 file is channel 1 alone
+    assert t["_input_error"].to_pylist() == [None] * 3

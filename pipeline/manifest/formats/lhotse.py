@@ -111,8 +111,10 @@ def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
 def _recording_path(rec: dict, channel: object, cut: str) -> tuple[str | None, int | None, str | None]:
     """(the file to read, the channel of it to analyse (None: the mix), or why neither). A MonoCut
     (`channel` an int) is that channel of its recording alone, as Lhotse loads it: read from the source
-    that holds it (a recording may keep a file per channel: AMI's headsets)."""
+    that holds it (a recording may keep a file per channel: AMI's headsets); so is a MultiCut of one channel."""
     sources = rec.get("sources") or []
+    if isinstance(channel, list) and len(channel) == 1:
+        channel = channel[0]  # a MultiCut of one channel loads that channel alone, as a MonoCut does
     if not sources:
         return None, None, f"Lhotse recording {rec.get('id')!r} has no sources"
     src, pick = sources[0], None
