@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -1177,3 +1178,31 @@ def test_a_lhotse_multicut_of_one_channel_reads_that_channel_not_the_mix(tmp_pat
     assert t["path"].to_pylist() == ["/a/call.wav", "/a/mtg.Headset-1.wav", "/a/call.wav"]
     assert t["_channel"].to_pylist() == [1, None, None]  # the Headset-1 file is channel 1 alone
     assert t["_input_error"].to_pylist() == [None] * 3
+
+
+def test_a_lhotse_supervision_that_starts_before_its_recording_is_clipped_to_it(tmp_path):
+    # Lhotse keeps supervisions that overhang their cut (a window cut out of a longer one starts in
+    # the middle of an utterance: the supervision's start is negative). There is no audio before the
+    # recording's start: the row is the part that exists, as Lhotse's own `trim` gives it, not an
+    # error row for a negative time. One wholly before the recording is an error row, never the file.
+    from pipeline.audio import cut as cut_span
+
+    lhotse = pytest.importorskip("lhotse")
+    src = lhotse.audio.AudioSource(type="file", channels=[0], source="/a/rec.wav")
+    rec = lhotse.Recording("rec", [src], sampling_rate=16000, num_samples=160000, duration=10.0)
+    sup = lhotse.SupervisionSegment
+    at0 = lhotse.MonoCut("c0", 0.0, 2.0, 0, recording=rec, supervisions=[sup("s0", "rec", -0.2, 0.5)])
+    later = lhotse.MonoCut("c1", 4.0, 2.0, 0, recording=rec, supervisions=[sup("s1", "rec", -0.2, 0.5)])
+    gone = lhotse.MonoCut("c2", 0.0, 2.0, 0, recording=rec, supervisions=[sup("s2", "rec", -2.0, 1.0)])
+    lhotse.CutSet.from_cuts([at0, later, gone]).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl")
+    trimmed = at0.supervisions[0].trim(at0.duration)  # Lhotse: the supervision inside a cut at 0
+    assert t["id"].to_pylist() == ["s0", "s1", "s2"]
+    assert t["offset_s"][0].as_py() == pytest.approx(trimmed.start)
+    assert t["_end_s"][0].as_py() == pytest.approx(trimmed.end)
+    # a supervision overhanging a later cut is its span inside the recording, as before
+    assert t["offset_s"][1].as_py() == pytest.approx(3.8) and t["_end_s"][1].as_py() == pytest.approx(4.3)
+    assert t["_input_error"].to_pylist()[:2] == [None, None]
+    samples = np.zeros(160000, np.float32)
+    assert cut_span(samples, t["offset_s"][0].as_py(), t["_end_s"][0].as_py()).size == 4800
+    assert "before the start of its recording" in t["_input_error"][2].as_py()
