@@ -1206,3 +1206,30 @@ def test_a_lhotse_supervision_that_starts_before_its_recording_is_clipped_to_it(
     samples = np.zeros(160000, np.float32)
     assert cut_span(samples, t["offset_s"][0].as_py(), t["_end_s"][0].as_py()).size == 4800
     assert "before the start of its recording" in t["_input_error"][2].as_py()
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json", "csv", "tsv", "parquet"])
+@pytest.mark.parametrize("first, second", [("offset", "end"), ("start", "duration")])
+def test_a_span_given_by_a_start_and_an_end_or_a_duration_is_read_under_every_name(
+    tmp_path, form, first, second
+):
+    # NeMo's `offset` with an `end` (no `duration`), or a `start` with a `duration` (no `end`): the
+    # second column was ignored and the row ran over the whole file (from `offset` to its end)
+    starts, seconds = [1.5, 4.0], [3.0, 2.5]
+    ends = seconds if second == "end" else [s + d for s, d in zip(starts, seconds, strict=True)]
+    table = pa.table({"id": ["u1", "u2"], "path": ["/a.wav", "/b.wav"], first: starts, second: seconds})
+    path = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(table, path)
+    elif form in ("csv", "tsv"):
+        sep = "," if form == "csv" else "\t"
+        rows = [sep.join(table.column_names)] + [sep.join(map(str, r.values())) for r in table.to_pylist()]
+        path.write_text("\n".join(rows) + "\n")
+    elif form == "json":
+        path.write_text(json.dumps(table.to_pylist()))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    t = read(path)
+    assert t["offset_s"].to_pylist() == starts
+    assert t["_end_s"].to_pylist() == pytest.approx(ends)
+    assert first not in t.column_names and second not in t.column_names  # read as the span, not passed on
