@@ -2,7 +2,10 @@
 
 import gzip
 import json
+import shutil
+import subprocess
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -1095,3 +1098,163 @@ def test_a_nemo_diarisation_manifest_that_is_not_utf8_is_a_manifest_error_naming
     storage = Storage()
     with pytest.raises(ManifestError, match=r"diar\.json: not UTF-8 text"):
         count_rows(discover(cfg, storage)[0], cfg, storage)
+
+
+# files of formats pipeline.audio decodes (libsndfile or FFmpeg), as the ffmpeg CLI writes them: extension ->
+# output options (the input is a 1 s tone; `video` adds a tiny test picture, as in a film's container)
+MORE_AUDIO = {
+    ".spx": ["-c:a", "libspeex"],
+    ".w64": [],
+    ".wv": [],
+    ".mp2": [],
+    ".mpa": ["-c:a", "mp2", "-f", "mp2"],
+    ".tta": [],
+    ".aifc": ["-c:a", "pcm_s16be", "-f", "aiff"],
+    ".eac3": ["-c:a", "eac3"],
+    ".m4b": ["-c:a", "aac", "-f", "mp4"],
+    ".ogx": ["-c:a", "libvorbis", "-f", "ogg"],
+    ".ra": [],
+    ".voc": [],
+    ".ogv": ["video", "-c:v", "libtheora", "-c:a", "libvorbis"],
+    ".m4v": ["video", "-c:a", "aac", "-f", "mp4"],
+    ".mpg": ["video", "-f", "mpeg"],
+    ".mpeg": ["video", "-f", "mpeg"],
+    ".ts": ["video", "-f", "mpegts"],
+    ".mts": ["video", "-f", "mpegts"],
+    ".m2ts": ["video", "-f", "mpegts"],
+    ".wmv": ["video"],
+}
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (make sysdeps)")
+def test_a_folder_of_audio_lists_every_format_the_decoder_reads(tmp_path):
+    """A file the decoder reads is listed in a folder of audio (with `input.format: audio` a suffix
+    missing from the list was left out without a word; in a folder beside wav files it was taken for
+    a manifest)."""
+    from pipeline.audio import decode
+
+    tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=1:sample_rate=16000"]
+    picture = ["-f", "lavfi", "-i", "testsrc=duration=1:size=32x32:rate=25"]
+    for suffix, opts in MORE_AUDIO.items():
+        video = opts[:1] == ["video"]
+        inputs = tone + (picture if video else [])
+        out = tmp_path / f"clip{suffix.replace('.', '_')}{suffix}"
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *inputs, *opts[video:], "-shortest", str(out)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        assert decode(out.read_bytes(), out.name).samples.size > 15000, suffix  # the decoder reads it
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", *tone, str(tmp_path / "plain.wav")],
+        check=True,
+        capture_output=True,
+    )
+    if shutil.which("sox"):  # NIST SPHERE (TIMIT, Switchboard): ffmpeg has no writer for it
+        subprocess.run(["sox", str(tmp_path / "plain.wav"), str(tmp_path / "clip.sph")], check=True)
+        assert decode((tmp_path / "clip.sph").read_bytes(), "clip.sph").samples.size > 15000
+    want = sorted(p.name for p in tmp_path.glob("*.*"))
+    for fmt in ("auto", "audio"):
+        t = read(tmp_path, format=fmt)
+        assert sorted(p.rsplit("/", 1)[-1] for p in t["path"].to_pylist()) == want, fmt
+
+
+def test_a_lhotse_multicut_of_one_channel_reads_that_channel_not_the_mix(tmp_path):
+    # a MultiCut whose `channel` is [1] loads channel 1 alone in Lhotse (cut.load_audio() has one row),
+    # as a MonoCut on channel 1 does: the customer of a stereo call, not the mix of both sides
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource
+
+    def rec(rid, sources):
+        return lhotse.Recording(rid, sources, sampling_rate=16000, num_samples=160000, duration=10.0)
+
+    call = rec("call", [source(type="file", channels=[0, 1], source="/a/call.wav")])
+    mtg = rec("mtg", [source(type="file", channels=[c], source=f"/a/mtg.Headset-{c}.wav") for c in (0, 1)])
+    cuts = [
+        lhotse.MultiCut("call-1", 1.0, 2.0, [1], recording=call),
+        lhotse.MultiCut("mtg-1", 1.0, 2.0, [1], recording=mtg),
+        lhotse.MultiCut("call-both", 1.0, 2.0, [0, 1], recording=call),
+    ]
+    lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl")
+    assert t["id"].to_pylist() == ["call-1", "mtg-1", "call-both"]
+    assert t["path"].to_pylist() == ["/a/call.wav", "/a/mtg.Headset-1.wav", "/a/call.wav"]
+    assert t["_channel"].to_pylist() == [1, None, None]  # the Headset-1 file is channel 1 alone
+    assert t["_input_error"].to_pylist() == [None] * 3
+
+
+def test_a_lhotse_supervision_that_starts_before_its_recording_is_clipped_to_it(tmp_path):
+    # Lhotse keeps supervisions that overhang their cut (a window cut out of a longer one starts in
+    # the middle of an utterance: the supervision's start is negative). There is no audio before the
+    # recording's start: the row is the part that exists, as Lhotse's own `trim` gives it, not an
+    # error row for a negative time. One wholly before the recording is an error row, never the file.
+    from pipeline.audio import cut as cut_span
+
+    lhotse = pytest.importorskip("lhotse")
+    src = lhotse.audio.AudioSource(type="file", channels=[0], source="/a/rec.wav")
+    rec = lhotse.Recording("rec", [src], sampling_rate=16000, num_samples=160000, duration=10.0)
+    sup = lhotse.SupervisionSegment
+    at0 = lhotse.MonoCut("c0", 0.0, 2.0, 0, recording=rec, supervisions=[sup("s0", "rec", -0.2, 0.5)])
+    later = lhotse.MonoCut("c1", 4.0, 2.0, 0, recording=rec, supervisions=[sup("s1", "rec", -0.2, 0.5)])
+    gone = lhotse.MonoCut("c2", 0.0, 2.0, 0, recording=rec, supervisions=[sup("s2", "rec", -2.0, 1.0)])
+    lhotse.CutSet.from_cuts([at0, later, gone]).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl")
+    trimmed = at0.supervisions[0].trim(at0.duration)  # Lhotse: the supervision inside a cut at 0
+    assert t["id"].to_pylist() == ["s0", "s1", "s2"]
+    assert t["offset_s"][0].as_py() == pytest.approx(trimmed.start)
+    assert t["_end_s"][0].as_py() == pytest.approx(trimmed.end)
+    # a supervision overhanging a later cut is its span inside the recording, as before
+    assert t["offset_s"][1].as_py() == pytest.approx(3.8) and t["_end_s"][1].as_py() == pytest.approx(4.3)
+    assert t["_input_error"].to_pylist()[:2] == [None, None]
+    samples = np.zeros(160000, np.float32)
+    assert cut_span(samples, t["offset_s"][0].as_py(), t["_end_s"][0].as_py()).size == 4800
+    assert "before the start of its recording" in t["_input_error"][2].as_py()
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json", "csv", "tsv", "parquet"])
+@pytest.mark.parametrize("first, second", [("offset", "end"), ("start", "duration")])
+def test_a_span_given_by_a_start_and_an_end_or_a_duration_is_read_under_every_name(
+    tmp_path, form, first, second
+):
+    # NeMo's `offset` with an `end` (no `duration`), or a `start` with a `duration` (no `end`): the
+    # second column was ignored and the row ran over the whole file (from `offset` to its end)
+    starts, seconds = [1.5, 4.0], [3.0, 2.5]
+    ends = seconds if second == "end" else [s + d for s, d in zip(starts, seconds, strict=True)]
+    table = pa.table({"id": ["u1", "u2"], "path": ["/a.wav", "/b.wav"], first: starts, second: seconds})
+    path = tmp_path / f"m.{form}"
+    if form == "parquet":
+        pq.write_table(table, path)
+    elif form in ("csv", "tsv"):
+        sep = "," if form == "csv" else "\t"
+        rows = [sep.join(table.column_names)] + [sep.join(map(str, r.values())) for r in table.to_pylist()]
+        path.write_text("\n".join(rows) + "\n")
+    elif form == "json":
+        path.write_text(json.dumps(table.to_pylist()))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    t = read(path)
+    assert t["offset_s"].to_pylist() == starts
+    assert t["_end_s"].to_pylist() == pytest.approx(ends)
+    assert first not in t.column_names and second not in t.column_names  # read as the span, not passed on
+
+
+@pytest.mark.parametrize(
+    "name", ["m.csv.gz", "m.tsv.gz", "m.json.gz", "m.ndjson.gz", "wav.scp.gz", "m.CSV.GZ"]
+)
+def test_a_gzipped_text_manifest_is_read_by_the_format_of_its_name(tmp_path, name):
+    # gzipped JSON lines were read by name, but `m.csv.gz` (as corpora and pandas write them) stopped the
+    # run asking for input.format, though every text form is decompressed whatever its name
+    rows = [
+        {"id": "u1", "path": "/a/1.wav", "emo": "ang"},
+        {"id": "u2", "path": "/a/2.wav", "emo": "hap"},
+    ]
+    fmt = name.lower().split(".")[-2]
+    if fmt in ("csv", "tsv"):
+        sep = "," if fmt == "csv" else "\t"
+        body = "\n".join([sep.join(rows[0])] + [sep.join(r.values()) for r in rows]) + "\n"
+    elif fmt == "scp":
+        body = "".join(f"{r['id']} {r['path']}\n" for r in rows)
+    else:
+        body = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / name).write_bytes(gzip.compress(body.encode()))
+    t = read(tmp_path / name)
+    assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
+    if fmt != "scp":
+        assert t["emo"].to_pylist() == ["ang", "hap"]

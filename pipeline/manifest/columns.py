@@ -7,7 +7,8 @@ the Hugging Face `Audio` struct<bytes, path>) when there is one, else from the f
 Voice ships a `path` naming a file that exists nowhere); a row without bytes is fetched from the
 struct's path, else from that path column. With `input.path_template` the path is built from the
 row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an empty one is an error
-row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds).
+row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds), or
+either start with the other's end or length (`offset` + `end`, `start` + `duration`).
 Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
 first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
 an output column (or `waveform`, the stages' decoded audio) is renamed `manifest_<name>`.
@@ -87,10 +88,17 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
         ]
         fallback = paths[0] if embedded and paths else None
         cols = Columns(id_col, audio, embedded, fallback, speaker=speaker)
+    # a span's start with its length or its end, under either name: NeMo's `offset` with an `end`
+    # (no `duration`) is [offset, end), never the rest of the file; `duration` wins beside `offset`
+    # (NeMo), `end` beside `start`
     if "offset" in names:
-        return replace(cols, start="offset", duration=_opt(names, "duration"))
+        if "duration" in names or "end" not in names:
+            return replace(cols, start="offset", duration=_opt(names, "duration"))
+        return replace(cols, start="offset", end="end")
     if "start" in names and "end" in names:
         return replace(cols, start="start", end="end")
+    if "start" in names and "duration" in names:
+        return replace(cols, start="start", duration="duration")
     return cols
 
 

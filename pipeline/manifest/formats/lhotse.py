@@ -92,13 +92,25 @@ def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
         if "id" not in s:
             raise ManifestError(f"{source.uri}: line {line}: a supervision of cut {cut['id']!r} has no 'id'")
         begin = start + float(s.get("start", 0.0))  # supervision times are relative to the cut
+        end = begin + float(s["duration"]) if s.get("duration") is not None else None
+        row = dict(base)
+        if begin < 0:
+            # a supervision may overhang its cut (Lhotse keeps them); there is no audio before the
+            # recording's start: what exists of it is the row (Lhotse's `trim` cuts it so)
+            if end is not None and end <= 0:
+                row["path"], row[CHANNEL] = None, None
+                row[INPUT_ERROR] = row[INPUT_ERROR] or (
+                    f"Lhotse supervision {s['id']!r} lies before the start of its recording "
+                    f"([{begin:g}, {end:g}) s)"
+                )
+            begin = 0.0
         custom = s.get("custom")
         out.append(
             {
-                **base,
+                **row,
                 "id": s["id"],
                 "offset": begin,
-                "end": begin + float(s["duration"]) if s.get("duration") is not None else None,
+                "end": end,
                 "speaker": s.get("speaker"),
                 "language": s.get("language"),
                 "text": s.get("text"),
@@ -111,8 +123,10 @@ def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
 def _recording_path(rec: dict, channel: object, cut: str) -> tuple[str | None, int | None, str | None]:
     """(the file to read, the channel of it to analyse (None: the mix), or why neither). A MonoCut
     (`channel` an int) is that channel of its recording alone, as Lhotse loads it: read from the source
-    that holds it (a recording may keep a file per channel: AMI's headsets)."""
+    that holds it (a recording may keep a file per channel: AMI's headsets); so is a MultiCut of one channel."""
     sources = rec.get("sources") or []
+    if isinstance(channel, list) and len(channel) == 1:
+        channel = channel[0]  # a MultiCut of one channel loads that channel alone, as a MonoCut does
     if not sources:
         return None, None, f"Lhotse recording {rec.get('id')!r} has no sources"
     src, pick = sources[0], None

@@ -1,5 +1,5 @@
-"""Text manifests with one row per line: JSON lines (also `.jsonl.gz`, NeMo's `.json`), a JSON array,
-CSV, TSV and `<id> <path>` scp files.
+"""Text manifests with one row per line: JSON lines (NeMo's `.json`), a JSON array, CSV, TSV and
+`<id> <path>` scp files, each also gzipped (`.jsonl.gz`, `.csv.gz`, ...).
 
 The count pass parses the whole file once and notes the byte offset of every unit's first line when
 lines are rows one to one (no blank or comment lines, no quoted newlines), the file is not compressed
@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 
 SUFFIXES = {
     ".jsonl": "jsonl",
-    ".jsonl.gz": "jsonl",
     ".ndjson": "jsonl",
     ".json": "json",
     ".csv": "csv",
     ".tsv": "tsv",
     ".scp": "scp",
 }
+# gzip is told by its bytes and undone whatever the name (base.gunzip): `.gz` only hides the format
+SUFFIXES.update({f"{suffix}.gz": fmt for suffix, fmt in SUFFIXES.items()})
 SPLITTABLE = ("jsonl", "csv", "tsv", "scp")  # formats whose lines are rows
 RANGE_SCHEMES = ("file", "s3", "gs", "az")  # stores that honour ranged reads (a plain HTTP server may not)
 
