@@ -1119,7 +1119,6 @@ MORE_AUDIO = {
     ".m4v": ["video", "-c:a", "aac", "-f", "mp4"],
     ".mpg": ["video", "-f", "mpeg"],
     ".mpeg": ["video", "-f", "mpeg"],
-    ".ts": ["video", "-f", "mpegts"],
     ".mts": ["video", "-f", "mpegts"],
     ".m2ts": ["video", "-f", "mpegts"],
     ".wmv": ["video"],
