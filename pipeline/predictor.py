@@ -634,6 +634,9 @@ class EmotionPredictor:
         for i, res in enumerate(results):
             if isinstance(res, Exception):
                 errors[i] = f"model: {type(res).__name__}: {res}"
+            elif isinstance(res, RowResult) and not _finite(res):
+                # NaN has no argmax (np.argmax takes it for the first class): an error row, not a wrong label
+                errors[i] = "model: the model's output for this row is not finite (NaN or inf)"
             elif isinstance(res, RowResult):
                 ok[i] = True
                 num_frames[i] = res.num_frames
@@ -678,6 +681,12 @@ class EmotionPredictor:
         for name, arr in cols.items():
             out = out.append_column(name, arr)
         return out
+
+
+def _finite(res: RowResult) -> bool:
+    """Whether a row's embedding and scores (the clip's and each window's) are all finite numbers."""
+    parts = (res.embedding, res.scores, res.window_scores)
+    return all(p is None or bool(np.isfinite(p).all()) for p in parts)
 
 
 def _fixed(values: np.ndarray, width: int, null_mask: np.ndarray) -> pa.Array:

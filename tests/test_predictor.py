@@ -254,3 +254,35 @@ def test_rows_per_call_slices_a_block_and_concurrent_calls_agree_with_one_at_a_t
     for k in range(2):
         assert got[k]["frames"].to_pylist() == one["frames"].to_pylist()
         assert got[k]["embedding"].to_pylist() == one["embedding"].to_pylist()
+
+
+def test_a_row_whose_scores_are_not_finite_is_an_error_row_not_class_0(tiny_model_dir):
+    """NaN scores (a model that overflowed on a row) have no argmax: the row must be an error row
+    saying so, never labelled with the first class; the other rows of the call keep their results."""
+    import pyarrow as pa
+
+    clips = random_clips([9_000, 12_000], seed=5)
+    batch = pa.table(
+        {
+            "id": ["a", "b"],
+            "path": ["a.wav", "b.wav"],
+            "error": pa.array([None, None], pa.string()),
+            "waveform": pa.array([c.tolist() for c in clips], pa.large_list(pa.float32())),
+        }
+    )
+    model = predictor(tiny_model_dir)
+    want = model(batch)
+    head = model._classify
+
+    def nan_for_b(embeddings):  # one row per clip (each fits one window): b's scores are NaN
+        scores = head(embeddings).copy()
+        scores[1] = np.nan
+        return scores
+
+    model._classify = nan_for_b
+    out = model(batch)
+    assert out["error"][0].as_py() is None and out["label"][0].as_py() == want["label"][0].as_py()
+    error = out["error"][1].as_py()
+    assert error is not None and "not finite" in error, error
+    assert out["label"][1].as_py() is None and out["scores"][1].as_py() is None
+    assert out["embedding"][1].as_py() is None and out["segments"][1].as_py() is None

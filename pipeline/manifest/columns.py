@@ -11,7 +11,8 @@ row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` 
 either start with the other's end or length (`offset` + `end`, `start` + `duration`).
 Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
 first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
-an output column (or `waveform`, the stages' decoded audio) is renamed `manifest_<name>`.
+an output column (or `waveform`, the stages' decoded audio), or whose name starts with `_` like the
+stages' private columns (MongoDB's `_id`), is renamed `manifest_<name>`.
 
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
@@ -59,6 +60,9 @@ class Columns:
     speaker: str | None = None  # who speaks (absent from a table: null)
     overlap: str | None = None  # seconds of the span that overlap another speaker (diariser turns)
     template: str | None = None  # the audio path as a format string of columns, instead of `audio`
+    # resolved from a manifest's own columns (`resolve`): a `_` column is the manifest's, not one of the
+    # private columns a fixed-layout format adds (`_input_error`, `_channel`)
+    free_form: bool = False
 
 
 def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
@@ -75,7 +79,7 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
             raise ManifestError(
                 f"{uri}: input.path_template {template!r} names {missing[0]!r}, not a column (columns: {names})"
             )
-        cols = Columns(id_col, "", False, speaker=speaker, template=template)
+        cols = Columns(id_col, "", False, speaker=speaker, template=template, free_form=True)
     else:
         inside = [n for n in (*PATH_ALIASES, *names) if n in names and _is_embedded(schema.field(n).type)]
         if cfg.path_column or not inside:
@@ -87,7 +91,7 @@ def resolve(schema: pa.Schema, cfg: InputConfig, uri: str) -> Columns:
             n for n in PATH_ALIASES if n in names and n != audio and pa.types.is_string(schema.field(n).type)
         ]
         fallback = paths[0] if embedded and paths else None
-        cols = Columns(id_col, audio, embedded, fallback, speaker=speaker)
+        cols = Columns(id_col, audio, embedded, fallback, speaker=speaker, free_form=True)
     # a span's start with its length or its end, under either name: NeMo's `offset` with an `end`
     # (no `duration`) is [offset, end), never the rest of the file; `duration` wins beside `offset`
     # (NeMo), `end` beside `start`
@@ -168,7 +172,8 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     n = raw.num_rows
     out: dict[str, pa.ChunkedArray | pa.Array] = {}
     consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
-    errors = raw[INPUT_ERROR] if INPUT_ERROR in raw.column_names else pa.nulls(n, pa.string())
+    ours = INPUT_ERROR in raw.column_names and not cols.free_form
+    errors = raw[INPUT_ERROR] if ours else pa.nulls(n, pa.string())
     if cols.template:
         built, problems = templated(raw, cols.template)
         written = pa.array(built, pa.string())
@@ -196,11 +201,14 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
         c for c in (cols.start, cols.duration, cols.end, cols.recording, cols.speaker, cols.overlap) if c
     }
     out[INPUT_ERROR] = errors
-    consumed.add(INPUT_ERROR)
+    if ours:
+        consumed.add(INPUT_ERROR)
     for name in raw.column_names:
         if name not in consumed:
-            # the stages' decoded audio travels as `waveform` too: a manifest column of that name clashes
-            clash = name in OUTPUT_COLUMNS or name == WAVEFORM
+            # the stages' decoded audio travels as `waveform` too: a manifest column of that name clashes;
+            # `_` names are the stages' private columns (never written): a manifest's own would be dropped
+            private = cols.free_form and name.startswith("_")
+            clash = name in OUTPUT_COLUMNS or name == WAVEFORM or private
             out[f"manifest_{name}" if clash else name] = raw[name]
     return pa.table(out)
 

@@ -136,11 +136,34 @@ def _line_format(data: bytes, fmt: str) -> str:
 def _parse_whole(data: bytes, source: Source, cfg: InputConfig) -> pa.Table:
     """A whole manifest file -> a table; a CSV/TSV whose id, speaker or path column Arrow read as numbers
     is parsed again with them as text (columns.text_columns): its pieces are parsed with this schema."""
+    _utf8(data, source)
     raw = parse(data, source)
     if source.format not in ("csv", "tsv") or not raw.num_columns:
         return raw
     strings = text_columns(raw.schema, cfg, source.uri)
     return parse(data, source, strings=strings) if strings else raw
+
+
+def _utf8(data: bytes, source: Source) -> None:
+    """Refuse a manifest that is not UTF-8 (a Latin-1 CSV from a spreadsheet), naming the line and, in
+    a CSV/TSV, the column: Arrow reads such a CSV column as binary (which would be taken for audio
+    bytes) and JSON lines as they are (invalid strings in the output, that DuckDB refuses to read).
+    Pieces are parsed after the count pass has checked the whole file."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        what = repr(data[e.start : e.end])
+        if source.format in ("csv", "tsv") and line > 1:
+            try:  # the columns Arrow read as binary are those holding the bytes
+                binary = [f.name for f in parse(data, source).schema if pa.types.is_binary(f.type)]
+            except ManifestError:
+                binary = []
+            what += f" in column {binary[0]!r}" if binary else ""
+        raise ManifestError(
+            f"{source.uri}: line {line}: not UTF-8 text ({what}); manifests must be UTF-8: convert it "
+            f"(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def parse(
