@@ -1179,6 +1179,27 @@ def test_a_lhotse_multicut_of_one_channel_reads_that_channel_not_the_mix(tmp_pat
     assert t["_input_error"].to_pylist() == [None] * 3
 
 
+def test_a_lhotse_multicut_of_some_channels_of_a_file_is_an_error_row_not_the_mix_of_all(tmp_path):
+    # Lhotse loads a MultiCut's channels alone: [0, 1] of a 3-channel file is two rows of audio, not the
+    # file's 3. The pipeline analyses one channel or the mix of all: the mix of the file would be other
+    # audio than the cut's. Every channel, in any order, is the mix.
+    lhotse = pytest.importorskip("lhotse")
+    src = lhotse.audio.AudioSource(type="file", channels=[0, 1, 2], source="/a/three.wav")
+    rec = lhotse.Recording("three", [src], sampling_rate=16000, num_samples=160000, duration=10.0)
+    cuts = [
+        lhotse.MultiCut("some", 1.0, 2.0, [0, 1], recording=rec),
+        lhotse.MultiCut("all", 1.0, 2.0, [2, 0, 1], recording=rec),
+    ]
+    assert cuts[0].num_channels == 2  # Lhotse's own count of what the cut holds
+    lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl")
+    t = read(tmp_path / "cuts.jsonl")
+    assert t["id"].to_pylist() == ["some", "all"]
+    assert t["path"].to_pylist() == [None, "/a/three.wav"]
+    assert t["_channel"].to_pylist() == [None, None]
+    err = t["_input_error"].to_pylist()
+    assert "'some'" in err[0] and "[0, 1]" in err[0] and err[1] is None
+
+
 def test_a_lhotse_supervision_that_starts_before_its_recording_is_clipped_to_it(tmp_path):
     # Lhotse keeps supervisions that overhang their cut (a window cut out of a longer one starts in
     # the middle of an utterance: the supervision's start is negative). There is no audio before the

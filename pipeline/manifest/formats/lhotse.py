@@ -136,6 +136,17 @@ def _recording_path(rec: dict, channel: object, cut: str) -> tuple[str | None, i
             return None, None, f"Lhotse cut {cut!r}: channel {channel} is in no source of its recording"
         held = src.get("channels") or []
         pick = held.index(channel) if len(held) > 1 else None  # a one-channel file is its own channel
+    elif (
+        isinstance(channel, list) and len(sources) == 1 and sorted(channel) != sorted(src.get("channels", []))
+    ):
+        # Lhotse loads those channels alone; the pipeline analyses one channel or the mix of all of them
+        # (the mix of a subset is neither: reading it as the mix of the file would be other audio)
+        return (
+            None,
+            None,
+            f"Lhotse cut {cut!r}: channels {channel} of a recording with channels {src.get('channels')}; "
+            f"only one channel or all of them can be read (MultiCut.to_mono gives a cut per channel)",
+        )
     elif len(sources) > 1:
         return (
             None,
