@@ -723,12 +723,19 @@ class Storage:
 
     def _local_temp(self, path: str, data: bytes) -> str:
         d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
         # hidden and not ending in .parquet: invisible to datasets and globs until renamed
         tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        return tmp
+
+        def write() -> str:
+            os.makedirs(d, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            return tmp
+
+        try:
+            return write()
+        except FileNotFoundError:  # the folder went between makedirs and open: an emptied _staging/<unit>/
+            return write()
 
     def _local_create(self, path: str, data: bytes) -> bool:
         tmp = self._local_temp(path, data)
@@ -782,6 +789,18 @@ class Storage:
         self._writable(uri)
         if not is_remote(uri):
             os.makedirs(self._path(uri), exist_ok=True)
+
+    def remove_empty_dirs(self, uri: str) -> None:
+        """Remove the directory `uri` and the directories under it that hold no file (local only:
+        object stores have no directories). One that is not empty, or gone, is left as it is: a
+        write task retried by Ray may be putting a file there."""
+        if is_remote(uri):
+            return
+        for d, _, _ in sorted(os.walk(self._path(uri)), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
     def remove_stale_temp_files(self, uri: str, min_age_s: float = 0.0) -> int:
         """Delete temp files a killed writer left under the directory `uri` (local only: object-store

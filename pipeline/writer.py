@@ -446,6 +446,7 @@ class Output:
             else:
                 self._publish(marker, uris)
             self.recovered += 1
+        self.storage.remove_empty_dirs(join(self.path, STAGING_DIR))
 
     # -- committing -------------------------------------------------------------------------------
 
@@ -484,6 +485,7 @@ class Output:
         with self._fenced():
             self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
         self._publish(marker, staged)
+        self.storage.remove_empty_dirs(join(self.path, f"{STAGING_DIR}/{unit}"))
         if old is not None:
             for name in set(old.files) - set(names):
                 self._delete_if_exists(join(self.path, name))
@@ -567,6 +569,7 @@ class Output:
         }
 
     def write_run_json(self, info: dict[str, Any]) -> None:
+        self.storage.remove_empty_dirs(join(self.path, STAGING_DIR))  # what commits emptied
         text = json.dumps(redact_data(info), indent=2)
         with self._fenced():
             self.storage.write_bytes_atomic(join(self.path, RUN_FILE), text.encode())

@@ -158,3 +158,34 @@ def test_the_fingerprint_check_reads_a_result_file_not_a_foreign_parquet_file_be
 
     with pytest.raises(OutputError, match="weights_sha256"):
         Output(Storage(), str(out)).open("resume", {"schema": 3, "weights_sha256": "bbbb"})
+
+
+def test_commits_and_recovery_leave_no_empty_staging_folders(tmp_path):
+    """A committed unit's staged files move out of `_staging/<unit>/`; the emptied folder goes with
+    them (a run over 100,000 units left as many empty folders). A unit not committed keeps its staged
+    files until the next run discards them, and then `_staging/` itself is gone."""
+    out = tmp_path / "out"
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), str(out))
+    first.open("resume", {"schema": 3})
+    rows = {}
+    for unit, name in (("a-000000", "clip-a"), ("b-000000", "clip-b")):
+        spans = _segment(Span(0, name, samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+        rows[unit] = segment_rows(spans, [None], unit, 1)
+    stage_and_commit(first, str(out), schema, rows["a-000000"], "a-000000")
+    write_parts(
+        rows["b-000000"],
+        output=str(out),
+        schema=schema,
+        storage=Storage(),
+        compression="zstd",
+        max_file_mb=256,
+        rows_per_file=2000,
+    )  # staged, never committed: the run died here
+    first.write_run_json({})
+    assert sorted(p.name for p in (out / "_staging").iterdir()) == ["b-000000"]
+    assert len(list(out.glob("part-a-000000-*.parquet"))) == 1
+
+    Output(Storage(), str(out)).open("resume", {"schema": 3})
+    assert not (out / "_staging").exists()
+    assert len(list(out.glob("part-*.parquet"))) == 1
