@@ -43,3 +43,46 @@ def test_utf8_text_beyond_ascii_is_read_as_written(tmp_path):
     (tmp_path / "m.csv").write_text("id,path,text\nb,b.wav,café 日本\n", encoding="utf-8")
     got = count(tmp_path / "m.csv")
     assert got.rows == 1 and str(got.schema.field("text").type) == "string"
+
+
+def _latin1_as_string(values: list[bytes]):
+    # what a writer other than Arrow may store: Latin-1 bytes under a Parquet `string` column (Arrow
+    # reads them without a check; `view` makes the same array here)
+    import pyarrow as pa
+
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+@pytest.mark.parametrize("column", ["path", "text", "tags"])
+def test_a_parquet_manifest_with_invalid_utf8_text_is_refused_naming_row_and_column(tmp_path, column):
+    # without the check a path fails in the decode task as no error row can say, and a passthrough
+    # value reaches the output Parquet, which DuckDB then refuses to read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {
+        "id": pa.array(["a", "b", "c"]),
+        "path": pa.array(["a.wav", "b.wav", "c.wav"]),
+        "text": pa.array(["hello", "café 日本", None]),
+        "tags": pa.array([["x"], [], None], pa.list_(pa.string())),
+    }
+    if column == "tags":
+        cols["tags"] = pa.ListArray.from_arrays(pa.array([0, 1, 1, 2]), _latin1_as_string([b"x", CAFE]))
+    else:
+        good = [v.encode() if v else b"" for v in cols[column].to_pylist()]
+        cols[column] = _latin1_as_string(good[:2] + [CAFE])
+    pq.write_table(pa.table(cols), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=rf"m\.parquet: row 2: column '{column}' is not UTF-8 text"):
+        count(tmp_path / "m.parquet")
+
+
+def test_a_parquet_manifest_of_embedded_audio_is_checked_without_reading_the_audio(tmp_path):
+    # the audio bytes are binary, not text: whatever they hold, the manifest reads
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"id": ["a"], "audio": pa.array([b"RIFF" + CAFE], pa.binary()), "text": ["café"]}),
+        tmp_path / "m.parquet",
+    )
+    assert count(tmp_path / "m.parquet").rows == 1

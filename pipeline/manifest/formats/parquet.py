@@ -49,6 +49,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     with _opened(source, storage) as pf:
         cols = resolve(pf.schema_arrow, cfg, source.uri)
         ids = _ids(pf, cols, source)
+        _check_utf8(pf, cols, source)
         head = next(pf.iter_batches(batch_size=1), None)
         meta = pf.metadata
         row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
@@ -103,6 +104,53 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
         return ids
     spans = [c for c in (cols.start, cols.duration, cols.end) if c]
     return with_span(ids, *span(pf.read(columns=spans), cols, source.uri))
+
+
+def _has_text(t: pa.DataType) -> bool:
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_text(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _has_text(t.value_type)
+    if pa.types.is_map(t):
+        return _has_text(t.key_type) or _has_text(t.item_type)
+    return False
+
+
+def _check_utf8(pf: pq.ParquetFile, cols: Columns, source: Source) -> None:
+    """Refuse text columns that are not UTF-8, naming the row and column. Parquet declares a column's
+    type, not that its bytes are valid (a writer other than Arrow may store Latin-1 as `string`), and
+    Arrow does not check on reading: such a path fails its decode as no error row can say, and such a
+    passthrough value reaches the output, which DuckDB and Polars then refuse to read. The embedded
+    audio column is left out (its bytes are not read in the count pass)."""
+    names = [
+        f.name for f in pf.schema_arrow if _has_text(f.type) and not (cols.embedded and f.name == cols.audio)
+    ]
+    if not names:
+        return
+    row = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=names):
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                bad = next(
+                    i for i in range(len(column)) if not _valid(column.take([i]))
+                )  # a row's own values
+                raise ManifestError(
+                    f"{source.uri}: row {row + bad}: column {name!r} is not UTF-8 text; manifests must be "
+                    f"UTF-8: rewrite the column (e.g. decoded from latin-1)"
+                ) from None
+        row += batch.num_rows
+
+
+def _valid(a: pa.Array) -> bool:
+    try:
+        a.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
 
 
 def _batches(source: Source, storage: Storage, first_row: int) -> Iterator[pa.Table]:
