@@ -1115,6 +1115,8 @@ MORE_AUDIO = {
     ".ogx": ["-c:a", "libvorbis", "-f", "ogg"],
     ".ra": [],
     ".voc": [],
+    ".gsm": ["-ar", "8000", "-c:a", "libgsm", "-f", "gsm"],  # GSM 06.10 (telephony archives)
+    ".dts": ["-ar", "48000", "-c:a", "dca", "-strict", "-2", "-f", "dts"],
     ".ogv": ["video", "-c:v", "libtheora", "-c:a", "libvorbis"],
     ".m4v": ["video", "-c:a", "aac", "-f", "mp4"],
     ".mpg": ["video", "-f", "mpeg"],

@@ -24,7 +24,7 @@ from .formats import detect_format, family, rttm
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
     ".3gp .aif .aiff .au .caf .ac3 .mpga .spx .w64 .wv .mp2 .mpa .tta .aifc .eac3 .m4b .ogx .ra .voc .sph "
-    ".ogv .m4v .mpg .mpeg .mts .m2ts .wmv".split()
+    ".ogv .m4v .mpg .mpeg .mts .m2ts .wmv .gsm .dts".split()
 )
 GLOB_CHARS = "*?["
 HEAD_BYTES = 1 << 16  # what is read of a JSON-lines manifest to tell a NeMo diarisation manifest
