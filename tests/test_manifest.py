@@ -521,6 +521,63 @@ def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
     assert "(twice.flac and twice.wav); keep one" in got["twice_A_0000000"]["_input_error"]
 
 
+def _turns(recording: str, n: int) -> str:
+    return "".join(f"SPEAKER {recording} 1 {k:.3f} 0.500 <NA> <NA> S{k % 2} <NA> <NA>\n" for k in range(n))
+
+
+def test_rttm_decode_blocks_hold_whole_recordings_so_each_is_decoded_once(tmp_path):
+    # a decode task decodes each file once for the turns it holds: blocks of rows cut anywhere (every
+    # 256 rows) decoded a recording once per block it reached, a 1-hour meeting 3-4 times
+    (tmp_path / "audio").mkdir()
+    sizes = {"a": 100, "b": 100, "c": 100, "long": 300, "d": 30}
+    for rec in sizes:
+        (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
+    (tmp_path / "all.rttm").write_text("".join(_turns(r, n) for r, n in sizes.items()))
+    cfg = InputConfig(
+        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=250
+    )
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    count = count_rows(source, cfg, storage)
+    plan = Plan("m", [source], [count.rows], details=[count])
+    pieces = plan.pieces(cfg.rows_per_unit, None, 256)
+    assert not plan.needs_recut(pieces, 256)  # Ray's row-count re-cut would split recordings again
+    blocks = []
+    for p in pieces:
+        item = pa.Table.from_pylist([p.item()])
+        (got,) = read_pieces(item, plan=plan, cfg=cfg, storage=storage, skip=None, block_rows=256)
+        blocks.append(got)
+    where: dict[str, set[int]] = {}
+    for k, b in enumerate(blocks):
+        for rec in b["recording_id"].to_pylist():
+            where.setdefault(rec, set()).add(k)
+    assert {rec: len(ks) for rec, ks in where.items()} == dict.fromkeys(sizes, 1)  # one block each
+    for b in blocks:  # at most 256 rows, or one recording that has more
+        assert b.num_rows <= 256 or len(set(b["recording_id"].to_pylist())) == 1
+    ids = [i for b in blocks for i in b["id"].to_pylist()]
+    whole = read(tmp_path / "all.rttm", audio_root=str(tmp_path / "audio"), block_rows=10**6)
+    assert sorted(ids) == sorted(whole["id"].to_pylist()) and len(ids) == sum(sizes.values())
+    units = {u for b in blocks for u in b["_unit"].to_pylist()}
+    for b in blocks:  # each block tells the writer its whole unit's rows
+        (unit,) = set(b["_unit"].to_pylist())
+        assert b["_unit_rows"][0].as_py() == sum(x.num_rows for x in blocks if x["_unit"][0].as_py() == unit)
+    assert len(units) == 3  # whole recordings (in file-id order) of at most 250 rows: a+b, c+d, long
+
+
+def test_rttm_blocks_of_a_rerun_redo_only_the_error_rows_of_their_unit(tmp_path):
+    (tmp_path / "audio").mkdir()
+    for rec in ("a", "b"):
+        (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
+    (tmp_path / "all.rttm").write_text(_turns("a", 6) + _turns("b", 5))
+    kw = {"audio_root": str(tmp_path / "audio"), "rows_per_unit": 6}
+    first = read(tmp_path / "all.rttm", block_rows=4, **kw)
+    units = first["_unit"].to_pylist()
+    assert units[:6] == [units[0]] * 6 and units[6:] == [units[6]] * 5  # a recording per unit
+    redo = first["id"][7].as_py()  # b's second turn was an error row
+    t = read(tmp_path / "all.rttm", block_rows=4, skip=done({units[0]: 6, units[6]: (5, {redo})}), **kw)
+    assert t["id"].to_pylist() == [redo] and t["_unit_rows"].to_pylist() == [1]
+
+
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])

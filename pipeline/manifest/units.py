@@ -7,14 +7,19 @@ each unit starts (a byte offset in a line manifest, a row in Parquet). The
 driver turns the units not yet committed into pieces: a unit done whole becomes one piece per decode
 block, so a single 10M-row manifest is read in parallel and a rerun of a finished job reads nothing;
 a unit that redoes only its error rows is one piece; a source that cannot be read by ranges is one
-piece. Blocks are cut at `block_rows` (one formula, here), each tagged with its unit.
+piece, re-cut into decode blocks by Ray. A source of groups (`Count.groups`: an RTTM's recordings) is
+read whole by each of its pieces, once per process (`_whole`), and cut into blocks of whole groups, so
+that a recording is decoded once for all its turns (a block of rows cut anywhere would decode it once
+per block it reaches). Blocks are cut at `block_rows` (one formula, here), each tagged with its unit.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import math
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +61,9 @@ class Piece:
     end: int | None = None
     part: int = 0
     parts: int = 1
+    # a block of whole groups: its first row inside the unit, and its rows (-1: blocks of block_rows)
+    block_start: int = -1
+    block_len: int = -1
 
     def item(self) -> dict[str, int]:
         """As a row of the read stage's input (None as -1: Arrow columns stay int64)."""
@@ -77,6 +85,7 @@ class Plan:
     passthrough: pa.Schema = field(default_factory=lambda: pa.schema([]))  # manifest columns carried through
     row_bytes: float = 0.0  # the largest bytes per row of a source (audio inside the manifest)
     details: list[Count] = field(default_factory=list)  # per source, from the count pass
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this plan's (`_whole`'s cache key)
 
     def pieces(self, size: int, resume: Resume | None = None, block_rows: int = 0) -> list[Piece]:
         """The read tasks' work, leaving out the units `resume` says are done, so a finished job
@@ -90,6 +99,9 @@ class Plan:
             sizes = self.unit_rows(i, size)
             todo = [u for u, rows in enumerate(sizes) if not resume.done(unit_name(source.key, u), rows)]
             if not todo:
+                continue
+            if count is not None and count.groups is not None and block_rows:
+                out += _group_pieces(i, sizes, todo, count.groups, block_rows, resume, source.key)
                 continue
             if not starts or source.format == "audio":
                 out.append(Piece(i, 0, len(sizes), 0, n))
@@ -122,7 +134,7 @@ class Plan:
     def needs_recut(self, pieces: list[Piece], block_rows: int) -> bool:
         """Whether a read task may yield more than one decode block (Ray merges what a task yields
         into one block: it must then be re-cut for decoding to run in parallel)."""
-        return any(p.parts == 1 and p.rows > block_rows for p in pieces)
+        return any(p.parts == 1 and p.block_start < 0 and p.rows > block_rows for p in pieces)
 
     def block_rows(self, most: int) -> int:
         """Rows per block handed to a decode task (see `block_rows`)."""
@@ -131,6 +143,54 @@ class Plan:
     @property
     def rows(self) -> int:
         return sum(self.counts)
+
+
+def _group_pieces(
+    source: int,
+    sizes: list[int],
+    todo: list[int],
+    groups: Sequence[int],
+    most: int,
+    resume: Resume,
+    key: str,
+) -> list[Piece]:
+    """The pieces of a source of groups: per unit done whole, one per block of whole groups (as many
+    as fit in `most` rows; a longer group is a block of its own); a unit that redoes its error rows
+    is one piece. A group cut between units (base.whole_groups: past its bound) is cut there too."""
+    firsts = list(itertools.accumulate(sizes, initial=0))
+    edges = list(itertools.accumulate(groups, initial=0))  # rows where a group starts, ascending
+    out = []
+    for u in todo:
+        lo, rows = firsts[u], sizes[u]
+        if resume.redo(unit_name(key, u)) is not None:
+            out.append(Piece(source, u, 1, lo, rows))
+            continue
+        inside = edges[bisect.bisect_right(edges, lo) : bisect.bisect_left(edges, lo + rows)]
+        cuts = [0, *(e - lo for e in inside), rows]
+        blocks: list[tuple[int, int]] = []  # (start in the unit, rows)
+        for a, b in itertools.pairwise(cuts):
+            if blocks and blocks[-1][1] + (b - a) <= most:
+                blocks[-1] = (blocks[-1][0], blocks[-1][1] + (b - a))
+            else:
+                blocks.append((a, b - a))
+        out += [
+            Piece(source, u, 1, lo, rows, None, None, k, len(blocks), a, n) for k, (a, n) in enumerate(blocks)
+        ]
+    return out
+
+
+# A source of groups read whole, per process: its pieces are read by the same few worker processes
+# (Ray reuses them), so each parses the source (and lists its audio root) once, not once per block.
+_WHOLE: dict[tuple[str, int], pa.Table] = {}
+
+
+def _whole(plan: Plan, index: int, cfg: InputConfig, storage: Storage) -> pa.Table:
+    key = (plan.token, index)
+    if key not in _WHOLE:
+        _WHOLE.clear()  # one source held at a time
+        parts = tables(plan.sources[index], cfg, storage, None, plan.details[index].raw_schema)
+        _WHOLE[key] = pa.concat_tables(list(parts), promote_options="permissive")
+    return _WHOLE[key]
 
 
 def read_units(
@@ -169,6 +229,11 @@ def read_pieces(batch: pa.Table, *, plan: Plan, **kwargs) -> Iterator[pa.Table]:
     """A read task: the pieces in `batch` (rows of Piece.item())."""
     for d in batch.to_pylist():
         p = Piece.from_item(d)
+        if p.block_start >= 0:  # a block of whole groups
+            whole = _whole(plan, p.source, kwargs["cfg"], kwargs["storage"])
+            block = whole.slice(p.first_row + p.block_start, p.block_len)
+            yield _tag(block, unit_name(plan.sources[p.source].key, p.first_unit), p.rows)
+            continue
         raw_schema = plan.details[p.source].raw_schema if plan.details else None
         sizes = None  # units of input.rows_per_unit rows
         if plan.details and plan.details[p.source].units is not None:  # units of whole recordings

@@ -37,6 +37,7 @@ class Count:
     starts: tuple[int, ...] | None = None  # where each unit starts (byte or row); None: not splittable
     ids: np.ndarray | None = None  # a 64-bit hash of each id, in row order (columns.check_unique)
     units: tuple[int, ...] | None = None  # rows of each unit where units differ in size (`whole_groups`)
+    groups: tuple[int, ...] | None = None  # rows of each group, in order (a recording's turns: `runs`)
 
 
 # count(source, cfg, storage) -> Count
@@ -77,20 +78,25 @@ def count_whole(tables: Iterable[pa.Table], uri: str) -> Count:
 MAX_GROUP_UNITS = 10  # a group (a recording's turns) is cut only past this many times input.rows_per_unit
 
 
+def runs(groups: Sequence[object]) -> tuple[int, ...]:
+    """The lengths of the runs of equal values in `groups` (a recording's turns), in order."""
+    out: list[int] = []
+    for k, g in enumerate(groups):
+        if k and g == groups[k - 1]:
+            out[-1] += 1
+        else:
+            out.append(1)
+    return tuple(out)
+
+
 def whole_groups(groups: Sequence[object], size: int) -> tuple[int, ...]:
     """Rows of each unit for rows that come in groups (runs of equal values: a recording's turns),
     so that a group is never split between two units: a unit takes whole groups while it holds at most
     `size` rows; a group of more than `size` rows is a unit of its own; only a group of more than
     MAX_GROUP_UNITS x `size` rows is cut, into units of `size` (bounded units, whatever the input)."""
-    runs: list[int] = []
-    for k, g in enumerate(groups):
-        if k and g == groups[k - 1]:
-            runs[-1] += 1
-        else:
-            runs.append(1)
     units: list[int] = []
     held = 0
-    for n in runs:
+    for n in runs(groups):
         if held and held + n > size:
             units.append(held)
             held = 0

@@ -39,7 +39,7 @@ from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
-from .base import Count, Format, count_whole, read_bytes, text, two_columns, utf8, whole_groups
+from .base import Count, Format, count_whole, read_bytes, runs, text, two_columns, utf8, whole_groups
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -78,16 +78,20 @@ def read(
         table = _with_audio(turns, _Locator(source, storage))
     # the channel to analyse travels as a private column (schema.CHANNEL), never into the output
     table = table.rename_columns([CHANNEL if c == "channel" else c for c in table.column_names])
-    yield normalise(table.slice(skip_rows), COLUMNS, source.root)
+    first = 0 if piece is None else piece.first_row  # a piece of whole recordings (Plan.pieces)
+    yield normalise(table.slice(first + skip_rows), COLUMNS, source.root)
 
 
 def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     """Read whole; units hold whole recordings (a reader of one recording touches one unit, and a
-    resumed run decodes a recording once): see base.whole_groups for the bound."""
+    resumed run decodes a recording once): see base.whole_groups for the bound. The recordings' row
+    counts let the driver cut decode blocks of whole recordings (Plan.pieces)."""
     tables = list(read(source, cfg, storage))
     found = count_whole(tables, source.uri)
     recordings = [r for t in tables for r in t["recording_id"].to_pylist()]
-    return dataclasses.replace(found, units=whole_groups(recordings, cfg.rows_per_unit))
+    return dataclasses.replace(
+        found, units=whole_groups(recordings, cfg.rows_per_unit), groups=runs(recordings)
+    )
 
 
 def _parse(data: bytes, uri: str) -> pa.Table:
