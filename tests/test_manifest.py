@@ -521,6 +521,35 @@ def test_rttm_turns_find_their_audio_by_file_id_under_the_audio_root(tmp_path):
     assert "(twice.flac and twice.wav); keep one" in got["twice_A_0000000"]["_input_error"]
 
 
+def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of_the_file(tmp_path):
+    # A turn of negative duration whose end falls before 0 (onset 0.2 s, duration -0.5 s: end -0.3 s)
+    # reached the span code with that end, where a negative end is Kaldi's -1, "to the end of the
+    # file": the turn ran, without a word, as [0.2 s, the end of the recording).
+    import soundfile as sf
+
+    from pipeline.prepare import prepare_block
+
+    sf.write(str(tmp_path / "c1.wav"), np.full(5 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER c1 1 0.200 -0.500 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER c1 1 3.000 -1.000 <NA> <NA> A <NA> <NA>\n"
+    )
+    t = read(tmp_path / "c.rttm")
+    errors = dict(zip(t["id"].to_pylist(), t["_input_error"].to_pylist(), strict=True))
+    assert errors["c1_A_0001000"] is None
+    for bad in ("c1_B_0000200", "c1_A_0003000"):
+        assert "negative duration" in errors[bad], errors
+    (out,) = prepare_block(t, storage=Storage())
+    rows = {r["id"]: r for r in out.to_pylist()}
+    assert rows["c1_A_0001000"]["error"] is None
+    assert rows["c1_A_0001000"]["duration_s"] == 0.5  # the turn's 8000 samples, nothing more
+    for bad in ("c1_B_0000200", "c1_A_0003000"):
+        assert rows[bad]["error"].startswith("input: ValueError: ") and rows[bad]["waveform"] is None
+    # the times of the line, as docs/corpora.md quotes them
+    assert rows["c1_B_0000200"]["error"].endswith("RTTM turn at 0.200 s has a negative duration (-0.500 s)")
+
+
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
