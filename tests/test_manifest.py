@@ -1286,6 +1286,29 @@ def test_a_span_given_by_a_start_and_an_end_or_a_duration_is_read_under_every_na
     assert first not in t.column_names and second not in t.column_names  # read as the span, not passed on
 
 
+def test_a_negative_end_other_than_kaldis_minus_one_is_an_error_row_never_the_rest_of_the_file(tmp_path):
+    # Kaldi's `segments` write an end of -1 for "to the end of the file"; every negative end was read so,
+    # so a span whose end is a bad time (start 0.2 s, end -0.3 s) ran, without a word, as [0.2 s, the
+    # end of the recording). -1 keeps its meaning; another negative end is an error row at the cut.
+    import soundfile as sf
+
+    from pipeline.prepare import prepare_block
+
+    sf.write(str(tmp_path / "c1.wav"), np.full(5 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    rows = [
+        {"id": "bad", "audio_filepath": "c1.wav", "start": 0.2, "end": -0.3},
+        {"id": "kaldi", "audio_filepath": "c1.wav", "start": 0.2, "end": -1},
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = read(tmp_path / "m.jsonl")
+    assert t["_end_s"].to_pylist() == [-0.3, None]
+    (out,) = prepare_block(t, storage=Storage())
+    got = {r["id"]: r for r in out.to_pylist()}
+    assert "times must be finite and >= 0" in got["bad"]["error"] and got["bad"]["waveform"] is None
+    # -1: from 0.2 s to the end of the 5 s file
+    assert got["kaldi"]["error"] is None and (got["kaldi"]["start_s"], got["kaldi"]["end_s"]) == (0.2, 5.0)
+
+
 @pytest.mark.parametrize(
     "name", ["m.csv.gz", "m.tsv.gz", "m.json.gz", "m.ndjson.gz", "wav.scp.gz", "m.CSV.GZ"]
 )
