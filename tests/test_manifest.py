@@ -608,6 +608,23 @@ def test_a_nemo_diarisation_manifest_is_read_as_turns_unless_told_otherwise(tmp_
     assert read(tmp_path / "late.json", format="json").num_rows == 2
 
 
+@pytest.mark.parametrize(
+    "key, value", [("offset", "abc"), ("offset", [1]), ("offset", -5), ("duration", "x"), ("duration", "NaN")]
+)
+def test_a_nemo_diarisation_window_that_is_not_seconds_names_the_manifest_line(tmp_path, key, value):
+    # `offset` / `duration` went to float() as they were: text or a list stopped the count pass with a
+    # bare ValueError / TypeError naming neither the manifest nor the line (exit 1, not 2); a NaN
+    # duration kept none of the recording's turns without a word, a negative offset is no time in a file
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    (tmp_path / "call-2.rttm").write_text(RTTM.splitlines(keepends=True)[2])
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm") + nemo_diarisation_line(
+        "/a/call-2.wav", "call-2.rttm", **{key: value}
+    )
+    (tmp_path / "diar.json").write_text(text)
+    with pytest.raises(ManifestError, match=rf"diar.json: line 2: {key!r} must be seconds"):
+        read(tmp_path / "diar.json")
+
+
 MANY = {"a": 2, "b": 4, "c": 1, "d": 35, "e": 3}  # recording -> turns
 
 

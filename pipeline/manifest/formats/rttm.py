@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -251,7 +252,9 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
                 f"{source.uri}: line {n}: a NeMo diarisation manifest line needs {missing[0]!r}"
             )
         rttm = join(source.root, str(entry["rttm_filepath"]))
-        turns = _window(_parse(read_bytes(rttm, storage), rttm), entry.get("offset"), entry.get("duration"))
+        where = f"{source.uri}: line {n}"
+        offset, duration = (_seconds(entry.get(k), k, where) for k in ("offset", "duration"))
+        turns = _window(_parse(read_bytes(rttm, storage), rttm), offset, duration)
         path = pa.array([str(entry["audio_filepath"])] * turns.num_rows, pa.string())
         tables.append(
             turns.append_column("path", path).append_column(
@@ -261,6 +264,20 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
     if not tables:
         return _with_audio(parse_rttm(""), lambda rec: (None, None))
     return pa.concat_tables(tables)
+
+
+def _seconds(value: object, key: str, where: str) -> float | None:
+    """A line's `offset` / `duration`: None, or seconds (a finite number >= 0). Anything else is a bad
+    manifest naming the line, not a bare float() error (or a NaN window that keeps no turn)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
+        raise ManifestError(f"{where}: {key!r} must be seconds (a number >= 0, or null), got {value!r}")
+    return seconds
 
 
 def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa.Table:
