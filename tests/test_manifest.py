@@ -578,6 +578,35 @@ def test_rttm_blocks_of_a_rerun_redo_only_the_error_rows_of_their_unit(tmp_path)
     assert t["id"].to_pylist() == [redo] and t["_unit_rows"].to_pylist() == [1]
 
 
+def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of_the_file(tmp_path):
+    # A turn of negative duration whose end falls before 0 (onset 0.2 s, duration -0.5 s: end -0.3 s)
+    # reached the span code with that end, where a negative end is Kaldi's -1, "to the end of the
+    # file": the turn ran, without a word, as [0.2 s, the end of the recording).
+    import soundfile as sf
+
+    from pipeline.prepare import prepare_block
+
+    sf.write(str(tmp_path / "c1.wav"), np.full(5 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER c1 1 0.200 -0.500 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER c1 1 3.000 -1.000 <NA> <NA> A <NA> <NA>\n"
+    )
+    t = read(tmp_path / "c.rttm")
+    errors = dict(zip(t["id"].to_pylist(), t["_input_error"].to_pylist(), strict=True))
+    assert errors["c1_A_0001000"] is None
+    for bad in ("c1_B_0000200", "c1_A_0003000"):
+        assert "negative duration" in errors[bad], errors
+    (out,) = prepare_block(t, storage=Storage())
+    rows = {r["id"]: r for r in out.to_pylist()}
+    assert rows["c1_A_0001000"]["error"] is None
+    assert rows["c1_A_0001000"]["duration_s"] == 0.5  # the turn's 8000 samples, nothing more
+    for bad in ("c1_B_0000200", "c1_A_0003000"):
+        assert rows[bad]["error"].startswith("input: ValueError: ") and rows[bad]["waveform"] is None
+    # the times of the line, as docs/corpora.md quotes them
+    assert rows["c1_B_0000200"]["error"].endswith("RTTM turn at 0.200 s has a negative duration (-0.500 s)")
+
+
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
@@ -634,6 +663,23 @@ def test_a_nemo_diarisation_manifest_is_read_as_turns_unless_told_otherwise(tmp_
     with pytest.raises(ManifestError, match=r"late.json: row 2 names an RTTM .*input.format: rttm"):
         read(tmp_path / "late.json")
     assert read(tmp_path / "late.json", format="json").num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "key, value", [("offset", "abc"), ("offset", [1]), ("offset", -5), ("duration", "x"), ("duration", "NaN")]
+)
+def test_a_nemo_diarisation_window_that_is_not_seconds_names_the_manifest_line(tmp_path, key, value):
+    # `offset` / `duration` went to float() as they were: text or a list stopped the count pass with a
+    # bare ValueError / TypeError naming neither the manifest nor the line (exit 1, not 2); a NaN
+    # duration kept none of the recording's turns without a word, a negative offset is no time in a file
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    (tmp_path / "call-2.rttm").write_text(RTTM.splitlines(keepends=True)[2])
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm") + nemo_diarisation_line(
+        "/a/call-2.wav", "call-2.rttm", **{key: value}
+    )
+    (tmp_path / "diar.json").write_text(text)
+    with pytest.raises(ManifestError, match=rf"diar.json: line 2: {key!r} must be seconds"):
+        read(tmp_path / "diar.json")
 
 
 MANY = {"a": 2, "b": 4, "c": 1, "d": 35, "e": 3}  # recording -> turns
@@ -1312,6 +1358,29 @@ def test_a_span_given_by_a_start_and_an_end_or_a_duration_is_read_under_every_na
     assert t["offset_s"].to_pylist() == starts
     assert t["_end_s"].to_pylist() == pytest.approx(ends)
     assert first not in t.column_names and second not in t.column_names  # read as the span, not passed on
+
+
+def test_a_negative_end_other_than_kaldis_minus_one_is_an_error_row_never_the_rest_of_the_file(tmp_path):
+    # Kaldi's `segments` write an end of -1 for "to the end of the file"; every negative end was read so,
+    # so a span whose end is a bad time (start 0.2 s, end -0.3 s) ran, without a word, as [0.2 s, the
+    # end of the recording). -1 keeps its meaning; another negative end is an error row at the cut.
+    import soundfile as sf
+
+    from pipeline.prepare import prepare_block
+
+    sf.write(str(tmp_path / "c1.wav"), np.full(5 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    rows = [
+        {"id": "bad", "audio_filepath": "c1.wav", "start": 0.2, "end": -0.3},
+        {"id": "kaldi", "audio_filepath": "c1.wav", "start": 0.2, "end": -1},
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = read(tmp_path / "m.jsonl")
+    assert t["_end_s"].to_pylist() == [-0.3, None]
+    (out,) = prepare_block(t, storage=Storage())
+    got = {r["id"]: r for r in out.to_pylist()}
+    assert "times must be finite and >= 0" in got["bad"]["error"] and got["bad"]["waveform"] is None
+    # -1: from 0.2 s to the end of the 5 s file
+    assert got["kaldi"]["error"] is None and (got["kaldi"]["start_s"], got["kaldi"]["end_s"]) == (0.2, 5.0)
 
 
 @pytest.mark.parametrize(

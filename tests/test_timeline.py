@@ -125,6 +125,24 @@ def test_visualize_timeline_bad_input_exits_2(tmp_path, capsys):
     assert "no speech segments of recording 'zzz'" in capsys.readouterr().err
 
 
+def test_visualize_timeline_of_a_recording_without_speech_says_so(tmp_path, capsys):
+    # audio.segmentation: vad writes a recording without speech as one row with null start_s, end_s,
+    # label and scores, and no error (docs/queries.md); its timeline was refused as "segment 0: no
+    # start_s (a model without a classifier head has no scores)", blaming the model
+    write_output(
+        tmp_path / "out",
+        [{"id": "quiet", "recording_id": "quiet", "start_s": None, "end_s": None, "label": None,
+          "scores": None, "error": None},
+         {"id": "talk-0000050-0000150", "recording_id": "talk", "start_s": 0.5, "end_s": 1.5,
+          "label": "sad", "scores": one_hot("sad"), "error": None}] * 2,
+    )  # fmt: skip
+    rc = visualize_main(
+        ["--features", str(tmp_path / "out"), "--timeline", "quiet", "--output", str(tmp_path / "v")]
+    )
+    assert rc == 2
+    assert "no speech segments of recording 'quiet'" in capsys.readouterr().err
+
+
 # -- the emotion-over-time recipes of docs/queries.md on a segment-per-row output ------------------
 
 

@@ -48,7 +48,8 @@ MIN_LABEL_WIDTH = 0.04  # a segment gets its label written above it from this fr
 def load_timeline(
     features: str, recording_id: str, storage: Storage | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """(the ok rows of `recording_id` ordered by start_s, the class names in score order)."""
+    """(the ok rows of `recording_id` that have a span, ordered by start_s, the class names in score
+    order)."""
     ds = open_output(features, storage)
     names = set(ds.schema.names)
     missing = [c for c in COLUMNS if c not in names]
@@ -57,7 +58,8 @@ def load_timeline(
             f"{features}: no column {missing[0]!r}; a timeline needs spans of recordings: an output of "
             "a job run with audio.segmentation: vad or on a manifest of spans (RTTM turns, Kaldi segments)"
         )
-    where = pc.field("recording_id") == recording_id
+    # a recording without speech (audio.segmentation: vad) is one row without a span: nothing to draw
+    where = (pc.field("recording_id") == recording_id) & pc.field("start_s").is_valid()
     if "error" in names:
         where = where & pc.field("error").is_null()
     columns = COLUMNS + [c for c in OPTIONAL if c in names]

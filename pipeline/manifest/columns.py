@@ -305,8 +305,9 @@ def span(raw: pa.Table, cols: Columns, origin: str = "") -> tuple[pa.Array, pa.A
     start = cast(raw[cols.start], cols.start, pa.float64(), origin)
     if cols.end is not None:
         end = cast(raw[cols.end], cols.end, pa.float64(), origin)
-        # Kaldi's convention: an end of -1 means "to the end of the file"
-        end = pc.if_else(pc.less(end, 0), pa.scalar(None, pa.float64()), end)
+        # Kaldi's convention: an end of -1 means "to the end of the file"; another negative end is a bad
+        # time that the cut refuses (read as -1, it ran the rest of the file)
+        end = pc.if_else(pc.equal(end, -1), pa.scalar(None, pa.float64()), end)
     elif cols.duration is not None:
         end = pc.add(start, cast(raw[cols.duration], cols.duration, pa.float64(), origin))
     else:

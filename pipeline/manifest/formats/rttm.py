@@ -6,7 +6,8 @@ An `.rttm` file may hold many recordings (see pipeline/rttm.py for the line form
 else anywhere under `input.audio_root` (default: the RTTM's folder), in any audio format the job
 decodes: the file named `<file-id>.<ext>`, else the one named `<file-id>.<anything>.<ext>` (AMI's
 `ES2002a.Mix-Headset.wav`). The root is listed once (an index, not a walk per recording). A turn
-whose audio cannot be found, or is ambiguous (two candidates, both named), is an error row saying so.
+whose audio cannot be found, or is ambiguous (two candidates, both named), is an error row saying so,
+as is a turn of negative duration.
 
 With `input.format: rttm` (or `auto`, when the first line names an RTTM: sources.py), a JSON-lines
 file is a NeMo diarisation manifest: one line per recording with `audio_filepath` and `rttm_filepath`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -76,6 +78,7 @@ def read(
     else:
         turns = _parse(read_bytes(source.uri, storage), source.uri)
         table = _with_audio(turns, _Locator(source, storage))
+    table = _reversed(table)
     # the channel to analyse travels as a private column (schema.CHANNEL), never into the output
     table = table.rename_columns([CHANNEL if c == "channel" else c for c in table.column_names])
     first = 0 if piece is None else piece.first_row  # a piece of whole recordings (Plan.pieces)
@@ -107,6 +110,21 @@ def _with_audio(turns: pa.Table, find: Callable[[str], tuple[str | None, str | N
     found = [where[r] for r in turns["recording_id"].to_pylist()]
     turns = turns.append_column("path", pa.array([p for p, _ in found], pa.string()))
     return turns.append_column(INPUT_ERROR, pa.array([e for _, e in found], pa.string()))
+
+
+def _reversed(table: pa.Table) -> pa.Table:
+    """A turn whose duration is negative is an error row saying so: its end, below 0 when the onset is
+    small, would reach the span code as Kaldi's -1 ("to the end of the file") and run the rest of the
+    recording as the turn."""
+    start, end = table["start_s"].to_pylist(), table["end_s"].to_pylist()
+    bad = [
+        f"RTTM turn at {a:.3f} s has a negative duration ({b - a:.3f} s)" if b < a else None
+        for a, b in zip(start, end, strict=True)
+    ]
+    if not any(bad):
+        return table
+    at = table.schema.get_field_index(INPUT_ERROR)
+    return table.set_column(at, INPUT_ERROR, pc.coalesce(table[INPUT_ERROR], pa.array(bad, pa.string())))
 
 
 class _Locator:
@@ -238,7 +256,9 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
                 f"{source.uri}: line {n}: a NeMo diarisation manifest line needs {missing[0]!r}"
             )
         rttm = join(source.root, str(entry["rttm_filepath"]))
-        turns = _window(_parse(read_bytes(rttm, storage), rttm), entry.get("offset"), entry.get("duration"))
+        where = f"{source.uri}: line {n}"
+        offset, duration = (_seconds(entry.get(k), k, where) for k in ("offset", "duration"))
+        turns = _window(_parse(read_bytes(rttm, storage), rttm), offset, duration)
         path = pa.array([str(entry["audio_filepath"])] * turns.num_rows, pa.string())
         tables.append(
             turns.append_column("path", path).append_column(
@@ -248,6 +268,20 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
     if not tables:
         return _with_audio(parse_rttm(""), lambda rec: (None, None))
     return pa.concat_tables(tables)
+
+
+def _seconds(value: object, key: str, where: str) -> float | None:
+    """A line's `offset` / `duration`: None, or seconds (a finite number >= 0). Anything else is a bad
+    manifest naming the line, not a bare float() error (or a NaN window that keeps no turn)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
+        raise ManifestError(f"{where}: {key!r} must be seconds (a number >= 0, or null), got {value!r}")
+    return seconds
 
 
 def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa.Table:
