@@ -479,3 +479,17 @@ def test_changes_follow_each_speakers_turns_in_time_order(tmp_path):
         ("r2", "A"): 0,
     }
     assert [r["id"] for r in doc_sql("emotion_changes", out)] == ["r1_A_2.0", "r1_A_9.0"]
+
+
+@pytest.mark.slow  # needs the job's output (the rttm_output fixture)
+def test_the_segments_of_a_turn_count_from_the_turns_start_as_documented(rttm_output):
+    """README: `segments` times are seconds from the row's own start. A turn at 3 s of its file has
+    its first window at 0 and its last ending at the turn's length, not at 3 s and the turn's end."""
+    _, out = rttm_output
+    t = pads.dataset(str(out), format="parquet").to_table(columns=["start_s", "end_s", "segments", "error"])
+    later = [r for r in t.to_pylist() if r["error"] is None and r["start_s"] > 0.5]
+    assert later
+    for r in later:
+        segs = r["segments"]
+        assert segs[0]["start_s"] == 0.0
+        assert segs[-1]["end_s"] == pytest.approx(r["end_s"] - r["start_s"], abs=1 / 16000)
