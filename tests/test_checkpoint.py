@@ -123,6 +123,38 @@ def test_legacy_fairseq_pickle_with_omegaconf_config_loads_without_fairseq(tmp_p
     assert torch.equal(run(load_bundle(legacy), clip).frames, run(load_bundle(src), clip).frames)
 
 
+def test_legacy_fairseq_pickle_with_a_typed_omegaconf_config_loads(tmp_path, model):
+    """fairseq's configs are structured (dataclass) omegaconf configs: their nodes are typed
+    (IntegerNode, FloatNode, ...) and their pickle names the value types, as protocol 2 spells them
+    (`__builtin__.long`, `__builtin__.unicode`, `__builtin__.float`, `__builtin__.bool`). Such a file
+    must load like the untyped one, with the same config and outputs."""
+    from omegaconf import OmegaConf
+    from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+
+    def typed(v):
+        if isinstance(v, dict):
+            return {k: typed(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [typed(x) for x in v]
+        for kind, node in ((bool, BooleanNode), (int, IntegerNode), (float, FloatNode), (str, StringNode)):
+            if isinstance(v, kind):
+                return node(v)
+        return v
+
+    src = write_checkpoint(model, tmp_path / "fs", "fairseq")
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["cfg"] = OmegaConf.create(typed(ckpt["cfg"]))
+    assert isinstance(ckpt["cfg"]["model"]._get_node("embed_dim"), IntegerNode)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(legacy, weights_only=True)
+    got, want = load_bundle(legacy), load_bundle(src)
+    assert got.config == want.config and got.config.norm_eps == pytest.approx(model.cfg.norm_eps)
+    clip = random_clips([12_000])[0]
+    assert torch.equal(run(got, clip).frames, run(want, clip).frames)
+
+
 def test_pre_zip_torch_save_format_loads_and_agrees(tmp_path, model):
     """Zip-format files are memory-mapped; a file in torch.save's older (pre-1.6) format cannot be
     and is read whole, with the same result."""

@@ -13,7 +13,7 @@ Key conversion is declarative (the rules below) and ends in a strict load: known
 keys are dropped by name; anything else missing, unexpected or mis-shaped raises `CheckpointError`
 naming the keys. Loading never runs code from the file: `torch.load(weights_only=True)` first, and
 for legacy pickles that reference fairseq/omegaconf classes a restricted unpickler that admits
-tensors, containers and inert stand-ins only.
+tensors, containers, plain value types and inert stand-ins only.
 """
 
 from __future__ import annotations
@@ -259,6 +259,13 @@ _SAFE_GLOBALS = {
     ("builtins", "frozenset"),
     ("builtins", "slice"),
     ("builtins", "complex"),
+    # the value types typed omegaconf nodes (fairseq's structured configs) name in their metadata;
+    # calling one only converts a value
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("builtins", "str"),
+    ("builtins", "bytes"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
     ("torch", "Size"),
@@ -270,6 +277,8 @@ def _restricted_pickle_module() -> Any:
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name builtins `__builtin__`
+            if module == "builtins":  # ... and str and int by their Python 2 names
+                name = _PY2_NAMES.get(name, name)
             if (module, name) in _SAFE_GLOBALS:
                 return super().find_class(module, name)
             if module == "torch" and name.endswith("Storage") or module == "torch" and name in _DTYPES:
@@ -294,6 +303,7 @@ def _restricted_pickle_module() -> Any:
 
 
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+_PY2_NAMES = {"unicode": "str", "long": "int"}
 _DTYPES = {
     "float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
 }  # fmt: skip
