@@ -225,3 +225,29 @@ def test_head_without_tokens_of_other_size_is_an_error(tmp_path):
     (tmp_path / "tokens.txt").unlink()
     with pytest.raises(CheckpointError, match="5 classes but there is no tokens.txt"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "hub", "bare"])
+def test_a_truncated_weights_file_is_a_checkpoint_error_naming_it(tmp_path, model, layout):
+    """A partial download: every weights format fails as a CheckpointError naming the file (the job's
+    `model.source: ...` line, exit 2), not as its reader's own exception type."""
+    src = write_checkpoint(model, tmp_path, layout)
+    weights = src / "model.pt" if src.is_dir() else src
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=weights.name):
+        load_bundle(src)
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "hub", "bare"])
+def test_a_git_lfs_pointer_instead_of_the_weights_says_so(tmp_path, model, layout):
+    """A hub repo cloned with git but without git-lfs holds small pointer files where the weights
+    should be: the error says so and how to fetch them, not that the file was refused as unsafe."""
+    src = write_checkpoint(model, tmp_path, layout)
+    weights = src / "model.pt" if src.is_dir() else src
+    weights.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1164421421\n"
+    )
+    with pytest.raises(CheckpointError, match=f"{weights.name}.*Git LFS pointer") as e:
+        load_bundle(src)
+    assert "refused" not in str(e.value)

@@ -304,6 +304,7 @@ def _restricted_pickle_module() -> Any:
 
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 _PY2_NAMES = {"unicode": "str", "long": "int"}
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # how every Git LFS pointer file starts
 _DTYPES = {
     "float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
 }  # fmt: skip
@@ -337,10 +338,20 @@ def read_checkpoint(path: Path) -> Any:
     writes since 1.6) is memory-mapped rather than copied: its tensors are read from the page cache
     where they are used (~0.25 s less per model load at base size, on the path to a job's first
     batch); older files are read whole."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:  # a repo cloned without git-lfs: the weights were never fetched
+        raise CheckpointError(
+            f"{path}: a Git LFS pointer file, not the weights: fetch them (`git lfs pull` in the clone, or "
+            f"`hf download` / `modelscope download` the repo)"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, in the reader's own words
+            raise CheckpointError(f"{path}: not a readable safetensors file: {type(e).__name__}: {e}") from e
     mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
