@@ -251,3 +251,23 @@ def test_a_git_lfs_pointer_instead_of_the_weights_says_so(tmp_path, model, layou
     with pytest.raises(CheckpointError, match=f"{weights.name}.*Git LFS pointer") as e:
         load_bundle(src)
     assert "refused" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("tokens.txt", "\n".join(["生气/angry"] * 9).encode("utf-16")),  # Notepad's "Unicode"
+        ("config.yaml", "# 模型\nmodel_conf: {}\n".encode("gbk")),
+        ("configuration.json", b'["init_param", "model.pt"]'),
+    ],
+)
+def test_a_text_file_of_the_layout_that_cannot_be_read_is_a_checkpoint_error_naming_it(
+    tmp_path, model, name, content
+):
+    """The layout's text files (tokens.txt, config.yaml: UTF-8; configuration.json: a JSON object): one
+    in another encoding or shape fails as a CheckpointError naming it (the job's `model.source: ...`
+    line, exit 2), not as a UnicodeDecodeError or AttributeError."""
+    src = write_checkpoint(model, tmp_path, "hub")
+    (src / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=name):
+        load_bundle(src)

@@ -141,8 +141,15 @@ def file_id(path: str | Path) -> str:
     return f"{boot}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
+
+
 def read_tokens(path: Path) -> list[str]:
-    tokens = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokens = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
     if not tokens:
         raise CheckpointError(f"{path}: empty token list")
     return tokens
@@ -150,7 +157,7 @@ def read_tokens(path: Path) -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as e:
         raise CheckpointError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -180,9 +187,11 @@ def _find_layout(path: Path) -> _Layout:
     meta = path / "configuration.json"
     if meta.is_file():
         try:
-            conf = json.loads(meta.read_text(encoding="utf-8"))
+            conf = json.loads(_read_text(meta))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{meta}: not valid JSON: {e}") from e
+        if not isinstance(conf, dict):
+            raise CheckpointError(f"{meta}: expected a JSON object at the top level")
         files = conf.get("file_path_metas", {}) or {}
         init = files.get("init_param")
         if not init:
