@@ -122,6 +122,12 @@ class Emotion2vec(nn.Module):
                 f"utterance {i} has {int(host_lengths[i])} samples; emotion2vec needs at least "
                 f"{spec.receptive_field} ({1000 * spec.min_duration_s:.0f} ms at {spec.sample_rate} Hz)"
             )
+        long = (host_lengths > N).nonzero().flatten().tolist()
+        if long:  # no samples behind it: frames, mask and mean would count audio that is not there
+            i = long[0]
+            raise ValueError(
+                f"utterance {i} has length {int(host_lengths[i])}, but the batch holds {N} samples per row"
+            )
         lengths = kernels.to_device(host_lengths, wav.device)
         if self.cfg.normalize:
             wav = self.normalize(wav, lengths)
