@@ -125,3 +125,18 @@ def test_fairseq_pretraining_file_from_funasr_state_loads_and_matches(tmp_path):
             out = bundle.model(torch.from_numpy(clip)[None])
         np.testing.assert_allclose(out.frames[0].numpy(), frames.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(out.embedding[0].numpy(), frames.mean(0).numpy(), atol=1e-4, rtol=0)
+
+
+def test_a_checkpoint_without_affine_layer_norms_is_refused_by_its_config_key(tmp_path):
+    """`norm_affine: false` (transformer LayerNorms without weight and bias) is a variant FunASR
+    builds and this encoder does not implement: the load names the config key, as for the other
+    unsupported variants, instead of blaming the checkpoint for 'missing keys'."""
+    from pipeline.model import CheckpointError
+
+    conf = model_conf(tiny(num_heads=6, embed_dim=48))
+    conf["model_conf"]["norm_affine"] = False
+    ref = funasr_model(conf, num_classes=len(TOKENS), seed=7)
+    assert not any(k.endswith("norm1.weight") for k in ref.state_dict())  # FunASR's own model has none
+    with pytest.raises(CheckpointError, match=r"norm_affine=False is not supported") as e:
+        load_bundle(bare_file(tmp_path / "ckpt", ref, conf))
+    assert "missing keys" not in str(e.value)
