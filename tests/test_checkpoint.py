@@ -271,3 +271,26 @@ def test_a_text_file_of_the_layout_that_cannot_be_read_is_a_checkpoint_error_nam
     (src / name).write_bytes(content)
     with pytest.raises(CheckpointError, match=name):
         load_bundle(src)
+
+
+def test_a_fairseq_file_takes_the_waveform_normalisation_from_its_task_config(tmp_path, model):
+    """fairseq keeps `normalize` in the task's config (`cfg.task.normalize`: audio_pretraining), not
+    the model's: a pre-training file whose task says false must run on the raw waveform."""
+    import dataclasses
+
+    src = write_checkpoint(model, tmp_path, "fairseq")
+    ckpt = torch.load(src, weights_only=True)
+    del ckpt["cfg"]["model"]["normalize"]
+    ckpt["cfg"]["task"]["normalize"] = False
+    torch.save(ckpt, src)
+    bundle = load_bundle(src)
+    # independently: the same weights built with normalisation off (random_model's draws do not depend on it)
+    raw = random_model(dataclasses.replace(model.cfg, normalize=False), seed=7)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in raw.state_dict().items())
+    clip = random_clips([12_000], seed=3)[0] * 0.1 + 0.05  # quiet, with an offset: normalising changes it
+    with torch.no_grad():
+        want, normalised = raw(torch.from_numpy(clip)[None]), model(torch.from_numpy(clip)[None])
+    assert not bundle.normalize
+    got = run(bundle, clip)
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-5, rtol=0)
+    assert (got.frames - normalised.frames).abs().max() > 1e-2

@@ -389,13 +389,17 @@ def read_checkpoint(path: Path) -> Any:
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """-> (flat state dict, fairseq `cfg.model` if the file carries one)."""
+    """-> (flat state dict, fairseq `cfg.model` if the file carries one, with `normalize` from
+    `cfg.task` where the model's config has none: fairseq's audio tasks own that switch)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
     cfg = None
     raw_cfg = obj.get("cfg")
     if isinstance(raw_cfg, Mapping) and isinstance(raw_cfg.get("model"), Mapping):
         cfg = dict(raw_cfg["model"])
+        task = raw_cfg.get("task")
+        if cfg.get("normalize") is None and isinstance(task, Mapping) and task.get("normalize") is not None:
+            cfg["normalize"] = task["normalize"]
     state: Any = obj
     for key in STATE_WRAPPERS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
