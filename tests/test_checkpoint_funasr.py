@@ -140,3 +140,19 @@ def test_a_checkpoint_without_affine_layer_norms_is_refused_by_its_config_key(tm
     with pytest.raises(CheckpointError, match=r"norm_affine=False is not supported") as e:
         load_bundle(bare_file(tmp_path / "ckpt", ref, conf))
     assert "missing keys" not in str(e.value)
+
+
+def test_a_model_without_extra_tokens_from_funasr_loads_and_matches(tmp_path):
+    """`num_extra_tokens: 0`: FunASR's module has no `extra_tokens` parameter at all, so its
+    checkpoint has no such key; there is nothing to load for it, and the outputs must match."""
+    conf = model_conf(tiny(num_heads=6, embed_dim=48))
+    conf["model_conf"]["modalities"]["audio"]["num_extra_tokens"] = 0
+    ref = funasr_model(conf, num_classes=len(TOKENS), seed=8)
+    assert not any(k.endswith("extra_tokens") for k in ref.state_dict())
+    bundle = load_bundle(bare_file(tmp_path / "ckpt", ref, conf))
+    for clip in random_clips(LENGTHS, seed=8):
+        frames, scores = funasr_forward(ref, clip)
+        with torch.no_grad():
+            out = bundle.model(torch.from_numpy(clip)[None])
+        np.testing.assert_allclose(out.frames[0].numpy(), frames.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out.scores[0].numpy(), scores.numpy(), atol=1e-4, rtol=0)
