@@ -294,3 +294,13 @@ def test_a_fairseq_file_takes_the_waveform_normalisation_from_its_task_config(tm
     got = run(bundle, clip)
     torch.testing.assert_close(got.frames, want.frames, atol=1e-5, rtol=0)
     assert (got.frames - normalised.frames).abs().max() > 1e-2
+
+
+def test_a_file_that_is_not_a_checkpoint_is_not_reported_as_refused_for_safety(tmp_path, model):
+    """An HTML page saved as model.pt (a download of a hub's web page instead of the file): the error
+    says the file is not a readable checkpoint; "refused" is for pickles that name forbidden code."""
+    src = write_checkpoint(model, tmp_path, "hub")
+    (src / "model.pt").write_text("<!DOCTYPE html>\n<html><body>Not Found</body></html>\n")
+    with pytest.raises(CheckpointError, match="model.pt: not a readable PyTorch checkpoint") as e:
+        load_bundle(src)
+    assert "refused" not in str(e.value)

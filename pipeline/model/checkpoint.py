@@ -282,6 +282,10 @@ _SAFE_GLOBALS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a global the restricted unpickler does not admit (not a broken file)."""
+
+
 def _restricted_pickle_module() -> Any:
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -299,7 +303,7 @@ def _restricted_pickle_module() -> Any:
                 "omegaconf",
             }:
                 return type(name, (_Inert,), {"_qualname": f"{module}.{name}"})
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (it could run code)")
+            raise _Refused(f"global {module}.{name} is not allowed (it could run code)")
 
     class Module:
         Unpickler = RestrictedUnpickler
@@ -374,7 +378,7 @@ def read_checkpoint(path: Path) -> Any:
                 pickle_module=_restricted_pickle_module(),
                 mmap=mmap,
             )
-        except pickle.UnpicklingError as e:
+        except _Refused as e:
             raise CheckpointError(f"{path}: refused to load: {e}") from None
         except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
             raise CheckpointError(
