@@ -5,7 +5,9 @@ PyTorch raises `torch.OutOfMemoryError` when its caching allocator cannot get me
 runtime call raises `torch.AcceleratorError` (torch >= 2.8) with the runtime's error code in
 `error_code` and `CUDA error: <cudaGetErrorString text>` as its message; cuBLAS and cuDNN failures
 arrive as plain `RuntimeError`s whose message names the library's status (`CUDA error:
-CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)`). The classes (docs/architecture.md,
+CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)`); the CUDA driver API's errors arrive as
+`RuntimeError`s worded `CUDA driver error: <text>` (PyTorch) or `Triton Error [CUDA]: <text>` (a Triton
+kernel's launch). The classes (docs/architecture.md,
 "Failures"):
 
 | class | what is seen | what the model stage does |
@@ -70,7 +72,10 @@ STICKY_NAMES = (
     "cudaErrorAssert",
     "cudaErrorECCUncorrectable",
 )
-_CUDA_ERROR = re.compile(r"CUDA error: (.+)")
+# a CUDA error's text after its prefix: PyTorch's runtime calls ("CUDA error: "), its driver API calls
+# ("CUDA driver error: ") and Triton's kernel launcher ("Triton Error [CUDA]: ", the CUDA norm kernels,
+# where an earlier kernel's asynchronous fault often surfaces); the texts are cuGetErrorString's
+_CUDA_ERROR = re.compile(r"(?:CUDA error|CUDA driver error|Triton Error \[CUDA\]): (.+)")
 
 
 def classify(e: BaseException) -> Kind:

@@ -123,6 +123,38 @@ def test_legacy_fairseq_pickle_with_omegaconf_config_loads_without_fairseq(tmp_p
     assert torch.equal(run(load_bundle(legacy), clip).frames, run(load_bundle(src), clip).frames)
 
 
+def test_legacy_fairseq_pickle_with_a_typed_omegaconf_config_loads(tmp_path, model):
+    """fairseq's configs are structured (dataclass) omegaconf configs: their nodes are typed
+    (IntegerNode, FloatNode, ...) and their pickle names the value types, as protocol 2 spells them
+    (`__builtin__.long`, `__builtin__.unicode`, `__builtin__.float`, `__builtin__.bool`). Such a file
+    must load like the untyped one, with the same config and outputs."""
+    from omegaconf import OmegaConf
+    from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+
+    def typed(v):
+        if isinstance(v, dict):
+            return {k: typed(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [typed(x) for x in v]
+        for kind, node in ((bool, BooleanNode), (int, IntegerNode), (float, FloatNode), (str, StringNode)):
+            if isinstance(v, kind):
+                return node(v)
+        return v
+
+    src = write_checkpoint(model, tmp_path / "fs", "fairseq")
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["cfg"] = OmegaConf.create(typed(ckpt["cfg"]))
+    assert isinstance(ckpt["cfg"]["model"]._get_node("embed_dim"), IntegerNode)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(legacy, weights_only=True)
+    got, want = load_bundle(legacy), load_bundle(src)
+    assert got.config == want.config and got.config.norm_eps == pytest.approx(model.cfg.norm_eps)
+    clip = random_clips([12_000])[0]
+    assert torch.equal(run(got, clip).frames, run(want, clip).frames)
+
+
 def test_pre_zip_torch_save_format_loads_and_agrees(tmp_path, model):
     """Zip-format files are memory-mapped; a file in torch.save's older (pre-1.6) format cannot be
     and is read whole, with the same result."""
@@ -193,3 +225,82 @@ def test_head_without_tokens_of_other_size_is_an_error(tmp_path):
     (tmp_path / "tokens.txt").unlink()
     with pytest.raises(CheckpointError, match="5 classes but there is no tokens.txt"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "hub", "bare"])
+def test_a_truncated_weights_file_is_a_checkpoint_error_naming_it(tmp_path, model, layout):
+    """A partial download: every weights format fails as a CheckpointError naming the file (the job's
+    `model.source: ...` line, exit 2), not as its reader's own exception type."""
+    src = write_checkpoint(model, tmp_path, layout)
+    weights = src / "model.pt" if src.is_dir() else src
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=weights.name):
+        load_bundle(src)
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "hub", "bare"])
+def test_a_git_lfs_pointer_instead_of_the_weights_says_so(tmp_path, model, layout):
+    """A hub repo cloned with git but without git-lfs holds small pointer files where the weights
+    should be: the error says so and how to fetch them, not that the file was refused as unsafe."""
+    src = write_checkpoint(model, tmp_path, layout)
+    weights = src / "model.pt" if src.is_dir() else src
+    weights.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1164421421\n"
+    )
+    with pytest.raises(CheckpointError, match=f"{weights.name}.*Git LFS pointer") as e:
+        load_bundle(src)
+    assert "refused" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("tokens.txt", "\n".join(["生气/angry"] * 9).encode("utf-16")),  # Notepad's "Unicode"
+        ("config.yaml", "# 模型\nmodel_conf: {}\n".encode("gbk")),
+        ("configuration.json", b'["init_param", "model.pt"]'),
+    ],
+)
+def test_a_text_file_of_the_layout_that_cannot_be_read_is_a_checkpoint_error_naming_it(
+    tmp_path, model, name, content
+):
+    """The layout's text files (tokens.txt, config.yaml: UTF-8; configuration.json: a JSON object): one
+    in another encoding or shape fails as a CheckpointError naming it (the job's `model.source: ...`
+    line, exit 2), not as a UnicodeDecodeError or AttributeError."""
+    src = write_checkpoint(model, tmp_path, "hub")
+    (src / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=name):
+        load_bundle(src)
+
+
+def test_a_fairseq_file_takes_the_waveform_normalisation_from_its_task_config(tmp_path, model):
+    """fairseq keeps `normalize` in the task's config (`cfg.task.normalize`: audio_pretraining), not
+    the model's: a pre-training file whose task says false must run on the raw waveform."""
+    import dataclasses
+
+    src = write_checkpoint(model, tmp_path, "fairseq")
+    ckpt = torch.load(src, weights_only=True)
+    del ckpt["cfg"]["model"]["normalize"]
+    ckpt["cfg"]["task"]["normalize"] = False
+    torch.save(ckpt, src)
+    bundle = load_bundle(src)
+    # independently: the same weights built with normalisation off (random_model's draws do not depend on it)
+    raw = random_model(dataclasses.replace(model.cfg, normalize=False), seed=7)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in raw.state_dict().items())
+    clip = random_clips([12_000], seed=3)[0] * 0.1 + 0.05  # quiet, with an offset: normalising changes it
+    with torch.no_grad():
+        want, normalised = raw(torch.from_numpy(clip)[None]), model(torch.from_numpy(clip)[None])
+    assert not bundle.normalize
+    got = run(bundle, clip)
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-5, rtol=0)
+    assert (got.frames - normalised.frames).abs().max() > 1e-2
+
+
+def test_a_file_that_is_not_a_checkpoint_is_not_reported_as_refused_for_safety(tmp_path, model):
+    """An HTML page saved as model.pt (a download of a hub's web page instead of the file): the error
+    says the file is not a readable checkpoint; "refused" is for pickles that name forbidden code."""
+    src = write_checkpoint(model, tmp_path, "hub")
+    (src / "model.pt").write_text("<!DOCTYPE html>\n<html><body>Not Found</body></html>\n")
+    with pytest.raises(CheckpointError, match="model.pt: not a readable PyTorch checkpoint") as e:
+        load_bundle(src)
+    assert "refused" not in str(e.value)

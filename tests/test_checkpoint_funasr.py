@@ -125,3 +125,34 @@ def test_fairseq_pretraining_file_from_funasr_state_loads_and_matches(tmp_path):
             out = bundle.model(torch.from_numpy(clip)[None])
         np.testing.assert_allclose(out.frames[0].numpy(), frames.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(out.embedding[0].numpy(), frames.mean(0).numpy(), atol=1e-4, rtol=0)
+
+
+def test_a_checkpoint_without_affine_layer_norms_is_refused_by_its_config_key(tmp_path):
+    """`norm_affine: false` (transformer LayerNorms without weight and bias) is a variant FunASR
+    builds and this encoder does not implement: the load names the config key, as for the other
+    unsupported variants, instead of blaming the checkpoint for 'missing keys'."""
+    from pipeline.model import CheckpointError
+
+    conf = model_conf(tiny(num_heads=6, embed_dim=48))
+    conf["model_conf"]["norm_affine"] = False
+    ref = funasr_model(conf, num_classes=len(TOKENS), seed=7)
+    assert not any(k.endswith("norm1.weight") for k in ref.state_dict())  # FunASR's own model has none
+    with pytest.raises(CheckpointError, match=r"norm_affine=False is not supported") as e:
+        load_bundle(bare_file(tmp_path / "ckpt", ref, conf))
+    assert "missing keys" not in str(e.value)
+
+
+def test_a_model_without_extra_tokens_from_funasr_loads_and_matches(tmp_path):
+    """`num_extra_tokens: 0`: FunASR's module has no `extra_tokens` parameter at all, so its
+    checkpoint has no such key; there is nothing to load for it, and the outputs must match."""
+    conf = model_conf(tiny(num_heads=6, embed_dim=48))
+    conf["model_conf"]["modalities"]["audio"]["num_extra_tokens"] = 0
+    ref = funasr_model(conf, num_classes=len(TOKENS), seed=8)
+    assert not any(k.endswith("extra_tokens") for k in ref.state_dict())
+    bundle = load_bundle(bare_file(tmp_path / "ckpt", ref, conf))
+    for clip in random_clips(LENGTHS, seed=8):
+        frames, scores = funasr_forward(ref, clip)
+        with torch.no_grad():
+            out = bundle.model(torch.from_numpy(clip)[None])
+        np.testing.assert_allclose(out.frames[0].numpy(), frames.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out.scores[0].numpy(), scores.numpy(), atol=1e-4, rtol=0)

@@ -63,6 +63,13 @@ def accelerator_error(message: str, code: int) -> BaseException:
             RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx(...)`"),
             Kind.STICKY,
         ),
+        # the CUDA driver API's errors, as Triton's launcher (the CUDA norm kernels) and PyTorch's driver
+        # calls word them: the same texts (cuGetErrorString), another prefix
+        (RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"), Kind.STICKY),
+        (RuntimeError("Triton Error [CUDA]: unspecified launch failure"), Kind.STICKY),
+        (RuntimeError("Triton Error [CUDA]: out of memory"), Kind.MEMORY),
+        (RuntimeError("CUDA driver error: an illegal memory access was encountered"), Kind.STICKY),
+        (RuntimeError("CUDA driver error: out of memory"), Kind.MEMORY),
         (ValueError("input too short"), Kind.ROW),
         (RuntimeError("shape '[2, -1]' is invalid for input of size 3"), Kind.ROW),
     ],
@@ -223,6 +230,24 @@ def test_a_sticky_device_error_ends_the_actor(tiny_model_dir, monkeypatch, no_ex
     inject(p, monkeypatch, make_error, above=0)
     with pytest.raises(Exited) as ended:
         p.predict(random_clips([16_000], seed=35))
+    assert ended.value.args == (EXIT_DEVICE_BROKEN,)
+
+
+def test_a_sticky_error_surfacing_in_a_triton_kernel_launch_ends_the_actor(
+    tiny_model_dir, monkeypatch, no_exit
+):
+    """On a GPU the CNN's norms are Triton kernels: an earlier kernel's asynchronous fault surfaces at
+    their next launch, worded by Triton's launcher. That process's device is broken: the actor must
+    end, not turn this row (and every later one) into an error row."""
+    from pipeline.model import kernels
+
+    def launch(*args, **kwargs):
+        raise RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered")
+
+    p = predictor(tiny_model_dir)
+    monkeypatch.setattr(kernels, "layer_norm_gelu", launch)
+    with pytest.raises(Exited) as ended:
+        p.predict(random_clips([16_000], seed=38))
     assert ended.value.args == (EXIT_DEVICE_BROKEN,)
 
 

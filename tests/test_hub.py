@@ -66,3 +66,29 @@ def test_modelscope_id_resolves_from_a_populated_modelscope_cache(tmp_path):
     assert bundle.source == "ms:iic/emotion2vec_plus_seed"
     with pytest.raises(ModelSourceError, match="modelscope download --model iic/emotion2vec_base_finetuned"):
         load_model("emotion2vec_base_finetuned", cache_dir=str(tmp_path / "empty"), offline=True)
+
+
+@pytest.mark.parametrize(
+    "value, offline",
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("off", False), ("no", False)]
+    + [("FALSE", False), ("", False)],
+)
+def test_hf_hub_offline_is_read_as_huggingface_hub_reads_it(monkeypatch, value, offline):
+    """`model.offline` unset follows HF_HUB_OFFLINE with huggingface_hub's own reading of it (1, ON, YES,
+    TRUE in any case): `off` or `no` must not turn a download into a cache-only look-up."""
+    import huggingface_hub
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    from pipeline.model import resolve
+
+    assert (value.upper() in ENV_VARS_TRUE_VALUES) == offline  # the client's rule, independently
+    asked = {}
+
+    def snapshot_download(repo, revision=None, cache_dir=None, local_files_only=False):
+        asked["local_files_only"] = local_files_only
+        return "/nowhere"
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    resolve("hf:emotion2vec/emotion2vec_plus_base")
+    assert asked == {"local_files_only": offline}

@@ -80,6 +80,16 @@ def test_too_short_input_raises_a_clear_error(tiny_model_dir):
         model(wav, lens)
 
 
+def test_lengths_past_the_end_of_the_batch_raise_a_clear_error(tiny_model_dir):
+    """A length longer than the padded batch (lengths counted before a trim or a resample) has no
+    samples behind it: the frame count, the valid-frame mask and the pooled mean would be computed for
+    audio that is not there. It must be refused, naming the row, not answered with wrong numbers."""
+    model = load_bundle(tiny_model_dir).model
+    wav, _ = pad(random_clips([16_000, 12_000]))
+    with pytest.raises(ValueError, match="utterance 1 has length 20000.*16000 samples"):
+        model(wav, torch.tensor([16_000, 20_000]))
+
+
 def test_silence_gives_finite_features(tiny_model_dir):
     model = load_bundle(tiny_model_dir).model
     with torch.no_grad():

@@ -69,3 +69,29 @@ def test_old_tokens_with_unuse_entries_are_masked_like_funasr(tmp_path):
     assert np.all(scores[[1, 2, 5, 7]] == 0)
     kept = [i for i in range(9) if i not in (1, 2, 5, 7)]
     np.testing.assert_allclose(scores[kept], np.array(ref_utt[0]["scores"]), atol=1e-5)
+
+
+def test_one_learned_alibi_scale_for_all_heads_matches_funasr(tmp_path):
+    """`learned_alibi_scale_per_head: false`: one learned ALiBi scale `[1, 1, 1, 1, 1]` shared by the
+    heads, which keep one slope each (FunASR builds the bias for `num_alibi_heads` heads whatever
+    the scale's shape). The checkpoint loads strictly either way, so wrong slopes would go unnoticed."""
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny(num_heads=6, embed_dim=48), alibi_scale_per_head=False)
+    model = random_model(cfg, seed=5)
+    assert model.modality_encoders["AUDIO"].alibi_scale.shape == (1, 1, 1, 1, 1)
+    model_dir = write_checkpoint(model, tmp_path, "hub")
+    clips = random_clips([16_000, 9_000], seed=8)
+    ref_frames, ref_utt = funasr_outputs(model_dir, clips)
+
+    bundle = load_bundle(model_dir)
+    lengths = torch.tensor([len(c) for c in clips])
+    wav = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        wav[i, : len(c)] = torch.from_numpy(c)
+    with torch.no_grad():
+        out = bundle.model(wav, lengths)  # a padded batch, against FunASR one clip at a time
+    for i, (rf, ru) in enumerate(zip(ref_frames, ref_utt, strict=True)):
+        T = int(out.frame_lengths[i])
+        np.testing.assert_allclose(out.frames[i, :T].numpy(), rf["feats"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out.scores[i].numpy(), np.array(ru["scores"]), atol=1e-4, rtol=0)

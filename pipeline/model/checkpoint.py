@@ -13,7 +13,7 @@ Key conversion is declarative (the rules below) and ends in a strict load: known
 keys are dropped by name; anything else missing, unexpected or mis-shaped raises `CheckpointError`
 naming the keys. Loading never runs code from the file: `torch.load(weights_only=True)` first, and
 for legacy pickles that reference fairseq/omegaconf classes a restricted unpickler that admits
-tensors, containers and inert stand-ins only.
+tensors, containers, plain value types and inert stand-ins only.
 """
 
 from __future__ import annotations
@@ -141,8 +141,15 @@ def file_id(path: str | Path) -> str:
     return f"{boot}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
+
+
 def read_tokens(path: Path) -> list[str]:
-    tokens = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokens = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
     if not tokens:
         raise CheckpointError(f"{path}: empty token list")
     return tokens
@@ -150,7 +157,7 @@ def read_tokens(path: Path) -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as e:
         raise CheckpointError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -180,9 +187,11 @@ def _find_layout(path: Path) -> _Layout:
     meta = path / "configuration.json"
     if meta.is_file():
         try:
-            conf = json.loads(meta.read_text(encoding="utf-8"))
+            conf = json.loads(_read_text(meta))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{meta}: not valid JSON: {e}") from e
+        if not isinstance(conf, dict):
+            raise CheckpointError(f"{meta}: expected a JSON object at the top level")
         files = conf.get("file_path_metas", {}) or {}
         init = files.get("init_param")
         if not init:
@@ -259,6 +268,13 @@ _SAFE_GLOBALS = {
     ("builtins", "frozenset"),
     ("builtins", "slice"),
     ("builtins", "complex"),
+    # the value types typed omegaconf nodes (fairseq's structured configs) name in their metadata;
+    # calling one only converts a value
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("builtins", "str"),
+    ("builtins", "bytes"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
     ("torch", "Size"),
@@ -266,10 +282,16 @@ _SAFE_GLOBALS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a global the restricted unpickler does not admit (not a broken file)."""
+
+
 def _restricted_pickle_module() -> Any:
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name builtins `__builtin__`
+            if module == "builtins":  # ... and str and int by their Python 2 names
+                name = _PY2_NAMES.get(name, name)
             if (module, name) in _SAFE_GLOBALS:
                 return super().find_class(module, name)
             if module == "torch" and name.endswith("Storage") or module == "torch" and name in _DTYPES:
@@ -281,7 +303,7 @@ def _restricted_pickle_module() -> Any:
                 "omegaconf",
             }:
                 return type(name, (_Inert,), {"_qualname": f"{module}.{name}"})
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (it could run code)")
+            raise _Refused(f"global {module}.{name} is not allowed (it could run code)")
 
     class Module:
         Unpickler = RestrictedUnpickler
@@ -294,6 +316,8 @@ def _restricted_pickle_module() -> Any:
 
 
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+_PY2_NAMES = {"unicode": "str", "long": "int"}
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # how every Git LFS pointer file starts
 _DTYPES = {
     "float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
 }  # fmt: skip
@@ -327,10 +351,20 @@ def read_checkpoint(path: Path) -> Any:
     writes since 1.6) is memory-mapped rather than copied: its tensors are read from the page cache
     where they are used (~0.25 s less per model load at base size, on the path to a job's first
     batch); older files are read whole."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:  # a repo cloned without git-lfs: the weights were never fetched
+        raise CheckpointError(
+            f"{path}: a Git LFS pointer file, not the weights: fetch them (`git lfs pull` in the clone, or "
+            f"`hf download` / `modelscope download` the repo)"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, in the reader's own words
+            raise CheckpointError(f"{path}: not a readable safetensors file: {type(e).__name__}: {e}") from e
     mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -344,7 +378,7 @@ def read_checkpoint(path: Path) -> Any:
                 pickle_module=_restricted_pickle_module(),
                 mmap=mmap,
             )
-        except pickle.UnpicklingError as e:
+        except _Refused as e:
             raise CheckpointError(f"{path}: refused to load: {e}") from None
         except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
             raise CheckpointError(
@@ -359,13 +393,17 @@ def read_checkpoint(path: Path) -> Any:
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """-> (flat state dict, fairseq `cfg.model` if the file carries one)."""
+    """-> (flat state dict, fairseq `cfg.model` if the file carries one, with `normalize` from
+    `cfg.task` where the model's config has none: fairseq's audio tasks own that switch)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
     cfg = None
     raw_cfg = obj.get("cfg")
     if isinstance(raw_cfg, Mapping) and isinstance(raw_cfg.get("model"), Mapping):
         cfg = dict(raw_cfg["model"])
+        task = raw_cfg.get("task")
+        if cfg.get("normalize") is None and isinstance(task, Mapping) and task.get("normalize") is not None:
+            cfg["normalize"] = task["normalize"]
     state: Any = obj
     for key in STATE_WRAPPERS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
@@ -417,6 +455,10 @@ def _scope_pairs(scope_map: list[Any] | None) -> list[tuple[str, str]]:
 
 def strict_load(model: Emotion2vec, state: dict[str, torch.Tensor], where: str) -> None:
     expected = model.state_dict()
+    # a tensor with no elements holds nothing to load (the extra tokens of a model with none, which
+    # FunASR's module does not create, so its checkpoints lack the key)
+    empty = {k: torch.zeros(v.shape) for k, v in expected.items() if v.numel() == 0 and k not in state}
+    state = {**state, **empty}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [

@@ -121,12 +121,14 @@ def alibi_slopes(num_heads: int) -> list[float]:
     return pow2(p) + alibi_slopes(2 * p)[0::2][: num_heads - p]
 
 
-def alibi_bias(num_frames: int, scale: Tensor, num_extra: int, device: torch.device) -> Tensor:
+def alibi_bias(
+    num_frames: int, scale: Tensor, num_extra: int, device: torch.device, num_heads: int
+) -> Tensor:
     """ALiBi bias [1, H, T', T'] in float32: (slope_h * -|i - j|) * clamp(scale_h, 0) between audio
     frames, 0 in the rows and columns of the extra tokens. `scale` is the `alibi_scale` parameter
-    [1, 1, H or 1, 1, 1]."""
-    heads = scale.shape[2]
-    slopes = torch.tensor(alibi_slopes(heads), dtype=torch.float32, device=device)  # [H]
+    [1, 1, H or 1, 1, 1]: one scale shared by all heads leaves them one slope each (as the reference
+    builds the bias for `num_alibi_heads` heads whatever the scale's shape)."""
+    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float32, device=device)  # [H]
     pos = torch.arange(num_frames, device=device)
     dist = -(pos.unsqueeze(0) - pos.unsqueeze(1)).abs()  # [T, T]
     bias = slopes.view(-1, 1, 1) * dist.unsqueeze(0)  # [H, T, T]

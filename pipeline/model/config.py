@@ -107,6 +107,7 @@ class Emotion2vecConfig:
 
         unsupported = {
             "layer_norm_first": (top("layer_norm_first", False), False),
+            "norm_affine": (top("norm_affine", True), True),
             "modalities.audio.conv_pos_pre_ln": (aud("conv_pos_pre_ln", False), False),
             "modalities.audio.learned_alibi_scale_per_layer": (
                 aud("learned_alibi_scale_per_layer", False),

@@ -122,6 +122,12 @@ class Emotion2vec(nn.Module):
                 f"utterance {i} has {int(host_lengths[i])} samples; emotion2vec needs at least "
                 f"{spec.receptive_field} ({1000 * spec.min_duration_s:.0f} ms at {spec.sample_rate} Hz)"
             )
+        long = (host_lengths > N).nonzero().flatten().tolist()
+        if long:  # no samples behind it: frames, mask and mean would count audio that is not there
+            i = long[0]
+            raise ValueError(
+                f"utterance {i} has length {int(host_lengths[i])}, but the batch holds {N} samples per row"
+            )
         lengths = kernels.to_device(host_lengths, wav.device)
         if self.cfg.normalize:
             wav = self.normalize(wav, lengths)
@@ -166,12 +172,13 @@ class Emotion2vec(nn.Module):
         (building it costs about as much as a transformer block's attention)."""
         scale = self.modality_encoders["AUDIO"].alibi_scale
         E = self.cfg.num_extra_tokens
+        H = self.cfg.num_heads
         if torch.is_grad_enabled() and scale.requires_grad:
-            return alibi_bias(T, scale, E, device).to(dtype)  # keep the graph to the learned scale
+            return alibi_bias(T, scale, E, device, H).to(dtype)  # keep the graph to the learned scale
         key = (scale.data_ptr(), scale._version, dtype, device)
         cached = self._alibi_cache
         if cached is None or cached[0] != key or cached[1].shape[-1] < T + E:
-            bias = alibi_bias(T, scale.detach(), E, device)
+            bias = alibi_bias(T, scale.detach(), E, device, H)
             self._alibi_cache = cached = (key, _aligned(bias.shape, dtype, device).copy_(bias))
         return cached[1][:, :, : T + E, : T + E]
 

@@ -72,7 +72,8 @@ def resolve(
     """-> (local path of the checkpoint directory or file, parsed reference)."""
     ref = parse_source(source, revision)
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        # huggingface_hub's own reading of the variable, so that both agree on what "off" or "no" mean
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     if ref.hub == "local":
         p = Path(ref.repo)
         if not p.exists():
