@@ -627,6 +627,8 @@ class Storage:
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
             if not p.endswith(suffix) or any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
+            if p.endswith("/"):  # an object-store folder marker (a console's "Create folder"), not a file
+                continue
             out.append(self._uri(uri, p))
         return sorted(out)
 
@@ -638,7 +640,9 @@ class Storage:
             return [pattern] if self.exists(pattern) else []
         fs, path = self.filesystem(pattern), self._path(pattern)
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
-        return sorted(self._uri(pattern, p) for p, i in found.items() if i.get("type") != "directory")
+        # a key ending in `/` is a folder marker (a console's "Create folder"), not a file
+        files = (p for p, i in found.items() if i.get("type") != "directory" and not p.endswith("/"))
+        return sorted(self._uri(pattern, p) for p in files)
 
     # -- writing ------------------------------------------------------------------------------
 

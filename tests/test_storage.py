@@ -637,3 +637,21 @@ def test_a_deadline_stops_retries_before_max_retries(s3_server, s3_bucket):
             Storage(endpoint_url=proxy.url, max_retries=3, retry_backoff_s=0.01).read_bytes(
                 f"s3://{bucket}/x"
             )
+
+
+@pytest.mark.s3
+def test_s3_folder_markers_are_not_files(s3_server, s3_bucket):
+    """A folder made in the S3 console (or by tools that mimic one) is a zero-byte key ending in `/`:
+    it is not a file, so listings and globs leave it out and such a folder of audio reads as one."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    client, bucket = s3_bucket
+    for key in ("clips/", "clips/sub/", "clips/a.wav", "clips/sub/b.wav"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"RIFF")
+    s = Storage(endpoint_url=s3_server)
+    root = f"s3://{bucket}/clips"
+    assert s.list_files(root) == [f"{root}/a.wav", f"{root}/sub/b.wav"]
+    assert s.glob(f"{root}/**") == [f"{root}/a.wav", f"{root}/sub/b.wav"]
+    [source] = discover(InputConfig(manifest=root + "/"), s)
+    assert (source.format, source.audio.column("id").to_pylist()) == ("audio", ["a", "sub/b"])
