@@ -217,6 +217,8 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         sources = discover(cfg.input, storage)
     except ManifestError as e:
         raise JobError(str(e)) from None
+    except StorageUnavailable as e:
+        raise RunFailed(f"the manifest could not be read: {_one_line(e, StorageUnavailable)}") from None
     fresh = not storage.exists(cfg.output.path)
     lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
     poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only

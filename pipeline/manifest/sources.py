@@ -61,6 +61,8 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
             raise ManifestError(f"input.manifest: no such file: {where}")
         else:
             files, base = [where], parent(where)
+    except StorageUnavailable:
+        raise  # a store down through every retry is a failed run (rerun), not a bad manifest
     except OSError as e:
         raise ManifestError(f"input.manifest: cannot read {where}: {e}") from None
     return _classify(files, base, cfg, storage)
