@@ -275,7 +275,8 @@ def is_transient(e: BaseException, reached: bool = True) -> bool:
         if _refused(x):
             return reached
         if isinstance(x, _PERMANENT):
-            return False
+            # fsspec's http info() raises FileNotFoundError `from` whatever failed, a 503 included
+            return x.__cause__ is not None and is_transient(x.__cause__, reached)
         if isinstance(x, (ConnectionError, TimeoutError, socket.timeout, asyncio.TimeoutError)):
             return True
         if type(x).__name__ in (

@@ -655,3 +655,20 @@ def test_s3_folder_markers_are_not_files(s3_server, s3_bucket):
     assert s.glob(f"{root}/**") == [f"{root}/a.wav", f"{root}/sub/b.wav"]
     [source] = discover(InputConfig(manifest=root + "/"), s)
     assert (source.format, source.audio.column("id").to_pylist()) == ("audio", ["a", "sub/b"])
+
+
+def test_http_503_on_a_lookup_is_retried_not_missing(http_dir):
+    """fsspec's http info() (a HEAD, then a GET) turns any failure into FileNotFoundError: a server
+    answering 503 to both is busy, not missing a file, so the lookup is retried like a read; a 404
+    stays missing, at once."""
+    folder, base = http_dir
+    (folder / "manifest.jsonl").write_bytes(b'{"id": "a", "path": "a.wav"}\n')
+    with FaultProxy(base, fail_first=2, body=b"busy") as proxy:
+        s = fast()
+        assert s.exists(f"{proxy.url}/manifest.jsonl")
+        assert s.info(f"{proxy.url}/manifest.jsonl")["size"] == 29
+    assert proxy.failed == 2 and s.retries == {"info": 1}
+    with FaultProxy(base) as proxy:
+        s = fast()
+        assert not s.exists(f"{proxy.url}/missing.jsonl")
+    assert s.retries == {}
