@@ -41,8 +41,9 @@ _SECRET_NAME = r"[\w.-]*(?:sig|token|key|secret|passw|pwd|credential|auth)[\w.-]
 _SECRET_PARAM = re.compile(
     rf"(?P<head>(?:[?&;]|%3[Ff]|%26)(?i:{_SECRET_NAME})(?:=|%3[Dd]))(?P<value>(?:(?!%26)[^&\s'\"<>#;,)\]}}\\])+)"
 )
-# user info: what sits between `scheme://` and `@` before the first `/`
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@'\"<>]+@")
+# user info: what sits between `scheme://` and the last `@` before the first `/` (a password may hold
+# a raw `@`: clients split at the last one)
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"<>]+@")
 
 
 def redact(text: str) -> str:

@@ -139,3 +139,16 @@ def test_one_chain_walk():
     loop.__context__ = KeyError("b")
     loop.__context__.__context__ = loop
     assert len(list(causes(loop))) == 2
+
+
+def test_userinfo_with_an_at_sign_in_the_password():
+    """A password holding a raw `@` (clients split the user info at the host's `@`, the last one:
+    urllib, yarl and so aiohttp fetch such a URL): all of it is secret, not only what precedes the first."""
+    from urllib.parse import urlsplit
+
+    url = "https://alice:p@ss@word@host.example:8443/a.wav"
+    assert urlsplit(url).password == "p@ss@word"
+    assert redact.redact(url) == "https://***@host.example:8443/a.wav"
+    assert redact.redact(f"fetch: 403 url='{url}' and s3://bucket/take@2.wav") == (
+        "fetch: 403 url='https://***@host.example:8443/a.wav' and s3://bucket/take@2.wav"
+    )
