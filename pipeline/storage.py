@@ -613,7 +613,14 @@ class Storage:
         if not is_remote(uri):
             return os.path.isdir(self._path(uri))
         fs, path = self.filesystem(uri), self._path(uri)
-        return bool(self._call("info", uri, lambda: fs.isdir(path)))
+        try:
+            return bool(self._call("info", uri, lambda: fs.isdir(path)))
+        except PermissionError:
+            # a role that may read objects but not list them (no s3:ListBucket): a key that answers
+            # a HEAD is a file; where that fails too, the HEAD's own error says why
+            if self.info(uri)["type"] == "file":
+                return False
+            raise
 
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under `uri` (recursive) whose name ends with `suffix`, skipping hidden (`.`/`_`)

@@ -672,3 +672,28 @@ def test_http_503_on_a_lookup_is_retried_not_missing(http_dir):
         s = fast()
         assert not s.exists(f"{proxy.url}/missing.jsonl")
     assert s.retries == {}
+
+
+@pytest.mark.s3
+def test_s3_manifest_readable_without_list_permission(s3_server, s3_bucket):
+    """A role that may GET objects but not list the bucket (s3:GetObject on a prefix, no
+    s3:ListBucket: S3 answers a listing 403 AccessDenied) reads a manifest named by its key: telling
+    a file from a folder must not need a listing when the key itself answers."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="m/manifest.jsonl", Body=b'{"id": "a", "path": "a.wav"}\n')
+
+    def listing(method: str, path: str) -> bool:
+        return method == "GET" and "list-type=" in path
+
+    with FaultProxy(s3_server, fail_if=listing, status=403, body=ACCESS_DENIED) as proxy:
+        s = fast(proxy.url)
+        uri = f"s3://{bucket}/m/manifest.jsonl"
+        assert not s.is_dir(uri)
+        [source] = discover(InputConfig(manifest=uri), s)
+        assert (source.uri, source.format, source.root) == (uri, "jsonl", f"s3://{bucket}/m")
+        with pytest.raises(PermissionError):  # a folder cannot be told without a listing: still refused
+            s.is_dir(f"s3://{bucket}/m")
+    assert proxy.failed > 0 and s.retries == {}
