@@ -697,3 +697,20 @@ def test_s3_manifest_readable_without_list_permission(s3_server, s3_bucket):
         with pytest.raises(PermissionError):  # a folder cannot be told without a listing: still refused
             s.is_dir(f"s3://{bucket}/m")
     assert proxy.failed > 0 and s.retries == {}
+
+
+def test_relative_paths_next_to_a_signed_manifest_url_resolve_in_its_folder(http_dir):
+    """A manifest URL whose query holds `/` unencoded (RFC 3986 allows it: a credential scope
+    `AKIA/20250101/us-east-1/s3/aws4_request`, a `?path=/x`): its relative paths resolve in the
+    URL's folder, not inside its query (where the server, ignoring the query, would answer with the
+    manifest itself)."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    folder, base = http_dir
+    (folder / "c").mkdir()
+    (folder / "c" / "m.jsonl").write_bytes(b'{"id": "a", "path": "a.wav"}\n')
+    url = f"{base}/c/m.jsonl?X-Amz-Credential=AKIA/20250101/us-east-1/s3/aws4_request&X-Amz-Signature=0f"
+    [source] = discover(InputConfig(manifest=url), fast())
+    assert (source.uri, source.format) == (url, "jsonl")
+    assert join(source.root, "a.wav") == f"{base}/c/a.wav"

@@ -157,6 +157,9 @@ def _name(uri: str) -> str:
 
 def parent(uri: str) -> str:
     if "://" in uri:
+        if uri.lower().startswith(("http://", "https://")):
+            # an http(s) URL's query may hold `/` unencoded (a signature's credential scope): not a folder
+            uri = uri.split("#", 1)[0].split("?", 1)[0]
         return uri.rsplit("/", 1)[0]
     return os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
 
