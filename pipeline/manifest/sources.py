@@ -45,8 +45,11 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
     """`input.manifest` -> the sources to read, in a stable order. Raises ManifestError."""
     where = cfg.manifest.rstrip("/") if not cfg.manifest.endswith("://") else cfg.manifest
     try:
-        if any(c in where for c in GLOB_CHARS):
-            files, base = storage.glob(where), _glob_base(where)
+        files = storage.glob(where) if any(c in where for c in GLOB_CHARS) else None
+        if files == [] and storage.exists(where):
+            files = None  # no glob meant: a name that holds `[`, `*` or `?` (a folder `Session [1]`)
+        if files is not None:
+            base = _glob_base(where)
             if not files:
                 raise ManifestError(f"input.manifest: no files match {where}")
         elif storage.is_dir(where):
