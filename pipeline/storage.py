@@ -218,6 +218,22 @@ def _read_s3(fs: Any, uri: str, path: str, max_bytes: int) -> bytes:
     return sync(fs.loop, get)
 
 
+def _walk(top: str) -> list[str]:
+    """Files under the local directory `top`, recursive, into symlinked folders (a corpus assembled
+    with `ln -s`; fsspec's find lists such a link as a file and skips what is in it). A folder
+    reached a second time (a link back up the tree, two links to one folder) is listed once."""
+    seen: set[str] = set()
+    out = []
+    for d, dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out.extend(os.path.join(d, n) for n in names)
+    return out
+
+
 class _RetryingReader(io.RawIOBase):
     """A remote file object whose reads go through `Storage._call`: each read seeks to where it
     started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
@@ -628,7 +644,9 @@ class Storage:
         fs, path = self.filesystem(uri), self._path(uri)
         if not is_remote(uri) and not os.path.isdir(path):
             return []
-        found = self._call("list", uri, lambda: fs.find(path, detail=False))
+        found = (
+            self._call("list", uri, lambda: fs.find(path, detail=False)) if is_remote(uri) else _walk(path)
+        )
         base = path.rstrip("/")
         out = []
         for p in found:

@@ -714,3 +714,26 @@ def test_relative_paths_next_to_a_signed_manifest_url_resolve_in_its_folder(http
     [source] = discover(InputConfig(manifest=url), fast())
     assert (source.uri, source.format) == (url, "jsonl")
     assert join(source.root, "a.wav") == f"{base}/c/a.wav"
+
+
+def test_local_listing_follows_symlinked_folders(tmp_path):
+    """A corpus folder assembled from symlinks (`ln -s /data/callhome/eng eng`) lists the files
+    under a linked folder, never the link itself as a file; a link back up the tree (a cycle) is
+    listed once and ends."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "a.wav").write_bytes(b"RIFF")
+    (tmp_path / "real" / "b.wav").write_bytes(b"RIFF")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "c.wav").write_bytes(b"RIFF")
+    (corpus / "linked").symlink_to(tmp_path / "real" / "sub", target_is_directory=True)
+    (corpus / "b.wav").symlink_to(tmp_path / "real" / "b.wav")
+    (corpus / "loop").symlink_to(corpus, target_is_directory=True)
+    s = Storage()
+    assert s.list_files(str(corpus)) == [str(corpus / n) for n in ("b.wav", "c.wav", "linked/a.wav")]
+    assert s.list_files(f"file://{corpus}", ".wav")[-1] == f"file://{corpus}/linked/a.wav"
+    [source] = discover(InputConfig(manifest=str(corpus)), s)
+    assert source.audio["id"].to_pylist() == ["b", "c", "linked/a"]
