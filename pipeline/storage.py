@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import socket
 import time
 import uuid
@@ -218,10 +219,11 @@ def _read_s3(fs: Any, uri: str, path: str, max_bytes: int) -> bytes:
     return sync(fs.loop, get)
 
 
-def _walk(top: str) -> list[str]:
-    """Files under the local directory `top`, recursive, into symlinked folders (a corpus assembled
-    with `ln -s`; fsspec's find lists such a link as a file and skips what is in it). A folder
-    reached a second time (a link back up the tree, two links to one folder) is listed once."""
+def _walk(top: str, maxdepth: int | None = None) -> list[str]:
+    """Files under the local directory `top` (`maxdepth` levels: 1 is `top`'s own files), into
+    symlinked folders (a corpus assembled with `ln -s`; fsspec's find lists such a link as a file and
+    skips what is in it). A folder reached a second time (a link back up the tree, two links to one
+    folder) is listed once."""
     seen: set[str] = set()
     out = []
     for d, dirs, names in os.walk(top, followlinks=True):
@@ -230,8 +232,23 @@ def _walk(top: str) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
+        rel = os.path.relpath(d, top)
+        level = 0 if rel == "." else rel.count(os.sep) + 1  # folders below `top`
+        if maxdepth is not None and level + 1 >= maxdepth:
+            dirs[:] = []
         out.extend(os.path.join(d, n) for n in names)
     return out
+
+
+def _local_glob(path: str) -> list[str]:
+    """fsspec's glob over local files (the same root, depth and pattern), its files found by `_walk`."""
+    from fsspec.utils import glob_translate
+
+    at = min(i for i in (path.find(c) for c in "*?[") if i >= 0)
+    root = path[: path.rindex("/", 0, at) + 1]
+    depth = None if "**" in path else path[len(root) :].count("/") + 1
+    pattern = re.compile(glob_translate(path))
+    return [p for p in _walk(root, depth) if pattern.match(p)]
 
 
 class _RetryingReader(io.RawIOBase):
@@ -665,6 +682,8 @@ class Storage:
             # in an http(s) URL `?` starts the query (a presigned URL's signature), not a wildcard
             return [pattern] if self.exists(pattern) else []
         fs, path = self.filesystem(pattern), self._path(pattern)
+        if not is_remote(pattern) and any(c in path for c in "*?["):
+            return sorted(self._uri(pattern, p) for p in _local_glob(path))
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
         # a key ending in `/` is a folder marker (a console's "Create folder"), not a file
         files = (p for p, i in found.items() if i.get("type") != "directory" and not p.endswith("/"))

@@ -737,3 +737,7 @@ def test_local_listing_follows_symlinked_folders(tmp_path):
     assert s.list_files(f"file://{corpus}", ".wav")[-1] == f"file://{corpus}/linked/a.wav"
     [source] = discover(InputConfig(manifest=str(corpus)), s)
     assert source.audio["id"].to_pylist() == ["b", "c", "linked/a"]
+    # a glob reads the same tree: `**` and a `*` folder cross the link, a depth it does not name is not read
+    assert s.glob(f"{corpus}/**/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav", "linked/a.wav")]
+    assert s.glob(f"{corpus}/*/a.wav") == [str(corpus / "linked" / "a.wav")]
+    assert s.glob(f"{corpus}/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav")]
