@@ -119,7 +119,8 @@ def join(base: str, rel: str) -> str:
 
 # -- transient errors ---------------------------------------------------------------------------
 
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# 429 and 5xx (a CDN's 520-524 too), but for the two that say the request itself is not supported
+_TRANSIENT_STATUS = {429} | set(range(500, 600)) - {501, 505}
 _TRANSIENT_CODES = {
     "SlowDown",
     "InternalError",

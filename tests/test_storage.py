@@ -741,3 +741,27 @@ def test_local_listing_follows_symlinked_folders(tmp_path):
     assert s.glob(f"{corpus}/**/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav", "linked/a.wav")]
     assert s.glob(f"{corpus}/*/a.wav") == [str(corpus / "linked" / "a.wav")]
     assert s.glob(f"{corpus}/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav")]
+
+
+@pytest.mark.parametrize("status", [507, 520, 522, 524])
+def test_http_5xx_beyond_503_is_retried(http_dir, status):
+    """The docs promise HTTP 5xx retried: a CDN in front of a corpus answers 520-524 (origin
+    unreachable, timed out) for a while; that is the server's trouble, not a missing file."""
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    with FaultProxy(base, fail_first=2, status=status, body=b"origin timed out") as proxy:
+        s = fast()
+        assert s.read_bytes(f"{proxy.url}/a.txt") == b"served"
+        assert s.read_bytes(f"{proxy.url}/a.txt", max_bytes=100) == b"served"
+    assert proxy.failed == 2 and s.retries == {"read": 2}
+
+
+def test_http_501_and_505_are_not_retried(http_dir):
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    for status in (501, 505):
+        with FaultProxy(base, always=True, status=status, body=b"no") as proxy:
+            s = fast()
+            with pytest.raises(OSError, match=f"{status}"):
+                s.read_bytes(f"{proxy.url}/a.txt")
+        assert proxy.failed == 1 and s.retries == {}
