@@ -681,7 +681,17 @@ class Storage:
         pattern's form. Directories are left out."""
         if scheme(pattern) in _READ_ONLY and not any(c in urlsplit(pattern).path for c in "*?["):
             # in an http(s) URL `?` starts the query (a presigned URL's signature), not a wildcard
-            return [pattern] if self.exists(pattern) else []
+            fs = self.filesystem(pattern)
+            try:
+                self._call("info", pattern, lambda: fs.info(pattern))
+            except FileNotFoundError as e:
+                # fsspec says FileNotFoundError for any status: a 403 (an expired signature) is not "no match"
+                cause = e.__cause__
+                status = getattr(cause, "status", None)
+                if isinstance(cause, Exception) and isinstance(status, int) and status not in (404, 410):
+                    raise OSError(errno.EIO, self._failed("info", pattern, cause)) from None
+                return []
+            return [pattern]
         fs, path = self.filesystem(pattern), self._path(pattern)
         if not is_remote(pattern) and any(c in path for c in "*?["):
             return sorted(self._uri(pattern, p) for p in _local_glob(path))

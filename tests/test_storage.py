@@ -765,3 +765,38 @@ def test_http_501_and_505_are_not_retried(http_dir):
             with pytest.raises(OSError, match=f"{status}"):
                 s.read_bytes(f"{proxy.url}/a.txt")
         assert proxy.failed == 1 and s.retries == {}
+
+
+def test_a_signed_manifest_url_refused_by_its_server_says_so(tmp_path):
+    """An expired (or wrongly signed) presigned manifest URL answers 403 to the HEAD and the GET:
+    the run ends naming the URL and the 403, not 'no files match' as if `?` had started a glob."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest import ManifestError
+    from pipeline.manifest.sources import discover
+
+    class Expired(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = b"" if self.command == "HEAD" else b"<Error><Code>AccessDenied</Code></Error>"
+            self.send_response(404 if self.path.startswith("/gone") else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Expired)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        url = f"{base}/m.jsonl?X-Amz-Expires=3600&X-Amz-Signature=0f1e2d"
+        with pytest.raises(ManifestError, match="403") as refused:
+            discover(InputConfig(manifest=url), fast())
+        assert "no files match" not in str(refused.value) and f"{base}/m.jsonl?" in str(refused.value)
+        with pytest.raises(ManifestError, match="no files match"):  # a 404 is still a missing file
+            discover(InputConfig(manifest=f"{base}/gone.jsonl?X-Amz-Signature=0f1e2d"), fast())
+    finally:
+        server.shutdown()
+        server.server_close()
