@@ -666,12 +666,15 @@ class Storage:
             self._call("list", uri, lambda: fs.find(path, detail=False)) if is_remote(uri) else _walk(path)
         )
         base = path.rstrip("/")
+        web = scheme(uri) in _READ_ONLY
         out = []
         for p in found:
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
             if not p.endswith(suffix) or any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
             if p.endswith("/"):  # an object-store folder marker (a console's "Create folder"), not a file
+                continue
+            if web and "?" in p:  # an index page's link to another view of it (Apache's `?C=N;O=D` sorts)
                 continue
             out.append(self._uri(uri, p))
         return sorted(out)
@@ -697,7 +700,13 @@ class Storage:
             return sorted(self._uri(pattern, p) for p in _local_glob(path))
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
         # a key ending in `/` is a folder marker (a console's "Create folder"), not a file
-        files = (p for p, i in found.items() if i.get("type") != "directory" and not p.endswith("/"))
+        # an index page's links to other views of it (`?C=N;O=D`) are not files either
+        web = scheme(pattern) in _READ_ONLY
+        files = (
+            p
+            for p, i in found.items()
+            if i.get("type") != "directory" and not p.endswith("/") and not (web and "?" in p)
+        )
         return sorted(self._uri(pattern, p) for p in files)
 
     # -- writing ------------------------------------------------------------------------------

@@ -800,3 +800,70 @@ def test_a_signed_manifest_url_refused_by_its_server_says_so(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+class ApacheIndex(BaseHTTPRequestHandler):
+    """A folder served as Apache httpd's autoindex serves it: `/d` redirects to `/d/`, whose page links
+    the column-sort views (`?C=N;O=D`), the parent folder, the files and the subfolders."""
+
+    files = {"/corpus/a.wav": b"RIFF", "/corpus/spk1/b.wav": b"RIFF"}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        names = sorted(
+            {
+                f[len(path) :].split("/")[0] + ("/" if "/" in f[len(path) :] else "")
+                for f in self.files
+                if f.startswith(path)
+            }
+        )
+        if path in self.files:
+            body, kind = self.files[path], "audio/wav"
+        elif path.endswith("/") and names:
+            sort = "".join(f'<th><a href="?C={c};O=A">{c}</a></th>' for c in "NMSD")
+            rows = "".join(f'<tr><td><a href="{n}">{n}</a></td></tr>' for n in names)
+            parent = path.rstrip("/").rsplit("/", 1)[0] + "/"
+            body = f'<html><body><table><tr>{sort}</tr><tr><td><a href="{parent}">Parent Directory</a></td></tr>{rows}</table></body></html>'.encode()
+            kind = "text/html;charset=UTF-8"
+        elif names:
+            self.send_response(301)
+            self.send_header("Location", path + "/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        else:
+            return self.send_error(404)
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+
+def test_an_apache_folder_index_lists_its_files_not_its_sort_links():
+    """Apache's autoindex pages link their column-sort views (`?C=N;O=D`): pages, not files. A folder
+    of audio served so reads as its files (was: refused as mixing manifests `?C=N;O=D` and audio)."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ApacheIndex)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        s = fast()
+        assert s.list_files(f"{base}/corpus/") == [f"{base}/corpus/a.wav", f"{base}/corpus/spk1/b.wav"]
+        assert s.glob(f"{base}/corpus/**") == [f"{base}/corpus/a.wav", f"{base}/corpus/spk1/b.wav"]
+        [source] = discover(InputConfig(manifest=f"{base}/corpus/"), s)
+        assert source.audio.to_pylist() == [
+            {"id": "a", "path": f"{base}/corpus/a.wav"},
+            {"id": "spk1/b", "path": f"{base}/corpus/spk1/b.wav"},
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
