@@ -867,3 +867,23 @@ def test_an_apache_folder_index_lists_its_files_not_its_sort_links():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_http_folder_of_audio_names_rows_as_the_same_folder_on_disk(http_dir):
+    """A folder served over http(s) lists percent-encoded URLs (`spk%201/b.wav`); a row's id is the
+    file's path relative to the folder (`spk 1/b`), as when the same folder is read from disk, so
+    labels keyed by id match either way. The path stays the URL that is fetched."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    folder, base = http_dir
+    for rel in ("corpus/a.wav", "corpus/spk 1/b.wav", "corpus/ünï.flac", "corpus/h#1.wav", "corpus/50%.wav"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"RIFF")
+    s = fast()
+    [local] = discover(InputConfig(manifest=str(folder / "corpus")), s)
+    [served] = discover(InputConfig(manifest=f"{base}/corpus/"), s)
+    assert sorted(served.audio["id"].to_pylist()) == sorted(local.audio["id"].to_pylist())
+    assert sorted(served.audio["id"].to_pylist()) == ["50%", "a", "h#1", "spk 1/b", "ünï"]
+    assert f"{base}/corpus/spk%201/b.wav" in served.audio["path"].to_pylist()
+    assert all(s.read_bytes(p) == b"RIFF" for p in served.audio["path"].to_pylist())

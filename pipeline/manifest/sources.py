@@ -12,6 +12,7 @@ import os
 import posixpath
 import zlib
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -124,9 +125,10 @@ def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
     if len(files) == 1 and not _is_under(files[0], base):
         base = parent(files[0])
     # a presigned URL's query (its signature, a credential) is not part of the file's name, nor its id
-    ids = audio_ids(
-        [relative(parent(f) + "/" + file_name(f), base) if "?" in f else relative(f, base) for f in files]
-    )
+    names = [relative(parent(f) + "/" + file_name(f), base) if "?" in f else relative(f, base) for f in files]
+    # an http(s) listing's URLs are percent-encoded (`spk%201/b.wav`): the id is the file's own path
+    web = base.lower().startswith(("http://", "https://"))
+    ids = audio_ids([unquote(n) if web else n for n in names])
     table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
     return Source(base, "audio", "audio", cfg.audio_root or base, table)
 
