@@ -465,7 +465,8 @@ class Storage:
             return os.path.abspath(os.path.expanduser(uri))
         if s in _READ_ONLY:
             return uri
-        return self.filesystem(uri)._strip_protocol(uri)
+        head, _, rest = uri.partition("://")  # schemes are case-insensitive; fsspec strips them as written
+        return self.filesystem(uri)._strip_protocol(head.lower() + "://" + rest)
 
     def _uri(self, like: str, path: str) -> str:
         """A filesystem path back in the form of `like` (the caller's URI)."""

@@ -887,3 +887,15 @@ def test_an_http_folder_of_audio_names_rows_as_the_same_folder_on_disk(http_dir)
     assert sorted(served.audio["id"].to_pylist()) == ["50%", "a", "h#1", "spk 1/b", "ünï"]
     assert f"{base}/corpus/spk%201/b.wav" in served.audio["path"].to_pylist()
     assert all(s.read_bytes(p) == b"RIFF" for p in served.audio["path"].to_pylist())
+
+
+@pytest.mark.s3
+def test_s3_scheme_in_capitals(s3_server, s3_bucket):
+    """URI schemes are case-insensitive (RFC 3986) and `scheme()` says so: `S3://bucket/key` is the
+    object `key` in `bucket` (was: a bucket named `S3:`, refused by botocore's bucket-name check)."""
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="k/a.wav", Body=b"RIFF")
+    s = Storage(endpoint_url=s3_server)
+    assert s.exists(f"S3://{bucket}/k/a.wav") and s.read_bytes(f"S3://{bucket}/k/a.wav") == b"RIFF"
+    assert s.list_files(f"S3://{bucket}/k") == [f"S3://{bucket}/k/a.wav"]
+    assert s.read_bytes(f"S3A://{bucket}/k/a.wav", max_bytes=10) == b"RIFF"
