@@ -16,7 +16,8 @@ The boundary has four doors, each calling `redact` / `redact_data`:
 
 What is redacted: the value of every query parameter whose name looks secret (so `sig`, `se`, `sv`
 of a SAS token keep their names and only `sig` loses its value), also inside text and
-percent-encoded once (a URL quoted in another URL's query), and the user info of any URL.
+percent-encoded once (a URL quoted in another URL's query), and the user info of any URL (not the
+container that Azure's `abfs[s]://<container>@<account>...` URIs name there).
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ _SECRET_NAME = r"[\w.-]*(?:sig|token|key|secret|passw|pwd|credential|auth)[\w.-]
 _SECRET_PARAM = re.compile(
     rf"(?P<head>(?:[?&;]|%3[Ff]|%26)(?i:{_SECRET_NAME})(?:=|%3[Dd]))(?P<value>(?:(?!%26)[^&\s'\"<>#;,)\]}}\\])+)"
 )
-# user info: what sits between `scheme://` and `@` before the first `/`
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@'\"<>]+@")
+# user info: what sits between `scheme://` and the last `@` before the first `/` (a password may hold
+# a raw `@`: clients split at the last one). Not in Azure's abfs[s]:// and wasb[s]:// URIs, where it is
+# the container (`abfss://<container>@<account>.dfs.core.windows.net/...`); a scheme never starts
+# right after a letter, so `bfss://` inside `abfss://` is not taken for one
+_USERINFO = re.compile(
+    r"(?P<head>(?<![A-Za-z])(?!(?i:abfss?|wasbs?)://)[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"<>]+@"
+)
 
 
 def redact(text: str) -> str:

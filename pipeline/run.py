@@ -217,8 +217,15 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         sources = discover(cfg.input, storage)
     except ManifestError as e:
         raise JobError(str(e)) from None
-    fresh = not storage.exists(cfg.output.path)
-    lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    except StorageUnavailable as e:
+        raise RunFailed(f"the manifest could not be read: {_one_line(e, StorageUnavailable)}") from None
+    try:
+        fresh = not storage.exists(cfg.output.path)
+        lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
+    except StorageUnavailable as e:
+        raise RunFailed(f"the output could not be reached: {_one_line(e, StorageUnavailable)}") from None
+    except OSError as e:  # an output these credentials may not use (403), a folder we may not create
+        raise JobError(f"output.path: cannot use {cfg.output.path}: {type(e).__name__}: {e}") from None
     poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
     one = len(sources) == 1 and sources[0].audio is None  # (a folder of audio was counted as listed)
     early = _count_early(sources[0], cfg, storage) if one else None

@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import socket
 import time
 import uuid
@@ -118,7 +119,8 @@ def join(base: str, rel: str) -> str:
 
 # -- transient errors ---------------------------------------------------------------------------
 
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# 429 and 5xx (a CDN's 520-524 too), but for the two that say the request itself is not supported
+_TRANSIENT_STATUS = {429} | set(range(500, 600)) - {501, 505}
 _TRANSIENT_CODES = {
     "SlowDown",
     "InternalError",
@@ -218,6 +220,38 @@ def _read_s3(fs: Any, uri: str, path: str, max_bytes: int) -> bytes:
     return sync(fs.loop, get)
 
 
+def _walk(top: str, maxdepth: int | None = None) -> list[str]:
+    """Files under the local directory `top` (`maxdepth` levels: 1 is `top`'s own files), into
+    symlinked folders (a corpus assembled with `ln -s`; fsspec's find lists such a link as a file and
+    skips what is in it). A folder reached a second time (a link back up the tree, two links to one
+    folder) is listed once."""
+    seen: set[str] = set()
+    out = []
+    for d, dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        rel = os.path.relpath(d, top)
+        level = 0 if rel == "." else rel.count(os.sep) + 1  # folders below `top`
+        if maxdepth is not None and level + 1 >= maxdepth:
+            dirs[:] = []
+        out.extend(os.path.join(d, n) for n in names)
+    return out
+
+
+def _local_glob(path: str) -> list[str]:
+    """fsspec's glob over local files (the same root, depth and pattern), its files found by `_walk`."""
+    from fsspec.utils import glob_translate
+
+    at = min(i for i in (path.find(c) for c in "*?[") if i >= 0)
+    root = path[: path.rindex("/", 0, at) + 1]
+    depth = None if "**" in path else path[len(root) :].count("/") + 1
+    pattern = re.compile(glob_translate(path))
+    return [p for p in _walk(root, depth) if pattern.match(p)]
+
+
 class _RetryingReader(io.RawIOBase):
     """A remote file object whose reads go through `Storage._call`: each read seeks to where it
     started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
@@ -275,7 +309,8 @@ def is_transient(e: BaseException, reached: bool = True) -> bool:
         if _refused(x):
             return reached
         if isinstance(x, _PERMANENT):
-            return False
+            # fsspec's http info() raises FileNotFoundError `from` whatever failed, a 503 included
+            return x.__cause__ is not None and is_transient(x.__cause__, reached)
         if isinstance(x, (ConnectionError, TimeoutError, socket.timeout, asyncio.TimeoutError)):
             return True
         if type(x).__name__ in (
@@ -430,7 +465,8 @@ class Storage:
             return os.path.abspath(os.path.expanduser(uri))
         if s in _READ_ONLY:
             return uri
-        return self.filesystem(uri)._strip_protocol(uri)
+        head, _, rest = uri.partition("://")  # schemes are case-insensitive; fsspec strips them as written
+        return self.filesystem(uri)._strip_protocol(head.lower() + "://" + rest)
 
     def _uri(self, like: str, path: str) -> str:
         """A filesystem path back in the form of `like` (the caller's URI)."""
@@ -612,7 +648,14 @@ class Storage:
         if not is_remote(uri):
             return os.path.isdir(self._path(uri))
         fs, path = self.filesystem(uri), self._path(uri)
-        return bool(self._call("info", uri, lambda: fs.isdir(path)))
+        try:
+            return bool(self._call("info", uri, lambda: fs.isdir(path)))
+        except PermissionError:
+            # a role that may read objects but not list them (no s3:ListBucket): a key that answers
+            # a HEAD is a file; where that fails too, the HEAD's own error says why
+            if self.info(uri)["type"] == "file":
+                return False
+            raise
 
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under `uri` (recursive) whose name ends with `suffix`, skipping hidden (`.`/`_`)
@@ -620,12 +663,19 @@ class Storage:
         fs, path = self.filesystem(uri), self._path(uri)
         if not is_remote(uri) and not os.path.isdir(path):
             return []
-        found = self._call("list", uri, lambda: fs.find(path, detail=False))
+        found = (
+            self._call("list", uri, lambda: fs.find(path, detail=False)) if is_remote(uri) else _walk(path)
+        )
         base = path.rstrip("/")
+        web = scheme(uri) in _READ_ONLY
         out = []
         for p in found:
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
             if not p.endswith(suffix) or any(part.startswith((".", "_")) for part in rel.split("/")):
+                continue
+            if p.endswith("/"):  # an object-store folder marker (a console's "Create folder"), not a file
+                continue
+            if web and "?" in p:  # an index page's link to another view of it (Apache's `?C=N;O=D` sorts)
                 continue
             out.append(self._uri(uri, p))
         return sorted(out)
@@ -635,10 +685,30 @@ class Storage:
         pattern's form. Directories are left out."""
         if scheme(pattern) in _READ_ONLY and not any(c in urlsplit(pattern).path for c in "*?["):
             # in an http(s) URL `?` starts the query (a presigned URL's signature), not a wildcard
-            return [pattern] if self.exists(pattern) else []
+            fs = self.filesystem(pattern)
+            try:
+                self._call("info", pattern, lambda: fs.info(pattern))
+            except FileNotFoundError as e:
+                # fsspec says FileNotFoundError for any status: a 403 (an expired signature) is not "no match"
+                cause = e.__cause__
+                status = getattr(cause, "status", None)
+                if isinstance(cause, Exception) and isinstance(status, int) and status not in (404, 410):
+                    raise OSError(errno.EIO, self._failed("info", pattern, cause)) from None
+                return []
+            return [pattern]
         fs, path = self.filesystem(pattern), self._path(pattern)
+        if not is_remote(pattern) and any(c in path for c in "*?["):
+            return sorted(self._uri(pattern, p) for p in _local_glob(path))
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
-        return sorted(self._uri(pattern, p) for p, i in found.items() if i.get("type") != "directory")
+        # a key ending in `/` is a folder marker (a console's "Create folder"), not a file
+        # an index page's links to other views of it (`?C=N;O=D`) are not files either
+        web = scheme(pattern) in _READ_ONLY
+        files = (
+            p
+            for p, i in found.items()
+            if i.get("type") != "directory" and not p.endswith("/") and not (web and "?" in p)
+        )
+        return sorted(self._uri(pattern, p) for p in files)
 
     # -- writing ------------------------------------------------------------------------------
 

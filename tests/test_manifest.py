@@ -134,6 +134,27 @@ def test_glob_and_directory_of_shards_read_as_one_manifest(tmp_path):
         read(d)
 
 
+def test_a_name_with_glob_characters_that_exists_is_read_as_named(tmp_path):
+    """`Session [1]/` is a folder, not a glob matching `Session 1/`: where the pattern matches
+    nothing and a file or folder of that very name exists, that is what is read. A pattern that
+    matches stays a glob."""
+    d = tmp_path / "Session [1]"
+    d.mkdir()
+    (d / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    (d / "take [2].wav").write_bytes(b"")
+    assert read(d / "m.jsonl")["path"].to_pylist() == [str(d / "a.wav")]
+    [source] = discover(InputConfig(manifest=str(d / "take [2].wav")), Storage())
+    assert source.audio["path"].to_pylist() == [str(d / "take [2].wav")]
+    with pytest.raises(ManifestError, match="mixes manifests"):  # the folder, listed
+        discover(InputConfig(manifest=str(d)), Storage())
+    (tmp_path / "Session 1").mkdir()
+    (tmp_path / "Session 1" / "n.jsonl").write_text('{"id": "b", "path": "b.wav"}\n')
+    assert read(d / "m.jsonl")["id"].to_pylist() == ["a"]  # nothing named `Session 1/m.jsonl`
+    assert read(tmp_path / "Session [1]" / "*.jsonl")["id"].to_pylist() == ["b"]  # a glob that matches
+    with pytest.raises(ManifestError, match="no files match"):
+        discover(InputConfig(manifest=str(tmp_path / "Session [3]")), Storage())
+
+
 def test_folder_of_audio_is_a_manifest_ids_relative_without_extension(tmp_path):
     for rel in ("speaker_a/take0.wav", "speaker_a/take1.mp4", "speaker_b/x.flac"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

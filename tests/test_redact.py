@@ -139,3 +139,35 @@ def test_one_chain_walk():
     loop.__context__ = KeyError("b")
     loop.__context__.__context__ = loop
     assert len(list(causes(loop))) == 2
+
+
+def test_userinfo_with_an_at_sign_in_the_password():
+    """A password holding a raw `@` (clients split the user info at the host's `@`, the last one:
+    urllib, yarl and so aiohttp fetch such a URL): all of it is secret, not only what precedes the first."""
+    from urllib.parse import urlsplit
+
+    url = "https://alice:p@ss@word@host.example:8443/a.wav"
+    assert urlsplit(url).password == "p@ss@word"
+    assert redact.redact(url) == "https://***@host.example:8443/a.wav"
+    assert redact.redact(f"fetch: 403 url='{url}' and s3://bucket/take@2.wav") == (
+        "fetch: 403 url='https://***@host.example:8443/a.wav' and s3://bucket/take@2.wav"
+    )
+
+
+def test_azure_container_before_the_account_is_not_user_info():
+    """`abfs[s]://<container>@<account>.dfs.core.windows.net/<path>` (and wasb[s]) name a container
+    before the `@`, not a user: the path column, default ids and messages keep it. Elsewhere the
+    same shape (`https://<token>@host`) is still masked."""
+    from pipeline.redact import redacted_name
+
+    for url in (
+        "abfss://corpus@myaccount.dfs.core.windows.net/clips/a.wav",
+        "abfs://corpus@myaccount.dfs.core.windows.net/clips/a.wav",
+        "wasbs://corpus@myaccount.blob.core.windows.net/clips/a.wav",
+    ):
+        assert redact.redact(url) == url and redacted_name(url) == url
+        assert redact.redact(f"fetch: no such file: {url}") == f"fetch: no such file: {url}"
+    assert redact.redact("xhttps://ghp_token@github.com/a") == "xhttps://***@github.com/a"
+    assert redact.redact("see https://ghp_token@github.com/a") == "see https://***@github.com/a"
+    sas = "abfss://corpus@myaccount.dfs.core.windows.net/a.wav?sv=2022&sig=S3cr3t"
+    assert redact.redact(sas) == "abfss://corpus@myaccount.dfs.core.windows.net/a.wav?sv=2022&sig=***"

@@ -255,3 +255,51 @@ def test_a_manifest_store_that_stays_down_is_not_bad_input(ray_session, s3_serve
     assert job._manifest_cause(failed.value) is None  # not reported as a bad manifest (exit 2)
     assert job._recoverable(failed.value)  # run() restarts the pipeline on what is left
     assert job._one_line(failed.value).startswith("StorageUnavailable: ")
+
+
+def test_a_store_down_while_finding_the_manifest_is_not_bad_input(s3_server, s3_bucket, tmp_path, capsys):
+    """Storage failing through every retry before the first row is read (`input.manifest` is being
+    looked up: a listing, a HEAD) is a failed run to rerun (exit 1), as in the count pass; not "bad
+    input" (exit 2), which would tell the user to fix a manifest that is fine."""
+    from .test_storage import FaultProxy
+
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="m/manifest.jsonl", Body=b'{"id": "a", "path": "a.wav"}\n')
+    with FaultProxy(s3_server, always=True) as proxy:
+        cfg = tmp_path / "down.yaml"
+        cfg.write_text(
+            f"input:\n  manifest: s3://{bucket}/m/manifest.jsonl\n"
+            f"output:\n  path: {tmp_path / 'out'}\n"
+            f"storage:\n  endpoint_url: {proxy.url}\n  retries: 1\n  retry_backoff_s: 0.01\n"
+            "  retry_backoff_max_s: 0.02\n"
+        )
+        assert extract.main(["--config", str(cfg)]) == 1
+    assert proxy.failed > 0
+    err = capsys.readouterr().err
+    assert "still failing after 2 attempts" in err and f"s3://{bucket}/m/manifest.jsonl" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_the_role_may_not_write_is_refused_naming_it(s3_server, s3_bucket, tmp_path, capsys):
+    """An output bucket the credentials may not use (403 AccessDenied: a role without s3:PutObject,
+    the wrong account's bucket) is an unusable output: exit 2, one line naming output.path, before
+    any work; not exit 1 with a bare 'PermissionError: Access Denied'."""
+    from .test_storage import ACCESS_DENIED, FaultProxy
+
+    _, bucket = s3_bucket
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    for denied in ("everything", "writes"):
+        fail = (
+            (lambda method, path: True) if denied == "everything" else (lambda method, path: method == "PUT")
+        )
+        with FaultProxy(s3_server, fail_if=fail, status=403, body=ACCESS_DENIED) as proxy:
+            cfg = tmp_path / "denied.yaml"
+            cfg.write_text(
+                f"input:\n  manifest: {tmp_path / 'm.jsonl'}\n"
+                f"output:\n  path: s3://{bucket}/out/run1\n"
+                f"storage:\n  endpoint_url: {proxy.url}\n  retries: 1\n  retry_backoff_s: 0.01\n"
+            )
+            assert extract.main(["--config", str(cfg)]) == 2, denied
+        assert proxy.failed > 0
+        err = capsys.readouterr().err
+        assert f"output.path: cannot use s3://{bucket}/out/run1" in err and "PermissionError" in err, err

@@ -637,3 +637,265 @@ def test_a_deadline_stops_retries_before_max_retries(s3_server, s3_bucket):
             Storage(endpoint_url=proxy.url, max_retries=3, retry_backoff_s=0.01).read_bytes(
                 f"s3://{bucket}/x"
             )
+
+
+@pytest.mark.s3
+def test_s3_folder_markers_are_not_files(s3_server, s3_bucket):
+    """A folder made in the S3 console (or by tools that mimic one) is a zero-byte key ending in `/`:
+    it is not a file, so listings and globs leave it out and such a folder of audio reads as one."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    client, bucket = s3_bucket
+    for key in ("clips/", "clips/sub/", "clips/a.wav", "clips/sub/b.wav"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"RIFF")
+    s = Storage(endpoint_url=s3_server)
+    root = f"s3://{bucket}/clips"
+    assert s.list_files(root) == [f"{root}/a.wav", f"{root}/sub/b.wav"]
+    assert s.glob(f"{root}/**") == [f"{root}/a.wav", f"{root}/sub/b.wav"]
+    [source] = discover(InputConfig(manifest=root + "/"), s)
+    assert (source.format, source.audio.column("id").to_pylist()) == ("audio", ["a", "sub/b"])
+
+
+def test_http_503_on_a_lookup_is_retried_not_missing(http_dir):
+    """fsspec's http info() (a HEAD, then a GET) turns any failure into FileNotFoundError: a server
+    answering 503 to both is busy, not missing a file, so the lookup is retried like a read; a 404
+    stays missing, at once."""
+    folder, base = http_dir
+    (folder / "manifest.jsonl").write_bytes(b'{"id": "a", "path": "a.wav"}\n')
+    with FaultProxy(base, fail_first=2, body=b"busy") as proxy:
+        s = fast()
+        assert s.exists(f"{proxy.url}/manifest.jsonl")
+        assert s.info(f"{proxy.url}/manifest.jsonl")["size"] == 29
+    assert proxy.failed == 2 and s.retries == {"info": 1}
+    with FaultProxy(base) as proxy:
+        s = fast()
+        assert not s.exists(f"{proxy.url}/missing.jsonl")
+    assert s.retries == {}
+
+
+@pytest.mark.s3
+def test_s3_manifest_readable_without_list_permission(s3_server, s3_bucket):
+    """A role that may GET objects but not list the bucket (s3:GetObject on a prefix, no
+    s3:ListBucket: S3 answers a listing 403 AccessDenied) reads a manifest named by its key: telling
+    a file from a folder must not need a listing when the key itself answers."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="m/manifest.jsonl", Body=b'{"id": "a", "path": "a.wav"}\n')
+
+    def listing(method: str, path: str) -> bool:
+        return method == "GET" and "list-type=" in path
+
+    with FaultProxy(s3_server, fail_if=listing, status=403, body=ACCESS_DENIED) as proxy:
+        s = fast(proxy.url)
+        uri = f"s3://{bucket}/m/manifest.jsonl"
+        assert not s.is_dir(uri)
+        [source] = discover(InputConfig(manifest=uri), s)
+        assert (source.uri, source.format, source.root) == (uri, "jsonl", f"s3://{bucket}/m")
+        with pytest.raises(PermissionError):  # a folder cannot be told without a listing: still refused
+            s.is_dir(f"s3://{bucket}/m")
+    assert proxy.failed > 0 and s.retries == {}
+
+
+def test_relative_paths_next_to_a_signed_manifest_url_resolve_in_its_folder(http_dir):
+    """A manifest URL whose query holds `/` unencoded (RFC 3986 allows it: a credential scope
+    `AKIA/20250101/us-east-1/s3/aws4_request`, a `?path=/x`): its relative paths resolve in the
+    URL's folder, not inside its query (where the server, ignoring the query, would answer with the
+    manifest itself)."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    folder, base = http_dir
+    (folder / "c").mkdir()
+    (folder / "c" / "m.jsonl").write_bytes(b'{"id": "a", "path": "a.wav"}\n')
+    url = f"{base}/c/m.jsonl?X-Amz-Credential=AKIA/20250101/us-east-1/s3/aws4_request&X-Amz-Signature=0f"
+    [source] = discover(InputConfig(manifest=url), fast())
+    assert (source.uri, source.format) == (url, "jsonl")
+    assert join(source.root, "a.wav") == f"{base}/c/a.wav"
+
+
+def test_local_listing_follows_symlinked_folders(tmp_path):
+    """A corpus folder assembled from symlinks (`ln -s /data/callhome/eng eng`) lists the files
+    under a linked folder, never the link itself as a file; a link back up the tree (a cycle) is
+    listed once and ends."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "a.wav").write_bytes(b"RIFF")
+    (tmp_path / "real" / "b.wav").write_bytes(b"RIFF")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "c.wav").write_bytes(b"RIFF")
+    (corpus / "linked").symlink_to(tmp_path / "real" / "sub", target_is_directory=True)
+    (corpus / "b.wav").symlink_to(tmp_path / "real" / "b.wav")
+    (corpus / "loop").symlink_to(corpus, target_is_directory=True)
+    s = Storage()
+    assert s.list_files(str(corpus)) == [str(corpus / n) for n in ("b.wav", "c.wav", "linked/a.wav")]
+    assert s.list_files(f"file://{corpus}", ".wav")[-1] == f"file://{corpus}/linked/a.wav"
+    [source] = discover(InputConfig(manifest=str(corpus)), s)
+    assert source.audio["id"].to_pylist() == ["b", "c", "linked/a"]
+    # a glob reads the same tree: `**` and a `*` folder cross the link, a depth it does not name is not read
+    assert s.glob(f"{corpus}/**/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav", "linked/a.wav")]
+    assert s.glob(f"{corpus}/*/a.wav") == [str(corpus / "linked" / "a.wav")]
+    assert s.glob(f"{corpus}/*.wav") == [str(corpus / n) for n in ("b.wav", "c.wav")]
+
+
+@pytest.mark.parametrize("status", [507, 520, 522, 524])
+def test_http_5xx_beyond_503_is_retried(http_dir, status):
+    """The docs promise HTTP 5xx retried: a CDN in front of a corpus answers 520-524 (origin
+    unreachable, timed out) for a while; that is the server's trouble, not a missing file."""
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    with FaultProxy(base, fail_first=2, status=status, body=b"origin timed out") as proxy:
+        s = fast()
+        assert s.read_bytes(f"{proxy.url}/a.txt") == b"served"
+        assert s.read_bytes(f"{proxy.url}/a.txt", max_bytes=100) == b"served"
+    assert proxy.failed == 2 and s.retries == {"read": 2}
+
+
+def test_http_501_and_505_are_not_retried(http_dir):
+    folder, base = http_dir
+    (folder / "a.txt").write_bytes(b"served")
+    for status in (501, 505):
+        with FaultProxy(base, always=True, status=status, body=b"no") as proxy:
+            s = fast()
+            with pytest.raises(OSError, match=f"{status}"):
+                s.read_bytes(f"{proxy.url}/a.txt")
+        assert proxy.failed == 1 and s.retries == {}
+
+
+def test_a_signed_manifest_url_refused_by_its_server_says_so(tmp_path):
+    """An expired (or wrongly signed) presigned manifest URL answers 403 to the HEAD and the GET:
+    the run ends naming the URL and the 403, not 'no files match' as if `?` had started a glob."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest import ManifestError
+    from pipeline.manifest.sources import discover
+
+    class Expired(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = b"" if self.command == "HEAD" else b"<Error><Code>AccessDenied</Code></Error>"
+            self.send_response(404 if self.path.startswith("/gone") else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Expired)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        url = f"{base}/m.jsonl?X-Amz-Expires=3600&X-Amz-Signature=0f1e2d"
+        with pytest.raises(ManifestError, match="403") as refused:
+            discover(InputConfig(manifest=url), fast())
+        assert "no files match" not in str(refused.value) and f"{base}/m.jsonl?" in str(refused.value)
+        with pytest.raises(ManifestError, match="no files match"):  # a 404 is still a missing file
+            discover(InputConfig(manifest=f"{base}/gone.jsonl?X-Amz-Signature=0f1e2d"), fast())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class ApacheIndex(BaseHTTPRequestHandler):
+    """A folder served as Apache httpd's autoindex serves it: `/d` redirects to `/d/`, whose page links
+    the column-sort views (`?C=N;O=D`), the parent folder, the files and the subfolders."""
+
+    files = {"/corpus/a.wav": b"RIFF", "/corpus/spk1/b.wav": b"RIFF"}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        names = sorted(
+            {
+                f[len(path) :].split("/")[0] + ("/" if "/" in f[len(path) :] else "")
+                for f in self.files
+                if f.startswith(path)
+            }
+        )
+        if path in self.files:
+            body, kind = self.files[path], "audio/wav"
+        elif path.endswith("/") and names:
+            sort = "".join(f'<th><a href="?C={c};O=A">{c}</a></th>' for c in "NMSD")
+            rows = "".join(f'<tr><td><a href="{n}">{n}</a></td></tr>' for n in names)
+            parent = path.rstrip("/").rsplit("/", 1)[0] + "/"
+            body = f'<html><body><table><tr>{sort}</tr><tr><td><a href="{parent}">Parent Directory</a></td></tr>{rows}</table></body></html>'.encode()
+            kind = "text/html;charset=UTF-8"
+        elif names:
+            self.send_response(301)
+            self.send_header("Location", path + "/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        else:
+            return self.send_error(404)
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+
+def test_an_apache_folder_index_lists_its_files_not_its_sort_links():
+    """Apache's autoindex pages link their column-sort views (`?C=N;O=D`): pages, not files. A folder
+    of audio served so reads as its files (was: refused as mixing manifests `?C=N;O=D` and audio)."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ApacheIndex)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        s = fast()
+        assert s.list_files(f"{base}/corpus/") == [f"{base}/corpus/a.wav", f"{base}/corpus/spk1/b.wav"]
+        assert s.glob(f"{base}/corpus/**") == [f"{base}/corpus/a.wav", f"{base}/corpus/spk1/b.wav"]
+        [source] = discover(InputConfig(manifest=f"{base}/corpus/"), s)
+        assert source.audio.to_pylist() == [
+            {"id": "a", "path": f"{base}/corpus/a.wav"},
+            {"id": "spk1/b", "path": f"{base}/corpus/spk1/b.wav"},
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_folder_of_audio_names_rows_as_the_same_folder_on_disk(http_dir):
+    """A folder served over http(s) lists percent-encoded URLs (`spk%201/b.wav`); a row's id is the
+    file's path relative to the folder (`spk 1/b`), as when the same folder is read from disk, so
+    labels keyed by id match either way. The path stays the URL that is fetched."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    folder, base = http_dir
+    for rel in ("corpus/a.wav", "corpus/spk 1/b.wav", "corpus/ünï.flac", "corpus/h#1.wav", "corpus/50%.wav"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"RIFF")
+    s = fast()
+    [local] = discover(InputConfig(manifest=str(folder / "corpus")), s)
+    [served] = discover(InputConfig(manifest=f"{base}/corpus/"), s)
+    assert sorted(served.audio["id"].to_pylist()) == sorted(local.audio["id"].to_pylist())
+    assert sorted(served.audio["id"].to_pylist()) == ["50%", "a", "h#1", "spk 1/b", "ünï"]
+    assert f"{base}/corpus/spk%201/b.wav" in served.audio["path"].to_pylist()
+    assert all(s.read_bytes(p) == b"RIFF" for p in served.audio["path"].to_pylist())
+
+
+@pytest.mark.s3
+def test_s3_scheme_in_capitals(s3_server, s3_bucket):
+    """URI schemes are case-insensitive (RFC 3986) and `scheme()` says so: `S3://bucket/key` is the
+    object `key` in `bucket` (was: a bucket named `S3:`, refused by botocore's bucket-name check)."""
+    client, bucket = s3_bucket
+    client.put_object(Bucket=bucket, Key="k/a.wav", Body=b"RIFF")
+    s = Storage(endpoint_url=s3_server)
+    assert s.exists(f"S3://{bucket}/k/a.wav") and s.read_bytes(f"S3://{bucket}/k/a.wav") == b"RIFF"
+    assert s.list_files(f"S3://{bucket}/k") == [f"S3://{bucket}/k/a.wav"]
+    assert s.read_bytes(f"S3A://{bucket}/k/a.wav", max_bytes=10) == b"RIFF"

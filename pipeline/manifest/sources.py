@@ -12,6 +12,7 @@ import os
 import posixpath
 import zlib
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -45,8 +46,11 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
     """`input.manifest` -> the sources to read, in a stable order. Raises ManifestError."""
     where = cfg.manifest.rstrip("/") if not cfg.manifest.endswith("://") else cfg.manifest
     try:
-        if any(c in where for c in GLOB_CHARS):
-            files, base = storage.glob(where), _glob_base(where)
+        files = storage.glob(where) if any(c in where for c in GLOB_CHARS) else None
+        if files == [] and storage.exists(where):
+            files = None  # no glob meant: a name that holds `[`, `*` or `?` (a folder `Session [1]`)
+        if files is not None:
+            base = _glob_base(where)
             if not files:
                 raise ManifestError(f"input.manifest: no files match {where}")
         elif storage.is_dir(where):
@@ -61,6 +65,8 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
             raise ManifestError(f"input.manifest: no such file: {where}")
         else:
             files, base = [where], parent(where)
+    except StorageUnavailable:
+        raise  # a store down through every retry is a failed run (rerun), not a bad manifest
     except OSError as e:
         raise ManifestError(f"input.manifest: cannot read {where}: {e}") from None
     return _classify(files, base, cfg, storage)
@@ -119,9 +125,10 @@ def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
     if len(files) == 1 and not _is_under(files[0], base):
         base = parent(files[0])
     # a presigned URL's query (its signature, a credential) is not part of the file's name, nor its id
-    ids = audio_ids(
-        [relative(parent(f) + "/" + file_name(f), base) if "?" in f else relative(f, base) for f in files]
-    )
+    names = [relative(parent(f) + "/" + file_name(f), base) if "?" in f else relative(f, base) for f in files]
+    # an http(s) listing's URLs are percent-encoded (`spk%201/b.wav`): the id is the file's own path
+    web = base.lower().startswith(("http://", "https://"))
+    ids = audio_ids([unquote(n) if web else n for n in names])
     table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
     return Source(base, "audio", "audio", cfg.audio_root or base, table)
 
@@ -155,6 +162,9 @@ def _name(uri: str) -> str:
 
 def parent(uri: str) -> str:
     if "://" in uri:
+        if uri.lower().startswith(("http://", "https://")):
+            # an http(s) URL's query may hold `/` unencoded (a signature's credential scope): not a folder
+            uri = uri.split("#", 1)[0].split("?", 1)[0]
         return uri.rsplit("/", 1)[0]
     return os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
 
