@@ -277,6 +277,12 @@ def read_yaml_mapping(path: str | Path, what: str = "sections (input, model, out
         loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except OSError as e:  # unreadable (permissions, I/O): a bad config as the user sees it, not a crash
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if loaded is not None and not isinstance(loaded, dict):

@@ -53,3 +53,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "input: [unclosed\n"))
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+def test_an_unreadable_config_file_is_a_config_error_and_exit_2(tmp_path, kind, capsys):
+    """docs/architecture.md: a bad config exits 2 with one `error:` line naming the file. A config path
+    that is a folder, or a file that is not UTF-8 text (saved as Latin-1), was an IsADirectoryError /
+    UnicodeDecodeError that e2v-extract reported as a failure under Ray (exit 1)."""
+    from pipeline.cli.extract import main
+
+    if kind == "directory":
+        path = tmp_path / "configs"
+        path.mkdir()
+    else:
+        path = tmp_path / "job.yaml"
+        path.write_bytes("input:\n  manifest: caf\u00e9.jsonl\noutput:\n  path: out\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path)
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0], err
