@@ -142,6 +142,11 @@ class AudioConfig(_Section):
     )
     vad: VadConfig = VadConfig()
 
+    @field_validator("vad", mode="before")
+    @classmethod
+    def _not_none(cls, v: Any) -> Any:
+        return {} if v is None else v  # `vad:` with its keys commented out: the defaults
+
 
 class OutputConfig(_Section):
     path: str
@@ -208,7 +213,8 @@ class JobConfig(_Section):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
-    @field_validator("input", "output", mode="before")
+    # a section header whose keys are all commented out is YAML null: an empty section
+    @field_validator("input", "model", "audio", "output", "storage", "ray", mode="before")
     @classmethod
     def _not_none(cls, v: Any) -> Any:
         return {} if v is None else v

@@ -73,3 +73,20 @@ def test_an_unreadable_config_file_is_a_config_error_and_exit_2(tmp_path, kind, 
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0], err
+
+
+def test_a_section_whose_keys_are_all_commented_out_takes_the_defaults(tmp_path):
+    """A section header with every key under it commented out is YAML null. `input:` and `output:`
+    took that as an empty section (then naming their missing keys), and `--set` fills a null section,
+    but the other sections were refused ("storage: Input should be a valid dictionary")."""
+    text = (
+        MIN
+        + "model:\n  # source: emotion2vec_plus_large\n"
+        + "audio:\n  vad:\n    # threshold: 0.6\n"
+        + "storage:\n  # endpoint_url: http://127.0.0.1:9000\n"
+        + "ray:\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model.source == "emotion2vec_plus_base" and cfg.audio.vad.threshold == 0.5
+    assert cfg.storage.endpoint_url is None and cfg.ray.max_restarts == 3
+    assert load_config(write(tmp_path, MIN + "audio:\n")).audio.max_chunk_s == 30.0
