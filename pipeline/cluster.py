@@ -42,7 +42,13 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         check_reachable(address)
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError) as e:  # `auto` finding no cluster, an address Ray refuses
+            why = " ".join(str(e).split())  # Ray's message spans lines; the job's error is one
+            raise ClusterError(
+                f"cannot join the Ray cluster at {address} (ray.address, or RAY_ADDRESS): {why}"
+            ) from None
         return True, False
     # "local": always a fresh embedded Ray, never some other cluster found on this machine. Without
     # Ray's dashboard: the job prints its own progress and reads what it watches (ActorWatch,
@@ -109,6 +115,13 @@ def died(e: BaseException | None) -> bool:
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """Ray retries an unreachable GCS for minutes with only its own log lines; a TCP connect says
     within seconds whether anything listens at host:port."""
+    if address.lower().startswith(("http://", "https://")):
+        # the dashboard's URL, which `ray job submit --address` takes; Ray's own error names RAY_ADDRESS
+        raise ClusterError(
+            f"ray.address {address!r} (or RAY_ADDRESS) is an HTTP address (the dashboard's, for `ray job "
+            f"submit`); the job joins a cluster at its GCS address, host:6379 (ray://host:10001 for Ray "
+            f"Client), or leave it unset under `ray job submit`"
+        )
     target = address.split("://", 1)[-1]
     if address == "auto" or ":" not in target:
         return

@@ -193,6 +193,23 @@ def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_d
     assert not (tmp_path / "out").exists()  # nothing left behind
 
 
+def test_a_dashboard_url_as_ray_address_is_a_config_error_naming_the_key(tiny_model_dir, tmp_path):
+    """`ray job submit --address http://HEAD:8265` (README) takes the dashboard's URL; the same URL as
+    ray.address passed the reachability check (the dashboard listens) and Ray's ValueError about
+    RAY_ADDRESS ended the job as a failure under Ray (exit 1), not as a bad config (exit 2)."""
+    import socket
+
+    with socket.socket() as dashboard:  # something listens there, as a head node's dashboard does
+        dashboard.bind(("127.0.0.1", 0))
+        dashboard.listen()
+        url = f"http://127.0.0.1:{dashboard.getsockname()[1]}"
+        r = _run_job(tmp_path, tiny_model_dir, f"ray:\n  address: {url}\n")
+    err = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and "ray.address" in err[0] and url in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing left behind
+
+
 def _run_job(tmp_path, model_dir, extra: str):
     import subprocess
     import sys
