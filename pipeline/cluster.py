@@ -262,7 +262,10 @@ def plan_placement(
         )
     if gpus > 0 and m.device in ("auto", "cuda"):
         share_of_gpu = gpu_share(cfg, nodes)
-        n = m.num_actors or max(1, int(gpus / share_of_gpu))
+        # Ray places a fractional share within one GPU (and counts shares to 1e-4): the pieces of
+        # several GPUs left over do not add up to room for another actor
+        per_gpu = 10_000 // max(1, round(share_of_gpu * 10_000))
+        n = m.num_actors or max(1, math.floor(gpus + 1e-6) * per_gpu)
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor

@@ -18,6 +18,27 @@ def test_gpu_cluster_gets_one_actor_per_gpu_or_more_with_fractions():
     assert (p.min_actors, p.num_gpus) == (8, 0.5)
 
 
+@pytest.mark.parametrize(
+    "share,gpus,actors",
+    [
+        # Ray packs a fractional share within one GPU: a GPU holds one 0.6 actor, two 0.4, three 0.3
+        (0.6, 2.0, 2),
+        (0.4, 2.0, 4),
+        (0.3, 3.0, 9),
+        (0.75, 4.0, 4),
+        (0.5, 3.0, 6),
+        (1.0, 3.0, 3),
+    ],
+)
+def test_a_gpu_share_pool_has_as_many_actors_as_the_gpus_hold(share, gpus, actors):
+    """The default pool size with model.gpus_per_actor set was GPUs / share (0.6 on 2 GPUs: 3, 0.3 on
+    3 GPUs: 10), counting the left-over pieces of several GPUs as room for one more actor that Ray
+    never places: it stayed pending (on an autoscaling cluster, asking for a GPU node it does not
+    need) and _run.json's pool size was wrong."""
+    p = plan_placement(cfg(gpus_per_actor=share), {"CPU": 64.0, "GPU": gpus})
+    assert (p.min_actors, p.num_gpus) == (actors, share)
+
+
 def test_gpu_pool_asks_for_num_actors_gpus_and_keeps_asking():
     # fewer GPUs than actors (an autoscaler is adding them): every actor is asked for at the start,
     # and the pool's minimum keeps Ray Data from dropping the ones that wait for a GPU
