@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,24 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
     if ray.is_initialized():
         return False, False
     quiet_ray_logs()
+    with _keeps_sigterm_handler():
+        return _init(ray, cfg)
+
+
+@contextmanager
+def _keeps_sigterm_handler() -> Iterator[None]:
+    """ray.init installs its own SIGTERM handlers (Python's sys.exit(15), the core worker's stack dump
+    and abort): a driver that handles SIGTERM itself (interrupt.on_interrupt: release the lease, exit
+    143 with one line) gets its handler back. A default handler is left to Ray."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray: Any, cfg: JobConfig) -> tuple[bool, bool]:
     address = cluster_address(cfg)
     # Ray's own INFO lines (local instance started, data executor plans) are not the job's news
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}

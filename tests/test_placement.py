@@ -1,6 +1,8 @@
 """Device and pool decisions from a cluster's resource map (no cluster, no GPU needed; the model on a
 GPU is tests/test_gpu.py)."""
 
+import signal
+
 import pytest
 
 from pipeline.cluster import ClusterError, GpuNode, actors_per_gpu, plan_placement
@@ -258,6 +260,45 @@ def test_cuda_on_a_cluster_that_gets_no_gpu_waits_then_ends_in_one_line(tiny_mod
     last = r.stderr.strip().splitlines()[-1]
     assert "no GPU became free on the Ray cluster within ray.gpu_wait_s 3 s" in last, last
     assert "missing resource: GPU 1 per model actor" in last, last
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_the_job_waits_for_a_gpu_stops_it_in_one_line(tiny_model_dir, tmp_path, sig, code):
+    """README: SIGTERM / SIGINT (Kubernetes eviction, `ray job stop`, Ctrl-C) release the lease and exit
+    143 / 130 with one line. Before the first row (the GPU wait of up to ray.gpu_wait_s, the manifest
+    count) SIGTERM met the handler ray.init installs (sys.exit(15): exit 15, no line) and SIGINT a
+    KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {tmp_path / 'm.jsonl'}\noutput:\n  path: {out}\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cuda\n"
+        "ray:\n  num_cpus: 1\n  gpu_wait_s: 120\n  progress_interval_s: 1\n"
+    )
+    extract = Path(__file__).resolve().parent.parent / "jobs" / "extract.py"
+    log = tmp_path / "job.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(extract), "--config", str(cfg)], stderr=f, text=True)
+    try:
+        deadline = time.time() + 120
+        while "waiting for a GPU node" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = [x for x in log.read_text().splitlines() if x.strip() and not x.startswith("[emotion2vec]")]
+    assert rc == code, log.read_text()[-3000:]
+    assert len(err) == 1 and err[0].startswith(f"error: interrupted by {signal.Signals(sig).name}"), err
+    assert not (out / "_lease.json").exists()  # released on the way out
 
 
 WATCH = """

@@ -15,7 +15,7 @@ import sys
 
 from .. import redact
 from ..config import ConfigError, load_config
-from ..interrupt import Interrupted
+from ..interrupt import Interrupted, on_interrupt
 from ..run import JobError, RunFailed, run
 from . import log_level
 
@@ -36,7 +36,10 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        result = run(cfg)
+        # a signal before the first row (the manifest count, the wait for a GPU) stops the job as one
+        # during the run does: lease released, one line, 143 / 130
+        with on_interrupt():
+            result = run(cfg)
     except (ConfigError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
