@@ -27,6 +27,11 @@ REACH_TIMEOUT_S = 10.0
 WORKER_IDLE_MS = 60_000
 
 
+# CPUs of one decode task (run.build_dataset). The model actors hold theirs for the whole run: a
+# decode task must still fit beside them, or no row is ever decoded
+DECODE_CPUS = 0.5
+
+
 class ClusterError(RuntimeError):
     """Ray cannot be used as configured (unreachable cluster, GPUs it does not have)."""
 
@@ -300,9 +305,12 @@ def plan_placement(
     # cores the light stages leave idle.
     n = m.num_actors or max(1, int((cpus - 1) / m.cpus_per_actor))
     threads = m.torch_threads or max(1, int(cpus // n))
+    # an actor asking for every CPU (the defaults on one CPU, cpus_per_actor >= the CPUs) would leave
+    # no decode task room to start: it gets what one decode task leaves
+    cpus_each = min(m.cpus_per_actor, max(cpus - DECODE_CPUS, DECODE_CPUS))
     # start with one actor and let Ray Data grow the pool within the CPUs the other stages leave (a
     # pool started whole can hold every CPU the decode tasks need, and the job then waits forever)
-    return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)
+    return Placement("cpu", 1, n, cpus_each, 0.0, threads)
 
 
 def place_model(

@@ -30,6 +30,7 @@ import pyarrow as pa
 from . import __version__, redact
 from .audio import RESAMPLERS
 from .cluster import (
+    DECODE_CPUS,
     ActorLost,
     ActorWatch,
     ClusterError,
@@ -737,7 +738,7 @@ def build_dataset(
                 "poison_scope": poison_scope,
                 "resampler": cfg.audio.resampler,
             },
-            num_cpus=0.5,
+            num_cpus=DECODE_CPUS,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
             if cfg.audio.decode_tasks
             else None,

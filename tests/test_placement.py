@@ -62,6 +62,48 @@ def test_cpu_cluster_leaves_room_for_decode_and_write():
     assert plan_placement(cfg(device="cpu"), {"CPU": 8.0, "GPU": 1.0}).device == "cpu"
 
 
+@pytest.mark.parametrize(
+    "cpus,model",
+    [(1.0, {}), (2.0, {"cpus_per_actor": 2}), (2.0, {"cpus_per_actor": 4}), (3.0, {"cpus_per_actor": 2.9})],
+)
+def test_a_cpu_model_actor_leaves_a_decode_task_room_to_run(cpus, model):
+    """A decode task asks for DECODE_CPUS; the model actor holds its CPUs for the whole run. An actor
+    asking for every CPU there is (the defaults on one CPU, or cpus_per_actor >= the CPUs) left no
+    decode task able to start: the job waited forever."""
+    from pipeline.cluster import DECODE_CPUS
+
+    p = plan_placement(cfg(**model), {"CPU": cpus})
+    assert p.device == "cpu" and 0 < p.num_cpus and p.num_cpus + DECODE_CPUS <= cpus
+
+
+def test_a_job_on_one_cpu_finishes(tiny_model_dir, tmp_path):
+    """`ray.num_cpus: 1` (or a one-vCPU machine): the model actor took the only CPU and the job hung
+    without a row (on 2 CPUs the same 3 rows take ~10 s)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {root / 'samples/demo/manifest.jsonl'}\n  limit: 3\n"
+        f"model:\n  source: {tiny_model_dir}\noutput:\n  path: {out}\nray:\n  num_cpus: 1\n"
+    )
+    try:
+        r = subprocess.run(
+            [sys.executable, str(root / "jobs/extract.py"), "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the job on one CPU did not finish: {(e.stderr or b'')[-2000:]!r}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "_run.json").read_text())["rows"]["ok"] == 3
+
+
 def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
     with pytest.raises(ClusterError, match="no GPUs"):
         plan_placement(cfg(device="cuda"), {"CPU": 8.0})
