@@ -1,7 +1,8 @@
 """The job config: YAML -> typed, validated `JobConfig` (unknown keys are errors).
 
 `load_config(path, overrides)` reads a YAML file, applies `--set key.path=value` overrides (values
-parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`) and validates. Every
+parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`; text that is not YAML,
+such as a glob `*.jsonl`, as that text) and validates. Every
 problem is reported as `ConfigError` naming the key path, e.g. `input.manifest: field required`.
 """
 
@@ -250,8 +251,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = nxt
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML: {e}") from e
+    except yaml.YAMLError:
+        # text that is not YAML is meant as text: a glob `*.jsonl` (an alias to YAML), a template
+        # `{id}.wav` (a broken flow mapping); validation still names the key if the type is wrong
+        node[parts[-1]] = raw.strip()
 
 
 def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:

@@ -90,3 +90,16 @@ def test_a_section_whose_keys_are_all_commented_out_takes_the_defaults(tmp_path)
     assert cfg.model.source == "emotion2vec_plus_base" and cfg.audio.vad.threshold == 0.5
     assert cfg.storage.endpoint_url is None and cfg.ray.max_restarts == 3
     assert load_config(write(tmp_path, MIN + "audio:\n")).audio.max_chunk_s == 30.0
+
+
+def test_set_takes_a_glob_or_template_that_is_not_yaml_as_text(tmp_path):
+    """`--set input.manifest='*.jsonl'` (a glob of shards, README) and `--set input.path_template=
+    '{id}.wav'` reach the program without the shell's quotes; as YAML they are an alias and a broken
+    flow mapping, and --set refused them ("value is not valid YAML: found undefined alias")."""
+    cfg = load_config(
+        write(tmp_path, MIN),
+        ["input.manifest=*.jsonl", "input.path_template={id}.wav", "output.path=**/out"],
+    )
+    assert (cfg.input.manifest, cfg.input.path_template, cfg.output.path) == ("*.jsonl", "{id}.wav", "**/out")
+    # values that are YAML still are (README: `--set output.frames=true`)
+    assert load_config(write(tmp_path, MIN), ["output.frames=true"]).output.frames is True
