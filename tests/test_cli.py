@@ -112,3 +112,21 @@ def test_train_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_pa
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_visualize_and_train_with_an_output_that_is_a_file_exit_2_in_one_line(tmp_path, capsys):
+    """e2v-visualize and e2v-train: exit 2 on bad input, one `error:` line (their docstrings). An
+    --output naming an existing file was a FileExistsError / NotADirectoryError traceback (exit 1)."""
+    from pipeline.cli import train_downstream, visualize
+
+    from .downstream_synth import write_synthetic
+
+    features = write_synthetic(tmp_path / "features", n=48, files=1)
+    taken = tmp_path / "report.txt"
+    taken.write_text("not a folder\n")
+    argv = ["--features", str(features), "--output", str(taken)]
+    assert visualize.main(argv) == 2
+    train = ["--label-column", "emotion", "--fold-column", "session", "--epochs", "1", "--input", "utterance"]
+    assert train_downstream.main(argv + train) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert len(err) == 2 and all(str(taken) in x for x in err), err

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, overrides)
         result = train(cfg, log_fn=lambda s: print(s, file=sys.stderr))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, OSError) as e:  # OSError: features or output unreadable / not a folder
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(os.path.join(cfg.output, "metrics.json"))
