@@ -384,7 +384,12 @@ class _Job:
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
     """One writer per output: a second run on the same output.path is refused, naming the first."""
-    storage.makedirs(cfg.output.path)
+    try:
+        storage.makedirs(cfg.output.path)
+    except StorageUnavailable:
+        raise  # the store is down for now: not a bad output (exit 1, rerun)
+    except OSError as e:  # a file there or above it, a read-only URL, no permission: a bad output
+        raise JobError(f"output.path {redact.redact(cfg.output.path)}: cannot write there: {e}") from None
     try:
         return acquire(
             storage, cfg.output.path, ttl_s=cfg.output.lease_ttl_s, holder={"manifest": cfg.input.manifest}

@@ -130,3 +130,24 @@ def test_visualize_and_train_with_an_output_that_is_a_file_exit_2_in_one_line(tm
     assert train_downstream.main(argv + train) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
     assert len(err) == 2 and all(str(taken) in x for x in err), err
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "an http URL"])
+def test_extract_with_an_output_path_it_cannot_write_exits_2_naming_the_key(where, tmp_path, capsys):
+    """docs/architecture.md: exit 2 for an unusable output, one line naming the key. An output.path
+    that is a file, lies under one, or is an http(s) URL (read-only) was FileExistsError /
+    NotADirectoryError / ReadOnlyError reported as a failure under Ray (exit 1), not naming the key."""
+    from pipeline.cli.extract import main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file\n")
+    out = {"a file": str(taken), "under a file": str(taken / "out"), "an http URL": "https://127.0.0.1:9/out"}
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {ROOT / 'samples/demo/manifest.jsonl'}\n  limit: 2\n"
+        f"model:\n  source: {tmp_path / 'no-model'}\noutput:\n  path: {out[where]}\n"
+    )
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output.path") and out[where] in err[0], err
+    assert taken.read_text() == "a file\n"
