@@ -144,8 +144,8 @@ def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         # the dashboard's URL, which `ray job submit --address` takes; Ray's own error names RAY_ADDRESS
         raise ClusterError(
             f"ray.address {address!r} (or RAY_ADDRESS) is an HTTP address (the dashboard's, for `ray job "
-            f"submit`); the job joins a cluster at its GCS address, host:6379 (ray://host:10001 for Ray "
-            f"Client), or leave it unset under `ray job submit`"
+            f"submit`); the job joins a cluster at its GCS address, host:6379, or leave it unset under "
+            f"`ray job submit`"
         )
     target = address.split("://", 1)[-1]
     if address == "auto" or ":" not in target:
