@@ -217,6 +217,26 @@ GPU_MEMORY_GB = {
 }
 
 
+# `model.dtype: auto` on a GPU is bfloat16 where the GPU computes it natively (compute capability 8.0
+# and later), else float16 (predictor.gpu_auto_dtype). By Ray's accelerator type; a name not listed
+# here (or one that covers both kinds, RTX-6000) leaves the answer to the driver.
+NO_BF16_GPUS = {"T4", "V100", "V100S", "P100", "P4", "P40", "K80", "M60", "TITAN-V"}
+BF16_GPUS = {
+    "A10", "A10G", "A30", "A40", "A100", "A100-40G", "A100-80G", "RTX-A6000", "L4", "L40", "L40S",
+    "H100", "H800", "H20", "H200", "GH200", "B200", "B300", "GB200", "GB300", "RTX-PRO-6000",
+}  # fmt: skip
+
+
+def auto_gpu_dtype(gpu_types: list[str | None]) -> str | None:
+    """The dtype `model.dtype: auto` runs in on GPU nodes of these accelerator types (float16 when
+    none has bfloat16, bfloat16 when all have it), or None when the names do not tell."""
+    if gpu_types and all(t in NO_BF16_GPUS for t in gpu_types):
+        return "float16"
+    if gpu_types and all(t in BF16_GPUS for t in gpu_types):
+        return "bfloat16"
+    return None
+
+
 @dataclass(frozen=True)
 class GpuNode:
     """What the pool size needs to know of one GPU node (from Ray's node table)."""

@@ -35,9 +35,11 @@ from .cluster import (
     ActorWatch,
     ClusterError,
     Placement,
+    auto_gpu_dtype,
     cluster_address,
     cpu_task_options,
     dead_by_accident,
+    gpu_nodes,
     init_ray,
     lost_nodes,
     model_actor_options,
@@ -293,7 +295,8 @@ class _Job:
         plan = _count(cfg, storage, sources, early)
         say = lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)  # noqa: E731
         placement, elastic = place_model(cfg, say, local=started_local)
-        fingerprint = _fingerprint(cfg, model, placement, plan)
+        gpu_types = [n.accelerator for n in gpu_nodes()] if placement.device == "cuda" else []
+        fingerprint = _fingerprint(cfg, model, placement, plan, gpu_types)
         out = _open_output(cfg, storage, fingerprint, lease)
         sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
         out.align(sizes)
@@ -542,11 +545,16 @@ def _undictionary(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
+def _fingerprint(
+    cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan, gpu_types: list[str | None] = ()
+) -> dict[str, Any]:
     """Everything that changes the numbers in the output: a resumed run must match it."""
     from .predictor import resolve_dtype  # torch: imported by now (the model check)
 
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
+    if cfg.model.dtype == "auto" and placement.device == "cuda":
+        # the actors decide on their GPUs; the driver (a head node without one) would say bfloat16
+        dtype = auto_gpu_dtype(list(gpu_types)) or dtype
     return {
         **model.fingerprint,
         "frame_rate": model.frame_rate,

@@ -394,3 +394,33 @@ def test_the_actor_watch_sees_a_model_actor_die_and_ignores_those_let_go(tmp_pat
     assert got["failures"] == 0, got
     assert got["quiet"] is None, got
     assert got["lost"] and f"pid {got['pid']}" in got["lost"] and "WORKER_DIED" in got["lost"], got
+
+
+@pytest.mark.parametrize(
+    "nvml_names,dtype",
+    [
+        (["Tesla T4"], "float16"),
+        (["Tesla V100-SXM2-16GB", "Tesla T4"], "float16"),
+        (["NVIDIA A100-SXM4-80GB"], "bfloat16"),
+        (["NVIDIA L4", "NVIDIA H100 80GB HBM3"], "bfloat16"),
+    ],
+)
+def test_the_fingerprint_dtype_of_a_gpu_pool_follows_its_gpus_not_the_driver(nvml_names, dtype):
+    """`model.dtype: auto` runs float16 on GPUs without bfloat16 (T4, V100) and bfloat16 on the others,
+    as each actor decides on its GPU. The output's fingerprint took the driver's view: on a driver
+    without a GPU (a KubeRay head, this test) always bfloat16, so an output made on T4s said bfloat16
+    and a resume on A100s added bfloat16 rows to its float16 ones without a word."""
+    from types import SimpleNamespace
+
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+    from pipeline.cluster import Placement
+    from pipeline.run import _fingerprint
+
+    types = [NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(n) for n in nvml_names]
+    model = SimpleNamespace(fingerprint={}, frame_rate=50.0, sample_rate=16000)
+    plan = SimpleNamespace(passthrough=[])
+    placement = Placement("cuda", 1, None, 1.0, 1.0, 1)
+    assert _fingerprint(cfg(), model, placement, plan, gpu_types=types)["dtype"] == dtype
+    # a dtype the user sets is that dtype on any GPU
+    assert _fingerprint(cfg(dtype="float32"), model, placement, plan, gpu_types=types)["dtype"] == "float32"
