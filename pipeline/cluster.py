@@ -56,6 +56,11 @@ def _keeps_sigterm_handler() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGTERM)
     try:
         yield
+    except SystemExit as e:
+        # a SIGTERM while ray.init ran met Ray's sys.exit(15): the caller's handler says what it means
+        if callable(previous) and e.code == signal.SIGTERM:
+            previous(signal.SIGTERM, None)
+        raise
     finally:
         if callable(previous) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
