@@ -283,7 +283,11 @@ def read_yaml_mapping(path: str | Path, what: str = "sections (input, model, out
     """A YAML file whose top level is a mapping (empty file -> {}); problems raise `ConfigError`."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+        if twice:
+            raise ConfigError(f"{p}: {twice}")
+        loaded = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except IsADirectoryError:
@@ -297,6 +301,33 @@ def read_yaml_mapping(path: str | Path, what: str = "sections (input, model, out
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping of {what}")
     return dict(loaded or {})
+
+
+def _key_given_twice(node: Any, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None) -> str | None:
+    """The first key a mapping of the YAML gives twice, as `section.key: given twice (lines a and b)`:
+    YAML keeps the last one, and the keys of a section given twice would be dropped without a word."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return None
+    seen_nodes.add(id(node))
+    children: list[tuple[str, Any]] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if name in lines:
+                    where = f"lines {lines[name] + 1} and {key.start_mark.line + 1}"
+                    return f"{'.'.join((*path, name))}: given twice ({where})"
+                lines[name] = key.start_mark.line
+            children.append((name, value))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(str(i), item) for i, item in enumerate(node.value)]
+    for name, child in children:
+        found = _key_given_twice(child, (*path, name), seen_nodes)
+        if found:
+            return found
+    return None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:

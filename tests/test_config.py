@@ -103,3 +103,17 @@ def test_set_takes_a_glob_or_template_that_is_not_yaml_as_text(tmp_path):
     assert (cfg.input.manifest, cfg.input.path_template, cfg.output.path) == ("*.jsonl", "{id}.wav", "**/out")
     # values that are YAML still are (README: `--set output.frames=true`)
     assert load_config(write(tmp_path, MIN), ["output.frames=true"]).output.frames is True
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        # a section given twice (a block pasted at the end): YAML kept the last, the first one's keys
+        # were dropped without a word (here model.source: the job would run the default model)
+        (MIN + "model:\n  source: emotion2vec_plus_large\nmodel:\n  device: cpu\n", "model"),
+        (MIN + "  frames: true\n  frames: false\n", "output.frames"),
+    ],
+)
+def test_a_key_given_twice_is_a_config_error_naming_it(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=rf"{key}: given twice \(lines \d+ and \d+\)"):
+        load_config(write(tmp_path, text))
