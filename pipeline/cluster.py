@@ -157,7 +157,8 @@ def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         return
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        # an IPv6 host comes in brackets ([::1]:6379, as Ray takes it); the socket wants it bare
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return
     except ValueError:
         raise ClusterError(f"ray.address {address!r} is not host:port") from None

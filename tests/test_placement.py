@@ -424,3 +424,24 @@ def test_the_fingerprint_dtype_of_a_gpu_pool_follows_its_gpus_not_the_driver(nvm
     assert _fingerprint(cfg(), model, placement, plan, gpu_types=types)["dtype"] == dtype
     # a dtype the user sets is that dtype on any GPU
     assert _fingerprint(cfg(dtype="float32"), model, placement, plan, gpu_types=types)["dtype"] == "float32"
+
+
+def test_an_ipv6_ray_address_is_checked_at_its_host():
+    """Ray takes `[host]:port` for IPv6 GCS addresses; the reachability check connected to the host
+    "[::1]" with its brackets, which never resolves: a listening cluster was "cannot reach" (exit 2)."""
+    import socket
+
+    from pipeline.cluster import check_reachable
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.socket(socket.AF_INET6) as gcs:
+        try:
+            gcs.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        gcs.listen()
+        port = gcs.getsockname()[1]
+        check_reachable(f"[::1]:{port}", timeout_s=5)
+    with pytest.raises(ClusterError, match="cannot reach"):  # nothing listens there any more
+        check_reachable(f"[::1]:{port}", timeout_s=5)
