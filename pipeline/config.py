@@ -2,8 +2,8 @@
 
 `load_config(path, overrides)` reads a YAML file, applies `--set key.path=value` overrides (values
 parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`; text that is not YAML,
-such as a glob `*.jsonl`, as that text) and validates. Every
-problem is reported as `ConfigError` naming the key path, e.g. `input.manifest: field required`.
+such as a glob `*.jsonl`, as that text) and validates. Every problem is reported as `ConfigError`
+naming the key path, e.g. `input.manifest: field required`.
 """
 
 from __future__ import annotations
