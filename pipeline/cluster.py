@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,11 @@ REACH_TIMEOUT_S = 10.0
 WORKER_IDLE_MS = 60_000
 
 
+# CPUs of one decode task (run.build_dataset). The model actors hold theirs for the whole run: a
+# decode task must still fit beside them, or no row is ever decoded
+DECODE_CPUS = 0.5
+
+
 class ClusterError(RuntimeError):
     """Ray cannot be used as configured (unreachable cluster, GPUs it does not have)."""
 
@@ -37,12 +44,41 @@ def init_ray(cfg: JobConfig) -> tuple[bool, bool]:
     if ray.is_initialized():
         return False, False
     quiet_ray_logs()
+    with _keeps_sigterm_handler():
+        return _init(ray, cfg)
+
+
+@contextmanager
+def _keeps_sigterm_handler() -> Iterator[None]:
+    """ray.init installs its own SIGTERM handlers (Python's sys.exit(15), the core worker's stack dump
+    and abort): a driver that handles SIGTERM itself (interrupt.on_interrupt: release the lease, exit
+    143 with one line) gets its handler back. A default handler is left to Ray."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as e:
+        # a SIGTERM while ray.init ran met Ray's sys.exit(15): the caller's handler says what it means
+        if callable(previous) and e.code == signal.SIGTERM:
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray: Any, cfg: JobConfig) -> tuple[bool, bool]:
     address = cluster_address(cfg)
     # Ray's own INFO lines (local instance started, data executor plans) are not the job's news
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         check_reachable(address)
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError) as e:  # `auto` finding no cluster, an address Ray refuses
+            why = " ".join(str(e).split())  # Ray's message spans lines; the job's error is one
+            raise ClusterError(
+                f"cannot join the Ray cluster at {address} (ray.address, or RAY_ADDRESS): {why}"
+            ) from None
         return True, False
     # "local": always a fresh embedded Ray, never some other cluster found on this machine. Without
     # Ray's dashboard: the job prints its own progress and reads what it watches (ActorWatch,
@@ -109,12 +145,20 @@ def died(e: BaseException | None) -> bool:
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """Ray retries an unreachable GCS for minutes with only its own log lines; a TCP connect says
     within seconds whether anything listens at host:port."""
+    if address.lower().startswith(("http://", "https://")):
+        # the dashboard's URL, which `ray job submit --address` takes; Ray's own error names RAY_ADDRESS
+        raise ClusterError(
+            f"ray.address {address!r} (or RAY_ADDRESS) is an HTTP address (the dashboard's, for `ray job "
+            f"submit`); the job joins a cluster at its GCS address, host:6379, or leave it unset under "
+            f"`ray job submit`"
+        )
     target = address.split("://", 1)[-1]
     if address == "auto" or ":" not in target:
         return
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        # an IPv6 host comes in brackets ([::1]:6379, as Ray takes it); the socket wants it bare
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return
     except ValueError:
         raise ClusterError(f"ray.address {address!r} is not host:port") from None
@@ -177,6 +221,26 @@ GPU_MEMORY_GB = {
     "H200": 141,
     "B200": 180,
 }
+
+
+# `model.dtype: auto` on a GPU is bfloat16 where the GPU computes it natively (compute capability 8.0
+# and later), else float16 (predictor.gpu_auto_dtype). By Ray's accelerator type; a name not listed
+# here (or one that covers both kinds, RTX-6000) leaves the answer to the driver.
+NO_BF16_GPUS = {"T4", "V100", "V100S", "P100", "P4", "P40", "K80", "M60", "TITAN-V"}
+BF16_GPUS = {
+    "A10", "A10G", "A30", "A40", "A100", "A100-40G", "A100-80G", "RTX-A6000", "L4", "L40", "L40S",
+    "H100", "H800", "H20", "H200", "GH200", "B200", "B300", "GB200", "GB300", "RTX-PRO-6000",
+}  # fmt: skip
+
+
+def auto_gpu_dtype(gpu_types: list[str | None]) -> str | None:
+    """The dtype `model.dtype: auto` runs in on GPU nodes of these accelerator types (float16 when
+    none has bfloat16, bfloat16 when all have it), or None when the names do not tell."""
+    if gpu_types and all(t in NO_BF16_GPUS for t in gpu_types):
+        return "float16"
+    if gpu_types and all(t in BF16_GPUS for t in gpu_types):
+        return "bfloat16"
+    return None
 
 
 @dataclass(frozen=True)
@@ -249,7 +313,10 @@ def plan_placement(
         )
     if gpus > 0 and m.device in ("auto", "cuda"):
         share_of_gpu = gpu_share(cfg, nodes)
-        n = m.num_actors or max(1, int(gpus / share_of_gpu))
+        # Ray places a fractional share within one GPU (and counts shares to 1e-4): the pieces of
+        # several GPUs left over do not add up to room for another actor
+        per_gpu = 10_000 // max(1, round(share_of_gpu * 10_000))
+        n = m.num_actors or max(1, math.floor(gpus + 1e-6) * per_gpu)
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
@@ -264,9 +331,12 @@ def plan_placement(
     # cores the light stages leave idle.
     n = m.num_actors or max(1, int((cpus - 1) / m.cpus_per_actor))
     threads = m.torch_threads or max(1, int(cpus // n))
+    # an actor asking for every CPU (the defaults on one CPU, cpus_per_actor >= the CPUs) would leave
+    # no decode task room to start: it gets what one decode task leaves
+    cpus_each = min(m.cpus_per_actor, max(cpus - DECODE_CPUS, DECODE_CPUS))
     # start with one actor and let Ray Data grow the pool within the CPUs the other stages leave (a
     # pool started whole can hold every CPU the decode tasks need, and the job then waits forever)
-    return Placement("cpu", 1, n, m.cpus_per_actor, 0.0, threads)
+    return Placement("cpu", 1, n, cpus_each, 0.0, threads)
 
 
 def place_model(

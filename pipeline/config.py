@@ -1,8 +1,9 @@
 """The job config: YAML -> typed, validated `JobConfig` (unknown keys are errors).
 
 `load_config(path, overrides)` reads a YAML file, applies `--set key.path=value` overrides (values
-parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`) and validates. Every
-problem is reported as `ConfigError` naming the key path, e.g. `input.manifest: field required`.
+parsed as YAML: `--set output.frames=true`, `--set model.batch_seconds=30`; text that is not YAML,
+such as a glob `*.jsonl`, as that text) and validates. Every problem is reported as `ConfigError`
+naming the key path, e.g. `input.manifest: field required`.
 """
 
 from __future__ import annotations
@@ -142,6 +143,11 @@ class AudioConfig(_Section):
     )
     vad: VadConfig = VadConfig()
 
+    @field_validator("vad", mode="before")
+    @classmethod
+    def _not_none(cls, v: Any) -> Any:
+        return {} if v is None else v  # `vad:` with its keys commented out: the defaults
+
 
 class OutputConfig(_Section):
     path: str
@@ -208,7 +214,8 @@ class JobConfig(_Section):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
-    @field_validator("input", "output", mode="before")
+    # a section header whose keys are all commented out is YAML null: an empty section
+    @field_validator("input", "model", "audio", "output", "storage", "ray", mode="before")
     @classmethod
     def _not_none(cls, v: Any) -> Any:
         return {} if v is None else v
@@ -244,8 +251,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = nxt
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML: {e}") from e
+    except yaml.YAMLError:
+        # text that is not YAML is meant as text: a glob `*.jsonl` (an alias to YAML), a template
+        # `{id}.wav` (a broken flow mapping); validation still names the key if the type is wrong
+        node[parts[-1]] = raw.strip()
 
 
 def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
@@ -274,14 +283,51 @@ def read_yaml_mapping(path: str | Path, what: str = "sections (input, model, out
     """A YAML file whose top level is a mapping (empty file -> {}); problems raise `ConfigError`."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+        if twice:
+            raise ConfigError(f"{p}: {twice}")
+        loaded = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except OSError as e:  # unreadable (permissions, I/O): a bad config as the user sees it, not a crash
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping of {what}")
     return dict(loaded or {})
+
+
+def _key_given_twice(node: Any, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None) -> str | None:
+    """The first key a mapping of the YAML gives twice, as `section.key: given twice (lines a and b)`:
+    YAML keeps the last one, and the keys of a section given twice would be dropped without a word."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return None
+    seen_nodes.add(id(node))
+    children: list[tuple[str, Any]] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if name in lines:
+                    where = f"lines {lines[name] + 1} and {key.start_mark.line + 1}"
+                    return f"{'.'.join((*path, name))}: given twice ({where})"
+                lines[name] = key.start_mark.line
+            children.append((name, value))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(str(i), item) for i, item in enumerate(node.value)]
+    for name, child in children:
+        found = _key_given_twice(child, (*path, name), seen_nodes)
+        if found:
+            return found
+    return None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:

@@ -5,8 +5,9 @@
         with stop.shield():        # ... except inside a shield: there it waits for the exit
             commit()
 
-Exit codes follow the shell's 128 + signal number: 130 for SIGINT, 143 for SIGTERM. Enter it after
-`ray.init()`, which installs its own SIGTERM handler (restored when the block ends).
+Exit codes follow the shell's 128 + signal number: 130 for SIGINT, 143 for SIGTERM. `ray.init()`
+installs its own SIGTERM handler: enter the block after it, or call `cluster.init_ray` inside it,
+which puts the block's handler back (Ray's is restored when the block ends).
 """
 
 from __future__ import annotations

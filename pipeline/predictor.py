@@ -57,7 +57,7 @@ SIMULATED = "(simulated gpu)"
 
 
 def simulate_gpu() -> bool:
-    return os.environ.get(SIMULATE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get(SIMULATE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def resolve_device(device: str) -> str:

@@ -30,13 +30,16 @@ import pyarrow as pa
 from . import __version__, redact
 from .audio import RESAMPLERS
 from .cluster import (
+    DECODE_CPUS,
     ActorLost,
     ActorWatch,
     ClusterError,
     Placement,
+    auto_gpu_dtype,
     cluster_address,
     cpu_task_options,
     dead_by_accident,
+    gpu_nodes,
     init_ray,
     lost_nodes,
     model_actor_options,
@@ -299,7 +302,8 @@ class _Job:
         plan = _count(cfg, storage, sources, early)
         say = lambda line: print(f"[emotion2vec] {line}", file=stream, flush=True)  # noqa: E731
         placement, elastic = place_model(cfg, say, local=started_local)
-        fingerprint = _fingerprint(cfg, model, placement, plan)
+        gpu_types = [n.accelerator for n in gpu_nodes()] if placement.device == "cuda" else []
+        fingerprint = _fingerprint(cfg, model, placement, plan, gpu_types)
         out = _open_output(cfg, storage, fingerprint, lease)
         sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
         out.align(sizes)
@@ -390,7 +394,12 @@ class _Job:
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
     """One writer per output: a second run on the same output.path is refused, naming the first."""
-    storage.makedirs(cfg.output.path)
+    try:
+        storage.makedirs(cfg.output.path)
+    except StorageUnavailable:
+        raise  # the store is down for now: not a bad output (exit 1, rerun)
+    except OSError as e:  # a file there or above it, a read-only URL, no permission: a bad output
+        raise JobError(f"output.path {redact.redact(cfg.output.path)}: cannot write there: {e}") from None
     try:
         return acquire(
             storage, cfg.output.path, ttl_s=cfg.output.lease_ttl_s, holder={"manifest": cfg.input.manifest}
@@ -543,11 +552,16 @@ def _undictionary(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-def _fingerprint(cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan) -> dict[str, Any]:
+def _fingerprint(
+    cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan, gpu_types: list[str | None] = ()
+) -> dict[str, Any]:
     """Everything that changes the numbers in the output: a resumed run must match it."""
     from .predictor import resolve_dtype  # torch: imported by now (the model check)
 
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
+    if cfg.model.dtype == "auto" and placement.device == "cuda":
+        # the actors decide on their GPUs; the driver (a head node without one) would say bfloat16
+        dtype = auto_gpu_dtype(list(gpu_types)) or dtype
     return {
         **model.fingerprint,
         "frame_rate": model.frame_rate,
@@ -744,7 +758,7 @@ def build_dataset(
                 "poison_scope": poison_scope,
                 "resampler": cfg.audio.resampler,
             },
-            num_cpus=0.5,
+            num_cpus=DECODE_CPUS,
             compute=ray.data.TaskPoolStrategy(size=cfg.audio.decode_tasks)
             if cfg.audio.decode_tasks
             else None,

@@ -88,3 +88,66 @@ def test_extract_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_
     )
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_train_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_path):
+    """e2v-train: exit 2 for a bad config or argument (its docstring, README). An unknown --log-level
+    (or E2V_LOG_LEVEL) was the logging module's ValueError traceback, exit 1."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["--features", str(tmp_path / "none"), "--label-column", "emotion", "--fold-column", "session"]
+    argv += ["--output", str(tmp_path / "probe")]
+    if how == "flag":
+        argv += ["--log-level", "loud"]
+    else:
+        env["E2V_LOG_LEVEL"] = "loud"
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.train_downstream", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_visualize_and_train_with_an_output_that_is_a_file_exit_2_in_one_line(tmp_path, capsys):
+    """e2v-visualize and e2v-train: exit 2 on bad input, one `error:` line (their docstrings). An
+    --output naming an existing file was a FileExistsError / NotADirectoryError traceback (exit 1)."""
+    from pipeline.cli import train_downstream, visualize
+
+    from .downstream_synth import write_synthetic
+
+    features = write_synthetic(tmp_path / "features", n=48, files=1)
+    taken = tmp_path / "report.txt"
+    taken.write_text("not a folder\n")
+    argv = ["--features", str(features), "--output", str(taken)]
+    assert visualize.main(argv) == 2
+    train = ["--label-column", "emotion", "--fold-column", "session", "--epochs", "1", "--input", "utterance"]
+    assert train_downstream.main(argv + train) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert len(err) == 2 and all(str(taken) in x for x in err), err
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "an http URL"])
+def test_extract_with_an_output_path_it_cannot_write_exits_2_naming_the_key(where, tmp_path, capsys):
+    """docs/architecture.md: exit 2 for an unusable output, one line naming the key. An output.path
+    that is a file, lies under one, or is an http(s) URL (read-only) was FileExistsError /
+    NotADirectoryError / ReadOnlyError reported as a failure under Ray (exit 1), not naming the key."""
+    from pipeline.cli.extract import main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file\n")
+    out = {"a file": str(taken), "under a file": str(taken / "out"), "an http URL": "https://127.0.0.1:9/out"}
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {ROOT / 'samples/demo/manifest.jsonl'}\n  limit: 2\n"
+        f"model:\n  source: {tmp_path / 'no-model'}\noutput:\n  path: {out[where]}\n"
+    )
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output.path") and out[where] in err[0], err
+    assert taken.read_text() == "a file\n"

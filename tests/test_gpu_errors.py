@@ -432,3 +432,16 @@ def test_gpu_an_actor_on_half_a_gpu_caps_its_allocator_at_half(tiny_model_dir, m
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize(
+    "value,on", [("1", True), ("true", True), ("yes", True), ("0", False), ("false", False), ("off", False)]
+)
+def test_simulate_gpu_reads_the_usual_words_for_off(monkeypatch, value, on):
+    """EMOTION2VEC_SIMULATE_GPU=off (like 0, false, no) leaves the GPU path as it is; "off" turned the
+    simulation on, so an actor whose PyTorch cannot use its GPU ran on the CPU instead of ending the
+    job with its one line."""
+    from pipeline.predictor import SIMULATE_GPU_ENV, simulate_gpu
+
+    monkeypatch.setenv(SIMULATE_GPU_ENV, value)
+    assert simulate_gpu() is on

@@ -74,3 +74,41 @@ def test_shield_defers_the_signal_to_its_end_and_handlers_are_restored():
     assert steps == ["after kill"]
     assert (e.value.signal_name, e.value.exit_code) == ("SIGTERM", 143)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+SIGTERM_IN_RAY_INIT = """
+import os, signal, sys, threading, time
+from pipeline.cluster import init_ray
+from pipeline.config import parse_config
+from pipeline.interrupt import Interrupted, on_interrupt
+
+cfg = parse_config({"input": {"manifest": "m"}, "output": {"path": "o"}, "ray": {"num_cpus": 1}})
+with on_interrupt() as stop:
+    ours = signal.getsignal(signal.SIGTERM)
+
+    def kill_once_ray_handles_it():  # the signal arrives while ray.init runs, under Ray's handler
+        while signal.getsignal(signal.SIGTERM) is ours:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_once_ray_handles_it, daemon=True).start()
+    try:
+        init_ray(cfg)
+        time.sleep(5)
+        print("not interrupted", flush=True)
+    except Interrupted as e:
+        print("interrupted", e.exit_code, signal.getsignal(signal.SIGTERM) is ours, flush=True)
+    finally:
+        import ray
+        ray.shutdown()
+"""
+
+
+def test_sigterm_while_ray_starts_is_the_callers_interrupt(tmp_path):
+    """ray.init installs a SIGTERM handler of its own (sys.exit(15)) when it starts: a SIGTERM while it
+    runs ended e2v-extract with exit 15 and no line, not as an interrupt (143, lease released)."""
+    script = tmp_path / "sigterm_in_init.py"
+    script.write_text(SIGTERM_IN_RAY_INIT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "RAY_AUTH_MODE": "token"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.stdout.strip().splitlines()[-1:] == ["interrupted 143 True"], (r.returncode, r.stderr[-3000:])

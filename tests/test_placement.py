@@ -1,6 +1,8 @@
 """Device and pool decisions from a cluster's resource map (no cluster, no GPU needed; the model on a
 GPU is tests/test_gpu.py)."""
 
+import signal
+
 import pytest
 
 from pipeline.cluster import ClusterError, GpuNode, actors_per_gpu, plan_placement
@@ -16,6 +18,27 @@ def test_gpu_cluster_gets_one_actor_per_gpu_or_more_with_fractions():
     assert (p.device, p.min_actors, p.num_gpus) == ("cuda", 4, 1.0)
     p = plan_placement(cfg(gpus_per_actor=0.5), {"CPU": 32.0, "GPU": 4.0})
     assert (p.min_actors, p.num_gpus) == (8, 0.5)
+
+
+@pytest.mark.parametrize(
+    "share,gpus,actors",
+    [
+        # Ray packs a fractional share within one GPU: a GPU holds one 0.6 actor, two 0.4, three 0.3
+        (0.6, 2.0, 2),
+        (0.4, 2.0, 4),
+        (0.3, 3.0, 9),
+        (0.75, 4.0, 4),
+        (0.5, 3.0, 6),
+        (1.0, 3.0, 3),
+    ],
+)
+def test_a_gpu_share_pool_has_as_many_actors_as_the_gpus_hold(share, gpus, actors):
+    """The default pool size with model.gpus_per_actor set was GPUs / share (0.6 on 2 GPUs: 3, 0.3 on
+    3 GPUs: 10), counting the left-over pieces of several GPUs as room for one more actor that Ray
+    never places: it stayed pending (on an autoscaling cluster, asking for a GPU node it does not
+    need) and _run.json's pool size was wrong."""
+    p = plan_placement(cfg(gpus_per_actor=share), {"CPU": 64.0, "GPU": gpus})
+    assert (p.min_actors, p.num_gpus) == (actors, share)
 
 
 def test_gpu_pool_asks_for_num_actors_gpus_and_keeps_asking():
@@ -37,6 +60,48 @@ def test_cpu_cluster_leaves_room_for_decode_and_write():
     p = plan_placement(cfg(cpus_per_actor=4), {"CPU": 16.0})
     assert (p.max_actors, p.torch_threads) == (3, 5)
     assert plan_placement(cfg(device="cpu"), {"CPU": 8.0, "GPU": 1.0}).device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "cpus,model",
+    [(1.0, {}), (2.0, {"cpus_per_actor": 2}), (2.0, {"cpus_per_actor": 4}), (3.0, {"cpus_per_actor": 2.9})],
+)
+def test_a_cpu_model_actor_leaves_a_decode_task_room_to_run(cpus, model):
+    """A decode task asks for DECODE_CPUS; the model actor holds its CPUs for the whole run. An actor
+    asking for every CPU there is (the defaults on one CPU, or cpus_per_actor >= the CPUs) left no
+    decode task able to start: the job waited forever."""
+    from pipeline.cluster import DECODE_CPUS
+
+    p = plan_placement(cfg(**model), {"CPU": cpus})
+    assert p.device == "cpu" and 0 < p.num_cpus and p.num_cpus + DECODE_CPUS <= cpus
+
+
+def test_a_job_on_one_cpu_finishes(tiny_model_dir, tmp_path):
+    """`ray.num_cpus: 1` (or a one-vCPU machine): the model actor took the only CPU and the job hung
+    without a row (on 2 CPUs the same 3 rows take ~10 s)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {root / 'samples/demo/manifest.jsonl'}\n  limit: 3\n"
+        f"model:\n  source: {tiny_model_dir}\noutput:\n  path: {out}\nray:\n  num_cpus: 1\n"
+    )
+    try:
+        r = subprocess.run(
+            [sys.executable, str(root / "jobs/extract.py"), "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the job on one CPU did not finish: {(e.stderr or b'')[-2000:]!r}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "_run.json").read_text())["rows"]["ok"] == 3
 
 
 def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
@@ -193,6 +258,23 @@ def test_an_unreachable_ray_address_ends_in_one_line_within_seconds(tiny_model_d
     assert not (tmp_path / "out").exists()  # nothing left behind
 
 
+def test_a_dashboard_url_as_ray_address_is_a_config_error_naming_the_key(tiny_model_dir, tmp_path):
+    """`ray job submit --address http://HEAD:8265` (README) takes the dashboard's URL; the same URL as
+    ray.address passed the reachability check (the dashboard listens) and Ray's ValueError about
+    RAY_ADDRESS ended the job as a failure under Ray (exit 1), not as a bad config (exit 2)."""
+    import socket
+
+    with socket.socket() as dashboard:  # something listens there, as a head node's dashboard does
+        dashboard.bind(("127.0.0.1", 0))
+        dashboard.listen()
+        url = f"http://127.0.0.1:{dashboard.getsockname()[1]}"
+        r = _run_job(tmp_path, tiny_model_dir, f"ray:\n  address: {url}\n")
+    err = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and "ray.address" in err[0] and url in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing left behind
+
+
 def _run_job(tmp_path, model_dir, extra: str):
     import subprocess
     import sys
@@ -220,6 +302,45 @@ def test_cuda_on_a_cluster_that_gets_no_gpu_waits_then_ends_in_one_line(tiny_mod
     last = r.stderr.strip().splitlines()[-1]
     assert "no GPU became free on the Ray cluster within ray.gpu_wait_s 3 s" in last, last
     assert "missing resource: GPU 1 per model actor" in last, last
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_the_job_waits_for_a_gpu_stops_it_in_one_line(tiny_model_dir, tmp_path, sig, code):
+    """README: SIGTERM / SIGINT (Kubernetes eviction, `ray job stop`, Ctrl-C) release the lease and exit
+    143 / 130 with one line. Before the first row (the GPU wait of up to ray.gpu_wait_s, the manifest
+    count) SIGTERM met the handler ray.init installs (sys.exit(15): exit 15, no line) and SIGINT a
+    KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "a.wav"}\n')
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input:\n  manifest: {tmp_path / 'm.jsonl'}\noutput:\n  path: {out}\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cuda\n"
+        "ray:\n  num_cpus: 1\n  gpu_wait_s: 120\n  progress_interval_s: 1\n"
+    )
+    extract = Path(__file__).resolve().parent.parent / "jobs" / "extract.py"
+    log = tmp_path / "job.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(extract), "--config", str(cfg)], stderr=f, text=True)
+    try:
+        deadline = time.time() + 120
+        while "waiting for a GPU node" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = [x for x in log.read_text().splitlines() if x.strip() and not x.startswith("[emotion2vec]")]
+    assert rc == code, log.read_text()[-3000:]
+    assert len(err) == 1 and err[0].startswith(f"error: interrupted by {signal.Signals(sig).name}"), err
+    assert not (out / "_lease.json").exists()  # released on the way out
 
 
 WATCH = """
@@ -273,3 +394,54 @@ def test_the_actor_watch_sees_a_model_actor_die_and_ignores_those_let_go(tmp_pat
     assert got["failures"] == 0, got
     assert got["quiet"] is None, got
     assert got["lost"] and f"pid {got['pid']}" in got["lost"] and "WORKER_DIED" in got["lost"], got
+
+
+@pytest.mark.parametrize(
+    "nvml_names,dtype",
+    [
+        (["Tesla T4"], "float16"),
+        (["Tesla V100-SXM2-16GB", "Tesla T4"], "float16"),
+        (["NVIDIA A100-SXM4-80GB"], "bfloat16"),
+        (["NVIDIA L4", "NVIDIA H100 80GB HBM3"], "bfloat16"),
+    ],
+)
+def test_the_fingerprint_dtype_of_a_gpu_pool_follows_its_gpus_not_the_driver(nvml_names, dtype):
+    """`model.dtype: auto` runs float16 on GPUs without bfloat16 (T4, V100) and bfloat16 on the others,
+    as each actor decides on its GPU. The output's fingerprint took the driver's view: on a driver
+    without a GPU (a KubeRay head, this test) always bfloat16, so an output made on T4s said bfloat16
+    and a resume on A100s added bfloat16 rows to its float16 ones without a word."""
+    from types import SimpleNamespace
+
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+    from pipeline.cluster import Placement
+    from pipeline.run import _fingerprint
+
+    types = [NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(n) for n in nvml_names]
+    model = SimpleNamespace(fingerprint={}, frame_rate=50.0, sample_rate=16000)
+    plan = SimpleNamespace(passthrough=[])
+    placement = Placement("cuda", 1, None, 1.0, 1.0, 1)
+    assert _fingerprint(cfg(), model, placement, plan, gpu_types=types)["dtype"] == dtype
+    # a dtype the user sets is that dtype on any GPU
+    assert _fingerprint(cfg(dtype="float32"), model, placement, plan, gpu_types=types)["dtype"] == "float32"
+
+
+def test_an_ipv6_ray_address_is_checked_at_its_host():
+    """Ray takes `[host]:port` for IPv6 GCS addresses; the reachability check connected to the host
+    "[::1]" with its brackets, which never resolves: a listening cluster was "cannot reach" (exit 2)."""
+    import socket
+
+    from pipeline.cluster import check_reachable
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.socket(socket.AF_INET6) as gcs:
+        try:
+            gcs.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        gcs.listen()
+        port = gcs.getsockname()[1]
+        check_reachable(f"[::1]:{port}", timeout_s=5)
+    with pytest.raises(ClusterError, match="cannot reach"):  # nothing listens there any more
+        check_reachable(f"[::1]:{port}", timeout_s=5)

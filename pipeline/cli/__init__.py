@@ -5,3 +5,15 @@ Installed as console scripts (pyproject.toml `[project.scripts]`: `e2v-extract`,
 and wrapped by `jobs/<name>.py` for `ray job submit --working-dir .`, which puts the uploaded folder on
 the job's PYTHONPATH but installs nothing.
 """
+
+import argparse
+import logging
+
+
+def log_level(name: str) -> str:
+    """A logging level name (any case; also from E2V_LOG_LEVEL): an unknown one is an argument error
+    (exit 2, one line), not the logging module's traceback."""
+    level = name.strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise argparse.ArgumentTypeError(f"unknown level {name!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    return level

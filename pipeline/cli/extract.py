@@ -15,8 +15,9 @@ import sys
 
 from .. import redact
 from ..config import ConfigError, load_config
-from ..interrupt import Interrupted
+from ..interrupt import Interrupted, on_interrupt
 from ..run import JobError, RunFailed, run
+from . import log_level
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
 
@@ -30,12 +31,15 @@ def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="job YAML (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--log-level", type=_log_level, default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-level", type=log_level, default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        result = run(cfg)
+        # a signal before the first row (the manifest count, the wait for a GPU) stops the job as one
+        # during the run does: lease released, one line, 143 / 130
+        with on_interrupt():
+            result = run(cfg)
     except (ConfigError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -61,15 +65,6 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {result.message}", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
     return EXIT_OK
-
-
-def _log_level(name: str) -> str:
-    """A logging level name (any case; also from E2V_LOG_LEVEL): an unknown one is an argument error
-    (exit 2, one line), not the logging module's traceback."""
-    level = name.strip().upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise argparse.ArgumentTypeError(f"unknown level {name!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
-    return level
 
 
 if __name__ == "__main__":

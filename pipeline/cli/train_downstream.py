@@ -20,6 +20,7 @@ import sys
 
 from ..config import ConfigError
 from ..downstream.train import load_train_config, train
+from . import log_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch-batches", type=int, help="stream: batches built ahead of the model")
     p.add_argument("--read-ahead", type=int, help="stream: row groups read in parallel")
     p.add_argument("--checkpoint-every", type=int, help="stream: steps between checkpoints (0: none)")
-    p.add_argument("--log-level", default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-level", type=log_level, default=os.environ.get("E2V_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
     try:
         cfg = load_train_config(args.config, overrides)
         result = train(cfg, log_fn=lambda s: print(s, file=sys.stderr))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, OSError) as e:  # OSError: features or output unreadable / not a folder
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(os.path.join(cfg.output, "metrics.json"))

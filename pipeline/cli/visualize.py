@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_points=args.max_points,
                 seed=args.seed,
             )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: features or output unreadable / not a folder
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in paths:
