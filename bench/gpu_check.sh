@@ -4,6 +4,8 @@
 #   there: bash bench/gpu_check.sh                   # from this checkout, .gpu-bundle/ beside it
 #          (device tool: command "bash bench/gpu_check.sh", carry [".gpu-bundle"])
 #   dry run on a CPU box, same code paths, tiny sizes: GPU_CHECK_DRY=1 bash bench/gpu_check.sh  (or --cpu)
+#          (python3 must have torch and msgpack, as the GPU node's has: else PY=<such a python>, e.g. the
+#          venv's; with GPU_BUNDLE_PY=<its version> given to gpu_bundle.sh)
 # Activates the bundle (bench/gpu_activate.sh: Ray, soundfile, soxr, pydantic unpacked into /tmp, this
 # checkout first on PYTHONPATH, so the working tree as it is gets measured), then, each part under a
 # `timeout` cut from what is left of GPU_CHECK_LIMIT_S (default 470 s; see budget() below):
