@@ -68,24 +68,23 @@ def test_no_script_edits_sys_path():
     assert offenders == []
 
 
+def _with_a_bad_log_level(module: str, argv: list[str], how: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <argv>` with the log level `loud`, as a flag or in E2V_LOG_LEVEL."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if how == "flag":
+        argv = [*argv, "--log-level", "loud"]
+    else:
+        env["E2V_LOG_LEVEL"] = "loud"
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_extract_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_path):
     """README: exit 2 for a bad config or argument, and every failure ends in one `error:` line (it
     was the logging module's traceback, exit 1)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = ["--config", str(tmp_path / "missing.yaml")]
-    if how == "flag":
-        argv += ["--log-level", "loud"]
-    else:
-        env["E2V_LOG_LEVEL"] = "loud"
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.extract", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _with_a_bad_log_level("pipeline.cli.extract", ["--config", str(tmp_path / "missing.yaml")], how)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]
 
@@ -94,21 +93,9 @@ def test_extract_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_
 def test_train_with_an_unknown_log_level_exits_2_with_one_error_line(how, tmp_path):
     """e2v-train: exit 2 for a bad config or argument (its docstring, README). An unknown --log-level
     (or E2V_LOG_LEVEL) was the logging module's ValueError traceback, exit 1."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = ["--features", str(tmp_path / "none"), "--label-column", "emotion", "--fold-column", "session"]
     argv += ["--output", str(tmp_path / "probe")]
-    if how == "flag":
-        argv += ["--log-level", "loud"]
-    else:
-        env["E2V_LOG_LEVEL"] = "loud"
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.train_downstream", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _with_a_bad_log_level("pipeline.cli.train_downstream", argv, how)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "error:" in last and "log-level" in last, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
