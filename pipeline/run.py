@@ -227,8 +227,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         lease = _take_lease(cfg, storage)  # before anything slow: a second run is refused at once
     except StorageUnavailable as e:
         raise RunFailed(f"the output could not be reached: {_one_line(e, StorageUnavailable)}") from None
-    except OSError as e:  # an output these credentials may not use (403), a folder we may not create
-        raise JobError(f"output.path: cannot use {cfg.output.path}: {type(e).__name__}: {e}") from None
+    except OSError as e:  # no permission (a 403), a file there or above it, a read-only URL: a bad output
+        where = redact.redact(cfg.output.path)
+        raise JobError(f"output.path: cannot use {where}: {type(e).__name__}: {e}") from None
     poison_scope = scope(lease.run_id)  # rows that killed a worker, remembered for this run only
     one = len(sources) == 1 and sources[0].audio is None  # (a folder of audio was counted as listed)
     early = _count_early(sources[0], cfg, storage) if one else None
@@ -394,12 +395,7 @@ class _Job:
 
 def _take_lease(cfg: JobConfig, storage: Storage) -> Lease:
     """One writer per output: a second run on the same output.path is refused, naming the first."""
-    try:
-        storage.makedirs(cfg.output.path)
-    except StorageUnavailable:
-        raise  # the store is down for now: not a bad output (exit 1, rerun)
-    except OSError as e:  # a file there or above it, a read-only URL, no permission: a bad output
-        raise JobError(f"output.path {redact.redact(cfg.output.path)}: cannot write there: {e}") from None
+    storage.makedirs(cfg.output.path)  # what fails here is told apart by the caller (run)
     try:
         return acquire(
             storage, cfg.output.path, ttl_s=cfg.output.lease_ttl_s, holder={"manifest": cfg.input.manifest}
