@@ -252,6 +252,13 @@ def _local_glob(path: str) -> list[str]:
     return [p for p in _walk(root, depth) if pattern.match(p)]
 
 
+def _not_a_file(listed: str, web: bool) -> bool:
+    """A listing entry that names no file: an object-store folder marker (a key ending in `/`, a
+    console's "Create folder"), or on an http(s) index page a link to another view of the page
+    (Apache's `?C=N;O=D` sorts)."""
+    return listed.endswith("/") or (web and "?" in listed)
+
+
 class _RetryingReader(io.RawIOBase):
     """A remote file object whose reads go through `Storage._call`: each read seeks to where it
     started and is retried whole, so a dropped connection or a 503 in the middle of a Parquet footer
@@ -673,9 +680,7 @@ class Storage:
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
             if not p.endswith(suffix) or any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
-            if p.endswith("/"):  # an object-store folder marker (a console's "Create folder"), not a file
-                continue
-            if web and "?" in p:  # an index page's link to another view of it (Apache's `?C=N;O=D` sorts)
+            if _not_a_file(p, web):
                 continue
             out.append(self._uri(uri, p))
         return sorted(out)
@@ -700,14 +705,8 @@ class Storage:
         if not is_remote(pattern) and any(c in path for c in "*?["):
             return sorted(self._uri(pattern, p) for p in _local_glob(path))
         found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
-        # a key ending in `/` is a folder marker (a console's "Create folder"), not a file
-        # an index page's links to other views of it (`?C=N;O=D`) are not files either
         web = scheme(pattern) in _READ_ONLY
-        files = (
-            p
-            for p, i in found.items()
-            if i.get("type") != "directory" and not p.endswith("/") and not (web and "?" in p)
-        )
+        files = (p for p, i in found.items() if i.get("type") != "directory" and not _not_a_file(p, web))
         return sorted(self._uri(pattern, p) for p in files)
 
     # -- writing ------------------------------------------------------------------------------
