@@ -14,7 +14,7 @@ The boundary has four doors, each calling `redact` / `redact_data`:
   may be such a URL: the id is built through `redact_names` before any stage sees it, so the `id`
   column, the commit markers' error ids and every message quoting an id are clean.
 
-What is redacted: the value of every query parameter whose name looks secret (so `sig`, `se`, `sv`
+What is redacted: the value of every query (or fragment) parameter whose name looks secret (so `sig`, `se`, `sv`
 of a SAS token keep their names and only `sig` loses its value), also inside text and
 percent-encoded once (a URL quoted in another URL's query), and the user info of any URL (not the
 container that Azure's `abfs[s]://<container>@<account>...` URIs name there).
@@ -36,11 +36,13 @@ import pyarrow.compute as pc
 
 MASK = "***"
 
-# a query parameter whose value is a secret: signatures, credentials, tokens, keys, passwords
-_SECRET_NAME = r"[\w.-]*(?:sig|token|key|secret|passw|pwd|credential|auth)[\w.-]*"
-# name=value after `?`, `&` or `;`, also percent-encoded (`%3F`, `%26`, `%3D`)
+# a query parameter whose value is a secret: signatures, credentials, tokens, keys, passwords (also
+# `pass` alone or as a name's last word: `pass=`, `db_pass=`, not `compass=`)
+_SECRET_NAME = r"(?:[\w.-]*(?:sig|token|key|secret|passw|pwd|credential|auth)[\w.-]*|(?:[\w.-]*[_.-])?pass)"
+# name=value after `?`, `&` or `;`, or after `#` (OAuth's implicit flow returns `#access_token=...` in
+# the fragment), also percent-encoded (`%3F`, `%26`, `%3D`)
 _SECRET_PARAM = re.compile(
-    rf"(?P<head>(?:[?&;]|%3[Ff]|%26)(?i:{_SECRET_NAME})(?:=|%3[Dd]))(?P<value>(?:(?!%26)[^&\s'\"<>#;,)\]}}\\])+)"
+    rf"(?P<head>(?:[?&;#]|%3[Ff]|%26)(?i:{_SECRET_NAME})(?:=|%3[Dd]))(?P<value>(?:(?!%26)[^&\s'\"<>#;,)\]}}\\])+)"
 )
 # user info: what sits between `scheme://` and the last `@` before the first `/` (a password may hold
 # a raw `@`: clients split at the last one). Not in Azure's abfs[s]:// and wasb[s]:// URIs, where it is

@@ -171,3 +171,18 @@ def test_azure_container_before_the_account_is_not_user_info():
     assert redact.redact("see https://ghp_token@github.com/a") == "see https://***@github.com/a"
     sas = "abfss://corpus@myaccount.dfs.core.windows.net/a.wav?sv=2022&sig=S3cr3t"
     assert redact.redact(sas) == "abfss://corpus@myaccount.dfs.core.windows.net/a.wav?sv=2022&sig=***"
+
+
+def test_a_bare_pass_parameter_and_a_token_in_the_fragment():
+    """`pass=` (as some media servers and proxies take a password) and a token in the fragment (OAuth's
+    implicit flow returns `#access_token=...`) are secrets too; names that merely contain `pass`
+    (`compass=`) and other fragments are not."""
+    assert redact.redact("https://media.example/a.wav?user=bob&pass=hunter2") == (
+        "https://media.example/a.wav?user=bob&pass=***"
+    )
+    assert redact.redact("https://h/a.wav?db_pass=hunter2&x=1") == "https://h/a.wav?db_pass=***&x=1"
+    assert redact.redact("https://h/a.wav#access_token=ya29.leak&expires_in=3600") == (
+        "https://h/a.wav#access_token=***&expires_in=3600"
+    )
+    for plain in ("https://h/a.wav?compass=north", "https://h/a.wav#t=1.5", "https://h/a.wav?passage=3"):
+        assert redact.redact(plain) == plain
