@@ -95,8 +95,11 @@ def _init(ray: Any, cfg: JobConfig) -> tuple[bool, bool]:
 
 
 def cluster_address(cfg: JobConfig) -> str | None:
-    """The cluster this job joins (`ray.address`, else RAY_ADDRESS), or None for an embedded Ray."""
-    return cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    """The cluster this job joins (`ray.address`, else RAY_ADDRESS), or None for an embedded Ray.
+    `local` (Ray's own word for "start a new local instance") is the embedded Ray, with its CPUs,
+    settings and `started_local`, also where RAY_ADDRESS names a cluster."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    return None if address is None or address.strip().lower() in ("", "local") else address
 
 
 def quiet_ray_logs() -> None:

@@ -445,3 +445,23 @@ def test_an_ipv6_ray_address_is_checked_at_its_host():
         check_reachable(f"[::1]:{port}", timeout_s=5)
     with pytest.raises(ClusterError, match="cannot reach"):  # nothing listens there any more
         check_reachable(f"[::1]:{port}", timeout_s=5)
+
+
+def test_ray_address_local_is_the_embedded_ray_also_under_ray_address(monkeypatch):
+    """`ray.address: local` (Ray's word for a new local instance) went to ray.init as a cluster to join:
+    the embedded Ray's CPUs (`ray.num_cpus`) and settings were dropped and `_run.json` said it joined a
+    cluster. It is the embedded Ray, also where RAY_ADDRESS names a cluster."""
+    from pipeline.cluster import cluster_address
+
+    def with_address(address):
+        return parse_config(
+            {"input": {"manifest": "m.jsonl"}, "output": {"path": "o"}, "ray": {"address": address}}
+        )
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cluster_address(with_address("local")) is None
+    assert cluster_address(with_address("LOCAL")) is None
+    assert cluster_address(with_address("auto")) == "auto"
+    assert cluster_address(cfg()) == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert cluster_address(cfg()) is None
