@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.model import ModelSourceError, resolve
-from pipeline.run import JobError, run
+from pipeline.run import JobError, RunFailed, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,13 +50,16 @@ def main() -> int:
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:  # a Ray failure: one line, as e2v-extract prints it, not a traceback
+        print(f"error: {e}; committed units are kept: rerun `make demo` to resume", file=sys.stderr)
+        return 1
 
     import duckdb
 
     out = Path(cfg.output.path).resolve()
     query = f"""
         SELECT label, count(*) AS n, round(avg(duration_s), 2) AS avg_s
-        FROM read_parquet('{out}/**/*.parquet')
+        FROM read_parquet('{out}/**/*.parquet') WHERE error IS NULL
         GROUP BY label ORDER BY n DESC, label"""
     print(f"\nOutput: {out}  (Parquet files + {out / '_run.json'})")
     print(f"Query (DuckDB):{query}\n")
