@@ -138,3 +138,21 @@ def test_extract_with_an_output_path_it_cannot_write_exits_2_naming_the_key(wher
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: output.path") and out[where] in err[0], err
     assert taken.read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_visualize_max_points_below_one_is_an_argument_error(value, tmp_path, capsys):
+    """`--max-points 0` sampled no rows and said "no ok rows in <features>", blaming an output full of
+    rows; it is an argument error naming the option (exit 2)."""
+    from pipeline.cli import visualize
+
+    from .downstream_synth import write_synthetic
+
+    features = write_synthetic(tmp_path / "features", n=24, files=1)
+    with pytest.raises(SystemExit) as e:
+        visualize.main(
+            ["--features", str(features), "--output", str(tmp_path / "viz"), "--max-points", value]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--max-points" in err and "at least 1" in err and "Traceback" not in err

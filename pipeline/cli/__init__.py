@@ -17,3 +17,15 @@ def log_level(name: str) -> str:
     if not isinstance(logging.getLevelName(level), int):
         raise argparse.ArgumentTypeError(f"unknown level {name!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     return level
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count of rows, points, ...): 0 or a negative one is an argument error naming
+    the value (exit 2), not a failure deep inside the command."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -21,6 +21,7 @@ from ..downstream.summary import write_summary
 from ..downstream.timeline import write_timeline
 from ..downstream.viz import visualize
 from ..storage import Storage
+from . import positive_int
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="directory for the PNG files")
     p.add_argument("--color-by", default=None, help="column that colours the map (default: label)")
     p.add_argument("--gold", default=None, help="gold label column, e.g. emotion")
-    p.add_argument("--max-points", type=int, default=50_000, help="random sample above this many rows")
+    p.add_argument(
+        "--max-points", type=positive_int, default=50_000, help="random sample above this many rows"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--timeline",
