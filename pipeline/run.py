@@ -215,6 +215,7 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
 
     stream = redact.stream(stream or sys.stderr)
     t0 = time.time()
+    _check_dependencies(cfg)
     storage = Storage.from_config(cfg.storage)
     try:
         sources = discover(cfg.input, storage)
@@ -897,6 +898,18 @@ def _read(
 
 def _empty_block() -> pa.Table:
     return pa.table({"id": pa.array([], pa.string())})
+
+
+def _check_dependencies(cfg: JobConfig) -> None:
+    """An optional part the configuration needs and this environment lacks: JobError (exit 2) before
+    the manifest is read or Ray starts."""
+    if getattr(cfg.audio, "segmentation", "none") == "vad":
+        from .vad import require
+
+        try:
+            require()
+        except ImportError as e:
+            raise JobError(str(e)) from None
 
 
 def _segmenter(cfg: JobConfig):

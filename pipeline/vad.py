@@ -21,6 +21,7 @@ the import, and after each call. Memory: besides the input, one batch of windows
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import warnings
 from collections.abc import Callable
@@ -193,6 +194,14 @@ def split_long(x: np.ndarray, start: int, end: int, max_len: int, hop: int = HOP
         start = cut
     pieces.append((start, end))
     return pieces
+
+
+def require() -> None:
+    """Raise ImportError (what to install) where silero-vad is not installed: the driver checks this
+    before anything runs, instead of every decode task failing on it mid-run. Looks the package up
+    without importing it (its import loads torch)."""
+    if importlib.util.find_spec("silero_vad") is None:
+        raise ImportError(f"audio.segmentation: vad needs silero-vad, which is not installed: {_INSTALL}")
 
 
 def _load() -> tuple[Any, Callable[..., list[dict[str, int]]]]:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,36 @@ def test_visualize_max_points_below_one_is_an_argument_error(value, tmp_path, ca
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--max-points" in err and "at least 1" in err and "Traceback" not in err
+
+
+def test_vad_without_silero_is_refused_before_anything_runs(tmp_path):
+    """`audio.segmentation: vad` on an environment without silero-vad failed in every decode task, after
+    the manifest count, Ray's start and the model's load: exit 1 and Ray's task errors. The job refuses
+    it first: exit 2, one line naming the key and what to install, no Ray started."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "path": str(ROOT / "samples/demo/a.wav")}) + "\n")
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"input:\n  manifest: {manifest}\noutput:\n  path: {tmp_path / 'out'}\n"
+        f"audio:\n  segmentation: vad\nmodel:\n  source: {tmp_path / 'no-model'}\n"
+    )
+    child = textwrap.dedent(
+        """
+        import importlib.util, sys
+
+        # an environment without the vad extra: the package lookup finds nothing
+        real = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name == "silero_vad" else real(name, *a)
+        from pipeline.cli import extract
+        code = extract.main(["--config", sys.argv[1]])
+        print("ray imported" if "ray" in sys.modules and sys.modules["ray"].is_initialized() else "no ray")
+        sys.exit(code)
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", child, str(config)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(errors) == 1 and "audio.segmentation: vad" in errors[0] and "silero-vad" in errors[0], errors
+    assert "no ray" in r.stdout and not (tmp_path / "out").exists()
