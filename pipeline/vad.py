@@ -7,7 +7,8 @@ The input is the 16 kHz mono float32 signal the emotion model sees (`pipeline.au
 scores each 512-sample window (32 ms) for speech; `get_speech_timestamps_from_probs` (silero's own
 hysteresis: `threshold`, `min_speech_ms`, `min_silence_ms`, `speech_pad_ms`) turns the scores into
 spans. Those spans are then moved outward onto the model's frame grid (multiples of 320 samples, 20 ms,
-from the recording start), so a segment's frames are frames of the whole recording; a span longer than
+from the start of `samples`: the file, or the manifest span that was cut from it, whose own start may lie
+off the file's grid), so a segment's frames are frames of the signal it came from; a span longer than
 `max_segment_s` is split at the quietest 320-sample frame in the second half before the limit. Segments
 shorter than the model's 400-sample receptive field are dropped.
 
