@@ -25,6 +25,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _file_uri_as_path(value: str | None) -> str | None:
+    """A `file:` URI (`file:///data/My%20Clips`) is read as the local path it names, so a folder's
+    listing, the ids taken from it and the output's files are those of the path itself."""
+    if value is None or value[:7].lower() != "file://":
+        return value
+    from .storage import local_path
+
+    return local_path(value)
+
+
 class InputConfig(_Section):
     manifest: str = Field(
         description="a manifest file, a glob or directory of manifests, a Kaldi data dir, or a folder/glob of "
@@ -52,12 +62,16 @@ class InputConfig(_Section):
         1000, ge=1, description="manifest rows per unit of work (committed, resumed and redone as a whole)"
     )
 
+    _local = field_validator("manifest", "audio_root")(_file_uri_as_path)
+
 
 class ModelConfig(_Section):
     source: str = "emotion2vec_plus_base"
     revision: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    _local = field_validator("source")(_file_uri_as_path)
     cache_dir: str | None = None
     offline: bool | None = Field(None, description="only use the local hub cache (default: HF_HUB_OFFLINE)")
     num_actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or 1 on CPU)")
@@ -164,6 +178,8 @@ class OutputConfig(_Section):
         "last renewal; a dead run's lease is taken over after that. Renewed every quarter of it; a run "
         "commits nothing once less than a quarter is left",
     )
+
+    _local = field_validator("path")(_file_uri_as_path)
 
 
 class StorageConfig(_Section):

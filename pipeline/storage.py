@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -102,13 +102,27 @@ def is_s3(uri: str) -> bool:
     return scheme(uri) == "s3"
 
 
+def local_path(uri: str) -> str:
+    """A `file:` URI -> the local path it names, as RFC 8089 (and pathlib's `as_uri()`) writes one:
+    `file:///p` or `file://localhost/p`, the scheme in any case, the path percent-encoded (`My%20Clips`).
+    A plain path comes back as it is (a `%` in it is part of the name). `file://name/x`, which names
+    no host Python or pyarrow would reach, stays the relative path `name/x` it was always read as."""
+    head, sep, rest = uri.partition("://")
+    if not sep or head.lower() != "file":
+        return uri
+    host, slash, path = rest.partition("/")
+    if host.lower() in ("", "localhost") and slash:
+        rest = "/" + path
+    return unquote(rest)
+
+
 def join(base: str, rel: str) -> str:
     """Resolve `rel` against `base` (a directory path or URI prefix); absolute paths and URIs in
     `rel` win. `.` and `..` segments are resolved in both forms."""
     if "://" in rel or rel.startswith("/") or not base:
         return rel
-    if base.startswith("file://"):
-        return "file://" + join(base[len("file://") :], rel)
+    if base[:7].lower() == "file://":
+        return base[:7] + join(base[7:], rel)
     if is_remote(base):
         head, _, rest = base.partition("://")
         root, _, path = rest.partition("/")
@@ -467,9 +481,7 @@ class Storage:
         """`uri` as the path its filesystem expects."""
         s = scheme(uri)
         if s == "file":
-            if uri.startswith("file://"):
-                uri = uri[len("file://") :]
-            return os.path.abspath(os.path.expanduser(uri))
+            return os.path.abspath(os.path.expanduser(local_path(uri)))
         if s in _READ_ONLY:
             return uri
         head, _, rest = uri.partition("://")  # schemes are case-insensitive; fsspec strips them as written
@@ -478,7 +490,8 @@ class Storage:
     def _uri(self, like: str, path: str) -> str:
         """A filesystem path back in the form of `like` (the caller's URI)."""
         if not is_remote(like):
-            return "file://" + path if like.startswith("file://") else path
+            # a file: URI in the form `_path` reads back: percent-encoded
+            return like[:7] + quote(path) if like[:7].lower() == "file://" else path
         if scheme(like) in _READ_ONLY:
             return path
         return like.split("://", 1)[0] + "://" + path.lstrip("/")

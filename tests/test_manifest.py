@@ -167,6 +167,24 @@ def test_folder_of_audio_is_a_manifest_ids_relative_without_extension(tmp_path):
         read(tmp_path)
 
 
+def test_a_folder_named_by_a_percent_encoded_file_uri_reads_as_the_folder_itself(tmp_path):
+    """`input.manifest: file:///.../My%20Corpus` (pathlib's `as_uri()`) is the folder `My Corpus`: the
+    same ids and paths as naming the folder by its path; a manifest's relative paths resolve beside it."""
+    root = tmp_path / "My Corpus"
+    for rel in ("spk 1/a.wav", "spk 2/b.flac"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    by_uri, by_path = read(root.as_uri()), read(root)
+    assert "%20" in root.as_uri()
+    assert sorted(by_uri["id"].to_pylist()) == ["spk 1/a", "spk 2/b"] == sorted(by_path["id"].to_pylist())
+    assert sorted(by_uri["path"].to_pylist()) == sorted(by_path["path"].to_pylist())
+    lists = tmp_path / "lists 1"
+    lists.mkdir()
+    (lists / "m.jsonl").write_text('{"id": "u1", "path": "../My Corpus/spk 1/a.wav"}\n')
+    t = read((lists / "m.jsonl").as_uri())
+    assert t["path"].to_pylist() == [str(root / "spk 1" / "a.wav")]
+
+
 def test_kaldi_data_dir_with_segments_speakers_and_text(tmp_path):
     (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 sox /x.wav -t wav - |\n")
     (tmp_path / "segments").write_text("u1 rec1 0.50 1.75\nu2 rec1 2.0 -1\nu3 rec2 0 1\n")

@@ -29,6 +29,7 @@ from pipeline.storage import (
     StorageUnavailable,
     is_remote,
     join,
+    local_path,
     scheme,
 )
 
@@ -158,6 +159,30 @@ def test_scheme_join_and_remote():
     assert join("file:///data/c", "x.wav") == "file:///data/c/x.wav"
     assert join("/data/c", "../x.wav") == "/data/x.wav"
     assert join("s3://b/c", "https://h/x.wav") == "https://h/x.wav"
+
+
+def test_file_uris_name_local_paths_as_rfc_8089_writes_them(tmp_path):
+    """`file:` URIs as pathlib's `as_uri()` writes them: percent-encoded (`My%20Clips`), `file://localhost/`,
+    the scheme in any case. They were read with the `%20` as part of the name ("no such file"), and
+    `file://localhost/x` as the relative path `localhost/x`."""
+    folder = tmp_path / "My Clips" / "50% off"
+    folder.mkdir(parents=True)
+    (folder / "a b.wav").write_bytes(b"RIFF-not-really")
+    uri = (folder / "a b.wav").as_uri()
+    assert "%20" in uri and "%25" in uri  # as Python writes it
+    s = Storage()
+    for form in (uri, uri.replace("file:///", "file://localhost/"), "FILE" + uri[4:]):
+        assert local_path(form) == str(folder / "a b.wav")
+        assert s.read_bytes(form) == b"RIFF-not-really" and s.exists(form)
+    # plain paths keep a `%` as part of the name; a file URI's listing reads back as what it lists
+    assert local_path(str(folder / "x%20y.wav")) == str(folder / "x%20y.wav")
+    listed = s.list_files(folder.as_uri(), ".wav")
+    assert listed == [uri] and s.read_bytes(listed[0]) == b"RIFF-not-really"
+    assert local_path("file://rel/x.jsonl") == "rel/x.jsonl"  # no host: the relative path it always was
+    cfg = parse_config(
+        {"input": {"manifest": folder.as_uri()}, "output": {"path": (tmp_path / "o p").as_uri()}}
+    )
+    assert (cfg.input.manifest, cfg.output.path) == (str(folder), str(tmp_path / "o p"))
 
 
 def test_job_config_redacted():
