@@ -283,7 +283,8 @@ class EmotionPredictor:
         self.frames = frames
         # windows and budgets follow the loaded model's own input contract (its CNN), not a default
         self.input = self.bundle.input
-        self.max_chunk = max(self.input.receptive_field, int(max_chunk_s * self.input.sample_rate))
+        # rounded, not truncated: 4.02 * 16000 is 64319.99999999999 in floats, which cut windows a frame short
+        self.max_chunk = max(self.input.receptive_field, round(max_chunk_s * self.input.sample_rate))
         kind = "cuda" if on_gpu else "cpu"
         if batch_seconds is None:
             batch_seconds = DEFAULT_BATCH_SECONDS[kind]

@@ -286,3 +286,16 @@ def test_a_row_whose_scores_are_not_finite_is_an_error_row_not_class_0(tiny_mode
     assert error is not None and "not finite" in error, error
     assert out["label"][1].as_py() is None and out["scores"][1].as_py() is None
     assert out["embedding"][1].as_py() is None and out["segments"][1].as_py() is None
+
+
+def test_windows_are_max_chunk_s_long_when_the_seconds_times_the_rate_is_not_exact_in_floats(tiny_model_dir):
+    """4.02 s is 64320 samples (201 frames), but 4.02 * 16000 is 64319.99999999999 in floats:
+    truncated, the windows came out one frame short (4.00 s) and the row's segments and numbers with
+    them. A clip of two such windows and 1000 samples runs in windows starting at 0, 4.02, 8.04 s."""
+    (clip,) = random_clips([2 * 64_320 + 1_000], seed=31)
+    (row,) = predictor(tiny_model_dir, max_chunk_s=4.02).predict([clip])
+    assert [(round(a * 16_000), round(b * 16_000)) for a, b in row.windows] == [
+        (0, 64_320),
+        (64_320, 128_640),
+        (128_640, 129_640),
+    ]
