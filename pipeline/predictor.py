@@ -636,8 +636,11 @@ class EmotionPredictor:
             if isinstance(res, Exception):
                 errors[i] = f"model: {type(res).__name__}: {res}"
             elif isinstance(res, RowResult) and not _finite(res):
-                # NaN has no argmax (np.argmax takes it for the first class): an error row, not a wrong label
-                errors[i] = "model: the model's output for this row is not finite (NaN or inf)"
+                # NaN has no argmax (np.argmax takes it for the first class): an error row, not a wrong label;
+                # worded `stage: ExceptionType: message` like every other error row (the output's contract)
+                errors[i] = (
+                    "model: FloatingPointError: the model's output for this row is not finite (NaN or inf)"
+                )
             elif isinstance(res, RowResult):
                 ok[i] = True
                 num_frames[i] = res.num_frames

@@ -299,3 +299,25 @@ def test_windows_are_max_chunk_s_long_when_the_seconds_times_the_rate_is_not_exa
         (64_320, 128_640),
         (128_640, 129_640),
     ]
+
+
+def test_a_non_finite_row_error_keeps_the_stage_type_message_format(tiny_model_dir):
+    """The `error` column's contract (README, Output) is `stage: ExceptionType: message`; the row whose
+    output is not finite said `model: the model's output ...`, with no type to group errors by."""
+    import re
+
+    import pyarrow as pa
+
+    (clip,) = random_clips([9_000], seed=6)
+    batch = pa.table(
+        {
+            "id": ["a"],
+            "path": ["a.wav"],
+            "error": pa.array([None], pa.string()),
+            "waveform": pa.array([clip.tolist()], pa.large_list(pa.float32())),
+        }
+    )
+    model = predictor(tiny_model_dir)
+    model._classify = lambda embeddings: np.full((len(embeddings), 9), np.nan, np.float32)
+    error = model(batch)["error"][0].as_py()
+    assert re.fullmatch(r"model: [A-Za-z_]\w*: .*not finite.*", error), error
