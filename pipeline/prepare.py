@@ -85,14 +85,8 @@ def prepare_block(
     guard = Guard("decode", batch["id"].to_pylist(), poison_scope)
     for i, row in enumerate(_rows(batch)):
         if row["id"] in guard.poisoned:
-            spans = [
-                Span(
-                    i,
-                    row["id"],
-                    recording_id=row["recording_id"],
-                    error=f"decode: {guard.message(row['path'] or row['id'])}",
-                )
-            ]
+            # the span the manifest asked for stays on this error row, as on any other (_asked)
+            spans = [replace(_asked(i, row), error=f"decode: {guard.message(row['path'] or row['id'])}")]
         else:
             guard.before(row["id"])
             maybe_crash("decode", row["path"] or row["id"])
@@ -247,12 +241,17 @@ class _Loader:
             return f"decode: {type(e).__name__}: {name}: {e}"
 
 
+def _asked(i: int, row: dict) -> Span:
+    """The manifest row's span as the manifest asked for it: what its error rows keep."""
+    offset, end = row["offset_s"], row[SPAN_END]
+    start = (offset or 0.0) if offset is not None or end is not None else None
+    return Span(i, row["id"], recording_id=row["recording_id"], start_s=start, end_s=end, offset_s=start)
+
+
 def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> list[Span]:
     offset, end = row["offset_s"], row[SPAN_END]
     spanned = offset is not None or end is not None
-    # what the manifest asked for, kept on error rows too
-    start = (offset or 0.0) if spanned else None
-    base = Span(i, row["id"], recording_id=row["recording_id"], start_s=start, end_s=end, offset_s=start)
+    base = _asked(i, row)  # what the manifest asked for, kept on error rows too
     if row[INPUT_ERROR]:
         return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)

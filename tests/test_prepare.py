@@ -1,10 +1,11 @@
-"""The CPU stage on its own (no Ray): spans, segment ids and the span columns, with a segmenter whose
-answer is fixed so that every expected value below is worked out by hand."""
+"""The CPU stage on its own (no Ray, but for the poison guard): spans, segment ids and the span columns,
+with a segmenter whose answer is fixed so that every expected value below is worked out by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import soundfile as sf
 
 from pipeline import prepare
@@ -193,3 +194,36 @@ def test_a_buffer_outgrown_by_a_long_recording_goes_back_to_the_pool(monkeypatch
     values = samples.take().to_numpy()
     np.testing.assert_array_equal(values[:small], np.ones(50, np.float32))
     np.testing.assert_array_equal(values[small:], long)
+
+
+@pytest.mark.slow
+def test_a_row_that_killed_its_decode_worker_keeps_the_span_the_manifest_gave(tmp_path, ray_session):
+    """A row in flight when a decode attempt died becomes an error row on the retry (poison.py). Like
+    every other error row of a span (a fetch or cut failure) it keeps `offset_s`, `start_s`, `end_s`
+    as the manifest gave them (README, Output): a diariser turn's error row said nothing of when."""
+    from pipeline.poison import Guard, forget
+
+    sf.write(str(tmp_path / "call.wav"), np.full(4 * 16000, 0.1, np.float32), 16000, subtype="FLOAT")
+    block = pa.table(
+        {
+            "id": ["ok", "turn"],
+            "path": [str(tmp_path / "call.wav")] * 2,
+            "recording_id": ["call", "call"],
+            "offset_s": pa.array([0.5, 1.25], pa.float64()),
+            SPAN_END: pa.array([1.0, 2.5], pa.float64()),
+        }
+    )
+    ns = "test-prepare-poisoned-span"
+    Guard("decode", ["ok", "turn"], ns)  # a first attempt ...
+    Guard("decode", ["ok", "turn"], ns).before("turn")  # ... and a retry that died on "turn"
+    try:
+        (out,) = prepare_block(block, storage=Storage(), poison_scope=ns)
+    finally:
+        forget(ns)
+    rows = out.to_pylist()
+    error = rows[1]["error"]
+    assert rows[0]["error"] is None and error.startswith("decode: WorkerCrashed: "), error
+    assert [(r["recording_id"], r["offset_s"], r["start_s"], r["end_s"]) for r in rows] == [
+        ("call", 0.5, 0.5, 1.0),
+        ("call", 1.25, 1.25, 2.5),
+    ]
