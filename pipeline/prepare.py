@@ -324,9 +324,11 @@ def _segment(whole: Span, segmenter: Segmenter) -> list[Span]:
 def _table(batch: pa.Table, spans: list[Span], values: pa.Array, seconds: float, retries: int) -> pa.Table:
     """The block's rows; `values` holds the samples of the spans that have any, one after another."""
     n = len(spans)
-    base = batch.take(pa.array([s.source for s in spans], pa.int64()))
     private = (AUDIO_BYTES, SPAN_END, INPUT_ERROR, CHANNEL)
-    base = base.drop_columns([c for c in private if c in base.column_names])
+    # dropped before the rows are taken: a manifest row becomes one row per speech segment, and taking
+    # its audio bytes first copied the whole recording once per segment
+    base = batch.drop_columns([c for c in private if c in batch.column_names])
+    base = base.take(pa.array([s.source for s in spans], pa.int64()))
     audio = [s.audio for s in spans]
     known = np.array([a is not None for a in audio])
     has_wave = np.array([s.length is not None for s in spans])

@@ -227,3 +227,47 @@ def test_a_row_that_killed_its_decode_worker_keeps_the_span_the_manifest_gave(tm
         ("call", 0.5, 0.5, 1.0),
         ("call", 1.25, 1.25, 2.5),
     ]
+
+
+def test_audio_bytes_are_not_copied_once_per_speech_segment(tmp_path):
+    """Audio carried in the manifest (a Hugging Face Parquet shard) split by voice activity: the rows
+    of a block were taken, one per segment, before the private audio bytes were dropped, so the
+    recording's bytes were copied once per segment (an hour with 500 segments: tens of GB, and the
+    decode worker killed). Run in a fresh process for a clean peak of Arrow's memory pool."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        """
+        import io
+
+        import numpy as np
+        import pyarrow as pa
+        import soundfile as sf
+
+        from pipeline.prepare import prepare_block
+        from pipeline.schema import AUDIO_BYTES
+        from pipeline.storage import Storage
+
+        x = (0.1 * np.random.default_rng(0).standard_normal(60 * 16000)).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")  # 1.9 MB
+        block = pa.table(
+            {"id": ["rec"], "path": pa.array([None], pa.string()), AUDIO_BYTES: [buf.getvalue()]}
+        )
+        pool = pa.default_memory_pool()
+        before = pool.max_memory()
+        segments = lambda s: [(k * 9600, k * 9600 + 8000) for k in range(100)]  # 100 of 0.5 s
+        (out,) = prepare_block(block, storage=Storage(), segmenter=segments)
+        assert out.num_rows == 100 and AUDIO_BYTES not in out.column_names
+        print((pool.max_memory() - before) / 2**20)
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    peak_mb = float(done.stdout.split()[-1])
+    # the block's own samples (100 x 8000 float32: 3 MB) and columns; 100 copies of the bytes: 190 MB
+    assert peak_mb < 40, f"Arrow's pool grew by {peak_mb:.0f} MB for a 1.9 MB recording"
