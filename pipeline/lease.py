@@ -191,9 +191,21 @@ class Lease:
             self._thread.join()
         if self._lost or time.time() >= self.expires_at - self.margin_s:
             return
-        current = _read(self.storage, self.uri)
-        if current is not None and current.get("run_id") == self.run_id:
-            _delete_quietly(self.storage, self.uri)
+        # best effort, within the margin: a store that fails here (the run's work is done or has
+        # already failed) must not turn the run's outcome into a storage error; the lease expires
+        try:
+            with self.storage.deadline(self.expires_at - self.margin_s):
+                current = _read(self.storage, self.uri)
+                if current is not None and current.get("run_id") == self.run_id:
+                    _delete_quietly(self.storage, self.uri)
+        except (OSError, LeaseHeld) as e:  # LeaseHeld: the file no longer parses
+            log.warning(
+                "could not release the lease %s (%s: %s); it expires by itself within %.0f s",
+                self.uri,
+                type(e).__name__,
+                e,
+                self.expires_at - time.time(),
+            )
 
     def __enter__(self) -> Lease:
         return self

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import time
 from datetime import datetime
 
@@ -421,3 +422,29 @@ def test_a_live_run_in_another_pid_namespace_of_this_host_keeps_its_lease(tmp_pa
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+@pytest.mark.s3
+def test_a_release_that_storage_refuses_leaves_the_lease_to_expire(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
+    """The run is done (its _run.json written) and lets its lease go while the store fails every
+    request: release() raised StorageUnavailable from run()'s `finally`, so a finished run exited 1
+    (and a bad manifest's exit 2, a SIGTERM's 143, became 1) with Ray left running. The lease is
+    only a courtesy to the next run by then: it expires by itself."""
+    from .test_storage import FaultProxy
+
+    _stall_renewals(monkeypatch, tmp_path)
+    _, bucket = s3_bucket
+    failing = threading.Event()
+    proxy = FaultProxy(s3_server, fail_if=lambda method, path: failing.is_set())
+    with proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.05)
+        out = f"s3://{bucket}/out"
+        storage.exists(out)  # the S3 client is built (seconds) before the lease's clock starts
+        lease = acquire(storage, out, ttl_s=30.0)
+        failing.set()
+        lease.release()  # no exception
+        assert proxy.failures  # it tried
+        failing.clear()
+        assert json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))["run_id"] == lease.run_id
