@@ -189,3 +189,64 @@ def test_commits_and_recovery_leave_no_empty_staging_folders(tmp_path):
     Output(Storage(), str(out)).open("resume", {"schema": 3})
     assert not (out / "_staging").exists()
     assert len(list(out.glob("part-*.parquet"))) == 1
+
+
+def _stage(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_per_file: int) -> Pending:
+    summaries = write_parts(
+        rows,
+        output=path,
+        schema=schema,
+        storage=storage,
+        compression="zstd",
+        max_file_mb=256,
+        rows_per_file=rows_per_file,
+    )
+    seen = Pending()
+    for s in summaries.to_pylist():
+        seen.add(s)
+    assert seen.complete
+    return seen
+
+
+@pytest.mark.s3
+def test_a_commit_that_fails_after_its_marker_is_finished_by_the_restart_not_duplicated(s3_server, s3_bucket):
+    """S3 fails (through every retry) while a commit moves its files into place, after the marker
+    (the commit point) was written and one file was moved. The restart (`reopen`) took the unit for
+    uncommitted: it deleted the staged files the marker names and redid the unit, whose rows came
+    back cut into other files, so the file moved before the failure stayed beside them: its rows
+    twice in the output."""
+    from .test_storage import FaultProxy
+
+    _, bucket = s3_bucket
+    copies = []
+
+    def second_copy_fails(method: str, path: str) -> bool:
+        if method == "PUT" and "/out/part-" in path:
+            copies.append(path)
+            return len(copies) >= 2
+        return False
+
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    unit = "u-000000"
+    spans = [
+        s
+        for i in range(4)
+        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    ]
+    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+        path = f"s3://{bucket}/out"
+        out = Output(storage, path)
+        out.open("resume", {"schema": 3})
+        seen = _stage(rows, path, schema, storage, rows_per_file=2)  # two files
+        with pytest.raises(OSError):
+            out.commit(unit, seen)
+        proxy.fail_if = None  # storage is back
+        out.reopen()  # the restart on what is left
+        if not out.skip().done(unit, 4):  # the next attempt redoes the unit: its rows in one file
+            out.commit(unit, _stage(rows, path, schema, storage, rows_per_file=4))
+        fs, root = storage.resolve(path)
+        ids = pads.dataset(root, filesystem=fs, format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == sorted(rows["id"].to_pylist())  # every row once
+    assert out.totals()["rows"] == 4
