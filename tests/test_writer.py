@@ -250,3 +250,67 @@ def test_a_commit_that_fails_after_its_marker_is_finished_by_the_restart_not_dup
         ids = pads.dataset(root, filesystem=fs, format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert sorted(ids) == sorted(rows["id"].to_pylist())  # every row once
     assert out.totals()["rows"] == 4
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_a_unit_committed_by_a_commit_that_then_failed_counts_for_the_run(
+    ray_session, s3_server, s3_bucket, tmp_path
+):
+    """The driver's loop (`run._execute`) over the write stage's summaries: the commit's marker
+    lands, then a move fails through every retry. The unit is committed (the restart finishes its
+    moves and does not redo it), so this run's counts in _run.json, and the restart loop's measure
+    of progress, must include it: they left it out (its rows counted as skipped)."""
+    import io
+
+    import ray
+
+    from pipeline.interrupt import Stop
+    from pipeline.lease import acquire
+    from pipeline.progress import Progress
+    from pipeline.run import RunFailed, Tally, _execute
+
+    from .test_storage import FaultProxy
+
+    _, bucket = s3_bucket
+    copies = []
+
+    def second_copy_fails(method: str, path: str) -> bool:
+        if method == "PUT" and "/out/part-" in path:
+            copies.append(path)
+            return len(copies) >= 2
+        return False
+
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    unit = "u-000000"
+    spans = [
+        s
+        for i in range(4)
+        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    ]
+    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    lease = acquire(Storage(), str(tmp_path / "lease"), ttl_s=60)
+    with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+        path = f"s3://{bucket}/out"
+        out = Output(storage, path)
+        out.open("resume", {"schema": 3})
+        summaries = write_parts(
+            rows,
+            output=path,
+            schema=schema,
+            storage=storage,
+            compression="zstd",
+            max_file_mb=256,
+            rows_per_file=2,
+        )
+        tally, stream = Tally(), io.StringIO()
+        progress = Progress(4, 60, stream)
+        with pytest.raises(RunFailed):
+            _execute(ray.data.from_arrow(summaries), out, tally, progress, lease, Stop(), set(), stream)
+        proxy.fail_if = None
+        out.reopen()
+    lease.release()
+    assert out.skip().done(unit, 4)  # committed: the restart leaves it alone
+    assert (tally.units, tally["ok"], tally["sources"]) == (1, 4, 4)
+    assert (progress.rows, progress.ok) == (4, 4)
