@@ -40,6 +40,10 @@ class Stop:
         self.signal_name: str | None = None  # set by the first signal
         self.exit_code = 0
         self._shields = 0
+        # the enclosing block's Stop (e2v-extract's around run(), run()'s around each attempt): the
+        # first signal is its first signal too, so that a second one during the clean-up after this
+        # block (the lease, ray.shutdown) exits at once instead of interrupting that clean-up
+        self._outer: Stop | None = None
 
     @property
     def requested(self) -> bool:
@@ -54,8 +58,10 @@ class Stop:
             yield
         finally:
             self._shields -= 1
-        if self._shields == 0 and self.requested:
-            raise Interrupted(self.signal_name, self.exit_code)
+            # also when the region ends in an error (a commit that failed): the signal must not be
+            # dropped with it, or the caller would carry on (restart the pipeline) after a SIGTERM
+            if self._shields == 0 and self.requested:
+                raise Interrupted(self.signal_name, self.exit_code)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -63,6 +69,10 @@ class Stop:
             os.write(2, f"\n{name} again while stopping: exiting now without cleanup\n".encode())
             os._exit(128 + signum)
         self.signal_name, self.exit_code = name, 128 + signum
+        outer = self._outer
+        while outer is not None and not outer.requested:
+            outer.signal_name, outer.exit_code = name, 128 + signum
+            outer = outer._outer
         if self._shields == 0:
             raise Interrupted(name, self.exit_code)
 
@@ -81,6 +91,9 @@ def on_interrupt(message: str | None = None, *, file: TextIO | None = None) -> I
         yield stop
         return
     previous: dict[int, Any] = {s: signal.signal(s, stop._handle) for s in SIGNALS}
+    stop._outer = next(
+        (h.__self__ for h in previous.values() if isinstance(getattr(h, "__self__", None), Stop)), None
+    )
     try:
         yield stop
     except Interrupted as e:

@@ -4,7 +4,7 @@ A run creates the lease only if no file is there (create-if-absent: exactly one 
 succeeds), renews it from a daemon thread every ttl/4 while it runs, and deletes it when done. A
 second run while the lease is live fails with `LeaseHeld`, which names the holder. A lease whose
 `expires_at` has passed belongs to a run that died; the next run takes it over, at once when the
-holder ran on the same host and its process is gone.
+holder ran on the same host (name and PID namespace) and its process is gone.
 
 Safety does not rest on the renew thread noticing a loss in time:
 * `Lease.check()`, called before every commit, compares the clock with the `expires_at` this run
@@ -42,7 +42,7 @@ from .storage import ConditionFailed, Storage, join
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "_lease.json"
-_CORE = ("run_id", "host", "pid", "started_at", "expires_at", "ttl_s", "generation")
+_CORE = ("run_id", "host", "pid", "pid_space", "started_at", "expires_at", "ttl_s", "generation")
 # test seam: while the file this names exists, the renew thread renews nothing (a thread held back)
 STALL_ENV = "E2V_INJECT_RENEW_STALL"
 
@@ -191,9 +191,21 @@ class Lease:
             self._thread.join()
         if self._lost or time.time() >= self.expires_at - self.margin_s:
             return
-        current = _read(self.storage, self.uri)
-        if current is not None and current.get("run_id") == self.run_id:
-            _delete_quietly(self.storage, self.uri)
+        # best effort, within the margin: a store that fails here (the run's work is done or has
+        # already failed) must not turn the run's outcome into a storage error; the lease expires
+        try:
+            with self.storage.deadline(self.expires_at - self.margin_s):
+                current = _read(self.storage, self.uri)
+                if current is not None and current.get("run_id") == self.run_id:
+                    _delete_quietly(self.storage, self.uri)
+        except (OSError, LeaseHeld) as e:  # LeaseHeld: the file no longer parses
+            log.warning(
+                "could not release the lease %s (%s: %s); it expires by itself within %.0f s",
+                self.uri,
+                type(e).__name__,
+                e,
+                self.expires_at - time.time(),
+            )
 
     def __enter__(self) -> Lease:
         return self
@@ -250,6 +262,7 @@ def _new_record(run_id: str, ttl_s: float, holder: dict[str, Any]) -> dict[str, 
         "run_id": run_id,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "pid_space": _pid_space(),
         "started_at": _iso(now),
         "expires_at": _iso(now + ttl_s),
         "ttl_s": ttl_s,
@@ -291,8 +304,13 @@ def _expired(record: dict[str, Any]) -> bool:
 
 def _holder_gone(record: dict[str, Any]) -> bool:
     """The holder ran on this host and its process no longer exists (killed, crashed): its lease need
-    not be waited out. Another host's holder can only expire. A reused pid reads as alive: the safe side."""
+    not be waited out. Another host's holder can only expire. A reused pid reads as alive: the safe side.
+    "This host" is the host name and the pid space: containers with the host's network share its name
+    but not its pids, and machines can share a name; a holder whose pid space is not ours (or was not
+    recorded) can only expire."""
     if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    if record.get("pid_space") != _pid_space():
         return False
     if record["pid"] == os.getpid():
         return False
@@ -303,6 +321,17 @@ def _holder_gone(record: dict[str, Any]) -> bool:
     except PermissionError:
         return False  # it exists, owned by someone else
     return False
+
+
+def _pid_space() -> str | None:
+    """Where this process's pid names it: the kernel's boot id and the PID namespace (Linux); None
+    where neither can be read (then the host name alone says it)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
 
 
 def _delete_quietly(storage: Storage, uri: str) -> None:

@@ -605,8 +605,14 @@ def _execute(
                     if unit.complete:
                         with stop.shield():
                             lease.check()
-                            out.commit(s["unit"], unit)
-                            tally.add(pending.pop(s["unit"]))
+                            before = out.markers.get(s["unit"])
+                            try:
+                                out.commit(s["unit"], unit)
+                            finally:
+                                # its marker landed, even if a move then failed: committed (the
+                                # restart finishes the moves), so it counts for this run
+                                if out.markers.get(s["unit"]) is not before:
+                                    tally.add(pending.pop(s["unit"]))
         if watch.lost:
             raise ActorLost(f"a model actor died while idle ({watch.lost})")
     except LeaseLost as e:

@@ -311,8 +311,7 @@ class Output:
         if files or units:
             self._check_fingerprint(fingerprint)
         self.markers = self._read_markers(units)
-        self.reopen()
-        self._check_files()
+        self.reopen()  # finishes interrupted commits, then checks the committed files
 
     def _check_files(self) -> None:
         """Compare the committed files with one listing: a unit with a file missing or of another size
@@ -357,6 +356,9 @@ class Output:
         next attempt finishes what is left: the error rows this run committed are final for this run
         (a rerun redoes them), or a restart would process them, and count them, twice."""
         self._recover()
+        # a commit that failed after its marker may have left the replaced files of its unit, which no
+        # marker names now: set aside (`_orphans/`) as the next run would, not read beside the new ones
+        self._check_files()
         self._resume = self._record(final=self._committed_now)
 
     def skip(self) -> Resume:
@@ -484,13 +486,15 @@ class Output:
         )
         with self._fenced():
             self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())
+        # the commit point: from here the unit is committed, also if a move below fails (storage down
+        # through its retries): the restart's `reopen` then finishes the moves, as the next run would
+        self.markers[unit] = marker
+        self._committed_now.add(unit)
         self._publish(marker, staged)
         self.storage.remove_empty_dirs(join(self.path, f"{STAGING_DIR}/{unit}"))
         if old is not None:
             for name in set(old.files) - set(names):
                 self._delete_if_exists(join(self.path, name))
-        self.markers[unit] = marker
-        self._committed_now.add(unit)
         return marker
 
     def _without(

@@ -112,3 +112,57 @@ def test_sigterm_while_ray_starts_is_the_callers_interrupt(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "RAY_AUTH_MODE": "token"}
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert r.stdout.strip().splitlines()[-1:] == ["interrupted 143 True"], (r.returncode, r.stderr[-3000:])
+
+
+NESTED = """
+import time
+from pipeline.interrupt import Interrupted, on_interrupt
+
+# as e2v-extract runs the job: main's block around run(), run()'s own block around each attempt
+try:
+    with on_interrupt():
+        try:
+            with on_interrupt():
+                print("ready", flush=True)
+                while True:
+                    time.sleep(0.05)
+        finally:  # run()'s clean-up after the attempt's block: the lease, ray.shutdown()
+            print("cleanup", flush=True)
+            time.sleep(600)
+except Interrupted as e:
+    print("interrupted again", flush=True)
+    raise SystemExit(e.exit_code)
+"""
+
+
+def test_second_signal_in_the_clean_up_after_an_inner_block_exits_hard(tmp_path):
+    """The job nests two blocks (e2v-extract's around run(), run()'s around each attempt). A first
+    signal in the attempt left the inner block; a second one while run() cleaned up (releasing the
+    lease, shutting Ray down) met the outer block's handler, which had seen no signal: it raised
+    Interrupted into the clean-up instead of exiting at once."""
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGTERM)
+    assert p.stdout.readline() == "cleanup\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, (out, err)
+    assert "SIGINT again while stopping: exiting now without cleanup" in err
+    assert out == ""
+
+
+def test_a_signal_inside_a_shield_that_ends_in_an_error_still_stops():
+    """A commit (in a shield) that fails after a SIGTERM arrived: the error left the shield and the
+    signal was dropped, so the job restarted the pipeline on what was left instead of stopping."""
+    with pytest.raises(Interrupted) as e:
+        with on_interrupt() as stop:
+            with stop.shield():
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise OSError("the marker write failed")
+    assert (e.value.signal_name, e.value.exit_code) == ("SIGTERM", 143)
+    assert isinstance(e.value.__context__, OSError)

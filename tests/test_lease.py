@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import threading
 import time
 from datetime import datetime
 
@@ -164,7 +166,7 @@ def test_a_live_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_p
     import sys
     from datetime import datetime, timedelta, timezone
 
-    from pipeline.lease import LEASE_NAME, acquire
+    from pipeline.lease import LEASE_NAME, _pid_space, acquire
     from pipeline.storage import Storage
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -174,6 +176,7 @@ def test_a_live_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_p
         "run_id": "killed",
         "host": socket.gethostname(),
         "pid": dead.pid,
+        "pid_space": _pid_space(),  # this host's kernel boot and PID namespace
         "started_at": soon,
         "expires_at": soon,
         "ttl_s": 300,
@@ -369,3 +372,79 @@ def test_an_output_writes_nothing_once_its_lease_check_fails(tmp_path, monkeypat
         Output(storage, str(out), fence=lease.check).open("overwrite", {"schema": 3})
     assert storage.exists(staged) and not (out / "_units").exists() and not (out / "_run.json").exists()
     lease.release()
+
+
+HOLDER = """
+import sys, time
+from pipeline.lease import acquire
+from pipeline.storage import Storage
+
+lease = acquire(Storage(), sys.argv[1], ttl_s=60)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _free_pid() -> int:
+    """A pid no process of this PID namespace has."""
+    for pid in range(30000, 20000, -1):
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+    raise AssertionError("no free pid")
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux unshare")
+def test_a_live_run_in_another_pid_namespace_of_this_host_keeps_its_lease(tmp_path):
+    """Containers with the host's network (docker --network host, Kubernetes hostNetwork) share the
+    host's name but each has pids of its own: a run there was judged dead because its pid named no
+    process here, and its live lease was taken over (two runs writing one output)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    out = tmp_path / "out"
+    pid = _free_pid()
+    # a PID namespace of its own (a container's), the holder's pid chosen to be free in this one
+    cmd = f"echo {pid - 1} > /proc/sys/kernel/ns_last_pid && {sys.executable} {script} {out}; true"
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "sh", "-c", cmd]
+    if subprocess.run([*unshare[:-3], "true"], capture_output=True).returncode != 0:
+        pytest.skip("user and PID namespaces are not available here")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    holder = subprocess.Popen(unshare, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        record = _lease_file(out)
+        assert record["pid"] == pid and not os.path.exists(f"/proc/{pid}")  # no such pid here
+        with pytest.raises(LeaseHeld, match="being written by another run"):
+            acquire(Storage(), str(out), ttl_s=30)
+        assert _lease_file(out)["run_id"] == record["run_id"]
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+@pytest.mark.s3
+def test_a_release_that_storage_refuses_leaves_the_lease_to_expire(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
+    """The run is done (its _run.json written) and lets its lease go while the store fails every
+    request: release() raised StorageUnavailable from run()'s `finally`, so a finished run exited 1
+    (and a bad manifest's exit 2, a SIGTERM's 143, became 1) with Ray left running. The lease is
+    only a courtesy to the next run by then: it expires by itself."""
+    from .test_storage import FaultProxy
+
+    _stall_renewals(monkeypatch, tmp_path)
+    _, bucket = s3_bucket
+    failing = threading.Event()
+    proxy = FaultProxy(s3_server, fail_if=lambda method, path: failing.is_set())
+    with proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.05)
+        out = f"s3://{bucket}/out"
+        storage.exists(out)  # the S3 client is built (seconds) before the lease's clock starts
+        lease = acquire(storage, out, ttl_s=30.0)
+        failing.set()
+        lease.release()  # no exception
+        assert proxy.failures  # it tried
+        failing.clear()
+        assert json.loads(storage.read_bytes(f"{out}/{LEASE_NAME}"))["run_id"] == lease.run_id

@@ -189,3 +189,128 @@ def test_commits_and_recovery_leave_no_empty_staging_folders(tmp_path):
     Output(Storage(), str(out)).open("resume", {"schema": 3})
     assert not (out / "_staging").exists()
     assert len(list(out.glob("part-*.parquet"))) == 1
+
+
+def _stage(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_per_file: int) -> Pending:
+    summaries = write_parts(
+        rows,
+        output=path,
+        schema=schema,
+        storage=storage,
+        compression="zstd",
+        max_file_mb=256,
+        rows_per_file=rows_per_file,
+    )
+    seen = Pending()
+    for s in summaries.to_pylist():
+        seen.add(s)
+    assert seen.complete
+    return seen
+
+
+@pytest.mark.s3
+def test_a_commit_that_fails_after_its_marker_is_finished_by_the_restart_not_duplicated(s3_server, s3_bucket):
+    """S3 fails (through every retry) while a commit moves its files into place, after the marker
+    (the commit point) was written and one file was moved. The restart (`reopen`) took the unit for
+    uncommitted: it deleted the staged files the marker names and redid the unit, whose rows came
+    back cut into other files, so the file moved before the failure stayed beside them: its rows
+    twice in the output."""
+    from .test_storage import FaultProxy
+
+    _, bucket = s3_bucket
+    copies = []
+
+    def second_copy_fails(method: str, path: str) -> bool:
+        if method == "PUT" and "/out/part-" in path:
+            copies.append(path)
+            return len(copies) >= 2
+        return False
+
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    unit = "u-000000"
+    spans = [
+        s
+        for i in range(4)
+        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    ]
+    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+        path = f"s3://{bucket}/out"
+        out = Output(storage, path)
+        out.open("resume", {"schema": 3})
+        seen = _stage(rows, path, schema, storage, rows_per_file=2)  # two files
+        with pytest.raises(OSError):
+            out.commit(unit, seen)
+        proxy.fail_if = None  # storage is back
+        out.reopen()  # the restart on what is left
+        if not out.skip().done(unit, 4):  # the next attempt redoes the unit: its rows in one file
+            out.commit(unit, _stage(rows, path, schema, storage, rows_per_file=4))
+        fs, root = storage.resolve(path)
+        ids = pads.dataset(root, filesystem=fs, format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == sorted(rows["id"].to_pylist())  # every row once
+    assert out.totals()["rows"] == 4
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_a_unit_committed_by_a_commit_that_then_failed_counts_for_the_run(
+    ray_session, s3_server, s3_bucket, tmp_path
+):
+    """The driver's loop (`run._execute`) over the write stage's summaries: the commit's marker
+    lands, then a move fails through every retry. The unit is committed (the restart finishes its
+    moves and does not redo it), so this run's counts in _run.json, and the restart loop's measure
+    of progress, must include it: they left it out (its rows counted as skipped)."""
+    import io
+
+    import ray
+
+    from pipeline.interrupt import Stop
+    from pipeline.lease import acquire
+    from pipeline.progress import Progress
+    from pipeline.run import RunFailed, Tally, _execute
+
+    from .test_storage import FaultProxy
+
+    _, bucket = s3_bucket
+    copies = []
+
+    def second_copy_fails(method: str, path: str) -> bool:
+        if method == "PUT" and "/out/part-" in path:
+            copies.append(path)
+            return len(copies) >= 2
+        return False
+
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    unit = "u-000000"
+    spans = [
+        s
+        for i in range(4)
+        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    ]
+    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    lease = acquire(Storage(), str(tmp_path / "lease"), ttl_s=60)
+    with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
+        storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+        path = f"s3://{bucket}/out"
+        out = Output(storage, path)
+        out.open("resume", {"schema": 3})
+        summaries = write_parts(
+            rows,
+            output=path,
+            schema=schema,
+            storage=storage,
+            compression="zstd",
+            max_file_mb=256,
+            rows_per_file=2,
+        )
+        tally, stream = Tally(), io.StringIO()
+        progress = Progress(4, 60, stream)
+        with pytest.raises(RunFailed):
+            _execute(ray.data.from_arrow(summaries), out, tally, progress, lease, Stop(), set(), stream)
+        proxy.fail_if = None
+        out.reopen()
+    lease.release()
+    assert out.skip().done(unit, 4)  # committed: the restart leaves it alone
+    assert (tally.units, tally["ok"], tally["sources"]) == (1, 4, 4)
+    assert (progress.rows, progress.ok) == (4, 4)
