@@ -288,7 +288,7 @@ class EmotionPredictor:
         kind = "cuda" if on_gpu else "cpu"
         if batch_seconds is None:
             batch_seconds = DEFAULT_BATCH_SECONDS[kind]
-        self.budget = max(self.input.receptive_field, int(batch_seconds * self.input.sample_rate))
+        self.budget = max(self.input.receptive_field, round(batch_seconds * self.input.sample_rate))
         self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE[kind]
         self.rows_per_call = rows_per_call
         # on a GPU: batches collated into reused page-locked buffers; float32 means float32 (no TF32 in

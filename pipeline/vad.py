@@ -69,7 +69,7 @@ def speech_segments(
         speech_pad_ms=cfg.speech_pad_ms,
         audio_length_samples=len(x),
     )
-    max_len = int(cfg.max_segment_s * TARGET_SR) // HOP * HOP
+    max_len = max_segment_samples(cfg.max_segment_s)
     segments = []
     for start, end in on_grid([(s["start"], s["end"]) for s in spans], len(x)):
         segments.extend(split_long(x, start, end, max_len))
@@ -165,6 +165,12 @@ def _parts(model: Any, torch) -> _Parts | None:
         except (AttributeError, ValueError, RuntimeError):
             _parts_cache[id(model)] = None
     return _parts_cache[id(model)]
+
+
+def max_segment_samples(max_segment_s: float, hop: int = HOP) -> int:
+    """`max_segment_s` in samples, down to the frame grid. Rounded to samples first: 32.3 s is
+    516799.99999999994 samples in floats, which truncated to 32.28 s and split speech of exactly 32.3 s."""
+    return round(max_segment_s * TARGET_SR) // hop * hop
 
 
 def on_grid(spans: list[tuple[int, int]], num_samples: int, hop: int = HOP) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.audio import decode
 from pipeline.config import ConfigError, VadConfig, load_config
-from pipeline.vad import on_grid, speech_segments, split_long
+from pipeline.vad import max_segment_samples, on_grid, speech_segments, split_long
 from tests.speech import encode, long_recording, noise_only, sentence_clips
 
 # find_spec, not importorskip: importing silero_vad would set torch's thread count for the whole session
@@ -115,6 +115,14 @@ def test_on_grid_moves_edges_outward_and_keeps_spans_disjoint():
     assert on_grid([(100, 1000), (1100, 4890)], 4900) == [(0, 1280), (1280, 4900)]
     assert on_grid([(640, 960)], 10_000) == [(640, 960)]
     assert on_grid([(0, 500), (700, 900)], 900) == [(0, 640), (640, 900)]
+
+
+def test_max_segment_s_in_samples_is_not_a_frame_short_where_floats_fall_below():
+    """32.3 s is 1615 frames exactly, but 32.3 * 16000 is 516799.99999999994 in floats: truncated, the
+    limit was 32.28 s and speech of exactly 32.3 s was split, against `max_segment_s` ("longer than")."""
+    assert 32.3 * SR < 516800
+    assert max_segment_samples(32.3) == 516800
+    assert max_segment_samples(30.0) == 480000 and max_segment_samples(30.01) == 480000  # down to the grid
 
 
 def test_split_long_cuts_at_the_quietest_frame():
