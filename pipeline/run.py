@@ -252,7 +252,9 @@ def run(cfg: JobConfig, *, stream: TextIO | None = None) -> RunResult:
         return _finish(
             cfg, job.out, job.plan, job.tally, job.fingerprint, job.placement, ray_info, t0, stream
         )
-    except ClusterError as e:
+    except ClusterError as e:  # no GPU within ray.gpu_wait_s, ...: a failed start leaves nothing behind
+        _let_go(lease, cfg.output.path, fresh)
+        lease = None
         raise JobError(str(e)) from None
     except LeaseLost as e:  # opening the output, cleaning up after an attempt, writing _run.json
         raise RunFailed(str(e)) from None

@@ -302,6 +302,8 @@ def test_cuda_on_a_cluster_that_gets_no_gpu_waits_then_ends_in_one_line(tiny_mod
     last = r.stderr.strip().splitlines()[-1]
     assert "no GPU became free on the Ray cluster within ray.gpu_wait_s 3 s" in last, last
     assert "missing resource: GPU 1 per model actor" in last, last
+    # a failed start leaves nothing behind: the lease released and the output folder it created gone
+    assert not (tmp_path / "out").exists(), sorted(p.name for p in (tmp_path / "out").rglob("*"))
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
