@@ -408,8 +408,9 @@ def test_a_live_run_in_another_pid_namespace_of_this_host_keeps_its_lease(tmp_pa
     # a PID namespace of its own (a container's), the holder's pid chosen to be free in this one
     cmd = f"echo {pid - 1} > /proc/sys/kernel/ns_last_pid && {sys.executable} {script} {out}; true"
     unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "sh", "-c", cmd]
-    if subprocess.run([*unshare[:-3], "true"], capture_output=True).returncode != 0:
-        pytest.skip("user and PID namespaces are not available here")
+    probe = [*unshare[:-1], f"echo {pid - 1} > /proc/sys/kernel/ns_last_pid"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("user and PID namespaces (with a writable ns_last_pid) are not available here")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     holder = subprocess.Popen(unshare, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
