@@ -191,8 +191,9 @@ def test_commits_and_recovery_leave_no_empty_staging_folders(tmp_path):
     assert len(list(out.glob("part-*.parquet"))) == 1
 
 
-def _stage(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_per_file: int) -> Pending:
-    summaries = write_parts(
+def _write(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_per_file: int) -> pa.Table:
+    """The write stage on `rows` -> its summaries (the files staged)."""
+    return write_parts(
         rows,
         output=path,
         schema=schema,
@@ -201,11 +202,39 @@ def _stage(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_
         max_file_mb=256,
         rows_per_file=rows_per_file,
     )
+
+
+def _stage(rows: pa.Table, path: str, schema: pa.Schema, storage: Storage, rows_per_file: int) -> Pending:
     seen = Pending()
-    for s in summaries.to_pylist():
+    for s in _write(rows, path, schema, storage, rows_per_file).to_pylist():
         seen.add(s)
     assert seen.complete
     return seen
+
+
+def _second_copy_fails():
+    """A fault proxy's rule: the second PUT of an output file into place (S3's copy) fails, so a commit
+    fails after its marker and one moved file."""
+    copies = []
+
+    def fail_if(method: str, path: str) -> bool:
+        if method == "PUT" and "/out/part-" in path:
+            copies.append(path)
+            return len(copies) >= 2
+        return False
+
+    return fail_if
+
+
+def _four_rows(unit: str) -> tuple[pa.Schema, pa.Table]:
+    """The output schema and four one-second rows of `unit`."""
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    spans = [
+        s
+        for i in range(4)
+        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    ]
+    return schema, pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
 
 
 @pytest.mark.s3
@@ -218,22 +247,9 @@ def test_a_commit_that_fails_after_its_marker_is_finished_by_the_restart_not_dup
     from .test_storage import FaultProxy
 
     _, bucket = s3_bucket
-    copies = []
-
-    def second_copy_fails(method: str, path: str) -> bool:
-        if method == "PUT" and "/out/part-" in path:
-            copies.append(path)
-            return len(copies) >= 2
-        return False
-
-    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    second_copy_fails = _second_copy_fails()
     unit = "u-000000"
-    spans = [
-        s
-        for i in range(4)
-        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
-    ]
-    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    schema, rows = _four_rows(unit)
     with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
         storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
         path = f"s3://{bucket}/out"
@@ -273,37 +289,16 @@ def test_a_unit_committed_by_a_commit_that_then_failed_counts_for_the_run(
     from .test_storage import FaultProxy
 
     _, bucket = s3_bucket
-    copies = []
-
-    def second_copy_fails(method: str, path: str) -> bool:
-        if method == "PUT" and "/out/part-" in path:
-            copies.append(path)
-            return len(copies) >= 2
-        return False
-
-    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    second_copy_fails = _second_copy_fails()
     unit = "u-000000"
-    spans = [
-        s
-        for i in range(4)
-        for s in _segment(Span(0, f"clip-{i}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
-    ]
-    rows = pa.concat_tables([segment_rows([s], [None], unit, 4) for s in spans])
+    schema, rows = _four_rows(unit)
     lease = acquire(Storage(), str(tmp_path / "lease"), ttl_s=60)
     with FaultProxy(s3_server, fail_if=second_copy_fails) as proxy:
         storage = Storage(endpoint_url=proxy.url, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
         path = f"s3://{bucket}/out"
         out = Output(storage, path)
         out.open("resume", {"schema": 3})
-        summaries = write_parts(
-            rows,
-            output=path,
-            schema=schema,
-            storage=storage,
-            compression="zstd",
-            max_file_mb=256,
-            rows_per_file=2,
-        )
+        summaries = _write(rows, path, schema, storage, rows_per_file=2)
         tally, stream = Tally(), io.StringIO()
         progress = Progress(4, 60, stream)
         with pytest.raises(RunFailed):
