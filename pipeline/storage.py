@@ -327,6 +327,9 @@ def is_transient(e: BaseException, reached: bool = True) -> bool:
         status = getattr(x, "status", None)
         if isinstance(status, int) and type(x).__name__ == "ClientResponseError":  # aiohttp
             return status in _TRANSIENT_STATUS
+        status = getattr(resp, "status_code", None)
+        if isinstance(status, int):  # an error holding its HTTP response: huggingface_hub's, Azure's
+            return status in _TRANSIENT_STATUS
         if _refused(x):
             return reached
         if isinstance(x, _PERMANENT):

@@ -28,6 +28,7 @@ from pipeline.storage import (
     Storage,
     StorageUnavailable,
     is_remote,
+    is_transient,
     join,
     local_path,
     scheme,
@@ -183,6 +184,22 @@ def test_file_uris_name_local_paths_as_rfc_8089_writes_them(tmp_path):
         {"input": {"manifest": folder.as_uri()}, "output": {"path": (tmp_path / "o p").as_uri()}}
     )
     assert (cfg.input.manifest, cfg.output.path) == (str(folder), str(tmp_path / "o p"))
+
+
+def test_hub_errors_are_transient_by_their_http_status():
+    """huggingface_hub (hf://) raises errors that hold their HTTP response (as Azure's SDK does); a 429 or a
+    503 there was taken for permanent (neither aiohttp's nor botocore's shape), so a Hub rate limit
+    failed the row or the manifest read at once. Built as the library builds them, from a response."""
+    httpx = pytest.importorskip("httpx2", reason="huggingface_hub's HTTP client")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx.Request("GET", "https://huggingface.co/datasets/o/n/resolve/main/a.wav")
+    for status, transient in ((429, True), (503, True), (520, True), (501, False), (403, False)):
+        error = HfHubHTTPError(f"{status} error", response=httpx.Response(status, request=request))
+        assert is_transient(error) is transient, status
+        wrapped = OSError("read failed")
+        wrapped.__cause__ = error
+        assert is_transient(wrapped) is transient, status
 
 
 def test_job_config_redacted():
