@@ -704,6 +704,20 @@ def test_a_nemo_diarisation_manifest_is_read_as_turns_unless_told_otherwise(tmp_
     assert read(tmp_path / "late.json", format="json").num_rows == 2
 
 
+@pytest.mark.parametrize("name", ["diar.json.gz", "diar.ndjson.gz", "diar.ndjson"])
+def test_a_gzipped_nemo_diarisation_manifest_of_any_documented_name_is_read_as_turns(tmp_path, name):
+    # `.json.gz` and `.ndjson.gz` were found to be NeMo diarisation manifests (format rttm) and then
+    # parsed as RTTM text, which holds no SPEAKER line: no turn at all (exit 2 "the manifest has no
+    # rows"; a shard among others lost its turns without a word)
+    (tmp_path / "call-1.rttm").write_text("".join(RTTM.splitlines(keepends=True)[:2]))
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm")
+    data = text.encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    t = read(tmp_path / name)
+    assert t["id"].to_pylist() == ["call-1_A_0000500", "call-1_B_0002000"]
+    assert t["path"].to_pylist() == ["/a/call-1.wav"] * 2
+
+
 @pytest.mark.parametrize(
     "key, value", [("offset", "abc"), ("offset", [1]), ("offset", -5), ("duration", "x"), ("duration", "NaN")]
 )

@@ -57,7 +57,9 @@ COLUMNS = Columns(
     speaker="speaker",
     overlap="overlap_s",
 )
-NEMO_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".ndjson")
+# a NeMo diarisation manifest is JSON lines, each name also gzipped (as sources.py finds them: a `.json.gz`
+# read as RTTM text held no SPEAKER line, so no turn)
+NEMO_SUFFIXES = tuple(s + gz for s in (".json", ".jsonl", ".ndjson") for gz in ("", ".gz"))
 WAV_SCP = "wav.scp"
 
 
