@@ -617,6 +617,31 @@ def test_rttm_blocks_of_a_rerun_redo_only_the_error_rows_of_their_unit(tmp_path)
     assert t["id"].to_pylist() == [redo] and t["_unit_rows"].to_pylist() == [1]
 
 
+def test_a_rerun_that_redoes_error_rows_keeps_the_other_units_blocks_of_whole_recordings(tmp_path):
+    # a unit that redoes its error rows is one piece of the unit's size; it made needs_recut say yes, and
+    # Ray's re-cut by row counts then split the recordings of every unit not yet committed across blocks
+    # again (each decoded once per block it reached), on any resume of a killed run with error rows
+    (tmp_path / "audio").mkdir()
+    for rec in ("a", "b", "c"):
+        (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
+    (tmp_path / "all.rttm").write_text(_turns("a", 6) + _turns("b", 5) + _turns("c", 3))
+    cfg = InputConfig(
+        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=6
+    )
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    count = count_rows(source, cfg, storage)
+    plan = Plan("m", [source], [count.rows], details=[count])
+    first = unit_name(source.key, 0)
+    pieces = plan.pieces(cfg.rows_per_unit, done({first: (6, {"a_S1_0001000"})}), 4)
+    assert [p.first_unit for p in pieces] == [0, 1, 2]  # a's error rows, then b and c whole
+    assert not plan.needs_recut(pieces, 4)
+    kw = {"plan": plan, "cfg": cfg, "storage": storage, "skip": done({first: (6, {"a_S1_0001000"})})}
+    blocks = [b for p in pieces for b in read_pieces(pa.Table.from_pylist([p.item()]), block_rows=4, **kw)]
+    assert [b["id"].to_pylist() for b in blocks][0] == ["a_S1_0001000"]
+    assert [set(b["recording_id"].to_pylist()) for b in blocks[1:]] == [{"b"}, {"c"}]
+
+
 def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of_the_file(tmp_path):
     # A turn of negative duration whose end falls before 0 (onset 0.2 s, duration -0.5 s: end -0.3 s)
     # reached the span code with that end, where a negative end is Kaldi's -1, "to the end of the
