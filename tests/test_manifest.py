@@ -671,6 +671,24 @@ def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of
     assert rows["c1_B_0000200"]["error"].endswith("RTTM turn at 0.200 s has a negative duration (-0.500 s)")
 
 
+def test_a_negative_duration_turn_inside_a_nemo_window_is_an_error_row_not_dropped(tmp_path):
+    # a NeMo line with a window (offset / duration) cut every turn to it and kept those with end > start:
+    # a turn of negative duration inside the window vanished without a word, where the same line
+    # without a window (or the RTTM alone) gives the error row saying so
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER c1 1 2.000 -0.500 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER c1 1 9.000 -0.500 <NA> <NA> B <NA> <NA>\n"  # outside the window: not the line's
+    )
+    for window in ({}, {"offset": 0.5, "duration": 5.0}):
+        (tmp_path / "diar.json").write_text(nemo_diarisation_line("/a/c1.wav", "c.rttm", **window))
+        t = read(tmp_path / "diar.json")
+        errors = dict(zip(t["id"].to_pylist(), t["_input_error"].to_pylist(), strict=True))
+        assert errors["c1_A_0001000"] is None, window
+        assert "negative duration (-0.500 s)" in errors["c1_B_0002000"], window
+        assert ("c1_B_0009000" in errors) == (not window)
+
+
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
