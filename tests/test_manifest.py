@@ -689,6 +689,19 @@ def test_a_negative_duration_turn_inside_a_nemo_window_is_an_error_row_not_dropp
         assert ("c1_B_0009000" in errors) == (not window)
 
 
+def test_a_zero_length_turn_inside_a_nemo_window_is_a_row_as_without_the_window(tmp_path):
+    # as a negative one: cut to the window it had end == start and was dropped; without a window it is a
+    # row, which the decode makes an error row ("the end is not after the start")
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\nSPEAKER c1 1 2.000 0.000 <NA> <NA> B <NA> <NA>\n"
+    )
+    for window in ({}, {"offset": 0.5, "duration": 5.0}):
+        (tmp_path / "diar.json").write_text(nemo_diarisation_line("/a/c1.wav", "c.rttm", **window))
+        t = read(tmp_path / "diar.json")
+        assert t["id"].to_pylist() == ["c1_A_0001000", "c1_B_0002000"], window
+        assert t["offset_s"].to_pylist()[1] == 2.0 and t["_end_s"].to_pylist()[1] == 2.0
+
+
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "a.rttm").write_text(RTTM.splitlines(keepends=True)[0])
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
