@@ -617,6 +617,31 @@ def test_rttm_blocks_of_a_rerun_redo_only_the_error_rows_of_their_unit(tmp_path)
     assert t["id"].to_pylist() == [redo] and t["_unit_rows"].to_pylist() == [1]
 
 
+def test_a_rerun_that_redoes_error_rows_keeps_the_other_units_blocks_of_whole_recordings(tmp_path):
+    # a unit that redoes its error rows is one piece of the unit's size; it made needs_recut say yes, and
+    # Ray's re-cut by row counts then split the recordings of every unit not yet committed across blocks
+    # again (each decoded once per block it reached), on any resume of a killed run with error rows
+    (tmp_path / "audio").mkdir()
+    for rec in ("a", "b", "c"):
+        (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
+    (tmp_path / "all.rttm").write_text(_turns("a", 6) + _turns("b", 5) + _turns("c", 3))
+    cfg = InputConfig(
+        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=6
+    )
+    storage = Storage()
+    (source,) = discover(cfg, storage)
+    count = count_rows(source, cfg, storage)
+    plan = Plan("m", [source], [count.rows], details=[count])
+    first = unit_name(source.key, 0)
+    pieces = plan.pieces(cfg.rows_per_unit, done({first: (6, {"a_S1_0001000"})}), 4)
+    assert [p.first_unit for p in pieces] == [0, 1, 2]  # a's error rows, then b and c whole
+    assert not plan.needs_recut(pieces, 4)
+    kw = {"plan": plan, "cfg": cfg, "storage": storage, "skip": done({first: (6, {"a_S1_0001000"})})}
+    blocks = [b for p in pieces for b in read_pieces(pa.Table.from_pylist([p.item()]), block_rows=4, **kw)]
+    assert [b["id"].to_pylist() for b in blocks][0] == ["a_S1_0001000"]
+    assert [set(b["recording_id"].to_pylist()) for b in blocks[1:]] == [{"b"}, {"c"}]
+
+
 def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of_the_file(tmp_path):
     # A turn of negative duration whose end falls before 0 (onset 0.2 s, duration -0.5 s: end -0.3 s)
     # reached the span code with that end, where a negative end is Kaldi's -1, "to the end of the
@@ -644,6 +669,37 @@ def test_an_rttm_turn_with_a_negative_duration_is_an_error_row_never_the_rest_of
         assert rows[bad]["error"].startswith("input: ValueError: ") and rows[bad]["waveform"] is None
     # the times of the line, as docs/corpora.md quotes them
     assert rows["c1_B_0000200"]["error"].endswith("RTTM turn at 0.200 s has a negative duration (-0.500 s)")
+
+
+def test_a_negative_duration_turn_inside_a_nemo_window_is_an_error_row_not_dropped(tmp_path):
+    # a NeMo line with a window (offset / duration) cut every turn to it and kept those with end > start:
+    # a turn of negative duration inside the window vanished without a word, where the same line
+    # without a window (or the RTTM alone) gives the error row saying so
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER c1 1 2.000 -0.500 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER c1 1 9.000 -0.500 <NA> <NA> B <NA> <NA>\n"  # outside the window: not the line's
+    )
+    for window in ({}, {"offset": 0.5, "duration": 5.0}):
+        (tmp_path / "diar.json").write_text(nemo_diarisation_line("/a/c1.wav", "c.rttm", **window))
+        t = read(tmp_path / "diar.json")
+        errors = dict(zip(t["id"].to_pylist(), t["_input_error"].to_pylist(), strict=True))
+        assert errors["c1_A_0001000"] is None, window
+        assert "negative duration (-0.500 s)" in errors["c1_B_0002000"], window
+        assert ("c1_B_0009000" in errors) == (not window)
+
+
+def test_a_zero_length_turn_inside_a_nemo_window_is_a_row_as_without_the_window(tmp_path):
+    # as a negative one: cut to the window it had end == start and was dropped; without a window it is a
+    # row, which the decode makes an error row ("the end is not after the start")
+    (tmp_path / "c.rttm").write_text(
+        "SPEAKER c1 1 1.000 0.500 <NA> <NA> A <NA> <NA>\nSPEAKER c1 1 2.000 0.000 <NA> <NA> B <NA> <NA>\n"
+    )
+    for window in ({}, {"offset": 0.5, "duration": 5.0}):
+        (tmp_path / "diar.json").write_text(nemo_diarisation_line("/a/c1.wav", "c.rttm", **window))
+        t = read(tmp_path / "diar.json")
+        assert t["id"].to_pylist() == ["c1_A_0001000", "c1_B_0002000"], window
+        assert t["offset_s"].to_pylist()[1] == 2.0 and t["_end_s"].to_pylist()[1] == 2.0
 
 
 def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
@@ -702,6 +758,20 @@ def test_a_nemo_diarisation_manifest_is_read_as_turns_unless_told_otherwise(tmp_
     with pytest.raises(ManifestError, match=r"late.json: row 2 names an RTTM .*input.format: rttm"):
         read(tmp_path / "late.json")
     assert read(tmp_path / "late.json", format="json").num_rows == 2
+
+
+@pytest.mark.parametrize("name", ["diar.json.gz", "diar.ndjson.gz", "diar.ndjson"])
+def test_a_gzipped_nemo_diarisation_manifest_of_any_documented_name_is_read_as_turns(tmp_path, name):
+    # `.json.gz` and `.ndjson.gz` were found to be NeMo diarisation manifests (format rttm) and then
+    # parsed as RTTM text, which holds no SPEAKER line: no turn at all (exit 2 "the manifest has no
+    # rows"; a shard among others lost its turns without a word)
+    (tmp_path / "call-1.rttm").write_text("".join(RTTM.splitlines(keepends=True)[:2]))
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm")
+    data = text.encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    t = read(tmp_path / name)
+    assert t["id"].to_pylist() == ["call-1_A_0000500", "call-1_B_0002000"]
+    assert t["path"].to_pylist() == ["/a/call-1.wav"] * 2
 
 
 @pytest.mark.parametrize(

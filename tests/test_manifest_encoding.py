@@ -72,7 +72,29 @@ def test_a_parquet_manifest_with_invalid_utf8_text_is_refused_naming_row_and_col
         good = [v.encode() if v else b"" for v in cols[column].to_pylist()]
         cols[column] = _latin1_as_string(good[:2] + [CAFE])
     pq.write_table(pa.table(cols), tmp_path / "m.parquet")
-    with pytest.raises(ManifestError, match=rf"m\.parquet: row 2: column '{column}' is not UTF-8 text"):
+    with pytest.raises(ManifestError, match=rf"m\.parquet: row 3: column '{column}' is not UTF-8 text"):
+        count(tmp_path / "m.parquet")
+
+
+def test_the_parquet_utf8_check_counts_rows_from_1_as_every_other_manifest_message(tmp_path):
+    # the check named the row counted from 0 ("row 4999" for the 5000th), while a missing or repeated
+    # id of the same file, and every line manifest, are counted from 1: the row it named was a good one
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 5000  # past the check's first batch of rows
+    text = [b"fine"] * n
+    text[n - 1] = CAFE
+    ids = [f"u{i}" for i in range(n)]
+    paths = [f"{i}.wav" for i in range(n)]
+    pq.write_table(
+        pa.table({"id": ids, "path": paths, "text": _latin1_as_string(text)}), tmp_path / "m.parquet"
+    )
+    with pytest.raises(ManifestError, match=r"m\.parquet: row 5000: column 'text' is not UTF-8 text"):
+        count(tmp_path / "m.parquet")
+    ids[n - 1] = None  # the same row, without its id: named as row 5000 too
+    pq.write_table(pa.table({"id": ids, "path": paths}), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"the first is row 5000\)"):
         count(tmp_path / "m.parquet")
 
 

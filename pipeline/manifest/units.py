@@ -133,8 +133,19 @@ class Plan:
 
     def needs_recut(self, pieces: list[Piece], block_rows: int) -> bool:
         """Whether a read task may yield more than one decode block (Ray merges what a task yields
-        into one block: it must then be re-cut for decoding to run in parallel)."""
-        return any(p.parts == 1 and p.block_start < 0 and p.rows > block_rows for p in pieces)
+        into one block: it must then be re-cut for decoding to run in parallel). Never for a source of
+        groups: its pieces are blocks of whole recordings, or a unit that redoes its error rows (a few
+        rows, at most one unit), and a re-cut by row counts would split the recordings of the other
+        blocks again (each then decoded once per block it reached)."""
+        return any(
+            p.parts == 1 and p.block_start < 0 and p.rows > block_rows and not self._grouped(p)
+            for p in pieces
+        )
+
+    def _grouped(self, piece: Piece) -> bool:
+        """A piece of one unit of a source of groups (`_group_pieces`)."""
+        details = self.details[piece.source] if piece.source < len(self.details) else None
+        return piece.units == 1 and details is not None and details.groups is not None
 
     def block_rows(self, most: int) -> int:
         """Rows per block handed to a decode task (see `block_rows`)."""

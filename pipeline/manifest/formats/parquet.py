@@ -138,8 +138,9 @@ def _check_utf8(pf: pq.ParquetFile, cols: Columns, source: Source) -> None:
                 bad = next(
                     i for i in range(len(column)) if not _valid(column.take([i]))
                 )  # a row's own values
+                at = row + bad + 1  # counted from 1, as every other manifest message counts rows
                 raise ManifestError(
-                    f"{source.uri}: row {row + bad}: column {name!r} is not UTF-8 text; manifests must be "
+                    f"{source.uri}: row {at}: column {name!r} is not UTF-8 text; manifests must be "
                     f"UTF-8: rewrite the column (e.g. decoded from latin-1)"
                 ) from None
         row += batch.num_rows

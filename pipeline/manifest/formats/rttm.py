@@ -57,7 +57,9 @@ COLUMNS = Columns(
     speaker="speaker",
     overlap="overlap_s",
 )
-NEMO_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".ndjson")
+# a NeMo diarisation manifest is JSON lines, each name also gzipped (as sources.py finds them: a `.json.gz`
+# read as RTTM text held no SPEAKER line, so no turn)
+NEMO_SUFFIXES = tuple(s + gz for s in (".json", ".jsonl", ".ndjson") for gz in ("", ".gz"))
 WAV_SCP = "wav.scp"
 
 
@@ -290,9 +292,14 @@ def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa
         return turns
     lo = float(offset or 0.0)
     hi = np.inf if duration is None else lo + float(duration)
-    start = np.maximum(turns["start_s"].to_numpy(), lo)
-    end = np.minimum(turns["end_s"].to_numpy(), hi)
-    keep = end > start
+    onset, offset_end = turns["start_s"].to_numpy(), turns["end_s"].to_numpy()
+    start, end = np.maximum(onset, lo), np.minimum(offset_end, hi)
+    # a turn of negative (or zero) duration whose onset lies in the window is kept as it is, to be the
+    # error row that says so (`_reversed`; the decode: "the end is not after the start"), as without a
+    # window; cut to the window it had end <= start and was dropped without a word
+    empty_inside = (offset_end <= onset) & (onset >= lo) & (onset < hi)
+    start, end = np.where(empty_inside, onset, start), np.where(empty_inside, offset_end, end)
+    keep = (end > start) | empty_inside
     recs, spks, chans = (
         pc.filter(turns[c], pa.array(keep)).to_pylist() for c in ("recording_id", "speaker", "channel")
     )
