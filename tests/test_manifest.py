@@ -103,6 +103,27 @@ def test_duplicate_ids_are_refused_naming_one(tmp_path):
         read(tmp_path / "m.csv")
 
 
+def test_duplicate_ids_within_a_file_name_both_rows(tmp_path):
+    """The docs promise that a duplicate names its rows (as one across shards does); within one file
+    the message named only the id, so a user of a big manifest had to search for it. A NeMo manifest
+    without ids that names the same clip twice is the common case (default ids are the paths)."""
+    rows = [{"audio_filepath": f"c{i}.wav"} for i in range(5)] + [{"audio_filepath": "c1.wav"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(
+        ManifestError, match=r"m.jsonl: duplicate ids: .*'c1.wav' \(2 times\), at rows 2 and 6;"
+    ):
+        read(tmp_path / "m.jsonl")
+    pq.write_table(pa.table({"id": ["a", "b", "c", "b"], "path": ["x.wav"] * 4}), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"m.parquet: duplicate ids: .*'b' \(2 times\), at rows 2 and 4;"):
+        read(tmp_path / "m.parquet")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text("r1 /r1.wav\n")
+    (kaldi / "segments").write_text("u1 r1 0 1\nu2 r1 1 2\nu1 r1 2 3\n")
+    with pytest.raises(ManifestError, match=r"duplicate ids: .*'u1' \(2 times\), at rows 1 and 3;"):
+        read(kaldi)
+
+
 def test_missing_columns_and_files(tmp_path):
     (tmp_path / "m.csv").write_text("name,file\nu1,a.wav\n")
     with pytest.raises(ManifestError, match="no path column"):
