@@ -220,6 +220,31 @@ def test_kaldi_data_dir_with_segments_speakers_and_text(tmp_path):
     assert t["path"][0].as_py() == "/audio/rec1.wav" and "pipe command" in t["_input_error"][2].as_py()
 
 
+def test_a_kaldi_dir_with_reco2file_and_channel_analyses_each_side_of_a_call_alone(tmp_path):
+    """Switchboard-style dirs name each side of a stereo call as a recording (`sw1-A`, `sw1-B`) of one
+    file; without reading `reco2file_and_channel` both sides were analysed on the mix and came out
+    identical. A file whose recordings all name one side (`A`, as recipes write for mono audio) and a
+    recording the file does not list stay on the mix; numbered sides count from 1 (from 0 if a file's
+    recordings use 0)."""
+    (tmp_path / "wav.scp").write_text(
+        "sw1-A /a/sw1.wav\nsw1-B /a/sw1.wav\nmono /a/m.wav\nn-1 /a/n.wav\nn-2 /a/n.wav\nz-0 /a/z.wav\n"
+        "z-1 /a/z.wav\nother /a/o.wav\n"
+    )
+    (tmp_path / "segments").write_text(
+        "u1 sw1-A 0 1\nu2 sw1-B 0 1\nu3 mono 0 1\nu4 n-1 0 1\nu5 n-2 0 1\nu6 z-0 0 1\nu7 z-1 0 1\nu8 other 0 1\n"
+    )
+    (tmp_path / "reco2file_and_channel").write_text(
+        "sw1-A sw1 A\nsw1-B sw1 B\nmono m A\nn-1 n 1\nn-2 n 2\nz-0 z 0\nz-1 z 1\n"
+    )
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == [f"u{i}" for i in range(1, 9)]
+    assert t["_channel"].to_pylist() == [0, 1, None, 0, 1, 0, 1, None]
+    assert "reco2file_and_channel" not in t.column_names and "and_channel" not in t.column_names
+    (tmp_path / "reco2file_and_channel").write_text("sw1-A sw1\n")
+    with pytest.raises(ManifestError, match="reco2file_and_channel: entry 1: expected"):
+        read(tmp_path)
+
+
 def test_lhotse_cutset_written_by_lhotse(tmp_path):
     lhotse = pytest.importorskip("lhotse")
     rec = lhotse.Recording(
