@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,6 +111,13 @@ def quiet_ray_logs() -> None:
     record is dropped (other errors of the executor still print)."""
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data's executor thread warns when an operator got fewer inputs than its pool size (the write
+    # pool, for any manifest of a few blocks: every small job) and prints two lines of advice on
+    # override_num_blocks that is not the user's to take; the filter is process-wide because the
+    # warning comes from that thread, outside any catch_warnings of the driver's
+    warnings.filterwarnings(
+        "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
+    )
     for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DeathsTheJobReports) for f in logger.filters):

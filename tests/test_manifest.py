@@ -103,6 +103,27 @@ def test_duplicate_ids_are_refused_naming_one(tmp_path):
         read(tmp_path / "m.csv")
 
 
+def test_duplicate_ids_within_a_file_name_both_rows(tmp_path):
+    """The docs promise that a duplicate names its rows (as one across shards does); within one file
+    the message named only the id, so a user of a big manifest had to search for it. A NeMo manifest
+    without ids that names the same clip twice is the common case (default ids are the paths)."""
+    rows = [{"audio_filepath": f"c{i}.wav"} for i in range(5)] + [{"audio_filepath": "c1.wav"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(
+        ManifestError, match=r"m.jsonl: duplicate ids: .*'c1.wav' \(2 times\), at rows 2 and 6;"
+    ):
+        read(tmp_path / "m.jsonl")
+    pq.write_table(pa.table({"id": ["a", "b", "c", "b"], "path": ["x.wav"] * 4}), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"m.parquet: duplicate ids: .*'b' \(2 times\), at rows 2 and 4;"):
+        read(tmp_path / "m.parquet")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text("r1 /r1.wav\n")
+    (kaldi / "segments").write_text("u1 r1 0 1\nu2 r1 1 2\nu1 r1 2 3\n")
+    with pytest.raises(ManifestError, match=r"duplicate ids: .*'u1' \(2 times\), at rows 1 and 3;"):
+        read(kaldi)
+
+
 def test_missing_columns_and_files(tmp_path):
     (tmp_path / "m.csv").write_text("name,file\nu1,a.wav\n")
     with pytest.raises(ManifestError, match="no path column"):
@@ -197,6 +218,31 @@ def test_kaldi_data_dir_with_segments_speakers_and_text(tmp_path):
     assert t["speaker"].to_pylist() == ["alice", "bob", "carol"]
     assert t["text"].to_pylist() == ["hello there", "bye", None]
     assert t["path"][0].as_py() == "/audio/rec1.wav" and "pipe command" in t["_input_error"][2].as_py()
+
+
+def test_a_kaldi_dir_with_reco2file_and_channel_analyses_each_side_of_a_call_alone(tmp_path):
+    """Switchboard-style dirs name each side of a stereo call as a recording (`sw1-A`, `sw1-B`) of one
+    file; without reading `reco2file_and_channel` both sides were analysed on the mix and came out
+    identical. A file whose recordings all name one side (`A`, as recipes write for mono audio) and a
+    recording the file does not list stay on the mix; numbered sides count from 1 (from 0 if a file's
+    recordings use 0)."""
+    (tmp_path / "wav.scp").write_text(
+        "sw1-A /a/sw1.wav\nsw1-B /a/sw1.wav\nmono /a/m.wav\nn-1 /a/n.wav\nn-2 /a/n.wav\nz-0 /a/z.wav\n"
+        "z-1 /a/z.wav\nother /a/o.wav\n"
+    )
+    (tmp_path / "segments").write_text(
+        "u1 sw1-A 0 1\nu2 sw1-B 0 1\nu3 mono 0 1\nu4 n-1 0 1\nu5 n-2 0 1\nu6 z-0 0 1\nu7 z-1 0 1\nu8 other 0 1\n"
+    )
+    (tmp_path / "reco2file_and_channel").write_text(
+        "sw1-A sw1 A\nsw1-B sw1 B\nmono m A\nn-1 n 1\nn-2 n 2\nz-0 z 0\nz-1 z 1\n"
+    )
+    t = read(tmp_path)
+    assert t["id"].to_pylist() == [f"u{i}" for i in range(1, 9)]
+    assert t["_channel"].to_pylist() == [0, 1, None, 0, 1, 0, 1, None]
+    assert "reco2file_and_channel" not in t.column_names and "and_channel" not in t.column_names
+    (tmp_path / "reco2file_and_channel").write_text("sw1-A sw1\n")
+    with pytest.raises(ManifestError, match="reco2file_and_channel: entry 1: expected"):
+        read(tmp_path)
 
 
 def test_lhotse_cutset_written_by_lhotse(tmp_path):

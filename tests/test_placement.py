@@ -467,3 +467,26 @@ def test_ray_address_local_is_the_embedded_ray_also_under_ray_address(monkeypatc
     assert cluster_address(cfg()) == "10.0.0.5:6379"
     monkeypatch.setenv("RAY_ADDRESS", "local")
     assert cluster_address(cfg()) is None
+
+
+def test_ray_datas_few_inputs_warning_stays_off_the_console():
+    """The README promises a console of the job's own lines. Ray Data's executor thread warned on every
+    small job (fewer blocks than the write pool's size) with two lines of advice on
+    `override_num_blocks`, not the user's to take; quiet_ray_logs drops that warning process-wide."""
+    import warnings
+
+    from ray.data._internal.execution.operators import task_pool_map_operator as op
+
+    from pipeline.cluster import quiet_ray_logs
+
+    with warnings.catch_warnings(record=True) as seen:
+        quiet_ray_logs()
+        # the operator's own call, from its module (what the executor thread runs at the end of the inputs)
+        fake = op.TaskPoolMapOperator.__new__(op.TaskPoolMapOperator)
+        fake._name, fake._max_concurrency, fake._additional_split_factor = "MapBatches(write_parts)", 2, None
+        fake._metrics = type("M", (), {"num_inputs_received": 1})()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(op.MapOperator, "all_inputs_done", lambda self: None)
+            op.TaskPoolMapOperator.all_inputs_done(fake)
+        warnings.warn("another UserWarning still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another UserWarning still shows"]

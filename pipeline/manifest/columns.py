@@ -336,15 +336,21 @@ def resolve_path(path: str | None, root: str) -> str | None:
     return join(root, str(path).strip())
 
 
-def check_unique(ids: pa.ChunkedArray, uri: str) -> np.ndarray:
-    """Refuse a file whose ids repeat; -> a 64-bit hash of each id, in row order, for the check
-    across the files of a manifest (`check_unique_across`)."""
+def check_unique(ids: pa.ChunkedArray, uri: str, rows: bool = True) -> np.ndarray:
+    """Refuse a file whose ids repeat, naming the rows of the first repeat (`rows`: the ids are in
+    the file's row order; an RTTM's turns are sorted, so their positions name no line); -> a 64-bit
+    hash of each id, in row order, for the check across the files of a manifest (`check_unique_across`)."""
     counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(dup):
         ex, n = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
+        # a 10-million-row manifest is fixed by going to the rows, not by searching for the id
+        where = ""
+        if rows:
+            first, second = np.flatnonzero(pc.equal(ids, ex).to_numpy(zero_copy_only=False))[:2] + 1
+            where = f", at rows {first} and {second}"
         raise ManifestError(
-            f"{uri}: duplicate ids: {len(dup)} ids occur more than once, e.g. {ex!r} ({n} times); "
+            f"{uri}: duplicate ids: {len(dup)} ids occur more than once, e.g. {ex!r} ({n} times){where}; "
             f"ids must be unique"
         )
     return pd.util.hash_array(ids.to_numpy(zero_copy_only=False).astype(object), categorize=False)

@@ -59,7 +59,8 @@ def count_rows(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     duplicate ids. Raises ManifestError naming the file."""
     fmt = family(source.format)
     if fmt.count is None:
-        return count_whole(fmt.read(source, cfg, storage), source.uri)
+        # a CutSet's rows are its supervisions, not its lines: a row number would point nowhere
+        return count_whole(fmt.read(source, cfg, storage), source.uri, rows=source.format != "lhotse")
     return fmt.count(source, cfg, storage)
 
 

@@ -64,14 +64,15 @@ def never(name: str) -> str | None:
     return None
 
 
-def count_whole(tables: Iterable[pa.Table], uri: str) -> Count:
-    """The count of a source read whole: its normalised tables' rows, checked for duplicate ids."""
+def count_whole(tables: Iterable[pa.Table], uri: str, rows: bool = True) -> Count:
+    """The count of a source read whole: its normalised tables' rows, checked for duplicate ids
+    (`rows`: the tables hold the rows in the file's order, see `check_unique`)."""
     ids, schema = [], None
     for t in tables:
         ids.append(t["id"])
         schema = schema or t.schema
     column = pa.chunked_array(ids, pa.string()) if ids else pa.chunked_array([], pa.string())
-    hashes = check_unique(column, uri)
+    hashes = check_unique(column, uri, rows)
     return Count(len(column), schema or pa.schema([]), ids=hashes)
 
 

@@ -1,5 +1,10 @@
 """Kaldi data directories: `wav.scp`, optional `segments`, `utt2spk`, `text` and other `utt2*` files
 -> one row per utterance (a segment, or a whole recording without `segments`). Read whole by one task.
+
+`reco2file_and_channel` (`<recording> <file> <side>`, as Switchboard, Fisher and CALLHOME dirs ship it)
+says which side of a stereo call a recording is: where one file's recordings name two or more sides,
+each recording is analysed on its own channel (the private `schema.CHANNEL` column, as for RTTM turns),
+else the two sides of a call would both be analysed on the mix and come out the same.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from ...config import InputConfig
-from ...schema import INPUT_ERROR
+from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
@@ -45,8 +50,11 @@ def read(
         start = end = pa.nulls(len(rec_ids), pa.float64())
     else:
         ids, recs, start, end = _segments(segments, join(d, "segments"))
-    paths, errors = [], []
+    sides = file("reco2file_and_channel")
+    side = _sides(sides, join(d, "reco2file_and_channel")) if sides is not None else {}
+    paths, errors, channels = [], [], []
     for utt, rec in zip(ids.to_pylist(), (recs if segments is not None else ids).to_pylist(), strict=True):
+        channels.append(side.get(rec))
         path = where.get(rec)
         error = None
         if path is None:
@@ -64,6 +72,7 @@ def read(
             "offset": start,
             "end": end,
             INPUT_ERROR: pa.array(errors, pa.string()),
+            CHANNEL: pa.array(channels, pa.int32()),
         }
     )
     for name in _extras(storage, d):
@@ -93,6 +102,33 @@ def _segments(data: bytes, uri: str) -> tuple[pa.Array, pa.Array, pa.Array, pa.A
         pa.array(starts, pa.float64()),
         pa.array(ends, pa.float64()),
     )
+
+
+def _sides(data: bytes, uri: str) -> dict[str, int]:
+    """`reco2file_and_channel` -> recording -> 0-based channel, for the recordings of the files whose
+    recordings name two or more sides (a file whose recordings all say `A`, as many recipes write for
+    mono audio, is analysed on its mix). Sides are letters (`A` the first channel) or numbers counted
+    from 1, from 0 where a file's recordings use 0 (as for RTTM channels); another side: the mix."""
+    recs, rest = two_columns(data, uri, "<recording> <file> <channel>")
+    per_file: dict[str, dict[str, str]] = {}
+    for n, (rec, line) in enumerate(zip(recs.to_pylist(), rest.to_pylist(), strict=True), 1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise ManifestError(
+                f"{uri}: entry {n}: expected '<recording> <file> <channel>', got {rec} {line!r}"
+            )
+        per_file.setdefault(parts[0], {})[rec] = parts[1]
+    out: dict[str, int] = {}
+    for named in per_file.values():
+        if len(set(named.values())) < 2:
+            continue
+        base = 0 if "0" in named.values() else 1
+        for rec, c in named.items():
+            if len(c) == 1 and c.isalpha():
+                out[rec] = ord(c.upper()) - ord("A")
+            elif c.isdigit() and int(c) >= base:
+                out[rec] = int(c) - base
+    return out
 
 
 def _extras(storage: Storage, d: str) -> list[str]:

@@ -92,7 +92,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     resumed run decodes a recording once): see base.whole_groups for the bound. The recordings' row
     counts let the driver cut decode blocks of whole recordings (Plan.pieces)."""
     tables = list(read(source, cfg, storage))
-    found = count_whole(tables, source.uri)
+    found = count_whole(tables, source.uri, rows=False)  # turns are sorted by time: no line to name
     recordings = [r for t in tables for r in t["recording_id"].to_pylist()]
     return dataclasses.replace(
         found, units=whole_groups(recordings, cfg.rows_per_unit), groups=runs(recordings)
