@@ -610,21 +610,27 @@ def _turns(recording: str, n: int) -> str:
     return "".join(f"SPEAKER {recording} 1 {k:.3f} 0.500 <NA> <NA> S{k % 2} <NA> <NA>\n" for k in range(n))
 
 
-def test_rttm_decode_blocks_hold_whole_recordings_so_each_is_decoded_once(tmp_path):
-    # a decode task decodes each file once for the turns it holds: blocks of rows cut anywhere (every
-    # 256 rows) decoded a recording once per block it reached, a 1-hour meeting 3-4 times
+def _rttm_plan(tmp_path, sizes: dict[str, int], rows_per_unit: int):
+    """`all.rttm` with `sizes[rec]` turns of each recording (empty audio files beside it), counted and
+    planned as the job does -> (cfg, storage, source, plan)."""
     (tmp_path / "audio").mkdir()
-    sizes = {"a": 100, "b": 100, "c": 100, "long": 300, "d": 30}
     for rec in sizes:
         (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
     (tmp_path / "all.rttm").write_text("".join(_turns(r, n) for r, n in sizes.items()))
     cfg = InputConfig(
-        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=250
+        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=rows_per_unit
     )
     storage = Storage()
     (source,) = discover(cfg, storage)
     count = count_rows(source, cfg, storage)
-    plan = Plan("m", [source], [count.rows], details=[count])
+    return cfg, storage, source, Plan("m", [source], [count.rows], details=[count])
+
+
+def test_rttm_decode_blocks_hold_whole_recordings_so_each_is_decoded_once(tmp_path):
+    # a decode task decodes each file once for the turns it holds: blocks of rows cut anywhere (every
+    # 256 rows) decoded a recording once per block it reached, a 1-hour meeting 3-4 times
+    sizes = {"a": 100, "b": 100, "c": 100, "long": 300, "d": 30}
+    cfg, storage, _, plan = _rttm_plan(tmp_path, sizes, rows_per_unit=250)
     pieces = plan.pieces(cfg.rows_per_unit, None, 256)
     assert not plan.needs_recut(pieces, 256)  # Ray's row-count re-cut would split recordings again
     blocks = []
@@ -667,17 +673,7 @@ def test_a_rerun_that_redoes_error_rows_keeps_the_other_units_blocks_of_whole_re
     # a unit that redoes its error rows is one piece of the unit's size; it made needs_recut say yes, and
     # Ray's re-cut by row counts then split the recordings of every unit not yet committed across blocks
     # again (each decoded once per block it reached), on any resume of a killed run with error rows
-    (tmp_path / "audio").mkdir()
-    for rec in ("a", "b", "c"):
-        (tmp_path / "audio" / f"{rec}.wav").write_bytes(b"")
-    (tmp_path / "all.rttm").write_text(_turns("a", 6) + _turns("b", 5) + _turns("c", 3))
-    cfg = InputConfig(
-        manifest=str(tmp_path / "all.rttm"), audio_root=str(tmp_path / "audio"), rows_per_unit=6
-    )
-    storage = Storage()
-    (source,) = discover(cfg, storage)
-    count = count_rows(source, cfg, storage)
-    plan = Plan("m", [source], [count.rows], details=[count])
+    cfg, storage, source, plan = _rttm_plan(tmp_path, {"a": 6, "b": 5, "c": 3}, rows_per_unit=6)
     first = unit_name(source.key, 0)
     pieces = plan.pieces(cfg.rows_per_unit, done({first: (6, {"a_S1_0001000"})}), 4)
     assert [p.first_unit for p in pieces] == [0, 1, 2]  # a's error rows, then b and c whole
