@@ -295,6 +295,16 @@ def test_units_cut_rows_and_resume_skips_done_units_and_redoes_error_ids(tmp_pat
     assert again["_unit_rows"].to_pylist() == [1, 2, 2]
 
 
+def test_a_save_to_disk_folder_says_to_write_parquet_not_to_set_a_format(tmp_path):
+    """A dataset kept with `datasets`' save_to_disk is `.arrow` files, which no input.format reads; the
+    message told the user to set input.format, which cannot help."""
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"id": ["a"], "path": ["a.wav"]}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ManifestError, match=r"save_to_disk.*to_parquet") as e:
+        read(tmp_path / "ds")
+    assert "set input.format" not in str(e.value)
+
+
 def test_hf_parquet_with_embedded_audio_bytes(tmp_path):
     datasets = pytest.importorskip("datasets")
     from datasets.table import embed_table_storage

@@ -41,6 +41,11 @@ def detect_format(uri: str) -> str:
         found = fmt.detect(name)
         if found:
             return found
+    if name.endswith(".arrow"):  # what Hugging Face `datasets` save_to_disk writes: no format reads it
+        raise ManifestError(
+            f"{uri}: an Arrow file (Hugging Face datasets' save_to_disk) is not a manifest format; write the "
+            f"dataset as Parquet (datasets.load_from_disk(...).to_parquet('data.parquet')) and name that"
+        )
     raise ManifestError(
         f"{uri}: cannot tell the manifest format from the name; set input.format ({', '.join(NAMES)})"
     )
