@@ -305,6 +305,23 @@ def test_a_save_to_disk_folder_says_to_write_parquet_not_to_set_a_format(tmp_pat
     assert "set input.format" not in str(e.value)
 
 
+def test_a_json_lines_error_names_the_line_from_1(tmp_path):
+    """Arrow's JSON errors say "in row N", counted from 0 within its read block: the 3rd line was "row 2"
+    (and in a file of many blocks, a row of some block). The message names the file's line, from 1 as
+    every other manifest message, and the column whose type changed."""
+    rows = ['{"id": "a", "path": "a.wav", "spk": 7}', '{"id": "b", "path": "b.wav"}']
+    (tmp_path / "types.jsonl").write_text(
+        "\n".join([*rows, '{"id": "c", "path": "c.wav", "spk": "f3"}']) + "\n"
+    )
+    with pytest.raises(
+        ManifestError, match=r"types.jsonl: line 3: column 'spk' is a string here but a number"
+    ):
+        read(tmp_path / "types.jsonl")
+    (tmp_path / "cut.jsonl").write_text("\n".join([*rows, '{"id": "c", "path": "c.wav"', rows[0]]) + "\n")
+    with pytest.raises(ManifestError, match=r"cut.jsonl: line 3: not JSON"):
+        read(tmp_path / "cut.jsonl")
+
+
 def test_hf_parquet_with_embedded_audio_bytes(tmp_path):
     datasets = pytest.importorskip("datasets")
     from datasets.table import embed_table_storage

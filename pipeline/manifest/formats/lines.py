@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -205,7 +206,56 @@ def parse(
     except (pa.ArrowInvalid, ValueError, UnicodeDecodeError, EOFError) as e:
         if isinstance(e, ManifestError):
             raise
+        where = _jsonl_line(data, str(e)) if fmt == "jsonl" else None
+        if where is not None:
+            raise ManifestError(f"{uri}: {where}") from None
         raise ManifestError(f"{uri}: cannot parse as {fmt}: {e}") from None
+
+
+_TYPE_CHANGE = re.compile(r"Column\((?P<path>[^)]*)\) changed from (?P<was>\w+) to (?P<now>\w+)")
+
+
+def _jsonl_line(data: bytes, error: str) -> str | None:
+    """The line of a JSON-lines manifest that Arrow's error is about, said from 1 as every other
+    manifest message counts lines: Arrow's "in row N" counts from 0 within its read block. Looked up
+    only once parsing failed: the first line that is not a JSON object, or, for a column whose type
+    changed, the first line whose value there is not of the type the first value had."""
+    change = _TYPE_CHANGE.search(error)
+    keys = [k for k in change.group("path").split("/") if k] if change else []
+    first: str | None = None
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            return f"line {n}: not JSON ({e})"
+        if not isinstance(value, dict):
+            return f"line {n}: not a JSON object (a {_json_type(value)})"
+        if not keys:
+            continue
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        kind = _json_type(value)
+        first = first or kind
+        if kind != first:
+            return (
+                f"line {n}: column {'.'.join(keys)!r} is a {kind} here but a {first} in the lines before; "
+                f"a column must hold one type (quote the numbers, or write them all as numbers)"
+            )
+    return None
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else "object"
 
 
 def _check_rows(table: pa.Table, data: bytes, fmt: str, uri: str) -> None:
