@@ -28,11 +28,9 @@ class _Section(BaseModel):
 def _file_uri_as_path(value: str | None) -> str | None:
     """A `file:` URI (`file:///data/My%20Clips`) is read as the local path it names, so a folder's
     listing, the ids taken from it and the output's files are those of the path itself."""
-    if value is None or value[:7].lower() != "file://":
-        return value
     from .storage import local_path
 
-    return local_path(value)
+    return value if value is None else local_path(value)
 
 
 class InputConfig(_Section):
@@ -70,8 +68,6 @@ class ModelConfig(_Section):
     revision: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-
-    _local = field_validator("source")(_file_uri_as_path)
     cache_dir: str | None = None
     offline: bool | None = Field(None, description="only use the local hub cache (default: HF_HUB_OFFLINE)")
     num_actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or 1 on CPU)")
@@ -103,6 +99,8 @@ class ModelConfig(_Section):
         description="at most this many rows per model call (a decoded block is handed over in slices); "
         "default: whole decoded blocks. A call never holds more than a block (audio.block_mb) of audio",
     )
+
+    _local = field_validator("source")(_file_uri_as_path)
 
 
 class VadConfig(_Section):

@@ -250,8 +250,8 @@ def _asked(i: int, row: dict) -> Span:
 
 def _spans(i: int, row: dict, loader: _Loader, segmenter: Segmenter | None) -> list[Span]:
     offset, end = row["offset_s"], row[SPAN_END]
-    spanned = offset is not None or end is not None
     base = _asked(i, row)  # what the manifest asked for, kept on error rows too
+    spanned = base.start_s is not None
     if row[INPUT_ERROR]:
         return [replace(base, error=f"input: ValueError: {row[INPUT_ERROR]}")]
     audio = loader.load(row)

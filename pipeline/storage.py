@@ -102,14 +102,19 @@ def is_s3(uri: str) -> bool:
     return scheme(uri) == "s3"
 
 
+def is_file_uri(uri: str) -> bool:
+    """`file://...`, the scheme in any case."""
+    return uri[:7].lower() == "file://"
+
+
 def local_path(uri: str) -> str:
     """A `file:` URI -> the local path it names, as RFC 8089 (and pathlib's `as_uri()`) writes one:
     `file:///p` or `file://localhost/p`, the scheme in any case, the path percent-encoded (`My%20Clips`).
     A plain path comes back as it is (a `%` in it is part of the name). `file://name/x`, which names
     no host Python or pyarrow would reach, stays the relative path `name/x` it was always read as."""
-    head, sep, rest = uri.partition("://")
-    if not sep or head.lower() != "file":
+    if not is_file_uri(uri):
         return uri
+    rest = uri[7:]
     host, slash, path = rest.partition("/")
     if host.lower() in ("", "localhost") and slash:
         rest = "/" + path
@@ -121,7 +126,7 @@ def join(base: str, rel: str) -> str:
     `rel` win. `.` and `..` segments are resolved in both forms."""
     if "://" in rel or rel.startswith("/") or not base:
         return rel
-    if base[:7].lower() == "file://":
+    if is_file_uri(base):
         return base[:7] + join(base[7:], rel)
     if is_remote(base):
         head, _, rest = base.partition("://")
@@ -494,7 +499,7 @@ class Storage:
         """A filesystem path back in the form of `like` (the caller's URI)."""
         if not is_remote(like):
             # a file: URI in the form `_path` reads back: percent-encoded
-            return like[:7] + quote(path) if like[:7].lower() == "file://" else path
+            return like[:7] + quote(path) if is_file_uri(like) else path
         if scheme(like) in _READ_ONLY:
             return path
         return like.split("://", 1)[0] + "://" + path.lstrip("/")

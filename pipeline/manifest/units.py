@@ -137,10 +137,7 @@ class Plan:
         groups: its pieces are blocks of whole recordings, or a unit that redoes its error rows (a few
         rows, at most one unit), and a re-cut by row counts would split the recordings of the other
         blocks again (each then decoded once per block it reached)."""
-        return any(
-            p.parts == 1 and p.block_start < 0 and p.rows > block_rows and not self._grouped(p)
-            for p in pieces
-        )
+        return any(p.parts == 1 and p.rows > block_rows and not self._grouped(p) for p in pieces)
 
     def _grouped(self, piece: Piece) -> bool:
         """A piece of one unit of a source of groups (`_group_pieces`)."""

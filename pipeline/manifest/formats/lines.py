@@ -212,7 +212,7 @@ def parse(
         raise ManifestError(f"{uri}: cannot parse as {fmt}: {e}") from None
 
 
-_TYPE_CHANGE = re.compile(r"Column\((?P<path>[^)]*)\) changed from (?P<was>\w+) to (?P<now>\w+)")
+_TYPE_CHANGE = re.compile(r"Column\((?P<path>[^)]*)\) changed from \w+ to \w+")
 
 
 def _jsonl_line(data: bytes, error: str) -> str | None:

@@ -292,13 +292,13 @@ def _window(turns: pa.Table, offset: float | None, duration: float | None) -> pa
         return turns
     lo = float(offset or 0.0)
     hi = np.inf if duration is None else lo + float(duration)
-    onset, offset_end = turns["start_s"].to_numpy(), turns["end_s"].to_numpy()
-    start, end = np.maximum(onset, lo), np.minimum(offset_end, hi)
+    onset, ends = turns["start_s"].to_numpy(), turns["end_s"].to_numpy()
+    start, end = np.maximum(onset, lo), np.minimum(ends, hi)
     # a turn of negative (or zero) duration whose onset lies in the window is kept as it is, to be the
     # error row that says so (`_reversed`; the decode: "the end is not after the start"), as without a
     # window; cut to the window it had end <= start and was dropped without a word
-    empty_inside = (offset_end <= onset) & (onset >= lo) & (onset < hi)
-    start, end = np.where(empty_inside, onset, start), np.where(empty_inside, offset_end, end)
+    empty_inside = (ends <= onset) & (onset >= lo) & (onset < hi)
+    start, end = np.where(empty_inside, onset, start), np.where(empty_inside, ends, end)
     keep = (end > start) | empty_inside
     recs, spks, chans = (
         pc.filter(turns[c], pa.array(keep)).to_pylist() for c in ("recording_id", "speaker", "channel")
