@@ -337,9 +337,14 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
     names = set(ds.schema.names)
     light_cols = [c for c in dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col])
                   if c != "error" or "error" in names]  # fmt: skip
+    columns: list[str] | dict[str, Any] = light_cols
     if kind == "frames":
-        light_cols.append("num_frames")
-    kept, y, label_names, skipped = select_rows(ds.to_table(columns=light_cols), cfg, kind)
+        if "num_frames" in names:
+            light_cols.append("num_frames")
+        else:  # frames written by another tool, without the job's count: count them (null counts 0)
+            columns = {c: pc.field(c) for c in light_cols}
+            columns["num_frames"] = pc.list_value_length(pc.field(feature_col))
+    kept, y, label_names, skipped = select_rows(ds.to_table(columns=columns), cfg, kind)
     ids = kept["id"].to_pylist()
     groups = np.array(kept[cfg.fold_column].to_pylist(), dtype=object)
     if not ids:
@@ -356,6 +361,11 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
         inv = np.empty(len(ids), np.int64)
         inv[pos] = np.arange(len(ids))  # inv[k] = heavy row of the k-th kept id
         offsets, lengths = file_offsets[inv], file_lengths[inv]
+        if (lengths == 0).any():  # kept for its num_frames >= 1, yet no frames
+            from .reader import frames_missing
+
+            k = int(np.flatnonzero(lengths == 0)[0])
+            raise frames_missing(cfg.features, ids[k], int(kept["num_frames"][k].as_py()))
     else:
         emb = embeddings_to_numpy(heavy[feature_col])  # [N, D] in heavy order
         feats = np.empty_like(emb)
