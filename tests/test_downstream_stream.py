@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
@@ -523,3 +524,17 @@ def test_null_frames_under_a_positive_num_frames_are_refused_not_trained_as_nan(
                       output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader)  # fmt: skip
     with pytest.raises(ValueError, match=f"{good}.*num_frames"):
         train(cfg, log_fn=lambda s: None)
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_rows_without_a_group_are_counted_as_such_not_as_labels_outside_the_set(synth, tmp_path, reader):
+    """Without `labels`, the label set comes from the usable rows; a fold column that is null on every
+    row (`--fold-column speaker` where the job found no speakers) left the set empty, and the error
+    counted every labelled row as `label_not_in_set` and none as `no_group`, pointing at the labels."""
+    out = _copy_synth(synth, tmp_path / "f", lambda t: t.set_column(
+        t.schema.get_field_index("session"), "session", pa.nulls(t.num_rows, t.schema.field("session").type)))  # fmt: skip
+    cfg = TrainConfig(features=str(out), label_column="emotion", fold_column="session",
+                      output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader)  # fmt: skip
+    with pytest.raises(ValueError, match="no usable rows") as e:
+        train(cfg, log_fn=lambda s: None)
+    assert "'label_not_in_set': 0" in str(e.value) and f"'no_group': {SYNTH_ROWS + 2}" in str(e.value)

@@ -273,6 +273,10 @@ def select_rows(
     index = {name: i for i, name in enumerate(label_names)}
     has_label = np.array([m is not None for m in mapped], bool)
     in_set = np.array([m in index for m in mapped], bool)
+    if not cfg.labels:
+        # no set was asked for: a label missing from the one drawn from the usable rows is only on rows
+        # skipped for another reason, counted under it (a fold column null everywhere is `no_group`)
+        in_set = has_label
     skipped = {
         "error": int((~ok).sum()),
         "no_label": int((ok & ~has_label).sum()),
@@ -283,9 +287,7 @@ def select_rows(
     else:
         skipped["no_split"] = int((ok & in_set & ~has_place).sum())
         # a count alone hides why: corpora name their sets their own way (MSP-Podcast: Test1, Test2)
-        # labels left to be seen (no `labels`): a label found only on these rows is in no set yet
-        named = ok & (in_set if cfg.labels else has_label) & ~has_place
-        unknown = Counter(v for v, s in zip(split, named, strict=True) if s)
+        unknown = Counter(v for v, s in zip(split, ok & in_set & ~has_place, strict=True) if s)
         if unknown:
             log.warning(
                 "%s: rows skipped for a value that is not train, validation or test: %s",
