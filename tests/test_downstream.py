@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -340,6 +341,29 @@ def test_visualize_pngs(features, tmp_path):
         )
         assert_nontrivial_png(d / "png" / "umap_duration_s.png", min_colors=10)
     assert visualize.main(["--features", str(features), "--output", str(out), "--gold", "nope"]) == 2
+
+
+def test_visualize_reads_features_without_an_error_column(tmp_path):
+    """Features written by another tool may have no `error` column (the trainer and the summary read them
+    so): the map stopped with exit 2 and Arrow's 'No match for FieldRef.Name(error)' plus the whole schema.
+    Rows without an embedding (the job's error rows) are left out then."""
+    from pipeline.downstream.viz import load_embeddings
+
+    from .downstream_synth import write_synthetic
+
+    synth = write_synthetic(tmp_path / "synth", n=24, files=2)
+    d = tmp_path / "noerr"
+    d.mkdir()
+    n = 0
+    for f in synth.glob("*.parquet"):
+        t = pq.read_table(f)
+        at = t.schema.get_field_index("embedding")  # as the job writes an error row: no features
+        emb = pc.if_else(pc.is_null(t["error"]), t["embedding"], pa.nulls(t.num_rows, t["embedding"].type))
+        t = t.set_column(at, t.schema.field("embedding"), emb).drop_columns(["error"])
+        pq.write_table(t, d / f.name)
+        n += t.num_rows
+    emb, table = load_embeddings(str(d), ["label", "emotion"])
+    assert emb.shape == (n - 1, 16) and table.num_rows == n - 1 and not np.isnan(emb).any()
 
 
 # -- importers ------------------------------------------------------------------------------------
