@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -342,6 +343,29 @@ def test_visualize_pngs(features, tmp_path):
     assert visualize.main(["--features", str(features), "--output", str(out), "--gold", "nope"]) == 2
 
 
+def test_visualize_reads_features_without_an_error_column(tmp_path):
+    """Features written by another tool may have no `error` column (the trainer and the summary read them
+    so): the map stopped with exit 2 and Arrow's 'No match for FieldRef.Name(error)' plus the whole schema.
+    Rows without an embedding (the job's error rows) are left out then."""
+    from pipeline.downstream.viz import load_embeddings
+
+    from .downstream_synth import write_synthetic
+
+    synth = write_synthetic(tmp_path / "synth", n=24, files=2)
+    d = tmp_path / "noerr"
+    d.mkdir()
+    n = 0
+    for f in synth.glob("*.parquet"):
+        t = pq.read_table(f)
+        at = t.schema.get_field_index("embedding")  # as the job writes an error row: no features
+        emb = pc.if_else(pc.is_null(t["error"]), t["embedding"], pa.nulls(t.num_rows, t["embedding"].type))
+        t = t.set_column(at, t.schema.field("embedding"), emb).drop_columns(["error"])
+        pq.write_table(t, d / f.name)
+        n += t.num_rows
+    emb, table = load_embeddings(str(d), ["label", "emotion"])
+    assert emb.shape == (n - 1, 16) and table.num_rows == n - 1 and not np.isnan(emb).any()
+
+
 # -- importers ------------------------------------------------------------------------------------
 
 EVAL_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
@@ -498,6 +522,55 @@ def test_prepare_emobox(tmp_path, capsys, naming):
     with pytest.raises(DatasetError, match="toy-00 is in the test sets of fold 1 and fold 2"):
         emobox_rows(d)
     assert prepare_emobox.main(["--dataset-dir", str(tmp_path), "--output", str(out)]) == 2
+
+
+def _jsonl(path: Path, recs: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _emobox_rec(key: str, emo: str, old: bool = False) -> dict:
+    if old:  # the older copies EmoBox keeps beside some folds' files: `audio` and `label`, no `emo`
+        return {"key": key, "dataset": "toy", "audio": f"downloads/toy/{key}.wav", "label": emo}
+    return {"key": key, "dataset": "toy", "wav": f"downloads/toy/{key}.wav", "emo": emo, "channel": 1}
+
+
+def test_prepare_emobox_reads_the_benchmark_files_beside_older_copies(tmp_path):
+    """EmoBox's emodb folds hold `emodb_test_fold1.jsonl` (old keys) beside `emodb_test_fold_1.jsonl`, and
+    mer2023's fold_1 holds `mer2023_test1_fold_1.jsonl` .. `test3` beside `mer2023_test_fold_1.jsonl`: the
+    benchmark reads `<dataset>_test_fold_<k>.jsonl`, so the importer does too instead of refusing."""
+    d = tmp_path / "data" / "toy"
+    for k in (1, 2):
+        fd = d / f"fold_{k}"
+        fd.mkdir(parents=True)
+        recs = [_emobox_rec(f"toy-{k}{i}", "ang" if i % 2 else "sad") for i in range(4)]
+        _jsonl(fd / f"toy_test_fold_{k}.jsonl", recs)
+        _jsonl(fd / f"toy_test_fold{k}.jsonl", [_emobox_rec(r["key"], r["emo"], old=True) for r in recs])
+        _jsonl(fd / f"toy_test1_fold_{k}.jsonl", recs[:2])
+        _jsonl(fd / f"toy_train_fold_{k}.jsonl", [])
+    rows, stats = emobox_rows(d)
+    assert stats == {"fold_1": 4, "fold_2": 4}
+    assert sorted(r["id"] for r in rows) == [f"toy-{k}{i}" for k in (1, 2) for i in range(4)]
+
+
+def test_prepare_emobox_one_fold_keeps_train_and_validation_in_a_split_column(tmp_path, capsys):
+    """Single-fold EmoBox datasets (MELD, MSP-Podcast, CREMA-D, ...) hold their whole corpus in fold_1's
+    train / valid / test files: the manifest keeps every row with its `split`, which e2v-train reads with
+    --split-column (a fold column alone, one value, could not be trained on)."""
+    fd = tmp_path / "data" / "toy" / "fold_1"
+    fd.mkdir(parents=True)
+    for role, n in (("train", 6), ("valid", 2), ("test", 3)):
+        recs = [_emobox_rec(f"{role[:2]}{i}", "ang" if i % 2 else "sad") for i in range(n)]
+        _jsonl(fd / f"toy_{role}_fold_1.jsonl", recs)
+    out = tmp_path / "toy.jsonl"
+    assert prepare_emobox.main(["--dataset-dir", str(fd.parent), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert Counter(r["split"] for r in rows) == {"train": 6, "validation": 2, "test": 3}
+    assert {r["fold"] for r in rows} == {1}
+    assert "--split-column split" in capsys.readouterr().out
+    # a key in two of the fold's files is an error, as across folds
+    _jsonl(fd / "toy_valid_fold_1.jsonl", [_emobox_rec("tr0", "sad")])
+    with pytest.raises(DatasetError, match="tr0 is in the train and validation sets"):
+        emobox_rows(fd.parent)
 
 
 def test_iemocap_extraction_config_validates():

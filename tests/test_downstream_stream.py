@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
@@ -495,3 +496,45 @@ def test_label_set_comes_from_the_usable_rows(synth, tmp_path, reader):
                 log_fn=lambda s: None)  # fmt: skip
     assert got["labels"] == usable and np.array(got["confusion"]).shape == (len(usable), len(usable))
     assert got["rows"]["used"] == SYNTH_ROWS
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_features_without_num_frames_count_the_frames_themselves(synth, tmp_path, reader):
+    """Frames written by another tool may have no `num_frames` column: both readers stopped with a
+    traceback (KeyError: 'Field "num_frames" does not exist in schema'). The frame counts come from the
+    frames column then, and a row with null frames is a `no_frames` row as before."""
+    out = _copy_synth(synth, tmp_path / "f", lambda t: t.drop_columns(["num_frames", "error"]))
+    cfg = dict(label_column="emotion", fold_column="session", labels=LABELS, epochs=1, checkpoint_every=0,
+               reader=reader)  # fmt: skip
+    got = train(TrainConfig(features=str(out), output=str(tmp_path / "o"), **cfg), log_fn=lambda s: None)
+    ref = train(TrainConfig(features=str(synth), output=str(tmp_path / "r"), **cfg), log_fn=lambda s: None)
+    # the error row (no error column now) has null frames: a no_frames row, as the row without frames
+    assert got["skipped"]["no_frames"] == 2 and got["rows"]["used"] == SYNTH_ROWS
+    _same_numbers(got, ref)
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_null_frames_under_a_positive_num_frames_are_refused_not_trained_as_nan(synth, tmp_path, reader):
+    """A row whose num_frames says 5 but whose frames are null (features pieced together by hand: the job
+    writes both or neither) was padded to an all-padding row: 0/0 in the masked mean, NaN losses, a NaN
+    model and chance-level metrics, with no word. It is an error naming the row now."""
+    good = _independent_rows(synth)[0]["id"]
+    out = _copy_synth(synth, tmp_path / "f", lambda t: _set_by_id(t, "frames", {good: None}))
+    cfg = TrainConfig(features=str(out), label_column="emotion", fold_column="session", labels=LABELS,
+                      output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader)  # fmt: skip
+    with pytest.raises(ValueError, match=f"{good}.*num_frames"):
+        train(cfg, log_fn=lambda s: None)
+
+
+@pytest.mark.parametrize("reader", ["memory", "stream"])
+def test_rows_without_a_group_are_counted_as_such_not_as_labels_outside_the_set(synth, tmp_path, reader):
+    """Without `labels`, the label set comes from the usable rows; a fold column that is null on every
+    row (`--fold-column speaker` where the job found no speakers) left the set empty, and the error
+    counted every labelled row as `label_not_in_set` and none as `no_group`, pointing at the labels."""
+    out = _copy_synth(synth, tmp_path / "f", lambda t: t.set_column(
+        t.schema.get_field_index("session"), "session", pa.nulls(t.num_rows, t.schema.field("session").type)))  # fmt: skip
+    cfg = TrainConfig(features=str(out), label_column="emotion", fold_column="session",
+                      output=str(tmp_path / "o"), epochs=1, checkpoint_every=0, reader=reader)  # fmt: skip
+    with pytest.raises(ValueError, match="no usable rows") as e:
+        train(cfg, log_fn=lambda s: None)
+    assert "'label_not_in_set': 0" in str(e.value) and f"'no_group': {SYNTH_ROWS + 2}" in str(e.value)

@@ -6,7 +6,9 @@
 
 Columns: id (`key`), path (`wav`, joined to --audio-root when relative), emotion (`emo`, through the
 dataset's label_map.json unless --raw-labels), fold (the k of the fold_<k> test file that lists the
-utterance). Prints per-fold label counts. Exit 2 on a bad folder.
+utterance). A dataset with one fold (MELD, MSP-Podcast, CREMA-D, ...) keeps its train and valid rows too,
+with split (train / validation / test): train it with --split-column split. Prints per-fold (per-split)
+label counts. Exit 2 on a bad folder.
 """
 
 import argparse
@@ -30,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(counts_table(rows, "fold"))
+    one_fold = "split" in rows[0]
+    print(counts_table(rows, "split" if one_fold else "fold"))
     print(f"{len(rows)} utterances -> {path}")
+    if one_fold:
+        print("one fold: train with --split-column split (leave-one-group-out needs two folds)")
     return 0
 
 

@@ -10,7 +10,9 @@ session (int), speaker (e.g. Ses01F: session prefix + the gender letter of the u
 EmoBox (github.com/emo-box/EmoBox `data/<dataset>/`): jsonl records with `key`, `wav`, `emo` (plus
 `length`, `channel`, `sample_rate`, ...) in `fold_<k>/` test files (`<dataset>_test_fold_<k>.jsonl` or
 `test.jsonl`). Each utterance gets `fold` = the k whose test file lists it; `emotion` = `emo`, mapped
-through the dataset's `label_map.json` when one is there (unless raw labels are asked for).
+through the dataset's `label_map.json` when one is there (unless raw labels are asked for). A dataset
+with one fold (MELD, MSP-Podcast, CREMA-D, ...) has its whole corpus in that fold's train / valid /
+test files: every row is kept, with `split` = train / validation / test.
 """
 
 from __future__ import annotations
@@ -120,11 +122,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _fold_file(fd: Path, k: int, role: str) -> Path | None:
+    """The fold's `role` file (test, train, valid): `<role>.jsonl` or `<dataset>_<role>_fold_<k>.jsonl`, the
+    names the benchmark reads. Other jsonl beside them are not it: emodb's folds keep older copies
+    (`emodb_test_fold1.jsonl`, with `audio` / `label` keys), mer2023's fold_1 its `test1` .. `test3` sets."""
+    found = sorted(
+        p
+        for p in fd.glob("*.jsonl")
+        if p.name == f"{role}.jsonl" or p.name.endswith(f"_{role}_fold_{k}.jsonl")
+    )
+    if len(found) > 1:
+        raise DatasetError(f"{fd}: more than one {role} jsonl: {[p.name for p in found]}")
+    return found[0] if found else None
+
+
 def emobox_rows(
     dataset_dir: str | Path, audio_root: str | None = None, raw_labels: bool = False
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """EmoBox `data/<dataset>/` -> (rows id, path, emotion, fold, stats). Paths relative in the jsonl
-    are joined to `audio_root` when given (else left relative: set `input.audio_root` in the job)."""
+    """EmoBox `data/<dataset>/` -> (rows id, path, emotion, fold (and split, one fold), stats). Paths
+    relative in the jsonl are joined to `audio_root` when given (else left relative: set
+    `input.audio_root` in the job)."""
     d = Path(dataset_dir).expanduser()
     fold_dirs = sorted(
         ((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _FOLD_DIR.match(p.name))),
@@ -135,29 +152,46 @@ def emobox_rows(
     label_map: dict[str, str] = {}
     if not raw_labels and (d / "label_map.json").is_file():
         label_map = json.loads((d / "label_map.json").read_text(encoding="utf-8"))
+    # one fold: its test set alone is a fraction of the corpus with one fold value, which leave-one-
+    # group-out cannot use; the benchmark trains on the fold's train file, so keep all three as `split`
+    roles = [("test", "test")]
+    if len(fold_dirs) == 1:
+        roles = [("train", "train"), ("valid", "validation"), ("test", "test")]
     rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     stats: Counter[str] = Counter()
     for k, fd in fold_dirs:
-        tests = sorted(p for p in fd.glob("*.jsonl") if "test" in p.name)
-        if len(tests) != 1:
-            raise DatasetError(
-                f"{fd}: expected one test jsonl (test.jsonl or *_test_fold_{k}.jsonl), found {tests}"
-            )
-        for rec in _read_jsonl(tests[0]):
-            missing = [key for key in ("key", "wav", "emo") if key not in rec]
-            if missing:
-                raise DatasetError(f"{tests[0]}: record without {missing[0]!r}: {rec}")
-            key = str(rec["key"])
-            if key in seen:
-                raise DatasetError(f"{key} is in the test sets of fold {seen[key]} and fold {k}")
-            seen[key] = k
-            emo = str(rec["emo"])
-            path = str(rec["wav"])
-            if audio_root:
-                path = join(audio_root, path)
-            rows.append({"id": key, "path": path, "emotion": label_map.get(emo, emo), "fold": k})
-            stats[f"fold_{k}"] += 1
+        for role, split in roles:
+            path = _fold_file(fd, k, role)
+            if path is None:
+                if role == "valid":  # most single-fold datasets have none (e2v-train then draws one)
+                    continue
+                raise DatasetError(
+                    f"{fd}: no {role} jsonl ({role}.jsonl or *_{role}_fold_{k}.jsonl) among "
+                    f"{sorted(p.name for p in fd.glob('*.jsonl'))}"
+                )
+            for rec in _read_jsonl(path):
+                missing = [key for key in ("key", "wav", "emo") if key not in rec]
+                if missing:
+                    raise DatasetError(f"{path}: record without {missing[0]!r}: {rec}")
+                key = str(rec["key"])
+                where = f"fold {k}" if len(roles) == 1 else split
+                if key in seen:
+                    raise DatasetError(
+                        f"{key} is in the test sets of {seen[key]} and {where}"
+                        if len(roles) == 1
+                        else f"{key} is in the {seen[key]} and {where} sets"
+                    )
+                seen[key] = where
+                emo = str(rec["emo"])
+                wav = str(rec["wav"])
+                if audio_root:
+                    wav = join(audio_root, wav)
+                row = {"id": key, "path": wav, "emotion": label_map.get(emo, emo), "fold": k}
+                if len(roles) > 1:
+                    row["split"] = split
+                rows.append(row)
+                stats[f"fold_{k}" if len(roles) == 1 else split] += 1
     return rows, dict(stats)
 
 

@@ -99,6 +99,14 @@ def read_light(storage: Storage, uri: str, columns: list[str]) -> tuple[pa.Table
             meta = pf.metadata
             names = set(pf.schema_arrow.names)
             t = pf.read(columns=[c for c in columns if c in names])
+            if "num_frames" in columns and "num_frames" not in names and "frames" in names:
+                # frames written by another tool, without the job's count: count them, one row group
+                # at a time (null frames count 0: a no_frames row)
+                counts = [pc.list_value_length(pf.read_row_group(g, columns=["frames"]).column(0)).chunks
+                          for g in range(meta.num_row_groups)]  # fmt: skip
+                t = t.append_column(
+                    "num_frames", pa.chunked_array([c for cs in counts for c in cs], pa.int32())
+                )
         metas.append(meta)
         rg_rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], np.int64)
         rg = np.repeat(np.arange(len(rg_rows)), rg_rows)
@@ -198,6 +206,16 @@ def read_unit(cat: Catalog, u: int, positions: np.ndarray) -> list[np.ndarray]:
     return rows
 
 
+def frames_missing(where: str, row_id: str, num_frames: int) -> ValueError:
+    """A row kept for its `num_frames` whose frames are null or empty (features pieced together outside
+    the job, which writes both or neither): padded, it would be all padding, 0/0 in the masked mean, and
+    NaN losses would ruin the model without a word."""
+    return ValueError(
+        f"{where}: row {row_id!r} has num_frames {num_frames} but no frames (null or empty): the features "
+        "disagree with themselves; rewrite them, or drop the row"
+    )
+
+
 def collate(cat: Catalog, arrays: list[np.ndarray], y: np.ndarray):
     """Row arrays -> (x, mask, y) tensors; frames zero-padded to the longest row."""
     import torch
@@ -284,6 +302,9 @@ def stream_batches(
                             top_up()
                             rows, fut = pending.popleft()
                             for rr, a in zip(rows, fut.result(), strict=True):
+                                if len(a) == 0:  # kept for its num_frames >= 1: see frames_missing
+                                    where = cat.paths[cat.units[int(cat.unit[rr])][0]]
+                                    raise frames_missing(where, cat.ids[rr], int(cat.lengths[rr]))
                                 held[rr] = a
                                 held_bytes += a.nbytes
                             peak[0] = max(peak[0], held_bytes)

@@ -273,6 +273,10 @@ def select_rows(
     index = {name: i for i, name in enumerate(label_names)}
     has_label = np.array([m is not None for m in mapped], bool)
     in_set = np.array([m in index for m in mapped], bool)
+    if not cfg.labels:
+        # no set was asked for: a label missing from the one drawn from the usable rows is only on rows
+        # skipped for another reason, counted under it (a fold column null everywhere is `no_group`)
+        in_set = has_label
     skipped = {
         "error": int((~ok).sum()),
         "no_label": int((ok & ~has_label).sum()),
@@ -283,9 +287,7 @@ def select_rows(
     else:
         skipped["no_split"] = int((ok & in_set & ~has_place).sum())
         # a count alone hides why: corpora name their sets their own way (MSP-Podcast: Test1, Test2)
-        # labels left to be seen (no `labels`): a label found only on these rows is in no set yet
-        named = ok & (in_set if cfg.labels else has_label) & ~has_place
-        unknown = Counter(v for v, s in zip(split, named, strict=True) if s)
+        unknown = Counter(v for v, s in zip(split, ok & in_set & ~has_place, strict=True) if s)
         if unknown:
             log.warning(
                 "%s: rows skipped for a value that is not train, validation or test: %s",
@@ -337,9 +339,14 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
     names = set(ds.schema.names)
     light_cols = [c for c in dict.fromkeys(["id", "error", cfg.label_column, cfg.fold_column, order_col])
                   if c != "error" or "error" in names]  # fmt: skip
+    columns: list[str] | dict[str, Any] = light_cols
     if kind == "frames":
-        light_cols.append("num_frames")
-    kept, y, label_names, skipped = select_rows(ds.to_table(columns=light_cols), cfg, kind)
+        if "num_frames" in names:
+            light_cols.append("num_frames")
+        else:  # frames written by another tool, without the job's count: count them (null counts 0)
+            columns = {c: pc.field(c) for c in light_cols}
+            columns["num_frames"] = pc.list_value_length(pc.field(feature_col))
+    kept, y, label_names, skipped = select_rows(ds.to_table(columns=columns), cfg, kind)
     ids = kept["id"].to_pylist()
     groups = np.array(kept[cfg.fold_column].to_pylist(), dtype=object)
     if not ids:
@@ -356,6 +363,11 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
         inv = np.empty(len(ids), np.int64)
         inv[pos] = np.arange(len(ids))  # inv[k] = heavy row of the k-th kept id
         offsets, lengths = file_offsets[inv], file_lengths[inv]
+        if (lengths == 0).any():  # kept for its num_frames >= 1, yet no frames
+            from .reader import frames_missing
+
+            k = int(np.flatnonzero(lengths == 0)[0])
+            raise frames_missing(cfg.features, ids[k], int(kept["num_frames"][k].as_py()))
     else:
         emb = embeddings_to_numpy(heavy[feature_col])  # [N, D] in heavy order
         feats = np.empty_like(emb)

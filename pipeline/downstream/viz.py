@@ -9,8 +9,9 @@ Writes into the output directory:
   label_counts.png         predicted label counts (and gold counts beside them when `gold` is given)
   gold_vs_predicted.png    heat map of gold (rows) against predicted label (columns), when `gold` is given
 
-Error rows are left out. UMAP needs n_neighbors < N: it uses min(15, N - 1); below 4 points the map is a
-plain 2-D SVD projection instead (said in the title). A numeric colour column with many values gets a
+Error rows (without an `error` column: rows without an embedding) are left out. UMAP needs
+n_neighbors < N: it uses min(15, N - 1); below 4 points the map is a plain 2-D SVD projection instead
+(said in the title). A numeric colour column with many values gets a
 continuous colour scale; anything else is categorical. Head-less models (emotion2vec_base) write no
 predicted label: the charts then fall back to the gold column when there is one.
 """
@@ -57,7 +58,10 @@ def load_embeddings(
     if missing:
         raise ValueError(f"no column {missing[0]!r} in {features} (columns: {sorted(names)})")
     cols = list(dict.fromkeys(["id", "embedding", *columns]))
-    table = ds.to_table(columns=cols, filter=pc.field("error").is_null())
+    # features written by another tool may have no `error` column (no error rows, as train.py and
+    # summary.py read them): the rows without an embedding are the ones left out then
+    ok = pc.field("error").is_null() if "error" in names else pc.field("embedding").is_valid()
+    table = ds.to_table(columns=cols, filter=ok)
     table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
     if max_points is not None and table.num_rows > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_points, replace=False))
