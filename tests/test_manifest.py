@@ -790,6 +790,18 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
         read(tmp_path)
 
 
+def test_a_folder_of_rttm_beside_its_audio_suggests_a_glob_that_reads_the_rttm(tmp_path):
+    # pyannote's quickstart writes `call-1.rttm` beside `call-1.wav`; naming that folder is refused (it
+    # holds both kinds), and the message suggested `<folder>/*.jsonl`, which matches nothing here
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    (tmp_path / "call-1.wav").write_bytes(b"")
+    with pytest.raises(ManifestError, match="mixes manifests") as e:
+        discover(InputConfig(manifest=str(tmp_path)), Storage())
+    glob = str(e.value).rsplit("a glob such as ", 1)[1].rstrip(")")
+    assert glob == f"{tmp_path}/*.rttm"
+    assert read(glob)["path"].to_pylist() == [str(tmp_path / "call-1.wav")]
+
+
 def nemo_diarisation_line(audio, rttm_path, **over):
     """A line as NeMo's diarisation inference writes its manifest (every key it writes)."""
     line = {"audio_filepath": audio, "offset": 0, "duration": None, "label": "infer", "text": "-",
