@@ -855,6 +855,24 @@ def test_a_gzipped_nemo_diarisation_manifest_of_any_documented_name_is_read_as_t
     assert t["path"].to_pylist() == ["/a/call-1.wav"] * 2
 
 
+def test_a_nemo_diarisation_line_whose_rttm_is_missing_names_the_line_not_input_manifest(tmp_path):
+    # a missing `rttm_filepath` said "input.manifest: no such file: <the RTTM>", as if the manifest named
+    # in the config were missing, and named no line of it (relative paths resolve against
+    # input.audio_root, so a root set to the audio folder sends every relative RTTM path there)
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm") + nemo_diarisation_line(
+        "/a/call-2.wav", "rttm/call-2.rttm"
+    )
+    (tmp_path / "diar.json").write_text(text)
+    with pytest.raises(ManifestError) as e:
+        read(tmp_path / "diar.json")
+    message = str(e.value)
+    prefix = f"{tmp_path / 'diar.json'}: line 2: rttm_filepath 'rttm/call-2.rttm': "
+    assert message.startswith(prefix), message
+    assert f"no such file: {tmp_path / 'rttm' / 'call-2.rttm'}" in message
+    assert "input.manifest" not in message
+
+
 @pytest.mark.parametrize(
     "key, value", [("offset", "abc"), ("offset", [1]), ("offset", -5), ("duration", "x"), ("duration", "NaN")]
 )
