@@ -790,6 +790,18 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
         read(tmp_path)
 
 
+def test_a_folder_of_rttm_beside_its_audio_suggests_a_glob_that_reads_the_rttm(tmp_path):
+    # pyannote's quickstart writes `call-1.rttm` beside `call-1.wav`; naming that folder is refused (it
+    # holds both kinds), and the message suggested `<folder>/*.jsonl`, which matches nothing here
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    (tmp_path / "call-1.wav").write_bytes(b"")
+    with pytest.raises(ManifestError, match="mixes manifests") as e:
+        discover(InputConfig(manifest=str(tmp_path)), Storage())
+    glob = str(e.value).rsplit("a glob such as ", 1)[1].rstrip(")")
+    assert glob == f"{tmp_path}/*.rttm"
+    assert read(glob)["path"].to_pylist() == [str(tmp_path / "call-1.wav")]
+
+
 def nemo_diarisation_line(audio, rttm_path, **over):
     """A line as NeMo's diarisation inference writes its manifest (every key it writes)."""
     line = {"audio_filepath": audio, "offset": 0, "duration": None, "label": "infer", "text": "-",
@@ -841,6 +853,24 @@ def test_a_gzipped_nemo_diarisation_manifest_of_any_documented_name_is_read_as_t
     t = read(tmp_path / name)
     assert t["id"].to_pylist() == ["call-1_A_0000500", "call-1_B_0002000"]
     assert t["path"].to_pylist() == ["/a/call-1.wav"] * 2
+
+
+def test_a_nemo_diarisation_line_whose_rttm_is_missing_names_the_line_not_input_manifest(tmp_path):
+    # a missing `rttm_filepath` said "input.manifest: no such file: <the RTTM>", as if the manifest named
+    # in the config were missing, and named no line of it (relative paths resolve against
+    # input.audio_root, so a root set to the audio folder sends every relative RTTM path there)
+    (tmp_path / "call-1.rttm").write_text(RTTM.splitlines(keepends=True)[0])
+    text = nemo_diarisation_line("/a/call-1.wav", "call-1.rttm") + nemo_diarisation_line(
+        "/a/call-2.wav", "rttm/call-2.rttm"
+    )
+    (tmp_path / "diar.json").write_text(text)
+    with pytest.raises(ManifestError) as e:
+        read(tmp_path / "diar.json")
+    message = str(e.value)
+    prefix = f"{tmp_path / 'diar.json'}: line 2: rttm_filepath 'rttm/call-2.rttm': "
+    assert message.startswith(prefix), message
+    assert f"no such file: {tmp_path / 'rttm' / 'call-2.rttm'}" in message
+    assert "input.manifest" not in message
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,14 @@ def _classify(files: list[str], base: str, cfg: InputConfig, storage: Storage) -
     if cfg.format == "audio" or (audio and not manifests and cfg.format == "auto"):
         return [_audio_source(audio or files, base, cfg)]
     if audio and manifests and len(files) > 1:
+        # the glob suggested is one that reads the manifests found (`*.rttm` beside the calls, as
+        # pyannote writes them), not one of a format the folder does not hold
+        name = _name(manifests[0]).lower()
+        suffix = _suffix(name[: -len(".gz")]) + ".gz" if name.endswith(".gz") else _suffix(name)
+        glob = f"{base}/*{suffix}" if suffix else f"{base}/{_name(manifests[0])}"
         raise ManifestError(
             f"input.manifest: {base} mixes manifests ({_name(manifests[0])}) and audio files "
-            f"({_name(audio[0])}); point input.manifest at one kind (a glob such as {base}/*.jsonl)"
+            f"({_name(audio[0])}); point input.manifest at one kind (a glob such as {glob})"
         )
     formats = {f: cfg.format if cfg.format != "auto" else detect_format(f) for f in manifests}
     if cfg.format == "auto":

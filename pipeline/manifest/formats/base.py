@@ -111,13 +111,19 @@ def whole_groups(groups: Sequence[object], size: int) -> tuple[int, ...]:
 
 
 def read_bytes(
-    uri: str, storage: Storage, start: int | None = None, end: int | None = None, unzip: bool = True
+    uri: str,
+    storage: Storage,
+    start: int | None = None,
+    end: int | None = None,
+    unzip: bool = True,
+    named_by: str = "input.manifest",
 ) -> bytes:
-    """A manifest file's bytes (a range of them: never compressed, see lines.unit_starts), decompressed."""
+    """A manifest file's bytes (a range of them: never compressed, see lines.unit_starts), decompressed.
+    `named_by`: what named the file, for the message when it is missing (a NeMo manifest's line)."""
     try:
         data = storage.read_bytes(uri, start, end)
     except FileNotFoundError:
-        raise ManifestError(f"input.manifest: no such file: {uri}") from None
+        raise ManifestError(f"{named_by}: no such file: {uri}") from None
     except OSError as e:
         raise ManifestError(f"{uri}: cannot read: {e}") from None
     return gunzip(data, uri) if unzip and start is None else data

@@ -260,7 +260,9 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
         rttm = join(source.root, str(entry["rttm_filepath"]))
         where = f"{source.uri}: line {n}"
         offset, duration = (_seconds(entry.get(k), k, where) for k in ("offset", "duration"))
-        turns = _window(_parse(read_bytes(rttm, storage), rttm), offset, duration)
+        # a missing RTTM is this line's (its path resolved against the root), not input.manifest's
+        named_by = f"{where}: rttm_filepath {str(entry['rttm_filepath'])!r}"
+        turns = _window(_parse(read_bytes(rttm, storage, named_by=named_by), rttm), offset, duration)
         path = pa.array([str(entry["audio_filepath"])] * turns.num_rows, pa.string())
         tables.append(
             turns.append_column("path", path).append_column(
