@@ -330,6 +330,10 @@ def plan_placement(
         n = m.num_actors or max(1, math.floor(gpus + 1e-6) * per_gpu)
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
+        # the actors hold their CPUs for the whole run: a pool of more actors than half the CPUs (4
+        # GPUs on 2 CPUs, gpus_per_actor 0.25 on a 2-CPU node) took every CPU at 0.5 each and no
+        # decode task could ever start (the job waited forever, as on CPU: DECODE_CPUS)
+        cpus_each = min(cpus_each, max(math.floor((cpus - DECODE_CPUS) / n * 10_000) / 10_000, 0.0))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
         # that waits for a GPU is the demand an autoscaler adds a GPU node for. Its minimum is that
         # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the

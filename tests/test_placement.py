@@ -76,6 +76,26 @@ def test_a_cpu_model_actor_leaves_a_decode_task_room_to_run(cpus, model):
     assert p.device == "cpu" and 0 < p.num_cpus and p.num_cpus + DECODE_CPUS <= cpus
 
 
+@pytest.mark.parametrize(
+    "cpus,gpus,model",
+    [
+        (2.0, 4.0, {}),
+        (2.0, 1.0, {"gpus_per_actor": 0.25}),
+        (4.0, 1.0, {"gpus_per_actor": 0.125}),
+        (2.0, 1.0, {"num_actors": 4, "gpus_per_actor": 0.25}),
+        (3.0, 8.0, {"cpus_per_actor": 2}),
+    ],
+)
+def test_a_gpu_pool_leaves_a_decode_task_room_to_run(cpus, gpus, model):
+    """More GPU actors than half the CPUs (4 GPUs on a 2-CPU node, `gpus_per_actor: 0.25` there) got
+    half a CPU each, every CPU of the node: no decode task could start and the job waited forever
+    with no row done."""
+    from pipeline.cluster import DECODE_CPUS
+
+    p = plan_placement(cfg(**model), {"CPU": cpus, "GPU": gpus})
+    assert p.device == "cuda" and p.min_actors * p.num_cpus + DECODE_CPUS <= cpus, p
+
+
 def test_a_job_on_one_cpu_finishes(tiny_model_dir, tmp_path):
     """`ray.num_cpus: 1` (or a one-vCPU machine): the model actor took the only CPU and the job hung
     without a row (on 2 CPUs the same 3 rows take ~10 s)."""
@@ -114,8 +134,8 @@ def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
     [
         # (device, min_actors, max_actors, CPUs per actor, GPUs per actor, torch threads)
         ({"CPU": 32.0, "GPU": 4.0}, {}, ("cuda", 4, None, 1.0, 1.0, 1)),
-        # a GPU node short of CPUs still gets an actor per GPU, on half a CPU each (32 / 4 ... 2 / 4 - 0.5)
-        ({"CPU": 2.0, "GPU": 4.0}, {}, ("cuda", 4, None, 0.5, 1.0, 1)),
+        # a GPU node short of CPUs still gets an actor per GPU, on what a decode task leaves: (2 - 0.5) / 4
+        ({"CPU": 2.0, "GPU": 4.0}, {}, ("cuda", 4, None, 0.375, 1.0, 1)),
         # two actors per GPU; 4 CPUs asked, 16 / 4 - 0.5 = 3.5 given; threads follow what was asked
         (
             {"CPU": 16.0, "GPU": 2.0},
