@@ -118,6 +118,11 @@ def quiet_ray_logs() -> None:
     warnings.filterwarnings(
         "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
     )
+    # and its actor pools the same when an operator got fewer inputs than the pool's minimum: the model
+    # pool's minimum is every GPU actor (run._model_stage), so every small job on 2+ GPU actors
+    warnings.filterwarnings(
+        "ignore", message="The minimum number of concurrent actors for", category=UserWarning
+    )
     for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DeathsTheJobReports) for f in logger.filters):

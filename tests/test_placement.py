@@ -510,3 +510,26 @@ def test_ray_datas_few_inputs_warning_stays_off_the_console():
             op.TaskPoolMapOperator.all_inputs_done(fake)
         warnings.warn("another UserWarning still shows", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["another UserWarning still shows"]
+
+
+def test_ray_datas_few_inputs_warning_of_a_gpu_pool_stays_off_the_console():
+    """The same warning from an actor pool: a GPU pool's minimum is every GPU actor (2 GPUs, or
+    `gpus_per_actor: 0.5`, or the 4 per H200 the defaults choose), so every job of fewer decoded blocks
+    than actors printed Ray Data's advice on `override_num_blocks` among the job's lines."""
+    import warnings
+
+    from ray.data._internal.execution.operators import actor_pool_map_operator as op
+
+    from pipeline.cluster import quiet_ray_logs
+
+    with warnings.catch_warnings(record=True) as seen:
+        quiet_ray_logs()
+        fake = op.ActorPoolMapOperator.__new__(op.ActorPoolMapOperator)
+        fake._name, fake._additional_split_factor = "MapBatches(EmotionPredictor)", None
+        fake._metrics = type("M", (), {"num_inputs_received": 1})()
+        fake._actor_pool = type("P", (), {"min_size": lambda self: 4})()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(op.MapOperator, "all_inputs_done", lambda self: None)
+            op.ActorPoolMapOperator.all_inputs_done(fake)
+        warnings.warn("another UserWarning still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another UserWarning still shows"]
