@@ -55,6 +55,9 @@ budget() { # budget PART: the seconds PART may take now
 }
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu MODEL=feed FILES=30 ROWS=300 GRACE=10
+  # the jobs take the GPU path (model.device cuda, a pool of GPU shares) on a Ray GPU this box has not:
+  # on the CPU path the e. parts' model.gpus_per_actor was ignored, so the dry run checked none of it
+  JOB=(env EMOTION2VEC_SIMULATE_GPU=1 'RAY_OVERRIDE_RESOURCES={"GPU": 1}') JOB_DEVICE=cuda
   CAP=([tests]=60 [variants]=90 [encoder]=60 [host]=40 [large]=40 [corpus]=60 [d]=120 [e2]=90 [e4]=90)
   FLOOR=([tests]=20 [variants]=20 [encoder]=20 [host]=20 [large]=20 [corpus]=20 [d]=60 [e2]=60 [e4]=60)
   VARIANTS=(--device cpu --quick) ENCODER=(--dtypes float32 --seconds 20 --rounds 1)
@@ -62,7 +65,7 @@ else
   # on an H200 (2026-12-04) the parts took: GPU tests > 17 s (cut there), gpu_encoder.py ~45 s, the
   # jobs 69 / 57 / 56 s (start-up 25-32 s): 337 s in all. The floors (321 s with the graces) leave every
   # part something useful; a job cut at its deadline still gives its steady rates (progress lines)
-  DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=12
+  DEVICE=cuda MODEL=base FILES=900 ROWS=20000 GRACE=12 JOB=() JOB_DEVICE=cuda
   CAP=([tests]=90 [variants]=75 [encoder]=40 [host]=40 [large]=25 [corpus]=35 [d]=100 [e2]=70 [e4]=70)
   FLOOR=([tests]=30 [variants]=45 [encoder]=20 [host]=15 [large]=15 [corpus]=20 [d]=50 [e2]=45 [e4]=45)
   read -ra VARIANTS <<< "${GPU_ENCODER_ARGS:---rounds 2}"
@@ -145,8 +148,8 @@ job() { # job PART NAME [--set k=v ...]: one run of the job through bench/gpu_jo
   T=$(budget "$1")
   shift 2
   if [ "$T" -lt 20 ]; then say "$name: skipped, out of time"; return; fi
-  "$PY" bench/gpu_job.py --work "$WORK/jobs" --corpus "$WORK/corpus/corpus-$ROWS.json" --name "$name" \
-    --deadline "$T" --grace "$GRACE" --device "$DEVICE" --model "$MODEL" "$@" 2>&1 | tee -a "$SUMMARY"
+  "${JOB[@]}" "$PY" bench/gpu_job.py --work "$WORK/jobs" --corpus "$WORK/corpus/corpus-$ROWS.json" --name "$name" \
+    --deadline "$T" --grace "$GRACE" --device "$JOB_DEVICE" --model "$MODEL" "$@" 2>&1 | tee -a "$SUMMARY"
 }
 if [ -f "$WORK/corpus/corpus-$ROWS.json" ]; then
   echo "== d. the job with defaults"

@@ -118,6 +118,11 @@ def quiet_ray_logs() -> None:
     warnings.filterwarnings(
         "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
     )
+    # and its actor pools the same when an operator got fewer inputs than the pool's minimum: the model
+    # pool's minimum is every GPU actor (run._model_stage), so every small job on 2+ GPU actors
+    warnings.filterwarnings(
+        "ignore", message="The minimum number of concurrent actors for", category=UserWarning
+    )
     for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DeathsTheJobReports) for f in logger.filters):
@@ -330,6 +335,10 @@ def plan_placement(
         n = m.num_actors or max(1, math.floor(gpus + 1e-6) * per_gpu)
         threads = m.torch_threads or max(1, math.ceil(m.cpus_per_actor))
         cpus_each = min(m.cpus_per_actor, max(cpus / n - 0.5, 0.5))
+        # the actors hold their CPUs for the whole run: a pool of more actors than half the CPUs (4
+        # GPUs on 2 CPUs, gpus_per_actor 0.25 on a 2-CPU node) took every CPU at 0.5 each and no
+        # decode task could ever start (the job waited forever, as on CPU: DECODE_CPUS)
+        cpus_each = min(cpus_each, max(math.floor((cpus - DECODE_CPUS) / n * 10_000) / 10_000, 0.0))
         # the pool asks for every GPU it may use at once (num_actors, else the GPUs there are): an actor
         # that waits for a GPU is the demand an autoscaler adds a GPU node for. Its minimum is that
         # size: Ray Data scales a pool down to its minimum while its actors need more GPUs than the

@@ -76,6 +76,26 @@ def test_a_cpu_model_actor_leaves_a_decode_task_room_to_run(cpus, model):
     assert p.device == "cpu" and 0 < p.num_cpus and p.num_cpus + DECODE_CPUS <= cpus
 
 
+@pytest.mark.parametrize(
+    "cpus,gpus,model",
+    [
+        (2.0, 4.0, {}),
+        (2.0, 1.0, {"gpus_per_actor": 0.25}),
+        (4.0, 1.0, {"gpus_per_actor": 0.125}),
+        (2.0, 1.0, {"num_actors": 4, "gpus_per_actor": 0.25}),
+        (3.0, 8.0, {"cpus_per_actor": 2}),
+    ],
+)
+def test_a_gpu_pool_leaves_a_decode_task_room_to_run(cpus, gpus, model):
+    """More GPU actors than half the CPUs (4 GPUs on a 2-CPU node, `gpus_per_actor: 0.25` there) got
+    half a CPU each, every CPU of the node: no decode task could start and the job waited forever
+    with no row done."""
+    from pipeline.cluster import DECODE_CPUS
+
+    p = plan_placement(cfg(**model), {"CPU": cpus, "GPU": gpus})
+    assert p.device == "cuda" and p.min_actors * p.num_cpus + DECODE_CPUS <= cpus, p
+
+
 def test_a_job_on_one_cpu_finishes(tiny_model_dir, tmp_path):
     """`ray.num_cpus: 1` (or a one-vCPU machine): the model actor took the only CPU and the job hung
     without a row (on 2 CPUs the same 3 rows take ~10 s)."""
@@ -114,8 +134,8 @@ def test_asking_for_cuda_without_gpus_fails_fast_instead_of_hanging():
     [
         # (device, min_actors, max_actors, CPUs per actor, GPUs per actor, torch threads)
         ({"CPU": 32.0, "GPU": 4.0}, {}, ("cuda", 4, None, 1.0, 1.0, 1)),
-        # a GPU node short of CPUs still gets an actor per GPU, on half a CPU each (32 / 4 ... 2 / 4 - 0.5)
-        ({"CPU": 2.0, "GPU": 4.0}, {}, ("cuda", 4, None, 0.5, 1.0, 1)),
+        # a GPU node short of CPUs still gets an actor per GPU, on what a decode task leaves: (2 - 0.5) / 4
+        ({"CPU": 2.0, "GPU": 4.0}, {}, ("cuda", 4, None, 0.375, 1.0, 1)),
         # two actors per GPU; 4 CPUs asked, 16 / 4 - 0.5 = 3.5 given; threads follow what was asked
         (
             {"CPU": 16.0, "GPU": 2.0},
@@ -488,5 +508,28 @@ def test_ray_datas_few_inputs_warning_stays_off_the_console():
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(op.MapOperator, "all_inputs_done", lambda self: None)
             op.TaskPoolMapOperator.all_inputs_done(fake)
+        warnings.warn("another UserWarning still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another UserWarning still shows"]
+
+
+def test_ray_datas_few_inputs_warning_of_a_gpu_pool_stays_off_the_console():
+    """The same warning from an actor pool: a GPU pool's minimum is every GPU actor (2 GPUs, or
+    `gpus_per_actor: 0.5`, or the 4 per H200 the defaults choose), so every job of fewer decoded blocks
+    than actors printed Ray Data's advice on `override_num_blocks` among the job's lines."""
+    import warnings
+
+    from ray.data._internal.execution.operators import actor_pool_map_operator as op
+
+    from pipeline.cluster import quiet_ray_logs
+
+    with warnings.catch_warnings(record=True) as seen:
+        quiet_ray_logs()
+        fake = op.ActorPoolMapOperator.__new__(op.ActorPoolMapOperator)
+        fake._name, fake._additional_split_factor = "MapBatches(EmotionPredictor)", None
+        fake._metrics = type("M", (), {"num_inputs_received": 1})()
+        fake._actor_pool = type("P", (), {"min_size": lambda self: 4})()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(op.MapOperator, "all_inputs_done", lambda self: None)
+            op.ActorPoolMapOperator.all_inputs_done(fake)
         warnings.warn("another UserWarning still shows", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["another UserWarning still shows"]
