@@ -310,7 +310,7 @@ class _Job:
         fingerprint = _fingerprint(cfg, model, placement, plan, gpu_types)
         out = _open_output(cfg, storage, fingerprint, lease)
         sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
-        out.align(sizes)
+        out.align(sizes, unit_digests(plan, cfg.input.rows_per_unit))
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"
@@ -437,6 +437,25 @@ def _unit_sizes(plan: Plan, rows_per_unit: int) -> dict[str, int]:
     }
 
 
+def unit_digests(plan: Plan, rows_per_unit: int) -> dict[str, str]:
+    """Unit name -> a digest of its manifest ids in order, from the count pass's id hashes (a source
+    without them is left out: its units are compared by their counts alone). Recorded in each unit's
+    commit marker: a rerun whose manifest gives a unit other rows with the same count (a file added
+    to a folder of audio shifts every later row into the next unit) redoes it instead of skipping it."""
+    out = {}
+    for i, s in enumerate(plan.sources):
+        ids = plan.details[i].ids if i < len(plan.details) else None
+        if ids is None:
+            continue
+        lo = 0
+        for u, rows in enumerate(plan.unit_rows(i, rows_per_unit)):
+            if lo + rows > len(ids):
+                break
+            out[unit_name(s.key, u)] = hashlib.sha256(ids[lo : lo + rows].tobytes()).hexdigest()[:16]
+            lo += rows
+    return out
+
+
 def _left(sizes: dict[str, int], resume: Resume) -> int:
     """Manifest rows this run expects to process: every row of a unit to do whole, only the rows
     behind the error rows of a unit that redoes those."""
@@ -503,7 +522,7 @@ def _count(
             if ref is not None:
                 c = ray.get(ref)
             else:
-                c = early.result() if early is not None else Count(s.audio.num_rows, s.audio.schema)
+                c = early.result() if early is not None else count_task(s, cfg.input, storage)
         except ManifestError as e:
             raise JobError(str(_manifest_cause(e))) from None
         except StorageUnavailable as e:

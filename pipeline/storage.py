@@ -273,9 +273,10 @@ def _local_glob(path: str) -> list[str]:
 
 def _not_a_file(listed: str, web: bool) -> bool:
     """A listing entry that names no file: an object-store folder marker (a key ending in `/`, a
-    console's "Create folder"), or on an http(s) index page a link to another view of the page
-    (Apache's `?C=N;O=D` sorts)."""
-    return listed.endswith("/") or (web and "?" in listed)
+    console's "Create folder"; or `<folder>_$folder$`, the zero-byte key Hadoop's S3 connectors, EMRFS
+    and so Spark on EMR write beside each folder they create), or on an http(s) index page a link to
+    another view of the page (Apache's `?C=N;O=D` sorts)."""
+    return listed.endswith(("/", "_$folder$")) or (web and "?" in listed)
 
 
 class _RetryingReader(io.RawIOBase):

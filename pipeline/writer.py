@@ -205,6 +205,7 @@ class Marker:
     sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes: a truncated copy shows at a listing
     sources: int = 0  # manifest rows of the unit (rows counts output rows: segments, with VAD)
     error_rows: dict[str, list[str]] = field(default_factory=dict)  # manifest id -> its error row ids
+    ids: str = ""  # digest of the unit's manifest ids, in order (run.unit_digests; "": not known)
 
     def errors_by_manifest_id(self) -> dict[str, list[str]]:
         """`error_rows`; a marker written before it existed had one output row per manifest row."""
@@ -284,6 +285,7 @@ class Output:
         self._resume = Resume()
         self._committed_now: set[str] = set()  # units this run committed (not redone on a restart)
         self._sizes: dict[str, int] = {}  # unit -> its manifest rows in this run (`align`)
+        self._ids: dict[str, str] = {}  # unit -> the digest of its manifest ids in this run (`align`)
 
     @contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -365,20 +367,32 @@ class Output:
         """What is done, for the planner: the resume record of the committed units."""
         return self._resume
 
-    def align(self, sizes: dict[str, int]) -> None:
-        """The manifest rows of each unit in this run (the plan's). A committed unit with another count
-        is redone whole, error rows or not: redoing only its error rows would miss the rows the
-        manifest gained and keep those it lost."""
+    def align(self, sizes: dict[str, int], ids: dict[str, str] | None = None) -> None:
+        """The manifest rows of each unit in this run (the plan's), and a digest of their ids where
+        known. A committed unit with another count, or other ids (a row inserted or removed before it
+        shifts rows across units without changing their counts: a file added to a folder of audio), is
+        redone whole, error rows or not: redoing only its error rows would miss the rows the manifest
+        gained and keep those it lost."""
         self._sizes = sizes
+        self._ids = ids or {}
         self._resume = self._record(final=self._committed_now)
 
-    def _record(self, final: set[str] = frozenset()) -> Resume:
-        def errors(u: str, m: Marker) -> frozenset[str]:
-            if u in final or self._sizes.get(u, m.sources) != m.sources:
-                return frozenset()  # final for this run, or (rows changed) not done: redone whole
-            return frozenset(m.errors_by_manifest_id())
+    def _changed(self, u: str, m: Marker) -> bool:
+        """Whether the manifest now gives committed unit `u` other rows than it was committed with."""
+        if self._sizes.get(u, m.sources) != m.sources:
+            return True
+        now = self._ids.get(u)
+        return bool(m.ids and now and m.ids != now)  # a marker written before digests: counts alone
 
-        return Resume({u: Committed(m.sources, errors(u, m)) for u, m in self.markers.items()})
+    def _record(self, final: set[str] = frozenset()) -> Resume:
+        def committed(u: str, m: Marker) -> Committed:
+            if u in final:
+                return Committed(m.sources)  # final for this run
+            if self._changed(u, m):
+                return Committed(-1)  # not done (no count matches): redone whole
+            return Committed(m.sources, frozenset(m.errors_by_manifest_id()))
+
+        return Resume({u: committed(u, m) for u, m in self.markers.items()})
 
     def _marker_uris(self) -> list[str]:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")
@@ -482,7 +496,17 @@ class Output:
         sizes.update({_final_name(u): self._size(u) for u in staged})
         names = sorted(set(kept) | {_final_name(u) for u in staged})
         marker = Marker(
-            unit, names, ok + error, ok, error, round(audio_s, 3), error_ids, sizes, sources, error_rows
+            unit,
+            names,
+            ok + error,
+            ok,
+            error,
+            round(audio_s, 3),
+            error_ids,
+            sizes,
+            sources,
+            error_rows,
+            self._ids.get(unit, ""),
         )
         with self._fenced():
             self.storage.write_bytes_atomic(self._marker_uri(unit), marker.encode())

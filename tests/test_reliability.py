@@ -141,6 +141,27 @@ def test_error_rows_are_retried_and_replaced_on_resume(ray_session, tiny_model_d
     assert run["output_totals"]["replaced"] == 1
 
 
+@pytest.mark.slow
+def test_a_file_added_to_a_folder_of_audio_is_processed_on_resume(ray_session, tiny_model_dir, tmp_path):
+    """A folder of audio is listed in name order: a file added between runs shifts every later file
+    into the next unit, leaving the earlier units' counts as they were. Those units hold other rows
+    now and are redone, not skipped: the new file is processed once and no file is written twice."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a", "c", "e", "g"):
+        (clips / f"{name}.flac").write_bytes((DEMO / "clips/000_calm.flac").read_bytes())
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, clips, tiny_model_dir, out, unit=2)
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ["a", "c", "e", "g"])
+    (clips / "b.flac").write_bytes((DEMO / "clips/004_calm.flac").read_bytes())  # a, b | c, e | g
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ["a", "b", "c", "e", "g"])
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"] == {"input": 5, "ok": 5, "error": 0, "skipped": 0}
+    assert run["output_totals"]["rows"] == 5
+
+
 def test_resume_with_another_model_is_refused_and_overwrite_replaces(
     ray_session, tiny_model_dir, tmp_path, capsys
 ):

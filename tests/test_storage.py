@@ -699,6 +699,25 @@ def test_s3_folder_markers_are_not_files(s3_server, s3_bucket):
     assert (source.format, source.audio.column("id").to_pylist()) == ("audio", ["a", "sub/b"])
 
 
+@pytest.mark.s3
+def test_hadoop_folder_markers_are_not_files(s3_server, s3_bucket):
+    """Hadoop's S3 connectors and EMRFS (Spark on EMR) mark each folder they create with a zero-byte
+    key `<folder>_$folder$` beside it: not a file either, so a folder of audio or of Parquet shards
+    written that way reads as its files alone, not as a manifest of unknown format."""
+    from pipeline.config import InputConfig
+    from pipeline.manifest.sources import discover
+
+    client, bucket = s3_bucket
+    for key in ("clips_$folder$", "clips/sub_$folder$", "clips/a.wav", "clips/sub/b.wav"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("$") else b"RIFF")
+    s = Storage(endpoint_url=s3_server)
+    root = f"s3://{bucket}/clips"
+    assert s.list_files(root) == [f"{root}/a.wav", f"{root}/sub/b.wav"]
+    assert s.glob(f"{root}/*") == [f"{root}/a.wav"]
+    [source] = discover(InputConfig(manifest=root), s)
+    assert (source.format, source.audio.column("id").to_pylist()) == ("audio", ["a", "sub/b"])
+
+
 def test_http_503_on_a_lookup_is_retried_not_missing(http_dir):
     """fsspec's http info() (a HEAD, then a GET) turns any failure into FileNotFoundError: a server
     answering 503 to both is busy, not missing a file, so the lookup is retried like a read; a 404

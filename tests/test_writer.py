@@ -117,6 +117,30 @@ def test_a_truncated_result_file_is_set_aside_also_when_the_fingerprint_is_read_
     assert pads.dataset(path, format="parquet").to_table()["id"].to_pylist() == kept
 
 
+def test_a_unit_whose_manifest_ids_changed_with_its_count_is_not_done(tmp_path):
+    """A row inserted before a unit shifts other rows into it, its count unchanged: the digest of its
+    ids (run.unit_digests) recorded at the commit tells the rerun that it is not done. A marker
+    written before digests existed is compared by its count alone."""
+    spans = _segment(Span(0, "clip0", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    path, unit = str(tmp_path / "out"), "a-000000"
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    first.align({unit: 1}, {unit: "0123456789abcdef"})
+    stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
+    assert first.markers[unit].ids == "0123456789abcdef"
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    rerun.align({unit: 1}, {unit: "0123456789abcdef"})
+    assert rerun.skip().done(unit, 1)
+    rerun.align({unit: 1}, {unit: "fedcba9876543210"})
+    assert not rerun.skip().done(unit, 1) and rerun.skip().redo(unit) is None  # redone whole
+    rerun.markers[unit].ids = ""  # as a marker from before digests reads
+    rerun.align({unit: 1}, {unit: "fedcba9876543210"})
+    assert rerun.skip().done(unit, 1)
+
+
 def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
     """`output.mode: overwrite` replaces this job's output: its result files, markers, staged files and
     `_run.json`. Parquet files of anything else under output.path (the corpus's own manifest when the

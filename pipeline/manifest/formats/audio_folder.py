@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from ...config import InputConfig
 from ...storage import Storage
+from ..columns import check_unique
 from .base import Count, Format, never
 
 if TYPE_CHECKING:
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 
 def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     assert source.audio is not None
-    return Count(source.audio.num_rows, source.audio.schema)
+    # the ids' hashes: a rerun tells a unit whose files changed from one committed (run.unit_digests)
+    ids = check_unique(source.audio["id"], source.uri)
+    return Count(source.audio.num_rows, source.audio.schema, ids=ids)
 
 
 def read(
