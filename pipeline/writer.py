@@ -375,7 +375,31 @@ class Output:
         gained and keep those it lost."""
         self._sizes = sizes
         self._ids = ids or {}
+        self._set_aside_shifted()
         self._resume = self._record(final=self._committed_now)
+
+    def _set_aside_shifted(self) -> None:
+        """A source whose rows shifted (a unit of the same count with other ids: files removed from a
+        folder of audio) and that now ends before some of its committed units: those units hold rows
+        that the units before them are redone with, or rows gone from the manifest, so they are set
+        aside (`_orphans/`), or their rows would be in the output twice. Units past the end of a source
+        whose rows did not shift (a lower `input.limit`) keep their results."""
+        shifted = {
+            u.rsplit("-", 1)[0]
+            for u, m in self.markers.items()
+            if u in self._sizes and m.ids and self._ids.get(u, m.ids) != m.ids and self._sizes[u] == m.sources
+        }
+        stale = sorted(u for u in self.markers if u not in self._sizes and u.rsplit("-", 1)[0] in shifted)
+        for unit in stale:
+            m = self.markers.pop(unit)
+            log.warning(
+                "unit %s: the manifest's rows moved into the units before it, which are redone; its %d "
+                "rows are set aside (%s/)", unit, m.sources, ORPHANS_DIR
+            )  # fmt: skip
+            self._delete(self._marker_uri(unit))  # first: a crash here leaves files no marker names
+            for f in m.files:
+                self._move(join(self.path, f), join(self.path, f"{ORPHANS_DIR}/{f}.set-aside"))
+                self.orphans.append(f)
 
     def _changed(self, u: str, m: Marker) -> bool:
         """Whether the manifest now gives committed unit `u` other rows than it was committed with."""

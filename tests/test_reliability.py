@@ -142,7 +142,9 @@ def test_error_rows_are_retried_and_replaced_on_resume(ray_session, tiny_model_d
 
 
 @pytest.mark.slow
-def test_a_file_added_to_a_folder_of_audio_is_processed_on_resume(ray_session, tiny_model_dir, tmp_path):
+def test_files_added_to_or_removed_from_a_folder_of_audio_are_processed_once_on_resume(
+    ray_session, tiny_model_dir, tmp_path
+):
     """A folder of audio is listed in name order: a file added between runs shifts every later file
     into the next unit, leaving the earlier units' counts as they were. Those units hold other rows
     now and are redone, not skipped: the new file is processed once and no file is written twice."""
@@ -160,6 +162,12 @@ def test_a_file_added_to_a_folder_of_audio_is_processed_on_resume(ray_session, t
     run = json.loads((out / "_run.json").read_text())
     assert run["rows"] == {"input": 5, "ok": 5, "error": 0, "skipped": 0}
     assert run["output_totals"]["rows"] == 5
+    # and files removed: c, e | g, the last unit (g) past the folder's end now, set aside, not kept twice
+    for name in ("a", "b"):
+        (clips / f"{name}.flac").unlink()
+    assert extract.main(["--config", str(cfg)]) == 0
+    assert_exactly_once(out, ["c", "e", "g"])
+    assert json.loads((out / "_run.json").read_text())["output_totals"]["rows"] == 3
 
 
 def test_resume_with_another_model_is_refused_and_overwrite_replaces(

@@ -141,6 +141,36 @@ def test_a_unit_whose_manifest_ids_changed_with_its_count_is_not_done(tmp_path):
     assert rerun.skip().done(unit, 1)
 
 
+def test_units_past_the_end_of_a_source_whose_rows_shifted_are_set_aside(tmp_path):
+    """Files removed from the front of a folder of audio shift the later rows into earlier units (of
+    the same counts, other ids: redone) and end the source before its last committed unit, whose rows
+    are now those the units before it are redone with: it is set aside, or they would be there twice.
+    A source that only ends sooner (a lower input.limit: the same ids in its units) keeps it."""
+    path, units = str(tmp_path / "out"), ["a-000000", "a-000001"]
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    first.align(dict.fromkeys(units, 1), {u: f"digest-{u}" for u in units})
+    for k, unit in enumerate(units):
+        spans = _segment(Span(0, f"clip{k}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+        stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
+    last = first.markers[units[1]].files
+
+    limited = Output(Storage(), path)
+    limited.open("resume", {"schema": 3})
+    limited.align({units[0]: 1}, {units[0]: f"digest-{units[0]}"})
+    assert set(limited.markers) == set(units) and not limited.orphans
+
+    shifted = Output(Storage(), path)
+    shifted.open("resume", {"schema": 3})
+    shifted.align({units[0]: 1}, {units[0]: f"digest-{units[1]}"})  # unit 1's row is unit 0's now
+    assert set(shifted.markers) == {units[0]} and not shifted.skip().done(units[0], 1)
+    assert shifted.orphans == last
+    assert not (tmp_path / "out" / "_units" / f"{units[1]}.json").exists()
+    assert [p.name for p in (tmp_path / "out").glob("part-*.parquet")] == first.markers[units[0]].files
+    assert (tmp_path / "out" / "_orphans" / f"{last[0]}.set-aside").exists()
+
+
 def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
     """`output.mode: overwrite` replaces this job's output: its result files, markers, staged files and
     `_run.json`. Parquet files of anything else under output.path (the corpus's own manifest when the
