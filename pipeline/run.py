@@ -310,7 +310,10 @@ class _Job:
         fingerprint = _fingerprint(cfg, model, placement, plan, gpu_types)
         out = _open_output(cfg, storage, fingerprint, lease)
         sizes = _unit_sizes(plan, cfg.input.rows_per_unit)
-        out.align(sizes, unit_digests(plan, cfg.input.rows_per_unit))
+        whole = [
+            s.key for s, n, c in zip(plan.sources, plan.counts, plan.details, strict=True) if n == c.rows
+        ]
+        out.align(sizes, unit_digests(plan, cfg.input.rows_per_unit), whole)
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"

@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -367,34 +367,42 @@ class Output:
         """What is done, for the planner: the resume record of the committed units."""
         return self._resume
 
-    def align(self, sizes: dict[str, int], ids: dict[str, str] | None = None) -> None:
-        """The manifest rows of each unit in this run (the plan's), and a digest of their ids where
-        known. A committed unit with another count, or other ids (a row inserted or removed before it
-        shifts rows across units without changing their counts: a file added to a folder of audio), is
-        redone whole, error rows or not: redoing only its error rows would miss the rows the manifest
-        gained and keep those it lost."""
+    def align(
+        self, sizes: dict[str, int], ids: dict[str, str] | None = None, whole: Collection[str] = ()
+    ) -> None:
+        """The manifest rows of each unit in this run (the plan's), a digest of their ids where known,
+        and the sources read whole (keys; not cut by `input.limit`). A committed unit with another
+        count, or other ids (a row inserted or removed before it shifts rows across units without
+        changing their counts: a file added to a folder of audio), is redone whole, error rows or not:
+        redoing only its error rows would miss the rows the manifest gained and keep those it lost."""
         self._sizes = sizes
         self._ids = ids or {}
-        self._set_aside_shifted()
+        self._set_aside_past_the_end(set(whole))
         self._resume = self._record(final=self._committed_now)
 
-    def _set_aside_shifted(self) -> None:
-        """A source whose rows shifted (a unit of the same count with other ids: files removed from a
-        folder of audio) and that now ends before some of its committed units: those units hold rows
-        that the units before them are redone with, or rows gone from the manifest, so they are set
-        aside (`_orphans/`), or their rows would be in the output twice. Units past the end of a source
-        whose rows did not shift (a lower `input.limit`) keep their results."""
+    def _set_aside_past_the_end(self, whole: set[str]) -> None:
+        """Committed units of a source that now ends before them (files removed from a folder of
+        audio), where their ids are known: every row the source still has is in a unit of this plan,
+        skipped only where its ids are the committed ones, so these hold rows that are redone in other
+        units, or rows gone from the manifest. They are set aside (`_orphans/`), or those rows would be
+        in the output twice. Past the end of a source cut by `input.limit` they keep their results,
+        unless the source's rows shifted (a unit of the same count with other ids)."""
         shifted = {
-            u.rsplit("-", 1)[0]
+            _source_of(u)
             for u, m in self.markers.items()
             if u in self._sizes and m.ids and self._ids.get(u, m.ids) != m.ids and self._sizes[u] == m.sources
         }
-        stale = sorted(u for u in self.markers if u not in self._sizes and u.rsplit("-", 1)[0] in shifted)
+        digested = {_source_of(u) for u in self._ids}
+        stale = sorted(
+            u
+            for u, m in self.markers.items()
+            if u not in self._sizes and m.ids and _source_of(u) in (whole & digested) | shifted
+        )
         for unit in stale:
             m = self.markers.pop(unit)
             log.warning(
-                "unit %s: the manifest's rows moved into the units before it, which are redone; its %d "
-                "rows are set aside (%s/)", unit, m.sources, ORPHANS_DIR
+                "unit %s: past the end of its source now, whose rows are redone in the units before it; "
+                "its %d rows are set aside (%s/)", unit, m.sources, ORPHANS_DIR
             )  # fmt: skip
             self._delete(self._marker_uri(unit))  # first: a crash here leaves files no marker names
             for f in m.files:
@@ -642,6 +650,11 @@ def _of_manifest_rows(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
         )
     ]
     return pc.or_(mask, pa.array(segment))
+
+
+def _source_of(unit: str) -> str:
+    """The source key of a unit's name (manifest.units.unit_name: `<key>-<index>`)."""
+    return unit.rsplit("-", 1)[0]
 
 
 def _final_name(staged: str) -> str:

@@ -141,34 +141,50 @@ def test_a_unit_whose_manifest_ids_changed_with_its_count_is_not_done(tmp_path):
     assert rerun.skip().done(unit, 1)
 
 
-def test_units_past_the_end_of_a_source_whose_rows_shifted_are_set_aside(tmp_path):
-    """Files removed from the front of a folder of audio shift the later rows into earlier units (of
-    the same counts, other ids: redone) and end the source before its last committed unit, whose rows
-    are now those the units before it are redone with: it is set aside, or they would be there twice.
-    A source that only ends sooner (a lower input.limit: the same ids in its units) keeps it."""
-    path, units = str(tmp_path / "out"), ["a-000000", "a-000001"]
+def test_units_past_the_end_of_a_source_are_set_aside_unless_input_limit_cut_it(tmp_path):
+    """Files removed from a folder of audio end its source before its last committed units, whose rows
+    are now in the units before them (redone: other ids) or gone: they are set aside, or those rows
+    would be there twice. A source cut by input.limit (not read whole) keeps them, unless its rows
+    shifted (a unit of the same count with other ids)."""
+    units = ["a-000000", "a-000001", "a-000002"]
     schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
-    first = Output(Storage(), path)
-    first.open("resume", {"schema": 3})
-    first.align(dict.fromkeys(units, 1), {u: f"digest-{u}" for u in units})
-    for k, unit in enumerate(units):
-        spans = _segment(Span(0, f"clip{k}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
-        stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
-    last = first.markers[units[1]].files
 
-    limited = Output(Storage(), path)
-    limited.open("resume", {"schema": 3})
-    limited.align({units[0]: 1}, {units[0]: f"digest-{units[0]}"})
-    assert set(limited.markers) == set(units) and not limited.orphans
+    def committed(name):  # three units of one row each, with their digests
+        path = str(tmp_path / name)
+        out = Output(Storage(), path)
+        out.open("resume", {"schema": 3})
+        out.align(dict.fromkeys(units, 1), {u: f"digest-{u}" for u in units}, ["a"])
+        for k, unit in enumerate(units):
+            spans = _segment(Span(0, f"clip{k}", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+            stage_and_commit(out, path, schema, segment_rows(spans, [None], unit, 1), unit)
+        return path, {u: out.markers[u].files for u in units}
 
-    shifted = Output(Storage(), path)
-    shifted.open("resume", {"schema": 3})
-    shifted.align({units[0]: 1}, {units[0]: f"digest-{units[1]}"})  # unit 1's row is unit 0's now
-    assert set(shifted.markers) == {units[0]} and not shifted.skip().done(units[0], 1)
-    assert shifted.orphans == last
-    assert not (tmp_path / "out" / "_units" / f"{units[1]}.json").exists()
-    assert [p.name for p in (tmp_path / "out").glob("part-*.parquet")] == first.markers[units[0]].files
-    assert (tmp_path / "out" / "_orphans" / f"{last[0]}.set-aside").exists()
+    def rerun(path, sizes, ids, whole):
+        out = Output(Storage(), path)
+        out.open("resume", {"schema": 3})
+        out.align(sizes, ids, whole)
+        return out
+
+    path, _ = committed("limited")  # input.limit 1: the same first row
+    out = rerun(path, {units[0]: 1}, {units[0]: f"digest-{units[0]}"}, [])
+    assert set(out.markers) == set(units) and not out.orphans and out.skip().done(units[0], 1)
+
+    path, files = committed("shifted")  # input.limit 1 after the first file was removed
+    out = rerun(path, {units[0]: 1}, {units[0]: f"digest-{units[1]}"}, [])
+    assert set(out.markers) == {units[0]} and not out.skip().done(units[0], 1)
+    assert out.orphans == files[units[1]] + files[units[2]]
+    assert not (tmp_path / "shifted" / "_units" / f"{units[1]}.json").exists()
+    assert sorted(p.name for p in (tmp_path / "shifted").glob("part-*.parquet")) == files[units[0]]
+    assert (tmp_path / "shifted" / "_orphans" / f"{files[units[2]][0]}.set-aside").exists()
+
+    # unit 0 of another count (not a shift): past the end of a source read whole, set aside; past
+    # input.limit, kept
+    path, files = committed("whole")
+    out = rerun(path, {units[0]: 2}, {units[0]: "other"}, ["a"])
+    assert set(out.markers) == {units[0]} and out.orphans == files[units[1]] + files[units[2]]
+    path, files = committed("cut")
+    out = rerun(path, {units[0]: 2}, {units[0]: "other"}, [])
+    assert set(out.markers) == set(units) and not out.orphans
 
 
 def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
