@@ -287,6 +287,7 @@ class _RetryingReader(io.RawIOBase):
     def __init__(self, storage: Storage, uri: str, inner: Any) -> None:
         self._storage, self._uri, self._inner = storage, uri, inner
         self._pos = 0
+        self._whole: memoryview | None = None  # the file's bytes, from a web server without ranges
 
     def readable(self) -> bool:
         return True
@@ -304,8 +305,18 @@ class _RetryingReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         def once() -> bytes:
-            self._inner.seek(self._pos)
-            return self._inner.read(size)
+            if self._whole is None:
+                self._inner.seek(self._pos)
+                try:
+                    return self._inner.read(size)
+                except ValueError as e:
+                    if "range requests" not in str(e):
+                        raise
+                    # a web server that ignores Range (Python's http.server, some CDNs): fetched once,
+                    # whole. fsspec's advice, a stream from the start, cannot reach a Parquet footer
+                    self._whole = memoryview(self._inner.fs.cat_file(self._inner.path))
+            end = len(self._whole) if size < 0 else self._pos + size
+            return bytes(self._whole[self._pos : end])
 
         data = self._storage._call("read", self._uri, once)
         self._pos += len(data)

@@ -1281,6 +1281,20 @@ def test_a_presigned_manifest_url_is_read_by_the_format_of_its_name(http_folder)
         assert sources[0].audio.to_pylist() == [{"id": "a", "path": f"{url}/a.wav{q}"}]
 
 
+def test_a_parquet_manifest_on_a_web_server_without_range_requests_is_read(http_folder):
+    # Python's http.server ignores Range: fsspec reads a file bigger than its 5 MB block from the start
+    # only, and its advice (block_size=0, a stream) cannot seek to a Parquet footer: read whole instead
+    root, url = http_folder
+    n = 120_000
+    paths = [f"{k:064x}/x{k}.wav" for k in range(n)]
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "path": paths})
+    pq.write_table(table, root / "m.parquet", row_group_size=20_000, compression="none", use_dictionary=False)
+    assert (root / "m.parquet").stat().st_size > 6 << 20
+    t = read(f"{url}/m.parquet", rows_per_unit=50_000, block_rows=50_000)
+    assert t.num_rows == n and t["id"].to_pylist() == table["id"].to_pylist()
+    assert t["path"][n - 1].as_py() == f"{url}/{paths[-1]}"
+
+
 @pytest.mark.parametrize(
     "name, body, column",
     [
