@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import pyarrow as pa
@@ -313,7 +313,14 @@ class _Job:
         whole = [
             s.key for s, n, c in zip(plan.sources, plan.counts, plan.details, strict=True) if n == c.rows
         ]
-        out.align(sizes, unit_digests(plan, cfg.input.rows_per_unit), whole)
+        # the units' digests without input.limit's cut: a lower limit is told from rows that moved
+        uncut = replace(plan, counts=[c.rows for c in plan.details])
+        out.align(
+            sizes,
+            unit_digests(plan, cfg.input.rows_per_unit),
+            whole,
+            {u: d for u, d in unit_digests(uncut, cfg.input.rows_per_unit).items() if u in sizes},
+        )
         say(
             f"manifest {cfg.input.manifest}: {plan.rows} rows in {len(plan.sources)} source(s), "
             f"{len(out.markers)} units already committed -> {cfg.output.path}"

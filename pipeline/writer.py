@@ -368,29 +368,39 @@ class Output:
         return self._resume
 
     def align(
-        self, sizes: dict[str, int], ids: dict[str, str] | None = None, whole: Collection[str] = ()
+        self,
+        sizes: dict[str, int],
+        ids: dict[str, str] | None = None,
+        whole: Collection[str] = (),
+        uncut: dict[str, str] | None = None,
     ) -> None:
         """The manifest rows of each unit in this run (the plan's), a digest of their ids where known,
-        and the sources read whole (keys; not cut by `input.limit`). A committed unit with another
-        count, or other ids (a row inserted or removed before it shifts rows across units without
-        changing their counts: a file added to a folder of audio), is redone whole, error rows or not:
-        redoing only its error rows would miss the rows the manifest gained and keep those it lost."""
+        the sources read whole (keys; not cut by `input.limit`), and the digest of each unit's ids as
+        the source gives them without `input.limit` (`uncut`: differs for the unit the limit cuts). A
+        committed unit with another count, or other ids (a row inserted or removed before it shifts
+        rows across units without changing their counts: a file added to a folder of audio), is redone
+        whole, error rows or not: redoing only its error rows would miss the rows the manifest gained
+        and keep those it lost."""
         self._sizes = sizes
         self._ids = ids or {}
-        self._set_aside_past_the_end(set(whole))
+        self._set_aside_past_the_end(set(whole), uncut or {})
         self._resume = self._record(final=self._committed_now)
 
-    def _set_aside_past_the_end(self, whole: set[str]) -> None:
+    def _set_aside_past_the_end(self, whole: set[str], uncut: dict[str, str]) -> None:
         """Committed units of a source that now ends before them (files removed from a folder of
         audio), where their ids are known: every row the source still has is in a unit of this plan,
         skipped only where its ids are the committed ones, so these hold rows that are redone in other
         units, or rows gone from the manifest. They are set aside (`_orphans/`), or those rows would be
         in the output twice. Past the end of a source cut by `input.limit` they keep their results,
-        unless the source's rows shifted (a unit of the same count with other ids)."""
+        unless a unit of this plan holds other rows than committed, even without the limit's cut (rows
+        shifted, or a larger `rows_per_unit` gave unit 0 the rows of unit 1): the units past the end
+        may then hold rows this plan holds too."""
+        # a unit whose count alone changed is no proof: the limit's cut of a unit (a lower limit) is
+        # told from rows that moved by its digest without the cut, which is the committed one
         shifted = {
             _source_of(u)
             for u, m in self.markers.items()
-            if u in self._sizes and m.ids and self._ids.get(u, m.ids) != m.ids and self._sizes[u] == m.sources
+            if u in self._ids and m.ids and m.ids not in (self._ids[u], uncut.get(u))
         }
         digested = {_source_of(u) for u in self._ids}
         stale = sorted(

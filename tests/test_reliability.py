@@ -168,6 +168,16 @@ def test_files_added_to_or_removed_from_a_folder_of_audio_are_processed_once_on_
     assert extract.main(["--config", str(cfg)]) == 0
     assert_exactly_once(out, ["c", "e", "g"])
     assert json.loads((out / "_run.json").read_text())["output_totals"]["rows"] == 3
+    # a larger rows_per_unit under input.limit: c, e, g | (i), the source cut by the limit; unit 0 now
+    # holds g too, so the committed unit past it (g) is set aside, not kept beside it
+    (clips / "i.flac").write_bytes((DEMO / "clips/000_calm.flac").read_bytes())
+    more = ["--set", "input.rows_per_unit=3", "--set", "input.limit=3"]
+    assert extract.main(["--config", str(cfg), *more]) == 0
+    assert_exactly_once(out, ["c", "e", "g"])
+    # then a lower input.limit, cutting inside unit 0 (c, e | i): the unit past it keeps its result
+    assert extract.main(["--config", str(cfg), *more[:2]]) == 0
+    assert extract.main(["--config", str(cfg), *more[:2], "--set", "input.limit=2"]) == 0
+    assert_exactly_once(out, ["c", "e", "i"])
 
 
 def test_resume_with_another_model_is_refused_and_overwrite_replaces(

@@ -159,10 +159,10 @@ def test_units_past_the_end_of_a_source_are_set_aside_unless_input_limit_cut_it(
             stage_and_commit(out, path, schema, segment_rows(spans, [None], unit, 1), unit)
         return path, {u: out.markers[u].files for u in units}
 
-    def rerun(path, sizes, ids, whole):
+    def rerun(path, sizes, ids, whole, uncut=None):
         out = Output(Storage(), path)
         out.open("resume", {"schema": 3})
-        out.align(sizes, ids, whole)
+        out.align(sizes, ids, whole, uncut)
         return out
 
     path, _ = committed("limited")  # input.limit 1: the same first row
@@ -177,14 +177,24 @@ def test_units_past_the_end_of_a_source_are_set_aside_unless_input_limit_cut_it(
     assert sorted(p.name for p in (tmp_path / "shifted").glob("part-*.parquet")) == files[units[0]]
     assert (tmp_path / "shifted" / "_orphans" / f"{files[units[2]][0]}.set-aside").exists()
 
-    # unit 0 of another count (not a shift): past the end of a source read whole, set aside; past
-    # input.limit, kept
+    # unit 0 of another count: past the end of a source read whole, set aside
     path, files = committed("whole")
     out = rerun(path, {units[0]: 2}, {units[0]: "other"}, ["a"])
     assert set(out.markers) == {units[0]} and out.orphans == files[units[1]] + files[units[2]]
+    # and past input.limit's cut: unit 0 holds other rows even without the limit (a larger
+    # rows_per_unit: those of unit 1 too), so the units past it are set aside, or unit 1's row would
+    # be in the output twice
     path, files = committed("cut")
-    out = rerun(path, {units[0]: 2}, {units[0]: "other"}, [])
-    assert set(out.markers) == set(units) and not out.orphans
+    out = rerun(path, {units[0]: 2}, {units[0]: "other"}, [], {units[0]: "other"})
+    assert set(out.markers) == {units[0]} and out.orphans == files[units[1]] + files[units[2]]
+    # a lower input.limit cutting inside unit 0 (committed with 2 rows; its rows without the limit are
+    # the committed ones): the units past it keep their results
+    path, files = committed("lower")
+    out = Output(Storage(), path)
+    out.open("resume", {"schema": 3})
+    out.markers[units[0]].sources = 2  # as if committed with 2 rows
+    out.align({units[0]: 1}, {units[0]: "first row"}, [], {units[0]: f"digest-{units[0]}"})
+    assert set(out.markers) == set(units) and not out.orphans and not out.skip().done(units[0], 1)
 
 
 def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
