@@ -403,16 +403,21 @@ class Output:
             if u in self._ids and m.ids and m.ids not in (self._ids[u], uncut.get(u))
         }
         digested = {_source_of(u) for u in self._ids}
+        # and a unit of a source gone from the manifest whose ids a unit of this plan has, in the same
+        # order (a shard renamed, or copied under another name and the old one removed): the same rows
+        planned = set(self._ids.values())
         stale = sorted(
             u
             for u, m in self.markers.items()
-            if u not in self._sizes and m.ids and _source_of(u) in (whole & digested) | shifted
+            if u not in self._sizes
+            and m.ids
+            and (_source_of(u) in (whole & digested) | shifted or m.ids in planned)
         )
         for unit in stale:
             m = self.markers.pop(unit)
             log.warning(
-                "unit %s: past the end of its source now, whose rows are redone in the units before it; "
-                "its %d rows are set aside (%s/)", unit, m.sources, ORPHANS_DIR
+                "unit %s: no longer in the manifest's units, its rows are in this run's units or gone "
+                "from the manifest; its %d rows are set aside (%s/)", unit, m.sources, ORPHANS_DIR
             )  # fmt: skip
             self._delete(self._marker_uri(unit))  # first: a crash here leaves files no marker names
             for f in m.files:

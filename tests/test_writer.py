@@ -195,6 +195,13 @@ def test_units_past_the_end_of_a_source_are_set_aside_unless_input_limit_cut_it(
     out.markers[units[0]].sources = 2  # as if committed with 2 rows
     out.align({units[0]: 1}, {units[0]: "first row"}, [], {units[0]: f"digest-{units[0]}"})
     assert set(out.markers) == set(units) and not out.orphans and not out.skip().done(units[0], 1)
+    # a shard renamed (source "a" is gone, "b" has its first unit's ids in order): that unit's rows are
+    # set aside, as "b" redoes them; units of "a" whose ids no unit has keep their results (a run on
+    # a chosen subset of shards)
+    path, files = committed("renamed")
+    out = rerun(path, {"b-000000": 1}, {"b-000000": f"digest-{units[0]}"}, ["b"])
+    assert set(out.markers) == {units[1], units[2]} and out.orphans == files[units[0]]
+    assert not out.skip().done("b-000000", 1)
 
 
 def test_overwrite_deletes_the_outputs_own_files_only(tmp_path):
