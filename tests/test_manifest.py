@@ -1628,3 +1628,33 @@ def test_a_gzipped_text_manifest_is_read_by_the_format_of_its_name(tmp_path, nam
     assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
     if fmt != "scp":
         assert t["emo"].to_pylist() == ["ang", "hap"]
+
+
+def test_a_nemo_row_with_a_null_offset_runs_its_duration_from_the_start_of_the_file(tmp_path):
+    """NeMo reads a null (or absent) `offset` as 0 and `duration` as the span's length: such a row is
+    [0, duration), not the whole file; a null `duration` runs from the offset to the end of the file,
+    both null the whole file. A 3 s wav made by sox, with the times the rows ask for."""
+    from pipeline.prepare import prepare_block
+
+    wav = tmp_path / "tone.wav"
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(wav), "synth", "3", "sine", "440"], check=True
+    )
+    lines = [
+        {"audio_filepath": "tone.wav", "offset": None, "duration": 1.5},
+        {"audio_filepath": "tone.wav", "offset": 1.0, "duration": None},
+        {"audio_filepath": "tone.wav", "offset": None, "duration": None},
+        {"audio_filepath": "tone.wav", "duration": 0.75},  # offset absent from the line: null too
+        {"audio_filepath": "tone.wav", "offset": 2.0, "duration": 0.5},
+    ]
+    (tmp_path / "m.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = read(tmp_path / "m.json")
+    (out,) = prepare_block(table, storage=Storage())
+    got = [(r["id"], r["start_s"], r["end_s"], r["duration_s"], r["error"]) for r in out.to_pylist()]
+    assert got == [
+        ("tone.wav@0.000-1.500", 0.0, 1.5, 1.5, None),
+        ("tone.wav@1.000-", 1.0, 3.0, 2.0, None),
+        ("tone.wav", None, None, 3.0, None),
+        ("tone.wav@0.000-0.750", 0.0, 0.75, 0.75, None),
+        ("tone.wav@2.000-2.500", 2.0, 2.5, 0.5, None),
+    ]

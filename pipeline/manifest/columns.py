@@ -8,7 +8,8 @@ Voice ships a `path` naming a file that exists nowhere); a row without bytes is 
 struct's path, else from that path column. With `input.path_template` the path is built from the
 row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an empty one is an error
 row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds), or
-either start with the other's end or length (`offset` + `end`, `start` + `duration`).
+either start with the other's end or length (`offset` + `end`, `start` + `duration`); a null start
+beside a length is 0 (NeMo's reading of a null offset).
 Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
 first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
 an output column (or `waveform`, the stages' decoded audio), or whose name starts with `_` like the
@@ -309,7 +310,11 @@ def span(raw: pa.Table, cols: Columns, origin: str = "") -> tuple[pa.Array, pa.A
         # time that the cut refuses (read as -1, it ran the rest of the file)
         end = pc.if_else(pc.equal(end, -1), pa.scalar(None, pa.float64()), end)
     elif cols.duration is not None:
-        end = pc.add(start, cast(raw[cols.duration], cols.duration, pa.float64(), origin))
+        length = cast(raw[cols.duration], cols.duration, pa.float64(), origin)
+        # NeMo reads a null (or absent) offset as 0: with a duration the row is [0, duration), not
+        # the whole file; a null duration runs to the end, as NeMo reads it
+        start = pc.if_else(pc.and_(pc.is_null(start), pc.is_valid(length)), pa.scalar(0.0), start)
+        end = pc.add(start, length)
     else:
         end = pa.nulls(n, pa.float64())
     return start, end
