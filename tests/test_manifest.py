@@ -1658,3 +1658,65 @@ def test_a_nemo_row_with_a_null_offset_runs_its_duration_from_the_start_of_the_f
         ("tone.wav@0.000-0.750", 0.0, 0.75, 0.75, None),
         ("tone.wav@2.000-2.500", 2.0, 2.5, 0.5, None),
     ]
+
+
+def _hf_shard(path, seconds: list[float], label: str) -> None:
+    """A Hugging Face Parquet shard as `datasets` writes it: audio given as bytes (wavs made by sox)
+    without a name, so the `Audio` struct holds no path and the default id is `<shard name>:<row>`."""
+    datasets = pytest.importorskip("datasets")
+    clips = []
+    for s in seconds:
+        cmd = [
+            "sox",
+            "-n",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-t",
+            "wav",
+            "-",
+            "synth",
+            str(s),
+            "sine",
+            "300",
+        ]
+        clips.append({"bytes": subprocess.run(cmd, check=True, capture_output=True).stdout, "path": None})
+    ds = datasets.Dataset.from_dict({"audio": clips, "label": [label] * len(clips)})
+    ds = ds.cast_column("audio", datasets.Audio(sampling_rate=16000))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+
+
+def _checked_ids(manifest, **kw) -> list[str]:
+    """The ids of every row, after the uniqueness checks the job makes before any work (per file,
+    then across files)."""
+    from pipeline.manifest import check_unique_across
+
+    cfg = InputConfig(manifest=str(manifest), **kw)
+    sources = discover(cfg, Storage())
+    details = [count_rows(s, cfg, Storage()) for s in sources]
+    check_unique_across([s.uri for s in sources], [c.ids for c in details])
+    return read(manifest, **kw)["id"].to_pylist()
+
+
+def test_default_ids_of_shards_of_one_name_in_config_folders_are_their_relative_paths(tmp_path):
+    """A Hugging Face dataset with several configs keeps `data/<config>/train-00000-of-00001.parquet`:
+    rows named by `<file>:<row>` in two configs had the same id and the job refused them as duplicates.
+    Shards whose names repeat are named by their path under the manifest's folder (or glob) instead;
+    where names do not repeat the ids stay as they were (outputs written before resume unchanged)."""
+    data = tmp_path / "data"
+    name = "train-00000-of-00001.parquet"
+    _hf_shard(data / "calm" / name, [0.5, 0.6], "calm")
+    _hf_shard(data / "angry" / name, [0.7], "angry")
+    _hf_shard(data / "angry" / "test-00000-of-00001.parquet", [0.8], "angry")
+    expected = [f"angry/{name}:1", "test-00000-of-00001.parquet:1", f"calm/{name}:1", f"calm/{name}:2"]
+    assert sorted(_checked_ids(data)) == sorted(expected)
+    assert sorted(_checked_ids(f"{data}/*/*.parquet")) == sorted(expected)
+    # one config: names do not repeat, the ids are the shard's name as before
+    assert sorted(_checked_ids(data / "calm")) == [f"{name}:1", f"{name}:2"]
+    assert sorted(_checked_ids(f"{data}/angry/*.parquet")) == sorted(
+        [f"{name}:1", "test-00000-of-00001.parquet:1"]
+    )
