@@ -125,7 +125,8 @@ echo "== c2. the model actor's host work, and the large size"
 # again (the forward's CPU was 4x the GPU's time: plans per new shape, or launches?), and the CPU side of
 # one call by op (torch.profiler); then the large size's encoder alone
 T=$(budget host)
-base_dir=$WORK/base-model
+# where bench/gpu_job.py (--work $WORK/jobs) looks for its base model: written once (356 MB, ~3 s), not twice
+base_dir=$WORK/jobs/model
 [ "$DRY" = 1 ] || "$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import base_model_dir; from pathlib import Path; base_model_dir(Path('$base_dir'))" >> "$LOGS/actor_host.log" 2>&1
 if [ "$DRY" = 1 ]; then HOST=(--device sim --blocks 1 --again --profile 8); else HOST=(--device cuda --model "$base_dir" --blocks 6 --again --profile 15); fi
 timeout "$T" "$PY" bench/actor_host.py "${HOST[@]}" >> "$LOGS/actor_host.log" 2>&1

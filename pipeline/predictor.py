@@ -110,9 +110,9 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     return bool(isa) and kernels.onednn_linear_available(dtype)
 
 
-def _simulated_dtype(dtype: str) -> torch.dtype:
-    """The dtype a GPU would run (what the output's metadata says), where this CPU runs it natively;
-    float32 otherwise."""
+def simulated_dtype(dtype: str) -> torch.dtype:
+    """What a simulated GPU runs: the dtype a GPU would run, where this CPU runs it natively; float32
+    otherwise (the output's metadata says which: run._fingerprint)."""
     want = resolve_dtype(dtype, "cuda")
     return want if cpu_has_native(want) else torch.float32
 
@@ -264,7 +264,7 @@ class EmotionPredictor:
             if reason is not None:
                 simulated, self.device = True, "cpu"
         on_gpu = self.target.startswith("cuda")
-        self.dtype = _simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
+        self.dtype = simulated_dtype(dtype) if simulated else resolve_dtype(dtype, self.device)
         self.bundle: ModelBundle = load_model(
             source,
             revision=revision,

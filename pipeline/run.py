@@ -584,10 +584,16 @@ def _fingerprint(
     cfg: JobConfig, model: ModelInfo, placement: Placement, plan: Plan, gpu_types: list[str | None] = ()
 ) -> dict[str, Any]:
     """Everything that changes the numbers in the output: a resumed run must match it."""
-    from .predictor import resolve_dtype  # torch: imported by now (the model check)
+    from .predictor import resolve_dtype, simulate_gpu, simulated_dtype  # torch: imported by now
 
     dtype = str(resolve_dtype(cfg.model.dtype, placement.device)).replace("torch.", "")
-    if cfg.model.dtype == "auto" and placement.device == "cuda":
+    if placement.device == "cuda" and simulate_gpu() and not any(gpu_types):
+        # a simulated GPU (EMOTION2VEC_SIMULATE_GPU=1, GPUs whose kind Ray did not name: no device
+        # behind them) runs on its CPU, in the dtype that CPU runs (float32 for float16 without
+        # native float16): the files say what made their numbers. Real GPUs are named by Ray (and
+        # without the variable nothing changes)
+        dtype = str(simulated_dtype(cfg.model.dtype)).replace("torch.", "")
+    elif cfg.model.dtype == "auto" and placement.device == "cuda":
         # the actors decide on their GPUs; the driver (a head node without one) would say bfloat16
         dtype = auto_gpu_dtype(list(gpu_types)) or dtype
     return {

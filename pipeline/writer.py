@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .manifest.resume import Committed, Resume
-from .redact import redact_column, redact_data
+from .redact import redact, redact_column, redact_data
 from .schema import (
     DECODE_TIME,
     MANIFEST_ID,
@@ -216,7 +216,49 @@ class Marker:
 
     @classmethod
     def decode(cls, data: bytes) -> Marker:
-        return cls(**json.loads(data))
+        """Raises ValueError naming the field for a marker that is not one (truncated, garbage, a known
+        field missing or of another type). Fields it does not know are ignored: a newer version may
+        add some (as `ids` was added), and an older one resuming its output reads what it knows."""
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"not a JSON object but {type(raw).__name__}")
+        known: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in raw:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"field {f.name!r} missing")
+                continue  # a marker written before the field existed
+            if not _MARKER_TYPES[f.name](raw[f.name]):
+                raise ValueError(f"field {f.name!r} is not of the expected type: {raw[f.name]!r:.80}")
+            known[f.name] = raw[f.name]
+        return cls(**known)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# Marker field -> its check (`Marker.decode`); a field added to Marker must be added here
+_MARKER_TYPES: dict[str, Callable[[Any], bool]] = {
+    "unit": lambda v: isinstance(v, str),
+    "files": _is_strs,
+    "rows": _is_int,
+    "ok": _is_int,
+    "error": _is_int,
+    "audio_s": lambda v: _is_int(v) or isinstance(v, float),
+    "error_ids": _is_strs,
+    "sizes": lambda v: isinstance(v, dict) and all(_is_int(n) for n in v.values()),
+    "sources": _is_int,
+    "error_rows": lambda v: isinstance(v, dict) and all(_is_strs(ids) for ids in v.values()),
+    "ids": lambda v: isinstance(v, str),
+}
 
 
 COUNTS = (
@@ -445,8 +487,20 @@ class Output:
         return self.storage.list_files(join(self.path, UNITS_DIR), ".json")
 
     def _read_markers(self, uris: list[str]) -> dict[str, Marker]:
+        def read(uri: str) -> Marker:
+            data = self.storage.read_bytes(uri)
+            try:
+                return Marker.decode(data)
+            except ValueError as e:
+                # written atomically by the job: damaged outside it (a partial copy); which rows the
+                # unit committed is unknown, so the output is refused rather than guessed at
+                raise OutputError(
+                    f"commit marker {redact(uri)} is damaged ({e}); restore it from where the output "
+                    f"was copied, or rerun with output.mode: overwrite"
+                ) from None
+
         with ThreadPoolExecutor(16) as pool:
-            markers = list(pool.map(lambda u: Marker.decode(self.storage.read_bytes(u)), uris))
+            markers = list(pool.map(read, uris))
         return {m.unit: m for m in markers}
 
     def _clear(self) -> None:

@@ -72,3 +72,24 @@ def test_gpu_job_takes_steady_rates_between_progress_lines_and_reports_startup_a
     assert r["cores_by_role_steady"] == {"decode tasks": 8.0, "driver": 0.1, "model actor": 2.0}
     assert r["cpu_us_per_audio_s_by_role"] == {"decode tasks": 16000, "driver": 200, "model actor": 4000}
     assert "decode 8.00 (16000 us/audio-s), model actors 2.00 (4000 us/audio-s)" in line(r)
+
+
+def test_gpu_check_writes_the_base_model_once_where_the_jobs_look_for_it():
+    """The actor-host part and the jobs both use a base-size model (356 MB, ~3 s to write): the check
+    writes it where bench/gpu_job.py (`--work W` -> `W/model`) finds it, not a second copy elsewhere."""
+    import re
+    import subprocess
+
+    script = (BENCH / "gpu_check.sh").read_text()
+    (assignment,) = re.findall(r"^base_dir=.*$", script, re.M)
+    (work,) = set(re.findall(r'bench/gpu_job\.py --work "([^"]+)"', script))
+    # the shell's own expansion of both, with the script's WORK
+    got = subprocess.run(
+        ["bash", "-c", f'WORK=/w; {assignment}; echo "$base_dir"; echo "{work}/model"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert got[0] == got[1], got
+    source = (BENCH / "gpu_job.py").read_text()
+    assert 'base_model_dir(a.work / "model")' in source  # where the jobs' base model lies

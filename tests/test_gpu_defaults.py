@@ -65,6 +65,32 @@ def test_a_default_config_runs_on_a_gpu_node(gpu_head, tiny_model_dir, tmp_path)
     assert "batch_seconds 600, max_batch_size 256, page-locked buffers True" in line, line
 
 
+def test_a_simulated_gpu_records_the_dtype_its_cpu_ran_in_the_files(gpu_head, tiny_model_dir, tmp_path):
+    """model.dtype float16 on a simulated GPU: the actors run float16 only where this CPU computes it
+    natively, else float32; the output's file metadata (the resume fingerprint) says what they ran,
+    as `_run.json` does. It said float16 while the numbers were float32's."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.schema import read_metadata
+
+    out = tmp_path / "out"
+    cfg = (
+        "input:\n  manifest: samples/demo/manifest.jsonl\n  limit: 4\n"
+        f"model:\n  source: {tiny_model_dir}\n  device: cuda\n  dtype: float16\n"
+        f"output:\n  path: {out}\n"
+    )
+    r = _submit(gpu_head, tmp_path, cfg, {"EMOTION2VEC_SIMULATE_GPU": "1"})
+    text = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in text, text[-4000:]
+    ran = "float16" if cpu_runs_natively(torch.float16) else "float32"
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows_per_model_runtime"] == {f"cpu (simulated gpu) {ran}": 4}
+    assert run["model"]["dtype"] == run["output_metadata"]["dtype"] == ran
+    files = sorted(out.glob("*.parquet"))
+    assert files and {read_metadata(pq.read_schema(f))["dtype"] for f in files} == {ran}
+
+
 def test_a_gpu_that_pytorch_cannot_use_ends_the_job_in_one_line(gpu_head, tiny_model_dir, tmp_path):
     """The node advertises a GPU, the actor's PyTorch finds no CUDA device (the case of a driver too
     old for the installed PyTorch): exit 2 with one error line saying so, and no restarts."""

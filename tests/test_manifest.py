@@ -1628,3 +1628,95 @@ def test_a_gzipped_text_manifest_is_read_by_the_format_of_its_name(tmp_path, nam
     assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
     if fmt != "scp":
         assert t["emo"].to_pylist() == ["ang", "hap"]
+
+
+def test_a_nemo_row_with_a_null_offset_runs_its_duration_from_the_start_of_the_file(tmp_path):
+    """NeMo reads a null (or absent) `offset` as 0 and `duration` as the span's length: such a row is
+    [0, duration), not the whole file; a null `duration` runs from the offset to the end of the file,
+    both null the whole file. A 3 s wav made by sox, with the times the rows ask for."""
+    from pipeline.prepare import prepare_block
+
+    wav = tmp_path / "tone.wav"
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(wav), "synth", "3", "sine", "440"], check=True
+    )
+    lines = [
+        {"audio_filepath": "tone.wav", "offset": None, "duration": 1.5},
+        {"audio_filepath": "tone.wav", "offset": 1.0, "duration": None},
+        {"audio_filepath": "tone.wav", "offset": None, "duration": None},
+        {"audio_filepath": "tone.wav", "duration": 0.75},  # offset absent from the line: null too
+        {"audio_filepath": "tone.wav", "offset": 2.0, "duration": 0.5},
+    ]
+    (tmp_path / "m.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = read(tmp_path / "m.json")
+    (out,) = prepare_block(table, storage=Storage())
+    got = [(r["id"], r["start_s"], r["end_s"], r["duration_s"], r["error"]) for r in out.to_pylist()]
+    assert got == [
+        ("tone.wav@0.000-1.500", 0.0, 1.5, 1.5, None),
+        ("tone.wav@1.000-", 1.0, 3.0, 2.0, None),
+        ("tone.wav", None, None, 3.0, None),
+        ("tone.wav@0.000-0.750", 0.0, 0.75, 0.75, None),
+        ("tone.wav@2.000-2.500", 2.0, 2.5, 0.5, None),
+    ]
+
+
+def _hf_shard(path, seconds: list[float], label: str) -> None:
+    """A Hugging Face Parquet shard as `datasets` writes it: audio given as bytes (wavs made by sox)
+    without a name, so the `Audio` struct holds no path and the default id is `<shard name>:<row>`."""
+    datasets = pytest.importorskip("datasets")
+    clips = []
+    for s in seconds:
+        cmd = [
+            "sox",
+            "-n",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-t",
+            "wav",
+            "-",
+            "synth",
+            str(s),
+            "sine",
+            "300",
+        ]
+        clips.append({"bytes": subprocess.run(cmd, check=True, capture_output=True).stdout, "path": None})
+    ds = datasets.Dataset.from_dict({"audio": clips, "label": [label] * len(clips)})
+    ds = ds.cast_column("audio", datasets.Audio(sampling_rate=16000))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+
+
+def _checked_ids(manifest, **kw) -> list[str]:
+    """The ids of every row, after the uniqueness checks the job makes before any work (per file,
+    then across files)."""
+    from pipeline.manifest import check_unique_across
+
+    cfg = InputConfig(manifest=str(manifest), **kw)
+    sources = discover(cfg, Storage())
+    details = [count_rows(s, cfg, Storage()) for s in sources]
+    check_unique_across([s.uri for s in sources], [c.ids for c in details])
+    return read(manifest, **kw)["id"].to_pylist()
+
+
+def test_default_ids_of_shards_of_one_name_in_config_folders_are_their_relative_paths(tmp_path):
+    """A Hugging Face dataset with several configs keeps `data/<config>/train-00000-of-00001.parquet`:
+    rows named by `<file>:<row>` in two configs had the same id and the job refused them as duplicates.
+    Shards whose names repeat are named by their path under the manifest's folder (or glob) instead;
+    where names do not repeat the ids stay as they were (outputs written before resume unchanged)."""
+    data = tmp_path / "data"
+    name = "train-00000-of-00001.parquet"
+    _hf_shard(data / "calm" / name, [0.5, 0.6], "calm")
+    _hf_shard(data / "angry" / name, [0.7], "angry")
+    _hf_shard(data / "angry" / "test-00000-of-00001.parquet", [0.8], "angry")
+    expected = [f"angry/{name}:1", "test-00000-of-00001.parquet:1", f"calm/{name}:1", f"calm/{name}:2"]
+    assert sorted(_checked_ids(data)) == sorted(expected)
+    assert sorted(_checked_ids(f"{data}/*/*.parquet")) == sorted(expected)
+    # one config: names do not repeat, the ids are the shard's name as before
+    assert sorted(_checked_ids(data / "calm")) == [f"{name}:1", f"{name}:2"]
+    assert sorted(_checked_ids(f"{data}/angry/*.parquet")) == sorted(
+        [f"{name}:1", "test-00000-of-00001.parquet:1"]
+    )

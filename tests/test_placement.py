@@ -448,6 +448,35 @@ def test_the_fingerprint_dtype_of_a_gpu_pool_follows_its_gpus_not_the_driver(nvm
     assert _fingerprint(cfg(dtype="float32"), model, placement, plan, gpu_types=types)["dtype"] == "float32"
 
 
+def test_under_a_simulated_gpu_the_fingerprint_dtype_is_what_the_cpu_runs_and_real_gpus_keep_theirs(
+    monkeypatch,
+):
+    """EMOTION2VEC_SIMULATE_GPU=1 on GPUs Ray names no kind of (logical GPUs: nothing behind them):
+    the actors run on their CPU, float16 only where it computes float16 natively; the fingerprint (the
+    files' metadata) says that. GPUs Ray names are real: their dtype, with the variable set or not."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.cluster import Placement
+    from pipeline.run import _fingerprint
+
+    from .conftest import cpu_runs_natively
+
+    model = SimpleNamespace(fingerprint={}, frame_rate=50.0, sample_rate=16000)
+    plan = SimpleNamespace(passthrough=[])
+    placement = Placement("cuda", 1, None, 1.0, 1.0, 1)
+    monkeypatch.setenv("EMOTION2VEC_SIMULATE_GPU", "1")
+    cpu = {d: d if cpu_runs_natively(getattr(torch, d)) else "float32" for d in ("float16", "bfloat16")}
+    for types in ([None], []):
+        assert _fingerprint(cfg(dtype="float16"), model, placement, plan, types)["dtype"] == cpu["float16"]
+        assert _fingerprint(cfg(), model, placement, plan, types)["dtype"] == cpu["bfloat16"]  # auto
+    assert _fingerprint(cfg(dtype="float16"), model, placement, plan, ["H100"])["dtype"] == "float16"
+    assert _fingerprint(cfg(), model, placement, plan, ["T4"])["dtype"] == "float16"
+    monkeypatch.delenv("EMOTION2VEC_SIMULATE_GPU")
+    assert _fingerprint(cfg(dtype="float16"), model, placement, plan, [None])["dtype"] == "float16"
+
+
 def test_an_ipv6_ray_address_is_checked_at_its_host():
     """Ray takes `[host]:port` for IPv6 GCS addresses; the reachability check connected to the host
     "[::1]" with its brackets, which never resolves: a listening cluster was "cannot reach" (exit 2)."""

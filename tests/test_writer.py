@@ -396,3 +396,57 @@ def test_a_unit_committed_by_a_commit_that_then_failed_counts_for_the_run(
     assert out.skip().done(unit, 4)  # committed: the restart leaves it alone
     assert (tally.units, tally["ok"], tally["sources"]) == (1, 4, 4)
     assert (progress.rows, progress.ok) == (4, 4)
+
+
+def _committed_output(tmp_path) -> tuple[str, str]:
+    """An output with one committed unit; returns its path and the unit's marker file."""
+    spans = _segment(Span(0, "clip0", samples=np.zeros(SR, np.float32)), lambda s: [(0, SR)])
+    path, unit = str(tmp_path / "out"), "a-000000"
+    schema = output_schema(D, 9, False, pa.schema([]), {"schema": 3})
+    first = Output(Storage(), path)
+    first.open("resume", {"schema": 3})
+    first.align({unit: 1}, {unit: "0123456789abcdef"})
+    stage_and_commit(first, path, schema, segment_rows(spans, [None], unit, 1), unit)
+    return path, str(tmp_path / "out" / "_units" / f"{unit}.json")
+
+
+def test_a_marker_with_a_field_this_version_does_not_know_is_read(tmp_path):
+    """A newer version may add fields to the markers (as `ids` was added): an older version resuming
+    the output reads the fields it knows and ignores the others, instead of failing the resume."""
+    import json
+    from pathlib import Path
+
+    path, marker = _committed_output(tmp_path)
+    data = json.loads(Path(marker).read_text())
+    data["added_later"] = {"anything": [1, 2]}
+    Path(marker).write_text(json.dumps(data))
+
+    rerun = Output(Storage(), path)
+    rerun.open("resume", {"schema": 3})
+    rerun.align({"a-000000": 1}, {"a-000000": "0123456789abcdef"})
+    assert rerun.markers["a-000000"].rows == data["rows"] == 1
+    assert rerun.skip().done("a-000000", 1)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: "\x00\x17garbage",
+        lambda text: "[1, 2]",  # JSON, not an object
+        lambda text: text.replace('"rows":1', '"rows":"1"'),  # a known field of another type
+        lambda text: text.replace('"files":', '"other_files":'),  # a required field missing
+    ],
+    ids=["truncated", "garbage", "not-an-object", "wrong-type", "missing-field"],
+)
+def test_a_damaged_marker_is_an_unusable_output_naming_the_marker(tmp_path, damage):
+    """Markers are written atomically: a damaged one was damaged outside the job (a partial copy);
+    the rerun refuses the output naming the marker file rather than guess what the unit holds."""
+    from pathlib import Path
+
+    path, marker = _committed_output(tmp_path)
+    text = Path(marker).read_text()
+    assert '"rows":1' in text and '"files":' in text  # the replacements above apply
+    Path(marker).write_text(damage(text))
+    with pytest.raises(OutputError, match=r"_units/a-000000\.json"):
+        Output(Storage(), path).open("resume", {"schema": 3})

@@ -8,7 +8,8 @@ Voice ships a `path` naming a file that exists nowhere); a row without bytes is 
 struct's path, else from that path column. With `input.path_template` the path is built from the
 row's columns instead (`dia{Dialogue_ID}_utt{Utterance_ID}.mp4`; a row with an empty one is an error
 row). A row may name a span of its file: NeMo `offset` + `duration`, or `start` + `end` (seconds), or
-either start with the other's end or length (`offset` + `end`, `start` + `duration`).
+either start with the other's end or length (`offset` + `end`, `start` + `duration`); a null start
+beside a length is 0 (NeMo's reading of a null offset).
 Relative paths resolve against the source's root. The speaker comes from `input.speaker_column` or the
 first of `speaker`, `Speaker` (null when there is none). A passthrough column whose name collides with
 an output column (or `waveform`, the stages' decoded audio), or whose name starts with `_` like the
@@ -17,7 +18,7 @@ stages' private columns (MongoDB's `_id`), is renamed `manifest_<name>`.
 The id comes from `input.id_column` or the first of `id`, `key`, `utt_id`. A manifest with none gets a
 default id, stable across reruns: the audio's name as the manifest gives it (the struct's `path`, else
 the path as written or built by the template), or, for a row with neither, `<manifest file name>:<row
-number>` (from 1); a row with a span (NeMo offsets, start/end columns) adds it: `a.wav@1.250-3.500`.
+number>` (from 1; the path under the manifest's folder for shards whose file names repeat); a row with a span (NeMo offsets, start/end columns) adds it: `a.wav@1.250-3.500`.
 A name that is a URL with secrets (a presigned URL's signature, `user:password@`) is redacted and
 gets a hash of the whole URL: `https://h/a.wav?X-Amz-Signature=abc` is named
 `https://h/a.wav?X-Amz-Signature=***#69ecf1c58c42`.
@@ -165,10 +166,12 @@ def _pick(
     )
 
 
-def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_row: int = 0) -> pa.Table:
+def normalise(
+    raw: pa.Table, cols: Columns, root: str, origin: str = "", first_row: int = 0, name: str = ""
+) -> pa.Table:
     """Source columns -> id, path, recording_id, offset_s, [private audio/span/error], passthrough.
-    `origin` (the manifest file) and `first_row` (the row number of `raw`'s first row in it, from 0)
-    name rows in default ids."""
+    `origin` (the manifest file, named in messages) and `first_row` (the row number of `raw`'s first
+    row in it, from 0) name rows in default ids, as `<name or origin's file name>:<row>`."""
     n = raw.num_rows
     out: dict[str, pa.ChunkedArray | pa.Array] = {}
     consumed = {cols.id, cols.audio} - {None, ""}  # a fallback path column also passes through
@@ -190,7 +193,7 @@ def normalise(raw: pa.Table, cols: Columns, root: str, origin: str = "", first_r
     else:
         written = cast(raw[cols.audio], cols.audio, pa.string(), origin)
         out["path"] = pa.array([resolve_path(p, root) for p in written.to_pylist()], pa.string())
-    out = {"id": _ids(raw, cols, written, origin, first_row), **out}
+    out = {"id": _ids(raw, cols, written, origin, first_row, name), **out}
     out["recording_id"] = _column(raw, cols.recording, pa.string(), origin)
     out["speaker"] = _column(raw, cols.speaker, pa.string(), origin)
     start, end = span(raw, cols, origin)
@@ -252,9 +255,11 @@ def templated(raw: pa.Table, template: str) -> tuple[list[str | None], list[str 
     return paths, problems
 
 
-def _ids(raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int) -> pa.Array:
+def _ids(
+    raw: pa.Table, cols: Columns, written: pa.Array, origin: str, first_row: int, name: str = ""
+) -> pa.Array:
     if cols.id is None:
-        ids = default_ids([written], raw.num_rows, origin, first_row)
+        ids = default_ids([written], raw.num_rows, origin, first_row, name)
         return with_span(ids, *span(raw, cols, origin)) if cols.start else ids
     return given_ids(raw[cols.id], cols.id, origin, first_row)
 
@@ -269,12 +274,13 @@ def given_ids(column: pa.ChunkedArray | pa.Array, name: str, origin: str, first_
     return ids
 
 
-def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int) -> pa.Array:
+def default_ids(names: list[pa.Array], n: int, origin: str, first_row: int, name: str = "") -> pa.Array:
     """The default id of `n` rows (see the module docstring): the first non-empty of `names` (the
-    audio's names, in order of preference), else `<manifest file name>:<row number>`. A name that
-    is a URL with secrets in it is redacted, with a hash of the whole URL (`redact.redacted_name`):
-    ids are written to the output, its commit markers and messages."""
-    file = file_name(origin)
+    audio's names, in order of preference), else `<manifest file name>:<row number>` (`name`, where
+    given: the file's path under the manifest's folder when file names repeat, `sources.row_names`).
+    A name that is a URL with secrets in it is redacted, with a hash of the whole URL
+    (`redact.redacted_name`): ids are written to the output, its commit markers and messages."""
+    file = name or file_name(origin)
     rows = pa.array([f"{file}:{first_row + i + 1}" for i in range(n)], pa.string())
     empty = pa.scalar(None, pa.string())
     given = [pc.if_else(pc.equal(pc.utf8_trim_whitespace(a), ""), empty, a) for a in names]
@@ -309,7 +315,11 @@ def span(raw: pa.Table, cols: Columns, origin: str = "") -> tuple[pa.Array, pa.A
         # time that the cut refuses (read as -1, it ran the rest of the file)
         end = pc.if_else(pc.equal(end, -1), pa.scalar(None, pa.float64()), end)
     elif cols.duration is not None:
-        end = pc.add(start, cast(raw[cols.duration], cols.duration, pa.float64(), origin))
+        length = cast(raw[cols.duration], cols.duration, pa.float64(), origin)
+        # NeMo reads a null (or absent) offset as 0: with a duration the row is [0, duration), not
+        # the whole file; a null duration runs to the end, as NeMo reads it
+        start = pc.if_else(pc.and_(pc.is_null(start), pc.is_valid(length)), pa.scalar(0.0), start)
+        end = pc.add(start, length)
     else:
         end = pa.nulls(n, pa.float64())
     return start, end

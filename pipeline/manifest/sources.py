@@ -40,6 +40,7 @@ class Source:
     key: str  # stable short name: units are named after it (units.unit_name)
     root: str  # relative audio paths resolve against this
     audio: pa.Table | None = None  # format "audio": the listed files (id, path)
+    name: str = ""  # the file in default row ids (`<name>:<row>`); "": its file name (`row_name`)
 
 
 def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
@@ -92,10 +93,12 @@ def _classify(files: list[str], base: str, cfg: InputConfig, storage: Storage) -
         formats = _diarisation(formats, storage)
     # files a format reads beside its manifests (wav.scp beside RTTM files) are not sources
     companions = {c for fmt in set(formats.values()) for c in family(fmt).companions}
-    sources = []
-    for f, fmt in formats.items():
-        if _name(f) not in companions:
-            sources.append(Source(f, fmt, source_key(relative(f, base)), cfg.audio_root or parent(f)))
+    kept = {f: fmt for f, fmt in formats.items() if _name(f) not in companions}
+    names = row_names(list(kept), base)
+    sources = [
+        Source(f, fmt, source_key(relative(f, base)), cfg.audio_root or parent(f), name=names[f])
+        for f, fmt in kept.items()
+    ]
     formats = {s.format for s in sources}
     if len(formats) > 1:
         raise ManifestError(
@@ -136,6 +139,21 @@ def _audio_source(files: list[str], base: str, cfg: InputConfig) -> Source:
     ids = audio_ids([unquote(n) if web else n for n in names])
     table = pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(files, pa.string())})
     return Source(base, "audio", "audio", cfg.audio_root or base, table)
+
+
+def row_names(files: list[str], base: str) -> dict[str, str]:
+    """File -> its name in default row ids (`<name>:<row>`): its file name, except where files in
+    different folders share one (a Hugging Face dataset's `data/<config>/train-00000-of-00001.parquet`):
+    those are named by their path under `base`, so that their rows' ids differ. Where names do not
+    repeat the ids are what they always were, and outputs written before resume under them."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[file_name(f)] = counts.get(file_name(f), 0) + 1
+    # a URL's query (a presigned signature) is no part of the name, as in file_name
+    return {
+        f: file_name(f) if counts[file_name(f)] == 1 else relative(parent(f) + "/" + file_name(f), base)
+        for f in files
+    }
 
 
 def audio_ids(names: list[str]) -> list[str]:

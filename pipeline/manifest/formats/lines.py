@@ -57,7 +57,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     if not raw.num_columns:  # an empty shard (nothing but blank lines): no rows, nothing to resolve
         return Count(0, pa.schema([]))
     _not_diarisation(raw, cfg, source)
-    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri)
+    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri, name=source.name)
     hashes = check_unique(table["id"], source.uri)
     starts = None if compressed else unit_starts(data, source, raw.num_rows, cfg.rows_per_unit)
     return Count(table.num_rows, table.schema, 0.0, raw.schema, starts, hashes)
@@ -117,7 +117,7 @@ def read(
         raw = parse(data, source, raw_schema)
     first_row = (0 if piece is None else piece.first_row) + skip_rows
     cols = resolve(raw.schema, cfg, source.uri)
-    yield normalise(raw.slice(skip_rows), cols, source.root, source.uri, first_row)
+    yield normalise(raw.slice(skip_rows), cols, source.root, source.uri, first_row, source.name)
 
 
 def _header(source: Source, storage: Storage) -> bytes:

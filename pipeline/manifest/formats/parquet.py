@@ -56,7 +56,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     hashes = check_unique(ids, source.uri)
     if head is None:
         return Count(0, pa.schema([]))
-    schema = normalise(pa.Table.from_batches([head]), cols, source.root, source.uri).schema
+    schema = normalise(pa.Table.from_batches([head]), cols, source.root, source.uri, name=source.name).schema
     starts = tuple(range(0, len(ids), cfg.rows_per_unit))
     return Count(len(ids), schema, row_bytes / max(len(ids), 1), pf.schema_arrow, starts, hashes)
 
@@ -75,7 +75,7 @@ def read(
     cols = None
     for raw in _batches(source, storage, first_row):
         cols = cols or resolve(raw.schema, cfg, source.uri)
-        yield normalise(raw, cols, source.root, source.uri, first_row)
+        yield normalise(raw, cols, source.root, source.uri, first_row, source.name)
         first_row += raw.num_rows
 
 
@@ -99,7 +99,7 @@ def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray |
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
     if cols.fallback:
         names.append(pf.read(columns=[cols.fallback]).column(0).combine_chunks().cast(pa.string()))
-    ids = default_ids(names, pf.metadata.num_rows, source.uri, 0)
+    ids = default_ids(names, pf.metadata.num_rows, source.uri, 0, source.name)
     if cols.start is None:
         return ids
     spans = [c for c in (cols.start, cols.duration, cols.end) if c]
