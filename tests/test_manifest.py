@@ -1628,3 +1628,55 @@ def test_a_gzipped_text_manifest_is_read_by_the_format_of_its_name(tmp_path, nam
     assert t["id"].to_pylist() == ["u1", "u2"] and t["path"].to_pylist() == ["/a/1.wav", "/a/2.wav"]
     if fmt != "scp":
         assert t["emo"].to_pylist() == ["ang", "hap"]
+
+
+LIBRISPEECH_TEXT = {  # <speaker>-<chapter>-<utterance>: transcript, as a LibriSpeech .trans.txt holds them
+    "84-121123-0000": "GO DO YOU HEAR",
+    "84-121123-0001": "BUT IN LESS THAN FIVE MINUTES THE STAIRCASE GROANED",
+    "174-50561-0000": "FORGOTTEN TOO THE NAME OF GILLIAN THE LOVELY CAPTIVE",
+}
+
+
+def librispeech(root):
+    """A LibriSpeech release as openslr.org unpacks it: `<part>/<speaker>/<chapter>/*.flac`, the
+    chapter's `<speaker>-<chapter>.trans.txt` beside its flac files, and README/LICENSE/SPEAKERS/CHAPTERS
+    text files at the top. The speech is espeak-ng's, written as 16 kHz flac by sox."""
+    from pipeline.testing.samples import synthesize
+
+    chapters: dict = {}
+    for utt, words in LIBRISPEECH_TEXT.items():
+        spk, chapter, _ = utt.split("-")
+        d = root / "LibriSpeech" / "dev-clean" / spk / chapter
+        synthesize(words.lower(), d / f"{utt}.flac")
+        chapters.setdefault(d / f"{spk}-{chapter}.trans.txt", []).append(f"{utt} {words}\n")
+    for path, lines in chapters.items():
+        path.write_text("".join(lines))
+    top = root / "LibriSpeech"
+    (top / "README.TXT").write_text("LibriSpeech ASR corpus\n======================\n\nIdentifier: SLR12\n")
+    (top / "LICENSE.TXT").write_text("Creative Commons Attribution 4.0 International\n")
+    (top / "SPEAKERS.TXT").write_text(
+        "; ID      |SEX| SUBSET           |MINUTES| NAME\n84   | F | dev-clean        |  8.02 | Christie\n"
+        "174  | M | dev-clean        |  8.04 | Peter\n"
+    )
+    (top / "CHAPTERS.TXT").write_text(
+        "; ID    |READER|MINUTES| SUBSET   |PROJ.|BOOK ID| CH. TITLE | PROJECT TITLE\n"
+        "121123 |  84  | 8.02  | dev-clean| 1    | 1601  | Chapter 1 | Sense and Sensibility\n"
+    )
+    return top
+
+
+@pytest.mark.skipif(not (shutil.which("sox") and shutil.which("espeak-ng")), reason="needs sox and espeak-ng")
+def test_a_librispeech_folder_is_read_as_its_flac_files_and_its_text_files_are_skipped(tmp_path):
+    """A folder of audio holds other files beside the audio (LibriSpeech: `.trans.txt` per chapter,
+    README/LICENSE at the top): only a file whose name a manifest format reads makes it a mix of
+    manifests and audio; the rest are skipped, never taken for manifests (it was refused as one)."""
+    top = librispeech(tmp_path)
+    for folder, prefix in ((top, "dev-clean/"), (top / "dev-clean", "")):
+        t = read(folder)
+        ids = sorted(f"{prefix}{u.split('-')[0]}/{u.split('-')[1]}/{u}" for u in LIBRISPEECH_TEXT)
+        assert sorted(t["id"].to_pylist()) == ids, folder
+        assert all(p.endswith(".flac") for p in t["path"].to_pylist())
+    # a file a manifest format reads by its name beside the audio still makes a mix: say so
+    (top / "dev-clean" / "84" / "metadata.csv").write_text("id,path\n")
+    with pytest.raises(ManifestError, match="mixes manifests .metadata.csv"):
+        read(top)
