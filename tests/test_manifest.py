@@ -4,6 +4,8 @@ import gzip
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -1680,3 +1682,73 @@ def test_a_librispeech_folder_is_read_as_its_flac_files_and_its_text_files_are_s
     (top / "dev-clean" / "84" / "metadata.csv").write_text("id,path\n")
     with pytest.raises(ManifestError, match="mixes manifests .metadata.csv"):
         read(top)
+    # the transcripts come in through Lhotse's recipe and the command docs/corpora.md gives
+    cli = shutil.which("lhotse") or str(Path(sys.executable).parent / "lhotse")
+    if not Path(cli).exists():
+        pytest.skip("the lhotse command is not installed")
+    (top / "dev-clean" / "84" / "metadata.csv").unlink()
+    out = tmp_path / "lhotse"
+    subprocess.run(
+        [cli, "prepare", "librispeech", "-p", "dev-clean", top, out], check=True, capture_output=True
+    )
+    parts = [out / f"librispeech_{m}_dev-clean.jsonl.gz" for m in ("recordings", "supervisions")]
+    cuts = out / "cuts_dev-clean.jsonl.gz"
+    subprocess.run(
+        [cli, "cut", "simple", "-r", parts[0], "-s", parts[1], cuts], check=True, capture_output=True
+    )
+    t = read(cuts)
+    assert dict(zip(t["id"].to_pylist(), t["text"].to_pylist(), strict=True)) == LIBRISPEECH_TEXT
+    assert sorted(t["speaker"].to_pylist()) == ["174", "84", "84"]
+
+
+def test_lhotse_recordings_or_supervisions_are_refused_naming_the_file_and_the_cutset_to_make(tmp_path):
+    """Lhotse recipes write `<corpus>_recordings_<part>.jsonl.gz` and `<corpus>_supervisions_<part>...`;
+    either named as input.manifest was read as a manifest without a path column, or (under
+    `input.format: lhotse`) as cuts without recordings. Both are refused naming the file and the
+    `lhotse cut simple` command that joins them into the CutSet the pipeline reads; that CutSet reads."""
+    lhotse = pytest.importorskip("lhotse")
+    recs = lhotse.RecordingSet.from_recordings(
+        lhotse.Recording(
+            f"rec{k}",
+            [lhotse.audio.AudioSource(type="file", channels=[0], source=f"/data/rec{k}.flac")],
+            sampling_rate=16000,
+            num_samples=48000,
+            duration=3.0,
+        )
+        for k in range(2)
+    )
+    sups = lhotse.SupervisionSet.from_segments(
+        lhotse.SupervisionSegment(f"rec{k}-utt", f"rec{k}", start=0.5, duration=2.0, text="HELLO")
+        for k in range(2)
+    )
+    d = tmp_path / "manifests"
+    d.mkdir()
+    recordings, supervisions = d / "corpus_recordings_dev.jsonl.gz", d / "corpus_supervisions_dev.jsonl.gz"
+    recs.to_file(recordings)
+    sups.to_file(supervisions)
+    command = f"lhotse cut simple -r {recordings} -s {supervisions} cuts.jsonl.gz"
+    for named, kind, kw in (
+        (recordings, "RecordingSet", {}),
+        (supervisions, "SupervisionSet", {}),
+        (d, "RecordingSet", {}),  # the recipe's output folder: its first file
+        (recordings, "RecordingSet", {"format": "lhotse"}),
+        (supervisions, "SupervisionSet", {"format": "lhotse"}),
+    ):
+        with pytest.raises(ManifestError) as e:
+            read(named, **kw)
+        msg = str(e.value)
+        assert msg.startswith(f"{named if named != d else recordings}:"), msg
+        assert f"a Lhotse {kind}" in msg and command in msg, msg
+    # a supervision manifest named with its audio (a path template) is a manifest of spans, as any other
+    t = read(supervisions, path_template="/data/{recording_id}.flac")
+    assert t["path"].to_pylist() == ["/data/rec0.flac", "/data/rec1.flac"]
+    assert t["offset_s"].to_pylist() == [0.5, 0.5] and t["_end_s"].to_pylist() == [2.5, 2.5]
+    # the command the message gives, run as it stands, makes a CutSet that reads
+    cli = shutil.which("lhotse") or str(Path(sys.executable).parent / "lhotse")
+    if not Path(cli).exists():
+        pytest.skip("the lhotse command is not installed")
+    subprocess.run([cli, *command.split()[1:]], check=True, cwd=tmp_path, capture_output=True)
+    t = read(tmp_path / "cuts.jsonl.gz")
+    assert sorted(t["id"].to_pylist()) == ["rec0-utt", "rec1-utt"]
+    assert sorted(t["path"].to_pylist()) == ["/data/rec0.flac", "/data/rec1.flac"]
+    assert t["text"].to_pylist() == ["HELLO", "HELLO"] and t["offset_s"].to_pylist() == [0.5, 0.5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -13,7 +13,7 @@ import pyarrow as pa
 from ...config import InputConfig
 from ...schema import CHANNEL, INPUT_ERROR
 from ...storage import Storage
-from ..columns import Columns, normalise
+from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
 from .base import Format, read_bytes, text
 
@@ -39,8 +39,41 @@ NAMES = [
 TYPES = [pa.string()] * 3 + [pa.float64()] * 2 + [pa.string()] * 5 + [pa.int64()]
 
 
+# what a Lhotse Recording and a SupervisionSegment always write (a cut has `type` and `recording`)
+RECORDING_KEYS = frozenset({"id", "sources", "sampling_rate", "num_samples", "duration"})
+SUPERVISION_KEYS = frozenset({"id", "recording_id", "start", "duration"})
+
+
 def detect(name: str) -> str | None:
     return "lhotse" if name.endswith((".jsonl", ".jsonl.gz")) and "cuts" in name else None
+
+
+def not_cuts(keys: Iterable[str], uri: str, line: int | None = None) -> None:
+    """Refuse a Lhotse RecordingSet or SupervisionSet (what recipes write as
+    `<corpus>_recordings_<part>.jsonl.gz` and `<corpus>_supervisions_<part>.jsonl.gz`) with the command
+    that joins them into the CutSet this pipeline reads. `keys`: the keys of a CutSet's `line`, or the
+    columns of a JSON-lines manifest (`line` None)."""
+    keys = set(keys)
+    if "type" in keys or "recording" in keys:
+        return
+    if RECORDING_KEYS <= keys:
+        kind, item, mine, other = "RecordingSet", "Recording", "recordings", "supervisions"
+    elif SUPERVISION_KEYS <= keys:
+        kind, item, mine, other = "SupervisionSet", "SupervisionSegment", "supervisions", "recordings"
+    else:
+        return
+    name = file_name(uri)
+    # the recipe names the other half of a part alike: suggest it, or a placeholder where the name differs
+    beside = (
+        uri[: len(uri) - len(name)] + name.replace(mine, other) if mine in name else f"<{other}.jsonl.gz>"
+    )
+    files = {mine: uri, other: beside}
+    raise ManifestError(
+        f"{uri}: a Lhotse {kind}{f' (line {line} is a {item})' if line else ''}, not a CutSet: the pipeline "
+        f"reads cuts, which join each recording to its supervisions. Make a CutSet and set input.manifest "
+        f"to it: lhotse cut simple -r {files['recordings']} -s {files['supervisions']} cuts.jsonl.gz "
+        f"(without -s: a cut per whole recording)"
+    )
 
 
 def read(
@@ -69,6 +102,7 @@ def read(
 
 
 def _cut_rows(cut: dict, source: Source, line: int) -> list[dict]:
+    not_cuts(cut, source.uri, line)
     if "id" not in cut:
         raise ManifestError(f"{source.uri}: line {line}: a cut without an 'id'")
     rec = cut.get("recording") or {}
