@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -48,14 +48,14 @@ def detect(name: str) -> str | None:
     return "lhotse" if name.endswith((".jsonl", ".jsonl.gz")) and "cuts" in name else None
 
 
-def not_cuts(keys: Iterable[str], uri: str, line: int | None = None) -> None:
+def not_cuts(keys: Collection[str], uri: str, line: int | None = None) -> None:
     """Refuse a Lhotse RecordingSet or SupervisionSet (what recipes write as
     `<corpus>_recordings_<part>.jsonl.gz` and `<corpus>_supervisions_<part>.jsonl.gz`) with the command
     that joins them into the CutSet this pipeline reads. `keys`: the keys of a CutSet's `line`, or the
     columns of a JSON-lines manifest (`line` None)."""
-    keys = set(keys)
-    if "type" in keys or "recording" in keys:
+    if "type" in keys or "recording" in keys:  # a cut (checked first: this runs on every line of a CutSet)
         return
+    keys = set(keys)
     if RECORDING_KEYS <= keys:
         kind, item, mine, other = "RecordingSet", "Recording", "recordings", "supervisions"
     elif SUPERVISION_KEYS <= keys:
