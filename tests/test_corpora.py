@@ -248,6 +248,64 @@ def test_lhotse_mono_cuts_are_their_channel_alone(ray_session, tiny_model_dir, r
             assert_model_equal(bundle, rows[f"{r}-{c}"], clip)
 
 
+def sox_channel(src: Path, channel: int, dst: Path) -> Path:
+    """One channel (1-based) of `src` alone, by sox."""
+    subprocess.run(["sox", str(src), str(dst), "remix", str(channel)], check=True)
+    return dst
+
+
+def test_lhotse_multicut_of_a_stereo_call_reads_each_side_on_its_channel(
+    ray_session, tiny_model_dir, recording, tmp_path
+):
+    """A Lhotse MultiCut of a stereo call, one speaker per channel (`CutSet.from_manifests` on a 2-channel
+    recording whose supervisions say `"channel": 0` / `1`, as Fisher and Switchboard recipes write them):
+    each supervision equals the model on its channel cut out by sox (`remix`) and trimmed, not on the
+    mix. The same file under a recording whose supervisions all name channel 0 (Lhotse's default) is the
+    mix, as before."""
+    lhotse = pytest.importorskip("lhotse")
+    sides = []
+    for k, text in enumerate(["I can not believe you did that", "leave me alone please"]):
+        from pipeline.testing.samples import synthesize
+
+        x, _ = sf.read(str(synthesize(text, tmp_path / f"say{k}.wav", pitch=30 + 40 * k)), dtype="float32")
+        # side A speaks from 0.2 s, side B from 1.0 s: they talk over each other, so the mix is neither
+        side = np.zeros(4 * 16000, np.float32)
+        at = (3200, 16000)[k]
+        side[at : at + min(len(x), 28000)] = x[:28000]
+        sf.write(str(tmp_path / f"side{k}.wav"), side, 16000, subtype="PCM_16")
+        sides.append(tmp_path / f"side{k}.wav")
+    call = tmp_path / "call.wav"
+    subprocess.run(["sox", "-M", *map(str, sides), str(call)], check=True)  # channel 1: A, channel 2: B
+    recs = [lhotse.Recording.from_file(str(call), recording_id=rid) for rid in ("call", "room")]
+    sup = lhotse.SupervisionSegment
+    spans = {"call-A": (0.2, 1.7), "call-B": (1.0, 1.7), "room-1": (0.2, 1.7), "room-2": (1.0, 1.7)}
+    sups = [
+        sup("call-A", "call", *spans["call-A"], channel=0),
+        sup("call-B", "call", *spans["call-B"], channel=1),
+        sup("room-1", "room", *spans["room-1"]),
+        sup("room-2", "room", *spans["room-2"]),
+    ]
+    cuts = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings(recs),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    )
+    assert {type(c).__name__ for c in cuts} == {"MultiCut"}
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    rows, _ = run_job(tmp_path, tmp_path / "cuts.jsonl.gz", tiny_model_dir)
+    assert sorted(rows) == sorted(spans)
+    bundle = load_bundle(tiny_model_dir)
+    for sid, channel in (("call-A", 1), ("call-B", 2)):
+        start, dur = spans[sid]
+        alone = sox_channel(call, channel, tmp_path / f"ch{channel}.wav")
+        assert_model_equal(bundle, rows[sid], sox_cut(alone, start, start + dur, tmp_path / f"{sid}.wav"))
+        assert rows[sid]["channels"] == 2  # the file's count, as for RTTM turns on their channel
+    for sid in ("room-1", "room-2"):
+        start, dur = spans[sid]
+        both = sox_cut(call, start, start + dur, tmp_path / f"{sid}.wav")
+        assert both.shape[1] == 2
+        assert_model_equal(bundle, rows[sid], both.mean(axis=1))
+
+
 def test_hugging_face_parquet_with_embedded_audio(ray_session, tiny_model_dir, recording, tmp_path):
     datasets = pytest.importorskip("datasets")
     from datasets.table import embed_table_storage

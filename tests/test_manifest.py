@@ -4,6 +4,8 @@ import gzip
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -1194,8 +1196,7 @@ def test_a_row_without_an_id_is_refused_by_the_count_naming_the_file_and_the_row
 def test_a_lhotse_cut_on_one_channel_reads_that_channel_from_the_file_that_holds_it(tmp_path):
     # Lhotse's MonoCut is one channel of its recording (cut.load_audio() returns that channel alone):
     # a stereo call's channel 1 is the customer alone, and an AMI-style recording with a file per
-    # headset keeps channel 1 in its second file. A MultiCut over a file per channel cannot be one
-    # decode: an error row, never the first file alone.
+    # headset keeps channel 1 in its second file.
     lhotse = pytest.importorskip("lhotse")
     source = lhotse.audio.AudioSource
 
@@ -1226,11 +1227,19 @@ def test_a_lhotse_cut_on_one_channel_reads_that_channel_from_the_file_that_holds
     ]
     assert t["_channel"].to_pylist() == [0, 1, None, None]  # a one-channel file is its own channel
     assert t["_input_error"].to_pylist() == [None] * 4
-    whole.to_file(tmp_path / "cuts_multi.jsonl")  # MultiCuts: the mix of the call; the meeting cannot
-    t = read(tmp_path / "cuts_multi.jsonl")
-    assert t["path"].to_pylist()[:2] == ["/a/call.wav"] * 2 and t["_channel"].to_pylist()[:2] == [None] * 2
-    assert t["_input_error"].to_pylist()[:2] == [None] * 2 and t["path"].to_pylist()[2:] == [None] * 2
-    assert all("several files" in e for e in t["_input_error"].to_pylist()[2:])
+    # the MultiCuts themselves: their supervisions name both channels, so each is read on its own, as the
+    # MonoCuts above (test_a_lhotse_multicut_reads_each_supervision_on_its_own_channel_where_they_name_several)
+    whole.to_file(tmp_path / "cuts_multi.jsonl")
+    multi = read(tmp_path / "cuts_multi.jsonl")
+    for column in ("id", "path", "_channel", "_input_error", "offset_s"):
+        assert multi[column].to_pylist() == t[column].to_pylist(), column
+    # a MultiCut without supervisions over a file per channel cannot be one decode: an error row, never
+    # the first file alone
+    lhotse.CutSet.from_cuts([lhotse.MultiCut("mtg-all", 0.0, 5.0, [0, 1], recording=recs[1])]).to_file(
+        tmp_path / "cuts_bare.jsonl"
+    )
+    t = read(tmp_path / "cuts_bare.jsonl")
+    assert t["path"].to_pylist() == [None] and "several files" in t["_input_error"].to_pylist()[0]
 
 
 def test_a_kaldi_text_with_an_empty_transcript_is_read(tmp_path):
@@ -1720,3 +1729,203 @@ def test_default_ids_of_shards_of_one_name_in_config_folders_are_their_relative_
     assert sorted(_checked_ids(f"{data}/angry/*.parquet")) == sorted(
         [f"{name}:1", "test-00000-of-00001.parquet:1"]
     )
+
+
+LIBRISPEECH_TEXT = {  # <speaker>-<chapter>-<utterance>: transcript, as a LibriSpeech .trans.txt holds them
+    "84-121123-0000": "GO DO YOU HEAR",
+    "84-121123-0001": "BUT IN LESS THAN FIVE MINUTES THE STAIRCASE GROANED",
+    "174-50561-0000": "FORGOTTEN TOO THE NAME OF GILLIAN THE LOVELY CAPTIVE",
+}
+
+
+def librispeech(root):
+    """A LibriSpeech release as openslr.org unpacks it: `<part>/<speaker>/<chapter>/*.flac`, the
+    chapter's `<speaker>-<chapter>.trans.txt` beside its flac files, and README/LICENSE/SPEAKERS/CHAPTERS
+    text files at the top. The speech is espeak-ng's, written as 16 kHz flac by sox."""
+    from pipeline.testing.samples import synthesize
+
+    chapters: dict = {}
+    for utt, words in LIBRISPEECH_TEXT.items():
+        spk, chapter, _ = utt.split("-")
+        d = root / "LibriSpeech" / "dev-clean" / spk / chapter
+        synthesize(words.lower(), d / f"{utt}.flac")
+        chapters.setdefault(d / f"{spk}-{chapter}.trans.txt", []).append(f"{utt} {words}\n")
+    for path, lines in chapters.items():
+        path.write_text("".join(lines))
+    top = root / "LibriSpeech"
+    (top / "README.TXT").write_text("LibriSpeech ASR corpus\n======================\n\nIdentifier: SLR12\n")
+    (top / "LICENSE.TXT").write_text("Creative Commons Attribution 4.0 International\n")
+    (top / "SPEAKERS.TXT").write_text(
+        "; ID      |SEX| SUBSET           |MINUTES| NAME\n84   | F | dev-clean        |  8.02 | Christie\n"
+        "174  | M | dev-clean        |  8.04 | Peter\n"
+    )
+    (top / "CHAPTERS.TXT").write_text(
+        "; ID    |READER|MINUTES| SUBSET   |PROJ.|BOOK ID| CH. TITLE | PROJECT TITLE\n"
+        "121123 |  84  | 8.02  | dev-clean| 1    | 1601  | Chapter 1 | Sense and Sensibility\n"
+    )
+    return top
+
+
+@pytest.mark.skipif(not (shutil.which("sox") and shutil.which("espeak-ng")), reason="needs sox and espeak-ng")
+def test_a_librispeech_folder_is_read_as_its_flac_files_and_its_text_files_are_skipped(tmp_path):
+    """A folder of audio holds other files beside the audio (LibriSpeech: `.trans.txt` per chapter,
+    README/LICENSE at the top): only a file whose name a manifest format reads makes it a mix of
+    manifests and audio; the rest are skipped, never taken for manifests (it was refused as one)."""
+    top = librispeech(tmp_path)
+    for folder, prefix in ((top, "dev-clean/"), (top / "dev-clean", "")):
+        t = read(folder)
+        ids = sorted(f"{prefix}{u.split('-')[0]}/{u.split('-')[1]}/{u}" for u in LIBRISPEECH_TEXT)
+        assert sorted(t["id"].to_pylist()) == ids, folder
+        assert all(p.endswith(".flac") for p in t["path"].to_pylist())
+    # a file a manifest format reads by its name beside the audio still makes a mix: say so
+    (top / "dev-clean" / "84" / "metadata.csv").write_text("id,path\n")
+    with pytest.raises(ManifestError, match="mixes manifests .metadata.csv"):
+        read(top)
+    # the transcripts come in through Lhotse's recipe and the command docs/corpora.md gives
+    cli = shutil.which("lhotse") or str(Path(sys.executable).parent / "lhotse")
+    if not Path(cli).exists():
+        pytest.skip("the lhotse command is not installed")
+    (top / "dev-clean" / "84" / "metadata.csv").unlink()
+    out = tmp_path / "lhotse"
+    subprocess.run(
+        [cli, "prepare", "librispeech", "-p", "dev-clean", top, out], check=True, capture_output=True
+    )
+    parts = [out / f"librispeech_{m}_dev-clean.jsonl.gz" for m in ("recordings", "supervisions")]
+    cuts = out / "cuts_dev-clean.jsonl.gz"
+    subprocess.run(
+        [cli, "cut", "simple", "-r", parts[0], "-s", parts[1], cuts], check=True, capture_output=True
+    )
+    t = read(cuts)
+    assert dict(zip(t["id"].to_pylist(), t["text"].to_pylist(), strict=True)) == LIBRISPEECH_TEXT
+    assert sorted(t["speaker"].to_pylist()) == ["174", "84", "84"]
+
+
+def test_lhotse_recordings_or_supervisions_are_refused_naming_the_file_and_the_cutset_to_make(tmp_path):
+    """Lhotse recipes write `<corpus>_recordings_<part>.jsonl.gz` and `<corpus>_supervisions_<part>...`;
+    either named as input.manifest was read as a manifest without a path column, or (under
+    `input.format: lhotse`) as cuts without recordings. Both are refused naming the file and the
+    `lhotse cut simple` command that joins them into the CutSet the pipeline reads; that CutSet reads."""
+    lhotse = pytest.importorskip("lhotse")
+    recs = lhotse.RecordingSet.from_recordings(
+        lhotse.Recording(
+            f"rec{k}",
+            [lhotse.audio.AudioSource(type="file", channels=[0], source=f"/data/rec{k}.flac")],
+            sampling_rate=16000,
+            num_samples=48000,
+            duration=3.0,
+        )
+        for k in range(2)
+    )
+    sups = lhotse.SupervisionSet.from_segments(
+        lhotse.SupervisionSegment(f"rec{k}-utt", f"rec{k}", start=0.5, duration=2.0, text="HELLO")
+        for k in range(2)
+    )
+    d = tmp_path / "manifests"
+    d.mkdir()
+    recordings, supervisions = d / "corpus_recordings_dev.jsonl.gz", d / "corpus_supervisions_dev.jsonl.gz"
+    recs.to_file(recordings)
+    sups.to_file(supervisions)
+    command = f"lhotse cut simple -r {recordings} -s {supervisions} cuts.jsonl.gz"
+    for named, kind, kw in (
+        (recordings, "RecordingSet", {}),
+        (supervisions, "SupervisionSet", {}),
+        (d, "RecordingSet", {}),  # the recipe's output folder: its first file
+        (recordings, "RecordingSet", {"format": "lhotse"}),
+        (supervisions, "SupervisionSet", {"format": "lhotse"}),
+    ):
+        with pytest.raises(ManifestError) as e:
+            read(named, **kw)
+        msg = str(e.value)
+        assert msg.startswith(f"{named if named != d else recordings}:"), msg
+        assert f"a Lhotse {kind}" in msg and command in msg, msg
+    # a supervision manifest named with its audio (a path template) is a manifest of spans, as any other
+    t = read(supervisions, path_template="/data/{recording_id}.flac")
+    assert t["path"].to_pylist() == ["/data/rec0.flac", "/data/rec1.flac"]
+    assert t["offset_s"].to_pylist() == [0.5, 0.5] and t["_end_s"].to_pylist() == [2.5, 2.5]
+    # the command the message gives, run as it stands, makes a CutSet that reads
+    cli = shutil.which("lhotse") or str(Path(sys.executable).parent / "lhotse")
+    if not Path(cli).exists():
+        pytest.skip("the lhotse command is not installed")
+    subprocess.run([cli, *command.split()[1:]], check=True, cwd=tmp_path, capture_output=True)
+    t = read(tmp_path / "cuts.jsonl.gz")
+    assert sorted(t["id"].to_pylist()) == ["rec0-utt", "rec1-utt"]
+    assert sorted(t["path"].to_pylist()) == ["/data/rec0.flac", "/data/rec1.flac"]
+    assert t["text"].to_pylist() == ["HELLO", "HELLO"] and t["offset_s"].to_pylist() == [0.5, 0.5]
+
+
+def test_a_lhotse_multicut_reads_each_supervision_on_its_own_channel_where_they_name_several(tmp_path):
+    """A MultiCut of a stereo call (Fisher, Switchboard: `CutSet.from_manifests` on 2-channel recordings)
+    holds supervisions on channel 0 and 1: each is read on its own channel, as Lhotse's `to_mono()` puts
+    it, not on the mix of both sides; decided per recording over the CutSet, so a window holding one side's
+    supervisions only is still that side. Where a recording's supervisions all name one channel (Lhotse's
+    default, 0, on audio diarised as a mix), the MultiCut is the mix, as before."""
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource
+
+    def rec(rid, sources):
+        return lhotse.Recording(rid, sources, sampling_rate=16000, num_samples=160000, duration=10.0)
+
+    recs = [
+        rec("call", [source(type="file", channels=[0, 1], source="/a/call.wav")]),
+        rec("mtg", [source(type="file", channels=[c], source=f"/a/mtg.Headset-{c}.wav") for c in (0, 1)]),
+        rec("room", [source(type="file", channels=[0, 1], source="/a/room.wav")]),
+    ]
+    sup = lhotse.SupervisionSegment
+    sups = [
+        sup("call-A", "call", start=1.0, duration=2.0, channel=0),
+        sup("call-B", "call", start=2.5, duration=2.0, channel=[1]),  # a list of one is that channel
+        sup("call-AB", "call", start=6.0, duration=1.0, channel=[0, 1]),  # both sides laugh: the mix
+        sup("mtg-A", "mtg", start=1.0, duration=1.0, channel=0),
+        sup("mtg-B", "mtg", start=2.0, duration=1.0, channel=1),
+        sup("room-1", "room", start=1.0, duration=1.0),  # channel 0 by Lhotse's default
+        sup("room-2", "room", start=3.0, duration=1.0),
+    ]
+    cuts = lhotse.CutSet.from_manifests(
+        recordings=lhotse.RecordingSet.from_recordings(recs),
+        supervisions=lhotse.SupervisionSet.from_segments(sups),
+    )
+    assert {type(c).__name__ for c in cuts} == {"MultiCut"}
+    cuts.to_file(tmp_path / "cuts.jsonl")
+    want = {  # id: (path, channel of that file; None: the file's mix or a one-channel file)
+        "call-A": ("/a/call.wav", 0),
+        "call-B": ("/a/call.wav", 1),
+        "call-AB": ("/a/call.wav", None),
+        "mtg-A": ("/a/mtg.Headset-0.wav", None),
+        "mtg-B": ("/a/mtg.Headset-1.wav", None),
+        "room-1": ("/a/room.wav", None),
+        "room-2": ("/a/room.wav", None),
+    }
+    t = read(tmp_path / "cuts.jsonl")
+    got = {r["id"]: (r["path"], r["_channel"]) for r in t.to_pylist()}
+    assert got == want
+    assert t["_input_error"].to_pylist() == [None] * len(want)
+    assert t["offset_s"].to_pylist() == [
+        s.start for s in sorted(sups, key=lambda s: (s.recording_id, s.start))
+    ]
+    # windows of the call, each holding one side's supervision only: still that side, not the mix
+    [call] = [c for c in cuts if c.recording_id == "call"]
+    windows = [
+        call.truncate(offset=0.5, duration=3.0, keep_excessive_supervisions=False),
+        call.truncate(offset=2.4, duration=2.2, keep_excessive_supervisions=False),
+    ]
+    assert [[s.id for s in w.supervisions] for w in windows] == [["call-A"], ["call-B"]]
+    lhotse.CutSet.from_cuts(windows).to_file(tmp_path / "windows_cuts.jsonl")
+    t = read(tmp_path / "windows_cuts.jsonl")
+    assert t["id"].to_pylist() == ["call-A", "call-B"] and t["_channel"].to_pylist() == [0, 1]
+    assert t["offset_s"].to_pylist() == [1.0, 2.5] and t["_input_error"].to_pylist() == [None, None]
+    # a MultiCut of some channels of a 3-channel file: a supervision on one of them is that channel alone;
+    # one on a channel the cut does not hold (Lhotse's to_mono() drops it) is an error row that says so
+    src = source(type="file", channels=[0, 1, 2], source="/a/three.wav")
+    three = lhotse.Recording("three", [src], sampling_rate=16000, num_samples=160000, duration=10.0)
+    on = [sup(f"three-{c}", "three", start=1.0 + c, duration=1.0, channel=c) for c in (0, 1, 2)]
+    cut = lhotse.MultiCut("some", 0.0, 10.0, [0, 1], recording=three, supervisions=on)
+    assert [len(m.supervisions) for m in cut.to_mono()] == [1, 1]  # three-2 is in neither
+    lhotse.CutSet.from_cuts([cut]).to_file(tmp_path / "some_cuts.jsonl")
+    t = read(tmp_path / "some_cuts.jsonl")
+    assert t["path"].to_pylist() == ["/a/three.wav"] * 2 + [None] and t["_channel"].to_pylist() == [
+        0,
+        1,
+        None,
+    ]
+    errors = t["_input_error"].to_pylist()
+    assert errors[:2] == [None, None] and "'three-2' is on channel 2" in errors[2] and "'some'" in errors[2]

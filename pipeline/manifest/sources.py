@@ -20,7 +20,7 @@ from ..config import InputConfig
 from ..storage import Storage, StorageUnavailable, join
 from .columns import file_name
 from .errors import ManifestError
-from .formats import detect_format, family, rttm
+from .formats import detect_format, family, named_format, rttm
 
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
@@ -76,6 +76,10 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
 def _classify(files: list[str], base: str, cfg: InputConfig, storage: Storage) -> list[Source]:
     audio = [f for f in files if _suffix(f) in AUDIO_SUFFIXES]
     manifests = [f for f in files if f not in set(audio)]
+    if audio and cfg.format == "auto":
+        # corpora ship text beside their audio (LibriSpeech's `<spk>-<chapter>.trans.txt`, README,
+        # LICENSE): only a name a manifest format reads makes a file a manifest there; the rest are skipped
+        manifests = [f for f in manifests if named_format(f)]
     if cfg.format == "audio" or (audio and not manifests and cfg.format == "auto"):
         return [_audio_source(audio or files, base, cfg)]
     if audio and manifests and len(files) > 1:

@@ -34,14 +34,19 @@ REGISTRY: tuple[Format, ...] = (
 NAMES = tuple(name for f in REGISTRY for name in f.names)
 
 
+def named_format(uri: str) -> str | None:
+    """The `input.format` value a file's name says it holds, or None: not a manifest's name."""
+    name = file_name(uri).lower()
+    return next((found for fmt in REGISTRY if (found := fmt.detect(name))), None)
+
+
 def detect_format(uri: str) -> str:
     """A manifest file's `input.format` value, from its name."""
-    name = file_name(uri).lower()
-    for fmt in REGISTRY:
-        found = fmt.detect(name)
-        if found:
-            return found
-    if name.endswith(".arrow"):  # what Hugging Face `datasets` save_to_disk writes: no format reads it
+    found = named_format(uri)
+    if found:
+        return found
+    # what Hugging Face `datasets` save_to_disk writes: no format reads it
+    if file_name(uri).lower().endswith(".arrow"):
         raise ManifestError(
             f"{uri}: an Arrow file (Hugging Face datasets' save_to_disk) is not a manifest format; write the "
             f"dataset as Parquet (datasets.load_from_disk(...).to_parquet('data.parquet')) and name that"
@@ -82,4 +87,4 @@ def tables(
     return family(source.format).read(source, cfg, storage, piece, raw_schema, skip_rows)
 
 
-__all__ = ["REGISTRY", "Count", "Format", "count_rows", "detect_format", "family", "tables"]
+__all__ = ["REGISTRY", "Count", "Format", "count_rows", "detect_format", "family", "named_format", "tables"]

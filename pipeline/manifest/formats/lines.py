@@ -25,6 +25,7 @@ from ...config import InputConfig
 from ...storage import Storage, scheme
 from ..columns import check_unique, normalise, resolve, text_columns
 from ..errors import ManifestError
+from . import lhotse
 from .base import Count, Format, gunzip, is_gzip, read_bytes, text, two_columns
 
 if TYPE_CHECKING:
@@ -57,7 +58,13 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     if not raw.num_columns:  # an empty shard (nothing but blank lines): no rows, nothing to resolve
         return Count(0, pa.schema([]))
     _not_diarisation(raw, cfg, source)
-    table = normalise(raw, resolve(raw.schema, cfg, source.uri), source.root, source.uri, name=source.name)
+    try:
+        cols = resolve(raw.schema, cfg, source.uri)
+    except ManifestError:
+        # no path: is it a Lhotse RecordingSet or SupervisionSet? Say how to make the CutSet
+        lhotse.not_cuts(raw.column_names, source.uri)
+        raise
+    table = normalise(raw, cols, source.root, source.uri, name=source.name)
     hashes = check_unique(table["id"], source.uri)
     starts = None if compressed else unit_starts(data, source, raw.num_rows, cfg.rows_per_unit)
     return Count(table.num_rows, table.schema, 0.0, raw.schema, starts, hashes)
