@@ -30,6 +30,9 @@ Contract: no Ray, no storage, no file system; bytes (or a seekable binary file o
   bytes unread, FFmpeg decodes the file instead (where PyAV is installed and can decode it). So it
   does a WAV of a codec libsndfile lacks (G.726, AC-3, WMA; libsndfile: "Malformed 'fmt ' chunk"),
   an Ogg of one (Speex), and a chained Ogg (files joined end to end: libsndfile reads the first).
+- A NIST SPHERE file (`.sph`) of uncompressed PCM or mu-law samples decodes; one whose samples are
+  compressed (LDC's shorten: `sample_coding -s26 pcm,embedded-shorten-v2.00`) raises an error that
+  says so and how to convert it (`sph2pipe -f wav -p`), never read as raw samples.
 - A wav or mp3 cut short decodes to the part that is there (libsndfile's behaviour); truncated
   flac/ogg/opus data raises, and so does a container FFmpeg cannot open (an mp4 cut before its index)
   or a packet of a container it cannot decode; in a raw stream (mp3, ADTS AAC) such a frame is skipped.
@@ -72,6 +75,7 @@ MIN_SOURCE_SR = 1_000  # below this a file is not audio we can use
 # 48 kHz, 160 x 441 for 44.1 kHz, but 16000 x 11127 (~700 MB) for an odd rate such as 11127 Hz.
 MAX_KERNEL_ELEMENTS = 1 << 25  # 128 MiB of float32
 
+SPHERE_HEADER_MAX = 1 << 16  # a NIST SPHERE header is read this far at most (they are 1024 bytes)
 CUT_TOLERANCE_S = 0.1  # an end this far past the audio is clamped (rounding in manifests), not an error
 BLOCK_FRAMES = 1 << 16  # libsndfile frames read per block from a multichannel file
 # decoded audio may fall this short of an MP4 index's duration (encoder padding, edit lists)
@@ -313,6 +317,7 @@ def _read(
     f: BinaryIO, name: str, max_duration_s: float | None, channel: int | None = None
 ) -> tuple[np.ndarray, int, int]:
     """file -> ([frames] float32 mono (or `channel`) at the source rate, source rate, source channels)."""
+    _refuse_compressed_sphere(f)
     refused = None
     try:
         sound = sf.SoundFile(f)
@@ -345,6 +350,33 @@ def _read(
     if cut_short:
         return _ffmpeg_or(f, name, max_duration_s, channel, read)
     return read
+
+
+def _refuse_compressed_sphere(f: BinaryIO) -> None:
+    """Raise `AudioError` for a NIST SPHERE file whose samples are compressed (LDC's shorten,
+    `sample_coding -s26 pcm,embedded-shorten-v2.00`, or wavpack / shortpack): libsndfile refuses it
+    and FFmpeg fails on it or decodes it by a decoder never checked against LDC's files; the samples
+    must never be read as raw PCM. The message says how to get a file the pipeline reads."""
+    f.seek(0)
+    head = f.read(16)
+    f.seek(0)
+    if not head.startswith(b"NIST_1A") or not head[8:16].strip().isdigit():
+        return
+    size = min(int(head[8:16]), SPHERE_HEADER_MAX)
+    header = f.read(size).decode("latin-1")
+    f.seek(0)
+    for line in header.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "sample_coding":
+            coding = " ".join(words[2:])
+            kind = next((c for c in ("shorten", "wavpack", "shortpack") if c in coding.lower()), None)
+            if kind is not None:
+                raise AudioError(
+                    f"NIST SPHERE audio whose samples are {kind}-compressed (sample_coding {coding}), which "
+                    f"the pipeline does not decode: convert it first, e.g. `sph2pipe -f wav -p in.sph "
+                    f"out.wav` (LDC's sph2pipe decompresses it)"
+                )
+            return
 
 
 def _starts_with(f: BinaryIO, at: int, prefixes: tuple[bytes, ...]) -> bool:

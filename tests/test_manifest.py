@@ -209,7 +209,7 @@ def test_a_folder_named_by_a_percent_encoded_file_uri_reads_as_the_folder_itself
 
 
 def test_kaldi_data_dir_with_segments_speakers_and_text(tmp_path):
-    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 sox /x.wav -t wav - |\n")
+    (tmp_path / "wav.scp").write_text("rec1 /audio/rec1.wav\nrec2 sox /x.wav -t wav - speed 1.1 |\n")
     (tmp_path / "segments").write_text("u1 rec1 0.50 1.75\nu2 rec1 2.0 -1\nu3 rec2 0 1\n")
     (tmp_path / "utt2spk").write_text("u1 alice\nu2 bob\nu3 carol\n")
     (tmp_path / "text").write_text("u1 hello there\nu2 bye\n")
@@ -778,7 +778,7 @@ def test_a_folder_of_rttm_with_wav_scp_beside_is_not_a_kaldi_dir(tmp_path):
     (tmp_path / "b.rttm").write_text(RTTM.splitlines(keepends=True)[2])
     (tmp_path / "c.rttm").write_text(RTTM.splitlines(keepends=True)[3])
     (tmp_path / "wav.scp").write_text(
-        "call-1 /data/one.wav\ncall-2 rel/two.flac\nlost sox x.wav -t wav - |\n"
+        "call-1 /data/one.wav\ncall-2 rel/two.flac\nlost sox x.wav -t wav - tempo 1.2 |\n"
     )
     t = read(tmp_path).to_pylist()
     assert [(r["id"], r["path"]) for r in t] == [

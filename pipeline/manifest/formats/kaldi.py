@@ -5,6 +5,10 @@
 says which side of a stereo call a recording is: where one file's recordings name two or more sides,
 each recording is analysed on its own channel (the private `schema.CHANNEL` column, as for RTTM turns),
 else the two sides of a call would both be analysed on the mix and come out the same.
+
+A `wav.scp` entry may be a decoder pipe as the recipes write them (`flac -c -d -s a.flac |`,
+`sph2pipe -f wav -p -c 1 a.sph |`): read as the file it names, on the channel it picks (wav_scp.py);
+one whose output the pipeline does not reproduce is an error row saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ...storage import Storage, join
 from ..columns import Columns, normalise
 from ..errors import ManifestError
 from .base import Format, never, read_bytes, text, two_columns, utf8
+from .wav_scp import Entry, read_entry
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -43,7 +48,7 @@ def read(
         return text(read_bytes(uri, storage)) if storage.exists(uri) else None
 
     rec_ids, rec_paths = two_columns(file("wav.scp") or b"", join(d, "wav.scp"), "<recording-id> <path>")
-    where = dict(zip(rec_ids.to_pylist(), rec_paths.to_pylist(), strict=True))
+    where = {r: read_entry(r, v) for r, v in zip(rec_ids.to_pylist(), rec_paths.to_pylist(), strict=True)}
     segments = file("segments")
     if segments is None:
         ids, recs = rec_ids, pa.nulls(len(rec_ids), pa.string())
@@ -54,16 +59,14 @@ def read(
     side = _sides(sides, join(d, "reco2file_and_channel")) if sides is not None else {}
     paths, errors, channels = [], [], []
     for utt, rec in zip(ids.to_pylist(), (recs if segments is not None else ids).to_pylist(), strict=True):
-        channels.append(side.get(rec))
-        path = where.get(rec)
-        error = None
-        if path is None:
-            error = f"segments: recording {rec!r} of {utt!r} is not in wav.scp"
-        elif path.rstrip().endswith("|"):
-            error = f"wav.scp: {rec!r} is a pipe command ({path.strip()!r}); give a file path instead"
-            path = None
-        paths.append(path)
-        errors.append(error)
+        entry = where.get(rec)
+        if entry is None:
+            entry = Entry(None, error=f"segments: recording {rec!r} of {utt!r} is not in wav.scp")
+        # a pipe that picks a channel (`sph2pipe -c 2`) or mixes them is the recording's audio, as Kaldi
+        # reads it; a side named in reco2file_and_channel picks one of a file passed whole
+        channels.append(side.get(rec) if entry.whole else entry.channel)
+        paths.append(entry.path)
+        errors.append(entry.error)
     table = pa.table(
         {
             "id": ids,

@@ -2,7 +2,8 @@
 speaker turn. Read whole by one task per file.
 
 An `.rttm` file may hold many recordings (see pipeline/rttm.py for the line format). The audio of
-`<file-id>` is found through a Kaldi `wav.scp` beside the RTTM when there is one (`<file-id> <path>`),
+`<file-id>` is found through a Kaldi `wav.scp` beside the RTTM when there is one (`<file-id> <path>`,
+or a decoder pipe read as the file it names: wav_scp.py),
 else anywhere under `input.audio_root` (default: the RTTM's folder), in any audio format the job
 decodes: the file named `<file-id>.<ext>`, else the one named `<file-id>.<anything>.<ext>` (AMI's
 `ES2002a.Mix-Headset.wav`). The root is listed once (an index, not a walk per recording). A turn
@@ -42,6 +43,7 @@ from ...storage import Storage, join
 from ..columns import Columns, file_name, normalise
 from ..errors import ManifestError
 from .base import Count, Format, count_whole, read_bytes, runs, text, two_columns, utf8, whole_groups
+from .wav_scp import Entry, read_entry
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -106,12 +108,34 @@ def _parse(data: bytes, uri: str) -> pa.Table:
         raise ManifestError(str(e) if isinstance(e, RttmError) else f"{uri}: not UTF-8 text: {e}") from None
 
 
-def _with_audio(turns: pa.Table, find: Callable[[str], tuple[str | None, str | None]]) -> pa.Table:
-    """Turns + the audio path of their recording, or why there is none (an input error)."""
+def _with_audio(turns: pa.Table, find: Callable[[str], Entry]) -> pa.Table:
+    """Turns + the audio path of their recording, or why there is none (an input error). Where the
+    recording's audio is one channel of its file (a wav.scp pipe: `sph2pipe -c 2 ... |`) or the mix,
+    a turn is analysed on that; the RTTM's channels then count within it: a turn on another than
+    its first is an error row."""
     where = {rec: find(rec) for rec in pc.unique(turns["recording_id"]).to_pylist()}
-    found = [where[r] for r in turns["recording_id"].to_pylist()]
-    turns = turns.append_column("path", pa.array([p for p, _ in found], pa.string()))
-    return turns.append_column(INPUT_ERROR, pa.array([e for _, e in found], pa.string()))
+    paths, errors, channels = [], [], []
+    for rec, channel in zip(turns["recording_id"].to_pylist(), turns["channel"].to_pylist(), strict=True):
+        entry = where[rec]
+        path, error = entry.path, entry.error
+        if not entry.whole and error is None:
+            if channel:
+                path, error = (
+                    None,
+                    (
+                        f"RTTM turn on channel {channel + 1} of {rec!r}, whose {WAV_SCP} entry gives "
+                        f"one channel of its file"
+                    ),
+                )
+            channel = entry.channel
+        paths.append(path)
+        errors.append(error)
+        channels.append(channel)
+    turns = turns.set_column(
+        turns.schema.get_field_index("channel"), "channel", pa.array(channels, pa.int32())
+    )
+    turns = turns.append_column("path", pa.array(paths, pa.string()))
+    return turns.append_column(INPUT_ERROR, pa.array(errors, pa.string()))
 
 
 def _reversed(table: pa.Table) -> pa.Table:
@@ -141,33 +165,31 @@ class _Locator:
             self.scp = dict(zip(keys.to_pylist(), values.to_pylist(), strict=True))
         self.index: _AudioIndex | None = None
 
-    def __call__(self, rec: str) -> tuple[str | None, str | None]:
+    def __call__(self, rec: str) -> Entry:
         if self.scp is not None:
-            path = self.scp.get(rec)
-            if path is None:
-                return None, f"RTTM recording {rec!r} is not in {WAV_SCP} beside {self.source.uri}"
-            if path.rstrip().endswith("|"):
-                return (
-                    None,
-                    f"{WAV_SCP}: {rec!r} is a pipe command ({path.strip()!r}); give a file path instead",
+            value = self.scp.get(rec)
+            if value is None:
+                return Entry(
+                    None, error=f"RTTM recording {rec!r} is not in {WAV_SCP} beside {self.source.uri}"
                 )
-            return path, None
+            return read_entry(rec, value, WAV_SCP)  # a path, or a decoder pipe read as its file
         if self.index is None:
             self.index = _audio_index(self.storage, self.source.root)
         paths = self.index.find(rec)
         if not paths:
-            return (
+            return Entry(
                 None,
-                f"RTTM recording {rec!r}: no audio file {rec}.* (nor {rec}.<name>.*) under {self.source.root}",
+                error=f"RTTM recording {rec!r}: no audio file {rec}.* (nor {rec}.<name>.*) under "
+                f"{self.source.root}",
             )
         if len(paths) > 1:
             names = " and ".join(_under(p, self.source.root) for p in paths)
-            return (
+            return Entry(
                 None,
-                f"RTTM recording {rec!r}: several audio files match under {self.source.root} ({names}); "
-                f"keep one, or name each recording's file in a {WAV_SCP} beside the RTTM",
+                error=f"RTTM recording {rec!r}: several audio files match under {self.source.root} "
+                f"({names}); keep one, or name each recording's file in a {WAV_SCP} beside the RTTM",
             )
-        return paths[0], None
+        return Entry(paths[0])
 
 
 @dataclass
@@ -270,7 +292,7 @@ def _nemo(source: Source, storage: Storage) -> pa.Table:
             )
         )
     if not tables:
-        return _with_audio(parse_rttm(""), lambda rec: (None, None))
+        return _with_audio(parse_rttm(""), lambda rec: Entry(None))
     return pa.concat_tables(tables)
 
 
