@@ -39,7 +39,7 @@ class InputConfig(_Section):
         "audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
     )
     format: Literal[
-        "auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio", "rttm"
+        "auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow", "scp", "lhotse", "kaldi", "audio", "rttm"
     ] = "auto"
     audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
     id_column: str | None = Field(None, description="default: the first of id, key, utt_id")
