@@ -135,19 +135,22 @@ def _index(f: IO[bytes] | pa.NativeFile, uri: str) -> list[Message]:
         f.seek(start)
         meta = f.read(length)
         if len(meta) < length or length < 0:
-            raise ManifestError(f"{uri}: cannot parse as Arrow IPC: message at byte {pos} is cut short")
+            raise _unparsed(uri, f"the message at byte {pos} is cut short")
         try:
             kind, rows, body = _header(meta)
         except (struct.error, IndexError):
-            raise ManifestError(f"{uri}: cannot parse as Arrow IPC: bad message at byte {pos}") from None
+            raise _unparsed(uri, f"no message at byte {pos}") from None
         out.append(Message(pos, kind, rows, body))
         pos = start + length + body
     if not out or out[0].kind != SCHEMA:
-        raise ManifestError(
-            f"{uri}: cannot parse as Arrow IPC (a stream or file as Hugging Face datasets writes): "
-            f"no schema at its start"
-        )
+        raise _unparsed(uri, "no schema at its start")
     return out
+
+
+def _unparsed(uri: str, why: str) -> ManifestError:
+    return ManifestError(
+        f"{uri}: cannot parse as Arrow IPC (the stream or file Hugging Face datasets writes): {why}"
+    )
 
 
 def _header(meta: bytes) -> tuple[int, int, int]:
@@ -203,7 +206,7 @@ def _opened(source: Source, storage: Storage) -> Iterator[tuple[IO[bytes] | pa.N
     except StorageUnavailable:
         raise
     except pa.ArrowInvalid as e:
-        raise ManifestError(f"{source.uri}: cannot parse as Arrow IPC: {e}") from None
+        raise _unparsed(source.uri, str(e)) from None
     except OSError as e:
         raise ManifestError(f"{source.uri}: cannot read: {e}") from None
 
@@ -225,7 +228,7 @@ def _batches(
         for m in messages:
             if m.kind != RECORD_BATCH:
                 continue
-            if row + m.rows <= first_row:
+            if not kept and row + m.rows <= first_row:
                 row += m.rows  # a batch before the piece: its body is never read
                 continue
             kept.append(m)
