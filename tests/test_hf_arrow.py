@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.manifest import ManifestError, count_rows, discover
+from pipeline.manifest import ManifestError, Plan, count_rows, discover, read_pieces
 from pipeline.storage import Storage
 
 from .test_manifest import http_folder, read  # noqa: F401 - a fixture used below
@@ -100,8 +100,7 @@ def test_counts_and_unit_starts_are_the_same_on_every_run(clips, tmp_path):
 
 def test_a_cache_file_of_many_record_batches_is_read_from_the_batch_that_holds_a_unit(clips, tmp_path):
     """An `.arrow` file as the `datasets` cache holds it (ArrowWriter, a record batch every 2 rows):
-    units of 3 rows start inside batches; each piece reads its own batches. A piece of a later unit
-    is read from a copy whose first batch's body is overwritten: it never reads that body."""
+    units of 3 rows start inside batches; each piece reads its own batches and no other."""
     from datasets.arrow_writer import ArrowWriter
     from datasets.table import embed_table_storage
 
@@ -119,16 +118,29 @@ def test_a_cache_file_of_many_record_batches_is_read_from_the_batch_that_holds_a
         got = read(path, rows_per_unit=rows_per_unit, block_rows=block_rows)
         assert got["id"].to_pylist() == [c.name for c in clips]
         same_rows(got, read(tmp_path / "same.parquet", rows_per_unit=rows_per_unit, block_rows=block_rows))
-    # the first batch's body (its audio bytes) overwritten: the second unit of 3 rows (rows 4..6: the
-    # second and third batches) reads as before
+    # counted, then the first record batch (header and body) overwritten: the pieces of the second unit
+    # of 3 rows (rows 4..6: the second and third batches) seek to their batches with the count's
+    # index, never scanning or reading the first; the first unit's piece, which needs it, fails
+    cfg = InputConfig(manifest=str(path), rows_per_unit=3)
+    sources = discover(cfg, Storage())
+    counts = [count_rows(s, cfg, Storage()) for s in sources]
+    plan = Plan(str(path), sources, [c.rows for c in counts], details=counts)
+    with pa.ipc.open_stream(pa.memory_map(str(path))) as r:
+        schema_msg, batch_msg = r.schema.serialize(), next(iter(r)).serialize()
     data = bytearray(path.read_bytes())
-    first = data.find(clips[0].read_bytes())
-    assert first > 0
-    data[first : first + len(clips[0].read_bytes())] = b"\xff" * len(clips[0].read_bytes())
+    lo, hi = len(schema_msg), len(schema_msg) + len(batch_msg)
+    assert data[:lo] == schema_msg and data[lo:hi] == batch_msg  # where pyarrow says the batch lies
+    data[lo:hi] = b"\xff" * (hi - lo)
     path.write_bytes(bytes(data))
-    got = read(path, rows_per_unit=3)
-    assert got["_audio_bytes"].to_pylist()[3:] == [c.read_bytes() for c in clips[3:]]
-    assert got["_audio_bytes"][0].as_py() != clips[0].read_bytes()  # the overwrite reached the file
+    first, second = plan.pieces(3, None, 1000)
+    item = pa.Table.from_pylist([second.item()])
+    got = pa.concat_tables(
+        read_pieces(item, plan=plan, cfg=cfg, storage=Storage(), skip=None, block_rows=1000)
+    )
+    assert got["_audio_bytes"].to_pylist() == [c.read_bytes() for c in clips[3:]]
+    with pytest.raises((ManifestError, pa.ArrowInvalid)):
+        item = pa.Table.from_pylist([first.item()])
+        list(read_pieces(item, plan=plan, cfg=cfg, storage=Storage(), skip=None, block_rows=1000))
 
 
 @pytest.mark.parametrize("kind", ["stream", "file", "legacy stream", "dictionary"])
@@ -220,6 +232,11 @@ def test_what_is_not_an_arrow_file_is_refused_naming_it(clips, tmp_path):
     (tmp_path / "lfs.arrow").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
     with pytest.raises(ManifestError, match=r"lfs.arrow: cannot parse as Arrow IPC"):
         read(tmp_path / "lfs.arrow")
+    (tmp_path / "junk.arrow").write_bytes(b"\xff" * 64)  # a continuation marker, then a negative length
+    with pytest.raises(
+        ManifestError, match=r"junk.arrow: cannot parse as Arrow IPC .*: no message at byte 0"
+    ):
+        read(tmp_path / "junk.arrow")
     audio_dataset(clips[:2]).save_to_disk(str(tmp_path / "ds"), num_shards=2)
     (tmp_path / "ds" / "data-00001-of-00002.arrow").unlink()
     with pytest.raises(ManifestError, match=r"no such file: .*data-00001-of-00002.arrow"):

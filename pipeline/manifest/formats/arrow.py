@@ -5,10 +5,11 @@ or of its cache. `datasets` writes the IPC *stream* format (no footer); the IPC 
 with `to_parquet` (the Parquet reader's rules, parquet.row_ids); a DatasetDict's rows get the `split`
 they come from.
 
-Units start at row numbers, as in Parquet. A stream has no index of its record batches, so one is
-made by reading the messages' headers only (the Arrow IPC encapsulated message: a continuation
-marker, the length of a flatbuffer `Message`, the message, its body; `_index`), skipping their
-bodies: a piece then reads the record batches that hold its rows and no other. A local file is
+Units start at row numbers, as in Parquet. A stream has no index of its record batches, so the count
+pass makes one by reading the messages' headers only (the Arrow IPC encapsulated message: a
+continuation marker, the length of a flatbuffer `Message`, the message, its body; `_index`), skipping
+their bodies, and hands it to the pieces in the raw schema's metadata: a piece then reads the record
+batches that hold its rows and no other. A local file is
 memory-mapped, so a batch's columns are read only where they are used (the count pass never touches
 the audio bytes). A remote file (S3, http) is read by ranges, batch by batch, but its count pass
 reads every batch whole: the ids' columns lie inside each batch's body, beside the audio.
@@ -44,6 +45,7 @@ DATASET_DICT = "dataset_dict.json"  # save_to_disk's list of a DatasetDict's spl
 FILE_MAGIC = b"ARROW1"  # the IPC file format: magic, padding to 8 bytes, then the stream
 CONTINUATION = 0xFFFFFFFF
 SCHEMA, DICTIONARY, RECORD_BATCH = 1, 2, 3  # flatbuffer MessageHeader union types
+INDEX_KEY = b"emotion2vec.arrow_messages"  # the count pass's messages, in the raw schema's metadata
 
 
 def detect(name: str) -> str | None:
@@ -132,9 +134,11 @@ def _index(f: IO[bytes] | pa.NativeFile, uri: str) -> list[Message]:
             start = pos + 8
         if length == 0:
             break  # end of stream (in the file format: the footer follows)
+        if length < 0:
+            raise _unparsed(uri, f"no message at byte {pos}")
         f.seek(start)
         meta = f.read(length)
-        if len(meta) < length or length < 0:
+        if len(meta) < length:
             raise _unparsed(uri, f"the message at byte {pos} is cut short")
         try:
             kind, rows, body = _header(meta)
@@ -190,17 +194,33 @@ def _field(buf: bytes, table: int, index: int, fmt: str) -> int:
 # -- reading -------------------------------------------------------------------------------------------
 
 
+def _noted(schema: pa.Schema, messages: list[Message]) -> pa.Schema:
+    """The raw schema that every piece is read with, noting the messages the count pass found: a piece
+    of a remote file seeks to its batches without scanning the headers again (a request each, whose
+    read-ahead fetches megabytes of the bodies between them)."""
+    note = json.dumps([[m.offset, m.kind, m.rows, m.body] for m in messages], separators=(",", ":"))
+    return schema.with_metadata({**(schema.metadata or {}), INDEX_KEY: note.encode()})
+
+
+def _noted_messages(raw_schema: pa.Schema | None) -> list[Message] | None:
+    note = (raw_schema.metadata or {}).get(INDEX_KEY) if raw_schema is not None else None
+    return None if note is None else [Message(*m) for m in json.loads(note)]
+
+
 @contextlib.contextmanager
-def _opened(source: Source, storage: Storage) -> Iterator[tuple[IO[bytes] | pa.NativeFile, list[Message]]]:
-    """The file (memory-mapped when local) and its messages; what cannot be opened or parsed (a
-    git-lfs pointer named *.arrow, a truncated copy) is a ManifestError naming it."""
+def _opened(
+    source: Source, storage: Storage, messages: list[Message] | None = None
+) -> Iterator[tuple[IO[bytes] | pa.NativeFile, list[Message]]]:
+    """The file (memory-mapped when local) and its messages (`messages`: as the count pass found
+    them); what cannot be opened or parsed (a git-lfs pointer named *.arrow, a truncated copy) is a
+    ManifestError naming it."""
     try:
         if is_remote(source.uri):
             f = storage.open_input(source.uri)
         else:
             f = pa.memory_map(os.path.abspath(os.path.expanduser(local_path(source.uri))))
         with f:
-            yield f, _index(f, source.uri)
+            yield f, messages or _index(f, source.uri)
     except FileNotFoundError:
         raise ManifestError(f"input.manifest: no such file: {source.uri}") from None
     except StorageUnavailable:
@@ -279,7 +299,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
     hashes = check_unique(row_ids(read, raw_schema, rows, cols, source), source.uri)
     schema = normalise(head, cols, source.root, source.uri).schema
     starts = tuple(range(0, rows, cfg.rows_per_unit))
-    return Count(rows, schema, body / max(rows, 1), raw_schema, starts, hashes)
+    return Count(rows, schema, body / max(rows, 1), _noted(raw_schema, messages), starts, hashes)
 
 
 def _light(batch: pa.RecordBatch, cols: Columns, copy: bool) -> pa.RecordBatch:
@@ -321,7 +341,7 @@ def read(
     rows it wants), of at most BATCH_ROWS rows each."""
     first_row = (0 if piece is None else piece.first_row) + skip_rows
     cols = None
-    with _opened(source, storage) as (f, messages):
+    with _opened(source, storage, _noted_messages(raw_schema)) as (f, messages):
         for batch in _batches(f, messages, first_row, source):
             cols = cols or resolve(batch.schema, cfg, source.uri)
             for lo in range(0, batch.num_rows, BATCH_ROWS):
