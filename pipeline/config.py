@@ -35,11 +35,11 @@ def _file_uri_as_path(value: str | None) -> str | None:
 
 class InputConfig(_Section):
     manifest: str = Field(
-        description="a manifest file, a glob or directory of manifests, a Kaldi data dir, or a folder/glob of "
-        "audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
+        description="a manifest file, a glob or directory of manifests, a Kaldi data dir, a Hugging Face "
+        "save_to_disk folder, or a folder/glob of audio files; local or a URL (s3://, gs://, az://, hf://, http(s)://)"
     )
     format: Literal[
-        "auto", "jsonl", "json", "csv", "tsv", "parquet", "scp", "lhotse", "kaldi", "audio", "rttm"
+        "auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow", "scp", "lhotse", "kaldi", "audio", "rttm"
     ] = "auto"
     audio_root: str | None = Field(None, description="prefix (dir or s3:// URI) for relative audio paths")
     id_column: str | None = Field(None, description="default: the first of id, key, utt_id")

@@ -297,13 +297,18 @@ def test_units_cut_rows_and_resume_skips_done_units_and_redoes_error_ids(tmp_pat
     assert again["_unit_rows"].to_pylist() == [1, 2, 2]
 
 
-def test_a_save_to_disk_folder_says_to_write_parquet_not_to_set_a_format(tmp_path):
-    """A dataset kept with `datasets`' save_to_disk is `.arrow` files, which no input.format reads; the
-    message told the user to set input.format, which cannot help."""
+def test_a_save_to_disk_folder_is_read_and_an_arrow_file_that_is_not_one_is_refused(tmp_path):
+    """A dataset kept with `datasets`' save_to_disk (`.arrow` files that `state.json` lists) was refused
+    with advice to write Parquet: it is read as its Parquet would be (tests/test_hf_arrow.py). A file
+    named `.arrow` that is no Arrow IPC (a git-lfs pointer) is refused naming it, and says what it
+    expected, not to set input.format."""
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"id": ["a"], "path": ["a.wav"]}).save_to_disk(str(tmp_path / "ds"))
-    with pytest.raises(ManifestError, match=r"save_to_disk.*to_parquet") as e:
-        read(tmp_path / "ds")
+    t = read(tmp_path / "ds")
+    assert t["id"].to_pylist() == ["a"] and t["path"].to_pylist() == [str(tmp_path / "ds" / "a.wav")]
+    (tmp_path / "x.arrow").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ManifestError, match=r"x.arrow: cannot parse as Arrow IPC .*Hugging Face") as e:
+        read(tmp_path / "x.arrow")
     assert "set input.format" not in str(e.value)
 
 

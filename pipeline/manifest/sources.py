@@ -1,7 +1,8 @@
 """Where rows come from: `input.manifest` -> the sources to read, in a stable order (on the driver).
 
 `input.manifest` may be a manifest file, a glob or a directory of manifest files (all of one format,
-read as one manifest), a Kaldi data directory (it holds `wav.scp`), or a glob, a directory or one file
+read as one manifest), a Kaldi data directory (it holds `wav.scp`), a Hugging Face `save_to_disk`
+folder (its `state.json` lists its `.arrow` files; a DatasetDict's, every split), or a glob, a directory or one file
 of audio (every file is a row, see `audio_ids`). Each source gets a stable short key: its units are named after it.
 """
 
@@ -20,7 +21,7 @@ from ..config import InputConfig
 from ..storage import Storage, StorageUnavailable, join
 from .columns import file_name
 from .errors import ManifestError
-from .formats import detect_format, family, named_format, rttm
+from .formats import arrow, detect_format, family, named_format, rttm
 
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .mp4 .aac .webm .mkv .mka .wma .amr .flv .mov .avi "
@@ -36,11 +37,12 @@ class Source:
     """One thing a read task reads: a manifest file, a Kaldi data dir, or a listing of audio files."""
 
     uri: str
-    format: str  # an input.format value: jsonl json csv tsv parquet scp lhotse kaldi audio
+    format: str  # an input.format value: jsonl json csv tsv parquet arrow scp lhotse kaldi audio
     key: str  # stable short name: units are named after it (units.unit_name)
     root: str  # relative audio paths resolve against this
     audio: pa.Table | None = None  # format "audio": the listed files (id, path)
     name: str = ""  # the file in default row ids (`<name>:<row>`); "": its file name (`row_name`)
+    split: str | None = None  # format "arrow": the DatasetDict split the file belongs to (a `split` column)
 
 
 def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
@@ -59,6 +61,11 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
                 cfg.format == "kaldi" or (cfg.format == "auto" and not storage.list_files(where, ".rttm"))
             ):
                 return [Source(where, "kaldi", source_key("kaldi"), cfg.audio_root or where)]
+            if cfg.format in ("auto", "arrow") and (saved := arrow.saved_dataset(where, storage)):
+                return [
+                    Source(f, "arrow", source_key(relative(f, where)), cfg.audio_root or parent(f), split=s)
+                    for f, s in saved
+                ]
             files, base = storage.list_files(where), where
             if not files:
                 raise ManifestError(f"input.manifest: {where} is an empty directory")

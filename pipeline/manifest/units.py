@@ -32,6 +32,7 @@ from .formats import Count, tables
 from .resume import NOTHING, Resume
 from .sources import Source
 
+ROW_STARTS = ("parquet", "arrow")  # formats whose units start at a row (the others: at a byte)
 MAX_BLOCK_BYTES = 64 << 20  # embedded audio bytes per block handed to the decode stage
 
 
@@ -108,7 +109,7 @@ class Plan:
                 continue
             for u in todo:  # units of a source read by ranges are all `size` rows (the last: fewer)
                 rows = sizes[u]
-                start = None if source.format == "parquet" else starts[u]
+                start = None if source.format in ROW_STARTS else starts[u]
                 end = starts[u + 1] if start is not None and u + 1 < len(starts) else None
                 parts = 1
                 if block_rows and resume.redo(unit_name(source.key, u)) is None:

@@ -16,7 +16,7 @@ from ...config import InputConfig
 from ...storage import Storage
 from ..columns import file_name
 from ..errors import ManifestError
-from . import audio_folder, kaldi, lhotse, lines, parquet, rttm
+from . import arrow, audio_folder, kaldi, lhotse, lines, parquet, rttm
 from .base import Count, Format, count_whole
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ REGISTRY: tuple[Format, ...] = (
     lhotse.FORMAT,
     lines.FORMAT,
     parquet.FORMAT,
+    arrow.FORMAT,
     kaldi.FORMAT,
     audio_folder.FORMAT,
     rttm.FORMAT,
@@ -45,12 +46,6 @@ def detect_format(uri: str) -> str:
     found = named_format(uri)
     if found:
         return found
-    # what Hugging Face `datasets` save_to_disk writes: no format reads it
-    if file_name(uri).lower().endswith(".arrow"):
-        raise ManifestError(
-            f"{uri}: an Arrow file (Hugging Face datasets' save_to_disk) is not a manifest format; write the "
-            f"dataset as Parquet (datasets.load_from_disk(...).to_parquet('data.parquet')) and name that"
-        )
     raise ManifestError(
         f"{uri}: cannot tell the manifest format from the name; set input.format ({', '.join(NAMES)})"
     )

@@ -8,7 +8,7 @@ read at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -81,29 +81,34 @@ def read(
 
 def _ids(pf: pq.ParquetFile, cols: Columns, source: Source) -> pa.ChunkedArray | pa.Array:
     """Every row's id, reading only the columns it is made of (never the audio bytes)."""
+    return row_ids(lambda names: pf.read(columns=names), pf.schema_arrow, pf.metadata.num_rows, cols, source)
+
+
+def row_ids(
+    read: Callable[[list[str]], pa.Table], schema: pa.Schema, rows: int, cols: Columns, source: Source
+) -> pa.ChunkedArray | pa.Array:
+    """Every row's id from the columns `read` gives (a list of column names -> a table of them, the
+    struct's `path` field asked for as `<audio>.path`, as Parquet names it), so a reader need not
+    read the audio bytes. Shared by the Parquet and Arrow readers: the same dataset gets the same ids."""
     if cols.id is not None:
-        return given_ids(pf.read(columns=[cols.id]).column(0), cols.id, source.uri)
+        return given_ids(read([cols.id]).column(0), cols.id, source.uri)
     names = []
     if cols.template:  # the path as built from the row's columns (an empty one: none)
         fields = sorted(set(template_fields(cols.template)))
-        built, _ = templated(pf.read(columns=fields), cols.template)
+        built, _ = templated(read(fields), cols.template)
         names.append(pa.array(built, pa.string()))
     elif not cols.embedded:
-        names.append(
-            cast(
-                pf.read(columns=[cols.audio]).column(0).combine_chunks(), cols.audio, pa.string(), source.uri
-            )
-        )
-    elif is_audio_struct(t := pf.schema_arrow.field(cols.audio).type) and t.get_field_index("path") >= 0:
-        struct = pf.read(columns=[f"{cols.audio}.path"]).column(0).combine_chunks()
+        names.append(cast(read([cols.audio]).column(0).combine_chunks(), cols.audio, pa.string(), source.uri))
+    elif is_audio_struct(t := schema.field(cols.audio).type) and t.get_field_index("path") >= 0:
+        struct = read([f"{cols.audio}.path"]).column(0).combine_chunks()
         names.append(pc.if_else(struct.is_valid(), struct.field("path"), pa.scalar(None, pa.string())))
     if cols.fallback:
-        names.append(pf.read(columns=[cols.fallback]).column(0).combine_chunks().cast(pa.string()))
-    ids = default_ids(names, pf.metadata.num_rows, source.uri, 0, source.name)
+        names.append(read([cols.fallback]).column(0).combine_chunks().cast(pa.string()))
+    ids = default_ids(names, rows, source.uri, 0, source.name)
     if cols.start is None:
         return ids
     spans = [c for c in (cols.start, cols.duration, cols.end) if c]
-    return with_span(ids, *span(pf.read(columns=spans), cols, source.uri))
+    return with_span(ids, *span(read(spans), cols, source.uri))
 
 
 def _has_text(t: pa.DataType) -> bool:
@@ -124,13 +129,21 @@ def _check_utf8(pf: pq.ParquetFile, cols: Columns, source: Source) -> None:
     Arrow does not check on reading: such a path fails its decode as no error row can say, and such a
     passthrough value reaches the output, which DuckDB and Polars then refuse to read. The embedded
     audio column is left out (its bytes are not read in the count pass)."""
-    names = [
-        f.name for f in pf.schema_arrow if _has_text(f.type) and not (cols.embedded and f.name == cols.audio)
-    ]
-    if not names:
-        return
+    names = text_names(pf.schema_arrow, cols)
+    if names:
+        check_utf8(pf.iter_batches(batch_size=BATCH_ROWS, columns=names), source.uri)
+
+
+def text_names(schema: pa.Schema, cols: Columns) -> list[str]:
+    """The columns that hold text, but for the embedded audio (`_check_utf8`)."""
+    return [f.name for f in schema if _has_text(f.type) and not (cols.embedded and f.name == cols.audio)]
+
+
+def check_utf8(batches: Iterable[pa.RecordBatch], uri: str) -> None:
+    """Refuse the first value of `batches` (the file's text columns, in row order) that is not UTF-8,
+    naming the row and the column."""
     row = 0
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=names):
+    for batch in batches:
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
             try:
                 column.validate(full=True)
@@ -140,7 +153,7 @@ def _check_utf8(pf: pq.ParquetFile, cols: Columns, source: Source) -> None:
                 )  # a row's own values
                 at = row + bad + 1  # counted from 1, as every other manifest message counts rows
                 raise ManifestError(
-                    f"{source.uri}: row {at}: column {name!r} is not UTF-8 text; manifests must be "
+                    f"{uri}: row {at}: column {name!r} is not UTF-8 text; manifests must be "
                     f"UTF-8: rewrite the column (e.g. decoded from latin-1)"
                 ) from None
         row += batch.num_rows
