@@ -294,3 +294,24 @@ def test_ids_repeated_across_a_dataset_dicts_splits_are_refused(clips, tmp_path)
     counts = [count_rows(s, cfg, Storage()) for s in sources]
     with pytest.raises(ManifestError, match=r"row 2 of .*train.*row 1 of .*test"):
         check_unique_across([s.uri for s in sources], [c.ids for c in counts])
+
+
+def test_a_dataset_dicts_splits_of_audio_without_names_get_ids_apart(clips, tmp_path):
+    """Audio given as bytes without a name: rows are named `<file>:<row>`, and every split of a
+    DatasetDict holds a `data-00000-of-00001.arrow`; the ids carry the split's folder, as default ids
+    of shards whose names repeat do (they were refused as duplicates)."""
+    from pipeline.manifest import check_unique_across
+
+    def unnamed(cs):
+        audio = [{"bytes": c.read_bytes(), "path": None} for c in cs]
+        return datasets.Dataset.from_dict({"audio": audio}).cast_column("audio", datasets.Audio())
+
+    datasets.DatasetDict({"train": unnamed(clips[:2]), "test": unnamed(clips[2:3])}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    cfg = InputConfig(manifest=str(tmp_path / "dd"))
+    sources = discover(cfg, Storage())
+    counts = [count_rows(s, cfg, Storage()) for s in sources]
+    check_unique_across([s.uri for s in sources], [c.ids for c in counts])
+    name = "data-00000-of-00001.arrow"
+    assert read(tmp_path / "dd")["id"].to_pylist() == [f"train/{name}:1", f"train/{name}:2", f"test/{name}:1"]

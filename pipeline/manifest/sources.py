@@ -62,8 +62,17 @@ def discover(cfg: InputConfig, storage: Storage) -> list[Source]:
             ):
                 return [Source(where, "kaldi", source_key("kaldi"), cfg.audio_root or where)]
             if cfg.format in ("auto", "arrow") and (saved := arrow.saved_dataset(where, storage)):
+                # a DatasetDict's splits each hold `data-00000-of-0000N.arrow`: row_names keeps their ids apart
+                names = row_names([f for f, _ in saved], where)
                 return [
-                    Source(f, "arrow", source_key(relative(f, where)), cfg.audio_root or parent(f), split=s)
+                    Source(
+                        f,
+                        "arrow",
+                        source_key(relative(f, where)),
+                        cfg.audio_root or parent(f),
+                        name=names[f],
+                        split=s,
+                    )
                     for f, s in saved
                 ]
             files, base = storage.list_files(where), where

@@ -297,7 +297,7 @@ def count(source: Source, cfg: InputConfig, storage: Storage) -> Count:
         return table.select([c.partition(".")[0] for c in columns])
 
     hashes = check_unique(row_ids(read, raw_schema, rows, cols, source), source.uri)
-    schema = normalise(head, cols, source.root, source.uri).schema
+    schema = normalise(head, cols, source.root, source.uri, name=source.name).schema
     starts = tuple(range(0, rows, cfg.rows_per_unit))
     return Count(rows, schema, body / max(rows, 1), _noted(raw_schema, messages), starts, hashes)
 
@@ -346,7 +346,7 @@ def read(
             cols = cols or resolve(batch.schema, cfg, source.uri)
             for lo in range(0, batch.num_rows, BATCH_ROWS):
                 raw = pa.Table.from_batches([batch.slice(lo, BATCH_ROWS)])
-                yield normalise(raw, cols, source.root, source.uri, first_row)
+                yield normalise(raw, cols, source.root, source.uri, first_row, source.name)
                 first_row += raw.num_rows
 
 
